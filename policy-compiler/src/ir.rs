@@ -1,0 +1,286 @@
+//! The ruleset IR: the one `inet nftpol` table that nftpol owns, as plain
+//! sorted data. The compiler produces it, `render` turns it into nft text,
+//! the netlink layer turns it into messages and reads the kernel back into
+//! it, and `diff` compares two of them. Everything here is ordered
+//! (`BTreeMap`/`BTreeSet`) so equal rulesets are equal values and render to
+//! byte-identical text.
+//!
+//! The IR is deliberately narrower than nftables: it holds exactly the
+//! shapes nftpol emits, so the netlink encoder and decoder stay small and a
+//! read-back that contains anything else is reported as foreign instead of
+//! being silently mis-decoded.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Address family of the only table nftpol owns.
+pub const TABLE_FAMILY: &str = "inet";
+/// Name of the only table nftpol owns.
+pub const TABLE_NAME: &str = "nftpol";
+
+/// The whole `inet nftpol` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// Chains by name (base chains and per-pod chains).
+    pub chains: BTreeMap<String, Chain>,
+    /// Named sets and verdict maps by name.
+    pub sets: BTreeMap<String, Set>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// `Some` for a base chain attached to a netfilter hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BaseChain {
+    pub hook: Hook,
+    /// Numeric priority (`filter` = 0).
+    pub priority: i32,
+    pub policy: ChainPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainPolicy {
+    Accept,
+    Drop,
+}
+
+/// One rule: all `matches` must hold, then `verdict` applies.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub verdict: Verdict,
+    /// Rule comment (nft userdata); names the policy and rule index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+    /// The nft payload keyword (`ip` / `ip6`).
+    pub fn payload_keyword(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        }
+    }
+    /// The nft set key type (`ipv4_addr` / `ipv6_addr`).
+    pub fn addr_type(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4_addr",
+            Family::Ipv6 => "ipv6_addr",
+        }
+    }
+    /// Short suffix used in generated names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "v4",
+            Family::Ipv6 => "v6",
+        }
+    }
+}
+
+/// Which address of the packet a match or vmap looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Src,
+    Dst,
+}
+
+impl Dir {
+    pub fn addr_keyword(self) -> &'static str {
+        match self {
+            Dir::Src => "saddr",
+            Dir::Dst => "daddr",
+        }
+    }
+}
+
+/// Conntrack states used by nftpol's base chains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtState {
+    Invalid,
+    Established,
+    Related,
+    New,
+}
+
+impl CtState {
+    /// Kernel bit (NF_CT_STATE_* as nft uses them).
+    pub fn bit(self) -> u32 {
+        match self {
+            CtState::Invalid => 1,
+            CtState::Established => 1 << 1,
+            CtState::Related => 1 << 2,
+            CtState::New => 1 << 3,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtState::Invalid => "invalid",
+            CtState::Established => "established",
+            CtState::Related => "related",
+            CtState::New => "new",
+        }
+    }
+    pub const ALL: [CtState; 4] = [
+        CtState::Invalid,
+        CtState::Established,
+        CtState::Related,
+        CtState::New,
+    ];
+}
+
+/// IP protocol numbers nftpol matches on.
+pub mod l4 {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+
+    /// nft's name for a protocol number, as `inet_proto` prints it.
+    pub fn name(proto: u8) -> Option<&'static str> {
+        match proto {
+            TCP => Some("tcp"),
+            UDP => Some("udp"),
+            ICMPV6 => Some("ipv6-icmp"),
+            SCTP => Some("sctp"),
+            _ => None,
+        }
+    }
+}
+
+/// One match expression. Each variant is a complete nft statement prefix;
+/// the netlink encoder adds the `meta nfproto` dependency that an `inet`
+/// table needs before any `ip`/`ip6` payload (the nft tool adds it
+/// silently), and the decoder folds it back in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Match {
+    /// `ct state a,b` (any of the listed states).
+    CtState(BTreeSet<CtState>),
+    /// `meta l4proto N`.
+    L4Proto(u8),
+    /// `ip saddr @set` / `ip6 daddr @set`.
+    AddrInSet {
+        family: Family,
+        dir: Dir,
+        set: String,
+    },
+    /// `th dport N` (lo == hi) or `th dport lo-hi`. Requires an `L4Proto`
+    /// match earlier in the same rule.
+    DPort { lo: u16, hi: u16 },
+    /// `th dport @set` (an interval `inet_service` set).
+    DPortInSet { set: String },
+    /// `ip daddr . meta l4proto . th dport @set` (named ports resolved per
+    /// destination pod).
+    DAddrProtoPortInSet { family: Family, set: String },
+    /// `icmpv6 type lo-hi` (neighbour discovery must always pass).
+    Icmpv6Type { lo: u8, hi: u8 },
+}
+
+/// The verdict of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    /// `ip saddr vmap @map`: look the address up in a verdict map; no
+    /// element means no verdict (continue with the next rule).
+    AddrVmap {
+        family: Family,
+        dir: Dir,
+        map: String,
+    },
+}
+
+/// A named set or verdict map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Set {
+    pub kind: SetKind,
+    pub elements: BTreeSet<Element>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKind {
+    /// `type ipv4_addr` / `ipv6_addr`; `flags interval` when `interval`.
+    /// Plain sets hold `Element::Addr`, interval sets `Element::AddrRange`.
+    Addr { family: Family, interval: bool },
+    /// `type inet_service; flags interval`; holds `Element::PortRange`.
+    Ports,
+    /// `type ipv4_addr . inet_proto . inet_service`; holds
+    /// `Element::AddrProtoPort`.
+    AddrProtoPort { family: Family },
+    /// `type ipv4_addr : verdict`; holds `Element::VmapJump`.
+    Vmap { family: Family },
+}
+
+/// A set element. Ranges are inclusive and, in an interval set, never
+/// overlap or touch (the compiler merges them; the kernel rejects
+/// overlapping intervals).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Element {
+    Addr(IpAddr),
+    AddrRange(IpAddr, IpAddr),
+    PortRange(u16, u16),
+    AddrProtoPort(IpAddr, u8, u16),
+    /// `addr : jump chain`.
+    VmapJump(IpAddr, String),
+}
+
+impl Ruleset {
+    /// Number of rules across all chains.
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+    /// Number of set and map elements across all sets.
+    pub fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.elements.len()).sum()
+    }
+}
