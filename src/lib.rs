@@ -1,0 +1,5 @@
+//! The nftpol agent and CLI as a library, so the binary, the e2e tests and
+//! the benchmarks share one implementation. The pure compiler lives in the
+//! `policy-compiler` crate; this crate holds everything that does I/O.
+
+pub mod manifests;
