@@ -2,6 +2,7 @@
 //! nft text, plus the semantic evaluator that says what upstream
 //! NetworkPolicy semantics allow. Pure: no I/O, no async, no clocks.
 
+pub mod diff;
 pub mod ipblock;
 pub mod ir;
 pub mod render;
