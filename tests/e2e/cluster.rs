@@ -1,0 +1,527 @@
+//! A simulated cluster: the network topology (`netns`), the servers in
+//! every pod (`probe`), and the Kubernetes view of the same cluster written
+//! as manifests, so nftpol compiles exactly what the packets traverse.
+//!
+//! A scenario mutates labels and policies step by step; every
+//! [`SimCluster::step`] rewrites the manifests, programs every node with
+//! the nftpol binary, probes the full matrix and compares it with the
+//! compiler's semantic evaluator (see `oracle`).
+
+use crate::netns::{run, Topology, PREFIX};
+use crate::oracle;
+use crate::probe::{self, Probe, Servers, PORTS};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// First-pass probe timeout: a drop shows as a timeout, so this bounds the
+/// cost of every denied cell.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Second look at cells that were expected open but looked closed, so a
+/// SYN or datagram lost on a loaded machine is not reported as a wrongly
+/// dropped packet (TCP retransmits its SYN after 1 s).
+pub const RETRY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Kubernetes-side description of one pod (its network side is in
+/// `topo.pods` at the same index).
+#[derive(Clone, Debug)]
+pub struct PodModel {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// How nodes are programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programmer {
+    /// `nftpol apply` (netlink, incremental).
+    Apply,
+    /// `nftpol compile | nft -f -`: the fallback while `apply` is missing.
+    CompileNft,
+}
+
+impl Programmer {
+    /// `apply` when the binary has it, unless NFTPOL_E2E_PROGRAMMER says
+    /// otherwise (`apply` or `compile`).
+    pub fn detect() -> Programmer {
+        match std::env::var("NFTPOL_E2E_PROGRAMMER").as_deref() {
+            Ok("compile") => return Programmer::CompileNft,
+            Ok("apply") => return Programmer::Apply,
+            _ => {}
+        }
+        let help = Command::new(nftpol_bin())
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if help.lines().any(|l| l.trim_start().starts_with("apply")) {
+            Programmer::Apply
+        } else {
+            Programmer::CompileNft
+        }
+    }
+}
+
+pub fn nftpol_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nftpol")
+}
+
+/// The outcome of one step.
+pub struct StepReport {
+    pub probes: usize,
+    pub allowed: usize,
+    pub mismatches: Vec<(Probe, bool, bool)>,
+    pub text: String,
+}
+
+pub struct SimCluster {
+    // Field order is drop order: servers close their sockets before the
+    // namespaces go away.
+    servers: Vec<Servers>,
+    pub topo: Topology,
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<PodModel>,
+    /// Policies by "namespace/name", as YAML documents.
+    pub policies: BTreeMap<String, String>,
+    pub dir: PathBuf,
+    pub programmer: Programmer,
+    step_no: usize,
+}
+
+impl SimCluster {
+    /// An empty two-node cluster.
+    pub fn new() -> SimCluster {
+        let topo = Topology::new(2);
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", topo.tag));
+        std::fs::create_dir_all(&dir).expect("create manifest dir");
+        SimCluster {
+            servers: Vec::new(),
+            topo,
+            namespaces: BTreeMap::new(),
+            pods: Vec::new(),
+            policies: BTreeMap::new(),
+            dir,
+            programmer: Programmer::detect(),
+            step_no: 0,
+        }
+    }
+
+    /// The upstream netpol e2e model: namespaces x, y, z (label ns=<name>),
+    /// pods a, b, c in each (label pod=<name>), all serving 80 and 81 on
+    /// TCP and UDP. Pods alternate between the two nodes so both same-node
+    /// and cross-node pairs are probed.
+    pub fn upstream_model() -> SimCluster {
+        let mut c = SimCluster::new();
+        let mut i = 0;
+        for ns in ["x", "y", "z"] {
+            c.add_namespace(ns, labels(&[("ns", ns)]));
+            for pod in ["a", "b", "c"] {
+                let node = if i % 2 == 0 { "node1" } else { "node2" };
+                c.add_pod(ns, pod, node, labels(&[("pod", pod)]));
+                i += 1;
+            }
+        }
+        c
+    }
+
+    pub fn add_namespace(&mut self, name: &str, labels: Labels) {
+        self.namespaces.insert(name.to_string(), labels);
+    }
+
+    pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str, labels: Labels) {
+        let net = self.topo.add_pod(namespace, name, node);
+        self.servers.push(Servers::start(&net.netns));
+        self.pods.push(PodModel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            labels,
+        });
+    }
+
+    pub fn pod_index(&self, namespace: &str, name: &str) -> usize {
+        self.pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
+    }
+
+    pub fn set_pod_labels(&mut self, namespace: &str, name: &str, labels: Labels) {
+        let i = self.pod_index(namespace, name);
+        self.pods[i].labels = labels;
+    }
+
+    pub fn set_namespace_labels(&mut self, name: &str, labels: Labels) {
+        *self
+            .namespaces
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no namespace {name}")) = labels;
+    }
+
+    /// Adds or replaces a NetworkPolicy given as YAML (must name its
+    /// namespace in metadata).
+    pub fn put_policy(&mut self, yaml: &str) {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("policy YAML parses");
+        let ns = v["metadata"]["namespace"]
+            .as_str()
+            .expect("policy has metadata.namespace");
+        let name = v["metadata"]["name"]
+            .as_str()
+            .expect("policy has metadata.name");
+        self.policies
+            .insert(format!("{ns}/{name}"), yaml.to_string());
+    }
+
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
+        self.policies
+            .remove(&format!("{namespace}/{name}"))
+            .unwrap_or_else(|| panic!("no policy {namespace}/{name}"));
+    }
+
+    pub fn clear_policies(&mut self) {
+        self.policies.clear();
+    }
+
+    fn pod_manifest(&self, i: usize) -> Value {
+        let p = &self.pods[i];
+        let net = &self.topo.pods[i];
+        // One container per (port, protocol) with upstream's port names, so
+        // named-port policies resolve as in the upstream suite.
+        let mut containers = Vec::new();
+        for port in PORTS {
+            for proto in ["TCP", "UDP", "SCTP"] {
+                let lower = proto.to_lowercase();
+                containers.push(json!({
+                    "name": format!("cont-{port}-{lower}"),
+                    "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                    "ports": [{
+                        "name": format!("serve-{port}-{lower}"),
+                        "containerPort": port,
+                        "protocol": proto,
+                    }],
+                }));
+            }
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+            "spec": {"nodeName": net.node, "containers": containers},
+            "status": {
+                "phase": "Running",
+                "podIP": net.v4.to_string(),
+                "podIPs": [{"ip": net.v4.to_string()}, {"ip": net.v6.to_string()}],
+            },
+        })
+    }
+
+    /// The cluster's manifests as (file name, YAML text).
+    pub fn manifests(&self) -> Vec<(String, String)> {
+        let mut cluster = String::new();
+        for (name, l) in &self.namespaces {
+            let mut l = l.clone();
+            l.insert("kubernetes.io/metadata.name".into(), name.clone());
+            let doc = json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": l}});
+            cluster.push_str("---\n");
+            cluster.push_str(&serde_yaml::to_string(&doc).expect("serialize namespace"));
+        }
+        for i in 0..self.pods.len() {
+            cluster.push_str("---\n");
+            cluster.push_str(&serde_yaml::to_string(&self.pod_manifest(i)).expect("serialize pod"));
+        }
+        let mut policies = String::new();
+        for yaml in self.policies.values() {
+            policies.push_str("---\n");
+            policies.push_str(yaml.trim_start_matches("---\n"));
+            if !yaml.ends_with('\n') {
+                policies.push('\n');
+            }
+        }
+        vec![
+            ("cluster.yaml".to_string(), cluster),
+            ("policies.yaml".to_string(), policies),
+        ]
+    }
+
+    /// Writes the manifests into a fresh directory for this step.
+    pub fn write_manifests(&mut self) -> PathBuf {
+        self.step_no += 1;
+        let dir = self.dir.join(format!("step{}", self.step_no));
+        std::fs::create_dir_all(&dir).expect("create step dir");
+        for (name, text) in self.manifests() {
+            std::fs::write(dir.join(name), text).expect("write manifest");
+        }
+        dir
+    }
+
+    /// Programs one node from `dir`; returns the tool's output.
+    pub fn program_node(&self, node: &str, dir: &std::path::Path) -> Result<String, String> {
+        let netns = &self.topo.node(node).netns;
+        let dir = dir.to_str().expect("utf-8 temp dir");
+        let out = match self.programmer {
+            Programmer::Apply => Command::new("ip")
+                .args(["netns", "exec", netns, nftpol_bin(), "apply"])
+                .args(["--manifests", dir, "--node-name", node])
+                .output(),
+            Programmer::CompileNft => {
+                let script = format!(
+                    "{} compile --manifests {dir} --node-name {node} | ip netns exec {netns} nft -f -",
+                    nftpol_bin()
+                );
+                Command::new("bash")
+                    .args(["-o", "pipefail", "-c", &script])
+                    .output()
+            }
+        }
+        .map_err(|e| format!("cannot run nftpol: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "programming {node} failed ({}): {text}",
+                out.status
+            ))
+        }
+    }
+
+    /// Writes manifests and programs every node.
+    pub fn program(&mut self) -> PathBuf {
+        let dir = self.write_manifests();
+        let nodes: Vec<String> = self.topo.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in nodes {
+            if let Err(e) = self.program_node(&node, &dir) {
+                panic!("{e}");
+            }
+        }
+        dir
+    }
+
+    /// `nft list table inet nftpol` of one node (for failure reports).
+    pub fn ruleset(&self, node: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.topo.node(node).netns])
+            .args(["nft", "list", "table", "inet", "nftpol"])
+            .output();
+        match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("cannot list ruleset: {e}"),
+        }
+    }
+
+    pub fn label(&self, i: usize) -> String {
+        format!("{}/{}", self.pods[i].namespace, self.pods[i].name)
+    }
+
+    fn netns_and_ips(&self) -> (Vec<String>, Vec<(std::net::Ipv4Addr, std::net::Ipv6Addr)>) {
+        (
+            self.topo.pods.iter().map(|p| p.netns.clone()).collect(),
+            self.topo.pods.iter().map(|p| (p.v4, p.v6)).collect(),
+        )
+    }
+
+    /// Probes `probes` with the retry policy described at
+    /// [`RETRY_TIMEOUT`] given the expected verdicts.
+    pub fn observe(&self, probes: &[Probe], expected: &[bool]) -> Vec<bool> {
+        let (netns, ips) = self.netns_and_ips();
+        let mut observed = probe::run_probes(probes, &netns, &ips, PROBE_TIMEOUT);
+        let retry: Vec<usize> = (0..probes.len())
+            .filter(|&i| expected[i] && !observed[i])
+            .collect();
+        if !retry.is_empty() {
+            let again: Vec<Probe> = retry.iter().map(|&i| probes[i]).collect();
+            let res = probe::run_probes(&again, &netns, &ips, RETRY_TIMEOUT);
+            for (k, &i) in retry.iter().enumerate() {
+                observed[i] = res[k];
+            }
+        }
+        observed
+    }
+
+    /// What the evaluator says for every probe of the current manifests.
+    pub fn expected(&self, probes: &[Probe]) -> Vec<bool> {
+        let model = oracle::Model::load(&self.manifests());
+        probes
+            .iter()
+            .map(|p| {
+                // A pod reaching its own IP never leaves its namespace
+                // (loopback), so no node sees it: always allowed, as the
+                // upstream suite also expects.
+                p.src == p.dst
+                    || model.allowed(&self.pods[p.src], &self.pods[p.dst], p.v6, p.proto, p.port)
+            })
+            .collect()
+    }
+
+    /// Programs every node, probes the full matrix (IPv4 and IPv6, TCP and
+    /// UDP, ports 80 and 81) and compares it with the evaluator.
+    pub fn verify(&mut self, step: &str) -> StepReport {
+        self.verify_with(step, |_| {})
+    }
+
+    /// Like [`SimCluster::verify`], with a hook that may alter the expected
+    /// matrix (used by the harness's self-test).
+    pub fn verify_with(&mut self, step: &str, tweak: impl FnOnce(&mut [bool])) -> StepReport {
+        let t0 = Instant::now();
+        self.program();
+        let probes = probe::all_probes(self.pods.len(), &[false, true]);
+        let mut expected = self.expected(&probes);
+        tweak(&mut expected);
+        let observed = self.observe(&probes, &expected);
+        self.compare(step, &probes, &expected, &observed, t0)
+    }
+
+    pub fn compare(
+        &self,
+        step: &str,
+        probes: &[Probe],
+        expected: &[bool],
+        observed: &[bool],
+        t0: Instant,
+    ) -> StepReport {
+        let mismatches: Vec<(Probe, bool, bool)> = (0..probes.len())
+            .filter(|&i| expected[i] != observed[i])
+            .map(|i| (probes[i], expected[i], observed[i]))
+            .collect();
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "step {step:?}: {} probes, {} allowed, {} mismatches, {:.1?}",
+            probes.len(),
+            observed.iter().filter(|&&b| b).count(),
+            mismatches.len(),
+            t0.elapsed()
+        );
+        if !mismatches.is_empty() {
+            text.push_str(&self.render_mismatch(probes, expected, observed, &mismatches));
+        }
+        StepReport {
+            probes: probes.len(),
+            allowed: observed.iter().filter(|&&b| b).count(),
+            mismatches,
+            text,
+        }
+    }
+
+    /// Both matrices of every (family, protocol, port) that has a
+    /// difference, then the rulesets of the nodes involved.
+    fn render_mismatch(
+        &self,
+        probes: &[Probe],
+        expected: &[bool],
+        observed: &[bool],
+        mismatches: &[(Probe, bool, bool)],
+    ) -> String {
+        let mut text = String::new();
+        let mut groups: Vec<(bool, probe::Proto, u16)> = mismatches
+            .iter()
+            .map(|(p, _, _)| (p.v6, p.proto, p.port))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let n = self.pods.len();
+        for (v6, proto, port) in groups {
+            let fam = if v6 { "IPv6" } else { "IPv4" };
+            let _ = writeln!(
+                text,
+                "\n{fam} {}/{port}: rows = from, columns = to; '.' allowed, 'X' denied; \
+                 in the observed table '!' marks a wrongly allowed and '#' a wrongly dropped cell",
+                proto.name()
+            );
+            let mut exp = vec![vec![false; n]; n];
+            let mut obs = vec![vec![false; n]; n];
+            for (i, p) in probes.iter().enumerate() {
+                if p.v6 == v6 && p.proto == proto && p.port == port {
+                    exp[p.src][p.dst] = expected[i];
+                    obs[p.src][p.dst] = observed[i];
+                }
+            }
+            let header: String = (0..n).map(|j| format!("{:>5}", self.label(j))).collect();
+            let _ = writeln!(text, "expected{:>9}{header}   | observed{header}", "");
+            for s in 0..n {
+                let e: String = (0..n)
+                    .map(|d| format!("{:>5}", if exp[s][d] { "." } else { "X" }))
+                    .collect();
+                let o: String = (0..n)
+                    .map(|d| {
+                        let c = match (exp[s][d], obs[s][d]) {
+                            (false, true) => "!",
+                            (true, false) => "#",
+                            (_, true) => ".",
+                            (_, false) => "X",
+                        };
+                        format!("{c:>5}")
+                    })
+                    .collect();
+                let _ = writeln!(text, "{:<17}{e}   | {:<8}{o}", self.label(s), "");
+            }
+        }
+        let mut nodes: Vec<&str> = mismatches
+            .iter()
+            .flat_map(|(p, _, _)| [p.src, p.dst])
+            .map(|i| self.topo.pods[i].node.as_str())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            let _ = writeln!(
+                text,
+                "\n--- {node}: nft list table inet nftpol ---\n{}",
+                self.ruleset(node)
+            );
+        }
+        let _ = writeln!(text, "\n--- manifests ---");
+        for (name, body) in self.manifests() {
+            if name == "policies.yaml" {
+                let _ = writeln!(text, "{body}");
+            }
+        }
+        text
+    }
+
+    /// [`SimCluster::verify`], panicking with the full report on a mismatch.
+    pub fn check(&mut self, step: &str) {
+        let r = self.verify(step);
+        eprint!(
+            "{}",
+            r.text
+                .lines()
+                .next()
+                .map(|l| format!("{l}\n"))
+                .unwrap_or_default()
+        );
+        assert!(r.mismatches.is_empty(), "{}", r.text);
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Used by tests that need a shell-level view of a namespace.
+#[allow(dead_code)]
+pub fn netns_exec(netns: &str, args: &[&str]) -> String {
+    run(Command::new("ip").args(["netns", "exec", netns]).args(args))
+}

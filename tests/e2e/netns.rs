@@ -1,0 +1,330 @@
+//! The simulated cluster's network: node and pod network namespaces, veth
+//! links, addresses and routes, all created with `ip -n <ns>` so nothing is
+//! ever configured in the host's own namespace.
+//!
+//! Shape (per test): two node namespaces joined by one veth pair (the
+//! "fabric"); every pod namespace hangs off its node by a veth pair, with
+//! the pod's /32 and /128 routed on the node side and a link-local default
+//! gateway on the pod side (as routed CNIs such as Calico do). Nodes route
+//! the other node's pod CIDR over the fabric, so cross-node traffic crosses
+//! both nodes' `forward` hooks, exactly where nftpol filters.
+//!
+//! [`Topology`] owns every namespace it creates and deletes them in `Drop`,
+//! so a failing assertion or a panic still cleans up.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Prefix of every namespace the e2e suite creates; a leftover one is
+/// recognisable (and safe to delete) by it.
+pub const PREFIX: &str = "nftpol-t-";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this process and call, so tests running in parallel
+/// (and concurrent `cargo test` runs) never collide.
+pub fn unique_tag() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, panicking with its stderr on failure: a topology that
+/// cannot be built is a broken test environment, not a test result.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip -n <ns> <args...>`.
+pub fn ip(ns: &str, args: &[&str]) {
+    run(Command::new("ip").arg("-n").arg(ns).args(args));
+}
+
+/// Sets sysctls inside a namespace (`ip netns exec` gives the command a
+/// private /proc/sys view of that namespace).
+fn sysctl(ns: &str, settings: &[&str]) {
+    run(Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
+        .args(settings));
+}
+
+/// Whether the suite can build namespaces at all (root with CAP_SYS_ADMIN
+/// and CAP_NET_ADMIN, iproute2 and nft installed). Prints why not.
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: the netns e2e suite needs root (network namespaces, nftables)");
+        return false;
+    }
+    for tool in ["ip", "nft"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            eprintln!("SKIP: the netns e2e suite needs `{tool}` on PATH");
+            return false;
+        }
+    }
+    true
+}
+
+/// One simulated node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Kubernetes node name (spec.nodeName).
+    pub name: String,
+    /// Network namespace name.
+    pub netns: String,
+    /// 1-based index; the pod CIDRs are 10.244.<index>.0/24 and
+    /// fd00:10:244:<index>::/64.
+    pub index: u8,
+    /// Fabric address of this node.
+    pub fabric_v4: Ipv4Addr,
+    pub fabric_v6: Ipv6Addr,
+}
+
+/// One simulated pod's network side.
+#[derive(Clone, Debug)]
+pub struct PodNet {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+/// Every namespace of one simulated cluster; deleting them all in `Drop`.
+pub struct Topology {
+    pub tag: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<PodNet>,
+    /// Every netns created, in creation order (deleted in reverse).
+    created: Vec<String>,
+}
+
+/// The pod side's default gateways: fixed link-local addresses configured
+/// on every node-side veth, so no per-pod gateway bookkeeping is needed.
+const GW_V4: &str = "169.254.1.1";
+const GW_V6: &str = "fe80::1";
+
+/// Sysctls of a fresh namespace: no DAD (addresses usable at once, so no
+/// sleeping for IPv6 to settle) and forwarding where needed.
+const NO_DAD: [&str; 2] = [
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+];
+
+impl Topology {
+    /// Creates `node_count` nodes (1..=9) joined by a fabric; pods are
+    /// added with [`Topology::add_pod`].
+    pub fn new(node_count: u8) -> Topology {
+        assert!((1..=2).contains(&node_count), "1 or 2 nodes supported");
+        let tag = unique_tag();
+        let mut topo = Topology {
+            tag,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            created: Vec::new(),
+        };
+        for index in 1..=node_count {
+            let netns = format!("{PREFIX}{}-n{index}", topo.tag);
+            topo.add_netns(&netns);
+            sysctl(
+                &netns,
+                &[
+                    NO_DAD[0],
+                    NO_DAD[1],
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv6.conf.default.forwarding=1",
+                ],
+            );
+            ip(&netns, &["link", "set", "lo", "up"]);
+            topo.nodes.push(Node {
+                name: format!("node{index}"),
+                netns,
+                index,
+                fabric_v4: Ipv4Addr::new(172, 31, 255, index),
+                fabric_v6: format!("fd00:ffff::{index}")
+                    .parse()
+                    .expect("static IPv6 literal"),
+            });
+        }
+        if node_count == 2 {
+            topo.connect_fabric();
+        }
+        topo
+    }
+
+    fn add_netns(&mut self, name: &str) {
+        run(Command::new("ip").args(["netns", "add", name]));
+        // Recorded right away so a later failure still deletes it.
+        self.created.push(name.to_string());
+    }
+
+    /// One veth pair between the two node namespaces, plus routes to the
+    /// other node's pod CIDRs through it.
+    fn connect_fabric(&mut self) {
+        let (a, b) = (self.nodes[0].clone(), self.nodes[1].clone());
+        ip(
+            &a.netns,
+            &[
+                "link", "add", "fabric", "type", "veth", "peer", "name", "fabric", "netns",
+                &b.netns,
+            ],
+        );
+        for (me, other) in [(&a, &b), (&b, &a)] {
+            let v4 = format!("{}/30", me.fabric_v4);
+            let v6 = format!("{}/64", me.fabric_v6);
+            ip(&me.netns, &["addr", "add", &v4, "dev", "fabric"]);
+            ip(&me.netns, &["addr", "add", &v6, "dev", "fabric", "nodad"]);
+            ip(&me.netns, &["link", "set", "fabric", "up"]);
+            let cidr4 = format!("10.244.{}.0/24", other.index);
+            let cidr6 = format!("fd00:10:244:{}::/64", other.index);
+            ip(
+                &me.netns,
+                &["route", "add", &cidr4, "via", &other.fabric_v4.to_string()],
+            );
+            ip(
+                &me.netns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &cidr6,
+                    "via",
+                    &other.fabric_v6.to_string(),
+                ],
+            );
+        }
+    }
+
+    /// Adds a pod namespace on `node` (by node name) with the next free
+    /// addresses of that node's CIDRs.
+    pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str) -> PodNet {
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+            .clone();
+        let host_n = 10 + self.pods.iter().filter(|p| p.node == node).count();
+        assert!(host_n < 250, "too many pods on {node}");
+        let idx = self.pods.len();
+        let netns = format!("{PREFIX}{}-p{idx}", self.tag);
+        self.add_netns(&netns);
+        sysctl(&netns, &NO_DAD);
+        let v4 = Ipv4Addr::new(10, 244, n.index, host_n as u8);
+        let v6: Ipv6Addr = format!("fd00:10:244:{}::{:x}", n.index, host_n)
+            .parse()
+            .expect("generated IPv6 literal");
+        // Node side "vp<idx>", pod side "eth0"; names only need to be
+        // unique within their own namespace.
+        let host_if = format!("vp{idx}");
+        ip(
+            &n.netns,
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        );
+        ip(
+            &n.netns,
+            &["addr", "add", &format!("{GW_V4}/32"), "dev", &host_if],
+        );
+        ip(
+            &n.netns,
+            &[
+                "addr",
+                "add",
+                &format!("{GW_V6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ],
+        );
+        ip(&n.netns, &["link", "set", &host_if, "up"]);
+        ip(
+            &n.netns,
+            &["route", "add", &format!("{v4}/32"), "dev", &host_if],
+        );
+        ip(
+            &n.netns,
+            &["-6", "route", "add", &format!("{v6}/128"), "dev", &host_if],
+        );
+
+        ip(&netns, &["link", "set", "lo", "up"]);
+        ip(&netns, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
+        ip(
+            &netns,
+            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
+        );
+        ip(&netns, &["link", "set", "eth0", "up"]);
+        ip(
+            &netns,
+            &["route", "add", GW_V4, "dev", "eth0", "scope", "link"],
+        );
+        ip(
+            &netns,
+            &["route", "add", "default", "via", GW_V4, "dev", "eth0"],
+        );
+        ip(
+            &netns,
+            &["-6", "route", "add", "default", "via", GW_V6, "dev", "eth0"],
+        );
+        let pod = PodNet {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            node: node.to_string(),
+            netns,
+            v4,
+            v6,
+        };
+        self.pods.push(pod.clone());
+        pod
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Pods first, then nodes; errors are reported, not raised, since
+        // Drop may run during a panic.
+        for ns in self.created.iter().rev() {
+            let status = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                eprintln!("warning: could not delete netns {ns}");
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Real packets: TCP and UDP servers inside pod namespaces and short-lived
+//! clients probing every (source pod, destination pod, family, protocol,
+//! port) in parallel.
+//!
+//! Everything runs in threads of the test process that `setns(2)` into a
+//! pod's network namespace: a socket belongs to the namespace of the thread
+//! that created it, so no helper processes are needed and every probe is
+//! bounded by its own socket timeout. Only pod addresses of the test's own
+//! topology are ever dialled.
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Ports every simulated pod serves, as in the upstream netpol e2e model.
+pub const PORTS: [u16; 2] = [80, 81];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        }
+    }
+}
+
+/// Moves the calling thread into the network namespace `/run/netns/<netns>`.
+/// Only ever called on threads spawned for that purpose.
+pub fn enter_netns(netns: &str) -> std::io::Result<()> {
+    let f = File::open(format!("/run/netns/{netns}"))?;
+    // SAFETY: setns on a valid fd affects only the calling thread's
+    // network namespace (CLONE_NEWNET is per thread).
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Spawns `f` on a fresh thread inside `netns`.
+pub fn spawn_in<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let netns = netns.to_string();
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            enter_netns(&netns).unwrap_or_else(|e| panic!("setns {netns}: {e}"));
+            f()
+        })
+        .expect("spawn probe thread")
+}
+
+/// TCP and UDP servers of one pod on [`PORTS`]; stopped and joined on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How often idle server loops look at the stop flag.
+const SERVER_POLL: Duration = Duration::from_millis(20);
+
+impl Servers {
+    /// Starts dual-stack servers (`[::]` accepts IPv4 too) in `netns`.
+    pub fn start(netns: &str) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sockets = spawn_in(netns, || {
+            let mut tcp = Vec::new();
+            let mut udp = Vec::new();
+            for port in PORTS {
+                let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+                tcp.push(TcpListener::bind(addr).expect("bind TCP server"));
+                udp.push(UdpSocket::bind(addr).expect("bind UDP server"));
+            }
+            (tcp, udp)
+        })
+        .join()
+        .expect("server setup thread");
+        let mut threads = Vec::new();
+        for l in sockets.0 {
+            let stop = stop.clone();
+            l.set_nonblocking(true).expect("nonblocking listener");
+            threads.push(std::thread::spawn(move || {
+                // The handshake completes in the kernel before accept, so a
+                // slow accept loop never turns an allowed probe into a
+                // denied one; accepting just keeps the backlog drained.
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(b"ok");
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(SERVER_POLL)
+                        }
+                        Err(_) => std::thread::sleep(SERVER_POLL),
+                    }
+                }
+            }));
+        }
+        for s in sockets.1 {
+            let stop = stop.clone();
+            s.set_read_timeout(Some(SERVER_POLL))
+                .expect("UDP read timeout");
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(&buf[..n], peer);
+                    }
+                }
+            }));
+        }
+        Servers { stop, threads }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether one connection attempt got through: TCP handshake completed or
+/// UDP echo received. A drop shows as a timeout.
+pub fn probe_once(dst: IpAddr, proto: Proto, port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::new(dst, port);
+    match proto {
+        Proto::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => true,
+            // A RST means the packet reached the pod: not filtered.
+            Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+        },
+        Proto::Udp => {
+            let local: SocketAddr = match dst {
+                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let Ok(s) = UdpSocket::bind(local) else {
+                return false;
+            };
+            if s.connect(addr).is_err() {
+                return false;
+            }
+            // Two sends per attempt so a single lost datagram on a busy
+            // machine does not read as "denied".
+            let half = timeout / 2;
+            let deadline = Instant::now() + timeout;
+            let mut buf = [0u8; 64];
+            for _ in 0..2 {
+                if s.send(b"nftpol-e2e-probe").is_err() {
+                    return false;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let _ = s.set_read_timeout(Some(half.min(left).max(Duration::from_millis(1))));
+                match s.recv(&mut buf) {
+                    Ok(_) => return true,
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => return true,
+                    Err(_) => {}
+                }
+            }
+            false
+        }
+    }
+}
+
+/// One cell of a reachability matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Probe {
+    /// Index into the topology's pod list.
+    pub src: usize,
+    pub dst: usize,
+    pub v6: bool,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+/// Every probe between `pods` pods for the given families.
+pub fn all_probes(pods: usize, families: &[bool]) -> Vec<Probe> {
+    let mut v = Vec::new();
+    for &v6 in families {
+        for proto in Proto::ALL {
+            for port in PORTS {
+                for src in 0..pods {
+                    for dst in 0..pods {
+                        v.push(Probe {
+                            src,
+                            dst,
+                            v6,
+                            proto,
+                            port,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Runs every probe in parallel, each from a thread inside its source
+/// pod's namespace. `netns[i]` and `ips[i]` describe pod i.
+pub fn run_probes(
+    probes: &[Probe],
+    netns: &[String],
+    ips: &[(Ipv4Addr, Ipv6Addr)],
+    timeout: Duration,
+) -> Vec<bool> {
+    // Bounded parallelism: enough to finish a 648-probe matrix in about one
+    // timeout, few enough not to starve the 2-core machine.
+    const WAVE: usize = 256;
+    let mut out = Vec::with_capacity(probes.len());
+    for chunk in probes.chunks(WAVE) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .map(|p| {
+                let (v4, v6) = ips[p.dst];
+                let dst = if p.v6 { IpAddr::V6(v6) } else { IpAddr::V4(v4) };
+                let (proto, port) = (p.proto, p.port);
+                spawn_in(&netns[p.src], move || probe_once(dst, proto, port, timeout))
+            })
+            .collect();
+        out.extend(handles.into_iter().map(|h| h.join().expect("probe thread")));
+    }
+    out
+}
