@@ -6,7 +6,9 @@ use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An inclusive address range within one family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct AddrRange {
     pub lo: IpAddr,
     pub hi: IpAddr,
@@ -157,7 +159,10 @@ mod tests {
                 hi: ip("10.0.0.127")
             }]
         );
-        let r = cidr_minus(&net("10.0.0.0/24"), &[net("10.0.0.16/28"), net("10.0.0.20/32")]);
+        let r = cidr_minus(
+            &net("10.0.0.0/24"),
+            &[net("10.0.0.16/28"), net("10.0.0.20/32")],
+        );
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].hi, ip("10.0.0.15"));
         assert_eq!(r[1].lo, ip("10.0.0.32"));
@@ -203,7 +208,10 @@ mod tests {
         assert_eq!(range_as_prefix(ip("10.0.0.0"), ip("10.0.0.255")), Some(24));
         assert_eq!(range_as_prefix(ip("10.0.0.1"), ip("10.0.0.1")), Some(32));
         assert_eq!(range_as_prefix(ip("10.0.0.1"), ip("10.0.0.2")), None);
-        assert_eq!(range_as_prefix(ip("0.0.0.0"), ip("255.255.255.255")), Some(0));
+        assert_eq!(
+            range_as_prefix(ip("0.0.0.0"), ip("255.255.255.255")),
+            Some(0)
+        );
         assert_eq!(range_as_prefix(ip("10.0.0.0"), ip("10.0.0.2")), None);
     }
 }

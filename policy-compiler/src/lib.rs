@@ -2,7 +2,23 @@
 //! nft text, plus the semantic evaluator that says what upstream
 //! NetworkPolicy semantics allow. Pure: no I/O, no async, no clocks.
 
-pub mod diff;
+pub mod compile;
+pub mod convert;
+pub mod error;
+pub mod eval;
+pub mod index;
+pub mod interp;
 pub mod ipblock;
 pub mod ir;
+pub mod manifest;
+pub mod model;
+pub mod names;
 pub mod render;
+pub mod selector;
+
+pub use compile::{compile, Direction};
+pub use error::{Error, ObjectError};
+pub use eval::{allowed, Decision, Endpoint};
+pub use index::Cluster;
+pub use ir::Ruleset;
+pub use manifest::{parse, Loaded, Object};

@@ -1,0 +1,561 @@
+//! (cluster, node) -> ruleset IR. A pure function: same input, equal IR.
+//!
+//! Shape (see docs/ARCHITECTURE.md): base chains `forward` and `input`
+//! accept established traffic, drop invalid, pass IPv6 neighbour
+//! discovery, then dispatch through the verdict maps `egress_v4/v6`
+//! (source address) and `ingress_v4/v6` (destination address) to the
+//! per-pod chains `egr_<ns>_<pod>` / `ing_<ns>_<pod>` of local isolated
+//! pods. A per-pod chain holds one or a few rules per (policy, rule index)
+//! that select the pod, each with a comment naming both, then a drop.
+//! Egress allows `return`, so the same packet still meets the
+//! destination's ingress chain on the same node.
+//!
+//! Peers live in named sets shared by every pod the same policy rule
+//! selects (`pod4_`/`pod6_` for selected pods, `net4_`/`net6_` interval
+//! sets for ipBlocks, `tcp_`/`udp_`/`sctp_` port sets, `nam4_`/`nam6_`
+//! concatenations for named ports resolved per destination pod), so a peer
+//! coming or going is a set element, not a chain rewrite.
+
+use crate::eval::{peer_selects_namespace, peer_selects_pod_in};
+use crate::index::Cluster;
+use crate::ipblock::{merge, AddrRange};
+use crate::ir::*;
+use crate::model::*;
+use crate::names::{comment, ident};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const CHAIN_FORWARD: &str = "forward";
+pub const CHAIN_INPUT: &str = "input";
+pub const BASE_PRIORITY: i32 = 0;
+/// ICMPv6 neighbour discovery: router solicit/advert, neighbour
+/// solicit/advert, redirect. Isolated IPv6 pods lose their neighbours
+/// without these.
+pub const ND_TYPES: (u8, u8) = (133, 137);
+
+pub fn map_name(direction: Direction, family: Family) -> String {
+    format!("{}_{}", direction.word(), family.suffix())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn word(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Direction::Ingress => "in",
+            Direction::Egress => "eg",
+        }
+    }
+    fn chain_prefix(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ing",
+            Direction::Egress => "egr",
+        }
+    }
+    /// The packet address that identifies the peer.
+    fn peer_dir(self) -> Dir {
+        match self {
+            Direction::Ingress => Dir::Src,
+            Direction::Egress => Dir::Dst,
+        }
+    }
+    /// The packet address that identifies the local pod.
+    fn pod_dir(self) -> Dir {
+        match self {
+            Direction::Ingress => Dir::Dst,
+            Direction::Egress => Dir::Src,
+        }
+    }
+    fn allow(self) -> Verdict {
+        match self {
+            Direction::Ingress => Verdict::Accept,
+            // Egress must not accept: the destination's ingress chain on
+            // this node has yet to see the packet.
+            Direction::Egress => Verdict::Return,
+        }
+    }
+    pub fn rules(self, p: &Policy) -> Option<&Vec<PolicyRule>> {
+        match self {
+            Direction::Ingress => p.ingress.as_ref(),
+            Direction::Egress => p.egress.as_ref(),
+        }
+    }
+}
+
+pub fn pod_chain_name(direction: Direction, pod: &Pod) -> String {
+    ident(direction.chain_prefix(), &[&pod.namespace, &pod.name])
+}
+
+/// The ruleset for `node`: enforcement for every pod scheduled there.
+pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
+    let mut b = Builder {
+        cluster,
+        rs: Ruleset::default(),
+    };
+    for direction in [Direction::Ingress, Direction::Egress] {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            b.rs.sets.insert(
+                map_name(direction, family),
+                Set {
+                    kind: SetKind::Vmap { family },
+                    elements: BTreeSet::new(),
+                },
+            );
+        }
+    }
+    b.rs.chains.insert(
+        CHAIN_FORWARD.to_string(),
+        base_chain(Hook::Forward, &[Direction::Egress, Direction::Ingress]),
+    );
+    // Pod -> its own node: only the pod's egress applies; the node's own
+    // traffic to pods leaves through `output`, which is never filtered.
+    b.rs.chains.insert(
+        CHAIN_INPUT.to_string(),
+        base_chain(Hook::Input, &[Direction::Egress]),
+    );
+
+    let local = cluster
+        .pods()
+        .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node));
+    for pod in local {
+        let selecting: Vec<&Policy> = cluster
+            .policies_in(&pod.namespace)
+            .filter(|pol| pol.pod_selector.matches(&pod.labels))
+            .collect();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let isolating: Vec<&Policy> = selecting
+                .iter()
+                .copied()
+                .filter(|pol| direction.rules(pol).is_some())
+                .collect();
+            if !isolating.is_empty() {
+                b.pod_chain(pod, direction, &isolating);
+            }
+        }
+    }
+    b.rs
+}
+
+fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
+    let mut rules = vec![
+        Rule {
+            matches: vec![Match::CtState(
+                [CtState::Established, CtState::Related].into(),
+            )],
+            verdict: Verdict::Accept,
+            comment: None,
+        },
+        Rule {
+            matches: vec![Match::CtState([CtState::Invalid].into())],
+            verdict: Verdict::Drop,
+            comment: None,
+        },
+        Rule {
+            matches: vec![Match::Icmpv6Type {
+                lo: ND_TYPES.0,
+                hi: ND_TYPES.1,
+            }],
+            verdict: Verdict::Accept,
+            comment: Some("IPv6 neighbour discovery".into()),
+        },
+    ];
+    for &direction in dispatch {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            rules.push(Rule {
+                matches: vec![],
+                verdict: Verdict::AddrVmap {
+                    family,
+                    dir: direction.pod_dir(),
+                    map: map_name(direction, family),
+                },
+                comment: None,
+            });
+        }
+    }
+    Chain {
+        base: Some(BaseChain {
+            hook,
+            priority: BASE_PRIORITY,
+            policy: ChainPolicy::Accept,
+        }),
+        rules,
+    }
+}
+
+struct Builder<'a> {
+    cluster: &'a Cluster,
+    rs: Ruleset,
+}
+
+/// The port matches of one rule, split by how they are enforced.
+struct PortPlan {
+    /// Alternatives combined with the peer matches (each a list of matches).
+    plain: Vec<Vec<Match>>,
+    /// Named ports (egress only): resolved per destination pod into a
+    /// concatenated set that already restricts the peer.
+    named: Vec<(String, Protocol)>,
+}
+
+impl Builder<'_> {
+    fn pod_chain(&mut self, pod: &Pod, direction: Direction, isolating: &[&Policy]) {
+        let chain_name = pod_chain_name(direction, pod);
+        let mut rules = Vec::new();
+        for pol in isolating {
+            let Some(prules) = direction.rules(pol) else {
+                continue;
+            };
+            for (i, r) in prules.iter().enumerate() {
+                self.policy_rule(&mut rules, pod, direction, pol, i, r);
+            }
+        }
+        let names: Vec<String> = isolating
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        rules.push(Rule {
+            matches: vec![],
+            verdict: Verdict::Drop,
+            comment: Some(comment(format!(
+                "{} isolated by {}",
+                direction.word(),
+                names.join(", ")
+            ))),
+        });
+        self.rs
+            .chains
+            .insert(chain_name.clone(), Chain { base: None, rules });
+        for ip in &pod.ips {
+            let family = Family::of(ip);
+            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, family)) {
+                // A duplicate IP among local pods keeps the first pod's
+                // chain (pods iterate in namespace/name order).
+                if !map
+                    .elements
+                    .iter()
+                    .any(|e| matches!(e, Element::VmapJump(a, _) if a == ip))
+                {
+                    map.elements
+                        .insert(Element::VmapJump(*ip, chain_name.clone()));
+                }
+            }
+        }
+    }
+
+    fn policy_rule(
+        &mut self,
+        out: &mut Vec<Rule>,
+        pod: &Pod,
+        direction: Direction,
+        pol: &Policy,
+        index: usize,
+        r: &PolicyRule,
+    ) {
+        let key = format!("{}{index}", direction.short());
+        let parts = [pol.namespace.as_str(), pol.name.as_str(), key.as_str()];
+        let note = Some(comment(format!(
+            "{}/{} {}[{index}]",
+            pol.namespace,
+            pol.name,
+            direction.word()
+        )));
+        let ports = self.port_plan(pod, direction, r, &parts);
+        // Only named egress ports: the concatenated set alone names peers.
+        let peers = if ports.plain.is_empty() {
+            Vec::new()
+        } else {
+            self.peer_alternatives(direction, pol, r, &parts)
+        };
+        let verdict = direction.allow();
+        for peer in &peers {
+            for port in &ports.plain {
+                out.push(Rule {
+                    matches: peer.iter().chain(port.iter()).cloned().collect(),
+                    verdict: verdict.clone(),
+                    comment: note.clone(),
+                });
+            }
+        }
+        if !ports.named.is_empty() {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let set = self.named_port_set(family, pol, r, &ports.named, &parts);
+                out.push(Rule {
+                    matches: vec![Match::DAddrProtoPortInSet { family, set }],
+                    verdict: verdict.clone(),
+                    comment: note.clone(),
+                });
+            }
+        }
+    }
+
+    /// One list of matches per way a peer can be identified; `[[]]` when
+    /// every peer is allowed.
+    fn peer_alternatives(
+        &mut self,
+        direction: Direction,
+        pol: &Policy,
+        r: &PolicyRule,
+        parts: &[&str],
+    ) -> Vec<Vec<Match>> {
+        let Some(peers) = &r.peers else {
+            return vec![vec![]];
+        };
+        let dir = direction.peer_dir();
+        let mut out = Vec::new();
+        let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
+        if has_pod_peer {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let name = ident(&format!("pod{}", family_digit(family)), parts);
+                if !self.rs.sets.contains_key(&name) {
+                    let elements = peer_pods(self.cluster, pol, peers)
+                        .into_iter()
+                        .flat_map(|p| p.ips.iter())
+                        .filter(|ip| Family::of(ip) == family)
+                        .map(|ip| Element::Addr(*ip))
+                        .collect();
+                    self.rs.sets.insert(
+                        name.clone(),
+                        Set {
+                            kind: SetKind::Addr {
+                                family,
+                                interval: false,
+                            },
+                            elements,
+                        },
+                    );
+                }
+                out.push(vec![Match::AddrInSet {
+                    family,
+                    dir,
+                    set: name,
+                }]);
+            }
+        }
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let blocks: Vec<&Peer> = peers
+                .iter()
+                .filter(|p| matches!(p, Peer::IpBlock { cidr, .. } if Family::of(&cidr.addr()) == family))
+                .collect();
+            if blocks.is_empty() {
+                continue;
+            }
+            let name = ident(&format!("net{}", family_digit(family)), parts);
+            if !self.rs.sets.contains_key(&name) {
+                let ranges: Vec<AddrRange> = blocks
+                    .iter()
+                    .flat_map(|p| match p {
+                        Peer::IpBlock { ranges, .. } => ranges.clone(),
+                        Peer::Pods { .. } => Vec::new(),
+                    })
+                    .collect();
+                let elements = merge(ranges)
+                    .into_iter()
+                    .map(|r| Element::AddrRange(r.lo, r.hi))
+                    .collect();
+                self.rs.sets.insert(
+                    name.clone(),
+                    Set {
+                        kind: SetKind::Addr {
+                            family,
+                            interval: true,
+                        },
+                        elements,
+                    },
+                );
+            }
+            out.push(vec![Match::AddrInSet {
+                family,
+                dir,
+                set: name,
+            }]);
+        }
+        out
+    }
+
+    fn port_plan(
+        &mut self,
+        pod: &Pod,
+        direction: Direction,
+        r: &PolicyRule,
+        parts: &[&str],
+    ) -> PortPlan {
+        let Some(ports) = &r.ports else {
+            return PortPlan {
+                plain: vec![vec![]],
+                named: vec![],
+            };
+        };
+        let mut plain = Vec::new();
+        let mut named = Vec::new();
+        for proto in Protocol::ALL {
+            let specs: Vec<&PortSpec> = ports.iter().filter(|s| s.protocol == proto).collect();
+            if specs.is_empty() {
+                continue;
+            }
+            if specs.iter().any(|s| s.port == PortRef::Any) {
+                plain.push(vec![Match::L4Proto(proto.number())]);
+                continue;
+            }
+            let mut ranges: Vec<(u16, u16)> = Vec::new();
+            let mut resolved_named = false;
+            for s in &specs {
+                match &s.port {
+                    PortRef::Range(lo, hi) => ranges.push((*lo, *hi)),
+                    PortRef::Named(name) => match direction {
+                        // Ingress: the destination is this chain's pod.
+                        Direction::Ingress => {
+                            if let Some(n) = pod.resolve_port(name, proto) {
+                                ranges.push((n, n));
+                                resolved_named = true;
+                            }
+                        }
+                        Direction::Egress => named.push((name.clone(), proto)),
+                    },
+                    PortRef::Any => {}
+                }
+            }
+            let ranges = merge_ports(ranges);
+            match ranges.as_slice() {
+                [] => {}
+                [(lo, hi)] => plain.push(vec![
+                    Match::L4Proto(proto.number()),
+                    Match::DPort { lo: *lo, hi: *hi },
+                ]),
+                _ => {
+                    // Ports resolved from names on this pod make the set
+                    // this pod's own; numeric-only sets are shared.
+                    let mut p: Vec<&str> = parts.to_vec();
+                    if resolved_named {
+                        p.push(&pod.name);
+                    }
+                    let name = ident(proto.lower(), &p);
+                    self.rs.sets.entry(name.clone()).or_insert_with(|| Set {
+                        kind: SetKind::Ports,
+                        elements: ranges
+                            .iter()
+                            .map(|(lo, hi)| Element::PortRange(*lo, *hi))
+                            .collect(),
+                    });
+                    plain.push(vec![
+                        Match::L4Proto(proto.number()),
+                        Match::DPortInSet { set: name },
+                    ]);
+                }
+            }
+        }
+        named.sort();
+        named.dedup();
+        PortPlan { plain, named }
+    }
+
+    /// `nam4_`/`nam6_`: (pod IP, protocol, port) for every destination pod
+    /// that is a peer of the rule and defines one of the named ports.
+    fn named_port_set(
+        &mut self,
+        family: Family,
+        pol: &Policy,
+        r: &PolicyRule,
+        named: &[(String, Protocol)],
+        parts: &[&str],
+    ) -> String {
+        let name = ident(&format!("nam{}", family_digit(family)), parts);
+        if self.rs.sets.contains_key(&name) {
+            return name;
+        }
+        let mut elements = BTreeSet::new();
+        let mut add = |p: &Pod, ip: &std::net::IpAddr| {
+            for (port_name, proto) in named {
+                if let Some(n) = p.resolve_port(port_name, *proto) {
+                    elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
+                }
+            }
+        };
+        let in_family = |ip: &&std::net::IpAddr| Family::of(ip) == family;
+        match &r.peers {
+            None => {
+                for p in self.cluster.pods().filter(|p| p.is_policy_pod()) {
+                    p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
+                }
+            }
+            Some(peers) => {
+                for p in peer_pods(self.cluster, pol, peers) {
+                    p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
+                }
+                let blocks: Vec<&AddrRange> = peers
+                    .iter()
+                    .flat_map(|p| match p {
+                        Peer::IpBlock { ranges, .. } => ranges.iter().collect(),
+                        Peer::Pods { .. } => Vec::new(),
+                    })
+                    .collect();
+                if !blocks.is_empty() {
+                    for p in self.cluster.pods().filter(|p| p.is_policy_pod()) {
+                        for ip in p.ips.iter().filter(in_family) {
+                            if blocks.iter().any(|b| b.contains(*ip)) {
+                                add(p, ip);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.rs.sets.insert(
+            name.clone(),
+            Set {
+                kind: SetKind::AddrProtoPort { family },
+                elements,
+            },
+        );
+        name
+    }
+}
+
+/// Pods any of `peers` selects (pod peers only), each once, in
+/// namespace/name order.
+fn peer_pods<'c>(cluster: &'c Cluster, pol: &Policy, peers: &[Peer]) -> Vec<&'c Pod> {
+    let mut seen: BTreeMap<(&str, &str), &'c Pod> = BTreeMap::new();
+    for peer in peers.iter().filter(|p| matches!(p, Peer::Pods { .. })) {
+        for ns in cluster.namespaces_with_pods() {
+            if !peer_selects_namespace(cluster, &pol.namespace, peer, ns) {
+                continue;
+            }
+            for p in cluster.pods_in(ns) {
+                if p.is_policy_pod() && peer_selects_pod_in(peer, p) {
+                    seen.insert((p.namespace.as_str(), p.name.as_str()), p);
+                }
+            }
+        }
+    }
+    seen.into_values().collect()
+}
+
+fn family_digit(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "4",
+        Family::Ipv6 => "6",
+    }
+}
+
+fn merge_ports(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in ranges {
+        if let Some(last) = out.last_mut() {
+            if u32::from(lo) <= u32::from(last.1) + 1 {
+                last.1 = last.1.max(hi);
+                continue;
+            }
+        }
+        out.push((lo, hi));
+    }
+    out
+}

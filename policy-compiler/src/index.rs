@@ -1,0 +1,172 @@
+//! The cluster index: every Namespace, Pod and NetworkPolicy the compiler
+//! knows, with apply/delete per kind (what a watch event does) and the
+//! lookups the compiler and evaluator need. A namespace that pods or
+//! policies name but that was never given as an object still exists here,
+//! with the implicit `kubernetes.io/metadata.name` label the apiserver
+//! would have set.
+
+use crate::manifest::Object;
+use crate::model::*;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+type Key = (String, String);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<Key, Pod>,
+    policies: BTreeMap<Key, Policy>,
+    /// How many pods each namespace holds, so namespace selectors only
+    /// look at namespaces that can contribute peers.
+    pod_namespaces: BTreeMap<String, usize>,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut c = Cluster::new();
+        for o in objects {
+            c.apply(o);
+        }
+        c
+    }
+
+    /// Adds or replaces one object; returns whether anything changed.
+    pub fn apply(&mut self, o: Object) -> bool {
+        match o {
+            Object::Namespace(ns) => self.apply_namespace(ns),
+            Object::Pod(p) => self.apply_pod(p),
+            Object::Policy(p) => self.apply_policy(p),
+        }
+    }
+
+    pub fn apply_namespace(&mut self, ns: Namespace) -> bool {
+        if self.namespaces.get(&ns.name) == Some(&ns) {
+            return false;
+        }
+        self.namespaces.insert(ns.name.clone(), ns);
+        true
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        self.namespaces.remove(name).is_some()
+    }
+
+    pub fn apply_pod(&mut self, p: Pod) -> bool {
+        let key = p.key();
+        match self.pods.get(&key) {
+            Some(old) if *old == p => return false,
+            Some(_) => {}
+            None => *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1,
+        }
+        self.pods.insert(key, p);
+        true
+    }
+
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
+        let removed = self
+            .pods
+            .remove(&(namespace.to_string(), name.to_string()))
+            .is_some();
+        if removed {
+            if let Some(n) = self.pod_namespaces.get_mut(namespace) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pod_namespaces.remove(namespace);
+                }
+            }
+        }
+        removed
+    }
+
+    pub fn apply_policy(&mut self, p: Policy) -> bool {
+        let key = (p.namespace.clone(), p.name.clone());
+        if self.policies.get(&key) == Some(&p) {
+            return false;
+        }
+        self.policies.insert(key, p);
+        true
+    }
+
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) -> bool {
+        self.policies
+            .remove(&(namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values()
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Pods of one namespace, in name order.
+    pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, p)| p)
+    }
+
+    /// Policies of one namespace, in name order.
+    pub fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, p)| p)
+    }
+
+    /// A namespace's labels, or the implicit name label when the namespace
+    /// object is unknown.
+    pub fn namespace_labels(&self, name: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(ns) => Cow::Borrowed(&ns.labels),
+            None => Cow::Owned([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())].into()),
+        }
+    }
+
+    /// Namespaces that hold at least one pod.
+    pub fn namespaces_with_pods(&self) -> impl Iterator<Item = &str> {
+        self.pod_namespaces.keys().map(String::as_str)
+    }
+
+    /// Every node name a pod is scheduled on.
+    pub fn nodes(&self) -> BTreeSet<String> {
+        self.pods
+            .values()
+            .filter_map(|p| p.node_name.clone())
+            .collect()
+    }
+
+    /// The policy pod (see `Pod::is_policy_pod`) that owns `ip`, if any.
+    /// With duplicates (which a healthy cluster never has) the first in
+    /// namespace/name order wins, deterministically.
+    pub fn policy_pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods
+            .values()
+            .find(|p| p.is_policy_pod() && p.ips.contains(&ip))
+    }
+}

@@ -1,0 +1,177 @@
+//! The reduced cluster objects the compiler works on: only what policy
+//! enforcement needs from a Namespace, a Pod and a NetworkPolicy. The agent
+//! stores these (not whole API objects) to keep memory small, and every
+//! field here has already been validated (see `convert`).
+
+use crate::ipblock::AddrRange;
+use crate::selector::Selector;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The label the apiserver sets on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// L4 protocols a NetworkPolicy port can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::ir::l4::TCP,
+            Protocol::Udp => crate::ir::l4::UDP,
+            Protocol::Sctp => crate::ir::l4::SCTP,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.number() == n)
+    }
+    /// Lowercase name, as nft and generated names use it.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+    /// The API spelling (`TCP`), also accepted case-insensitively by the CLI.
+    pub fn api(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.api().eq_ignore_ascii_case(s))
+    }
+}
+
+/// A named container port (`containers[].ports[]` with a name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node_name: Option<String>,
+    pub host_network: bool,
+    /// Every IP of `status.podIPs` (or `status.podIP`), deduplicated, sorted.
+    pub ips: Vec<IpAddr>,
+    pub named_ports: Vec<NamedPort>,
+    /// Succeeded or Failed: the pod's IP may already belong to another pod.
+    pub terminal: bool,
+}
+
+impl Pod {
+    /// Whether policies can select this pod or match it as a peer:
+    /// hostNetwork pods never are, and a pod without an IP has nothing to
+    /// enforce on.
+    pub fn is_policy_pod(&self) -> bool {
+        !self.host_network && !self.terminal && !self.ips.is_empty()
+    }
+    pub fn key(&self) -> (String, String) {
+        (self.namespace.clone(), self.name.clone())
+    }
+    /// The port number a named port resolves to on this pod.
+    pub fn resolve_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.named_ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `Some` when the policy isolates its pods for ingress (policyTypes
+    /// after defaulting), with the rules that then apply.
+    pub ingress: Option<Vec<PolicyRule>>,
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+/// One entry of `spec.ingress` or `spec.egress`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    /// `None` when `from`/`to` is absent or empty: every peer.
+    pub peers: Option<Vec<Peer>>,
+    /// `None` when `ports` is absent or empty: every port and protocol.
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Peer {
+    /// podSelector and/or namespaceSelector. `namespace_selector: None`
+    /// means the policy's own namespace.
+    Pods {
+        pod_selector: Option<Selector>,
+        namespace_selector: Option<Selector>,
+    },
+    IpBlock {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+        /// cidr minus except, disjoint and sorted.
+        ranges: Vec<AddrRange>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub port: PortRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortRef {
+    /// No port: every port of the protocol.
+    Any,
+    /// `port` .. `endPort` inclusive (lo == hi without endPort).
+    Range(u16, u16),
+    /// A container port name, resolved on the destination pod.
+    Named(String),
+}
+
+impl PortSpec {
+    /// Whether this entry admits (protocol, port) towards `dst` (the
+    /// destination pod, if the destination is one).
+    pub fn admits(&self, protocol: Protocol, port: u16, dst: Option<&Pod>) -> bool {
+        if self.protocol != protocol {
+            return false;
+        }
+        match &self.port {
+            PortRef::Any => true,
+            PortRef::Range(lo, hi) => *lo <= port && port <= *hi,
+            PortRef::Named(name) => dst.and_then(|p| p.resolve_port(name, protocol)) == Some(port),
+        }
+    }
+}

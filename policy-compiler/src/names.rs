@@ -1,0 +1,88 @@
+//! Stable, readable nftables names for generated chains and sets, and rule
+//! comments. Names are `<kind>_<namespace>_<name>...`: Kubernetes names
+//! never contain `_`, so the parts stay unambiguous. Names that would be
+//! too long (the kernel allows 255 bytes; we keep well below) or hold
+//! characters nft cannot parse are cut and suffixed with a stable hash, so
+//! they stay unique and identical across runs, versions and machines.
+
+/// Longest generated name; leaves room under the kernel's 255.
+const MAX_NAME: usize = 200;
+/// The kernel keeps at most 128 bytes of comment (NFTNL_UDATA_COMMENT_MAXLEN).
+pub const MAX_COMMENT: usize = 127;
+
+/// FNV-1a 64: stable across Rust versions, unlike `DefaultHasher`.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn plain_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'
+}
+
+/// `prefix_part1_part2...`, made safe for nft.
+pub fn ident(prefix: &str, parts: &[&str]) -> String {
+    let mut raw = prefix.to_string();
+    for p in parts {
+        raw.push('_');
+        raw.push_str(p);
+    }
+    if raw.len() <= MAX_NAME && raw.chars().all(plain_char) {
+        return raw;
+    }
+    let hash = format!("{:016x}", stable_hash(&raw));
+    let mut cut: String = raw
+        .chars()
+        .map(|c| if plain_char(c) { c } else { '_' })
+        .take(MAX_NAME - hash.len() - 1)
+        .collect();
+    cut.push('_');
+    cut.push_str(&hash);
+    cut
+}
+
+/// A rule comment, cut to what the kernel keeps.
+pub fn comment(text: String) -> String {
+    if text.len() <= MAX_COMMENT {
+        return text;
+    }
+    let mut end = MAX_COMMENT - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_when_short() {
+        assert_eq!(ident("ing", &["default", "web-1"]), "ing_default_web-1");
+    }
+
+    #[test]
+    fn long_or_odd_names_are_cut_with_a_stable_hash() {
+        let long = "a".repeat(300);
+        let n = ident("ing", &["ns", &long]);
+        assert!(n.len() <= MAX_NAME);
+        assert_eq!(n, ident("ing", &["ns", &long]));
+        assert_ne!(n, ident("ing", &["ns", &"a".repeat(301)]));
+        let odd = ident("ing", &["ns", "we b"]);
+        assert!(odd.chars().all(plain_char), "{odd}");
+        assert_ne!(odd, ident("ing", &["ns", "we_b"]));
+    }
+
+    #[test]
+    fn comments_fit_the_kernel() {
+        let c = comment("x".repeat(500));
+        assert!(c.len() <= MAX_COMMENT);
+        assert!(c.ends_with("..."));
+        assert_eq!(comment("short".into()), "short");
+    }
+}

@@ -1,0 +1,118 @@
+//! Label selectors (`matchLabels` + `matchExpressions`), validated once on
+//! conversion so matching can never fail.
+
+use crate::model::Labels;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Operator {
+    pub fn parse(s: &str) -> Option<Operator> {
+        match s {
+            "In" => Some(Operator::In),
+            "NotIn" => Some(Operator::NotIn),
+            "Exists" => Some(Operator::Exists),
+            "DoesNotExist" => Some(Operator::DoesNotExist),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: BTreeSet<String>,
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.key);
+        match self.operator {
+            Operator::In => v.is_some_and(|v| self.values.contains(v)),
+            // NotIn also matches when the key is absent, as upstream.
+            Operator::NotIn => v.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => v.is_some(),
+            Operator::DoesNotExist => v.is_none(),
+        }
+    }
+}
+
+/// A validated label selector. The empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Selector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<Requirement>,
+}
+
+impl Selector {
+    pub fn everything() -> Selector {
+        Selector::default()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+    fn req(key: &str, op: Operator, vals: &[&str]) -> Requirement {
+        Requirement {
+            key: key.into(),
+            operator: op,
+            values: vals.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_matches_all() {
+        assert!(Selector::everything().matches(&labels(&[])));
+        assert!(Selector::everything().matches(&labels(&[("a", "b")])));
+    }
+
+    #[test]
+    fn operators() {
+        let l = labels(&[("app", "web"), ("tier", "fe")]);
+        assert!(req("app", Operator::In, &["web", "db"]).matches(&l));
+        assert!(!req("app", Operator::In, &["db"]).matches(&l));
+        assert!(!req("x", Operator::In, &["db"]).matches(&l));
+        assert!(req("app", Operator::NotIn, &["db"]).matches(&l));
+        assert!(req("x", Operator::NotIn, &["db"]).matches(&l));
+        assert!(!req("app", Operator::NotIn, &["web"]).matches(&l));
+        assert!(req("tier", Operator::Exists, &[]).matches(&l));
+        assert!(!req("x", Operator::Exists, &[]).matches(&l));
+        assert!(req("x", Operator::DoesNotExist, &[]).matches(&l));
+        assert!(!req("app", Operator::DoesNotExist, &[]).matches(&l));
+    }
+
+    #[test]
+    fn labels_and_expressions_are_anded() {
+        let s = Selector {
+            match_labels: [("app".to_string(), "web".to_string())].into(),
+            match_expressions: vec![req("tier", Operator::Exists, &[])],
+        };
+        assert!(s.matches(&labels(&[("app", "web"), ("tier", "x")])));
+        assert!(!s.matches(&labels(&[("app", "web")])));
+        assert!(!s.matches(&labels(&[("app", "db"), ("tier", "x")])));
+    }
+}

@@ -1,0 +1,390 @@
+//! The command line: argument definitions (clap) and the offline commands
+//! `compile`, `explain` and `matrix`. Each command writes to a given
+//! writer and returns its exit status, so tests drive them directly.
+
+use crate::error::Error;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use policy_compiler::eval::{self, Endpoint, SideVerdict};
+use policy_compiler::ir::Family;
+use policy_compiler::model::Protocol;
+use policy_compiler::{render, Cluster, Loaded};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Exit status when some objects were invalid and skipped.
+pub const EXIT_SKIPPED: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nftpol",
+    version,
+    about = "Kubernetes NetworkPolicy enforcer on nftables",
+    long_about = "nftpol compiles the NetworkPolicies that select each pod of a node into that \
+pod's own nftables ingress and egress chains (table `inet nftpol`) and applies the \
+difference to the kernel as one atomic netlink batch.\n\n\
+Offline, for auditors: `compile` prints the exact ruleset a node enforces, `explain` says \
+why one flow is allowed or denied, `matrix` prints pod-to-pod reachability. They read \
+manifests (multi-document YAML, or `kubectl get ns,pods,networkpolicies -A -o yaml`) and \
+need no root and no cluster.",
+    after_help = "Examples:\n  \
+nftpol compile --manifests examples/policies/01-web-allow.yaml\n  \
+kubectl get ns,pods,networkpolicies -A -o yaml > dump.yaml\n  \
+nftpol compile --manifests dump.yaml --node-name worker-1 > worker-1.nft\n  \
+nftpol explain --manifests dump.yaml --from prod/web-0 --to prod/db-0 --port 5432/TCP\n  \
+nftpol matrix --manifests dump.yaml --port 80/TCP --port 53/UDP"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the ruleset a node enforces (a script `nft -f` loads as it is).
+    ///
+    /// The script replaces the whole `inet nftpol` table in one transaction
+    /// and can be loaded any number of times. Exit status 2 means some
+    /// objects were invalid and skipped (each is reported on stderr with
+    /// file, object and field); everything else was compiled.
+    Compile(CompileArgs),
+    /// Explain why one connection is allowed or denied, naming the policies
+    /// and rules that decide it.
+    Explain(ExplainArgs),
+    /// Print the pod-to-pod reachability matrix (rows: from, columns: to;
+    /// `.` allowed, `X` denied).
+    Matrix(MatrixArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Input {
+    /// Manifest files or directories (read recursively: *.yaml, *.yml,
+    /// *.json). Multi-document YAML and `kind: List` are understood.
+    #[arg(long = "manifests", short = 'm', required = true, num_args = 1..)]
+    pub manifests: Vec<PathBuf>,
+    /// Fail on the first invalid object instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// The node to compile for. Optional when every pod sits on one node.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// `nft` prints the script for `nft -f`; `json` prints the ruleset IR.
+    #[arg(long, value_enum, default_value_t = Format::Nft)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Nft,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Family {
+        match f {
+            FamilyArg::Ipv4 => Family::Ipv4,
+            FamilyArg::Ipv6 => Family::Ipv6,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Source: NAMESPACE/POD, an IP, or a CIDR (its first address).
+    #[arg(long)]
+    pub from: String,
+    /// Destination: NAMESPACE/POD, an IP, or a CIDR (its first address).
+    #[arg(long)]
+    pub to: String,
+    /// Destination port and protocol, e.g. `80/TCP`, `53/udp`; the
+    /// protocol defaults to TCP.
+    #[arg(long)]
+    pub port: String,
+    /// Address family; by default the first both ends have (IPv4 first).
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
+    #[arg(long, value_enum, default_value_t = Format::Nft, hide_possible_values = true)]
+    /// `json` prints the decision as JSON; anything else prints text.
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct MatrixArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Port/protocol to probe; repeat for several (default 80/TCP).
+    #[arg(long)]
+    pub port: Vec<String>,
+    /// Address family (default: IPv4, or IPv6 when no pod has IPv4).
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
+    /// Only pods in these namespaces (default: all).
+    #[arg(long)]
+    pub namespace: Vec<String>,
+}
+
+/// Loads the manifests into a cluster, reporting invalid objects on stderr.
+/// Returns the cluster and how many objects were skipped.
+pub fn load_cluster(input: &Input) -> Result<(Cluster, usize), Error> {
+    let Loaded {
+        objects,
+        errors,
+        ignored,
+    } = crate::manifests::load(&input.manifests)?;
+    if input.strict {
+        if let Some(first) = errors.into_iter().next() {
+            return Err(first.into());
+        }
+        return Ok((Cluster::from_objects(objects), 0));
+    }
+    for e in &errors {
+        eprintln!("error: {e} (object skipped)");
+    }
+    if ignored > 0 {
+        tracing::debug!(ignored, "objects of other kinds ignored");
+    }
+    Ok((Cluster::from_objects(objects), errors.len()))
+}
+
+fn exit_status(skipped: usize) -> i32 {
+    if skipped > 0 {
+        EXIT_SKIPPED
+    } else {
+        0
+    }
+}
+
+/// Picks the node: the given one, or the only node any pod is on.
+pub fn resolve_node(cluster: &Cluster, node: Option<&str>) -> Result<String, Error> {
+    if let Some(n) = node {
+        return Ok(n.to_string());
+    }
+    let nodes = cluster.nodes();
+    match nodes.len() {
+        1 => Ok(nodes.into_iter().next().unwrap_or_default()),
+        0 => Err(Error::Usage(
+            "no pod in the input has spec.nodeName: pass --node-name".into(),
+        )),
+        _ => Err(Error::Usage(format!(
+            "pods sit on {} nodes ({}): pass --node-name",
+            nodes.len(),
+            nodes.into_iter().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let (cluster, skipped) = load_cluster(&args.input)?;
+    let node = resolve_node(&cluster, args.node_name.as_deref())?;
+    let rs = policy_compiler::compile(&cluster, &node);
+    let text = match args.format {
+        Format::Nft => render::render_script(&rs),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&rs)
+                .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+            s.push('\n');
+            s
+        }
+    };
+    write_out(out, &text)?;
+    Ok(exit_status(skipped))
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    out.write_all(text.as_bytes()).map_err(|e| Error::Io {
+        path: PathBuf::from("<stdout>"),
+        source: e,
+    })
+}
+
+/// `80`, `80/TCP`, `53/udp`.
+pub fn parse_port(s: &str) -> Result<(u16, Protocol), Error> {
+    let (num, proto) = match s.split_once('/') {
+        Some((n, p)) => (n, Protocol::parse(p)),
+        None => (s, Some(Protocol::Tcp)),
+    };
+    let proto = proto
+        .ok_or_else(|| Error::Usage(format!("--port {s:?}: protocol must be TCP, UDP or SCTP")))?;
+    let port =
+        num.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            Error::Usage(format!("--port {s:?}: {num:?} is not a port (1-65535)"))
+        })?;
+    Ok((port, proto))
+}
+
+/// `ns/pod`, an IP, or a CIDR (its first address).
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, Error> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Endpoint::Ip(ip));
+    }
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(Endpoint::Ip(net.network()));
+    }
+    match s.split_once('/') {
+        Some((ns, pod)) if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') => {
+            Ok(Endpoint::pod(ns, pod))
+        }
+        _ => Err(Error::Usage(format!(
+            "{s:?} is neither NAMESPACE/POD nor an IP or CIDR"
+        ))),
+    }
+}
+
+fn describe_side(side: &SideVerdict, what: &str) -> String {
+    match side {
+        SideVerdict::NotAPod => format!("{what}: not a pod policies select: unrestricted"),
+        SideVerdict::NotIsolated => format!("{what}: no policy isolates it: allowed"),
+        SideVerdict::SamePod => format!("{what}: same pod, never leaves it: allowed"),
+        SideVerdict::Allowed { rules } => format!(
+            "{what}: allowed by {}",
+            rules
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        SideVerdict::Denied { isolated_by } => format!(
+            "{what}: denied: isolated by {} and no rule admits this flow",
+            isolated_by.join(", ")
+        ),
+    }
+}
+
+pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let (cluster, skipped) = load_cluster(&args.input)?;
+    let src = parse_endpoint(&args.from)?;
+    let dst = parse_endpoint(&args.to)?;
+    let (port, proto) = parse_port(&args.port)?;
+    let family = match args.family {
+        Some(f) => f.into(),
+        None => eval::common_family(&cluster, &src, &dst)?,
+    };
+    let d = eval::allowed(&cluster, &src, &dst, family, proto, port)?;
+    let text = if args.format == Format::Json {
+        let mut s = serde_json::to_string_pretty(&d)
+            .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+        s.push('\n');
+        s
+    } else {
+        format!(
+            "{} {src} ({}) -> {dst} ({}) {port}/{}\n  {}\n  {}\n",
+            if d.allowed { "ALLOWED" } else { "DENIED" },
+            d.src_ip,
+            d.dst_ip,
+            proto.api(),
+            describe_side(&d.egress, &format!("egress of {src}")),
+            describe_side(&d.ingress, &format!("ingress of {dst}")),
+        )
+    };
+    write_out(out, &text)?;
+    Ok(exit_status(skipped))
+}
+
+pub fn matrix(args: &MatrixArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let (cluster, skipped) = load_cluster(&args.input)?;
+    let ports = if args.port.is_empty() {
+        vec![(80, Protocol::Tcp)]
+    } else {
+        args.port
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let family: Family = match args.family {
+        Some(f) => f.into(),
+        None if cluster
+            .pods()
+            .any(|p| p.is_policy_pod() && p.ips.iter().any(IpAddr::is_ipv4)) =>
+        {
+            Family::Ipv4
+        }
+        None => Family::Ipv6,
+    };
+    let pods: Vec<Endpoint> = cluster
+        .pods()
+        .filter(|p| p.is_policy_pod() && p.ips.iter().any(|ip| Family::of(ip) == family))
+        .filter(|p| args.namespace.is_empty() || args.namespace.contains(&p.namespace))
+        .map(|p| Endpoint::pod(&p.namespace, &p.name))
+        .collect();
+    let mut text = String::new();
+    for (port, proto) in ports {
+        let names: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
+        let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
+        text.push_str(&format!(
+            "{port}/{} {:?} (rows: from, columns: to; . allowed, X denied)\n",
+            proto.api(),
+            family
+        ));
+        text.push_str(&format!("{:width$}", ""));
+        for n in &names {
+            text.push_str(&format!(" {n}"));
+        }
+        text.push('\n');
+        for (src, sname) in pods.iter().zip(&names) {
+            text.push_str(&format!("{sname:width$}"));
+            for (dst, dname) in pods.iter().zip(&names) {
+                let d = eval::allowed(&cluster, src, dst, family, proto, port)?;
+                let mark = if d.allowed { "." } else { "X" };
+                text.push_str(&format!(" {mark:^w$}", w = dname.len()));
+            }
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    write_out(out, &text)?;
+    Ok(exit_status(skipped))
+}
+
+/// Sets up tracing on stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> i32 {
+    init_logging(cli.log_format);
+    let mut stdout = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Compile(a) => compile(a, &mut stdout),
+        Command::Explain(a) => explain(a, &mut stdout),
+        Command::Matrix(a) => matrix(a, &mut stdout),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
