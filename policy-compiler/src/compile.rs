@@ -559,3 +559,33 @@ fn merge_ports(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_merge_only_when_touching() {
+        assert_eq!(
+            merge_ports(vec![(80, 80), (82, 82)]),
+            vec![(80, 80), (82, 82)]
+        );
+        assert_eq!(merge_ports(vec![(81, 81), (80, 80)]), vec![(80, 81)]);
+        assert_eq!(
+            merge_ports(vec![(1, 100), (50, 60), (101, 65535)]),
+            vec![(1, 65535)]
+        );
+        assert_eq!(
+            merge_ports(vec![(65535, 65535), (65535, 65535)]),
+            vec![(65535, 65535)]
+        );
+    }
+
+    #[test]
+    fn unisolated_cluster_compiles_to_skeleton_only() {
+        let rs = compile(&Cluster::new(), "n");
+        assert_eq!(rs.chains.len(), 2);
+        assert_eq!(rs.sets.len(), 4);
+        assert_eq!(rs.element_count(), 0);
+    }
+}

@@ -103,15 +103,15 @@ impl Cluster {
         self.pods.get(&(namespace.to_string(), name.to_string()))
     }
 
-    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+    pub fn pods(&self) -> impl DoubleEndedIterator<Item = &Pod> {
         self.pods.values()
     }
 
-    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+    pub fn policies(&self) -> impl DoubleEndedIterator<Item = &Policy> {
         self.policies.values()
     }
 
-    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+    pub fn namespaces(&self) -> impl DoubleEndedIterator<Item = &Namespace> {
         self.namespaces.values()
     }
 

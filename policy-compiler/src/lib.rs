@@ -22,3 +22,6 @@ pub use eval::{allowed, Decision, Endpoint};
 pub use index::Cluster;
 pub use ir::Ruleset;
 pub use manifest::{parse, Loaded, Object};
+
+#[cfg(test)]
+mod prop_tests;
