@@ -25,3 +25,5 @@ pub use manifest::{parse, Loaded, Object};
 
 #[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod upstream_tests;
