@@ -15,6 +15,7 @@ pub mod model;
 pub mod names;
 pub mod render;
 pub mod selector;
+pub mod synth;
 
 pub use compile::{compile, Direction};
 pub use error::{Error, ObjectError};
