@@ -141,7 +141,7 @@ impl SimCluster {
     }
 
     pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str, labels: Labels) {
-        let net = self.topo.add_pod(namespace, name, node);
+        let net = self.topo.add_pod(node);
         self.servers.push(Servers::start(&net.netns));
         self.pods.push(PodModel {
             namespace: namespace.to_string(),
@@ -301,6 +301,37 @@ impl SimCluster {
         }
     }
 
+    /// Loads an nft script into one node (`nft -f` inside its namespace);
+    /// used to install a deliberately broken ruleset.
+    pub fn load_nft(&self, node: &str, script: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.topo.node(node).netns,
+                "nft",
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child
+            .stdin
+            .take()
+            .expect("nft stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft script");
+        assert!(child.wait().expect("wait nft").success(), "nft -f failed");
+    }
+
+    /// `nftpol compile` output for one node from a manifest directory.
+    pub fn compile(&self, node: &str, dir: &std::path::Path) -> String {
+        let dir = dir.to_str().expect("utf-8 temp dir");
+        run(Command::new(nftpol_bin()).args(["compile", "--manifests", dir, "--node-name", node]))
+    }
+
     /// Writes manifests and programs every node.
     pub fn program(&mut self) -> PathBuf {
         let dir = self.write_manifests();
@@ -384,6 +415,18 @@ impl SimCluster {
     pub fn verify_with(&mut self, step: &str, tweak: impl FnOnce(&mut [bool])) -> StepReport {
         let t0 = Instant::now();
         self.program();
+        self.verify_programmed(step, t0, tweak)
+    }
+
+    /// Probes and compares against whatever the nodes hold now (the
+    /// caller programmed them), with the expected side from the current
+    /// manifests.
+    pub fn verify_programmed(
+        &mut self,
+        step: &str,
+        t0: Instant,
+        tweak: impl FnOnce(&mut [bool]),
+    ) -> StepReport {
         let probes = probe::all_probes(self.pods.len(), &[false, true]);
         let mut expected = self.expected(&probes);
         tweak(&mut expected);

@@ -17,9 +17,13 @@ macro_rules! require_root {
 }
 
 mod cluster;
+mod deploy;
+mod generated;
 mod netns;
 mod oracle;
 mod probe;
+mod scenarios;
+mod selftest;
 
 use cluster::SimCluster;
 

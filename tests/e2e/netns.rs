@@ -105,8 +105,6 @@ pub struct Node {
 /// One simulated pod's network side.
 #[derive(Clone, Debug)]
 pub struct PodNet {
-    pub namespace: String,
-    pub name: String,
     pub node: String,
     pub netns: String,
     pub v4: Ipv4Addr,
@@ -221,7 +219,7 @@ impl Topology {
 
     /// Adds a pod namespace on `node` (by node name) with the next free
     /// addresses of that node's CIDRs.
-    pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str) -> PodNet {
+    pub fn add_pod(&mut self, node: &str) -> PodNet {
         let n = self
             .nodes
             .iter()
@@ -292,8 +290,6 @@ impl Topology {
             &["-6", "route", "add", "default", "via", GW_V6, "dev", "eth0"],
         );
         let pod = PodNet {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
             node: node.to_string(),
             netns,
             v4,

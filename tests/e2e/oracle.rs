@@ -1,34 +1,61 @@
 //! The expected side of every comparison: the compiler crate's semantic
-//! evaluator, fed the very manifests the nodes were programmed from.
-//! (Independent of the IR and of the kernel, so a bug in the compiled
-//! ruleset or in the applier shows up as a difference.)
+//! evaluator (`policy_compiler::eval`), fed the very manifests the nodes
+//! were programmed from. It works from the model, independent of the IR
+//! and of the kernel, so a bug in the compiled ruleset or in the applier
+//! shows up as a difference.
 
 use crate::cluster::PodModel;
 use crate::probe::Proto;
+use policy_compiler::ir::Family;
+use policy_compiler::model::Protocol;
+use policy_compiler::{Cluster, Endpoint, Loaded};
 
 pub struct Model {
-    no_policies: bool,
+    cluster: Cluster,
 }
 
 impl Model {
-    /// Loads (file name, YAML text) pairs as nftpol would read them.
+    /// Loads (file name, YAML text) pairs as nftpol reads them. The
+    /// harness writes only valid objects, so any load error is a harness
+    /// bug and fails the test.
     pub fn load(manifests: &[(String, String)]) -> Model {
-        // TEMPORARY until policy_compiler::eval lands.
+        let mut loaded = Loaded::default();
+        for (name, text) in manifests {
+            loaded.extend(policy_compiler::parse(name, text));
+        }
+        assert!(
+            loaded.errors.is_empty(),
+            "the harness wrote manifests the compiler rejects: {:?}",
+            loaded.errors
+        );
         Model {
-            no_policies: manifests
-                .iter()
-                .all(|(n, t)| n != "policies.yaml" || t.trim().is_empty()),
+            cluster: Cluster::from_objects(loaded.objects),
         }
     }
 
+    /// The evaluator's verdict for a new connection between two pods.
     pub fn allowed(
         &self,
-        _src: &PodModel,
-        _dst: &PodModel,
-        _v6: bool,
-        _proto: Proto,
-        _port: u16,
+        src: &PodModel,
+        dst: &PodModel,
+        v6: bool,
+        proto: Proto,
+        port: u16,
     ) -> bool {
-        self.no_policies
+        let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
+        let protocol = match proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        };
+        policy_compiler::allowed(
+            &self.cluster,
+            &Endpoint::pod(&src.namespace, &src.name),
+            &Endpoint::pod(&dst.namespace, &dst.name),
+            family,
+            protocol,
+            port,
+        )
+        .unwrap_or_else(|e| panic!("evaluator error for {src:?} -> {dst:?}: {e}"))
+        .allowed
     }
 }
