@@ -101,9 +101,9 @@ pub struct SimCluster {
 }
 
 impl SimCluster {
-    /// An empty two-node cluster.
-    pub fn new() -> SimCluster {
-        let topo = Topology::new(2);
+    /// An empty two-node cluster, pods routed (or bridged) on their node.
+    pub fn new(bridged: bool) -> SimCluster {
+        let topo = Topology::new(2, bridged);
         let dir = std::env::temp_dir().join(format!("{PREFIX}{}", topo.tag));
         std::fs::create_dir_all(&dir).expect("create manifest dir");
         SimCluster {
@@ -123,7 +123,12 @@ impl SimCluster {
     /// TCP and UDP. Pods alternate between the two nodes so both same-node
     /// and cross-node pairs are probed.
     pub fn upstream_model() -> SimCluster {
-        let mut c = SimCluster::new();
+        Self::upstream_model_on(false)
+    }
+
+    /// [`SimCluster::upstream_model`] with routed or bridged pod links.
+    pub fn upstream_model_on(bridged: bool) -> SimCluster {
+        let mut c = SimCluster::new(bridged);
         let mut i = 0;
         for ns in ["x", "y", "z"] {
             c.add_namespace(ns, labels(&[("ns", ns)]));

@@ -114,10 +114,58 @@ pub struct PodNet {
 /// Every namespace of one simulated cluster; deleting them all in `Drop`.
 pub struct Topology {
     pub tag: String,
+    /// Pods of a node share a Linux bridge (L2 between same-node pods,
+    /// seen by nftables through br_netfilter) instead of routed veths.
+    pub bridged: bool,
     pub nodes: Vec<Node>,
     pub pods: Vec<PodNet>,
     /// Every netns created, in creation order (deleted in reverse).
     created: Vec<String>,
+}
+
+/// The bridge of a bridged node.
+const BRIDGE: &str = "cbr0";
+
+/// A node's bridge with the first address of its pod CIDRs, and
+/// br_netfilter's hooks on (per namespace), so bridged same-node traffic
+/// crosses the inet `forward` hook as it does on bridge-based CNIs.
+fn bridge_setup(netns: &str, index: u8) {
+    ip(netns, &["link", "add", BRIDGE, "type", "bridge"]);
+    ip(
+        netns,
+        &[
+            "addr",
+            "add",
+            &format!("10.244.{index}.1/24"),
+            "dev",
+            BRIDGE,
+        ],
+    );
+    ip(
+        netns,
+        &[
+            "addr",
+            "add",
+            &format!("fd00:10:244:{index}::1/64"),
+            "dev",
+            BRIDGE,
+            "nodad",
+        ],
+    );
+    ip(netns, &["link", "set", BRIDGE, "up"]);
+    sysctl(
+        netns,
+        &[
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
+        ],
+    );
+}
+
+/// Whether bridged traffic can be made visible to nftables' inet hooks
+/// (br_netfilter loaded; the suite never loads kernel modules itself).
+pub fn br_netfilter_available() -> bool {
+    std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
 }
 
 /// The pod side's default gateways: fixed link-local addresses configured
@@ -135,11 +183,12 @@ const NO_DAD: [&str; 2] = [
 impl Topology {
     /// Creates `node_count` nodes (1..=9) joined by a fabric; pods are
     /// added with [`Topology::add_pod`].
-    pub fn new(node_count: u8) -> Topology {
+    pub fn new(node_count: u8, bridged: bool) -> Topology {
         assert!((1..=2).contains(&node_count), "1 or 2 nodes supported");
         let tag = unique_tag();
         let mut topo = Topology {
             tag,
+            bridged,
             nodes: Vec::new(),
             pods: Vec::new(),
             created: Vec::new(),
@@ -158,6 +207,9 @@ impl Topology {
                 ],
             );
             ip(&netns, &["link", "set", "lo", "up"]);
+            if bridged {
+                bridge_setup(&netns, index);
+            }
             topo.nodes.push(Node {
                 name: format!("node{index}"),
                 netns,
@@ -245,50 +297,11 @@ impl Topology {
                 "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
             ],
         );
-        ip(
-            &n.netns,
-            &["addr", "add", &format!("{GW_V4}/32"), "dev", &host_if],
-        );
-        ip(
-            &n.netns,
-            &[
-                "addr",
-                "add",
-                &format!("{GW_V6}/64"),
-                "dev",
-                &host_if,
-                "nodad",
-            ],
-        );
-        ip(&n.netns, &["link", "set", &host_if, "up"]);
-        ip(
-            &n.netns,
-            &["route", "add", &format!("{v4}/32"), "dev", &host_if],
-        );
-        ip(
-            &n.netns,
-            &["-6", "route", "add", &format!("{v6}/128"), "dev", &host_if],
-        );
-
-        ip(&netns, &["link", "set", "lo", "up"]);
-        ip(&netns, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-        ip(
-            &netns,
-            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
-        );
-        ip(&netns, &["link", "set", "eth0", "up"]);
-        ip(
-            &netns,
-            &["route", "add", GW_V4, "dev", "eth0", "scope", "link"],
-        );
-        ip(
-            &netns,
-            &["route", "add", "default", "via", GW_V4, "dev", "eth0"],
-        );
-        ip(
-            &netns,
-            &["-6", "route", "add", "default", "via", GW_V6, "dev", "eth0"],
-        );
+        if self.bridged {
+            self.attach_bridged(&n, &host_if, &netns, v4, v6);
+        } else {
+            self.attach_routed(&n, &host_if, &netns, v4, v6);
+        }
         let pod = PodNet {
             node: node.to_string(),
             netns,
@@ -297,6 +310,73 @@ impl Topology {
         };
         self.pods.push(pod.clone());
         pod
+    }
+
+    /// Routed attachment: /32 and /128 routes on the node, link-local
+    /// gateways in the pod.
+    fn attach_routed(&self, n: &Node, host_if: &str, netns: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+        ip(
+            &n.netns,
+            &["addr", "add", &format!("{GW_V4}/32"), "dev", host_if],
+        );
+        ip(
+            &n.netns,
+            &[
+                "addr",
+                "add",
+                &format!("{GW_V6}/64"),
+                "dev",
+                host_if,
+                "nodad",
+            ],
+        );
+        ip(&n.netns, &["link", "set", host_if, "up"]);
+        ip(
+            &n.netns,
+            &["route", "add", &format!("{v4}/32"), "dev", host_if],
+        );
+        ip(
+            &n.netns,
+            &["-6", "route", "add", &format!("{v6}/128"), "dev", host_if],
+        );
+
+        ip(netns, &["link", "set", "lo", "up"]);
+        ip(netns, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
+        ip(
+            netns,
+            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
+        );
+        ip(netns, &["link", "set", "eth0", "up"]);
+        ip(
+            netns,
+            &["route", "add", GW_V4, "dev", "eth0", "scope", "link"],
+        );
+        ip(
+            netns,
+            &["route", "add", "default", "via", GW_V4, "dev", "eth0"],
+        );
+        ip(
+            netns,
+            &["-6", "route", "add", "default", "via", GW_V6, "dev", "eth0"],
+        );
+    }
+
+    /// Bridged attachment: the node side joins the node's bridge, the pod
+    /// lives in the node's /24 and /64 with the bridge as its gateway.
+    fn attach_bridged(&self, n: &Node, host_if: &str, netns: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+        ip(&n.netns, &["link", "set", host_if, "master", BRIDGE]);
+        ip(&n.netns, &["link", "set", host_if, "up"]);
+        ip(netns, &["link", "set", "lo", "up"]);
+        ip(netns, &["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+        ip(
+            netns,
+            &["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"],
+        );
+        ip(netns, &["link", "set", "eth0", "up"]);
+        let gw4 = format!("10.244.{}.1", n.index);
+        let gw6 = format!("fd00:10:244:{}::1", n.index);
+        ip(netns, &["route", "add", "default", "via", &gw4]);
+        ip(netns, &["-6", "route", "add", "default", "via", &gw6]);
     }
 
     pub fn node(&self, name: &str) -> &Node {

@@ -33,6 +33,27 @@ impl Model {
         }
     }
 
+    /// The evaluator's verdict for a connection from a non-pod address.
+    pub fn allowed_from_ip(
+        &self,
+        src: std::net::IpAddr,
+        dst: &PodModel,
+        proto: Proto,
+        port: u16,
+    ) -> bool {
+        let family = Family::of(&src);
+        policy_compiler::allowed(
+            &self.cluster,
+            &Endpoint::Ip(src),
+            &Endpoint::pod(&dst.namespace, &dst.name),
+            family,
+            protocol(proto),
+            port,
+        )
+        .unwrap_or_else(|e| panic!("evaluator error for {src} -> {dst:?}: {e}"))
+        .allowed
+    }
+
     /// The evaluator's verdict for a new connection between two pods.
     pub fn allowed(
         &self,
@@ -43,19 +64,22 @@ impl Model {
         port: u16,
     ) -> bool {
         let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
-        let protocol = match proto {
-            Proto::Tcp => Protocol::Tcp,
-            Proto::Udp => Protocol::Udp,
-        };
         policy_compiler::allowed(
             &self.cluster,
             &Endpoint::pod(&src.namespace, &src.name),
             &Endpoint::pod(&dst.namespace, &dst.name),
             family,
-            protocol,
+            protocol(proto),
             port,
         )
         .unwrap_or_else(|e| panic!("evaluator error for {src:?} -> {dst:?}: {e}"))
         .allowed
+    }
+}
+
+fn protocol(p: Proto) -> Protocol {
+    match p {
+        Proto::Tcp => Protocol::Tcp,
+        Proto::Udp => Protocol::Udp,
     }
 }
