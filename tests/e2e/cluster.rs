@@ -50,6 +50,9 @@ pub enum Programmer {
     Apply,
     /// `nftpol compile | nft -f -`: the fallback while `apply` is missing.
     CompileNft,
+    /// Deliberately broken, for the harness's self-test only: deletes the
+    /// table, waits, then loads it, leaving a window with no filtering.
+    GappyForSelfTest,
 }
 
 impl Programmer {
@@ -98,6 +101,9 @@ pub struct SimCluster {
     pub dir: PathBuf,
     pub programmer: Programmer,
     step_no: usize,
+    /// Whether every link was seen up (checked once, before the first
+    /// programming, so pods can still be added until then).
+    links_up: bool,
 }
 
 impl SimCluster {
@@ -115,6 +121,7 @@ impl SimCluster {
             dir,
             programmer: Programmer::detect(),
             step_no: 0,
+            links_up: false,
         }
     }
 
@@ -289,6 +296,16 @@ impl SimCluster {
                     .args(["-o", "pipefail", "-c", &script])
                     .output()
             }
+            Programmer::GappyForSelfTest => {
+                let script = format!(
+                    "ip netns exec {netns} nft delete table inet nftpol 2>/dev/null; sleep 0.2; \
+                     {} compile --manifests {dir} --node-name {node} | ip netns exec {netns} nft -f -",
+                    nftpol_bin()
+                );
+                Command::new("bash")
+                    .args(["-o", "pipefail", "-c", &script])
+                    .output()
+            }
         }
         .map_err(|e| format!("cannot run nftpol: {e}"))?;
         let text = format!(
@@ -339,6 +356,10 @@ impl SimCluster {
 
     /// Writes manifests and programs every node.
     pub fn program(&mut self) -> PathBuf {
+        if !self.links_up {
+            self.topo.wait_links_up();
+            self.links_up = true;
+        }
         let dir = self.write_manifests();
         let nodes: Vec<String> = self.topo.nodes.iter().map(|n| n.name.clone()).collect();
         for node in nodes {
@@ -369,7 +390,7 @@ impl SimCluster {
         format!("{}/{}", self.pods[i].namespace, self.pods[i].name)
     }
 
-    fn netns_and_ips(&self) -> (Vec<String>, Vec<(std::net::Ipv4Addr, std::net::Ipv6Addr)>) {
+    pub fn netns_and_ips(&self) -> (Vec<String>, Vec<(std::net::Ipv4Addr, std::net::Ipv6Addr)>) {
         (
             self.topo.pods.iter().map(|p| p.netns.clone()).collect(),
             self.topo.pods.iter().map(|p| (p.v4, p.v6)).collect(),

@@ -22,6 +22,7 @@ mod generated;
 mod netns;
 mod oracle;
 mod probe;
+mod restart;
 mod scenarios;
 mod selftest;
 

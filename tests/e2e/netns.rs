@@ -379,6 +379,31 @@ impl Topology {
         ip(netns, &["-6", "route", "add", "default", "via", &gw6]);
     }
 
+    /// Waits (bounded) until every veth and bridge of every namespace is
+    /// operationally up. The kernel turns a fresh link's carrier on
+    /// through linkwatch, up to a second later, and drops what is sent
+    /// before: without this wait the first neighbour solicitation on a new
+    /// link is lost and the first probe across it times out.
+    pub fn wait_links_up(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for ns in &self.created {
+            loop {
+                let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show"]));
+                let down: Vec<&str> = out
+                    .lines()
+                    .filter(|l| !l.contains(": lo:") && !l.contains("state UP"))
+                    .collect();
+                if down.is_empty() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    panic!("links still down in {ns} after 5 s: {down:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

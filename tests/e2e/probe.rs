@@ -139,6 +139,19 @@ impl Drop for Servers {
 /// Whether one connection attempt got through: TCP handshake completed or
 /// UDP echo received. A drop shows as a timeout.
 pub fn probe_once(dst: IpAddr, proto: Proto, port: u16, timeout: Duration) -> bool {
+    // Two sends per UDP attempt so a single lost datagram on a busy
+    // machine does not read as "denied".
+    probe_with(dst, proto, port, timeout, 2)
+}
+
+/// One attempt with exactly one SYN or one datagram (the timeout must stay
+/// under TCP's 1 s SYN retransmit): any packet dropped, even briefly, shows.
+/// Used where a retransmission could hide a gap.
+pub fn probe_strict(dst: IpAddr, proto: Proto, port: u16, timeout: Duration) -> bool {
+    probe_with(dst, proto, port, timeout, 1)
+}
+
+fn probe_with(dst: IpAddr, proto: Proto, port: u16, timeout: Duration, udp_sends: u32) -> bool {
     let addr = SocketAddr::new(dst, port);
     match proto {
         Proto::Tcp => match TcpStream::connect_timeout(&addr, timeout) {
@@ -157,12 +170,10 @@ pub fn probe_once(dst: IpAddr, proto: Proto, port: u16, timeout: Duration) -> bo
             if s.connect(addr).is_err() {
                 return false;
             }
-            // Two sends per attempt so a single lost datagram on a busy
-            // machine does not read as "denied".
-            let half = timeout / 2;
+            let half = timeout / udp_sends;
             let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 64];
-            for _ in 0..2 {
+            for _ in 0..udp_sends {
                 if s.send(b"nftpol-e2e-probe").is_err() {
                     return false;
                 }
