@@ -84,7 +84,39 @@ pub fn can_run() -> bool {
             return false;
         }
     }
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_stale);
     true
+}
+
+/// Deletes namespaces an earlier run left behind when it was killed
+/// (SIGKILL skips `Drop`): only names of this suite's exact shape,
+/// `nftpol-t-<pid>-<n>-...`, whose process no longer exists.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(pid), Some(n)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !numeric(pid) || !numeric(n) || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("removing stale test namespace {name} (process {pid} is gone)");
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stdin(Stdio::null())
+            .status();
+    }
 }
 
 /// One simulated node.
