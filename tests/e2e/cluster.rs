@@ -162,6 +162,15 @@ impl SimCluster {
         });
     }
 
+    /// Starts the TCP and UDP servers inside a node namespace too, for
+    /// tests of pod-to-node traffic (the `input` hook).
+    pub fn serve_on_nodes(&mut self) {
+        for n in &self.topo.nodes {
+            let addrs = [n.fabric_v4.into(), n.fabric_v6.into()];
+            self.servers.push(Servers::start_on(&n.netns, &addrs));
+        }
+    }
+
     pub fn pod_index(&self, namespace: &str, name: &str) -> usize {
         self.pods
             .iter()

@@ -54,6 +54,27 @@ impl Model {
         .allowed
     }
 
+    /// The evaluator's verdict for a connection from a pod to a non-pod
+    /// address (a node, here).
+    pub fn allowed_to_ip(
+        &self,
+        src: &PodModel,
+        dst: std::net::IpAddr,
+        proto: Proto,
+        port: u16,
+    ) -> bool {
+        policy_compiler::allowed(
+            &self.cluster,
+            &Endpoint::pod(&src.namespace, &src.name),
+            &Endpoint::Ip(dst),
+            Family::of(&dst),
+            protocol(proto),
+            port,
+        )
+        .unwrap_or_else(|e| panic!("evaluator error for {src:?} -> {dst}: {e}"))
+        .allowed
+    }
+
     /// The evaluator's verdict for a new connection between two pods.
     pub fn allowed(
         &self,

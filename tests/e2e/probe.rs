@@ -76,14 +76,24 @@ const SERVER_POLL: Duration = Duration::from_millis(20);
 impl Servers {
     /// Starts dual-stack servers (`[::]` accepts IPv4 too) in `netns`.
     pub fn start(netns: &str) -> Servers {
+        Servers::start_on(netns, &[IpAddr::V6(Ipv6Addr::UNSPECIFIED)])
+    }
+
+    /// Servers bound to the given addresses. A host with several addresses
+    /// (a node) needs this: a UDP socket bound to the wildcard answers from
+    /// whatever address routing picks, which the client then ignores.
+    pub fn start_on(netns: &str, addrs: &[IpAddr]) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
-        let sockets = spawn_in(netns, || {
+        let addrs = addrs.to_vec();
+        let sockets = spawn_in(netns, move || {
             let mut tcp = Vec::new();
             let mut udp = Vec::new();
-            for port in PORTS {
-                let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-                tcp.push(TcpListener::bind(addr).expect("bind TCP server"));
-                udp.push(UdpSocket::bind(addr).expect("bind UDP server"));
+            for ip in addrs {
+                for port in PORTS {
+                    let addr = SocketAddr::new(ip, port);
+                    tcp.push(TcpListener::bind(addr).expect("bind TCP server"));
+                    udp.push(UdpSocket::bind(addr).expect("bind UDP server"));
+                }
             }
             (tcp, udp)
         })

@@ -1006,3 +1006,100 @@ ingress:
     ));
     check(&mut c, "x also admits the nodes' fabric addresses");
 }
+
+/// Traffic from pods to nodes: the source pod's egress rules judge it like
+/// any other destination address, on its own node through the `input`
+/// hook and on the other node through `forward`.
+#[test]
+fn pod_to_node_traffic() {
+    use crate::probe::{run_probes, Probe, Proto, PORTS};
+    require_root!();
+    let mut c = SimCluster::upstream_model();
+    c.serve_on_nodes();
+    let check = |c: &mut SimCluster, step: &str| {
+        c.program();
+        let model = crate::oracle::Model::load(&c.manifests());
+        let nodes = c.topo.nodes.clone();
+        let mut probes = Vec::new();
+        for src in 0..c.pods.len() {
+            for dst in 0..nodes.len() {
+                for v6 in [false, true] {
+                    for proto in Proto::ALL {
+                        for port in PORTS {
+                            probes.push(Probe {
+                                src,
+                                dst,
+                                v6,
+                                proto,
+                                port,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let ips: Vec<_> = nodes.iter().map(|n| (n.fabric_v4, n.fabric_v6)).collect();
+        let expected: Vec<bool> = probes
+            .iter()
+            .map(|p| {
+                let (v4, v6) = ips[p.dst];
+                let to = if p.v6 { v6.into() } else { v4.into() };
+                model.allowed_to_ip(&c.pods[p.src], to, p.proto, p.port)
+            })
+            .collect();
+        let (netns, _) = c.netns_and_ips();
+        let observed = run_probes(&probes, &netns, &ips, crate::cluster::PROBE_TIMEOUT);
+        let wrong: Vec<String> = (0..probes.len())
+            .filter(|&i| expected[i] != observed[i])
+            .map(|i| {
+                let p = probes[i];
+                format!(
+                    "{} -> {} {} {}/{}: expected {}, observed {}",
+                    c.label(p.src),
+                    nodes[p.dst].name,
+                    if p.v6 { "IPv6" } else { "IPv4" },
+                    p.proto.name(),
+                    p.port,
+                    expected[i],
+                    observed[i]
+                )
+            })
+            .collect();
+        eprintln!(
+            "step {step:?}: {} pod-to-node probes, {} wrong",
+            probes.len(),
+            wrong.len()
+        );
+        assert!(
+            wrong.is_empty(),
+            "{step}:\n{}\n{}\n{}",
+            wrong.join("\n"),
+            c.ruleset("node1"),
+            c.ruleset("node2")
+        );
+    };
+    check(&mut c, "no policies: every node reachable");
+    c.put_policy(&np(
+        "z",
+        "deny-egress",
+        "podSelector: {}\npolicyTypes: [Egress]",
+    ));
+    c.put_policy(&np(
+        "x",
+        "egress-to-node1-tcp",
+        r#"
+podSelector: {}
+egress:
+- to:
+  - ipBlock: {cidr: 172.31.255.1/32}
+  - ipBlock: {cidr: "fd00:ffff::1/128"}
+  ports:
+  - {port: 80, protocol: TCP}
+  - {port: 81, protocol: UDP}
+"#,
+    ));
+    check(
+        &mut c,
+        "z sends nothing, x reaches node1 on TCP 80 and UDP 81 only",
+    );
+}
