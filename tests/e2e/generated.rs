@@ -224,5 +224,6 @@ fn generated_policies_match_the_evaluator() {
             c.set_namespace_labels(ns, l);
         }
         c.check(&format!("generated step {step} (seed {seed})"));
+        crate::sctp::check_sctp(&mut c, &format!("generated step {step}, SCTP packets"));
     }
 }

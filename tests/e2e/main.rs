@@ -24,6 +24,7 @@ mod oracle;
 mod probe;
 mod restart;
 mod scenarios;
+mod sctp;
 mod selftest;
 
 use cluster::SimCluster;

@@ -75,6 +75,20 @@ impl Model {
         .allowed
     }
 
+    /// The evaluator's verdict for an SCTP association between two pods.
+    pub fn allowed_sctp(&self, src: &PodModel, dst: &PodModel, v6: bool, port: u16) -> bool {
+        policy_compiler::allowed(
+            &self.cluster,
+            &Endpoint::pod(&src.namespace, &src.name),
+            &Endpoint::pod(&dst.namespace, &dst.name),
+            if v6 { Family::Ipv6 } else { Family::Ipv4 },
+            Protocol::Sctp,
+            port,
+        )
+        .unwrap_or_else(|e| panic!("evaluator error for {src:?} -> {dst:?}: {e}"))
+        .allowed
+    }
+
     /// The evaluator's verdict for a new connection between two pods.
     pub fn allowed(
         &self,

@@ -766,6 +766,7 @@ fn sctp_is_not_tcp() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: SCTP}",
         ));
         c.check("x denied; SCTP 81 open to x/a");
+        crate::sctp::check_sctp(c, "x denied; SCTP 81 open to x/a (SCTP packets)");
     });
 }
 
@@ -780,6 +781,7 @@ fn sctp_only_policy_isolates() {
             "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: SCTP}",
         ));
             c.check("x/a isolated but for SCTP 80");
+            crate::sctp::check_sctp(c, "x/a isolated but for SCTP 80 (SCTP packets)");
         },
     );
 }
