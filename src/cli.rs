@@ -63,6 +63,10 @@ pub enum Command {
     /// Print the pod-to-pod reachability matrix (rows: from, columns: to;
     /// `.` allowed, `X` denied).
     Matrix(MatrixArgs),
+    /// Run the per-node agent: watch the cluster (or a manifest directory
+    /// with --manifests) and keep the kernel's `inet nftpol` table equal to
+    /// the compiled ruleset; serves /metrics, /healthz, /readyz.
+    Agent(crate::agent::AgentArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -379,6 +383,17 @@ pub fn run(cli: Cli) -> i32 {
         Command::Compile(a) => compile(a, &mut stdout),
         Command::Explain(a) => explain(a, &mut stdout),
         Command::Matrix(a) => matrix(a, &mut stdout),
+        Command::Agent(a) => {
+            drop(stdout);
+            return match crate::agent::run(a) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!(error = %e, kind = e.metric_label(), "agent stopped");
+                    eprintln!("error: {e}");
+                    1
+                }
+            };
+        }
     };
     match result {
         Ok(code) => code,

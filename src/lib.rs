@@ -2,6 +2,7 @@
 //! the benchmarks share one implementation. The pure compiler lives in the
 //! `policy-compiler` crate; this crate holds everything that does I/O.
 
+pub mod agent;
 pub mod cli;
 pub mod error;
 pub mod manifests;

@@ -1,0 +1,460 @@
+//! Test support: a fake Kubernetes API server speaking real HTTP list and
+//! watch for Namespaces, Pods and NetworkPolicies, so the agent's kube-rs
+//! code runs exactly as it does against a cluster (a real `kube::Client`
+//! points at `http://127.0.0.1:PORT`).
+//!
+//! What it implements, because the watcher depends on each:
+//! - a global `resourceVersion` stamped on every object and list;
+//! - paginated lists (`limit` / `continue`);
+//! - watches from a resourceVersion, replaying the history after it, then
+//!   streaming events as JSON lines (`ADDED`, `MODIFIED`, `DELETED`,
+//!   `BOOKMARK`);
+//! - compaction: a watch from a resourceVersion older than the compaction
+//!   point gets an `ERROR` event with status 410 Gone (as the apiserver
+//!   sends it), and [`FakeApi::expire_watches`] sends one to every open
+//!   watch, which forces the client to relist;
+//! - [`FakeApi::drop_connections`] aborts every open watch mid-stream (the
+//!   client resumes from its last resourceVersion);
+//! - [`FakeApi::hold_lists`] makes lists of a kind hang until released, to
+//!   test that nothing is programmed before every initial list completed.
+//!
+//! Not test-only code (`cfg(test)`) because the benchmarks and integration
+//! tests drive it too.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+/// The kinds the fake serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ApiKind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+impl ApiKind {
+    pub const ALL: [ApiKind; 3] = [ApiKind::Namespace, ApiKind::Pod, ApiKind::NetworkPolicy];
+
+    fn path(self) -> &'static str {
+        match self {
+            ApiKind::Namespace => "/api/v1/namespaces",
+            ApiKind::Pod => "/api/v1/pods",
+            ApiKind::NetworkPolicy => "/apis/networking.k8s.io/v1/networkpolicies",
+        }
+    }
+    fn api_version(self) -> &'static str {
+        match self {
+            ApiKind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            ApiKind::Namespace => "Namespace",
+            ApiKind::Pod => "Pod",
+            ApiKind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+    fn from_kind(k: &str) -> Option<ApiKind> {
+        ApiKind::ALL.into_iter().find(|a| a.kind() == k)
+    }
+    fn from_path(p: &str) -> Option<ApiKind> {
+        ApiKind::ALL.into_iter().find(|a| a.path() == p)
+    }
+    fn namespaced(self) -> bool {
+        self != ApiKind::Namespace
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FakeApiError {
+    #[error("fake API server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("object without a known kind or a name: {0}")]
+    BadObject(String),
+    #[error("yaml: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+impl FakeApiError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            FakeApiError::Io(_) => "io",
+            FakeApiError::BadObject(_) => "bad_object",
+            FakeApiError::Yaml(_) => "yaml",
+        }
+    }
+}
+
+enum Frame {
+    Data(Bytes),
+    /// Abort the connection mid-stream.
+    Abort,
+}
+
+struct Watch {
+    kind: ApiKind,
+    tx: UnboundedSender<Frame>,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<ApiKind, BTreeMap<Key, Value>>,
+    /// (resourceVersion, kind, event type, object) in order.
+    history: Vec<(u64, ApiKind, &'static str, Value)>,
+    /// Watches from before this resourceVersion get 410 Gone.
+    compacted: u64,
+    watches: Vec<Watch>,
+    lists: BTreeMap<ApiKind, usize>,
+    watch_requests: BTreeMap<ApiKind, usize>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    held: tokio::sync::watch::Sender<BTreeSet<ApiKind>>,
+}
+
+/// A running fake API server; dropping it stops the server.
+pub struct FakeApi {
+    shared: Arc<Shared>,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn line(v: &Value) -> Frame {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Frame::Data(Bytes::from(b))
+}
+
+fn gone() -> Value {
+    json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version", "reason": "Expired", "code": 410
+    }})
+}
+
+impl FakeApi {
+    /// Starts a server on 127.0.0.1 (a free port).
+    pub async fn start() -> Result<FakeApi, FakeApiError> {
+        let (held, _) = tokio::sync::watch::channel(BTreeSet::new());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                rv: 1000,
+                ..Inner::default()
+            }),
+            held,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeApi { shared, addr, task })
+    }
+
+    /// A kube client talking to this server.
+    pub fn client(&self) -> kube::Client {
+        let url = format!("http://{}", self.addr)
+            .parse()
+            .expect("a socket address is a valid URI");
+        let config = kube::Config::new(url);
+        kube::Client::try_from(config).expect("a plain-http client always builds")
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates or replaces an object (JSON with apiVersion, kind,
+    /// metadata.name); returns its new resourceVersion.
+    pub fn apply(&self, mut obj: Value) -> Result<u64, FakeApiError> {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(ApiKind::from_kind)
+            .ok_or_else(|| FakeApiError::BadObject(obj.to_string()))?;
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            return Err(FakeApiError::BadObject(obj.to_string()));
+        }
+        let ns = if kind.namespaced() {
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_string();
+            obj["metadata"]["namespace"] = json!(ns);
+            ns
+        } else {
+            String::new()
+        };
+        obj["apiVersion"] = json!(kind.api_version());
+        let mut inner = self.inner();
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let old = inner
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert((ns, name), obj.clone());
+        let ty = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        inner.publish(rv, kind, ty, obj);
+        Ok(rv)
+    }
+
+    /// Deletes an object; returns whether it existed.
+    pub fn delete(&self, kind: ApiKind, namespace: &str, name: &str) -> bool {
+        let mut inner = self.inner();
+        let key = (
+            if kind.namespaced() {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        );
+        let Some(mut obj) = inner.objects.entry(kind).or_default().remove(&key) else {
+            return false;
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        inner.publish(rv, kind, "DELETED", obj);
+        true
+    }
+
+    /// Loads every Namespace, Pod and NetworkPolicy of a multi-document
+    /// YAML text (`kind: List` expanded); returns how many were applied.
+    pub fn load_yaml(&self, text: &str) -> Result<usize, FakeApiError> {
+        let mut n = 0;
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(doc)?;
+            let items = match v.get("kind").and_then(Value::as_str) {
+                Some("List") => v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+                Some(_) => vec![v],
+                None => continue,
+            };
+            for item in items {
+                let known = item
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .and_then(ApiKind::from_kind)
+                    .is_some();
+                if known {
+                    self.apply(item)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sends a BOOKMARK with the current resourceVersion to every watch.
+    pub fn bookmark(&self) {
+        let mut inner = self.inner();
+        let rv = inner.rv.to_string();
+        inner.watches.retain(|w| {
+            let ev = json!({"type": "BOOKMARK", "object": {
+                "kind": w.kind.kind(), "apiVersion": w.kind.api_version(),
+                "metadata": {"resourceVersion": rv}
+            }});
+            w.tx.send(line(&ev)).is_ok()
+        });
+    }
+
+    /// Compacts the history and sends 410 Gone to every open watch, so
+    /// every client has to relist.
+    pub fn expire_watches(&self) {
+        let mut inner = self.inner();
+        inner.compacted = inner.rv + 1;
+        inner.history.clear();
+        for w in inner.watches.drain(..) {
+            let _ = w.tx.send(line(&gone()));
+        }
+    }
+
+    /// Aborts every open watch connection mid-stream.
+    pub fn drop_connections(&self) {
+        for w in self.inner().watches.drain(..) {
+            let _ = w.tx.send(Frame::Abort);
+        }
+    }
+
+    /// Makes list requests of these kinds hang until `release_lists`.
+    pub fn hold_lists(&self, kinds: &[ApiKind]) {
+        self.shared
+            .held
+            .send_modify(|h| h.extend(kinds.iter().copied()));
+    }
+
+    pub fn release_lists(&self) {
+        self.shared.held.send_modify(BTreeSet::clear);
+    }
+
+    /// List requests served per kind so far.
+    pub fn list_count(&self, kind: ApiKind) -> usize {
+        self.inner().lists.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Watch requests received per kind so far.
+    pub fn watch_count(&self, kind: ApiKind) -> usize {
+        self.inner().watch_requests.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Open watch connections.
+    pub fn open_watches(&self) -> usize {
+        let mut inner = self.inner();
+        inner.watches.retain(|w| !w.tx.is_closed());
+        inner.watches.len()
+    }
+
+    /// Every stored object as one `kind: List` document (JSON is YAML),
+    /// the way `kubectl get ns,pods,networkpolicies -A -o yaml` prints
+    /// them: what `nftpol compile` reads.
+    pub fn dump(&self) -> String {
+        let inner = self.inner();
+        let items: Vec<&Value> = inner.objects.values().flat_map(|m| m.values()).collect();
+        json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.inner().rv
+    }
+}
+
+impl Inner {
+    fn publish(&mut self, rv: u64, kind: ApiKind, ty: &'static str, obj: Value) {
+        let ev = json!({"type": ty, "object": obj});
+        self.watches
+            .retain(|w| w.kind != kind || w.tx.send(line(&ev)).is_ok());
+        self.history.push((rv, kind, ty, obj));
+    }
+}
+
+fn status(code: StatusCode, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "code": code.as_u16()});
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(kind) = ApiKind::from_path(uri.path()) else {
+        return status(StatusCode::NOT_FOUND, "not found");
+    };
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        watch(&shared, kind, &q)
+    } else {
+        list(&shared, kind, &q).await
+    }
+}
+
+async fn list(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Response {
+    let mut held = shared.held.subscribe();
+    // Hangs while the kind is held (the client sees a slow apiserver).
+    let _ = held.wait_for(|h| !h.contains(&kind)).await;
+    let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    *inner.lists.entry(kind).or_default() += 1;
+    let (offset, rv) = match q.get("continue").and_then(|c| c.split_once('/')) {
+        Some((o, r)) => (o.parse().unwrap_or(0), r.to_string()),
+        None => (0usize, inner.rv.to_string()),
+    };
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let all = inner.objects.entry(kind).or_default();
+    let items: Vec<Value> = all.values().skip(offset).take(limit).cloned().collect();
+    let next = offset.saturating_add(items.len());
+    let mut metadata = json!({ "resourceVersion": rv });
+    if next < all.len() {
+        metadata["continue"] = json!(format!("{next}/{rv}"));
+    }
+    let body = json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.kind()),
+        "metadata": metadata,
+        "items": items,
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Response {
+    let (tx, rx) = unbounded_channel::<Frame>();
+    {
+        let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *inner.watch_requests.entry(kind).or_default() += 1;
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        if from < inner.compacted {
+            // What the apiserver does: 200, then one ERROR event.
+            let _ = tx.send(line(&gone()));
+            drop(tx);
+        } else {
+            for (rv, k, ty, obj) in &inner.history {
+                if *k == kind && *rv > from {
+                    let _ = tx.send(line(&json!({"type": ty, "object": obj})));
+                }
+            }
+            inner.watches.push(Watch { kind, tx });
+        }
+    }
+    // Ends after an abort, so the connection is really cut mid-stream.
+    let stream = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await? {
+            Frame::Data(b) => Some((Ok(b), Some(rx))),
+            Frame::Abort => Some((Err(std::io::Error::other("connection dropped")), None)),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}

@@ -1,0 +1,282 @@
+//! Observability: the agent's Prometheus metrics (prometheus-client) and
+//! the HTTP server for `/metrics`, `/healthz` (the process answers) and
+//! `/readyz` (initial sync done and the last apply succeeded).
+
+use crate::agent::backend::Applied;
+use crate::agent::reconcile::Kind;
+use crate::agent::AgentError;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use policy_compiler::Ruleset;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: &'static str,
+    pub event: &'static str,
+}
+
+/// Readiness inputs, set by the reconcile loop.
+#[derive(Debug, Default)]
+pub struct Health {
+    synced: AtomicBool,
+    last_apply_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn set_synced(&self, v: bool) {
+        self.synced.store(v, Ordering::Relaxed);
+    }
+    pub fn set_last_apply_ok(&self, v: bool) {
+        self.last_apply_ok.store(v, Ordering::Relaxed);
+    }
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+    /// Initial sync done and the last apply succeeded.
+    pub fn ready(&self) -> bool {
+        self.synced() && self.last_apply_ok.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub health: Health,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub latency: Histogram,
+    pub batch_messages: Histogram,
+    pub kernel_chains: Gauge,
+    pub kernel_rules: Gauge,
+    pub kernel_elements: Gauge,
+    pub watched: Family<KindLabels, Gauge>,
+    pub watch_events: Family<EventLabels, Counter>,
+    pub drift_repairs: Counter,
+    pub invalid_skipped: Family<KindLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nftpol");
+        let m = Metrics {
+            health: Health::default(),
+            reconciles: Family::default(),
+            errors: Family::default(),
+            // 0.5 ms .. ~16 s.
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1 .. ~262k messages.
+            batch_messages: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            kernel_chains: Gauge::default(),
+            kernel_rules: Gauge::default(),
+            kernel_elements: Gauge::default(),
+            watched: Family::default(),
+            watch_events: Family::default(),
+            drift_repairs: Counter::default(),
+            invalid_skipped: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Attempts to program the kernel, by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors by kind (netlink, watch, io, ...)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "programming_latency_seconds",
+            "Time from the first unprogrammed event to the kernel acknowledging the batch",
+            m.latency.clone(),
+        );
+        registry.register(
+            "batch_messages",
+            "Messages in each batch sent to the kernel",
+            m.batch_messages.clone(),
+        );
+        registry.register(
+            "kernel_chains",
+            "Chains in the inet nftpol table",
+            m.kernel_chains.clone(),
+        );
+        registry.register(
+            "kernel_rules",
+            "Rules in the inet nftpol table",
+            m.kernel_rules.clone(),
+        );
+        registry.register(
+            "kernel_set_elements",
+            "Set and map elements in the inet nftpol table",
+            m.kernel_elements.clone(),
+        );
+        registry.register(
+            "watched_objects",
+            "Objects known to the agent, by kind",
+            m.watched.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Events received from the source, by kind and type",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Times the kernel table was found changed outside nftpol and repaired",
+            m.drift_repairs.clone(),
+        );
+        registry.register(
+            "invalid_objects_skipped",
+            "Invalid objects skipped (treated as absent), by kind",
+            m.invalid_skipped.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn observe_apply(&self, a: &Applied, desired: &Ruleset, latency: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        if a.changed {
+            self.latency.observe(latency.as_secs_f64());
+            self.batch_messages.observe(a.messages as f64);
+        }
+        self.kernel_chains.set(desired.chains.len() as i64);
+        self.kernel_rules.set(desired.rule_count() as i64);
+        self.kernel_elements.set(desired.element_count() as i64);
+    }
+
+    pub fn observe_error(&self, label: &'static str) {
+        self.reconciles
+            .get_or_create(&ResultLabels { result: "error" })
+            .inc();
+        self.errors
+            .get_or_create(&ErrorLabels { error: label })
+            .inc();
+    }
+
+    /// A non-reconcile error (watch, manifest I/O).
+    pub fn source_error(&self, label: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { error: label })
+            .inc();
+    }
+
+    pub fn set_watched(&self, kind: Kind, n: usize) {
+        self.watched
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .set(n as i64);
+    }
+
+    pub fn event(&self, kind: Kind, event: &'static str) {
+        self.watch_events
+            .get_or_create(&EventLabels {
+                kind: kind.as_str(),
+                event,
+            })
+            .inc();
+    }
+
+    pub fn invalid(&self, kind: Kind) {
+        self.invalid_skipped
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Binds `addr` and serves the endpoints in a background task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::MetricsServer { addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(metrics)).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    let m1 = metrics.clone();
+    let m2 = metrics;
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = m2.clone();
+                async move {
+                    if m.health.ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else if m.health.synced() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "last apply failed\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "initial sync not done\n")
+                    }
+                }
+            }),
+        )
+}

@@ -1,0 +1,283 @@
+//! `nftpol agent`: the long-running per-node process. A source (kube-rs
+//! watchers on the API server, or a watched manifest directory) feeds
+//! reduced objects into the reconcile loop, which keeps the kernel's
+//! `inet nftpol` table equal to `compile(cluster, node)`; a small HTTP
+//! server exposes /metrics, /healthz and /readyz.
+//!
+//! Threads and tasks: the sources and the HTTP server are tokio tasks; the
+//! reconcile loop runs on its own OS thread because compiling and netlink
+//! I/O are blocking CPU work that must not stall the watchers (and a plain
+//! thread with `recv_timeout` is the simplest correct debounce).
+
+pub mod backend;
+pub mod fakeapi;
+pub mod files;
+pub mod metrics;
+pub mod reconcile;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use crate::agent::backend::{Backend, BackendError};
+use crate::agent::metrics::Metrics;
+use crate::agent::reconcile::{Change, Reconciler, Settings, Stamped};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `nftpol agent` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The node this agent enforces on (the DaemonSet passes the downward
+    /// API's spec.nodeName as NODE_NAME).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Standalone mode: watch this directory of manifests instead of the
+    /// Kubernetes API (for nodes without API access, demos and tests).
+    #[arg(long = "manifests", short = 'm')]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig file; by default in-cluster config, then $KUBECONFIG or
+    /// ~/.kube/config.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+    /// How often the kernel table is read back and repaired if someone
+    /// changed it (e.g. `30s`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drift_interval: Duration,
+    /// Quiet time after the last change before programming the kernel.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Upper bound on how long a change waits while events keep arriving.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub max_delay: Duration,
+    /// Keep the ruleset in memory instead of programming the kernel (no
+    /// root needed; for demos and tests of the sources).
+    #[arg(long, hide = true)]
+    pub dry_run: bool,
+}
+
+/// `30s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 30s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?}: not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What stops the agent. Each variant has a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("metrics server on {addr}: {source}")]
+    MetricsServer {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("watching {}: {source}", path.display())]
+    Notify {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    #[error(transparent)]
+    Manifests(#[from] crate::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the reconcile loop stopped unexpectedly")]
+    ReconcilerGone,
+}
+
+impl AgentError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AgentError::KubeConfig(_) => "kubeconfig",
+            AgentError::Kube(_) => "kube",
+            AgentError::MetricsServer { .. } => "metrics_server",
+            AgentError::Notify { .. } => "notify",
+            AgentError::Manifests(e) => e.metric_label(),
+            AgentError::Backend(e) => e.metric_label(),
+            AgentError::Runtime(_) => "runtime",
+            AgentError::ReconcilerGone => "reconciler_gone",
+        }
+    }
+}
+
+/// Where the objects come from.
+pub enum Source {
+    Kube(kube::Client),
+    Dir(PathBuf),
+}
+
+/// Everything the agent needs besides its source and backend.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub settings: Settings,
+    /// `None`: no HTTP server (tests that only look at the backend).
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Options {
+    pub fn from_args(a: &AgentArgs) -> Options {
+        Options {
+            settings: Settings {
+                node: a.node_name.clone(),
+                debounce: a.debounce,
+                max_delay: a.max_delay,
+                drift_interval: a.drift_interval,
+                ..Settings::new(&a.node_name)
+            },
+            metrics_addr: Some(a.metrics_addr),
+        }
+    }
+}
+
+/// Builds the kube client: the given kubeconfig, else in-cluster, else
+/// $KUBECONFIG / ~/.kube/config.
+pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, AgentError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| AgentError::KubeConfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::KubeConfig(e.to_string()))?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Runs the agent until `shutdown` resolves (or a fatal error), then stops
+/// the reconcile loop and returns its backend. The kernel table is left as
+/// it is: the rules keep enforcing while no agent runs.
+pub async fn run_with<B: Backend>(
+    source: Source,
+    backend: B,
+    options: Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<B, AgentError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
+    let reconciler = Reconciler::new(options.settings.clone(), backend, metrics.clone());
+    let loop_thread = std::thread::Builder::new()
+        .name("nftpol-reconcile".into())
+        .spawn(move || reconciler.run(rx))
+        .map_err(AgentError::Runtime)?;
+
+    let server = match options.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+
+    let src_tx = tx.clone();
+    let src_metrics = metrics.clone();
+    let mut source_task = tokio::spawn(async move {
+        match source {
+            Source::Kube(client) => watch::run(client, src_tx, src_metrics).await,
+            Source::Dir(dir) => files::run(dir, src_tx, src_metrics).await,
+        }
+    });
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down; the nftpol table stays in place");
+            Ok(())
+        }
+        r = &mut source_task => match r {
+            Ok(Ok(())) => Err(AgentError::ReconcilerGone),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(AgentError::Runtime(std::io::Error::other(e))),
+        },
+    };
+    source_task.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
+    // The loop finishes the batch in flight (batches are atomic anyway).
+    let _ = tx.send((Instant::now(), Change::Shutdown));
+    drop(tx);
+    let backend = tokio::task::spawn_blocking(move || loop_thread.join())
+        .await
+        .map_err(|e| AgentError::Runtime(std::io::Error::other(e)))?
+        .map_err(|_| AgentError::ReconcilerGone)?;
+    result.map(|()| backend.into_backend())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `nftpol agent`: returns the process exit status.
+pub fn run(args: &AgentArgs) -> Result<i32, AgentError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    rt.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        let source = match &args.manifests {
+            Some(dir) => Source::Dir(dir.clone()),
+            None => Source::Kube(kube_client(args.kubeconfig.as_ref()).await?),
+        };
+        let options = Options::from_args(args);
+        tracing::info!(
+            node = %args.node_name,
+            source = match &args.manifests { Some(_) => "manifests", None => "kubernetes" },
+            metrics_addr = %args.metrics_addr,
+            "nftpol agent starting"
+        );
+        if args.dry_run {
+            run_with(
+                source,
+                backend::MemoryBackend::default(),
+                options,
+                metrics,
+                termination(),
+            )
+            .await?;
+        } else {
+            let backend = backend::NetlinkBackend::new()?;
+            run_with(source, backend, options, metrics, termination()).await?;
+        }
+        Ok(0)
+    })
+}

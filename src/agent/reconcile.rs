@@ -1,0 +1,388 @@
+//! The reconcile loop: applies source changes to the cluster index, and
+//! when the cluster changed, compiles the node's ruleset and hands it to
+//! the backend (which diffs against the kernel and sends one atomic batch).
+//!
+//! Rules it keeps, in order of importance:
+//! - it never touches the kernel before every watched kind has been listed
+//!   once (a half-known cluster would drop allowed or allow denied
+//!   traffic), and then diffs against whatever table is already there, so
+//!   a restart leaves no gap;
+//! - changes are coalesced: a change is programmed after `debounce` of
+//!   quiet, or `max_delay` after the first unprogrammed change while events
+//!   keep coming, so a burst of 1,000 events gives a handful of batches;
+//! - a failed batch changes nothing in the kernel (batches are atomic), so
+//!   the last good ruleset stays enforced; it is retried with exponential
+//!   backoff;
+//! - every `drift_interval` the last applied ruleset is applied again: the
+//!   backend reads the table back, and a non-empty difference means someone
+//!   changed our table; it is repaired, logged and counted.
+
+use crate::agent::backend::{Applied, Backend};
+use crate::agent::metrics::Metrics;
+use policy_compiler::{Cluster, Object, Ruleset};
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The kinds the agent watches; each must be listed before the first batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Policy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Pod => "pod",
+            Kind::Policy => "networkpolicy",
+        }
+    }
+
+    pub fn of(o: &Object) -> Kind {
+        match o {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Policy(_) => Kind::Policy,
+        }
+    }
+
+    /// From an `ObjectError`'s kind (`Pod`, `NetworkPolicy`, ...).
+    pub fn from_api(kind: &str) -> Option<Kind> {
+        match kind {
+            "Namespace" => Some(Kind::Namespace),
+            "Pod" => Some(Kind::Pod),
+            "NetworkPolicy" => Some(Kind::Policy),
+            _ => None,
+        }
+    }
+}
+
+/// `(namespace, name)`; the namespace is empty for Namespaces.
+pub type Key = (String, String);
+
+fn key_of(o: &Object) -> Key {
+    match o {
+        Object::Namespace(n) => (String::new(), n.name.clone()),
+        Object::Pod(p) => (p.namespace.clone(), p.name.clone()),
+        Object::Policy(p) => (p.namespace.clone(), p.name.clone()),
+    }
+}
+
+/// What a source tells the loop.
+#[derive(Debug)]
+pub enum Change {
+    /// An object was added or modified (already reduced to the model).
+    Apply(Object),
+    /// An object was deleted, or updated into something invalid: skipped
+    /// objects count as absent, exactly as `nftpol compile` treats them,
+    /// so the agent enforces what the auditor's command prints.
+    Delete { kind: Kind, key: Key },
+    /// A complete listing of these kinds (initial list, relist after a
+    /// 410, or a manifest directory reload): replaces all that is known of
+    /// them and marks them synced.
+    Replace {
+        kinds: Vec<Kind>,
+        objects: Vec<Object>,
+    },
+    /// Stop the loop.
+    Shutdown,
+}
+
+/// A change with the instant the source received it, the start of the
+/// programming latency.
+pub type Stamped = (Instant, Change);
+
+/// Loop tuning.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node: String,
+    pub debounce: Duration,
+    pub max_delay: Duration,
+    pub drift_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Settings {
+    pub fn new(node: &str) -> Settings {
+        Settings {
+            node: node.to_string(),
+            debounce: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            drift_interval: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Reconciler<B> {
+    settings: Settings,
+    backend: B,
+    metrics: Arc<Metrics>,
+    cluster: Cluster,
+    synced: BTreeSet<Kind>,
+    /// When the oldest change not yet in the kernel arrived.
+    dirty_since: Option<Instant>,
+    last_change: Instant,
+    /// Failed attempts in a row, and when to try again.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The ruleset the kernel was last made equal to.
+    last_applied: Option<Ruleset>,
+    next_drift: Instant,
+}
+
+impl<B: Backend> Reconciler<B> {
+    pub fn new(settings: Settings, backend: B, metrics: Arc<Metrics>) -> Self {
+        let now = Instant::now();
+        Reconciler {
+            next_drift: now + settings.drift_interval,
+            settings,
+            backend,
+            metrics,
+            cluster: Cluster::new(),
+            synced: BTreeSet::new(),
+            dirty_since: None,
+            last_change: now,
+            failures: 0,
+            retry_at: None,
+            last_applied: None,
+        }
+    }
+
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    fn all_synced(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// Runs until `Shutdown` or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Stamped>) -> Self {
+        loop {
+            let msg = match self.deadline() {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok((_, Change::Shutdown)) | Err(RecvTimeoutError::Disconnected) => return self,
+                Ok((at, change)) => self.handle(at, change),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Take everything already queued before deciding, so a burst
+            // becomes one batch rather than one per event.
+            loop {
+                match rx.try_recv() {
+                    Ok((_, Change::Shutdown)) => return self,
+                    Ok((at, change)) => self.handle(at, change),
+                    Err(_) => break,
+                }
+            }
+            if self.deadline().is_some_and(|d| d <= Instant::now()) {
+                self.tick();
+            }
+        }
+    }
+
+    /// The next instant something is due, `None` while waiting for the
+    /// initial lists.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.all_synced() {
+            return None;
+        }
+        let s = &self.settings;
+        match self.dirty_since {
+            Some(first) => {
+                let due = (self.last_change + s.debounce).min(first + s.max_delay);
+                Some(match self.retry_at {
+                    Some(r) => due.max(r),
+                    None => due,
+                })
+            }
+            None => Some(self.next_drift),
+        }
+    }
+
+    fn mark_dirty(&mut self, at: Instant) {
+        self.last_change = Instant::now();
+        self.dirty_since = Some(self.dirty_since.map_or(at, |d| d.min(at)));
+    }
+
+    /// Applies one change to the index.
+    pub fn handle(&mut self, at: Instant, change: Change) {
+        let changed = match change {
+            Change::Apply(o) => self.cluster.apply(o),
+            Change::Delete { kind, key } => delete(&mut self.cluster, kind, &key),
+            Change::Replace { kinds, objects } => {
+                let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
+                self.synced.extend(kinds.iter().copied());
+                let changed = replace(&mut self.cluster, &kinds, objects);
+                if first_sync && self.all_synced() {
+                    tracing::info!(
+                        namespaces = self.cluster.namespaces().count(),
+                        pods = self.cluster.pod_count(),
+                        policies = self.cluster.policy_count(),
+                        "initial sync complete"
+                    );
+                    self.metrics.health.set_synced(true);
+                    // Always program once after the initial sync, even an
+                    // empty cluster: the kernel may hold a stale table.
+                    true
+                } else {
+                    changed
+                }
+            }
+            Change::Shutdown => false,
+        };
+        if changed {
+            self.mark_dirty(at);
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.dirty_since.is_some() {
+            self.reconcile();
+        } else if let Some(last) = self.last_applied.take() {
+            self.repair_drift(&last);
+            self.last_applied.get_or_insert(last);
+        } else {
+            self.next_drift = Instant::now() + self.settings.drift_interval;
+        }
+    }
+
+    fn update_watched(&self) {
+        let m = &self.metrics;
+        m.set_watched(Kind::Namespace, self.cluster.namespaces().count());
+        m.set_watched(Kind::Pod, self.cluster.pod_count());
+        m.set_watched(Kind::Policy, self.cluster.policy_count());
+    }
+
+    fn reconcile(&mut self) {
+        let Some(since) = self.dirty_since else {
+            return;
+        };
+        self.update_watched();
+        let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
+        match self.backend.apply(&desired) {
+            Ok(applied) => {
+                let now = Instant::now();
+                self.metrics
+                    .observe_apply(&applied, &desired, now.duration_since(since));
+                if applied.changed {
+                    tracing::info!(
+                        changes = %applied.summary,
+                        messages = applied.messages,
+                        latency_ms = now.duration_since(since).as_secs_f64() * 1000.0,
+                        "kernel table updated"
+                    );
+                } else {
+                    tracing::debug!("kernel table already up to date");
+                }
+                self.ok(now);
+                self.last_applied = Some(desired);
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn ok(&mut self, now: Instant) {
+        self.dirty_since = None;
+        self.failures = 0;
+        self.retry_at = None;
+        self.next_drift = now + self.settings.drift_interval;
+        self.metrics.health.set_last_apply_ok(true);
+    }
+
+    fn failed(&mut self, e: &crate::agent::backend::BackendError) {
+        self.failures += 1;
+        let exp = self.failures.saturating_sub(1).min(16);
+        let delay = (self.settings.backoff_min * 2u32.pow(exp)).min(self.settings.backoff_max);
+        self.retry_at = Some(Instant::now() + delay);
+        self.metrics.observe_error(e.metric_label());
+        self.metrics.health.set_last_apply_ok(false);
+        tracing::warn!(
+            error = %e,
+            attempt = self.failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "programming the kernel failed; the last good ruleset stays enforced"
+        );
+    }
+
+    fn repair_drift(&mut self, last: &Ruleset) {
+        match self.backend.apply(last) {
+            Ok(Applied { changed: false, .. }) => {
+                self.ok(Instant::now());
+            }
+            Ok(applied) => {
+                tracing::warn!(
+                    changes = %applied.summary,
+                    "the kernel table drifted from the desired ruleset (changed outside nftpol); repaired"
+                );
+                self.metrics.drift_repairs.inc();
+                self.metrics
+                    .observe_apply(&applied, last, Duration::from_secs(0));
+                self.ok(Instant::now());
+            }
+            Err(e) => {
+                // Retry through the normal path, with backoff.
+                self.dirty_since = Some(Instant::now());
+                self.failed(&e);
+            }
+        }
+    }
+}
+
+fn delete(c: &mut Cluster, kind: Kind, (ns, name): &Key) -> bool {
+    match kind {
+        Kind::Namespace => c.delete_namespace(name),
+        Kind::Pod => c.delete_pod(ns, name),
+        Kind::Policy => c.delete_policy(ns, name),
+    }
+}
+
+fn keys(c: &Cluster, kind: Kind) -> Vec<Key> {
+    match kind {
+        Kind::Namespace => c
+            .namespaces()
+            .map(|n| (String::new(), n.name.clone()))
+            .collect(),
+        Kind::Pod => c.pods().map(|p| p.key()).collect(),
+        Kind::Policy => c
+            .policies()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect(),
+    }
+}
+
+/// Makes the objects of `kinds` in `c` exactly `objects`; returns whether
+/// anything changed. Objects not listed are deleted (they went away while
+/// the source was not watching).
+pub fn replace(c: &mut Cluster, kinds: &[Kind], objects: Vec<Object>) -> bool {
+    let listed: BTreeSet<(Kind, Key)> = objects.iter().map(|o| (Kind::of(o), key_of(o))).collect();
+    let mut changed = false;
+    for &kind in kinds {
+        for key in keys(c, kind) {
+            if !listed.contains(&(kind, key.clone())) {
+                changed |= delete(c, kind, &key);
+            }
+        }
+    }
+    for o in objects {
+        if kinds.contains(&Kind::of(&o)) {
+            changed |= c.apply(o);
+        }
+    }
+    changed
+}

@@ -1,0 +1,608 @@
+//! Agent tests: the real kube-rs watchers against the fake API server
+//! (real HTTP list/watch), the reconcile loop on its thread, and the
+//! in-memory backend. The oracle is always `nftpol compile` on the same
+//! objects, so the agent must enforce exactly what auditors see.
+
+use super::backend::MemoryBackend;
+use super::fakeapi::{ApiKind, FakeApi};
+use super::metrics::Metrics;
+use super::reconcile::Settings;
+use super::{run_with, AgentError, Options, Source};
+use policy_compiler::{Cluster, Ruleset};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "node-a";
+
+fn ns(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(ns: &str, name: &str, labels: Value, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// Ingress to `app=<target>` from `app=<from>` pods in namespaces with
+/// `team=<team>` on TCP `port`.
+fn policy(ns: &str, name: &str, target: &str, from: &str, team: &str, port: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {"matchLabels": {"app": target}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": from}},
+                "namespaceSelector": {"matchLabels": {"team": team}}}],
+                "ports": [{"protocol": "TCP", "port": port}]}]}})
+}
+
+/// A small cluster over two nodes and three namespaces.
+fn seed(fake: &FakeApi) {
+    for o in [
+        ns("prod", json!({"team": "a"})),
+        ns("dev", json!({"team": "b"})),
+        ns("ops", json!({"team": "a"})),
+        pod("prod", "web-0", json!({"app": "web"}), NODE, "10.1.0.10"),
+        pod(
+            "prod",
+            "web-1",
+            json!({"app": "web"}),
+            "node-b",
+            "10.1.1.10",
+        ),
+        pod(
+            "prod",
+            "cli-0",
+            json!({"app": "cli"}),
+            "node-b",
+            "10.1.1.11",
+        ),
+        pod("ops", "cli-1", json!({"app": "cli"}), NODE, "10.1.0.12"),
+        pod("dev", "cli-2", json!({"app": "cli"}), NODE, "10.1.0.13"),
+        // Its namespace object is not there (yet): implicit labels only.
+        pod("qa", "cli-4", json!({"app": "cli"}), "node-b", "10.1.1.40"),
+        policy("prod", "web", "web", "cli", "a", json!(80)),
+    ] {
+        fake.apply(o).expect("valid test object");
+    }
+}
+
+/// What `nftpol compile --node-name node-a` prints for the fake's objects,
+/// through the CLI's own code path (a file on disk).
+fn compile_cli(fake: &FakeApi) -> String {
+    let dir = TempDir::new("compile");
+    let file = dir.0.join("dump.yaml");
+    std::fs::write(&file, fake.dump()).expect("write dump");
+    let args = crate::cli::CompileArgs {
+        input: crate::cli::Input {
+            manifests: vec![file],
+            strict: false,
+        },
+        node_name: Some(NODE.into()),
+        format: crate::cli::Format::Nft,
+    };
+    let mut out = Vec::new();
+    crate::cli::compile(&args, &mut out).expect("compile");
+    String::from_utf8(out).expect("utf-8")
+}
+
+/// The ruleset compiled in-process from the fake's objects.
+fn expected(fake: &FakeApi) -> Ruleset {
+    let loaded = policy_compiler::parse("fake", &fake.dump());
+    policy_compiler::compile(&Cluster::from_objects(loaded.objects), NODE)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("nftpol-agent-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Running {
+    backend: MemoryBackend,
+    metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<MemoryBackend, AgentError>>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        debounce: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        drift_interval: Duration::from_secs(600),
+        backoff_min: Duration::from_millis(20),
+        ..Settings::new(NODE)
+    }
+}
+
+fn start(source: Source, settings: Settings) -> Running {
+    let backend = MemoryBackend::default();
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let options = Options {
+        settings,
+        metrics_addr: None,
+    };
+    let task = tokio::spawn(run_with(
+        source,
+        backend.clone(),
+        options,
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        backend,
+        metrics,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    fn table(&self) -> Option<Ruleset> {
+        self.backend.state().table.clone()
+    }
+    fn batches(&self) -> usize {
+        self.backend.state().batches
+    }
+    /// Waits until the kernel holds `want`; panics with the difference
+    /// after `limit`.
+    async fn converges(&self, want: &Ruleset, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.table().as_ref() == Some(want) {
+                return t0.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "kernel did not converge in {limit:?}\nwant:\n{}\nhave:\n{}",
+            policy_compiler::render::render_script(want),
+            self.table()
+                .map(|t| policy_compiler::render::render_script(&t))
+                .unwrap_or_else(|| "<no table>".into())
+        );
+    }
+    async fn stop(mut self) -> MemoryBackend {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task
+            .await
+            .expect("agent task")
+            .expect("agent stops cleanly")
+    }
+}
+
+async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_programmed_before_every_initial_list() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    fake.hold_lists(&[ApiKind::Pod]);
+    let agent = start(Source::Kube(fake.client()), settings());
+    assert!(
+        wait_for(LIMIT, || fake.list_count(ApiKind::Namespace) > 0
+            && fake.list_count(ApiKind::NetworkPolicy) > 0)
+        .await
+    );
+    // Namespaces and policies are known, pods are not: programming now
+    // would isolate web-0 without its peers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent.backend.state().applies, 0);
+    assert!(!agent.metrics.health.ready());
+    fake.release_lists();
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(agent.metrics.health.ready());
+    assert_eq!(agent.batches(), 1, "one batch after the initial sync");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_cluster_still_programs_once_after_sync() {
+    let fake = FakeApi::start().await.expect("fake api");
+    let agent = start(Source::Kube(fake.client()), settings());
+    assert!(wait_for(LIMIT, || agent.backend.state().applies == 1).await);
+    assert_eq!(
+        agent.table(),
+        Some(policy_compiler::compile(&Cluster::new(), NODE))
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_add_update_delete_of_every_kind_and_matches_compile() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+
+    type Step = Box<dyn Fn(&FakeApi)>;
+    let steps: Vec<(&str, Step)> = vec![
+        (
+            "add pod (new peer on another node)",
+            Box::new(|f| {
+                f.apply(pod(
+                    "ops",
+                    "cli-3",
+                    json!({"app": "cli"}),
+                    "node-b",
+                    "10.1.1.14",
+                ))
+                .map(|_| ())
+                .expect("apply")
+            }),
+        ),
+        (
+            "update pod labels (peer leaves)",
+            Box::new(|f| {
+                f.apply(pod(
+                    "ops",
+                    "cli-1",
+                    json!({"app": "other"}),
+                    NODE,
+                    "10.1.0.12",
+                ))
+                .map(|_| ())
+                .expect("apply")
+            }),
+        ),
+        (
+            "delete pod",
+            Box::new(|f| {
+                assert!(f.delete(ApiKind::Pod, "prod", "cli-0"));
+            }),
+        ),
+        (
+            "add local target pod",
+            Box::new(|f| {
+                f.apply(pod(
+                    "prod",
+                    "web-2",
+                    json!({"app": "web"}),
+                    NODE,
+                    "10.1.0.20",
+                ))
+                .map(|_| ())
+                .expect("apply")
+            }),
+        ),
+        (
+            "update namespace labels (dev joins team a)",
+            Box::new(|f| {
+                f.apply(ns("dev", json!({"team": "a"})))
+                    .map(|_| ())
+                    .expect("apply")
+            }),
+        ),
+        (
+            "add namespace (qa's pod becomes a peer)",
+            Box::new(|f| {
+                f.apply(ns("qa", json!({"team": "a"})))
+                    .map(|_| ())
+                    .expect("apply")
+            }),
+        ),
+        (
+            "delete namespace (dev's pod loses its labels)",
+            Box::new(|f| {
+                assert!(f.delete(ApiKind::Namespace, "", "dev"));
+            }),
+        ),
+        (
+            "add policy with a named port",
+            Box::new(|f| {
+                f.apply(policy("dev", "cli", "cli", "web", "a", json!("http")))
+                    .map(|_| ())
+                    .expect("apply")
+            }),
+        ),
+        (
+            "update policy port",
+            Box::new(|f| {
+                f.apply(policy("prod", "web", "web", "cli", "a", json!(443)))
+                    .map(|_| ())
+                    .expect("apply")
+            }),
+        ),
+        (
+            "delete policy",
+            Box::new(|f| {
+                assert!(f.delete(ApiKind::NetworkPolicy, "prod", "web"));
+            }),
+        ),
+    ];
+    for (what, step) in steps {
+        let before = expected(&fake);
+        step(&fake);
+        let want = expected(&fake);
+        assert_ne!(before, want, "step {what:?} must change the ruleset");
+        agent.converges(&want, LIMIT).await;
+        let table = agent.table().expect("table");
+        assert_eq!(
+            policy_compiler::render::render_script(&table),
+            compile_cli(&fake),
+            "after {what:?} the agent enforces what `nftpol compile` prints"
+        );
+    }
+    // Nothing ever relisted: every change came through the watches.
+    assert_eq!(fake.list_count(ApiKind::Pod), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_events_becomes_a_handful_of_batches() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    let before = agent.batches();
+    for i in 0..1000 {
+        // Peers come and go on node-b: each changes the set elements.
+        let ip = format!("10.2.{}.{}", i / 250, i % 250 + 1);
+        fake.apply(pod(
+            "prod",
+            &format!("cli-b{i}"),
+            json!({"app": "cli"}),
+            "node-b",
+            &ip,
+        ))
+        .expect("apply");
+    }
+    agent.converges(&expected(&fake), LIMIT).await;
+    let batches = agent.batches() - before;
+    assert!(
+        (1..=10).contains(&batches),
+        "1000 events gave {batches} batches"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relists_after_410_gone_and_drops_what_vanished_meanwhile() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    let lists = fake.list_count(ApiKind::Pod);
+    // Hold the relist so the changes below happen while no watch is open:
+    // only a relist can tell the agent about the deletion.
+    fake.hold_lists(&ApiKind::ALL);
+    fake.expire_watches();
+    assert!(wait_for(LIMIT, || fake.open_watches() == 0).await);
+    assert!(fake.delete(ApiKind::Pod, "ops", "cli-1"));
+    fake.apply(pod(
+        "prod",
+        "web-3",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.30",
+    ))
+    .expect("apply");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.release_lists();
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(
+        fake.list_count(ApiKind::Pod) > lists,
+        "a 410 forces a relist"
+    );
+    let text = agent.metrics.encode();
+    assert!(
+        text.contains("nftpol_errors_total{error=\"watch_gone\"}"),
+        "{text}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    let lists: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
+    let watches = fake.watch_count(ApiKind::Pod);
+    fake.bookmark();
+    fake.drop_connections();
+    // A change made while the client reconnects is replayed from history.
+    fake.apply(pod(
+        "dev",
+        "web-9",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.99",
+    ))
+    .expect("apply");
+    fake.apply(policy("dev", "web", "web", "cli", "b", json!(8080)))
+        .expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(wait_for(LIMIT, || fake.watch_count(ApiKind::Pod) > watches).await);
+    let after: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
+    assert_eq!(
+        lists, after,
+        "a dropped connection resumes, it does not relist"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_skipped_one_by_one() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let mut bad = policy("prod", "bad", "web", "cli", "a", json!(80));
+    bad["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.0/33"}}]);
+    fake.apply(bad.clone()).expect("apply");
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    // An invalid update of a valid policy: the policy counts as absent,
+    // exactly as `nftpol compile` treats it.
+    let mut broken = policy("prod", "web", "web", "cli", "a", json!(80));
+    broken["spec"]["ingress"][0]["from"][0]["podSelector"] = json!({"matchExpressions":
+        [{"key": "app", "operator": "Sometimes", "values": ["x"]}]});
+    fake.apply(broken).expect("apply");
+    fake.apply(pod(
+        "prod",
+        "web-5",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.55",
+    ))
+    .expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert_eq!(
+        policy_compiler::render::render_script(&agent.table().expect("table")),
+        compile_cli(&fake)
+    );
+    let text = agent.metrics.encode();
+    assert!(
+        text.contains("nftpol_invalid_objects_skipped_total{kind=\"networkpolicy\"} 2"),
+        "{text}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batches_are_retried_and_drift_is_repaired() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(
+        Source::Kube(fake.client()),
+        Settings {
+            drift_interval: Duration::from_millis(200),
+            ..settings()
+        },
+    );
+    agent.converges(&expected(&fake), LIMIT).await;
+    // Two failures, then success; readiness drops and comes back.
+    agent.backend.state().fail_next = 2;
+    fake.apply(pod(
+        "prod",
+        "web-7",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.77",
+    ))
+    .expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(agent.metrics.health.ready());
+    let text = agent.metrics.encode();
+    assert!(
+        text.contains("nftpol_errors_total{error=\"injected\"} 2"),
+        "{text}"
+    );
+    // Someone deletes our table: restored within a drift period.
+    agent.backend.state().table = None;
+    let took = agent.converges(&expected(&fake), LIMIT).await;
+    assert!(took < Duration::from_secs(2), "drift repaired in {took:?}");
+    assert!(agent
+        .metrics
+        .encode()
+        .contains("nftpol_drift_repairs_total 1"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_the_table_in_place() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    let want = expected(&fake);
+    agent.converges(&want, LIMIT).await;
+    let backend = agent.stop().await;
+    assert_eq!(backend.state().table.as_ref(), Some(&want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_directory_mode_follows_file_changes() {
+    let dir = TempDir::new("dir");
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    std::fs::write(dir.0.join("cluster.yaml"), fake.dump()).expect("write");
+    let agent = start(Source::Dir(dir.0.clone()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    // A new file with a policy, then an edit of the old one.
+    let extra = policy("dev", "cli", "cli", "web", "a", json!("http"));
+    std::fs::write(dir.0.join("extra.yaml"), extra.to_string()).expect("write");
+    fake.apply(extra).expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(fake.delete(ApiKind::Pod, "ops", "cli-1"));
+    std::fs::write(dir.0.join("cluster.yaml"), {
+        // The dump without extra.yaml's policy, which lives in its own file.
+        let mut v: Value = serde_json::from_str(&fake.dump()).expect("json");
+        if let Some(items) = v["items"].as_array_mut() {
+            items.retain(|i| i["metadata"]["name"] != "cli" || i["kind"] != "NetworkPolicy");
+        }
+        v.to_string()
+    })
+    .expect("write");
+    agent.converges(&expected(&fake), LIMIT).await;
+    let table = agent.table().expect("table");
+    assert_eq!(
+        policy_compiler::render::render_script(&table),
+        compile_cli(&fake)
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_endpoints() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let metrics = Arc::new(Metrics::new());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let server = super::metrics::serve(addr, metrics.clone())
+        .await
+        .expect("serve");
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));
+    assert!(get("/readyz").await.starts_with("HTTP/1.0 503"));
+    metrics.health.set_synced(true);
+    metrics.health.set_last_apply_ok(true);
+    assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
+    metrics.drift_repairs.inc();
+    let m = get("/metrics").await;
+    assert!(m.contains("nftpol_drift_repairs_total 1"), "{m}");
+    assert!(m.contains("nftpol_programming_latency_seconds"), "{m}");
+    server.abort();
+}
