@@ -54,7 +54,9 @@ pub fn pod(shape: Shape, k: usize) -> Pod {
     let ns = k % shape.namespaces;
     let mut ips = vec![pod_ipv4(k)];
     if k % 10 == 0 {
-        ips.push(IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | (k as u128 + 1))));
+        ips.push(IpAddr::V6(Ipv6Addr::from(
+            0xfd00u128 << 112 | (k as u128 + 1),
+        )));
     }
     Pod {
         namespace: format!("ns-{ns:04}"),
