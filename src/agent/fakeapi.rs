@@ -458,3 +458,137 @@ fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Respons
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| status(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
+
+/// A model object back as the API object the apiserver would serve, so
+/// synthetic clusters (`policy_compiler::synth`) can be loaded into the
+/// fake: converting the result again gives the same model object.
+pub fn to_api(o: &policy_compiler::Object) -> Value {
+    use policy_compiler::model::{Peer, PolicyRule, PortRef};
+    use policy_compiler::selector::Selector;
+    use policy_compiler::Object;
+    fn selector(s: &Selector) -> Value {
+        let exprs: Vec<Value> = s
+            .match_expressions
+            .iter()
+            .map(|r| json!({"key": r.key, "operator": format!("{:?}", r.operator), "values": r.values}))
+            .collect();
+        let mut v = json!({});
+        if !s.match_labels.is_empty() {
+            v["matchLabels"] = json!(s.match_labels);
+        }
+        if !exprs.is_empty() {
+            v["matchExpressions"] = json!(exprs);
+        }
+        v
+    }
+    fn rule(r: &PolicyRule, peers_key: &str) -> Value {
+        let mut v = json!({});
+        if let Some(peers) = &r.peers {
+            let peers: Vec<Value> = peers
+                .iter()
+                .map(|p| match p {
+                    Peer::Pods {
+                        pod_selector,
+                        namespace_selector,
+                    } => {
+                        let mut v = json!({});
+                        if let Some(s) = pod_selector {
+                            v["podSelector"] = selector(s);
+                        }
+                        if let Some(s) = namespace_selector {
+                            v["namespaceSelector"] = selector(s);
+                        }
+                        v
+                    }
+                    Peer::IpBlock { cidr, except, .. } => {
+                        let except: Vec<String> = except.iter().map(|e| e.to_string()).collect();
+                        json!({"ipBlock": {"cidr": cidr.to_string(), "except": except}})
+                    }
+                })
+                .collect();
+            v[peers_key] = json!(peers);
+        }
+        if let Some(ports) = &r.ports {
+            let ports: Vec<Value> = ports
+                .iter()
+                .map(|p| {
+                    let mut v = json!({"protocol": p.protocol.api()});
+                    match &p.port {
+                        PortRef::Any => {}
+                        PortRef::Range(lo, hi) => {
+                            v["port"] = json!(lo);
+                            if hi != lo {
+                                v["endPort"] = json!(hi);
+                            }
+                        }
+                        PortRef::Named(n) => v["port"] = json!(n),
+                    }
+                    v
+                })
+                .collect();
+            v["ports"] = json!(ports);
+        }
+        v
+    }
+    match o {
+        Object::Namespace(n) => json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": n.name, "labels": n.labels}}),
+        Object::Pod(p) => {
+            let ports: Vec<Value> = p
+                .named_ports
+                .iter()
+                .map(|np| json!({"name": np.name, "containerPort": np.port, "protocol": np.protocol.api()}))
+                .collect();
+            let ips: Vec<Value> = p
+                .ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string()}))
+                .collect();
+            let mut v = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "ports": ports}]},
+                "status": {"phase": if p.terminal { "Succeeded" } else { "Running" }}});
+            if let Some(n) = &p.node_name {
+                v["spec"]["nodeName"] = json!(n);
+            }
+            if p.host_network {
+                v["spec"]["hostNetwork"] = json!(true);
+            }
+            if let Some(first) = p.ips.first() {
+                v["status"]["podIP"] = json!(first.to_string());
+                v["status"]["podIPs"] = json!(ips);
+            }
+            v
+        }
+        Object::Policy(p) => {
+            let mut types = Vec::new();
+            let mut spec = json!({"podSelector": selector(&p.pod_selector)});
+            if let Some(rules) = &p.ingress {
+                types.push("Ingress");
+                spec["ingress"] = json!(rules.iter().map(|r| rule(r, "from")).collect::<Vec<_>>());
+            }
+            if let Some(rules) = &p.egress {
+                types.push("Egress");
+                spec["egress"] = json!(rules.iter().map(|r| rule(r, "to")).collect::<Vec<_>>());
+            }
+            spec["policyTypes"] = json!(types);
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec})
+        }
+    }
+}
+
+/// Loads a whole model cluster into the fake (namespaces first).
+pub fn load_cluster(fake: &FakeApi, c: &policy_compiler::Cluster) -> Result<(), FakeApiError> {
+    use policy_compiler::Object;
+    for n in c.namespaces() {
+        fake.apply(to_api(&Object::Namespace(n.clone())))?;
+    }
+    for p in c.pods() {
+        fake.apply(to_api(&Object::Pod(p.clone())))?;
+    }
+    for p in c.policies() {
+        fake.apply(to_api(&Object::Policy(p.clone())))?;
+    }
+    Ok(())
+}

@@ -49,7 +49,8 @@ pub struct AgentArgs {
     /// changed it (e.g. `30s`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drift_interval: Duration,
-    /// Quiet time after the last change before programming the kernel.
+    /// While changes keep arriving, the quiet time after the last one
+    /// before programming the kernel (an isolated change goes at once).
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Upper bound on how long a change waits while events keep arriving.

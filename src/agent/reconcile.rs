@@ -7,9 +7,10 @@
 //!   once (a half-known cluster would drop allowed or allow denied
 //!   traffic), and then diffs against whatever table is already there, so
 //!   a restart leaves no gap;
-//! - changes are coalesced: a change is programmed after `debounce` of
-//!   quiet, or `max_delay` after the first unprogrammed change while events
-//!   keep coming, so a burst of 1,000 events gives a handful of batches;
+//! - changes are coalesced: a change after a quiet period is programmed at
+//!   once; while batches follow each other, changes wait for `debounce` of
+//!   quiet, or at most `max_delay` after the first unprogrammed change, so
+//!   a burst of 1,000 events gives a handful of batches;
 //! - a failed batch changes nothing in the kernel (batches are atomic), so
 //!   the last good ruleset stays enforced; it is retried with exponential
 //!   backoff;
@@ -131,6 +132,8 @@ pub struct Reconciler<B> {
     /// When the oldest change not yet in the kernel arrived.
     dirty_since: Option<Instant>,
     last_change: Instant,
+    /// When the last batch attempt finished.
+    last_batch: Option<Instant>,
     /// Failed attempts in a row, and when to try again.
     failures: u32,
     retry_at: Option<Instant>,
@@ -151,6 +154,7 @@ impl<B: Backend> Reconciler<B> {
             synced: BTreeSet::new(),
             dirty_since: None,
             last_change: now,
+            last_batch: None,
             failures: 0,
             retry_at: None,
             last_applied: None,
@@ -205,7 +209,17 @@ impl<B: Backend> Reconciler<B> {
         let s = &self.settings;
         match self.dirty_since {
             Some(first) => {
-                let due = (self.last_change + s.debounce).min(first + s.max_delay);
+                // Leading edge: a change after a quiet period is programmed
+                // at once (single-event latency is what users feel); while
+                // batches keep following each other, changes are coalesced
+                // until `debounce` of quiet or `max_delay`. Events that
+                // arrive during a batch queue up and join the next one.
+                let quiet = self.last_batch.is_none_or(|t| first >= t + s.debounce);
+                let due = if quiet && self.failures == 0 {
+                    first
+                } else {
+                    (self.last_change + s.debounce).min(first + s.max_delay)
+                };
                 Some(match self.retry_at {
                     Some(r) => due.max(r),
                     None => due,
@@ -275,7 +289,9 @@ impl<B: Backend> Reconciler<B> {
         };
         self.update_watched();
         let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
-        match self.backend.apply(&desired) {
+        let result = self.backend.apply(&desired);
+        self.last_batch = Some(Instant::now());
+        match result {
             Ok(applied) => {
                 let now = Instant::now();
                 self.metrics

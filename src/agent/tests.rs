@@ -381,6 +381,7 @@ async fn a_burst_of_1000_events_becomes_a_handful_of_batches() {
     }
     agent.converges(&expected(&fake), LIMIT).await;
     let batches = agent.batches() - before;
+    eprintln!("burst: 1000 events -> {batches} batches");
     assert!(
         (1..=10).contains(&batches),
         "1000 events gave {batches} batches"
@@ -605,4 +606,33 @@ async fn metrics_health_and_readiness_endpoints() {
     assert!(m.contains("nftpol_drift_repairs_total 1"), "{m}");
     assert!(m.contains("nftpol_programming_latency_seconds"), "{m}");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthetic_clusters_round_trip_through_the_fake_api() {
+    use policy_compiler::synth::{self, Shape};
+    let shape = Shape {
+        namespaces: 12,
+        pods: 120,
+        policies: 36,
+        nodes: 3,
+    };
+    let model = synth::cluster(shape);
+    let fake = FakeApi::start().await.expect("fake api");
+    super::fakeapi::load_cluster(&fake, &model).expect("load");
+    let loaded = policy_compiler::parse("fake", &fake.dump());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(Cluster::from_objects(loaded.objects), model);
+    // And the agent gets there through list/watch.
+    let agent = start(
+        Source::Kube(fake.client()),
+        Settings::new(&synth::node_name(1)),
+    );
+    agent
+        .converges(
+            &policy_compiler::compile(&model, &synth::node_name(1)),
+            LIMIT,
+        )
+        .await;
+    agent.stop().await;
 }
