@@ -207,6 +207,21 @@ struct PortPlan {
 }
 
 impl Builder<'_> {
+    /// Returns the set `name`, creating it with `elements` the first time:
+    /// sets are per policy rule, so every pod that rule selects shares it.
+    fn shared_set(
+        &mut self,
+        name: String,
+        kind: SetKind,
+        elements: impl FnOnce(&Cluster) -> BTreeSet<Element>,
+    ) -> String {
+        if !self.rs.sets.contains_key(&name) {
+            let elements = elements(self.cluster);
+            self.rs.sets.insert(name.clone(), Set { kind, elements });
+        }
+        name
+    }
+
     fn pod_chain(&mut self, pod: &Pod, direction: Direction, isolating: &[&Policy]) {
         let chain_name = pod_chain_name(direction, pod);
         let mut rules = Vec::new();
@@ -314,25 +329,21 @@ impl Builder<'_> {
         let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
         if has_pod_peer {
             for family in [Family::Ipv4, Family::Ipv6] {
-                let name = ident(&format!("pod{}", family_digit(family)), parts);
-                if !self.rs.sets.contains_key(&name) {
-                    let elements = peer_pods(self.cluster, pol, peers)
-                        .into_iter()
-                        .flat_map(|p| p.ips.iter())
-                        .filter(|ip| Family::of(ip) == family)
-                        .map(|ip| Element::Addr(*ip))
-                        .collect();
-                    self.rs.sets.insert(
-                        name.clone(),
-                        Set {
-                            kind: SetKind::Addr {
-                                family,
-                                interval: false,
-                            },
-                            elements,
-                        },
-                    );
-                }
+                let name = self.shared_set(
+                    ident(&format!("pod{}", family_digit(family)), parts),
+                    SetKind::Addr {
+                        family,
+                        interval: false,
+                    },
+                    |cluster| {
+                        peer_pods(cluster, pol, peers)
+                            .into_iter()
+                            .flat_map(|p| p.ips.iter())
+                            .filter(|ip| Family::of(ip) == family)
+                            .map(|ip| Element::Addr(*ip))
+                            .collect()
+                    },
+                );
                 out.push(vec![Match::AddrInSet {
                     family,
                     dir,
@@ -348,30 +359,26 @@ impl Builder<'_> {
             if blocks.is_empty() {
                 continue;
             }
-            let name = ident(&format!("net{}", family_digit(family)), parts);
-            if !self.rs.sets.contains_key(&name) {
-                let ranges: Vec<AddrRange> = blocks
-                    .iter()
-                    .flat_map(|p| match p {
-                        Peer::IpBlock { ranges, .. } => ranges.clone(),
-                        Peer::Pods { .. } => Vec::new(),
-                    })
-                    .collect();
-                let elements = merge(ranges)
-                    .into_iter()
-                    .map(|r| Element::AddrRange(r.lo, r.hi))
-                    .collect();
-                self.rs.sets.insert(
-                    name.clone(),
-                    Set {
-                        kind: SetKind::Addr {
-                            family,
-                            interval: true,
-                        },
-                        elements,
-                    },
-                );
-            }
+            let name = self.shared_set(
+                ident(&format!("net{}", family_digit(family)), parts),
+                SetKind::Addr {
+                    family,
+                    interval: true,
+                },
+                |_| {
+                    let ranges: Vec<AddrRange> = blocks
+                        .iter()
+                        .flat_map(|p| match p {
+                            Peer::IpBlock { ranges, .. } => ranges.clone(),
+                            Peer::Pods { .. } => Vec::new(),
+                        })
+                        .collect();
+                    merge(ranges)
+                        .into_iter()
+                        .map(|r| Element::AddrRange(r.lo, r.hi))
+                        .collect()
+                },
+            );
             out.push(vec![Match::AddrInSet {
                 family,
                 dir,
@@ -437,13 +444,11 @@ impl Builder<'_> {
                     if resolved_named {
                         p.push(&pod.name);
                     }
-                    let name = ident(proto.lower(), &p);
-                    self.rs.sets.entry(name.clone()).or_insert_with(|| Set {
-                        kind: SetKind::Ports,
-                        elements: ranges
+                    let name = self.shared_set(ident(proto.lower(), &p), SetKind::Ports, |_| {
+                        ranges
                             .iter()
                             .map(|(lo, hi)| Element::PortRange(*lo, *hi))
-                            .collect(),
+                            .collect()
                     });
                     plain.push(vec![
                         Match::L4Proto(proto.number()),
