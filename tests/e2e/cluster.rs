@@ -410,18 +410,7 @@ impl SimCluster {
     /// [`RETRY_TIMEOUT`] given the expected verdicts.
     pub fn observe(&self, probes: &[Probe], expected: &[bool]) -> Vec<bool> {
         let (netns, ips) = self.netns_and_ips();
-        let mut observed = probe::run_probes(probes, &netns, &ips, PROBE_TIMEOUT);
-        let retry: Vec<usize> = (0..probes.len())
-            .filter(|&i| expected[i] && !observed[i])
-            .collect();
-        if !retry.is_empty() {
-            let again: Vec<Probe> = retry.iter().map(|&i| probes[i]).collect();
-            let res = probe::run_probes(&again, &netns, &ips, RETRY_TIMEOUT);
-            for (k, &i) in retry.iter().enumerate() {
-                observed[i] = res[k];
-            }
-        }
-        observed
+        observe_between(probes, &netns, &ips, expected)
     }
 
     /// What the evaluator says for every probe of the current manifests.
@@ -590,6 +579,28 @@ impl SimCluster {
         );
         assert!(r.mismatches.is_empty(), "{}", r.text);
     }
+}
+
+/// Probes with the retry policy of [`RETRY_TIMEOUT`]: `netns[p.src]` is
+/// where probe `p` starts, `ips[p.dst]` where it goes.
+pub fn observe_between(
+    probes: &[Probe],
+    netns: &[String],
+    ips: &[(std::net::Ipv4Addr, std::net::Ipv6Addr)],
+    expected: &[bool],
+) -> Vec<bool> {
+    let mut observed = probe::run_probes(probes, netns, ips, PROBE_TIMEOUT);
+    let retry: Vec<usize> = (0..probes.len())
+        .filter(|&i| expected[i] && !observed[i])
+        .collect();
+    if !retry.is_empty() {
+        let again: Vec<Probe> = retry.iter().map(|&i| probes[i]).collect();
+        let res = probe::run_probes(&again, netns, ips, RETRY_TIMEOUT);
+        for (k, &i) in retry.iter().enumerate() {
+            observed[i] = res[k];
+        }
+    }
+    observed
 }
 
 impl Drop for SimCluster {

@@ -913,7 +913,7 @@ egress:
 /// can let it in.
 #[test]
 fn node_to_pod_traffic() {
-    use crate::probe::{run_probes, Probe, Proto, PORTS};
+    use crate::probe::{Probe, Proto, PORTS};
     use std::net::IpAddr;
     require_root!();
     let mut c = SimCluster::upstream_model();
@@ -961,7 +961,7 @@ fn node_to_pod_traffic() {
             .collect();
         let netns: Vec<String> = nodes.iter().map(|n| n.netns.clone()).collect();
         let ips: Vec<_> = c.topo.pods.iter().map(|p| (p.v4, p.v6)).collect();
-        let observed = run_probes(&probes, &netns, &ips, crate::cluster::PROBE_TIMEOUT);
+        let observed = crate::cluster::observe_between(&probes, &netns, &ips, &expected);
         let wrong: Vec<String> = (0..probes.len())
             .filter(|&i| expected[i] != observed[i])
             .map(|i| {
@@ -1014,7 +1014,7 @@ ingress:
 /// hook and on the other node through `forward`.
 #[test]
 fn pod_to_node_traffic() {
-    use crate::probe::{run_probes, Probe, Proto, PORTS};
+    use crate::probe::{Probe, Proto, PORTS};
     require_root!();
     let mut c = SimCluster::upstream_model();
     c.serve_on_nodes();
@@ -1050,7 +1050,7 @@ fn pod_to_node_traffic() {
             })
             .collect();
         let (netns, _) = c.netns_and_ips();
-        let observed = run_probes(&probes, &netns, &ips, crate::cluster::PROBE_TIMEOUT);
+        let observed = crate::cluster::observe_between(&probes, &netns, &ips, &expected);
         let wrong: Vec<String> = (0..probes.len())
             .filter(|&i| expected[i] != observed[i])
             .map(|i| {

@@ -227,11 +227,26 @@ fn sctp_matrix(c: &SimCluster) -> Vec<(Cell, bool)> {
 pub fn check_sctp(c: &mut SimCluster, step: &str) {
     c.program();
     let model = crate::oracle::Model::load(&c.manifests());
-    let observed = sctp_matrix(c);
+    let want = |&(src, dst, v6, port): &Cell| {
+        src == dst || model.allowed_sctp(&c.pods[src], &c.pods[dst], v6, port)
+    };
+    let mut observed = sctp_matrix(c);
+    // A lost INIT on a loaded machine must not read as a drop: if an
+    // expected arrival is missing, send the matrix once more and accept
+    // either round for those cells (never for the ones expected denied).
+    if observed.iter().any(|(cell, got)| want(cell) && !got) {
+        let again = sctp_matrix(c);
+        for ((cell, got), (_, got2)) in observed.iter_mut().zip(again) {
+            if want(cell) && !*got {
+                *got = got2;
+            }
+        }
+    }
     let mut wrong = Vec::new();
     let mut allowed = 0;
-    for ((src, dst, v6, port), got) in observed {
-        let want = src == dst || model.allowed_sctp(&c.pods[src], &c.pods[dst], v6, port);
+    for (cell, got) in observed {
+        let (src, dst, v6, port) = cell;
+        let want = want(&cell);
         allowed += got as usize;
         if want != got {
             wrong.push(format!(
