@@ -98,6 +98,8 @@ pub struct SimCluster {
     pub pods: Vec<PodModel>,
     /// Policies by "namespace/name", as YAML documents.
     pub policies: BTreeMap<String, String>,
+    /// More objects for cluster.yaml (e.g. hostNetwork pods), as YAML.
+    pub extra_objects: Vec<String>,
     pub dir: PathBuf,
     pub programmer: Programmer,
     step_no: usize,
@@ -118,6 +120,7 @@ impl SimCluster {
             namespaces: BTreeMap::new(),
             pods: Vec::new(),
             policies: BTreeMap::new(),
+            extra_objects: Vec::new(),
             dir,
             programmer: Programmer::detect(),
             step_no: 0,
@@ -261,6 +264,13 @@ impl SimCluster {
         for i in 0..self.pods.len() {
             cluster.push_str("---\n");
             cluster.push_str(&serde_yaml::to_string(&self.pod_manifest(i)).expect("serialize pod"));
+        }
+        for doc in &self.extra_objects {
+            cluster.push_str("---\n");
+            cluster.push_str(doc.trim_start_matches("---\n"));
+            if !doc.ends_with('\n') {
+                cluster.push('\n');
+            }
         }
         let mut policies = String::new();
         for yaml in self.policies.values() {

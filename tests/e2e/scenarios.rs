@@ -1007,6 +1007,39 @@ ingress:
 "#,
     ));
     check(&mut c, "x also admits the nodes' fabric addresses");
+    // A hostNetwork pod shares its node's addresses; policies never select
+    // it nor match it as a peer, so labelling it like y/a must not let
+    // node2 into x/a.
+    let n2 = c.topo.node("node2").clone();
+    c.extra_objects.push(format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet, namespace: y, labels: {{pod: a}}}}
+spec:
+  nodeName: node2
+  hostNetwork: true
+  containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]
+status:
+  phase: Running
+  podIP: {v4}
+  podIPs: [{{ip: {v4}}}, {{ip: "{v6}"}}]
+"#,
+        v4 = n2.fabric_v4,
+        v6 = n2.fabric_v6
+    ));
+    c.delete_policy("x", "allow-from-nodes");
+    c.put_policy(&np(
+        "x",
+        "a-from-y-a",
+        r#"
+podSelector: {matchLabels: {pod: a}}
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {ns: y}}
+    podSelector: {matchLabels: {pod: a}}
+"#,
+    ));
+    check(&mut c, "a hostNetwork pod labelled like y/a is not a peer");
 }
 
 /// Traffic from pods to nodes: the source pod's egress rules judge it like
