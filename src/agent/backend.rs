@@ -154,7 +154,9 @@ pub struct NetlinkBackend {
 
 impl NetlinkBackend {
     pub fn new() -> Result<NetlinkBackend, BackendError> {
-        Ok(NetlinkBackend { _private: () })
+        Err(BackendError::Netlink(
+            "the netlink applier is not available in this build".into(),
+        ))
     }
 }
 

@@ -15,6 +15,7 @@
 //!   watch, which forces the client to relist;
 //! - [`FakeApi::drop_connections`] aborts every open watch mid-stream (the
 //!   client resumes from its last resourceVersion);
+//! - `POST` of core/v1 Events, recorded ([`FakeApi::events`]);
 //! - [`FakeApi::hold_lists`] makes lists of a kind hang until released, to
 //!   test that nothing is programmed before every initial list completed.
 //!
@@ -23,7 +24,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
@@ -117,6 +118,8 @@ struct Inner {
     compacted: u64,
     watches: Vec<Watch>,
     lists: BTreeMap<ApiKind, usize>,
+    /// Events the client created.
+    events: Vec<Value>,
     watch_requests: BTreeMap<ApiKind, usize>,
 }
 
@@ -346,6 +349,11 @@ impl FakeApi {
         json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
     }
 
+    /// The Events clients created (core/v1 JSON), in order.
+    pub fn events(&self) -> Vec<Value> {
+        self.inner().events.clone()
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.inner().rv
     }
@@ -373,9 +381,14 @@ fn status(code: StatusCode, message: &str) -> Response {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
+    if method == Method::POST {
+        return post_event(&shared, uri.path(), &body);
+    }
     let Some(kind) = ApiKind::from_path(uri.path()) else {
         return status(StatusCode::NOT_FOUND, "not found");
     };
@@ -384,6 +397,37 @@ async fn handle(
     } else {
         list(&shared, kind, &q).await
     }
+}
+
+/// `POST /api/v1/namespaces/NS/events`: recorded for tests to look at.
+fn post_event(shared: &Shared, path: &str, body: &[u8]) -> Response {
+    let is_events = path
+        .strip_prefix("/api/v1/namespaces/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .is_some_and(|ns| !ns.is_empty() && !ns.contains('/'));
+    let Ok(mut ev) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    if !is_events {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "only events can be created");
+    }
+    let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    inner.rv += 1;
+    let n = inner.events.len();
+    let prefix = ev
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+        .unwrap_or("event.")
+        .to_string();
+    ev["metadata"]["name"] = json!(format!("{prefix}{n}"));
+    ev["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+    inner.events.push(ev.clone());
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        ev.to_string(),
+    )
+        .into_response()
 }
 
 async fn list(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Response {

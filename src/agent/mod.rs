@@ -197,9 +197,10 @@ pub async fn run_with<B: Backend>(
 
     let src_tx = tx.clone();
     let src_metrics = metrics.clone();
+    let node = options.settings.node.clone();
     let mut source_task = tokio::spawn(async move {
         match source {
-            Source::Kube(client) => watch::run(client, src_tx, src_metrics).await,
+            Source::Kube(client) => watch::run(client, node, src_tx, src_metrics).await,
             Source::Dir(dir) => files::run(dir, src_tx, src_metrics).await,
         }
     });

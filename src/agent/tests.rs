@@ -489,6 +489,22 @@ async fn invalid_objects_are_skipped_one_by_one() {
         text.contains("nftpol_invalid_objects_skipped_total{kind=\"networkpolicy\"} 2"),
         "{text}"
     );
+    // Each invalid object got one Warning Event naming the field.
+    assert!(wait_for(LIMIT, || fake.events().len() >= 2).await);
+    let events = fake.events();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    for (e, name, field) in [
+        (&events[0], "bad", "spec.ingress[0].from[0].ipBlock.cidr"),
+        (&events[1], "web", "spec.ingress[0].from[0].podSelector"),
+    ] {
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["reason"], "InvalidObject");
+        assert_eq!(e["involvedObject"]["kind"], "NetworkPolicy");
+        assert_eq!(e["involvedObject"]["name"], name);
+        assert_eq!(e["metadata"]["namespace"], "prod");
+        let msg = e["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(field), "{msg}");
+    }
     agent.stop().await;
 }
 

@@ -8,18 +8,26 @@
 //! `Replace`, so the index never sees a half-listed kind and objects that
 //! vanished while the watch was down (a relist after 410 Gone) are removed.
 //! Watch errors are logged and counted; the watcher retries with backoff
-//! and the last known state stays enforced meanwhile.
+//! and the last known state stays enforced meanwhile. An invalid object is
+//! skipped (treated as absent), logged, counted, and reported once per
+//! resourceVersion as a Warning Event on the object, so its owner sees it
+//! in `kubectl describe`.
 
 use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
 use crate::agent::AgentError;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, EventSource, Namespace, ObjectReference, Pod,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::PostParams;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
 use policy_compiler::{convert, Object, ObjectError};
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -28,15 +36,21 @@ use std::time::Instant;
 /// Watches all three kinds until the reconcile loop goes away.
 pub async fn run(
     client: kube::Client,
+    node: String,
     tx: Sender<Stamped>,
     metrics: Arc<Metrics>,
 ) -> Result<(), AgentError> {
+    let reporter = Reporter {
+        client: client.clone(),
+        node,
+    };
     let ns = watch_kind(
         Api::<Namespace>::all(client.clone()),
         Kind::Namespace,
         |o| convert::namespace(o, None).map(Object::Namespace),
         tx.clone(),
         metrics.clone(),
+        reporter.clone(),
     );
     let pods = watch_kind(
         Api::<Pod>::all(client.clone()),
@@ -44,6 +58,7 @@ pub async fn run(
         |o| convert::pod(o, None).map(Object::Pod),
         tx.clone(),
         metrics.clone(),
+        reporter.clone(),
     );
     let pols = watch_kind(
         Api::<NetworkPolicy>::all(client),
@@ -51,6 +66,7 @@ pub async fn run(
         |o| convert::policy(o, None).map(Object::Policy),
         tx,
         metrics,
+        reporter,
     );
     futures::join!(ns, pods, pols);
     Ok(())
@@ -71,7 +87,69 @@ fn key<K: Resource>(o: &K, kind: Kind) -> (String, String) {
     (ns, m.name.clone().unwrap_or_default())
 }
 
-fn skipped(e: &ObjectError, kind: Kind, metrics: &Metrics) {
+/// Posts Warning Events about invalid objects.
+#[derive(Clone)]
+struct Reporter {
+    client: kube::Client,
+    node: String,
+}
+
+impl Reporter {
+    /// Fire and forget: an Event that cannot be posted (no RBAC, API
+    /// down) must never hold up the watch.
+    fn report(&self, involved: ObjectReference, e: &ObjectError) {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        // Events of cluster-scoped objects live in `default`.
+        let ns = involved
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let event = CoreEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", involved.name.clone().unwrap_or_default())),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: involved,
+            reason: Some("InvalidObject".into()),
+            message: Some(format!(
+                "nftpol skipped this object: {}: {}",
+                e.field, e.message
+            )),
+            type_: Some("Warning".into()),
+            action: Some("Skipped".into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(EventSource {
+                component: Some("nftpol".into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some("nftpol".into()),
+            reporting_instance: Some(self.node.clone()),
+            ..Default::default()
+        };
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &ns);
+        tokio::spawn(async move {
+            if let Err(err) = api.create(&PostParams::default(), &event).await {
+                tracing::debug!(error = %err, "cannot post the Event about an invalid object");
+            }
+        });
+    }
+}
+
+/// Logs, counts and reports one skipped object (reported once per
+/// resourceVersion, so relists do not repeat the Event).
+fn skipped<K>(
+    o: &K,
+    e: &ObjectError,
+    kind: Kind,
+    metrics: &Metrics,
+    reporter: &Reporter,
+    reported: &mut HashSet<(String, String)>,
+) where
+    K: Resource<DynamicType = ()>,
+{
     metrics.invalid(kind);
     tracing::warn!(
         kind = %e.kind,
@@ -79,6 +157,11 @@ fn skipped(e: &ObjectError, kind: Kind, metrics: &Metrics) {
         field = %e.field,
         "invalid object skipped: {e}"
     );
+    let uid = o.meta().uid.clone().unwrap_or_else(|| e.object.clone());
+    let rv = o.meta().resource_version.clone().unwrap_or_default();
+    if reported.insert((uid, rv)) {
+        reporter.report(o.object_ref(&()), e);
+    }
 }
 
 /// Watches one kind; returns when the receiver is gone.
@@ -88,9 +171,11 @@ async fn watch_kind<K>(
     reduce: fn(&K) -> Result<Object, ObjectError>,
     tx: Sender<Stamped>,
     metrics: Arc<Metrics>,
+    reporter: Reporter,
 ) where
-    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
 {
+    let mut reported = HashSet::new();
     let config = watcher::Config::default().page_size(500);
     let mut stream = watcher(api, config).default_backoff().boxed();
     // Reduced objects of a listing in progress.
@@ -107,7 +192,7 @@ async fn watch_kind<K>(
             Ok(Event::InitApply(o)) => {
                 match reduce(&o) {
                     Ok(obj) => listing.get_or_insert_with(Vec::new).push(obj),
-                    Err(e) => skipped(&e, kind, &metrics),
+                    Err(e) => skipped(&o, &e, kind, &metrics, &reporter, &mut reported),
                 }
                 None
             }
@@ -125,7 +210,7 @@ async fn watch_kind<K>(
                 match reduce(&o) {
                     Ok(obj) => Some(Change::Apply(obj)),
                     Err(e) => {
-                        skipped(&e, kind, &metrics);
+                        skipped(&o, &e, kind, &metrics, &reporter, &mut reported);
                         Some(Change::Delete {
                             kind,
                             key: key(&o, kind),

@@ -1,0 +1,333 @@
+//! Agent benchmark (issue 6): on a fake API server holding a large
+//! synthetic cluster (`policy_compiler::synth::Shape::LARGE`: 20k pods, 2k
+//! namespaces, 5k policies, 100 nodes), the time from one event reaching
+//! the API server to the node's batch being acknowledged, for three kinds
+//! of event (a local pod's label change, a new policy, a peer pod added),
+//! and the resident memory of the agent process.
+//!
+//! `cargo bench --bench agent` (env `NFTPOL_BENCH_EVENTS`, default 300).
+//! The in-process part uses the in-memory backend; the memory part runs
+//! the real `nftpol agent --dry-run` binary against the same fake server
+//! and reads its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
+
+use nftpol::agent::backend::{Applied, Backend, BackendError, MemoryBackend};
+use nftpol::agent::fakeapi::{self, FakeApi};
+use nftpol::agent::metrics::Metrics;
+use nftpol::agent::reconcile::Settings;
+use nftpol::agent::{run_with, Options, Source};
+use policy_compiler::synth::{self, Shape};
+use policy_compiler::Ruleset;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+const NODE: &str = "node-007";
+
+/// Reports the instant each batch was acknowledged.
+struct Timed<B> {
+    inner: B,
+    acks: UnboundedSender<Instant>,
+}
+
+impl<B: Backend> Backend for Timed<B> {
+    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        let r = self.inner.apply(desired);
+        if matches!(r, Ok(Applied { changed: true, .. })) {
+            let _ = self.acks.send(Instant::now());
+        }
+        r
+    }
+}
+
+fn pod(ns: &str, name: &str, labels: Value, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn policy(ns: &str, name: &str, target: Value, from: Value, port: u16) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {"matchLabels": target},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": from}}],
+                "ports": [{"protocol": "TCP", "port": port}]}]}})
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn ack(acks: &mut UnboundedReceiver<Instant>) -> Option<Instant> {
+    tokio::time::timeout(Duration::from_secs(10), acks.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The local pod the events revolve around, and its labels.
+fn target(model: &policy_compiler::Cluster) -> policy_compiler::model::Pod {
+    model
+        .pods()
+        .find(|p| p.node_name.as_deref() == Some(NODE) && p.is_policy_pod())
+        .cloned()
+        .expect("the synthetic cluster has pods on node-007")
+}
+
+fn with_labels(p: &policy_compiler::model::Pod, extra: &[(&str, &str)]) -> Value {
+    let mut p = p.clone();
+    for (k, v) in extra {
+        p.labels.insert(k.to_string(), v.to_string());
+    }
+    fakeapi::to_api(&policy_compiler::Object::Pod(p))
+}
+
+/// The `i`th event of kind `i % 3`.
+fn event(i: usize, t: &policy_compiler::model::Pod) -> (&'static str, Value) {
+    match i % 3 {
+        0 => (
+            "pod label change",
+            with_labels(
+                t,
+                &[
+                    ("bench", "p"),
+                    ("flip", if (i / 3) % 2 == 0 { "on" } else { "off" }),
+                ],
+            ),
+        ),
+        1 => (
+            "new policy",
+            policy(
+                &t.namespace,
+                &format!("bench-new-{i}"),
+                json!({"bench": "p"}),
+                json!({"app": format!("app-{}", i % 5)}),
+                10_000 + i as u16,
+            ),
+        ),
+        _ => (
+            "peer pod added",
+            pod(
+                &t.namespace,
+                &format!("bench-peer-{i}"),
+                json!({"role": "bench-peer"}),
+                "node-b",
+                &format!("10.200.{}.{}", (i / 250) % 250, i % 250 + 1),
+            ),
+        ),
+    }
+}
+
+fn main() {
+    let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let shape = Shape::LARGE;
+        let t0 = Instant::now();
+        let model = synth::cluster(shape);
+        let fake = FakeApi::start().await.expect("fake api");
+        fakeapi::load_cluster(&fake, &model).expect("load");
+        println!(
+            "fake cluster: {} namespaces, {} pods, {} policies loaded in {}",
+            shape.namespaces,
+            shape.pods,
+            shape.policies,
+            ms(t0.elapsed())
+        );
+        let t = target(&model);
+
+        // In-process agent on the in-memory backend.
+        let (acks_tx, mut acks) = unbounded_channel();
+        let backend = Timed {
+            inner: MemoryBackend::default(),
+            acks: acks_tx,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let started = Instant::now();
+        let agent = tokio::spawn(run_with(
+            Source::Kube(fake.client()),
+            backend,
+            Options {
+                settings: Settings {
+                    drift_interval: Duration::from_secs(3600),
+                    ..Settings::new(NODE)
+                },
+                metrics_addr: None,
+            },
+            Arc::new(Metrics::new()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let first = ack(&mut acks).await.expect("initial sync batch");
+        println!(
+            "initial list of every kind + first batch: {}",
+            ms(first - started)
+        );
+        // The policies the events play against.
+        for obj in [
+            with_labels(&t, &[("bench", "p"), ("flip", "off")]),
+            policy(
+                &t.namespace,
+                "bench-peers",
+                json!({"bench": "p"}),
+                json!({"role": "bench-peer"}),
+                9999,
+            ),
+            policy(
+                &t.namespace,
+                "bench-flip",
+                json!({"flip": "on"}),
+                json!({"app": "app-0"}),
+                7777,
+            ),
+        ] {
+            fake.apply(obj).expect("apply");
+            // The relabel alone changes no ruleset: no batch to wait for.
+            let _ = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+        let mut missed = 0;
+        for i in 0..events {
+            let (kind, obj) = event(i, &t);
+            let sent = Instant::now();
+            fake.apply(obj).expect("apply");
+            match ack(&mut acks).await {
+                Some(at) => by_kind.entry(kind).or_default().push(at - sent),
+                None => missed += 1,
+            }
+            // Quiet time, so every event is a single event.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let _ = stop.send(());
+        let _ = agent.await;
+        println!();
+        println!("| event | n | p50 | p99 | max |");
+        println!("| --- | --- | --- | --- | --- |");
+        let mut all = Vec::new();
+        for (kind, mut v) in by_kind {
+            v.sort();
+            println!(
+                "| {kind} | {} | {} | {} | {} |",
+                v.len(),
+                ms(pct(&v, 0.5)),
+                ms(pct(&v, 0.99)),
+                ms(*v.last().unwrap_or(&Duration::ZERO))
+            );
+            all.extend(v);
+        }
+        all.sort();
+        println!(
+            "| all | {} | {} | {} | {} |",
+            all.len(),
+            ms(pct(&all, 0.5)),
+            ms(pct(&all, 0.99)),
+            ms(*all.last().unwrap_or(&Duration::ZERO))
+        );
+        if missed > 0 {
+            println!("({missed} events produced no batch within 10 s)");
+        }
+        println!();
+        rss(&fake, &t, events.min(150)).await;
+    });
+}
+
+/// Runs the agent binary against the fake and reports its memory.
+async fn rss(fake: &FakeApi, t: &policy_compiler::model::Pod, events: usize) {
+    let dir = std::env::temp_dir().join(format!("nftpol-bench-agent-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let kubeconfig = dir.join("kubeconfig");
+    let cfg = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\n\
+users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n\
+current-context: fake\n",
+        fake.addr
+    );
+    std::fs::write(&kubeconfig, cfg).expect("kubeconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nftpol"))
+        .args(["agent", "--dry-run", "--node-name", NODE, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn nftpol agent");
+    let pid = child.id().unwrap_or(0);
+    let ready = loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        if http_get(port, "/readyz").await.starts_with("HTTP/1.0 200") {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ready_after = started.elapsed();
+    for i in 0..events {
+        let (_, obj) = event(100_000 + i, t);
+        let _ = fake.apply(obj);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    println!(
+        "agent process (`nftpol agent --dry-run`): {} {} after start; after {events} more events: VmRSS {}, VmHWM (peak) {}",
+        if ready { "ready" } else { "NOT ready" },
+        ms(ready_after),
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+    // SIGTERM: the agent exits cleanly.
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let st = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    println!("exit after SIGTERM: {st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}

@@ -1,0 +1,308 @@
+//! Root tests of the agent binary against the real kernel: `nftpol agent
+//! --manifests DIR` runs inside a network namespace created for the test
+//! (prefix `nftpol-t-`, removed by a Drop guard, never connected to the
+//! host's namespace). The kernel table must follow file changes within a
+//! bounded time, be restored after an external `nft delete table`, and
+//! stay in place after SIGTERM. The reference for "right" is `nftpol
+//! compile` of the same directory, loaded with `nft -f` into a second
+//! namespace and listed the same way.
+//!
+//! Skips (with a visible line) when not root, when `ip`/`nft` are missing,
+//! or when this build has no netlink applier yet.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nftpol");
+/// How long the kernel may take to follow a change (a generous bound for
+/// a shared 2-core machine; the agent's own target is milliseconds).
+const FOLLOW: Duration = Duration::from_secs(5);
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "nft"] {
+        let ok = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !ok {
+            return Some(format!("`{tool}` not found"));
+        }
+    }
+    None
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIP {}: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+/// A network namespace removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "nftpol-t-ag-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+
+    /// `nft list table inet nftpol`, or `None` when the table is absent.
+    fn table(&self) -> Option<String> {
+        let out = self
+            .cmd("nft")
+            .args(["list", "table", "inet", "nftpol"])
+            .output()
+            .expect("run nft");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn nft(&self, args: &[&str]) {
+        let st = self.cmd("nft").args(args).status().expect("run nft");
+        assert!(st.success(), "nft {args:?} failed in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(prog: &str, args: &[&str]) {
+    let st = Command::new(prog).args(args).status().expect("spawn");
+    assert!(st.success(), "{prog} {args:?} failed");
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "nftpol-t-agent-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent process, killed on drop if still running.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(ns: &Netns, dir: &Path, drift: &str) -> Agent {
+    let child = ns
+        .cmd(BIN)
+        .args(["agent", "--node-name", "node-1", "--manifests"])
+        .arg(dir)
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:9464",
+            "--drift-interval",
+            drift,
+        ])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn nftpol agent");
+    Agent(child)
+}
+
+/// What the kernel holds after `nft -f` of `nftpol compile DIR`, listed
+/// from a scratch namespace.
+fn reference(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["compile", "--node-name", "node-1", "--manifests"])
+        .arg(dir)
+        .output()
+        .expect("nftpol compile");
+    assert!(out.status.success(), "compile failed");
+    let scratch = Netns::new("ref");
+    let mut child = scratch
+        .cmd("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft -f");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&out.stdout)
+        .expect("write script");
+    assert!(
+        child.wait().expect("nft").success(),
+        "nft -f rejected compile output"
+    );
+    scratch.table().expect("reference table")
+}
+
+/// Waits until the namespace's table equals `want`.
+fn follows(ns: &Netns, want: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let have = ns.table();
+        if have.as_deref() == Some(want) {
+            return t0.elapsed();
+        }
+        if t0.elapsed() > limit {
+            panic!(
+                "table did not follow within {limit:?}\nwant:\n{want}\nhave:\n{}",
+                have.unwrap_or_else(|| "<no table>".into())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether this build's agent can program the kernel at all (the netlink
+/// applier lands separately); probed once in a scratch namespace.
+fn netlink_available(dir: &Path) -> bool {
+    let ns = Netns::new("probe");
+    let mut agent = start_agent(&ns, dir, "30s");
+    let t0 = Instant::now();
+    while t0.elapsed() < FOLLOW {
+        if ns.table().is_some() {
+            return true;
+        }
+        if let Ok(Some(_)) = agent.0.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {team: a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: prod, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.9.1.10, podIPs: [{ip: 10.9.1.10}, {ip: "fd00:9::10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli-0, namespace: prod, labels: {app: cli}}
+spec: {nodeName: node-2, containers: [{name: c, image: x}]}
+status: {podIP: 10.9.2.10, podIPs: [{ip: 10.9.2.10}]}
+"#;
+
+const POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: cli}}}]
+    ports: [{port: http}]
+"#;
+
+#[test]
+fn agent_follows_files_repairs_drift_and_survives_sigterm() {
+    require_root!();
+    let dir = TempDir::new("dir");
+    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    if !netlink_available(&dir.0) {
+        eprintln!("SKIP agent root tests: this build's agent cannot program nftables (netlink applier missing)");
+        return;
+    }
+    let ns = Netns::new("agent");
+    let agent = start_agent(&ns, &dir.0, "500ms");
+    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    eprintln!("initial table after {took:?}");
+
+    // A new file with a policy.
+    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
+    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    eprintln!("new policy file enforced after {took:?}");
+
+    // An edit: a second peer pod appears.
+    let more = format!(
+        "{CLUSTER}---\n{}",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cli-1, namespace: prod, labels: {app: cli}}\n\
+spec: {nodeName: node-2, containers: [{name: c, image: x}]}\n\
+status: {podIP: 10.9.2.11, podIPs: [{ip: 10.9.2.11}]}\n"
+    );
+    std::fs::write(dir.0.join("cluster.yaml"), more).expect("write");
+    let want = reference(&dir.0);
+    let took = follows(&ns, &want, FOLLOW);
+    eprintln!("edited file enforced after {took:?}");
+
+    // Drift: someone deletes our table; restored within a drift period.
+    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    let took = follows(&ns, &want, FOLLOW);
+    eprintln!("deleted table restored after {took:?}");
+    // Someone flushes one chain.
+    ns.nft(&["flush", "chain", "inet", "nftpol", "forward"]);
+    follows(&ns, &want, FOLLOW);
+
+    // SIGTERM: the agent exits 0 and the rules stay.
+    let mut agent = agent;
+    let pid = agent.0.id() as i32;
+    // SAFETY: kill(2) on our own child has no memory effects. `ip netns
+    // exec` execs the agent, so the pid is the agent's.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = agent.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t0.elapsed() < FOLLOW, "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "agent exit status {status:?}");
+    assert_eq!(
+        ns.table().as_deref(),
+        Some(want.as_str()),
+        "table left in place"
+    );
+}
