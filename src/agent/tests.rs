@@ -132,7 +132,11 @@ fn settings() -> Settings {
 }
 
 fn start(source: Source, settings: Settings) -> Running {
-    let backend = MemoryBackend::default();
+    start_on(MemoryBackend::default(), source, settings)
+}
+
+/// Starts an agent on an existing (shared) in-memory kernel.
+fn start_on(backend: MemoryBackend, source: Source, settings: Settings) -> Running {
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let options = Options {
@@ -651,4 +655,37 @@ async fn synthetic_clusters_round_trip_through_the_fake_api() {
         )
         .await;
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_finds_the_table_right_and_sends_nothing() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    let want = expected(&fake);
+    agent.converges(&want, LIMIT).await;
+    let kernel = agent.stop().await;
+    let batches = kernel.state().batches;
+    // The new agent holds off until it has listed everything (the
+    // relabel below is only seen through its list), then diffs against
+    // the table the old one left: nothing to send when nothing changed.
+    fake.hold_lists(&[ApiKind::Pod]);
+    let again = start_on(kernel.clone(), Source::Kube(fake.client()), settings());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(kernel.state().table.as_ref(), Some(&want));
+    fake.release_lists();
+    assert!(wait_for(LIMIT, || again.metrics.health.ready()).await);
+    assert_eq!(kernel.state().batches, batches, "no batch after a restart");
+    // A change made while no agent ran is picked up by the new one.
+    fake.apply(pod(
+        "prod",
+        "cli-9",
+        json!({"app": "cli"}),
+        "node-b",
+        "10.1.1.99",
+    ))
+    .expect("apply");
+    again.converges(&expected(&fake), LIMIT).await;
+    assert_eq!(kernel.state().batches, batches + 1);
+    again.stop().await;
 }
