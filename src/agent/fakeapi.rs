@@ -121,6 +121,8 @@ struct Inner {
     /// Events the client created.
     events: Vec<Value>,
     watch_requests: BTreeMap<ApiKind, usize>,
+    /// The resourceVersion of the latest watch request per kind.
+    last_watch_rv: BTreeMap<ApiKind, u64>,
 }
 
 struct Shared {
@@ -333,6 +335,11 @@ impl FakeApi {
         self.inner().watch_requests.get(&kind).copied().unwrap_or(0)
     }
 
+    /// The resourceVersion the latest watch of `kind` started from.
+    pub fn last_watch_rv(&self, kind: ApiKind) -> Option<u64> {
+        self.inner().last_watch_rv.get(&kind).copied()
+    }
+
     /// Open watch connections.
     pub fn open_watches(&self) -> usize {
         let mut inner = self.inner();
@@ -475,6 +482,7 @@ fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Respons
             .get("resourceVersion")
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
+        inner.last_watch_rv.insert(kind, from);
         if from < inner.compacted {
             // What the apiserver does: 200, then one ERROR event.
             let _ = tx.send(line(&gone()));

@@ -437,7 +437,14 @@ async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
     agent.converges(&expected(&fake), LIMIT).await;
     let lists: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
     let watches = fake.watch_count(ApiKind::Pod);
+    let ns_watches = fake.watch_count(ApiKind::Namespace);
+    // Bump the resourceVersion with an unrelated kind, then bookmark: the
+    // namespace watcher's next watch must resume from the bookmark.
+    fake.apply(pod("ops", "noise", json!({}), "node-b", "10.1.1.77"))
+        .expect("apply");
     fake.bookmark();
+    let bookmark = fake.resource_version();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     fake.drop_connections();
     // A change made while the client reconnects is replayed from history.
     fake.apply(pod(
@@ -452,6 +459,12 @@ async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
         .expect("apply");
     agent.converges(&expected(&fake), LIMIT).await;
     assert!(wait_for(LIMIT, || fake.watch_count(ApiKind::Pod) > watches).await);
+    assert!(wait_for(LIMIT, || fake.watch_count(ApiKind::Namespace) > ns_watches).await);
+    assert_eq!(
+        fake.last_watch_rv(ApiKind::Namespace),
+        Some(bookmark),
+        "the watch resumes from the bookmark's resourceVersion"
+    );
     let after: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
     assert_eq!(
         lists, after,
