@@ -286,6 +286,17 @@ impl SimCluster {
         ]
     }
 
+    /// Writes the manifests into `dir`, each file atomically (a watcher
+    /// never sees half a file).
+    pub fn write_manifests_to(&self, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("create manifest dir");
+        for (name, text) in self.manifests() {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).expect("write manifest");
+            std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+        }
+    }
+
     /// Writes the manifests into a fresh directory for this step.
     pub fn write_manifests(&mut self) -> PathBuf {
         self.step_no += 1;

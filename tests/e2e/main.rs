@@ -16,6 +16,7 @@ macro_rules! require_root {
     };
 }
 
+mod agent;
 mod cluster;
 mod deploy;
 mod generated;

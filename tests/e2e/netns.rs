@@ -426,6 +426,14 @@ impl Topology {
         ip(netns, &["-6", "route", "add", "default", "via", &gw6]);
     }
 
+    /// An extra, unconnected namespace (for loading a reference ruleset
+    /// next to the nodes'); deleted with the rest.
+    pub fn add_scratch(&mut self) -> String {
+        let name = format!("{PREFIX}{}-s{}", self.tag, self.created.len());
+        self.add_netns(&name);
+        name
+    }
+
     /// Waits (bounded) until every veth and bridge of every namespace is
     /// operationally up. The kernel turns a fresh link's carrier on
     /// through linkwatch, up to a second later, and drops what is sent
