@@ -1,4 +1,6 @@
-//! Root tests of the agent binary against the real kernel: `nftpol agent
+//! Tests of the agent binary as a process. Without root: `--dry-run` in
+//! manifests mode serves /healthz, /readyz and /metrics and exits 0 on
+//! SIGTERM. As root, against the real kernel: `nftpol agent
 //! --manifests DIR` runs inside a network namespace created for the test
 //! (prefix `nftpol-t-`, removed by a Drop guard, never connected to the
 //! host's namespace). The kernel table must follow file changes within a
@@ -7,8 +9,8 @@
 //! compile` of the same directory, loaded with `nft -f` into a second
 //! namespace and listed the same way.
 //!
-//! Skips (with a visible line) when not root, when `ip`/`nft` are missing,
-//! or when this build has no netlink applier yet.
+//! The root test skips (with a visible line) when not root, when
+//! `ip`/`nft` are missing, or when this build has no netlink applier yet.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -305,4 +307,94 @@ status: {podIP: 10.9.2.11, podIPs: [{ip: 10.9.2.11}]}\n"
         Some(want.as_str()),
         "table left in place"
     );
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
+    let dir = TempDir::new("dry");
+    std::fs::write(
+        dir.0.join("cluster.yaml"),
+        format!("{CLUSTER}---\n{POLICY}"),
+    )
+    .expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "agent",
+            "--dry-run",
+            "--node-name",
+            "node-1",
+            "--manifests",
+        ])
+        .arg(&dir.0)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nftpol agent");
+    let mut agent = Agent(child);
+    let t0 = Instant::now();
+    while !http_get(port, "/readyz").starts_with("HTTP/1.0 200") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.0 200"));
+    let metrics = http_get(port, "/metrics");
+    for want in [
+        "nftpol_reconciles_total{result=\"ok\"} 1",
+        "nftpol_watched_objects{kind=\"pod\"} 2",
+        "nftpol_watched_objects{kind=\"networkpolicy\"} 1",
+        "nftpol_programming_latency_seconds_count 1",
+        "nftpol_kernel_chains ",
+    ] {
+        assert!(metrics.contains(want), "{want:?} missing from\n{metrics}");
+    }
+    // SAFETY: kill(2) on our own child has no memory effects.
+    unsafe {
+        libc::kill(agent.0.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = agent.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t0.elapsed() < FOLLOW, "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let mut logs = String::new();
+    use std::io::Read;
+    if let Some(mut e) = agent.0.stderr.take() {
+        let _ = e.read_to_string(&mut logs);
+    }
+    // --log-format json: every log line is a JSON object.
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with('{') && first.contains("\"level\""),
+        "{logs}"
+    );
+    assert!(logs.contains("initial sync complete"), "{logs}");
 }
