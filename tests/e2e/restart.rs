@@ -173,6 +173,8 @@ fn probe_loops(
 /// What one phase saw.
 struct PhaseResult {
     applies: usize,
+    /// What each programming run printed, in order.
+    outputs: Vec<String>,
     wrong_allowed: usize,
     wrong_dropped: usize,
     report: String,
@@ -250,16 +252,21 @@ fn run_phase(
         }
     }
     let last = apply_out.last().cloned().unwrap_or_default();
+    let unchanged = apply_out
+        .iter()
+        .filter(|o| o.contains("no changes"))
+        .count();
     eprintln!(
         "{name}: {applies} re-applies x 2 nodes in {:.1?}; {ok_samples} allowed and \
          {deny_samples} denied probes over {} flows; {wrong_allowed} wrongly allowed, \
-         {wrong_dropped} wrongly dropped (last apply said: {})",
+         {wrong_dropped} wrongly dropped; {unchanged} runs said \"no changes\" (last: {})",
         t0.elapsed(),
         flows.len(),
         last.trim()
     );
     PhaseResult {
         applies,
+        outputs: apply_out,
         wrong_allowed,
         wrong_dropped,
         report,
@@ -277,6 +284,19 @@ fn phase(c: &mut SimCluster, name: &str, sets: &[Vec<String>], flows: &[(Probe, 
         c.ruleset("node2")
     );
     assert!(r.applies >= 2, "{name}: only {} re-applies ran", r.applies);
+    // `nftpol apply` of an unchanged set must send nothing: every run
+    // after the table was first brought up to date says so.
+    if c.programmer == Programmer::Apply && sets.len() == 1 {
+        let busy: Vec<&String> = r
+            .outputs
+            .iter()
+            .filter(|o| !o.contains("no changes"))
+            .collect();
+        assert!(
+            busy.is_empty(),
+            "{name}: re-applying an unchanged set changed something: {busy:?}"
+        );
+    }
 }
 
 #[test]
