@@ -10,7 +10,7 @@
 //! the real `nftpol agent --dry-run` binary against the same fake server
 //! and reads its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
 
-use nftpol::agent::backend::{Applied, Backend, BackendError, MemoryBackend};
+use nftpol::agent::backend::{Applied, Backend, BackendError, MemoryBackend, NetlinkBackend};
 use nftpol::agent::fakeapi::{self, FakeApi};
 use nftpol::agent::metrics::Metrics;
 use nftpol::agent::reconcile::Settings;
@@ -127,7 +127,46 @@ fn event(i: usize, t: &policy_compiler::model::Pod) -> (&'static str, Value) {
     }
 }
 
+/// A scratch network namespace, deleted on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// As root, moves the calling thread (and so every thread it creates
+/// later: the runtime, the reconcile loop) into a fresh network namespace,
+/// so the netlink backend programs a scratch kernel table.
+fn enter_scratch_netns() -> Option<Netns> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = format!("nftpol-t-bench-{}", std::process::id());
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return None;
+    }
+    let ns = Netns(name);
+    let _ = std::process::Command::new("ip")
+        .args(["-n", &ns.0, "link", "set", "lo", "up"])
+        .status();
+    let file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).ok()?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    (rc == 0).then_some(ns)
+}
+
 fn main() {
+    let netns = enter_scratch_netns();
     let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -152,101 +191,138 @@ fn main() {
         );
         let t = target(&model);
 
-        // In-process agent on the in-memory backend.
-        let (acks_tx, mut acks) = unbounded_channel();
-        let backend = Timed {
-            inner: MemoryBackend::default(),
-            acks: acks_tx,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let started = Instant::now();
-        let agent = tokio::spawn(run_with(
-            Source::Kube(fake.client()),
-            backend,
-            Options {
-                settings: Settings {
-                    drift_interval: Duration::from_secs(3600),
-                    ..Settings::new(NODE)
-                },
-                metrics_addr: None,
+        measure(
+            &fake,
+            &t,
+            MemoryBackend::default(),
+            events,
+            0,
+            "in-memory backend",
+        )
+        .await;
+        match &netns {
+            Some(ns) => match NetlinkBackend::new() {
+                Ok(nl) => {
+                    measure(
+                        &fake,
+                        &t,
+                        nl,
+                        events,
+                        100_000,
+                        &format!("netlink backend, kernel table in netns {}", ns.0),
+                    )
+                    .await
+                }
+                Err(e) => println!("netlink backend not measured: {e}\n"),
             },
-            Arc::new(Metrics::new()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let first = ack(&mut acks).await.expect("initial sync batch");
-        println!(
-            "initial list of every kind + first batch: {}",
-            ms(first - started)
-        );
-        // The policies the events play against.
-        for obj in [
-            with_labels(&t, &[("bench", "p"), ("flip", "off")]),
-            policy(
-                &t.namespace,
-                "bench-peers",
-                json!({"bench": "p"}),
-                json!({"role": "bench-peer"}),
-                9999,
-            ),
-            policy(
-                &t.namespace,
-                "bench-flip",
-                json!({"flip": "on"}),
-                json!({"app": "app-0"}),
-                7777,
-            ),
-        ] {
-            fake.apply(obj).expect("apply");
-            // The relabel alone changes no ruleset: no batch to wait for.
-            let _ = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            None => println!("netlink backend not measured: needs root (a scratch netns)\n"),
         }
-        let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
-        let mut missed = 0;
-        for i in 0..events {
-            let (kind, obj) = event(i, &t);
-            let sent = Instant::now();
-            fake.apply(obj).expect("apply");
-            match ack(&mut acks).await {
-                Some(at) => by_kind.entry(kind).or_default().push(at - sent),
-                None => missed += 1,
-            }
-            // Quiet time, so every event is a single event.
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        let _ = stop.send(());
-        let _ = agent.await;
-        println!();
-        println!("| event | n | p50 | p99 | max |");
-        println!("| --- | --- | --- | --- | --- |");
-        let mut all = Vec::new();
-        for (kind, mut v) in by_kind {
-            v.sort();
-            println!(
-                "| {kind} | {} | {} | {} | {} |",
-                v.len(),
-                ms(pct(&v, 0.5)),
-                ms(pct(&v, 0.99)),
-                ms(*v.last().unwrap_or(&Duration::ZERO))
-            );
-            all.extend(v);
-        }
-        all.sort();
-        println!(
-            "| all | {} | {} | {} | {} |",
-            all.len(),
-            ms(pct(&all, 0.5)),
-            ms(pct(&all, 0.99)),
-            ms(*all.last().unwrap_or(&Duration::ZERO))
-        );
-        if missed > 0 {
-            println!("({missed} events produced no batch within 10 s)");
-        }
-        println!();
         rss(&fake, &t, events.min(150)).await;
     });
+}
+
+/// Runs an in-process agent on `backend` and prints the latency table.
+async fn measure<B: Backend>(
+    fake: &FakeApi,
+    t: &policy_compiler::model::Pod,
+    backend: B,
+    events: usize,
+    base: usize,
+    label: &str,
+) {
+    let (acks_tx, mut acks) = unbounded_channel();
+    let backend = Timed {
+        inner: backend,
+        acks: acks_tx,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let agent = tokio::spawn(run_with(
+        Source::Kube(fake.client()),
+        backend,
+        Options {
+            settings: Settings {
+                drift_interval: Duration::from_secs(3600),
+                ..Settings::new(NODE)
+            },
+            metrics_addr: None,
+        },
+        Arc::new(Metrics::new()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let first = ack(&mut acks).await.expect("initial sync batch");
+    println!(
+        "initial list of every kind + first batch: {}",
+        ms(first - started)
+    );
+    // The policies the events play against.
+    for obj in [
+        with_labels(t, &[("bench", "p"), ("flip", "off")]),
+        policy(
+            &t.namespace,
+            "bench-peers",
+            json!({"bench": "p"}),
+            json!({"role": "bench-peer"}),
+            9999,
+        ),
+        policy(
+            &t.namespace,
+            "bench-flip",
+            json!({"flip": "on"}),
+            json!({"app": "app-0"}),
+            7777,
+        ),
+    ] {
+        fake.apply(obj).expect("apply");
+        // The relabel alone changes no ruleset: no batch to wait for.
+        let _ = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    let mut missed = 0;
+    for i in 0..events {
+        let (kind, obj) = event(base + i, t);
+        let sent = Instant::now();
+        fake.apply(obj).expect("apply");
+        match ack(&mut acks).await {
+            Some(at) => by_kind.entry(kind).or_default().push(at - sent),
+            None => missed += 1,
+        }
+        // Quiet time, so every event is a single event.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let _ = stop.send(());
+    let _ = agent.await;
+    println!("{label}:");
+    println!();
+    println!("| event | n | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut all = Vec::new();
+    for (kind, mut v) in by_kind {
+        v.sort();
+        println!(
+            "| {kind} | {} | {} | {} | {} |",
+            v.len(),
+            ms(pct(&v, 0.5)),
+            ms(pct(&v, 0.99)),
+            ms(*v.last().unwrap_or(&Duration::ZERO))
+        );
+        all.extend(v);
+    }
+    all.sort();
+    println!(
+        "| all | {} | {} | {} | {} |",
+        all.len(),
+        ms(pct(&all, 0.5)),
+        ms(pct(&all, 0.99)),
+        ms(*all.last().unwrap_or(&Duration::ZERO))
+    );
+    if missed > 0 {
+        println!("({missed} events produced no batch within 10 s)");
+    }
+    println!();
 }
 
 /// Runs the agent binary against the fake and reports its memory.
@@ -286,7 +362,7 @@ current-context: fake\n",
     };
     let ready_after = started.elapsed();
     for i in 0..events {
-        let (_, obj) = event(100_000 + i, t);
+        let (_, obj) = event(200_000 + i, t);
         let _ = fake.apply(obj);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
