@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod convert;
+pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod index;
