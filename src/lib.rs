@@ -6,5 +6,6 @@ pub mod agent;
 pub mod cli;
 pub mod error;
 pub mod manifests;
+pub mod netlink;
 
 pub use error::Error;

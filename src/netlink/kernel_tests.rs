@@ -1,0 +1,1 @@
+//! Kernel tests (root only), filled in below.

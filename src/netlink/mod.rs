@@ -1,0 +1,191 @@
+//! The netlink applier: makes the kernel's `inet nftpol` table equal a
+//! desired [`Ruleset`] without ever shelling out to `nft`.
+//!
+//! `apply` reads the table back into the IR ([`read`]), diffs it against
+//! the desired ruleset (`policy_compiler::diff`), encodes the transaction
+//! as ONE nftables batch ([`batch`]) and sends it in one `send`
+//! ([`socket`]). The kernel commits the whole batch or none of it, so a
+//! failure or a kill at any moment leaves either the old or the new
+//! ruleset. Only the `inet nftpol` table is ever named in a message.
+//!
+//! Layout: `expr` and `elem` are the pure IR <-> kernel encodings, `raw`
+//! the only `unsafe` (libnftnl through nftnl-sys where nftnl's safe API
+//! stops), `socket` the netlink I/O.
+
+pub mod batch;
+pub mod elem;
+pub mod expr;
+mod raw;
+pub mod read;
+pub mod socket;
+
+#[cfg(test)]
+mod kernel_tests;
+
+use policy_compiler::diff::{self, Op, Transaction};
+use policy_compiler::ir::Ruleset;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// Everything that can go wrong, one variant per phase of talking to the
+/// kernel, each naming the object concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error(
+        "permission denied while {during}: nftpol needs CAP_NET_ADMIN in the node's network \
+         namespace (run as root or grant the capability)"
+    )]
+    PermissionDenied { during: String },
+    #[error("cannot open the netfilter netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("cannot encode {object}: {reason}")]
+    Encode { object: String, reason: String },
+    #[error("sending the {bytes}-byte batch failed: {source}")]
+    Send {
+        bytes: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("receiving from netlink failed: {0}")]
+    Receive(#[source] io::Error),
+    #[error(
+        "the kernel rejected the batch, nothing was changed: {object} (message seq {seq}): {} \
+         (errno {errno}){}{}",
+        io::Error::from_raw_os_error(*errno),
+        detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default(),
+        if *more > 0 { format!("; {more} more message(s) failed") } else { String::new() }
+    )]
+    Rejected {
+        seq: u32,
+        object: String,
+        errno: i32,
+        detail: Option<String>,
+        more: usize,
+    },
+    #[error("the kernel did not acknowledge the end of the batch; it was not committed")]
+    NotCommitted,
+    #[error("reading back {what} failed: {} (errno {errno})", io::Error::from_raw_os_error(*errno))]
+    Dump { what: String, errno: i32 },
+    #[error("cannot decode {object} read back from the kernel: {reason}")]
+    Decode { object: String, reason: String },
+}
+
+/// What one `apply` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// `+2 chains, ~1 chain, +14 elements, -3 elements` or `no changes`.
+    pub summary: String,
+    /// Whether a batch was sent (false in steady state).
+    pub batch_sent: bool,
+    /// Messages in the batch, BEGIN and END excluded.
+    pub messages: usize,
+    /// Bytes of the batch.
+    pub bytes: usize,
+    /// Whether the table could not be decoded and was replaced whole
+    /// (atomically, in the same single batch).
+    pub replaced_foreign: bool,
+}
+
+/// What one sent batch cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub messages: usize,
+    pub bytes: usize,
+    /// Building the batch buffer.
+    pub build: Duration,
+    /// From `send` until the END ack was read (the kernel's work).
+    pub kernel: Duration,
+}
+
+/// An open connection to the kernel, reusable across operations.
+pub struct Session {
+    sock: socket::Socket,
+}
+
+impl Session {
+    pub fn open() -> Result<Session, NetlinkError> {
+        Ok(Session {
+            sock: socket::Socket::open()?,
+        })
+    }
+
+    /// The `inet nftpol` table read back into the IR; `None` if absent.
+    pub fn read_table(&mut self) -> Result<Option<Ruleset>, NetlinkError> {
+        read::read_table(&mut self.sock)
+    }
+
+    /// Sends `tx` as one atomic batch. An empty transaction sends nothing.
+    pub fn send(&mut self, tx: &Transaction) -> Result<BatchReport, NetlinkError> {
+        if tx.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let t0 = Instant::now();
+        let b = batch::encode(tx)?;
+        let build = t0.elapsed();
+        let t1 = Instant::now();
+        batch::send(&mut self.sock, &b)?;
+        Ok(BatchReport {
+            messages: b.objects.len(),
+            bytes: b.buf.len(),
+            build,
+            kernel: t1.elapsed(),
+        })
+    }
+
+    /// Read back, diff, and send the difference in one batch.
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
+        let (tx, replaced_foreign) = match self.read_table() {
+            Ok(Some(actual)) => (diff::diff(desired, &actual), false),
+            Ok(None) => (diff::create(desired), false),
+            // Something in our table that nftpol did not write (a rule
+            // added by hand, say): replace the table whole, still in one
+            // atomic batch, so traffic never sees it half-built.
+            Err(NetlinkError::Decode { .. }) => {
+                let mut tx = diff::create(desired);
+                tx.ops.insert(0, Op::DelTable);
+                (tx, true)
+            }
+            Err(e) => return Err(e),
+        };
+        let summary = if replaced_foreign {
+            format!("replaced foreign table contents: {}", tx.summary())
+        } else {
+            tx.summary()
+        };
+        let sent = self.send(&tx)?;
+        Ok(ApplyReport {
+            summary,
+            batch_sent: !tx.is_empty(),
+            messages: sent.messages,
+            bytes: sent.bytes,
+            replaced_foreign,
+        })
+    }
+
+    /// Deletes the table; `false` if it was not there.
+    pub fn cleanup(&mut self) -> Result<bool, NetlinkError> {
+        if !read::table_exists(&mut self.sock)? {
+            return Ok(false);
+        }
+        self.send(&Transaction {
+            ops: vec![Op::DelTable],
+        })?;
+        Ok(true)
+    }
+}
+
+/// Makes the kernel's `inet nftpol` table equal `desired` with one atomic
+/// batch (none in steady state).
+pub fn apply(desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
+    Session::open()?.apply(desired)
+}
+
+/// Removes the `inet nftpol` table; `Ok(false)` when it was absent.
+pub fn cleanup() -> Result<bool, NetlinkError> {
+    Session::open()?.cleanup()
+}
+
+/// Reads the `inet nftpol` table back into the IR.
+pub fn read_table() -> Result<Option<Ruleset>, NetlinkError> {
+    Session::open()?.read_table()
+}

@@ -1,0 +1,246 @@
+//! The netfilter netlink socket: opening it with buffers sized for the
+//! batch, sending a whole batch in ONE `send` (facts note, gotcha 1),
+//! collecting the per-message acks and errors by sequence number
+//! (gotcha 3), and running dump requests for the read-back.
+//!
+//! The kernel processes a batch synchronously inside `send`, so every
+//! ack is already queued when `send` returns: they are drained without
+//! blocking, and only the ack of the batch END means "committed".
+
+use super::NetlinkError;
+use std::io;
+use std::os::fd::AsRawFd;
+
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+/// Receive buffer for one `recv`; the kernel's dump skbs are far smaller.
+const RECV_BUF: usize = 1 << 20;
+
+/// One netlink message received, copied out of the receive buffer.
+pub struct Msg {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// The whole message, header included, 4-byte aligned storage.
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl Msg {
+    pub fn header_ptr(&self) -> *const libc::nlmsghdr {
+        self.words.as_ptr().cast()
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: words holds at least len bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+    fn payload(&self) -> &[u8] {
+        &self.bytes()[HDR.min(self.len)..]
+    }
+    /// For NLMSG_ERROR: (errno, extended-ack text). errno 0 is an ack.
+    pub fn error(&self) -> Option<(i32, Option<String>)> {
+        if self.ty != libc::NLMSG_ERROR as u16 {
+            return None;
+        }
+        let p = self.payload();
+        let code = i32::from_ne_bytes(p.get(..4)?.try_into().ok()?);
+        let mut text = None;
+        if self.flags & NLM_F_ACK_TLVS != 0 {
+            // With NETLINK_CAP_ACK the echoed request is only its header.
+            let mut tlv = p.get(4 + HDR..).unwrap_or_default();
+            while tlv.len() >= 4 {
+                let len = usize::from(u16::from_ne_bytes([tlv[0], tlv[1]]));
+                let ty = u16::from_ne_bytes([tlv[2], tlv[3]]);
+                if len < 4 || len > tlv.len() {
+                    break;
+                }
+                if ty == NLMSGERR_ATTR_MSG {
+                    let s = &tlv[4..len];
+                    let s = s.split(|b| *b == 0).next().unwrap_or_default();
+                    text = Some(String::from_utf8_lossy(s).into_owned());
+                }
+                tlv = &tlv[((len + 3) & !3).min(tlv.len())..];
+            }
+        }
+        Some((-code, text))
+    }
+}
+
+/// An open NETLINK_NETFILTER socket.
+pub struct Socket {
+    sock: mnl::Socket,
+    buf: Vec<u32>,
+}
+
+fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Socket {
+    pub fn open() -> Result<Socket, NetlinkError> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Socket)?;
+        let fd = sock.as_raw_fd();
+        // Best effort: without them errors are still reported, just with
+        // the whole request echoed back and no text.
+        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        Ok(Socket {
+            sock,
+            buf: vec![0u32; RECV_BUF / 4],
+        })
+    }
+
+    /// Raises the socket buffers (gotcha 2): the send buffer must hold the
+    /// whole batch, the receive buffer one ack per message. The FORCE
+    /// variants need CAP_NET_ADMIN, which applying needs anyway; without
+    /// it fall back to what the sysctl limits allow.
+    pub fn size_buffers(&self, batch_bytes: usize, messages: usize) {
+        let fd = self.sock.as_raw_fd();
+        let clamp = |n: usize| n.min(i32::MAX as usize / 2) as libc::c_int;
+        let snd = clamp(batch_bytes + (256 << 10));
+        // An ack costs an skb of roughly 1 KiB of receive-buffer truesize.
+        let rcv = clamp(messages * 2048 + (1 << 20));
+        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, snd).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, snd);
+        }
+        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
+        }
+    }
+
+    /// Sends `data` in one `send` call.
+    pub fn send_all_at_once(&self, data: &[u8]) -> Result<(), NetlinkError> {
+        let n = self.sock.send(data).map_err(|e| NetlinkError::Send {
+            bytes: data.len(),
+            source: e,
+        })?;
+        if n != data.len() {
+            return Err(NetlinkError::Send {
+                bytes: data.len(),
+                source: io::Error::other(format!("sent {n} of {} bytes", data.len())),
+            });
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram of messages; `Ok(None)` when `nonblocking`
+    /// and nothing is queued.
+    pub fn recv(&mut self, nonblocking: bool) -> Result<Option<Vec<Msg>>, NetlinkError> {
+        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+        let n = loop {
+            // SAFETY: the buffer is ours and RECV_BUF bytes long.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len() * 4,
+                    flags | libc::MSG_TRUNC,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock if nonblocking => return Ok(None),
+                _ => return Err(NetlinkError::Receive(err)),
+            }
+        };
+        if n > self.buf.len() * 4 {
+            return Err(NetlinkError::Receive(io::Error::other(format!(
+                "netlink datagram of {n} bytes truncated"
+            ))));
+        }
+        // SAFETY: the kernel wrote n bytes into the buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n) };
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + HDR <= n {
+            let len =
+                u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap_or_default()) as usize;
+            if len < HDR || off + len > n {
+                return Err(NetlinkError::Receive(io::Error::other(format!(
+                    "malformed netlink message of length {len}"
+                ))));
+            }
+            let m = &bytes[off..off + len];
+            let mut words = vec![0u32; len.div_ceil(4)];
+            // SAFETY: words has room for len bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(m.as_ptr(), words.as_mut_ptr().cast::<u8>(), len)
+            };
+            out.push(Msg {
+                ty: u16::from_ne_bytes([m[4], m[5]]),
+                flags: u16::from_ne_bytes([m[6], m[7]]),
+                seq: u32::from_ne_bytes([m[8], m[9], m[10], m[11]]),
+                words,
+                len,
+            });
+            off += (len + 3) & !3;
+        }
+        Ok(Some(out))
+    }
+
+    /// Sends a request and collects the data messages of its answer until
+    /// NLMSG_DONE (dumps) or the ack (plain GETs). Errors come back as
+    /// `Err((errno, text))` for the caller to classify.
+    pub fn request(
+        &mut self,
+        req: &[u8],
+        seq: u32,
+    ) -> Result<Result<Vec<Msg>, (i32, Option<String>)>, NetlinkError> {
+        self.send_all_at_once(req)?;
+        let mut data = Vec::new();
+        loop {
+            let Some(msgs) = self.recv(false)? else {
+                continue;
+            };
+            for m in msgs {
+                if m.seq != seq {
+                    continue; // a stale answer to an earlier request
+                }
+                if let Some((errno, text)) = m.error() {
+                    if errno == 0 {
+                        return Ok(Ok(data));
+                    }
+                    return Ok(Err((errno, text)));
+                }
+                if m.ty == libc::NLMSG_DONE as u16 {
+                    let p = m.payload();
+                    let code = p
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i32::from_ne_bytes);
+                    if code < 0 {
+                        return Ok(Err((-code, None)));
+                    }
+                    return Ok(Ok(data));
+                }
+                data.push(m);
+            }
+        }
+    }
+}
