@@ -222,23 +222,36 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
 
     let mut ops = Vec::new();
 
-    // 2. new sets and chains.
-    for (name, set) in &desired.sets {
-        if !actual.sets.contains_key(name) {
-            ops.push(Op::AddSet {
+    // 2. new sets and chains, in the order `render` writes them (sets,
+    // regular chains, maps, base chains), so `nft list` of a table built
+    // by netlink prints exactly like one loaded with `nft -f`.
+    let is_map = |s: &Set| matches!(s.kind, SetKind::Vmap { .. });
+    let new_sets = |maps: bool| {
+        desired
+            .sets
+            .iter()
+            .filter(move |(n, s)| !actual.sets.contains_key(*n) && is_map(s) == maps)
+            .map(|(name, set)| Op::AddSet {
                 name: name.clone(),
                 kind: set.kind,
-            });
-        }
-    }
-    for (name, chain) in &desired.chains {
-        if !actual.chains.contains_key(name) {
-            ops.push(Op::AddChain {
-                name: name.clone(),
-                base: chain.base,
-            });
-        }
-    }
+            })
+    };
+    let mut new_chains: Vec<(&String, &Chain)> = desired
+        .chains
+        .iter()
+        .filter(|(n, _)| !actual.chains.contains_key(*n))
+        .collect();
+    new_chains.sort_by_key(|(name, c)| (c.base.is_some(), c.base, name.as_str()));
+    let (regular, based): (Vec<_>, Vec<_>) =
+        new_chains.into_iter().partition(|(_, c)| c.base.is_none());
+    let add_chain = |(name, c): (&String, &Chain)| Op::AddChain {
+        name: name.clone(),
+        base: c.base,
+    };
+    ops.extend(new_sets(false));
+    ops.extend(regular.into_iter().map(add_chain));
+    ops.extend(new_sets(true));
+    ops.extend(based.into_iter().map(add_chain));
 
     // 3. element deletions. Sets being replaced or deleted lose their
     // elements with them, except that vmap elements jumping to a chain

@@ -239,7 +239,10 @@ fn port_from(b: &[u8]) -> Result<u16, String> {
 /// Folds interval start/end keys back into inclusive ranges. Unmatched
 /// end keys (nft adds one at zero in front of the first range) are
 /// dropped; a start without an end runs to the top of the key space.
-fn ranges(raw: &[RawElem], width: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+/// An inclusive range of big-endian keys.
+type KeyRange = (Vec<u8>, Vec<u8>);
+
+fn ranges(raw: &[RawElem], width: usize) -> Result<Vec<KeyRange>, String> {
     let mut keys: Vec<(&[u8], bool)> = Vec::with_capacity(raw.len());
     for r in raw {
         if r.key.len() != width {

@@ -488,6 +488,8 @@ pub fn dump_request(what: &DumpWhat<'_>, seq: u32) -> Result<Vec<u8>, String> {
 /// A chain as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainInfo {
+    /// The table it belongs to: chain dumps are not filtered by table.
+    pub table: String,
     pub name: String,
     /// (hook number, priority, policy verdict, type) of a base chain.
     pub base: Option<(u32, i32, u32, String)>,
@@ -496,6 +498,7 @@ pub struct ChainInfo {
 /// A rule as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleInfo {
+    pub table: String,
     pub chain: String,
     pub handle: u64,
     pub exprs: Vec<RawExpr>,
@@ -522,6 +525,7 @@ pub unsafe fn parse_chain(nlh: *const libc::nlmsghdr) -> Result<ChainInfo, Strin
             (!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned())
         };
         let name = s(sys::NFTNL_CHAIN_NAME).ok_or("chain without a name")?;
+        let table = s(sys::NFTNL_CHAIN_TABLE).unwrap_or_default();
         let base = sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16).then(|| {
             (
                 sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16),
@@ -530,7 +534,7 @@ pub unsafe fn parse_chain(nlh: *const libc::nlmsghdr) -> Result<ChainInfo, Strin
                 s(sys::NFTNL_CHAIN_TYPE).unwrap_or_default(),
             )
         });
-        Ok(ChainInfo { name, base })
+        Ok(ChainInfo { table, name, base })
     }
 }
 
@@ -554,6 +558,12 @@ pub unsafe fn parse_rule(nlh: *const libc::nlmsghdr) -> Result<RuleInfo, String>
         }
         let chain = CStr::from_ptr(chain).to_string_lossy().into_owned();
         let handle = sys::nftnl_rule_get_u64(p, sys::NFTNL_RULE_HANDLE as u16);
+        let table = sys::nftnl_rule_get_str(p, sys::NFTNL_RULE_TABLE as u16);
+        let table = if table.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(table).to_string_lossy().into_owned()
+        };
         let mut exprs: Vec<RawExpr> = Vec::new();
         sys::nftnl_expr_foreach(
             p,
@@ -569,6 +579,7 @@ pub unsafe fn parse_rule(nlh: *const libc::nlmsghdr) -> Result<RuleInfo, String>
             }
         }
         Ok(RuleInfo {
+            table,
             chain,
             handle,
             exprs,
@@ -579,7 +590,7 @@ pub unsafe fn parse_rule(nlh: *const libc::nlmsghdr) -> Result<RuleInfo, String>
 
 /// # Safety
 /// `nlh` must point to a complete netlink message.
-pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Result<(String, SetAttrs), String> {
+pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Result<(String, String, SetAttrs), String> {
     unsafe {
         let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
         let p = s.as_ptr();
@@ -589,6 +600,12 @@ pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Result<(String, SetAttrs)
             return Err("set without a name".into());
         }
         let name = CStr::from_ptr(name).to_string_lossy().into_owned();
+        let table = sys::nftnl_set_get_str(p, sys::NFTNL_SET_TABLE as u16);
+        let table = if table.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(table).to_string_lossy().into_owned()
+        };
         let u = |a: u32| sys::nftnl_set_get_u32(p, a as u16);
         let attrs = SetAttrs {
             flags: u(sys::NFTNL_SET_FLAGS),
@@ -597,7 +614,7 @@ pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Result<(String, SetAttrs)
             data_type: sys::nftnl_set_is_set(p, sys::NFTNL_SET_DATA_TYPE as u16)
                 .then(|| u(sys::NFTNL_SET_DATA_TYPE)),
         };
-        Ok((name, attrs))
+        Ok((table, name, attrs))
     }
 }
 
@@ -689,7 +706,10 @@ mod tests {
             }
             let buf = write_msg(&r, MsgType::Add);
             let info = unsafe { parse_rule(buf.as_ptr().cast()) }.unwrap();
-            assert_eq!(info.chain, "ing_a_b");
+            assert_eq!(
+                (info.table.as_str(), info.chain.as_str()),
+                ("nftpol", "ing_a_b")
+            );
             let back = raise_rule(&info.exprs, parse_comment(&info.userdata)).unwrap();
             assert_eq!(back, rule);
         }
@@ -705,8 +725,11 @@ mod tests {
             &SetMsg::new("ingress_v6", 3, Some(attrs)).unwrap(),
             MsgType::Add,
         );
-        let (name, back) = unsafe { parse_set(buf.as_ptr().cast()) }.unwrap();
-        assert_eq!((name.as_str(), back), ("ingress_v6", attrs));
+        let (table, name, back) = unsafe { parse_set(buf.as_ptr().cast()) }.unwrap();
+        assert_eq!(
+            (table.as_str(), name.as_str(), back),
+            ("nftpol", "ingress_v6", attrs)
+        );
         let elems = vec![
             RawElem {
                 key: vec![0xfd; 16],

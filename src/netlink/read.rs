@@ -1,6 +1,8 @@
 //! Read-back of the `inet nftpol` table into the IR: one dump each for
-//! chains, rules and sets (filtered to our table by the kernel), then one
-//! element dump per set (the kernel dumps elements per set only).
+//! chains, rules and sets, then one element dump per set (the kernel
+//! dumps elements per set only). The requests name our table, but the
+//! kernel does not filter every dump by it (chain dumps list every inet
+//! table), so each object's table is checked here too.
 //! Anything nftpol would not have written is a `Decode` error naming the
 //! object, never silently dropped.
 
@@ -8,7 +10,7 @@ use super::elem::{decode_elements, set_kind};
 use super::raw::{self, DumpWhat};
 use super::socket::{Msg, Socket};
 use super::NetlinkError;
-use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Ruleset, Set};
+use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Ruleset, Set, TABLE_NAME};
 
 const NFT_MSG_BASE: u16 = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
 
@@ -73,6 +75,10 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     ) {
         // SAFETY: m holds one complete message from the kernel.
         let info = unsafe { raw::parse_chain(m.header_ptr()) }.map_err(dec("a chain".into()))?;
+        // The kernel dumps the chains of every inet table: keep ours only.
+        if info.table != TABLE_NAME {
+            continue;
+        }
         let base = match info.base {
             None => None,
             Some((hooknum, priority, policy, ty)) => {
@@ -110,6 +116,9 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     ) {
         // SAFETY: as above.
         let info = unsafe { raw::parse_rule(m.header_ptr()) }.map_err(dec("a rule".into()))?;
+        if info.table != TABLE_NAME {
+            continue;
+        }
         let object = format!("rule handle {} in chain {}", info.handle, info.chain);
         let rule = super::expr::raise_rule(&info.exprs, raw::parse_comment(&info.userdata))
             .map_err(dec(object.clone()))?;
@@ -123,8 +132,11 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     let mut sets = Vec::new();
     for m in of_type(dump(sock, DumpWhat::Sets, "sets", 4)?, libc::NFT_MSG_NEWSET) {
         // SAFETY: as above.
-        let (name, attrs) =
+        let (table, name, attrs) =
             unsafe { raw::parse_set(m.header_ptr()) }.map_err(dec("a set".into()))?;
+        if table != TABLE_NAME {
+            continue;
+        }
         let kind = set_kind(attrs).map_err(dec(format!("set {name}")))?;
         sets.push((name, kind));
     }

@@ -69,6 +69,9 @@ impl Msg {
     }
 }
 
+/// A kernel error answer: errno and the extended-ack text, if any.
+pub type KernelError = (i32, Option<String>);
+
 /// An open NETLINK_NETFILTER socket.
 pub struct Socket {
     sock: mnl::Socket,
@@ -211,7 +214,7 @@ impl Socket {
         &mut self,
         req: &[u8],
         seq: u32,
-    ) -> Result<Result<Vec<Msg>, (i32, Option<String>)>, NetlinkError> {
+    ) -> Result<Result<Vec<Msg>, KernelError>, NetlinkError> {
         self.send_all_at_once(req)?;
         let mut data = Vec::new();
         loop {
