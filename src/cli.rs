@@ -63,6 +63,14 @@ pub enum Command {
     /// Print the pod-to-pod reachability matrix (rows: from, columns: to;
     /// `.` allowed, `X` denied).
     Matrix(MatrixArgs),
+    /// Compile the node's ruleset and make the kernel's `inet nftpol` table
+    /// equal it: read the table back, diff, and send only the difference
+    /// as one atomic netlink batch (nothing when already equal). Prints a
+    /// one-line summary. Needs CAP_NET_ADMIN. Exit status 2 as for compile.
+    Apply(ApplyArgs),
+    /// Remove the `inet nftpol` table (and nothing else). Needs
+    /// CAP_NET_ADMIN.
+    Cleanup,
     /// Run the per-node agent: watch the cluster (or a manifest directory
     /// with --manifests) and keep the kernel's `inet nftpol` table equal to
     /// the compiled ruleset; serves /metrics, /healthz, /readyz.
@@ -90,6 +98,15 @@ pub struct CompileArgs {
     /// `nft` prints the script for `nft -f`; `json` prints the ruleset IR.
     #[arg(long, value_enum, default_value_t = Format::Nft)]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// The node to compile for. Optional when every pod sits on one node.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -215,6 +232,28 @@ pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
     };
     write_out(out, &text)?;
     Ok(exit_status(skipped))
+}
+
+/// `nftpol apply`: compile, then one netlink reconcile.
+pub fn apply(args: &ApplyArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let (cluster, skipped) = load_cluster(&args.input)?;
+    let node = resolve_node(&cluster, args.node_name.as_deref())?;
+    let rs = policy_compiler::compile(&cluster, &node);
+    let report = crate::netlink::apply(&rs)?;
+    write_out(out, &format!("{}\n", report.summary))?;
+    Ok(exit_status(skipped))
+}
+
+/// `nftpol cleanup`: delete the table if it exists.
+pub fn cleanup(out: &mut dyn Write) -> Result<i32, Error> {
+    let removed = crate::netlink::cleanup()?;
+    let text = if removed {
+        "removed table inet nftpol\n"
+    } else {
+        "table inet nftpol not present\n"
+    };
+    write_out(out, text)?;
+    Ok(0)
 }
 
 fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
@@ -383,6 +422,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Compile(a) => compile(a, &mut stdout),
         Command::Explain(a) => explain(a, &mut stdout),
         Command::Matrix(a) => matrix(a, &mut stdout),
+        Command::Apply(a) => apply(a, &mut stdout),
+        Command::Cleanup => cleanup(&mut stdout),
         Command::Agent(a) => {
             drop(stdout);
             return match crate::agent::run(a) {

@@ -16,6 +16,8 @@ pub enum Error {
     Compiler(#[from] policy_compiler::Error),
     #[error(transparent)]
     Eval(#[from] policy_compiler::eval::EvalError),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
 }
 
 impl Error {
@@ -26,6 +28,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Compiler(e) => e.metric_label(),
             Error::Eval(_) => "eval",
+            Error::Netlink(_) => "netlink",
         }
     }
 }
