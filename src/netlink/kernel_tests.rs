@@ -698,3 +698,53 @@ fn foreign_rules_in_our_table_are_replaced_atomically() {
         assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
     });
 }
+
+#[test]
+fn applier_uses_its_cache_and_recovers_from_drift() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::create("nftpol-t-");
+    ns.run(|| {
+        let mut a = super::Applier::new().expect("applier");
+        let one = every_feature(&[1]);
+        let two = every_feature(&[1, 2]);
+        assert!(a.apply(&one).expect("first").batch_sent);
+        let r = a.apply(&two).expect("second");
+        assert_eq!(r.summary, "+1 chain, +1 element");
+        assert!(!a.apply(&two).expect("steady").batch_sent);
+        // Someone removes an element the next diff deletes: the cached
+        // diff is rejected (ENOENT), the retry from a read-back repairs.
+        nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                "nftpol",
+                "ingress_v4",
+                "{ 10.1.1.2 }",
+            ],
+            None,
+        );
+        let r = a.apply(&one).expect("after drift");
+        assert!(r.batch_sent);
+        assert_eq!(a.session().read_table().expect("read").as_ref(), Some(&one));
+        // Drift the next diff does not touch stays until forget() (the
+        // agent's periodic drift check), then one read-back repairs it.
+        nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                "nftpol",
+                "pod4_a",
+                "{ 10.1.0.5 }",
+            ],
+            None,
+        );
+        assert!(!a.apply(&one).expect("cached").batch_sent);
+        a.forget();
+        assert_eq!(a.apply(&one).expect("repair").summary, "+1 element");
+        assert_eq!(a.session().read_table().expect("read").as_ref(), Some(&one));
+    });
+}

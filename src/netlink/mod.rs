@@ -174,6 +174,71 @@ impl Session {
     }
 }
 
+/// A long-lived applier for the agent: remembers what it last committed,
+/// so a steady-state reconcile costs an in-memory diff plus a batch the
+/// size of the change, not a read-back of the whole table. It reads back
+/// on the first apply, after any failure, and after [`Applier::forget`]
+/// (e.g. on a periodic drift check). If the table changed behind its back
+/// the kernel rejects the batch (EEXIST/ENOENT; nothing is applied) and
+/// the apply is retried once from a fresh read-back.
+pub struct Applier {
+    session: Session,
+    /// `Some(state)` when the kernel is known to hold `state`
+    /// (`Some(None)`: known to have no table).
+    known: Option<Option<Ruleset>>,
+}
+
+impl Applier {
+    pub fn new() -> Result<Applier, NetlinkError> {
+        Ok(Applier {
+            session: Session::open()?,
+            known: None,
+        })
+    }
+
+    /// Drop the remembered state: the next apply reads the table back.
+    pub fn forget(&mut self) {
+        self.known = None;
+    }
+
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
+        let Some(known) = self.known.take() else {
+            let r = self.session.apply(desired)?;
+            self.known = Some(Some(desired.clone()));
+            return Ok(r);
+        };
+        let tx = match &known {
+            Some(actual) => diff::diff(desired, actual),
+            None => diff::create(desired),
+        };
+        match self.session.send(&tx) {
+            Ok(sent) => {
+                self.known = Some(Some(desired.clone()));
+                Ok(ApplyReport {
+                    summary: tx.summary(),
+                    batch_sent: !tx.is_empty(),
+                    messages: sent.messages,
+                    bytes: sent.bytes,
+                    replaced_foreign: false,
+                })
+            }
+            // Our picture of the kernel was stale: start over from what
+            // the kernel really holds (the failed batch changed nothing).
+            Err(NetlinkError::Rejected { .. }) => {
+                let r = self.session.apply(desired)?;
+                self.known = Some(Some(desired.clone()));
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The underlying session (read-back, raw transactions).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
 /// Makes the kernel's `inet nftpol` table equal `desired` with one atomic
 /// batch (none in steady state).
 pub fn apply(desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
