@@ -73,7 +73,10 @@ impl Netns {
         c
     }
 
-    /// `nft list table inet nftpol`, or `None` when the table is absent.
+    /// `nft list table inet nftpol` with its sets, maps and chains in name
+    /// order (the kernel lists them in creation order, which differs
+    /// between a fresh `nft -f` and incremental batches), or `None` when
+    /// the table is absent.
     fn table(&self) -> Option<String> {
         let out = self
             .cmd("nft")
@@ -82,7 +85,7 @@ impl Netns {
             .expect("run nft");
         out.status
             .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
     }
 
     fn nft(&self, args: &[&str]) {
@@ -95,6 +98,31 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// Sorts the top-level blocks of a table listing; rule order inside a
+/// chain is kept (it matters).
+fn normalize(listing: &str) -> String {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in listing.lines() {
+        let top = line.starts_with('\t') && !line.starts_with("\t\t");
+        match &mut current {
+            Some(b) => {
+                b.push_str(line);
+                b.push('\n');
+                if top && line.trim() == "}" {
+                    blocks.extend(current.take());
+                }
+            }
+            None if top && line.trim_end().ends_with('{') => {
+                current = Some(format!("{line}\n"));
+            }
+            None => {}
+        }
+    }
+    blocks.sort();
+    blocks.concat()
 }
 
 fn run(prog: &str, args: &[&str]) {
@@ -178,7 +206,12 @@ fn reference(dir: &Path) -> String {
         child.wait().expect("nft").success(),
         "nft -f rejected compile output"
     );
-    scratch.table().expect("reference table")
+    let table = scratch.table().expect("reference table");
+    assert!(
+        table.contains("chain forward {"),
+        "normalized listing lost its blocks: {table}"
+    );
+    table
 }
 
 /// Waits until the namespace's table equals `want`.

@@ -8,6 +8,7 @@
 //! batch (nothing when equal), and report whether anything changed. The
 //! loop relies on "nothing changed" to detect drift.
 
+use crate::netlink::{NetlinkError, Session};
 use policy_compiler::ir::{Element, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,10 +26,8 @@ pub struct Applied {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("netlink: {0}")]
-    Netlink(String),
-    #[error("need CAP_NET_ADMIN to program nftables: {0}")]
-    Permission(String),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error("injected failure (test)")]
     Injected,
 }
@@ -36,8 +35,17 @@ pub enum BackendError {
 impl BackendError {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            BackendError::Netlink(_) => "netlink",
-            BackendError::Permission(_) => "permission",
+            BackendError::Netlink(e) => match e {
+                NetlinkError::PermissionDenied { .. } => "permission",
+                NetlinkError::Socket(_) => "netlink_socket",
+                NetlinkError::Encode { .. } => "netlink_encode",
+                NetlinkError::Send { .. } => "netlink_send",
+                NetlinkError::Receive(_) => "netlink_receive",
+                NetlinkError::Rejected { .. } => "netlink_rejected",
+                NetlinkError::NotCommitted => "netlink_not_committed",
+                NetlinkError::Dump { .. } => "netlink_dump",
+                NetlinkError::Decode { .. } => "netlink_decode",
+            },
             BackendError::Injected => "injected",
         }
     }
@@ -147,23 +155,34 @@ fn describe(actual: Option<&Ruleset>, desired: &Ruleset) -> (String, usize) {
     (summary, messages)
 }
 
-/// The real kernel through helper netlink layer (`crate::netlink`).
+/// The real kernel, through the netlink applier (`crate::netlink`). A
+/// netlink socket is opened per apply: it costs microseconds, keeps the
+/// backend `Send` (the socket is not), and a socket left in a bad state
+/// by an error never outlives the attempt.
 pub struct NetlinkBackend {
     _private: (),
 }
 
 impl NetlinkBackend {
+    /// Checks that a netfilter netlink socket can be opened at all.
     pub fn new() -> Result<NetlinkBackend, BackendError> {
-        Err(BackendError::Netlink(
-            "the netlink applier is not available in this build".into(),
-        ))
+        Session::open()?;
+        Ok(NetlinkBackend { _private: () })
     }
 }
 
 impl Backend for NetlinkBackend {
-    fn apply(&mut self, _desired: &Ruleset) -> Result<Applied, BackendError> {
-        Err(BackendError::Netlink(
-            "the netlink applier is not available in this build".into(),
-        ))
+    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        let r = Session::open()?.apply(desired)?;
+        if r.replaced_foreign {
+            tracing::warn!(
+                "the inet nftpol table held objects nftpol did not write; replaced it whole"
+            );
+        }
+        Ok(Applied {
+            changed: r.batch_sent,
+            summary: r.summary,
+            messages: r.messages,
+        })
     }
 }
