@@ -16,15 +16,65 @@ use policy_compiler::diff::{Op, Transaction};
 use policy_compiler::ir::{ChainPolicy, Element, Family, Hook, SetKind, TABLE_NAME};
 use policy_compiler::render::{render_element, render_rule};
 
+/// What one message of a batch concerns: op `op` of the transaction,
+/// and for rules and elements which of its items (`first`, `count`).
+/// Kept as indices and rendered only when the kernel rejects the message,
+/// so building a large batch formats no text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsgRef {
+    pub op: usize,
+    pub first: usize,
+    pub count: usize,
+}
+
 /// An encoded batch.
 pub struct Encoded {
     pub buf: Vec<u8>,
     /// What each message (BEGIN/END excluded) concerns, in order.
-    pub objects: Vec<String>,
+    pub objects: Vec<MsgRef>,
     /// Sequence number of the first message.
     pub first_seq: u32,
     /// Sequence number of BATCH_END when the kernel acks it.
     pub end_seq: Option<u32>,
+}
+
+/// Human description of one message, e.g. `add rule 3 of chain ing_x:
+/// ip saddr @s accept` or `add element 10.0.0.1 of set pod4_x`.
+pub fn describe(tx: &Transaction, r: MsgRef) -> String {
+    let Some(op) = tx.ops.get(r.op) else {
+        return format!("message for op {}", r.op);
+    };
+    let elems = |verb: &str, set: &str, elements: &[Element]| {
+        let chunk = elements.get(r.first..r.first + r.count).unwrap_or_default();
+        match chunk {
+            [e] => format!("{verb} element {} of set {set}", render_element(e)),
+            [e, ..] => format!(
+                "{verb} one of {} elements of set {set} (from {})",
+                chunk.len(),
+                render_element(e)
+            ),
+            [] => format!("{verb} elements of set {set}"),
+        }
+    };
+    match op {
+        Op::AddTable => format!("add table inet {TABLE_NAME}"),
+        Op::DelTable => format!("delete table inet {TABLE_NAME}"),
+        Op::AddSet { name, .. } => format!("add set {name}"),
+        Op::DelSet { name } => format!("delete set {name}"),
+        Op::AddChain { name, .. } => format!("add chain {name}"),
+        Op::DelChain { name } => format!("delete chain {name}"),
+        Op::FlushChain { name } => format!("flush chain {name}"),
+        Op::AddRules { chain, rules } => match rules.get(r.first) {
+            Some(rule) => format!(
+                "add rule {} of chain {chain}: {}",
+                r.first,
+                render_rule(rule)
+            ),
+            None => format!("add rule {} of chain {chain}", r.first),
+        },
+        Op::AddElements { set, elements } => elems("add", set, elements),
+        Op::DelElements { set, elements } => elems("delete", set, elements),
+    }
 }
 
 /// The set kind an element belongs to; elements are self-describing, so
@@ -65,66 +115,67 @@ fn enc_err(object: impl Into<String>) -> impl FnOnce(String) -> NetlinkError {
 /// stays well under the 64 KiB attribute limit.
 fn add_elements(
     batch: &mut Batch,
-    objects: &mut Vec<String>,
+    objects: &mut Vec<MsgRef>,
+    op: usize,
     set: &str,
     elements: &[Element],
     ty: MsgType,
 ) -> Result<(), NetlinkError> {
-    let verb = if ty == MsgType::Add { "add" } else { "delete" };
     let mut chunk: Vec<RawElem> = Vec::new();
-    let mut first: Option<&Element> = None;
-    let mut count = 0usize;
-    let mut size = 0usize;
-    let mut flush = |chunk: &mut Vec<RawElem>,
-                     first: &mut Option<&Element>,
-                     count: &mut usize,
-                     size: &mut usize|
-     -> Result<(), NetlinkError> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let what = match (*count, *first) {
-            (1, Some(e)) => format!("{verb} element {} of set {set}", render_element(e)),
-            (n, Some(e)) => format!(
-                "{verb} {n} elements of set {set} (from {})",
-                render_element(e)
-            ),
-            (n, None) => format!("{verb} {n} elements of set {set}"),
+    let (mut first, mut size) = (0usize, 0usize);
+    let mut emit =
+        |chunk: &mut Vec<RawElem>, first: usize, end: usize| -> Result<(), NetlinkError> {
+            let msg =
+                ElemsMsg::new(set, chunk).map_err(enc_err(format!("elements of set {set}")))?;
+            batch.add(&msg, ty);
+            objects.push(MsgRef {
+                op,
+                first,
+                count: end - first,
+            });
+            chunk.clear();
+            Ok(())
         };
-        let msg = ElemsMsg::new(set, chunk).map_err(enc_err(what.clone()))?;
-        batch.add(&msg, ty);
-        objects.push(what);
-        chunk.clear();
-        *first = None;
-        *count = 0;
-        *size = 0;
-        Ok(())
-    };
-    for e in elements {
+    for (i, e) in elements.iter().enumerate() {
         let raw = encode_element(kind_of(e), e).map_err(enc_err(format!(
             "element {} of set {set}",
             render_element(e)
         )))?;
         let add: usize = raw.iter().map(raw::elem_size_estimate).sum();
         // An interval's start and end keys stay in one message.
-        if size + add > raw::ELEMS_MSG_BUDGET {
-            flush(&mut chunk, &mut first, &mut count, &mut size)?;
+        if size + add > raw::ELEMS_MSG_BUDGET && !chunk.is_empty() {
+            emit(&mut chunk, first, i)?;
+            first = i;
+            size = 0;
         }
-        first.get_or_insert(e);
-        count += 1;
         size += add;
         chunk.extend(raw);
     }
-    flush(&mut chunk, &mut first, &mut count, &mut size)
+    if !chunk.is_empty() {
+        emit(&mut chunk, first, elements.len())?;
+    }
+    Ok(())
 }
 
 /// Encodes `tx` into one batch buffer.
 pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
     let table = nftnl::Table::new(c"nftpol", ProtoFamily::Inet);
     let mut batch = Batch::new();
-    let mut objects: Vec<String> = Vec::new();
+    let mut objects: Vec<MsgRef> = Vec::new();
     let mut set_id = 0u32;
-    for op in &tx.ops {
+    // Encoding errors name their object like kernel rejections do.
+    let fail = |r: MsgRef| {
+        move |reason: String| NetlinkError::Encode {
+            object: describe(tx, r),
+            reason,
+        }
+    };
+    for (op_i, op) in tx.ops.iter().enumerate() {
+        let one = MsgRef {
+            op: op_i,
+            first: 0,
+            count: 1,
+        };
         match op {
             Op::AddTable | Op::DelTable => {
                 let ty = if matches!(op, Op::AddTable) {
@@ -133,26 +184,21 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                     MsgType::Del
                 };
                 batch.add(&table, ty);
-                let verb = if ty == MsgType::Add { "add" } else { "delete" };
-                objects.push(format!("{verb} table inet {TABLE_NAME}"));
+                objects.push(one);
             }
             Op::AddSet { name, kind } => {
                 set_id += 1;
-                let what = format!("add set {name}");
-                let msg = SetMsg::new(name, set_id, Some(set_attrs(*kind)))
-                    .map_err(enc_err(what.clone()))?;
+                let msg = SetMsg::new(name, set_id, Some(set_attrs(*kind))).map_err(fail(one))?;
                 batch.add(&msg, MsgType::Add);
-                objects.push(what);
+                objects.push(one);
             }
             Op::DelSet { name } => {
-                let what = format!("delete set {name}");
-                let msg = SetMsg::new(name, 0, None).map_err(enc_err(what.clone()))?;
+                let msg = SetMsg::new(name, 0, None).map_err(fail(one))?;
                 batch.add(&msg, MsgType::Del);
-                objects.push(what);
+                objects.push(one);
             }
             Op::AddChain { name, base } => {
-                let what = format!("add chain {name}");
-                let cname = cstring(name).map_err(enc_err(what.clone()))?;
+                let cname = cstring(name).map_err(fail(one))?;
                 let mut chain = nftnl::Chain::new(&cname, &table);
                 if let Some(b) = base {
                     chain.set_hook(hook(b.hook), b.priority);
@@ -163,16 +209,11 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                     });
                 }
                 batch.add(&chain, MsgType::Add);
-                objects.push(what);
+                objects.push(one);
             }
             Op::DelChain { name } | Op::FlushChain { name } => {
                 let flush = matches!(op, Op::FlushChain { .. });
-                let what = if flush {
-                    format!("flush chain {name}")
-                } else {
-                    format!("delete chain {name}")
-                };
-                let cname = cstring(name).map_err(enc_err(what.clone()))?;
+                let cname = cstring(name).map_err(fail(one))?;
                 let chain = nftnl::Chain::new(&cname, &table);
                 if flush {
                     // A rule delete without a handle flushes the chain.
@@ -180,33 +221,34 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                 } else {
                     batch.add(&chain, MsgType::Del);
                 }
-                objects.push(what);
+                objects.push(one);
             }
             Op::AddRules { chain, rules } => {
-                let cname = cstring(chain).map_err(enc_err(format!("chain {chain}")))?;
+                let cname = cstring(chain).map_err(fail(one))?;
                 let nchain = nftnl::Chain::new(&cname, &table);
                 for (i, rule) in rules.iter().enumerate() {
-                    let what = format!("add rule {i} of chain {chain}: {}", render_rule(rule));
+                    let this = MsgRef {
+                        op: op_i,
+                        first: i,
+                        count: 1,
+                    };
                     let mut r = nftnl::Rule::new(&nchain);
                     for e in super::expr::lower_rule(rule) {
                         r.add_expr(&ExprRef(&e));
                     }
                     if let Some(c) = &rule.comment {
-                        let c = cstring(c).map_err(enc_err(what.clone()))?;
-                        r.set_comment(c).map_err(|e| NetlinkError::Encode {
-                            object: what.clone(),
-                            reason: e.to_string(),
-                        })?;
+                        let c = cstring(c).map_err(fail(this))?;
+                        r.set_comment(c).map_err(|e| fail(this)(e.to_string()))?;
                     }
                     batch.add(&r, MsgType::Add);
-                    objects.push(what);
+                    objects.push(this);
                 }
             }
             Op::AddElements { set, elements } => {
-                add_elements(&mut batch, &mut objects, set, elements, MsgType::Add)?
+                add_elements(&mut batch, &mut objects, op_i, set, elements, MsgType::Add)?
             }
             Op::DelElements { set, elements } => {
-                add_elements(&mut batch, &mut objects, set, elements, MsgType::Del)?
+                add_elements(&mut batch, &mut objects, op_i, set, elements, MsgType::Del)?
             }
         }
     }
@@ -233,7 +275,7 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
 }
 
 /// Sends an encoded batch and waits for its verdict.
-pub fn send(sock: &mut Socket, b: &Encoded) -> Result<(), NetlinkError> {
+pub fn send(sock: &mut Socket, b: &Encoded, tx: &Transaction) -> Result<(), NetlinkError> {
     sock.size_buffers(b.buf.len(), b.objects.len() + 2);
     sock.send_all_at_once(&b.buf)?;
     let mut errors: Vec<(u32, i32, Option<String>)> = Vec::new();
@@ -268,7 +310,7 @@ pub fn send(sock: &mut Socket, b: &Encoded) -> Result<(), NetlinkError> {
         let object = seq
             .checked_sub(b.first_seq)
             .and_then(|i| b.objects.get(i as usize))
-            .cloned()
+            .map(|r| describe(tx, *r))
             .unwrap_or_else(|| format!("batch control message {seq}"));
         if errno == libc::EPERM {
             return Err(NetlinkError::PermissionDenied {

@@ -123,7 +123,7 @@ impl Session {
         let b = batch::encode(tx)?;
         let build = t0.elapsed();
         let t1 = Instant::now();
-        batch::send(&mut self.sock, &b)?;
+        batch::send(&mut self.sock, &b, tx)?;
         Ok(BatchReport {
             messages: b.objects.len(),
             bytes: b.buf.len(),

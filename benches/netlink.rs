@@ -1,0 +1,497 @@
+//! Netlink applier vs `nft`, side by side in one run (issue 4, item 8).
+//!
+//! Run as root: `cargo bench --bench netlink`. The process first moves
+//! itself into a fresh network namespace (`unshare(CLONE_NEWNET)`), so it
+//! never touches the host's ruleset; the `nft` processes it starts
+//! inherit that namespace. Prints a markdown table for docs/BENCHMARKS.md.
+//! Env: `NFTPOL_BENCH_RUNS` (full-apply runs, default 5),
+//! `NFTPOL_BENCH_SMALL_RUNS` (incremental runs, default 21).
+
+use nftpol::netlink::{Applier, Session};
+use policy_compiler::diff::{self, Op, Transaction};
+use policy_compiler::ir::*;
+use policy_compiler::render::{render_rule, render_script};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+/// `pods` per-pod chains of 10 rules each, and per pod three sets of
+/// 60 addresses, 20 port ranges and 20 named-port entries (100 elements),
+/// plus the ingress verdict map with one element per pod.
+fn ruleset(pods: usize) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let mut vmap = BTreeSet::new();
+    for p in 0..pods {
+        let (hi, lo) = ((p / 256) as u8, (p % 256) as u8);
+        let chain = format!("ing_bench_p{p}");
+        let (addrs, ports, named) = (
+            format!("pod4_p{p}"),
+            format!("tcp_p{p}"),
+            format!("nam4_p{p}"),
+        );
+        let set = |kind, elements: BTreeSet<Element>| Set { kind, elements };
+        rs.sets.insert(
+            addrs.clone(),
+            set(
+                SetKind::Addr {
+                    family: Family::Ipv4,
+                    interval: false,
+                },
+                (0..60)
+                    .map(|i| Element::Addr(v4(10, 100 + i, hi, lo)))
+                    .collect(),
+            ),
+        );
+        rs.sets.insert(
+            ports.clone(),
+            set(
+                SetKind::Ports,
+                (0..20u16)
+                    .map(|i| Element::PortRange(1000 + i * 10, 1004 + i * 10))
+                    .collect(),
+            ),
+        );
+        rs.sets.insert(
+            named.clone(),
+            set(
+                SetKind::AddrProtoPort {
+                    family: Family::Ipv4,
+                },
+                (0..20u16)
+                    .map(|i| Element::AddrProtoPort(v4(10, 200, hi, lo), l4::TCP, 8000 + i))
+                    .collect(),
+            ),
+        );
+        let from = Match::AddrInSet {
+            family: Family::Ipv4,
+            dir: Dir::Src,
+            set: addrs,
+        };
+        let mut rules: Vec<Rule> = (0..7u16)
+            .map(|k| Rule {
+                matches: vec![
+                    from.clone(),
+                    Match::L4Proto(l4::TCP),
+                    Match::DPort {
+                        lo: 80 + k,
+                        hi: 80 + k,
+                    },
+                ],
+                verdict: Verdict::Accept,
+                comment: Some(format!("bench/pol{k} ingress[0]")),
+            })
+            .collect();
+        rules.push(Rule {
+            matches: vec![
+                from,
+                Match::L4Proto(l4::TCP),
+                Match::DPortInSet { set: ports },
+            ],
+            verdict: Verdict::Accept,
+            comment: Some("bench/ports ingress[0]".into()),
+        });
+        rules.push(Rule {
+            matches: vec![Match::DAddrProtoPortInSet {
+                family: Family::Ipv4,
+                set: named,
+            }],
+            verdict: Verdict::Accept,
+            comment: Some("bench/named ingress[0]".into()),
+        });
+        rules.push(Rule {
+            matches: vec![],
+            verdict: Verdict::Drop,
+            comment: Some("ingress isolated".into()),
+        });
+        rs.chains.insert(chain.clone(), Chain { base: None, rules });
+        vmap.insert(Element::VmapJump(v4(10, 244, hi, lo), chain));
+    }
+    rs.sets.insert(
+        "ingress_v4".into(),
+        Set {
+            kind: SetKind::Vmap {
+                family: Family::Ipv4,
+            },
+            elements: vmap,
+        },
+    );
+    rs.chains.insert(
+        "forward".into(),
+        Chain {
+            base: Some(BaseChain {
+                hook: Hook::Forward,
+                priority: 0,
+                policy: ChainPolicy::Accept,
+            }),
+            rules: vec![
+                Rule {
+                    matches: vec![Match::CtState(
+                        [CtState::Established, CtState::Related].into(),
+                    )],
+                    verdict: Verdict::Accept,
+                    comment: None,
+                },
+                Rule {
+                    matches: vec![],
+                    verdict: Verdict::AddrVmap {
+                        family: Family::Ipv4,
+                        dir: Dir::Dst,
+                        map: "ingress_v4".into(),
+                    },
+                    comment: None,
+                },
+            ],
+        },
+    );
+    rs
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// Runs `nft -f FILE`, returns the wall time.
+fn nft_file(path: &std::path::Path) -> Duration {
+    let t = Instant::now();
+    let st = Command::new("nft")
+        .arg("-f")
+        .arg(path)
+        .status()
+        .expect("run nft");
+    let d = t.elapsed();
+    assert!(st.success(), "nft -f {} failed", path.display());
+    d
+}
+
+fn nft_list(args: &[&str]) -> (Duration, usize) {
+    let t = Instant::now();
+    let out = Command::new("nft")
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run nft");
+    let d = t.elapsed();
+    assert!(out.status.success(), "nft {args:?} failed");
+    (d, out.stdout.len())
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    let mut f = std::fs::File::create(path).expect("create script");
+    f.write_all(text.as_bytes()).expect("write script");
+}
+
+struct Row {
+    what: String,
+    netlink: Duration,
+    nft: Option<Duration>,
+    note: String,
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("netlink bench: needs root (CAP_NET_ADMIN); skipped");
+        return;
+    }
+    // Everything below runs in a private network namespace.
+    // SAFETY: unshare affects only this (still single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "netlink bench: unshare(CLONE_NEWNET) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
+    let runs = env_usize("NFTPOL_BENCH_RUNS", 5);
+    let small = env_usize("NFTPOL_BENCH_SMALL_RUNS", 21);
+    let dir = std::env::temp_dir().join(format!("nftpol-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut rows: Vec<Row> = Vec::new();
+
+    let big = ruleset(1000);
+    let script = render_script(&big);
+    let script_path = dir.join("full.nft");
+    write(&script_path, &script);
+    let tx = diff::create(&big);
+    let mut s = Session::open().expect("netlink session");
+
+    // --- full apply ---
+    let (mut nl, mut build, mut kernel, mut nf) = (vec![], vec![], vec![], vec![]);
+    let mut msgs = (0, 0);
+    for _ in 0..runs {
+        s.cleanup().expect("cleanup");
+        let t = Instant::now();
+        let r = s.send(&tx).expect("full apply");
+        nl.push(t.elapsed());
+        build.push(r.build);
+        kernel.push(r.kernel);
+        msgs = (r.messages, r.bytes);
+        s.cleanup().expect("cleanup");
+        nf.push(nft_file(&script_path));
+    }
+    let (nl, build, kernel, nf) = (median(nl), median(build), median(kernel), median(nf));
+    let overhead = build.as_secs_f64() / kernel.as_secs_f64();
+    rows.push(Row {
+        what: format!(
+            "full apply: {} chains, {} rules, {} elements ({} messages, {:.1} MB; nft text {:.1} MB)",
+            big.chains.len(),
+            big.rule_count(),
+            big.element_count(),
+            msgs.0,
+            msgs.1 as f64 / 1e6,
+            script.len() as f64 / 1e6
+        ),
+        netlink: nl,
+        nft: Some(nf),
+        note: format!(
+            "{:.2}x faster (goal >= 1.7x); build {} = {:.1}% of kernel {} (goal < 15%)",
+            nf.as_secs_f64() / nl.as_secs_f64(),
+            ms(build),
+            overhead * 100.0,
+            ms(kernel)
+        ),
+    });
+
+    // Leave the full table loaded (as netlink made it) for the rest.
+    s.cleanup().expect("cleanup");
+    s.send(&tx).expect("load");
+
+    // --- read-back ---
+    let mut rb = vec![];
+    for _ in 0..runs {
+        let t = Instant::now();
+        let got = s.read_table().expect("read back");
+        rb.push(t.elapsed());
+        assert_eq!(
+            got.as_ref(),
+            Some(&big),
+            "read-back equals what was applied"
+        );
+    }
+    let mut lr = vec![];
+    let mut bytes = 0;
+    for _ in 0..runs {
+        let (d, n) = nft_list(&["list", "ruleset"]);
+        lr.push(d);
+        bytes = n;
+    }
+    let (rb, lr) = (median(rb), median(lr));
+    rows.push(Row {
+        what: format!(
+            "read back the whole table (nft: `nft list ruleset`, {:.1} MB)",
+            bytes as f64 / 1e6
+        ),
+        netlink: rb,
+        nft: Some(lr),
+        note: format!(
+            "{:.2}x faster (goal > 1x)",
+            lr.as_secs_f64() / rb.as_secs_f64()
+        ),
+    });
+
+    // --- 1-element update, at 100k and at 1k elements ---
+    // An address element for `pod4_*` sets, a named-port entry otherwise.
+    let elem_for = |set: &str, i: usize| {
+        let a = v4(10, 50, (i / 256) as u8, (i % 256) as u8);
+        if set.starts_with("pod4") {
+            Element::Addr(a)
+        } else {
+            Element::AddrProtoPort(a, l4::TCP, 9999)
+        }
+    };
+    let one_elem = |s: &mut Session, rs_set: &str, n: usize| -> (Duration, Duration) {
+        let mut nl = vec![];
+        let mut nf = vec![];
+        for i in 0..n {
+            let e = elem_for(rs_set, i);
+            let add = Transaction {
+                ops: vec![Op::AddElements {
+                    set: rs_set.into(),
+                    elements: vec![e.clone()],
+                }],
+            };
+            let t = Instant::now();
+            s.send(&add).expect("add element");
+            nl.push(t.elapsed());
+            s.send(&Transaction {
+                ops: vec![Op::DelElements {
+                    set: rs_set.into(),
+                    elements: vec![e.clone()],
+                }],
+            })
+            .expect("del element");
+            let p = dir.join("elem.nft");
+            write(
+                &p,
+                &format!(
+                    "add element inet nftpol {rs_set} {{ {} }}\n",
+                    policy_compiler::render::render_element(&e)
+                ),
+            );
+            nf.push(nft_file(&p));
+            write(
+                &p,
+                &format!(
+                    "delete element inet nftpol {rs_set} {{ {} }}\n",
+                    policy_compiler::render::render_element(&e)
+                ),
+            );
+            nft_file(&p);
+        }
+        (median(nl), median(nf))
+    };
+    let (e100k, e100k_nft) = one_elem(&mut s, "pod4_p500", small);
+    // The kernel finds a set by name walking the table's list of sets in
+    // creation order; nam4_p0 is the first set created.
+    let (e100k_first, _) = one_elem(&mut s, "nam4_p0", small);
+
+    // The same through the agent's path: in-memory diff against the
+    // committed state + the batch (no read-back).
+    let mut applier = Applier::new().expect("applier");
+    applier.apply(&big).expect("prime applier");
+    let mut with_one = big.clone();
+    let mut ap = vec![];
+    for i in 0..small {
+        if let Some(set) = with_one.sets.get_mut("pod4_p500") {
+            set.elements
+                .insert(Element::Addr(v4(10, 51, (i / 256) as u8, (i % 256) as u8)));
+        }
+        let t = Instant::now();
+        let r = applier.apply(&with_one).expect("applier one element");
+        ap.push(t.elapsed());
+        assert_eq!(r.summary, "+1 element");
+    }
+    let ap = median(ap);
+
+    // --- one-chain replacement (flush + 10 rules) ---
+    let chain = "ing_bench_p500";
+    let mut rules = big.chains[chain].rules.clone();
+    let mut nl_chain = vec![];
+    let mut nf_chain = vec![];
+    for i in 0..small {
+        // Alternate between two rule lists so every run changes something.
+        if let Some(Match::DPort { lo, hi }) = rules[0].matches.get_mut(2) {
+            *lo = 80 + (i % 2) as u16 * 1000;
+            *hi = *lo;
+        }
+        let tx = Transaction {
+            ops: vec![
+                Op::FlushChain { name: chain.into() },
+                Op::AddRules {
+                    chain: chain.into(),
+                    rules: rules.clone(),
+                },
+            ],
+        };
+        let t = Instant::now();
+        s.send(&tx).expect("replace chain");
+        nl_chain.push(t.elapsed());
+        let mut text = format!("flush chain inet nftpol {chain}\n");
+        for r in &rules {
+            text.push_str(&format!(
+                "add rule inet nftpol {chain} {}\n",
+                render_rule(r)
+            ));
+        }
+        let p = dir.join("chain.nft");
+        write(&p, &text);
+        nf_chain.push(nft_file(&p));
+    }
+    let (nl_chain, nf_chain) = (median(nl_chain), median(nf_chain));
+
+    // --- small ruleset: 10 pods, about 1k elements ---
+    let little = ruleset(10);
+    s.cleanup().expect("cleanup");
+    s.send(&diff::create(&little)).expect("load small");
+    let (e1k, _) = one_elem(&mut s, "pod4_p5", small);
+    let (e1k_first, _) = one_elem(&mut s, "nam4_p0", small);
+    s.cleanup().expect("cleanup");
+
+    rows.push(Row {
+        what: format!("add 1 element, table of {} elements", big.element_count()),
+        netlink: e100k,
+        nft: Some(e100k_nft),
+        note: format!(
+            "{:.0}x faster (goal >= 30x)",
+            e100k_nft.as_secs_f64() / e100k.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        what: format!(
+            "add 1 element, table of {} elements",
+            little.element_count()
+        ),
+        netlink: e1k,
+        nft: None,
+        note: format!(
+            "100k / 1k ratio {:.2} (goal <= 1.5)",
+            e100k.as_secs_f64() / e1k.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        what: format!(
+            "add 1 element to the first-created set, {} vs {} elements",
+            big.element_count(),
+            little.element_count()
+        ),
+        netlink: e100k_first,
+        nft: None,
+        note: format!(
+            "{} at 1k; ratio {:.2} (goal <= 1.5)",
+            ms(e1k_first),
+            e100k_first.as_secs_f64() / e1k_first.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        what: "add 1 element via `Applier` (diff of the 100k table against the committed state + batch)".into(),
+        netlink: ap,
+        nft: Some(e100k_nft),
+        note: format!("{:.0}x faster", e100k_nft.as_secs_f64() / ap.as_secs_f64()),
+    });
+    rows.push(Row {
+        what: "replace one chain: flush + 10 rules (nft: `nft -f` of the same 11 commands)".into(),
+        netlink: nl_chain,
+        nft: Some(nf_chain),
+        note: format!(
+            "{:.0}x faster (goal >= 30x)",
+            nf_chain.as_secs_f64() / nl_chain.as_secs_f64()
+        ),
+    });
+
+    println!("| operation | netlink (median) | nft -f / nft list (median) | result |");
+    println!("| --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what,
+            ms(r.netlink),
+            r.nft.map(ms).unwrap_or_else(|| "-".into()),
+            r.note
+        );
+    }
+    println!("\nruns: {runs} full, {small} incremental");
+    let _ = std::fs::remove_dir_all(&dir);
+}
