@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 const CONVERGE: Duration = Duration::from_secs(10);
 
 /// One agent process; SIGTERM (then SIGKILL) on drop.
-struct Agent {
+pub struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(netns: &str, node: &str, dir: &Path, log: PathBuf) -> Agent {
+    pub fn start(netns: &str, node: &str, dir: &Path, log: PathBuf) -> Agent {
         let err = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
             .args(["netns", "exec", netns, nftpol_bin(), "agent"])
@@ -30,8 +30,10 @@ impl Agent {
             .arg(dir)
             // Each node namespace has its own loopback: no port clash.
             .args(["--metrics-addr", "127.0.0.1:9464", "--drift-interval", "5s"])
-            // Plain logs in the failure report.
+            // Plain logs in the failure report; debug so a reconcile that
+            // changed nothing is visible too.
             .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,nftpol::agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -41,7 +43,7 @@ impl Agent {
     }
 
     /// `Some(log)` when the process has already exited.
-    fn exited(&mut self) -> Option<String> {
+    pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(format!(
                 "agent exited ({status}):\n{}",
@@ -52,8 +54,24 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGKILL, as a crash or an OOM kill would: the agent gets no chance
+    /// to do anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // `ip netns exec` execs the agent, so this pid is the agent's own.
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling a child this test spawned and has not reaped.

@@ -10,6 +10,7 @@
 //! after are judged; the flows the change flips are checked by a full
 //! matrix at the end.
 
+use crate::agent::Agent;
 use crate::cluster::{Programmer, SimCluster};
 use crate::probe::{self, spawn_in, Probe};
 use crate::scenarios::np;
@@ -188,6 +189,26 @@ fn run_phase(
     sets: &[Vec<String>],
     flows: &[(Probe, bool)],
 ) -> PhaseResult {
+    run_phase_with(c, name, sets, flows, |c, i| {
+        set_policies(c, &sets[i % sets.len()]);
+        let dir = c.write_manifests();
+        ["node1", "node2"]
+            .iter()
+            .map(|node| c.program_node(node, &dir))
+            .collect()
+    })
+}
+
+/// The probe loops of [`run_phase`] around any reprogramming step:
+/// `reprogram(c, i)` runs once per iteration and returns what each
+/// programming run printed (or why it failed).
+fn run_phase_with(
+    c: &mut SimCluster,
+    name: &str,
+    sets: &[Vec<String>],
+    flows: &[(Probe, bool)],
+    mut reprogram: impl FnMut(&mut SimCluster, usize) -> Result<Vec<String>, String>,
+) -> PhaseResult {
     set_policies(c, &sets[0]);
     c.program();
     let stop = Arc::new(AtomicBool::new(false));
@@ -205,15 +226,11 @@ fn run_phase(
         std::thread::sleep(PHASE);
     }
     while t0.elapsed() < PHASE && applies < max_applies {
-        set_policies(c, &sets[applies % sets.len()]);
-        let dir = c.write_manifests();
-        for node in ["node1", "node2"] {
-            match c.program_node(node, &dir) {
-                Ok(out) => apply_out.push(out),
-                Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    panic!("{name}: {e}");
-                }
+        match reprogram(c, applies) {
+            Ok(out) => apply_out.extend(out),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                panic!("{name}: {e}");
             }
         }
         applies += 1;
@@ -251,7 +268,10 @@ fn run_phase(
             ));
         }
     }
-    let last = apply_out.last().cloned().unwrap_or_default();
+    let last = apply_out
+        .last()
+        .and_then(|o| o.trim().lines().last().map(str::to_string))
+        .unwrap_or_default();
     let unchanged = apply_out
         .iter()
         .filter(|o| o.contains("no changes"))
@@ -299,6 +319,44 @@ fn phase(c: &mut SimCluster, name: &str, sets: &[Vec<String>], flows: &[(Probe, 
     }
 }
 
+/// Agent restarts: every iteration SIGKILLs the running agents (a crash:
+/// no cleanup at all) and starts new ones on the same manifests, which
+/// must take over the table they find without disturbing a single flow.
+fn agent_restarts(c: &mut SimCluster, set: &[String], flows: &[(Probe, bool)]) -> PhaseResult {
+    set_policies(c, set);
+    let dir = c.dir.join("agent-restarts");
+    c.write_manifests_to(&dir);
+    let mut running: Vec<Agent> = Vec::new();
+    let r = run_phase_with(
+        c,
+        "agent restarts",
+        std::slice::from_ref(&set.to_vec()),
+        flows,
+        |c, i| {
+            for a in running.iter_mut() {
+                a.kill_hard();
+            }
+            running.clear();
+            for n in &c.topo.nodes {
+                let log = c.dir.join(format!("restart-{}-{i}.log", n.name));
+                running.push(Agent::start(&n.netns, &n.name, &dir, log));
+            }
+            // Long enough to list the files, read the kernel back and decide.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut logs = Vec::new();
+            for a in running.iter_mut() {
+                if let Some(log) = a.exited() {
+                    return Err(log);
+                }
+                logs.push(a.log_text());
+            }
+            Ok(logs)
+        },
+    );
+    drop(running);
+    r
+}
+
 #[test]
 fn restart_without_a_gap() {
     require_root!();
@@ -325,9 +383,44 @@ fn restart_without_a_gap() {
     phase(
         &mut c,
         "changed policy sets (A, B, A, ...)",
-        &[a, b.clone()],
+        &[a.clone(), b.clone()],
         &flows,
     );
+    if c.programmer == Programmer::Apply {
+        let r = agent_restarts(&mut c, &a, &flows);
+        assert!(
+            r.wrong_allowed + r.wrong_dropped == 0 && r.report.is_empty(),
+            "agent restarts: probes went wrong:\n{}\n{}\n{}",
+            r.report,
+            c.ruleset("node1"),
+            c.ruleset("node2")
+        );
+        assert!(r.applies >= 2, "only {} agent restarts ran", r.applies);
+        // A restarted agent finds the table right and sends no batch.
+        let updated: Vec<&String> = r
+            .outputs
+            .iter()
+            .filter(|l| l.contains("kernel table updated"))
+            .collect();
+        let idle = r
+            .outputs
+            .iter()
+            .filter(|l| l.contains("already up to date"))
+            .count();
+        eprintln!(
+            "agent restarts: {idle} of {} restarted agents logged an idle reconcile",
+            r.outputs.len()
+        );
+        assert!(
+            updated.is_empty(),
+            "a restarted agent changed an already correct table:\n{}",
+            updated
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+    }
     // The flipping flows: the final state must be exactly B's matrix.
     set_policies(&mut c, &b);
     c.check("after the re-apply loop, policy set B");
