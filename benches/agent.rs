@@ -75,12 +75,15 @@ async fn ack(acks: &mut UnboundedReceiver<Instant>) -> Option<Instant> {
 }
 
 /// The local pod the events revolve around, and its labels.
-fn target(model: &policy_compiler::Cluster) -> policy_compiler::model::Pod {
-    model
+/// The node's pods; the first is the one most events revolve around.
+fn local_pods(model: &policy_compiler::Cluster) -> Vec<policy_compiler::model::Pod> {
+    let v: Vec<_> = model
         .pods()
-        .find(|p| p.node_name.as_deref() == Some(NODE) && p.is_policy_pod())
+        .filter(|p| p.node_name.as_deref() == Some(NODE) && p.is_policy_pod())
         .cloned()
-        .expect("the synthetic cluster has pods on node-007")
+        .collect();
+    assert!(!v.is_empty(), "the synthetic cluster has pods on node-007");
+    v
 }
 
 fn with_labels(p: &policy_compiler::model::Pod, extra: &[(&str, &str)]) -> Value {
@@ -92,7 +95,8 @@ fn with_labels(p: &policy_compiler::model::Pod, extra: &[(&str, &str)]) -> Value
 }
 
 /// The `i`th event of kind `i % 3`.
-fn event(i: usize, t: &policy_compiler::model::Pod) -> (&'static str, Value) {
+fn event(i: usize, locals: &[policy_compiler::model::Pod]) -> (&'static str, Value) {
+    let t = &locals[0];
     match i % 3 {
         0 => (
             "pod label change",
@@ -104,16 +108,21 @@ fn event(i: usize, t: &policy_compiler::model::Pod) -> (&'static str, Value) {
                 ],
             ),
         ),
-        1 => (
-            "new policy",
-            policy(
-                &t.namespace,
-                &format!("bench-new-{i}"),
-                json!({"bench": "p"}),
-                json!({"app": format!("app-{}", i % 5)}),
-                10_000 + i as u16,
-            ),
-        ),
+        1 => {
+            // New policies go round the node's pods: one pod isolated by
+            // hundreds of policies is not the case measured here.
+            let p = &locals[(i / 3) % locals.len()];
+            (
+                "new policy",
+                policy(
+                    &p.namespace,
+                    &format!("bn-{i}"),
+                    json!(p.labels),
+                    json!({"app": format!("app-{}", i % 5)}),
+                    10_000 + (i % 50_000) as u16,
+                ),
+            )
+        }
         _ => (
             "peer pod added",
             pod(
@@ -166,6 +175,7 @@ fn enter_scratch_netns() -> Option<Netns> {
 }
 
 fn main() {
+    nftpol::cli::init_logging(nftpol::cli::LogFormat::Text);
     let netns = enter_scratch_netns();
     let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")
         .ok()
@@ -189,11 +199,11 @@ fn main() {
             shape.policies,
             ms(t0.elapsed())
         );
-        let t = target(&model);
+        let locals = local_pods(&model);
 
         measure(
             &fake,
-            &t,
+            &locals,
             MemoryBackend::default(),
             events,
             0,
@@ -205,7 +215,7 @@ fn main() {
                 Ok(nl) => {
                     measure(
                         &fake,
-                        &t,
+                        &locals,
                         nl,
                         events,
                         100_000,
@@ -217,19 +227,20 @@ fn main() {
             },
             None => println!("netlink backend not measured: needs root (a scratch netns)\n"),
         }
-        rss(&fake, &t, events.min(150)).await;
+        rss(&fake, &locals, events.min(150)).await;
     });
 }
 
 /// Runs an in-process agent on `backend` and prints the latency table.
 async fn measure<B: Backend>(
     fake: &FakeApi,
-    t: &policy_compiler::model::Pod,
+    locals: &[policy_compiler::model::Pod],
     backend: B,
     events: usize,
     base: usize,
     label: &str,
 ) {
+    let t = &locals[0];
     let (acks_tx, mut acks) = unbounded_channel();
     let backend = Timed {
         inner: backend,
@@ -283,7 +294,7 @@ async fn measure<B: Backend>(
     let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
     let mut missed = 0;
     for i in 0..events {
-        let (kind, obj) = event(base + i, t);
+        let (kind, obj) = event(base + i, locals);
         let sent = Instant::now();
         fake.apply(obj).expect("apply");
         match ack(&mut acks).await {
@@ -326,7 +337,7 @@ async fn measure<B: Backend>(
 }
 
 /// Runs the agent binary against the fake and reports its memory.
-async fn rss(fake: &FakeApi, t: &policy_compiler::model::Pod, events: usize) {
+async fn rss(fake: &FakeApi, locals: &[policy_compiler::model::Pod], events: usize) {
     let dir = std::env::temp_dir().join(format!("nftpol-bench-agent-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let kubeconfig = dir.join("kubeconfig");
@@ -362,7 +373,7 @@ current-context: fake\n",
     };
     let ready_after = started.elapsed();
     for i in 0..events {
-        let (_, obj) = event(200_000 + i, t);
+        let (_, obj) = event(200_000 + i, locals);
         let _ = fake.apply(obj);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
