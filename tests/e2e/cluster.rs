@@ -630,8 +630,7 @@ impl Drop for SimCluster {
     }
 }
 
-/// Used by tests that need a shell-level view of a namespace.
-#[allow(dead_code)]
+/// Runs a command inside a namespace and returns its stdout.
 pub fn netns_exec(netns: &str, args: &[&str]) -> String {
     run(Command::new("ip").args(["netns", "exec", netns]).args(args))
 }

@@ -1,10 +1,19 @@
 //! nftpol end-to-end tests on a simulated cluster built from network
 //! namespaces (root only; every test skips with a message otherwise).
 //!
-//! Layout: `netns` builds the topology, `probe` runs servers and clients
-//! in pod namespaces, `cluster` ties both to the Kubernetes manifests and
-//! programs the nodes with the nftpol binary, `oracle` is the compiler's
-//! semantic evaluator, and the remaining modules are the test cases.
+//! Harness: `netns` builds the topology (two nodes joined by a veth
+//! fabric, pods on routed veths or on a bridge) and removes it on drop,
+//! `probe` runs servers and clients inside pod namespaces, `cluster` ties
+//! both to the Kubernetes manifests, programs the nodes with the nftpol
+//! binary and compares the probed matrix with `oracle` (the compiler's
+//! semantic evaluator).
+//!
+//! Cases: `scenarios` (the upstream netpol e2e, node/pod-to-node, Service
+//! DNAT, bridged nodes, hostNetwork), `sctp` (SCTP by raw packets),
+//! `generated` (random policies), `restart` (re-applies and agent restarts
+//! under continuous probes), `agent` (the long-running agent), `selftest`
+//! (the harness catches what it must), `deploy` (the deployment manifests
+//! parse; no root needed).
 
 /// Returns early (passing) when the environment cannot build namespaces.
 /// Defined before the modules so every test module can use it.
