@@ -211,6 +211,28 @@ struct Row {
 }
 
 fn main() {
+    // Profiling aid (no root needed): encode the full batch repeatedly.
+    if let Ok(n) = std::env::var("NFTPOL_BENCH_ENCODE_ONLY") {
+        let tx = diff::create(&ruleset(1000));
+        let (elems, rest): (Vec<Op>, Vec<Op>) = tx
+            .ops
+            .iter()
+            .cloned()
+            .partition(|o| matches!(o, Op::AddElements { .. }));
+        let parts = [
+            ("all", tx.clone()),
+            ("elements", Transaction { ops: elems }),
+            ("rest", Transaction { ops: rest }),
+        ];
+        for _ in 0..n.parse().unwrap_or(10) {
+            for (what, tx) in &parts {
+                let t = Instant::now();
+                let b = nftpol::netlink::batch::encode(tx).expect("encode");
+                println!("encode {what}: {} ({} bytes)", ms(t.elapsed()), b.buf.len());
+            }
+        }
+        return;
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("netlink bench: needs root (CAP_NET_ADMIN); skipped");

@@ -106,9 +106,12 @@ fn hook(h: Hook) -> nftnl::Hook {
     }
 }
 
-fn enc_err(object: impl Into<String>) -> impl FnOnce(String) -> NetlinkError {
-    let object = object.into();
-    move |reason| NetlinkError::Encode { object, reason }
+/// An encoding error; `object` is only rendered when there is one.
+fn enc_err(object: impl FnOnce() -> String) -> impl FnOnce(String) -> NetlinkError {
+    move |reason| NetlinkError::Encode {
+        object: object(),
+        reason,
+    }
 }
 
 /// Adds element messages for `elements` of `set`, chunked so each message
@@ -126,7 +129,7 @@ fn add_elements(
     let mut emit =
         |chunk: &mut Vec<RawElem>, first: usize, end: usize| -> Result<(), NetlinkError> {
             let msg =
-                ElemsMsg::new(set, chunk).map_err(enc_err(format!("elements of set {set}")))?;
+                ElemsMsg::new(set, chunk).map_err(enc_err(|| format!("elements of set {set}")))?;
             batch.add(&msg, ty);
             objects.push(MsgRef {
                 op,
@@ -137,10 +140,9 @@ fn add_elements(
             Ok(())
         };
     for (i, e) in elements.iter().enumerate() {
-        let raw = encode_element(kind_of(e), e).map_err(enc_err(format!(
-            "element {} of set {set}",
-            render_element(e)
-        )))?;
+        let raw = encode_element(kind_of(e), e).map_err(enc_err(|| {
+            format!("element {} of set {set}", render_element(e))
+        }))?;
         let add: usize = raw.iter().map(raw::elem_size_estimate).sum();
         // An interval's start and end keys stay in one message.
         if size + add > raw::ELEMS_MSG_BUDGET && !chunk.is_empty() {
@@ -262,7 +264,7 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
     } else {
         (seqs.start, None)
     };
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(fin.iter().map(<[u8]>::len).sum());
     for page in &fin {
         buf.extend_from_slice(page);
     }
