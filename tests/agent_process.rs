@@ -431,3 +431,24 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
     );
     assert!(logs.contains("initial sync complete"), "{logs}");
 }
+
+#[test]
+fn a_change_after_an_external_table_delete_is_still_applied() {
+    require_root!();
+    let dir = TempDir::new("gone");
+    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    if !netlink_available(&dir.0) {
+        eprintln!("SKIP: this build's agent cannot program nftables");
+        return;
+    }
+    let ns = Netns::new("gone");
+    // No drift check during the test: only the change path can recover.
+    let _agent = start_agent(&ns, &dir.0, "1h");
+    follows(&ns, &reference(&dir.0), FOLLOW);
+    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
+    // The incremental batch fails (the table is gone), the agent forgets
+    // its record, reads the kernel back and recreates the table.
+    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    eprintln!("change after external delete enforced after {took:?}");
+}

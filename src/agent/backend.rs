@@ -9,6 +9,7 @@
 //! loop relies on "nothing changed" to detect drift.
 
 use crate::netlink::{NetlinkError, Session};
+use policy_compiler::diff;
 use policy_compiler::ir::{Element, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +54,15 @@ impl BackendError {
 
 /// Programs a desired ruleset into some kernel.
 pub trait Backend: Send + 'static {
+    /// Makes the kernel equal `desired`. May trust its own record of what
+    /// it last wrote instead of reading the table back (the hot path).
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError>;
+
+    /// Like `apply`, but always reads the kernel back first: the drift
+    /// check. `changed` then means the kernel had drifted.
+    fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        self.apply(desired)
+    }
 }
 
 /// The state of the in-memory kernel, shared with whoever holds a
@@ -155,34 +164,71 @@ fn describe(actual: Option<&Ruleset>, desired: &Ruleset) -> (String, usize) {
     (summary, messages)
 }
 
-/// The real kernel, through the netlink applier (`crate::netlink`). A
-/// netlink socket is opened per apply: it costs microseconds, keeps the
+/// The real kernel, through the netlink applier (`crate::netlink`).
+///
+/// Reading the whole table back costs more than the change itself at
+/// scale, and the agent is the table's only writer, so `apply` diffs
+/// against the ruleset of its last acknowledged batch; the periodic
+/// `verify` reads the kernel back and catches anyone else's edits. Any
+/// error forgets that record, so the next attempt reads back.
+///
+/// A netlink socket is opened per call: it costs microseconds, keeps the
 /// backend `Send` (the socket is not), and a socket left in a bad state
 /// by an error never outlives the attempt.
 pub struct NetlinkBackend {
-    _private: (),
+    /// What the kernel holds after our last acknowledged batch.
+    known: Option<Ruleset>,
 }
 
 impl NetlinkBackend {
     /// Checks that a netfilter netlink socket can be opened at all.
     pub fn new() -> Result<NetlinkBackend, BackendError> {
         Session::open()?;
-        Ok(NetlinkBackend { _private: () })
+        Ok(NetlinkBackend { known: None })
     }
-}
 
-impl Backend for NetlinkBackend {
-    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+    fn read_back_apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        self.known = None;
         let r = Session::open()?.apply(desired)?;
         if r.replaced_foreign {
             tracing::warn!(
                 "the inet nftpol table held objects nftpol did not write; replaced it whole"
             );
         }
+        self.known = Some(desired.clone());
         Ok(Applied {
             changed: r.batch_sent,
             summary: r.summary,
             messages: r.messages,
         })
+    }
+}
+
+impl Backend for NetlinkBackend {
+    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        let Some(known) = self.known.take() else {
+            return self.read_back_apply(desired);
+        };
+        let tx = diff::diff(desired, &known);
+        if tx.is_empty() {
+            self.known = Some(known);
+            return Ok(Applied {
+                changed: false,
+                summary: "no changes".into(),
+                messages: 0,
+            });
+        }
+        // On error `known` stays forgotten: the next attempt reads back.
+        let sent = Session::open()?.send(&tx)?;
+        self.known = Some(desired.clone());
+        Ok(Applied {
+            changed: true,
+            summary: tx.summary(),
+            messages: sent.messages,
+        })
+    }
+
+    fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        self.read_back_apply(desired)
     }
 }

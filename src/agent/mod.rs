@@ -62,7 +62,7 @@ pub struct AgentArgs {
     pub dry_run: bool,
 }
 
-/// `30s`, `500ms`, `2m`, or plain seconds.
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -76,7 +76,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?}: not a valid duration"));

@@ -14,9 +14,10 @@
 //! - a failed batch changes nothing in the kernel (batches are atomic), so
 //!   the last good ruleset stays enforced; it is retried with exponential
 //!   backoff;
-//! - every `drift_interval` the last applied ruleset is applied again: the
-//!   backend reads the table back, and a non-empty difference means someone
-//!   changed our table; it is repaired, logged and counted.
+//! - every `drift_interval` the last applied ruleset is verified: the
+//!   backend reads the table back (the hot path trusts its record of the
+//!   last batch instead), and a non-empty difference means someone changed
+//!   our table; it is repaired, logged and counted.
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
@@ -337,7 +338,7 @@ impl<B: Backend> Reconciler<B> {
     }
 
     fn repair_drift(&mut self, last: &Ruleset) {
-        match self.backend.apply(last) {
+        match self.backend.verify(last) {
             Ok(Applied { changed: false, .. }) => {
                 self.ok(Instant::now());
             }

@@ -708,3 +708,17 @@ async fn a_restart_finds_the_table_right_and_sends_nothing() {
     assert_eq!(kernel.state().batches, batches + 1);
     again.stop().await;
 }
+
+#[test]
+fn durations_parse_with_units() {
+    use super::parse_duration;
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+    assert!(parse_duration("10 parsecs").is_err());
+    assert!(parse_duration("-1s").is_err());
+    assert!(parse_duration("").is_err());
+}
