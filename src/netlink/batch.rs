@@ -276,6 +276,33 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
     })
 }
 
+/// Clears NLM_F_ACK on every message between BATCH_BEGIN and BATCH_END.
+/// The kernel still reports each failing message (an error is always
+/// sent) and acks BATCH_END, the only ack that means "committed"; what
+/// goes away is one ack skb per message (about 10% of the kernel's time
+/// for a full load). nftnl's safe types always set the flag, hence this
+/// pass over the finished buffer.
+pub fn strip_message_acks(b: &mut Encoded) {
+    let n = b.objects.len();
+    let mut off = 0usize;
+    let mut index = 0usize;
+    while off + 16 <= b.buf.len() {
+        let len = u32::from_ne_bytes([b.buf[off], b.buf[off + 1], b.buf[off + 2], b.buf[off + 3]])
+            as usize;
+        if len < 16 {
+            break;
+        }
+        // Message 0 is BATCH_BEGIN and message n + 1 BATCH_END.
+        if index >= 1 && index <= n {
+            let flags =
+                u16::from_ne_bytes([b.buf[off + 6], b.buf[off + 7]]) & !(libc::NLM_F_ACK as u16);
+            b.buf[off + 6..off + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
+        off += len.next_multiple_of(4);
+        index += 1;
+    }
+}
+
 /// Sends an encoded batch and waits for its verdict.
 pub fn send(sock: &mut Socket, b: &Encoded, tx: &Transaction) -> Result<(), NetlinkError> {
     sock.size_buffers(b.buf.len(), b.objects.len() + 2);

@@ -590,6 +590,41 @@ fn a_batch_with_one_bad_message_changes_nothing() {
 }
 
 #[test]
+fn without_per_message_acks_errors_are_still_matched() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::create("nftpol-t-");
+    ns.run(|| {
+        let want = every_feature(&[1]);
+        let mut s = session();
+        s.set_ack_each(false);
+        s.apply(&want).expect("apply");
+        assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
+        let tx = Transaction {
+            ops: vec![
+                Op::DelElements {
+                    set: "pod4_a".into(),
+                    elements: vec![Element::Addr(ip("10.1.0.6"))],
+                },
+                Op::AddElements {
+                    set: "pod4_a".into(),
+                    elements: vec![Element::Addr(ip("10.1.0.5"))],
+                },
+            ],
+        };
+        match s.send(&tx) {
+            Err(NetlinkError::Rejected { object, errno, .. }) => {
+                assert_eq!(object, "add element 10.1.0.5 of set pod4_a");
+                assert_eq!(errno, libc::EEXIST);
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
+    });
+}
+
+#[test]
 fn incremental_changes_send_only_what_changed() {
     if !is_root() {
         return;
