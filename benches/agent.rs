@@ -24,17 +24,20 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 const NODE: &str = "node-007";
 
-/// Reports the instant each batch was acknowledged.
+/// Reports the instant each batch was acknowledged, and how long the
+/// backend's part took (diff, encode, send, kernel).
 struct Timed<B> {
     inner: B,
-    acks: UnboundedSender<Instant>,
+    acks: UnboundedSender<(Instant, Duration)>,
 }
 
 impl<B: Backend> Backend for Timed<B> {
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        let t0 = Instant::now();
         let r = self.inner.apply(desired);
         if matches!(r, Ok(Applied { changed: true, .. })) {
-            let _ = self.acks.send(Instant::now());
+            let now = Instant::now();
+            let _ = self.acks.send((now, now - t0));
         }
         r
     }
@@ -67,7 +70,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn ack(acks: &mut UnboundedReceiver<Instant>) -> Option<Instant> {
+async fn ack(acks: &mut UnboundedReceiver<(Instant, Duration)>) -> Option<(Instant, Duration)> {
     tokio::time::timeout(Duration::from_secs(10), acks.recv())
         .await
         .ok()
@@ -263,7 +266,7 @@ async fn measure<B: Backend>(
             let _ = stopped.await;
         },
     ));
-    let first = ack(&mut acks).await.expect("initial sync batch");
+    let (first, _) = ack(&mut acks).await.expect("initial sync batch");
     println!(
         "initial list of every kind + first batch: {}",
         ms(first - started)
@@ -293,12 +296,16 @@ async fn measure<B: Backend>(
     }
     let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
     let mut missed = 0;
+    let mut in_backend = Vec::new();
     for i in 0..events {
         let (kind, obj) = event(base + i, locals);
         let sent = Instant::now();
         fake.apply(obj).expect("apply");
         match ack(&mut acks).await {
-            Some(at) => by_kind.entry(kind).or_default().push(at - sent),
+            Some((at, backend)) => {
+                by_kind.entry(kind).or_default().push(at - sent);
+                in_backend.push(backend);
+            }
             None => missed += 1,
         }
         // Quiet time, so every event is a single event.
@@ -329,6 +336,12 @@ async fn measure<B: Backend>(
         ms(pct(&all, 0.5)),
         ms(pct(&all, 0.99)),
         ms(*all.last().unwrap_or(&Duration::ZERO))
+    );
+    in_backend.sort();
+    println!(
+        "\nof which in the backend (diff, encode, send, kernel ack): p50 {}, p99 {}",
+        ms(pct(&in_backend, 0.5)),
+        ms(pct(&in_backend, 0.99))
     );
     if missed > 0 {
         println!("({missed} events produced no batch within 10 s)");
