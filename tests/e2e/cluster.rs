@@ -77,8 +77,22 @@ impl Programmer {
     }
 }
 
+/// The nftpol binary under test: a private copy made once per process,
+/// so a `cargo build` running alongside in the same tree (several people
+/// share one here) cannot swap the binary halfway through the suite.
 pub fn nftpol_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nftpol")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = env!("CARGO_BIN_EXE_nftpol");
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}-bin", std::process::id()));
+        let copy = dir.join("nftpol");
+        let ok = std::fs::create_dir_all(&dir).is_ok() && std::fs::copy(built, &copy).is_ok();
+        match (ok, copy.to_str()) {
+            (true, Some(p)) => p.to_string(),
+            // Falling back to the build output is still correct.
+            _ => built.to_string(),
+        }
+    })
 }
 
 /// The outcome of one step.

@@ -132,6 +132,29 @@ fn sweep_stale() {
             .stdin(Stdio::null())
             .status();
     }
+    // Same for the per-process temp directories (manifests, the private
+    // copy of the binary): `nftpol-t-<pid>-<n or "bin">`.
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (Some(pid), Some(n), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if numeric(pid)
+            && (numeric(n) || n == "bin")
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && e.path().is_dir()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// One simulated node.
