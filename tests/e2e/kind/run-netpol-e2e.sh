@@ -88,6 +88,11 @@ cleanup() {
 }
 
 create_cluster() {
+  if [[ "${IP_FAMILY}" != "ipv4" ]] &&
+    [[ "$(cat /proc/sys/net/ipv6/conf/all/forwarding 2>/dev/null || echo 0)" != "1" ]]; then
+    # kind's IPv6 and dual-stack clusters route through the host.
+    log "warning: net.ipv6.conf.all.forwarding is not 1 on this host; IPv6 pod traffic may fail"
+  fi
   log "creating kind cluster ${CLUSTER_NAME} (${K8S_VERSION}, ${IP_FAMILY}, kube-proxy ${KUBEPROXY_MODE})"
   # kindnet stays the CNI (disableDefaultCNI is false): it does routing
   # only, and nftpol enforces the policies on top of it.
