@@ -452,3 +452,182 @@ fn a_change_after_an_external_table_delete_is_still_applied() {
     let took = follows(&ns, &reference(&dir.0), FOLLOW);
     eprintln!("change after external delete enforced after {took:?}");
 }
+
+/// Moves the calling thread (and the threads and processes it creates
+/// from now on) into `ns`.
+fn enter(ns: &Netns) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).expect("netns file");
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// What `nftpol compile` makes of the fake API server's objects, as the
+/// kernel lists it.
+fn reference_of(fake: &nftpol::agent::fakeapi::FakeApi) -> String {
+    let dir = TempDir::new("dump");
+    std::fs::write(dir.0.join("dump.yaml"), fake.dump()).expect("write dump");
+    reference(&dir.0)
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = http_get(port, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The agent in Kubernetes mode, as a process in a node namespace, against
+/// the fake API server (real HTTP list/watch) serving inside that same
+/// namespace: initial sync, every kind of change, a relist after 410 Gone
+/// with a deletion missed meanwhile, drift repair, and a restart during
+/// which the table never changes and no batch is sent.
+#[test]
+fn kube_mode_agent_against_the_fake_api_server() {
+    use nftpol::agent::fakeapi::{ApiKind, FakeApi};
+    use serde_json::json;
+    require_root!();
+    let probe_dir = TempDir::new("kprobe");
+    std::fs::write(probe_dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    if !netlink_available(&probe_dir.0) {
+        eprintln!("SKIP: this build's agent cannot program nftables");
+        return;
+    }
+    let ns = Netns::new("kube");
+    enter(&ns);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fake = rt.block_on(FakeApi::start()).expect("fake api");
+    fake.load_yaml(&format!("{CLUSTER}---\n{POLICY}"))
+        .expect("load");
+    let dir = TempDir::new("kube");
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: f\n  cluster: {{server: \"http://{}\"}}\n\
+users:\n- name: f\n  user: {{}}\ncontexts:\n- name: f\n  context: {{cluster: f, user: f}}\n\
+current-context: f\n",
+            fake.addr
+        ),
+    )
+    .expect("kubeconfig");
+    let start = || {
+        let child = Command::new(BIN)
+            .args(["agent", "--node-name", "node-1", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:9464",
+                "--drift-interval",
+                "500ms",
+            ])
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn agent");
+        Agent(child)
+    };
+    let pod = |name: &str, app: &str, node: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+    };
+
+    let agent = start();
+    let took = follows(&ns, &reference_of(&fake), FOLLOW);
+    eprintln!("initial sync programmed after {took:?}");
+
+    // A change of each kind.
+    fake.apply(pod("cli-1", "cli", "node-2", "10.9.2.11"))
+        .expect("apply");
+    follows(&ns, &reference_of(&fake), FOLLOW);
+    fake.apply(pod("web-1", "web", "node-1", "10.9.1.11"))
+        .expect("apply");
+    follows(&ns, &reference_of(&fake), FOLLOW);
+    fake.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "cli-egress", "namespace": "prod"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}]}}),
+    )
+    .expect("apply");
+    follows(&ns, &reference_of(&fake), FOLLOW);
+    fake.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "prod", "labels": {"team": "b"}}}))
+        .expect("apply");
+    follows(&ns, &reference_of(&fake), FOLLOW);
+    assert!(fake.delete(ApiKind::NetworkPolicy, "prod", "web"));
+    let took = follows(&ns, &reference_of(&fake), FOLLOW);
+    eprintln!("policy deletion enforced after {took:?}");
+
+    // 410 Gone: a pod deleted while the watches are down is only seen by
+    // the relist.
+    fake.hold_lists(&ApiKind::ALL);
+    fake.expire_watches();
+    assert!(fake.delete(ApiKind::Pod, "prod", "web-1"));
+    std::thread::sleep(Duration::from_millis(100));
+    fake.release_lists();
+    let took = follows(&ns, &reference_of(&fake), FOLLOW);
+    eprintln!("relist after 410 enforced after {took:?}");
+
+    // Drift.
+    let want = reference_of(&fake);
+    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    follows(&ns, &want, FOLLOW);
+    assert!(metric(9464, "nftpol_drift_repairs_total").unwrap_or(0.0) >= 1.0);
+
+    // Restart: SIGTERM, then a new agent whose pod list hangs. The table
+    // must stay exactly as it is the whole time, and the new agent must
+    // send no batch once it has listed everything.
+    let mut agent = agent;
+    // SAFETY: kill(2) on our own child has no memory effects.
+    unsafe {
+        libc::kill(agent.0.id() as i32, libc::SIGTERM);
+    }
+    let st = agent.0.wait().expect("wait");
+    assert!(st.success(), "{st:?}");
+    fake.hold_lists(&[ApiKind::Pod]);
+    let _again = start();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(700) {
+        assert_eq!(
+            ns.table().as_deref(),
+            Some(want.as_str()),
+            "table changed during restart"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !http_get(9464, "/readyz").starts_with("HTTP/1.0 200"),
+        "not ready before the pods are listed"
+    );
+    fake.release_lists();
+    let t0 = Instant::now();
+    while !http_get(9464, "/readyz").starts_with("HTTP/1.0 200") {
+        assert!(t0.elapsed() < FOLLOW, "new agent never ready");
+        assert_eq!(
+            ns.table().as_deref(),
+            Some(want.as_str()),
+            "table changed during restart"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(ns.table().as_deref(), Some(want.as_str()));
+    assert_eq!(
+        metric(9464, "nftpol_batch_messages_count"),
+        Some(0.0),
+        "a restart with nothing changed sends no batch"
+    );
+    // And it follows changes.
+    fake.apply(pod("cli-2", "cli", "node-2", "10.9.2.12"))
+        .expect("apply");
+    follows(&ns, &reference_of(&fake), FOLLOW);
+    drop(fake);
+}

@@ -31,7 +31,7 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Watches all three kinds until the reconcile loop goes away.
 pub async fn run(
@@ -177,7 +177,9 @@ async fn watch_kind<K>(
 {
     let mut reported = HashSet::new();
     let config = watcher::Config::default().page_size(500);
-    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .boxed();
     // Reduced objects of a listing in progress.
     let mut listing: Option<Vec<Object>> = None;
     while let Some(ev) = stream.next().await {
@@ -238,6 +240,49 @@ async fn watch_kind<K>(
                 return;
             }
         }
+    }
+}
+
+/// Retry delays after a watch error: from 250 ms (kube's default starts
+/// at 800 ms, and a 410 relist is routine, not an outage) doubling to 30 s,
+/// each cut by a random 0-50% so thousands of agents do not hit a
+/// recovering API server in step; back to the start after a success.
+struct WatchBackoff {
+    next: Duration,
+    state: std::collections::hash_map::RandomState,
+    n: u64,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: WatchBackoff::MIN,
+            state: Default::default(),
+            n: 0,
+        }
+    }
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::BuildHasher;
+        self.n += 1;
+        let jitter = (self.state.hash_one(self.n) % 1000) as f64 / 2000.0;
+        let d = self.next.mul_f64(1.0 - jitter);
+        self.next = (self.next * 2).min(WatchBackoff::MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WatchBackoff::MIN;
     }
 }
 
