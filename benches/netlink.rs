@@ -166,7 +166,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
-    if ms < 10.0 {
+    if ms < 0.1 {
+        format!("{:.1} µs", ms * 1e3)
+    } else if ms < 10.0 {
         format!("{ms:.2} ms")
     } else {
         format!("{ms:.0} ms")
@@ -251,6 +253,39 @@ fn main() {
             std::io::Error::last_os_error()
         );
         std::process::exit(1);
+    }
+    // Profiling aid: N one-element add/delete pairs on the full table.
+    if let Ok(n) = std::env::var("NFTPOL_BENCH_ELEM_LOOP") {
+        let pods = env_usize("NFTPOL_BENCH_PODS", 1000);
+        let mut s = Session::open().expect("netlink session");
+        s.send(&diff::create(&ruleset(pods))).expect("load");
+        let set = std::env::var("NFTPOL_BENCH_SET").unwrap_or_else(|_| "nam4_p0".into());
+        let e = if set.starts_with("tcp") {
+            Element::PortRange(9999, 9999)
+        } else {
+            Element::AddrProtoPort(v4(10, 50, 0, 1), l4::TCP, 9999)
+        };
+        let t = Instant::now();
+        let n: usize = n.parse().unwrap_or(1000);
+        for _ in 0..n {
+            for op in [
+                Op::AddElements {
+                    set: set.clone(),
+                    elements: vec![e.clone()],
+                },
+                Op::DelElements {
+                    set: set.clone(),
+                    elements: vec![e.clone()],
+                },
+            ] {
+                s.send(&Transaction { ops: vec![op] }).expect("element");
+            }
+        }
+        println!(
+            "{pods} pods, set {set}: {:?} per batch",
+            t.elapsed() / (2 * n as u32)
+        );
+        return;
     }
     let runs = env_usize("NFTPOL_BENCH_RUNS", 5);
     let small = env_usize("NFTPOL_BENCH_SMALL_RUNS", 21);
@@ -371,9 +406,11 @@ fn main() {
             Element::AddrProtoPort(a, l4::TCP, 9999)
         }
     };
+    // Netlink: `n` rounds of (add one element, delete it), each a batch,
+    // back to back (warm), median over rounds of the add's time; nft:
+    // `small` runs of `nft -f` adding one element, median.
     let one_elem = |s: &mut Session, rs_set: &str, n: usize| -> (Duration, Duration) {
         let mut nl = vec![];
-        let mut nf = vec![];
         for i in 0..n {
             let e = elem_for(rs_set, i);
             let add = Transaction {
@@ -388,34 +425,30 @@ fn main() {
             s.send(&Transaction {
                 ops: vec![Op::DelElements {
                     set: rs_set.into(),
-                    elements: vec![e.clone()],
+                    elements: vec![e],
                 }],
             })
             .expect("del element");
+        }
+        let mut nf = vec![];
+        for i in 0..small {
+            let e = policy_compiler::render::render_element(&elem_for(rs_set, i));
             let p = dir.join("elem.nft");
-            write(
-                &p,
-                &format!(
-                    "add element inet nftpol {rs_set} {{ {} }}\n",
-                    policy_compiler::render::render_element(&e)
-                ),
-            );
+            write(&p, &format!("add element inet nftpol {rs_set} {{ {e} }}\n"));
             nf.push(nft_file(&p));
             write(
                 &p,
-                &format!(
-                    "delete element inet nftpol {rs_set} {{ {} }}\n",
-                    policy_compiler::render::render_element(&e)
-                ),
+                &format!("delete element inet nftpol {rs_set} {{ {e} }}\n"),
             );
             nft_file(&p);
         }
         (median(nl), median(nf))
     };
-    let (e100k, e100k_nft) = one_elem(&mut s, "pod4_p500", small);
+    let warm = small * 20;
+    let (e100k, e100k_nft) = one_elem(&mut s, "pod4_p500", warm);
     // The kernel finds a set by name walking the table's list of sets in
     // creation order; nam4_p0 is the first set created.
-    let (e100k_first, _) = one_elem(&mut s, "nam4_p0", small);
+    let (e100k_first, _) = one_elem(&mut s, "nam4_p0", warm);
 
     // The same through the agent's path: in-memory diff against the
     // committed state + the batch (no read-back).
@@ -428,8 +461,11 @@ fn main() {
             set.elements
                 .insert(Element::Addr(v4(10, 51, (i / 256) as u8, (i % 256) as u8)));
         }
+        // The agent hands over the ruleset it just compiled; the copy
+        // stands for that compile and is not timed.
+        let owned = with_one.clone();
         let t = Instant::now();
-        let r = applier.apply(&with_one).expect("applier one element");
+        let r = applier.apply_owned(owned).expect("applier one element");
         ap.push(t.elapsed());
         assert_eq!(r.summary, "+1 element");
     }
@@ -440,12 +476,16 @@ fn main() {
     let mut rules = big.chains[chain].rules.clone();
     let mut nl_chain = vec![];
     let mut nf_chain = vec![];
-    for i in 0..small {
-        // Alternate between two rule lists so every run changes something.
+    // Alternate between two rule lists so every run changes something.
+    let variant = |rules: &mut Vec<Rule>, i: usize| {
         if let Some(Match::DPort { lo, hi }) = rules[0].matches.get_mut(2) {
             *lo = 80 + (i % 2) as u16 * 1000;
             *hi = *lo;
         }
+    };
+    // Netlink back to back (warm), then nft.
+    for i in 0..small * 5 {
+        variant(&mut rules, i);
         let tx = Transaction {
             ops: vec![
                 Op::FlushChain { name: chain.into() },
@@ -458,6 +498,9 @@ fn main() {
         let t = Instant::now();
         s.send(&tx).expect("replace chain");
         nl_chain.push(t.elapsed());
+    }
+    for i in 0..small {
+        variant(&mut rules, i);
         let mut text = format!("flush chain inet nftpol {chain}\n");
         for r in &rules {
             text.push_str(&format!(
@@ -491,7 +534,7 @@ fn main() {
         }))
         .collect();
     let mut nl_plain = vec![];
-    for _ in 0..small {
+    for _ in 0..small * 5 {
         let tx = Transaction {
             ops: vec![
                 Op::FlushChain { name: chain.into() },
@@ -511,10 +554,10 @@ fn main() {
     let little = ruleset(10);
     s.cleanup().expect("cleanup");
     s.send(&diff::create(&little)).expect("load small");
-    let (e1k, _) = one_elem(&mut s, "pod4_p5", small);
-    let (e1k_first, _) = one_elem(&mut s, "nam4_p0", small);
+    let (e1k, _) = one_elem(&mut s, "pod4_p5", warm);
+    let (e1k_first, _) = one_elem(&mut s, "nam4_p0", warm);
     let mut nl_plain_small = vec![];
-    for _ in 0..small {
+    for _ in 0..small * 5 {
         let tx = Transaction {
             ops: vec![
                 Op::FlushChain {
@@ -569,7 +612,7 @@ fn main() {
         ),
     });
     rows.push(Row {
-        what: "add 1 element via `Applier` (diff of the 100k table against the committed state + batch)".into(),
+        what: "add 1 element via `Applier::apply_owned` (in-memory diff of the 100k table against the committed state + batch)".into(),
         netlink: ap,
         nft: Some(e100k_nft),
         note: format!("{:.0}x faster", e100k_nft.as_secs_f64() / ap.as_secs_f64()),

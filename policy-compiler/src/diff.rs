@@ -259,6 +259,9 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
     let chain_goes = |c: &str| !desired.chains.contains_key(c) || replaced_chains.contains(c);
     for (name, aset) in &actual.sets {
         let dels: Vec<Element> = match desired.sets.get(name) {
+            // Fast path for the common case of an untouched set: one
+            // linear comparison instead of a lookup per element.
+            Some(dset) if dset == aset && replaced_chains.is_empty() => continue,
             Some(dset) if !replaced_sets.contains(name.as_str()) => aset
                 .elements
                 .iter()
@@ -330,6 +333,7 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
     // 6. element additions, then rules.
     for (name, dset) in &desired.sets {
         let adds: Vec<Element> = match actual.sets.get(name) {
+            Some(aset) if dset == aset && replaced_chains.is_empty() => continue,
             Some(aset) if !replaced_sets.contains(name.as_str()) => dset
                 .elements
                 .iter()

@@ -215,35 +215,37 @@ impl Applier {
     }
 
     pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
-        let Some(known) = self.known.take() else {
-            let r = self.session.apply(desired)?;
-            self.known = Some(Some(desired.clone()));
-            return Ok(r);
-        };
-        let tx = match &known {
-            Some(actual) => diff::diff(desired, actual),
-            None => diff::create(desired),
-        };
-        match self.session.send(&tx) {
-            Ok(sent) => {
-                self.known = Some(Some(desired.clone()));
-                Ok(ApplyReport {
-                    summary: tx.summary(),
-                    batch_sent: !tx.is_empty(),
-                    messages: sent.messages,
-                    bytes: sent.bytes,
-                    replaced_foreign: false,
-                })
+        self.apply_owned(desired.clone())
+    }
+
+    /// [`Applier::apply`] taking the ruleset by value, which the applier
+    /// keeps as its picture of the kernel (saves a copy per reconcile).
+    pub fn apply_owned(&mut self, desired: Ruleset) -> Result<ApplyReport, NetlinkError> {
+        let report = match self.known.take() {
+            None => self.session.apply(&desired)?,
+            Some(known) => {
+                let tx = match &known {
+                    Some(actual) => diff::diff(&desired, actual),
+                    None => diff::create(&desired),
+                };
+                match self.session.send(&tx) {
+                    Ok(sent) => ApplyReport {
+                        summary: tx.summary(),
+                        batch_sent: !tx.is_empty(),
+                        messages: sent.messages,
+                        bytes: sent.bytes,
+                        replaced_foreign: false,
+                    },
+                    // Our picture of the kernel was stale: start over from
+                    // what the kernel really holds (the failed batch
+                    // changed nothing).
+                    Err(NetlinkError::Rejected { .. }) => self.session.apply(&desired)?,
+                    Err(e) => return Err(e),
+                }
             }
-            // Our picture of the kernel was stale: start over from what
-            // the kernel really holds (the failed batch changed nothing).
-            Err(NetlinkError::Rejected { .. }) => {
-                let r = self.session.apply(desired)?;
-                self.known = Some(Some(desired.clone()));
-                Ok(r)
-            }
-            Err(e) => Err(e),
-        }
+        };
+        self.known = Some(Some(desired));
+        Ok(report)
     }
 
     /// The underlying session (read-back, raw transactions).
