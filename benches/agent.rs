@@ -191,37 +191,31 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let shape = Shape::LARGE;
-        let t0 = Instant::now();
         let model = synth::cluster(shape);
-        let fake = FakeApi::start().await.expect("fake api");
-        fakeapi::load_cluster(&fake, &model).expect("load");
-        println!(
-            "fake cluster: {} namespaces, {} pods, {} policies loaded in {}",
-            shape.namespaces,
-            shape.pods,
-            shape.policies,
-            ms(t0.elapsed())
-        );
         let locals = local_pods(&model);
-
-        measure(
-            &fake,
-            &locals,
-            MemoryBackend::default(),
-            events,
-            0,
-            "in-memory backend",
-        )
-        .await;
+        // Every run starts from a fresh fake holding the same cluster.
+        let fresh = || async {
+            let t0 = Instant::now();
+            let fake = FakeApi::start().await.expect("fake api");
+            fakeapi::load_cluster(&fake, &model).expect("load");
+            println!(
+                "fake cluster: {} namespaces, {} pods, {} policies loaded in {}",
+                shape.namespaces,
+                shape.pods,
+                shape.policies,
+                ms(t0.elapsed())
+            );
+            fake
+        };
         match &netns {
             Some(ns) => match NetlinkBackend::new() {
                 Ok(nl) => {
                     measure(
-                        &fake,
+                        &fresh().await,
                         &locals,
                         nl,
                         events,
-                        100_000,
+                        0,
                         &format!("netlink backend, kernel table in netns {}", ns.0),
                     )
                     .await
@@ -230,6 +224,16 @@ fn main() {
             },
             None => println!("netlink backend not measured: needs root (a scratch netns)\n"),
         }
+        measure(
+            &fresh().await,
+            &locals,
+            MemoryBackend::default(),
+            events,
+            0,
+            "in-memory backend",
+        )
+        .await;
+        let fake = fresh().await;
         rss(&fake, &locals, events.min(150)).await;
     });
 }
