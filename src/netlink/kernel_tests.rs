@@ -783,3 +783,60 @@ fn applier_uses_its_cache_and_recovers_from_drift() {
         assert_eq!(a.session().read_table().expect("read").as_ref(), Some(&one));
     });
 }
+
+/// Drops CAP_NET_ADMIN from the calling thread's effective set
+/// (capabilities are per thread), as an unprivileged agent would run.
+fn drop_net_admin_on_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const V3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut h = Header {
+        version: V3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs, as the
+    // kernel ABI requires; pid 0 is this thread.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()),
+            0
+        );
+        d[0].effective &= !(1 << CAP_NET_ADMIN);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn without_cap_net_admin_the_error_says_so() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::create("nftpol-t-");
+    ns.run(|| {
+        drop_net_admin_on_this_thread();
+        let err = match Session::open().and_then(|mut s| s.apply(&every_feature(&[]))) {
+            Err(e) => e,
+            Ok(r) => panic!("applied without CAP_NET_ADMIN: {r:?}"),
+        };
+        assert!(
+            matches!(err, NetlinkError::PermissionDenied { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
+    });
+}
