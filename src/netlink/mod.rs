@@ -221,12 +221,30 @@ impl Applier {
     /// [`Applier::apply`] taking the ruleset by value, which the applier
     /// keeps as its picture of the kernel (saves a copy per reconcile).
     pub fn apply_owned(&mut self, desired: Ruleset) -> Result<ApplyReport, NetlinkError> {
+        let result = self.apply_inner(&desired);
+        match result {
+            Ok(report) => {
+                self.known = Some(Some(desired));
+                Ok(report)
+            }
+            Err(e) => {
+                // Unread answers may still sit in the socket after an I/O
+                // error; start the next attempt on a fresh one.
+                if let Ok(s) = Session::open() {
+                    self.session = s;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_inner(&mut self, desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
         let report = match self.known.take() {
-            None => self.session.apply(&desired)?,
+            None => self.session.apply(desired)?,
             Some(known) => {
                 let tx = match &known {
-                    Some(actual) => diff::diff(&desired, actual),
-                    None => diff::create(&desired),
+                    Some(actual) => diff::diff(desired, actual),
+                    None => diff::create(desired),
                 };
                 match self.session.send(&tx) {
                     Ok(sent) => ApplyReport {
@@ -239,12 +257,11 @@ impl Applier {
                     // Our picture of the kernel was stale: start over from
                     // what the kernel really holds (the failed batch
                     // changed nothing).
-                    Err(NetlinkError::Rejected { .. }) => self.session.apply(&desired)?,
+                    Err(NetlinkError::Rejected { .. }) => self.session.apply(desired)?,
                     Err(e) => return Err(e),
                 }
             }
         };
-        self.known = Some(Some(desired));
         Ok(report)
     }
 
