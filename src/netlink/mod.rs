@@ -4,13 +4,18 @@
 //! `apply` reads the table back into the IR ([`read`]), diffs it against
 //! the desired ruleset (`policy_compiler::diff`), encodes the transaction
 //! as ONE nftables batch ([`batch`]) and sends it in one `send`
-//! ([`socket`]). The kernel commits the whole batch or none of it, so a
-//! failure or a kill at any moment leaves either the old or the new
-//! ruleset. Only the `inet nftpol` table is ever named in a message.
+//! ([`socket`]). The kernel commits the whole batch or none of it, and
+//! processes it inside that one `sendmsg`, so a failure or a kill at any
+//! moment leaves either the old or the new ruleset. Only the `inet
+//! nftpol` table is ever named in a message, and read-back ignores every
+//! other table.
 //!
 //! Layout: `expr` and `elem` are the pure IR <-> kernel encodings, `raw`
-//! the only `unsafe` (libnftnl through nftnl-sys where nftnl's safe API
-//! stops), `socket` the netlink I/O.
+//! the libnftnl FFI (through nftnl-sys where nftnl's safe API stops) and
+//! the element attributes written by hand, `socket` the netlink I/O (its
+//! only `unsafe` is libc socket calls), `batch` and `read` the two
+//! directions. [`Session`] reads back and diffs on every apply;
+//! [`Applier`] keeps what it committed for the agent's steady state.
 
 pub mod batch;
 pub mod elem;
