@@ -159,6 +159,11 @@ fn skipped<K>(
     );
     let uid = o.meta().uid.clone().unwrap_or_else(|| e.object.clone());
     let rv = o.meta().resource_version.clone().unwrap_or_default();
+    // Bounded: an object rewritten forever must not grow this forever (at
+    // worst an Event is posted again after the reset).
+    if reported.len() >= 10_000 {
+        reported.clear();
+    }
     if reported.insert((uid, rv)) {
         reporter.report(o.object_ref(&()), e);
     }
