@@ -840,3 +840,10 @@ fn without_cap_net_admin_the_error_says_so() {
         assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
     });
 }
+
+#[test]
+fn sessions_and_appliers_can_move_between_threads() {
+    fn is_send<T: Send>() {}
+    is_send::<Session>();
+    is_send::<super::Applier>();
+}

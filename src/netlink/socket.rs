@@ -101,6 +101,12 @@ fn setsockopt_int(
     }
 }
 
+// SAFETY: an mnl_socket is a heap block holding a file descriptor and
+// its bound address, with no thread affinity. `Socket` stays !Sync, so
+// one thread at a time uses it; moving it to another thread (the agent's
+// reconcile thread) is sound.
+unsafe impl Send for Socket {}
+
 impl Socket {
     pub fn open() -> Result<Socket, NetlinkError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Socket)?;
