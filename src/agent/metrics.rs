@@ -164,12 +164,16 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn observe_apply(&self, a: &Applied, desired: &Ruleset, latency: Duration) {
+    /// A successful apply; `latency` is `None` for drift repairs, which no
+    /// event started.
+    pub fn observe_apply(&self, a: &Applied, desired: &Ruleset, latency: Option<Duration>) {
         self.reconciles
             .get_or_create(&ResultLabels { result: "ok" })
             .inc();
         if a.changed {
-            self.latency.observe(latency.as_secs_f64());
+            if let Some(l) = latency {
+                self.latency.observe(l.as_secs_f64());
+            }
             self.batch_messages.observe(a.messages as f64);
         }
         self.kernel_chains.set(desired.chains.len() as i64);

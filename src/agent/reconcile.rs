@@ -296,7 +296,7 @@ impl<B: Backend> Reconciler<B> {
             Ok(applied) => {
                 let now = Instant::now();
                 self.metrics
-                    .observe_apply(&applied, &desired, now.duration_since(since));
+                    .observe_apply(&applied, &desired, Some(now.duration_since(since)));
                 if applied.changed {
                     tracing::info!(
                         changes = %applied.summary,
@@ -348,8 +348,7 @@ impl<B: Backend> Reconciler<B> {
                     "the kernel table drifted from the desired ruleset (changed outside nftpol); repaired"
                 );
                 self.metrics.drift_repairs.inc();
-                self.metrics
-                    .observe_apply(&applied, last, Duration::from_secs(0));
+                self.metrics.observe_apply(&applied, last, None);
                 self.ok(Instant::now());
             }
             Err(e) => {

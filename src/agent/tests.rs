@@ -435,6 +435,8 @@ async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
     seed(&fake);
     let agent = start(Source::Kube(fake.client()), settings());
     agent.converges(&expected(&fake), LIMIT).await;
+    // Every watch must be open to receive the bookmark.
+    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
     let lists: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
     let watches = fake.watch_count(ApiKind::Pod);
     let ns_watches = fake.watch_count(ApiKind::Namespace);
