@@ -70,6 +70,7 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub latency: Histogram,
+    pub compile_seconds: Histogram,
     pub batch_messages: Histogram,
     pub kernel_chains: Gauge,
     pub kernel_rules: Gauge,
@@ -95,6 +96,7 @@ impl Metrics {
             errors: Family::default(),
             // 0.5 ms .. ~16 s.
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            compile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             // 1 .. ~262k messages.
             batch_messages: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             kernel_chains: Gauge::default(),
@@ -120,6 +122,11 @@ impl Metrics {
             "programming_latency_seconds",
             "Time from the first unprogrammed event to the kernel acknowledging the batch",
             m.latency.clone(),
+        );
+        registry.register(
+            "compile_seconds",
+            "Time to compile the node's ruleset from the index",
+            m.compile_seconds.clone(),
         );
         registry.register(
             "batch_messages",

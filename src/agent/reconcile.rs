@@ -289,7 +289,10 @@ impl<B: Backend> Reconciler<B> {
             return;
         };
         self.update_watched();
+        let t0 = Instant::now();
         let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
+        let compile = t0.elapsed();
+        self.metrics.compile_seconds.observe(compile.as_secs_f64());
         let result = self.backend.apply(&desired);
         self.last_batch = Some(Instant::now());
         match result {
@@ -302,6 +305,7 @@ impl<B: Backend> Reconciler<B> {
                         changes = %applied.summary,
                         messages = applied.messages,
                         latency_ms = now.duration_since(since).as_secs_f64() * 1000.0,
+                        compile_ms = compile.as_secs_f64() * 1000.0,
                         "kernel table updated"
                     );
                 } else {
