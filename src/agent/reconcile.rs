@@ -65,6 +65,9 @@ impl Kind {
     }
 }
 
+/// Most queued changes taken at once before the loop checks its deadline.
+const DRAIN_MAX: usize = 4096;
+
 /// `(namespace, name)`; the namespace is empty for Namespaces.
 pub type Key = (String, String);
 
@@ -186,9 +189,10 @@ impl<B: Backend> Reconciler<B> {
                 Ok((at, change)) => self.handle(at, change),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            // Take everything already queued before deciding, so a burst
-            // becomes one batch rather than one per event.
-            loop {
+            // Take what is already queued before deciding, so a burst
+            // becomes one batch rather than one per event; bounded, so an
+            // endless flood cannot hold off `max_delay`.
+            for _ in 0..DRAIN_MAX {
                 match rx.try_recv() {
                     Ok((_, Change::Shutdown)) => return self,
                     Ok((at, change)) => self.handle(at, change),

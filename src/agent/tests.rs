@@ -724,3 +724,65 @@ fn durations_parse_with_units() {
     assert!(parse_duration("-1s").is_err());
     assert!(parse_duration("").is_err());
 }
+
+/// Drives the loop directly: a steady stream of changes, each arriving
+/// before the debounce runs out, is still programmed every `max_delay`.
+#[test]
+fn a_steady_stream_is_programmed_at_least_every_max_delay() {
+    use super::reconcile::{Change, Kind, Reconciler};
+    use policy_compiler::model::Pod;
+    use policy_compiler::Object;
+    let backend = MemoryBackend::default();
+    let settings = Settings {
+        debounce: Duration::from_millis(50),
+        max_delay: Duration::from_millis(100),
+        ..settings()
+    };
+    let r = Reconciler::new(settings, backend.clone(), Arc::new(Metrics::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let th = std::thread::spawn(move || r.run(rx));
+    let pod = |i: usize| {
+        Object::Pod(Pod {
+            namespace: "prod".into(),
+            name: format!("p{i}"),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            node_name: Some(NODE.into()),
+            host_network: false,
+            ips: vec![format!("10.3.{}.{}", i / 200, i % 200 + 1)
+                .parse()
+                .expect("ip")],
+            named_ports: vec![],
+            terminal: false,
+        })
+    };
+    let policy_obj = policy_compiler::parse(
+        "t",
+        &policy("prod", "web", "web", "cli", "a", json!(80)).to_string(),
+    )
+    .objects;
+    tx.send((
+        Instant::now(),
+        Change::Replace {
+            kinds: Kind::ALL.to_vec(),
+            objects: policy_obj,
+        },
+    ))
+    .expect("send");
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_millis(1000) {
+        tx.send((Instant::now(), Change::Apply(pod(i))))
+            .expect("send");
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tx.send((Instant::now(), Change::Shutdown)).expect("send");
+    th.join().expect("loop thread");
+    let batches = backend.state().batches;
+    // 1 s of changes every 10 ms: about 10 batches at max_delay 100 ms, and
+    // far fewer than one per change.
+    assert!(
+        (5..=30).contains(&batches),
+        "{batches} batches for {i} changes"
+    );
+}
