@@ -447,8 +447,8 @@ fn a_change_after_an_external_table_delete_is_still_applied() {
     follows(&ns, &reference(&dir.0), FOLLOW);
     ns.nft(&["delete", "table", "inet", "nftpol"]);
     std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
-    // The incremental batch fails (the table is gone), the agent forgets
-    // its record, reads the kernel back and recreates the table.
+    // The incremental batch is rejected (the table is gone); the applier
+    // reads the kernel back and recreates the table in the same attempt.
     let took = follows(&ns, &reference(&dir.0), FOLLOW);
     eprintln!("change after external delete enforced after {took:?}");
 }

@@ -8,8 +8,7 @@
 //! batch (nothing when equal), and report whether anything changed. The
 //! loop relies on "nothing changed" to detect drift.
 
-use crate::netlink::{NetlinkError, Session};
-use policy_compiler::diff;
+use crate::netlink::{Applier, ApplyReport, NetlinkError};
 use policy_compiler::ir::{Element, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,71 +163,44 @@ fn describe(actual: Option<&Ruleset>, desired: &Ruleset) -> (String, usize) {
     (summary, messages)
 }
 
-/// The real kernel, through the netlink applier (`crate::netlink`).
-///
-/// Reading the whole table back costs more than the change itself at
-/// scale, and the agent is the table's only writer, so `apply` diffs
-/// against the ruleset of its last acknowledged batch; the periodic
-/// `verify` reads the kernel back and catches anyone else's edits. Any
-/// error forgets that record, so the next attempt reads back.
-///
-/// A netlink socket is opened per call: it costs microseconds, keeps the
-/// backend `Send` (the socket is not), and a socket left in a bad state
-/// by an error never outlives the attempt.
+/// The real kernel, through the netlink applier's [`Applier`]: it diffs
+/// against what it last committed (no read-back per event: reading the
+/// whole table back costs more than the change at scale, and the agent is
+/// the table's only writer) and reads back on the first apply, after any
+/// failure (retrying once when the table changed behind its back) and on
+/// `verify`, the periodic drift check.
 pub struct NetlinkBackend {
-    /// What the kernel holds after our last acknowledged batch.
-    known: Option<Ruleset>,
+    applier: Applier,
 }
 
 impl NetlinkBackend {
-    /// Checks that a netfilter netlink socket can be opened at all.
     pub fn new() -> Result<NetlinkBackend, BackendError> {
-        Session::open()?;
-        Ok(NetlinkBackend { known: None })
+        Ok(NetlinkBackend {
+            applier: Applier::new()?,
+        })
     }
 
-    fn read_back_apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
-        self.known = None;
-        let r = Session::open()?.apply(desired)?;
+    fn report(r: ApplyReport) -> Applied {
         if r.replaced_foreign {
             tracing::warn!(
                 "the inet nftpol table held objects nftpol did not write; replaced it whole"
             );
         }
-        self.known = Some(desired.clone());
-        Ok(Applied {
+        Applied {
             changed: r.batch_sent,
             summary: r.summary,
             messages: r.messages,
-        })
+        }
     }
 }
 
 impl Backend for NetlinkBackend {
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
-        let Some(known) = self.known.take() else {
-            return self.read_back_apply(desired);
-        };
-        let tx = diff::diff(desired, &known);
-        if tx.is_empty() {
-            self.known = Some(known);
-            return Ok(Applied {
-                changed: false,
-                summary: "no changes".into(),
-                messages: 0,
-            });
-        }
-        // On error `known` stays forgotten: the next attempt reads back.
-        let sent = Session::open()?.send(&tx)?;
-        self.known = Some(desired.clone());
-        Ok(Applied {
-            changed: true,
-            summary: tx.summary(),
-            messages: sent.messages,
-        })
+        Ok(Self::report(self.applier.apply(desired)?))
     }
 
     fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
-        self.read_back_apply(desired)
+        self.applier.forget();
+        Ok(Self::report(self.applier.apply(desired)?))
     }
 }
