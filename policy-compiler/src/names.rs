@@ -7,8 +7,11 @@
 
 /// Longest generated name; leaves room under the kernel's 255.
 const MAX_NAME: usize = 200;
-/// The kernel keeps at most 128 bytes of comment (NFTNL_UDATA_COMMENT_MAXLEN).
-pub const MAX_COMMENT: usize = 127;
+/// Longest rule comment, in bytes. The kernel keeps 128 bytes of comment
+/// userdata (NFTNL_UDATA_COMMENT_MAXLEN) including the terminating NUL,
+/// and the nftnl encoder also spends 2 bytes of that buffer on the TLV
+/// header: 125 is what netlink can carry.
+pub const MAX_COMMENT: usize = 125;
 
 /// FNV-1a 64: stable across Rust versions, unlike `DefaultHasher`.
 pub fn stable_hash(s: &str) -> u64 {

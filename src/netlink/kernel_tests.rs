@@ -439,6 +439,57 @@ fn session() -> Session {
     Session::open().expect("open netlink session")
 }
 
+/// A pod isolated by many long-named policies gets the longest comment
+/// the compiler emits; the compiled ruleset must apply and read back.
+#[test]
+fn longest_compiled_comments_fit_netlink() {
+    if !is_root() {
+        return;
+    }
+    use policy_compiler::model::{Namespace, Pod, Policy};
+    let mut c = policy_compiler::Cluster::new();
+    c.apply_namespace(Namespace {
+        name: "team-with-a-long-namespace-name".into(),
+        labels: Default::default(),
+    });
+    c.apply_pod(Pod {
+        namespace: "team-with-a-long-namespace-name".into(),
+        name: "p".into(),
+        labels: Default::default(),
+        node_name: Some("n".into()),
+        host_network: false,
+        ips: vec![ip("10.1.0.1")],
+        named_ports: vec![],
+        terminal: false,
+    });
+    for i in 0..8 {
+        c.apply_policy(Policy {
+            namespace: "team-with-a-long-namespace-name".into(),
+            name: format!("allow-something-long-name-{i:02}"),
+            pod_selector: Default::default(),
+            ingress: Some(vec![]),
+            egress: None,
+        });
+    }
+    let want = policy_compiler::compile(&c, "n");
+    let longest = want
+        .chains
+        .values()
+        .flat_map(|ch| ch.rules.iter())
+        .filter_map(|r| r.comment.as_ref())
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(longest, policy_compiler::names::MAX_COMMENT);
+    let ns = Netns::create("nftpol-t-");
+    ns.run(|| {
+        let mut s = session();
+        s.apply(&want).expect("apply with the longest comments");
+        let got = s.read_table().expect("read back").expect("table exists");
+        assert_eq!(got, want);
+    });
+}
+
 #[test]
 fn every_feature_round_trips_and_second_apply_sends_nothing() {
     if !is_root() {
