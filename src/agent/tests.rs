@@ -227,7 +227,7 @@ async fn nothing_is_programmed_before_every_initial_list() {
     assert!(!agent.metrics.health.ready());
     fake.release_lists();
     agent.converges(&expected(&fake), LIMIT).await;
-    assert!(agent.metrics.health.ready());
+    assert!(wait_for(LIMIT, || agent.metrics.health.ready()).await);
     assert_eq!(agent.batches(), 1, "one batch after the initial sync");
     agent.stop().await;
 }
@@ -550,7 +550,8 @@ async fn failed_batches_are_retried_and_drift_is_repaired() {
     ))
     .expect("apply");
     agent.converges(&expected(&fake), LIMIT).await;
-    assert!(agent.metrics.health.ready());
+    // The table is written before the loop records readiness and metrics.
+    assert!(wait_for(LIMIT, || agent.metrics.health.ready()).await);
     let text = agent.metrics.encode();
     assert!(
         text.contains("nftpol_errors_total{error=\"injected\"} 2"),
@@ -560,10 +561,15 @@ async fn failed_batches_are_retried_and_drift_is_repaired() {
     agent.backend.state().table = None;
     let took = agent.converges(&expected(&fake), LIMIT).await;
     assert!(took < Duration::from_secs(2), "drift repaired in {took:?}");
-    assert!(agent
-        .metrics
-        .encode()
-        .contains("nftpol_drift_repairs_total 1"));
+    assert!(
+        wait_for(LIMIT, || agent
+            .metrics
+            .encode()
+            .contains("nftpol_drift_repairs_total 1"))
+        .await,
+        "{}",
+        agent.metrics.encode()
+    );
     agent.stop().await;
 }
 
