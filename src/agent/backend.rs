@@ -9,8 +9,8 @@
 //! loop relies on "nothing changed" to detect drift.
 
 use crate::netlink::{Applier, ApplyReport, NetlinkError};
-use policy_compiler::ir::{Element, Ruleset};
-use std::collections::BTreeSet;
+use policy_compiler::diff;
+use policy_compiler::ir::Ruleset;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What one apply did.
@@ -30,6 +30,8 @@ pub enum BackendError {
     Netlink(#[from] NetlinkError),
     #[error("injected failure (test)")]
     Injected,
+    #[error("the in-memory kernel rejected the batch: {0}")]
+    FakeKernel(#[from] diff::FakeError),
 }
 
 impl BackendError {
@@ -47,6 +49,7 @@ impl BackendError {
                 NetlinkError::Decode { .. } => "netlink_decode",
             },
             BackendError::Injected => "injected",
+            BackendError::FakeKernel(_) => "fake_kernel",
         }
     }
 }
@@ -99,68 +102,33 @@ impl Backend for MemoryBackend {
             k.fail_next -= 1;
             return Err(BackendError::Injected);
         }
-        if k.table.as_ref() == Some(desired) {
+        // The same diff and atomic apply the netlink applier uses, on the
+        // in-memory fake kernel, so summaries and batch sizes match.
+        let tx = match &k.table {
+            Some(t) => diff::diff(desired, t),
+            None => diff::create(desired),
+        };
+        if tx.is_empty() {
             return Ok(Applied {
                 changed: false,
                 summary: "no changes".into(),
                 messages: 0,
             });
         }
-        let (summary, messages) = describe(k.table.as_ref(), desired);
-        k.table = Some(desired.clone());
+        let mut fake = diff::FakeKernel {
+            table: k.table.take(),
+        };
+        let result = fake.apply(&tx);
+        k.table = fake.table;
+        result?;
+        debug_assert_eq!(k.table.as_ref(), Some(desired));
         k.batches += 1;
         Ok(Applied {
             changed: true,
-            summary,
-            messages,
+            summary: tx.summary(),
+            messages: tx.ops.len(),
         })
     }
-}
-
-/// A summary and message count of turning `actual` into `desired`, in the
-/// applier's terms (a changed chain is one flush plus its rules; elements
-/// are counted one by one).
-fn describe(actual: Option<&Ruleset>, desired: &Ruleset) -> (String, usize) {
-    let empty = Ruleset::default();
-    let actual = actual.unwrap_or(&empty);
-    let mut messages = 0;
-    let (mut added, mut changed, mut deleted) = (0, 0, 0);
-    for (name, c) in &desired.chains {
-        match actual.chains.get(name) {
-            None => {
-                added += 1;
-                messages += 1 + c.rules.len();
-            }
-            Some(a) if a != c => {
-                changed += 1;
-                messages += 1 + c.rules.len();
-            }
-            Some(_) => {}
-        }
-    }
-    for name in actual.chains.keys() {
-        if !desired.chains.contains_key(name) {
-            deleted += 1;
-            messages += 1;
-        }
-    }
-    let (mut plus, mut minus) = (0, 0);
-    for (name, s) in &desired.sets {
-        let old: BTreeSet<&Element> = actual
-            .sets
-            .get(name)
-            .map(|a| a.elements.iter().collect())
-            .unwrap_or_default();
-        let new: BTreeSet<&Element> = s.elements.iter().collect();
-        plus += new.difference(&old).count();
-        minus += old.difference(&new).count();
-        if !actual.sets.contains_key(name) {
-            messages += 1;
-        }
-    }
-    messages += plus + minus;
-    let summary = format!("+{added} chains, ~{changed} chains, -{deleted} chains, +{plus} elements, -{minus} elements");
-    (summary, messages)
 }
 
 /// The real kernel, through the netlink applier's [`Applier`]: it diffs
