@@ -646,38 +646,30 @@ pub(crate) mod tests {
 
     #[test]
     fn matches_nft_debug_output() {
-        // `ip6 daddr . meta l4proto . th dport @nam6_x accept` per
-        // nft --debug=netlink: addr in reg 1, proto in reg 2, port in reg 13.
-        let raw = lower_rule(&r(
-            vec![Match::DAddrProtoPortInSet {
-                family: Family::Ipv6,
-                set: "nam6_x".into(),
-            }],
-            Verdict::Accept,
-        ));
-        let regs: Vec<u32> = raw
-            .iter()
-            .filter_map(|e| match e {
-                RawExpr::Payload { dreg, .. } | RawExpr::Meta { dreg, .. } => Some(*dreg),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(regs, vec![1, 1, 2, 13]);
-        let raw = lower_rule(&r(
-            vec![Match::DAddrProtoPortInSet {
-                family: Family::Ipv4,
-                set: "nam4_x".into(),
-            }],
-            Verdict::Accept,
-        ));
-        let regs: Vec<u32> = raw
-            .iter()
-            .filter_map(|e| match e {
-                RawExpr::Payload { dreg, .. } | RawExpr::Meta { dreg, .. } => Some(*dreg),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(regs, vec![1, 1, 9, 10]);
+        // `ipX daddr . meta l4proto . th dport @namX_x accept` per
+        // nft --debug=netlink: the nfproto check and the address use reg 1;
+        // after a 16-byte IPv6 address proto and port go to regs 2 and 13,
+        // after a 4-byte IPv4 address (32-bit reg 8) to regs 9 and 10.
+        for (family, set, want) in [
+            (Family::Ipv6, "nam6_x", vec![1, 1, 2, 13]),
+            (Family::Ipv4, "nam4_x", vec![1, 1, 9, 10]),
+        ] {
+            let raw = lower_rule(&r(
+                vec![Match::DAddrProtoPortInSet {
+                    family,
+                    set: set.into(),
+                }],
+                Verdict::Accept,
+            ));
+            let regs: Vec<u32> = raw
+                .iter()
+                .filter_map(|e| match e {
+                    RawExpr::Payload { dreg, .. } | RawExpr::Meta { dreg, .. } => Some(*dreg),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(regs, want, "{family:?}");
+        }
         // The kernel may dump the 32-bit naming of a 128-bit register.
         assert_eq!(slot_of_reg(12), slot_of_reg(2));
     }
