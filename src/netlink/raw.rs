@@ -266,25 +266,46 @@ impl SetMsg {
     }
 }
 
+/// Writes the netlink header of an `inet` add (create, exclusive) or
+/// delete message, each acked, and returns it for the payload.
+///
+/// # Safety
+/// `buf` must have room for the header and the payload that follows.
+unsafe fn add_or_del_hdr(
+    buf: *mut c_void,
+    seq: u32,
+    msg_type: MsgType,
+    new: i32,
+    del: i32,
+) -> *mut libc::nlmsghdr {
+    let (ty, flags) = match msg_type {
+        MsgType::Add => (new, libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK),
+        MsgType::Del => (del, libc::NLM_F_ACK),
+    };
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        sys::nftnl_nlmsg_build_hdr(
+            buf.cast::<c_char>(),
+            ty as u16,
+            FAMILY_INET,
+            flags as u16,
+            seq,
+        )
+    }
+}
+
 // SAFETY: writes one message into the batch buffer nftnl hands us, which
 // has room for nft_nlmsg_maxsize() bytes.
 unsafe impl NlMsg for SetMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            // EXCL: the diff only creates sets it read back as absent.
-            MsgType::Add => (
-                libc::NFT_MSG_NEWSET,
-                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
-            ),
-            MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
-        };
+        // EXCL: the diff only creates sets it read back as absent.
         unsafe {
-            let h = sys::nftnl_nlmsg_build_hdr(
-                buf.cast::<c_char>(),
-                ty as u16,
-                FAMILY_INET,
-                flags as u16,
+            let h = add_or_del_hdr(
+                buf,
                 seq,
+                msg_type,
+                libc::NFT_MSG_NEWSET,
+                libc::NFT_MSG_DELSET,
             );
             sys::nftnl_set_nlmsg_build_payload(h, self.set.as_ptr());
         }
@@ -395,22 +416,15 @@ impl ElemsMsg {
 // budget, far below that.
 unsafe impl NlMsg for ElemsMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        let (ty, flags) = match msg_type {
-            // EXCL: adding an element that exists fails (EEXIST), which
-            // is how a stale read-back shows up instead of passing silently.
-            MsgType::Add => (
-                libc::NFT_MSG_NEWSETELEM,
-                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
-            ),
-            MsgType::Del => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK),
-        };
+        // EXCL: adding an element that exists fails (EEXIST), which is
+        // how a stale read-back shows up instead of passing silently.
         unsafe {
-            let h = sys::nftnl_nlmsg_build_hdr(
-                buf.cast::<c_char>(),
-                ty as u16,
-                FAMILY_INET,
-                flags as u16,
+            let h = add_or_del_hdr(
+                buf,
                 seq,
+                msg_type,
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NFT_MSG_DELSETELEM,
             );
             let at = (*h).nlmsg_len as usize;
             std::ptr::copy_nonoverlapping(
