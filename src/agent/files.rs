@@ -27,6 +27,9 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.as_ref().is_ok_and(|e| !changes_content(&e.kind)) {
+            return;
+        }
         let _ = ntx.send((Instant::now(), res));
     })
     .map_err(|source| AgentError::Notify {
@@ -73,6 +76,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether a file event can change what the directory holds. Opening and
+/// reading a file raises inotify events too: counting them made every
+/// reload (the agent's own reads, or `nftpol compile` on the same
+/// directory) trigger the next one, a reload every few tens of
+/// milliseconds forever.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        // A writer closing the file: the write is complete.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Reads the whole directory into a `Replace` of every kind.
 fn load(dir: &PathBuf, metrics: &Metrics) -> Result<Change, AgentError> {
     let loaded = crate::manifests::load(std::slice::from_ref(dir))?;
@@ -97,4 +115,36 @@ fn load(dir: &PathBuf, metrics: &Metrics) -> Result<Change, AgentError> {
         kinds: Kind::ALL.to_vec(),
         objects: loaded.objects,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_content;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        for (kind, want) in [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (EventKind::Access(AccessKind::Any), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Any), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Remove(RemoveKind::File), true),
+            (EventKind::Any, true),
+        ] {
+            assert_eq!(changes_content(&kind), want, "{kind:?}");
+        }
+    }
 }

@@ -243,6 +243,65 @@ fn agent_enforces_changes_in_a_watched_directory() {
                 .map(|l| format!("{l}\n"))
                 .unwrap_or_default()
         );
-        assert!(r.mismatches.is_empty(), "{}", r.text);
+        if !r.mismatches.is_empty() {
+            panic!("{}{}", r.text, diagnose(&c, &agents, &r.mismatches));
+        }
     }
+}
+
+/// What a failed step needs to be explained: each node's conntrack
+/// entries between the mismatched pods (an entry left over from an earlier
+/// step lets a now-denied flow through as established) and the agents'
+/// logs (what was programmed when).
+fn diagnose(
+    c: &SimCluster,
+    agents: &[Agent],
+    mismatches: &[(crate::probe::Probe, bool, bool)],
+) -> String {
+    let mut text = String::new();
+    for node in &c.topo.nodes {
+        // Absent without the conntrack proc interface: then only the logs.
+        let table = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                "cat",
+                "/proc/net/nf_conntrack",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "\n--- {}: conntrack entries of the mismatched pairs ---\n",
+            node.name
+        ));
+        for (p, _, _) in mismatches {
+            let (s, d) = (&c.topo.pods[p.src], &c.topo.pods[p.dst]);
+            let (sa, da) = if p.v6 {
+                (expand6(s.v6), expand6(d.v6))
+            } else {
+                (s.v4.to_string(), d.v4.to_string())
+            };
+            for line in table.lines() {
+                if line.contains(&format!("src={sa} dst={da}")) {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    for a in agents {
+        text.push_str(&format!("\n--- {} ---\n{}", a.log.display(), a.log_text()));
+    }
+    text
+}
+
+/// `/proc/net/nf_conntrack` prints IPv6 addresses in full.
+fn expand6(a: std::net::Ipv6Addr) -> String {
+    a.segments()
+        .iter()
+        .map(|s| format!("{s:04x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -170,11 +170,7 @@ fn probe_with(dst: IpAddr, proto: Proto, port: u16, timeout: Duration, udp_sends
             Err(e) => e.kind() == ErrorKind::ConnectionRefused,
         },
         Proto::Udp => {
-            let local: SocketAddr = match dst {
-                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let Ok(s) = UdpSocket::bind(local) else {
+            let Some(s) = fresh_udp_socket(addr) else {
                 return false;
             };
             if s.connect(addr).is_err() {
@@ -201,6 +197,53 @@ fn probe_with(dst: IpAddr, proto: Proto, port: u16, timeout: Duration, udp_sends
             false
         }
     }
+}
+
+/// Source ports of UDP probes: below the kernel's ephemeral range
+/// (32768-60999), so nothing else picks them.
+const UDP_SOURCE_PORTS: std::ops::Range<u16> = 10_000..32_768;
+
+/// A UDP socket for a new flow to `dst`, bound to a source port no earlier
+/// probe to `dst` used (until 22,768 probes to the same address and port
+/// have gone by).
+///
+/// Why not let the kernel pick: its pick is random, so sooner or later a
+/// probe gets the 5-tuple of an earlier probe whose conntrack entry is
+/// still alive (30 s for UDP). Every node accepts `ct state established`
+/// first, so that probe is not a new flow: it rides on the old one, and a
+/// flow allowed before a policy change reads as allowed after it. Over
+/// the few thousand UDP probes of an agent run that happened about once
+/// in twelve runs (one IPv6 UDP cell wrongly allowed; the node's conntrack
+/// table held the earlier entry with the same source port, refreshed).
+fn fresh_udp_socket(dst: SocketAddr) -> Option<UdpSocket> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static NEXT: OnceLock<Mutex<HashMap<SocketAddr, u16>>> = OnceLock::new();
+    let unspecified: IpAddr = match dst {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    // A port some other socket of this namespace holds is skipped.
+    for _ in 0..16 {
+        let port = {
+            let mut next = NEXT
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let p = next.entry(dst).or_insert(UDP_SOURCE_PORTS.start);
+            let port = *p;
+            *p = if port + 1 >= UDP_SOURCE_PORTS.end {
+                UDP_SOURCE_PORTS.start
+            } else {
+                port + 1
+            };
+            port
+        };
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(unspecified, port)) {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// One cell of a reachability matrix.
