@@ -28,8 +28,6 @@ pub struct Applied {
 pub enum BackendError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("injected failure (test)")]
-    Injected,
     #[error("the in-memory kernel rejected the batch: {0}")]
     FakeKernel(#[from] diff::FakeError),
 }
@@ -48,7 +46,6 @@ impl BackendError {
                 NetlinkError::Dump { .. } => "netlink_dump",
                 NetlinkError::Decode { .. } => "netlink_decode",
             },
-            BackendError::Injected => "injected",
             BackendError::FakeKernel(_) => "fake_kernel",
         }
     }
@@ -78,8 +75,6 @@ pub struct MemoryKernel {
     pub applies: usize,
     /// Applies that sent a batch.
     pub batches: usize,
-    /// The next this many applies fail without changing anything.
-    pub fail_next: usize,
 }
 
 /// An in-memory kernel. Clones share the same state.
@@ -98,10 +93,6 @@ impl Backend for MemoryBackend {
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
         let mut k = self.state();
         k.applies += 1;
-        if k.fail_next > 0 {
-            k.fail_next -= 1;
-            return Err(BackendError::Injected);
-        }
         // The same diff and atomic apply the netlink applier uses, on the
         // in-memory fake kernel, so summaries and batch sizes match.
         let tx = match &k.table {

@@ -17,6 +17,8 @@ pub mod reconcile;
 pub mod watch;
 
 #[cfg(test)]
+mod loop_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::agent::backend::{Backend, BackendError};

@@ -18,6 +18,11 @@
 //!   backend reads the table back (the hot path trusts its record of the
 //!   last batch instead), and a non-empty difference means someone changed
 //!   our table; it is repaired, logged and counted.
+//!
+//! Time comes from a [`Clock`]: the loop thread uses the system clock,
+//! tests drive a [`ManualClock`] and call [`Reconciler::handle`] and
+//! [`Reconciler::poll`] themselves, so debounce, backoff and drift are
+//! checked to the millisecond without sleeping.
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
@@ -103,6 +108,53 @@ pub enum Change {
 /// programming latency.
 pub type Stamped = (Instant, Change);
 
+/// Where the loop reads the time.
+pub trait Clock: Send + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to; clones share the same time.
+#[cfg(test)]
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<std::sync::Mutex<Instant>>);
+
+#[cfg(test)]
+impl Default for ManualClock {
+    fn default() -> ManualClock {
+        ManualClock(Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+}
+
+#[cfg(test)]
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += by;
+    }
+
+    /// Moves to `t` (never backwards).
+    pub fn set(&self, t: Instant) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *now = (*now).max(t);
+    }
+}
+
+#[cfg(test)]
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Loop tuning.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -127,8 +179,9 @@ impl Settings {
     }
 }
 
-pub struct Reconciler<B> {
+pub struct Reconciler<B, C = SystemClock> {
     settings: Settings,
+    clock: C,
     backend: B,
     metrics: Arc<Metrics>,
     cluster: Cluster,
@@ -148,10 +201,17 @@ pub struct Reconciler<B> {
 
 impl<B: Backend> Reconciler<B> {
     pub fn new(settings: Settings, backend: B, metrics: Arc<Metrics>) -> Self {
-        let now = Instant::now();
+        Reconciler::with_clock(settings, backend, metrics, SystemClock)
+    }
+}
+
+impl<B: Backend, C: Clock> Reconciler<B, C> {
+    pub fn with_clock(settings: Settings, backend: B, metrics: Arc<Metrics>, clock: C) -> Self {
+        let now = clock.now();
         Reconciler {
             next_drift: now + settings.drift_interval,
             settings,
+            clock,
             backend,
             metrics,
             cluster: Cluster::new(),
@@ -181,7 +241,7 @@ impl<B: Backend> Reconciler<B> {
     pub fn run(mut self, rx: Receiver<Stamped>) -> Self {
         loop {
             let msg = match self.deadline() {
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(self.clock.now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
@@ -199,15 +259,23 @@ impl<B: Backend> Reconciler<B> {
                     Err(_) => break,
                 }
             }
-            if self.deadline().is_some_and(|d| d <= Instant::now()) {
-                self.tick();
-            }
+            self.poll();
         }
+    }
+
+    /// Does what is due now (a batch, a retry or the drift check), if
+    /// anything; returns whether it did.
+    pub fn poll(&mut self) -> bool {
+        let due = self.deadline().is_some_and(|d| d <= self.clock.now());
+        if due {
+            self.tick();
+        }
+        due
     }
 
     /// The next instant something is due, `None` while waiting for the
     /// initial lists.
-    fn deadline(&self) -> Option<Instant> {
+    pub fn deadline(&self) -> Option<Instant> {
         if !self.all_synced() {
             return None;
         }
@@ -235,7 +303,7 @@ impl<B: Backend> Reconciler<B> {
     }
 
     fn mark_dirty(&mut self, at: Instant) {
-        self.last_change = Instant::now();
+        self.last_change = self.clock.now();
         self.dirty_since = Some(self.dirty_since.map_or(at, |d| d.min(at)));
     }
 
@@ -277,7 +345,7 @@ impl<B: Backend> Reconciler<B> {
             self.repair_drift(&last);
             self.last_applied.get_or_insert(last);
         } else {
-            self.next_drift = Instant::now() + self.settings.drift_interval;
+            self.next_drift = self.clock.now() + self.settings.drift_interval;
         }
     }
 
@@ -293,15 +361,17 @@ impl<B: Backend> Reconciler<B> {
             return;
         };
         self.update_watched();
+        // Compile time is measured on the real clock: it is a cost, not a
+        // deadline.
         let t0 = Instant::now();
         let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
         let compile = t0.elapsed();
         self.metrics.compile_seconds.observe(compile.as_secs_f64());
         let result = self.backend.apply(&desired);
-        self.last_batch = Some(Instant::now());
+        let now = self.clock.now();
+        self.last_batch = Some(now);
         match result {
             Ok(applied) => {
-                let now = Instant::now();
                 self.metrics
                     .observe_apply(&applied, &desired, Some(now.duration_since(since)));
                 if applied.changed {
@@ -334,7 +404,7 @@ impl<B: Backend> Reconciler<B> {
         self.failures += 1;
         let exp = self.failures.saturating_sub(1).min(16);
         let delay = (self.settings.backoff_min * 2u32.pow(exp)).min(self.settings.backoff_max);
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_at = Some(self.clock.now() + delay);
         self.metrics.observe_error(e.metric_label());
         self.metrics.health.set_last_apply_ok(false);
         tracing::warn!(
@@ -348,7 +418,7 @@ impl<B: Backend> Reconciler<B> {
     fn repair_drift(&mut self, last: &Ruleset) {
         match self.backend.verify(last) {
             Ok(Applied { changed: false, .. }) => {
-                self.ok(Instant::now());
+                self.ok(self.clock.now());
             }
             Ok(applied) => {
                 tracing::warn!(
@@ -357,11 +427,11 @@ impl<B: Backend> Reconciler<B> {
                 );
                 self.metrics.drift_repairs.inc();
                 self.metrics.observe_apply(&applied, last, None);
-                self.ok(Instant::now());
+                self.ok(self.clock.now());
             }
             Err(e) => {
                 // Retry through the normal path, with backoff.
-                self.dirty_since = Some(Instant::now());
+                self.dirty_since = Some(self.clock.now());
                 self.failed(&e);
             }
         }

@@ -1,0 +1,359 @@
+//! The reconcile loop's timing rules on virtual time: a [`ManualClock`]
+//! and direct calls to `handle` and `poll`, so debounce, coalescing,
+//! retry backoff and the drift check are asserted to the millisecond and
+//! no test sleeps or depends on how fast the machine is.
+
+use super::backend::{Applied, Backend, BackendError, MemoryBackend};
+use super::metrics::Metrics;
+use super::reconcile::{Change, Clock, Kind, ManualClock, Reconciler, Settings};
+use crate::netlink::NetlinkError;
+use policy_compiler::model::{Namespace, Pod};
+use policy_compiler::{Object, Ruleset};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "node-a";
+const MS: Duration = Duration::from_millis(1);
+
+/// The in-memory kernel, plus a count of batches to refuse the way the
+/// kernel refuses one (nothing changes).
+#[derive(Clone, Default)]
+struct Kernel {
+    mem: MemoryBackend,
+    refuse: Arc<AtomicUsize>,
+}
+
+impl Backend for Kernel {
+    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        let refuse = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            self.mem.state().applies += 1;
+            return Err(NetlinkError::NotCommitted.into());
+        }
+        self.mem.apply(desired)
+    }
+}
+
+struct Loop {
+    r: Reconciler<Kernel, ManualClock>,
+    clock: ManualClock,
+    kernel: Kernel,
+    metrics: Arc<Metrics>,
+    t0: Instant,
+    /// When each batch was sent, relative to `t0`.
+    batch_times: Vec<Duration>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        debounce: 20 * MS,
+        max_delay: 100 * MS,
+        drift_interval: Duration::from_secs(30),
+        backoff_min: 100 * MS,
+        backoff_max: 800 * MS,
+        ..Settings::new(NODE)
+    }
+}
+
+fn pod(i: usize) -> Object {
+    Object::Pod(Pod {
+        namespace: "prod".into(),
+        name: format!("p{i}"),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        node_name: Some(NODE.into()),
+        host_network: false,
+        ips: vec![format!("10.3.{}.{}", i / 200, i % 200 + 1)
+            .parse()
+            .expect("ip")],
+        named_ports: vec![],
+        terminal: false,
+    })
+}
+
+/// A policy isolating `app=web` pods, so every new pod changes the table.
+fn isolating_policy() -> Vec<Object> {
+    let text = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "web", "namespace": "prod"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}}}"#;
+    let loaded = policy_compiler::parse("t", text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    loaded.objects
+}
+
+impl Loop {
+    fn new(settings: Settings) -> Loop {
+        let clock = ManualClock::default();
+        let kernel = Kernel::default();
+        let metrics = Arc::new(Metrics::new());
+        let r = Reconciler::with_clock(settings, kernel.clone(), metrics.clone(), clock.clone());
+        Loop {
+            t0: clock.now(),
+            r,
+            clock,
+            kernel,
+            metrics,
+            batch_times: Vec::new(),
+        }
+    }
+
+    /// A loop that has listed every kind and programmed the first batch.
+    fn synced(settings: Settings) -> Loop {
+        let mut l = Loop::new(settings);
+        l.change(Change::Replace {
+            kinds: Kind::ALL.to_vec(),
+            objects: isolating_policy(),
+        });
+        assert_eq!(l.batches(), 1, "the initial sync is programmed at once");
+        l
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.now() - self.t0
+    }
+
+    fn batches(&self) -> usize {
+        self.kernel.mem.state().batches
+    }
+
+    fn applies(&self) -> usize {
+        self.kernel.mem.state().applies
+    }
+
+    /// Does what is due now, recording batch times.
+    fn poll(&mut self) -> bool {
+        let before = self.batches();
+        let did = self.r.poll();
+        if self.batches() > before {
+            self.batch_times.push(self.now());
+        }
+        did
+    }
+
+    /// A change arriving now; the loop then does what is due.
+    fn change(&mut self, c: Change) {
+        self.r.handle(self.clock.now(), c);
+        self.poll();
+    }
+
+    /// Lets virtual time run to `at` (relative to `t0`), doing everything
+    /// that falls due on the way at its exact instant.
+    fn run_until(&mut self, at: Duration) {
+        let end = self.t0 + at;
+        for _ in 0..100_000 {
+            match self.r.deadline() {
+                Some(d) if d <= end => {
+                    self.clock.set(d);
+                    self.poll();
+                }
+                _ => {
+                    self.clock.set(end);
+                    return;
+                }
+            }
+        }
+        panic!("the loop kept finding work before {at:?}");
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let at = self.now() + d;
+        self.run_until(at);
+    }
+}
+
+#[test]
+fn nothing_is_programmed_before_every_kind_is_listed() {
+    let mut l = Loop::new(settings());
+    l.change(Change::Replace {
+        kinds: vec![Kind::Namespace, Kind::Policy],
+        objects: isolating_policy(),
+    });
+    assert_eq!(l.r.deadline(), None, "nothing is due with pods unlisted");
+    l.run_for(Duration::from_secs(3600));
+    assert_eq!(l.applies(), 0, "an hour later, still untouched");
+    assert!(!l.metrics.health.ready());
+    l.change(Change::Replace {
+        kinds: vec![Kind::Pod],
+        objects: vec![pod(1)],
+    });
+    assert_eq!(
+        l.batches(),
+        1,
+        "programmed the moment the last kind is listed"
+    );
+    assert!(l.metrics.health.ready());
+}
+
+#[test]
+fn an_empty_cluster_is_programmed_once_after_the_sync() {
+    let mut l = Loop::new(settings());
+    l.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: vec![],
+    });
+    assert_eq!(l.applies(), 1);
+    l.run_for(Duration::from_secs(10));
+    assert_eq!(l.applies(), 1);
+}
+
+#[test]
+fn an_isolated_change_goes_at_once_and_a_follow_up_waits_for_quiet() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(1));
+    let t = l.now();
+    l.change(Change::Apply(pod(1)));
+    assert_eq!(
+        l.batch_times[1..],
+        [t],
+        "leading edge: no delay after quiet"
+    );
+    // 5 ms later another change: batches are following each other now,
+    // so it waits for 20 ms of quiet; a third one at +15 ms pushes that.
+    l.run_for(5 * MS);
+    l.change(Change::Apply(pod(2)));
+    l.run_for(15 * MS);
+    l.change(Change::Apply(pod(3)));
+    l.run_for(19 * MS);
+    assert_eq!(l.batch_times.len(), 2, "still inside the quiet time");
+    l.run_for(MS);
+    assert_eq!(l.batch_times[1..], [t, t + 40 * MS], "one batch for both");
+    let want = policy_compiler::compile(l.r.cluster(), NODE);
+    assert_eq!(l.kernel.mem.state().table.as_ref(), Some(&want));
+}
+
+#[test]
+fn a_steady_stream_is_programmed_at_least_every_max_delay() {
+    let mut l = Loop::synced(Settings {
+        debounce: 50 * MS,
+        max_delay: 100 * MS,
+        ..settings()
+    });
+    l.run_for(Duration::from_secs(1));
+    let start = l.now();
+    // A change every 10 ms for a second: never 50 ms of quiet.
+    let mut arrivals = Vec::new();
+    for i in 0..100 {
+        arrivals.push(l.now());
+        l.change(Change::Apply(pod(i)));
+        l.run_for(10 * MS);
+    }
+    l.run_for(Duration::from_secs(1));
+    let batches: Vec<Duration> = l.batch_times[1..].iter().map(|t| *t - start).collect();
+    // The first change goes at once (leading edge); the rest never see
+    // 50 ms of quiet, so each waits at most max_delay after the oldest
+    // change not yet programmed.
+    let want: Vec<Duration> = [0]
+        .into_iter()
+        .chain((1..=10).map(|k| k * 100 + 10))
+        .map(|ms| ms * MS)
+        .collect();
+    assert_eq!(batches, want);
+    for a in arrivals {
+        let a = a - start;
+        let programmed = batches.iter().find(|b| **b >= a).expect("programmed");
+        assert!(
+            *programmed - a <= 100 * MS,
+            "change at {a:?} waited until {programmed:?}"
+        );
+    }
+}
+
+#[test]
+fn a_burst_arriving_together_is_one_batch() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(1));
+    for i in 0..1000 {
+        l.r.handle(l.clock.now(), Change::Apply(pod(i)));
+    }
+    l.run_for(Duration::from_secs(1));
+    assert_eq!(l.batches(), 2);
+}
+
+#[test]
+fn failed_batches_back_off_exponentially_and_a_success_resets() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(1));
+    l.kernel.refuse.store(5, Ordering::SeqCst);
+    let t = l.now();
+    l.change(Change::Apply(pod(1)));
+    assert_eq!(l.applies(), 2, "the sync, the first attempt");
+    assert!(
+        !l.metrics.health.ready(),
+        "a failed batch makes the agent unready"
+    );
+    // Retries after 100, 200, 400, then 800 ms (the cap); the fifth
+    // attempt fails too, the sixth succeeds.
+    let mut attempts = vec![];
+    for _ in 0..5 {
+        let before = l.applies();
+        let next = l.r.deadline().expect("a retry is due");
+        l.run_until(next - l.t0);
+        assert_eq!(l.applies(), before + 1);
+        attempts.push(l.now() - t);
+    }
+    let want: Vec<Duration> = [100, 300, 700, 1500, 2300]
+        .iter()
+        .map(|&ms| ms * MS)
+        .collect();
+    assert_eq!(attempts, want);
+    assert_eq!(l.batches(), 2);
+    assert!(l.metrics.health.ready(), "ready again after the success");
+    assert!(l
+        .metrics
+        .encode()
+        .contains("nftpol_errors_total{error=\"netlink_not_committed\"} 5"));
+    // The next failure starts from the minimum again.
+    l.run_for(Duration::from_secs(1));
+    l.kernel.refuse.store(1, Ordering::SeqCst);
+    l.change(Change::Apply(pod(2)));
+    let failed_at = l.now();
+    l.run_for(99 * MS);
+    assert_eq!(l.batches(), 2);
+    l.run_for(MS);
+    assert_eq!(l.batches(), 3);
+    assert_eq!(*l.batch_times.last().expect("batch"), failed_at + 100 * MS);
+}
+
+#[test]
+fn drift_is_checked_every_interval_and_repaired() {
+    let mut l = Loop::synced(settings());
+    let synced_at = l.now();
+    let want = l.kernel.mem.state().table.clone();
+    // Someone deletes our table a second later.
+    l.run_for(Duration::from_secs(1));
+    l.kernel.mem.state().table = None;
+    l.run_until(synced_at + Duration::from_secs(30) - MS);
+    assert_eq!(
+        l.kernel.mem.state().table,
+        None,
+        "not checked before the interval"
+    );
+    l.run_for(MS);
+    assert_eq!(l.kernel.mem.state().table, want, "repaired at the interval");
+    assert!(l.metrics.encode().contains("nftpol_drift_repairs_total 1"));
+    // An untouched table is read back every interval and left alone.
+    let applies = l.applies();
+    l.run_for(Duration::from_secs(60));
+    assert_eq!(l.applies(), applies + 2, "two more checks");
+    assert_eq!(l.batches(), 2, "only the repair sent a batch");
+    assert!(l.metrics.encode().contains("nftpol_drift_repairs_total 1"));
+}
+
+#[test]
+fn a_change_postpones_the_drift_check() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(20));
+    l.change(Change::Apply(Object::Namespace(Namespace {
+        name: "prod".into(),
+        labels: [("team".to_string(), "a".to_string())].into(),
+    })));
+    let programmed = l.now();
+    let applies = l.applies();
+    l.run_until(programmed + Duration::from_secs(30) - MS);
+    assert_eq!(l.applies(), applies, "the batch just verified the table");
+    l.run_for(MS);
+    assert_eq!(l.applies(), applies + 1);
+}
