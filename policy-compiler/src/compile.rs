@@ -16,7 +16,6 @@
 //! concatenations for named ports resolved per destination pod), so a peer
 //! coming or going is a set element, not a chain rewrite.
 
-use crate::eval::{peer_selects_namespace, peer_selects_pod_in};
 use crate::index::Cluster;
 use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
@@ -36,20 +35,18 @@ pub fn map_name(direction: Direction, family: Family) -> String {
     format!("{}_{}", direction.word(), family.suffix())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Ingress,
-    Egress,
+/// How the compiler enforces a direction. Kept here, not on the model's
+/// `Direction`, because only the ruleset's shape depends on it.
+trait Enforce {
+    fn short(self) -> &'static str;
+    fn chain_prefix(self) -> &'static str;
+    fn peer_dir(self) -> Dir;
+    fn pod_dir(self) -> Dir;
+    fn allow(self) -> Verdict;
+    fn rules(self, p: &Policy) -> Option<&Vec<PolicyRule>>;
 }
 
-impl Direction {
-    pub fn word(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
+impl Enforce for Direction {
     fn short(self) -> &'static str {
         match self {
             Direction::Ingress => "in",
@@ -84,7 +81,7 @@ impl Direction {
             Direction::Egress => Verdict::Return,
         }
     }
-    pub fn rules(self, p: &Policy) -> Option<&Vec<PolicyRule>> {
+    fn rules(self, p: &Policy) -> Option<&Vec<PolicyRule>> {
         match self {
             Direction::Ingress => p.ingress.as_ref(),
             Direction::Egress => p.egress.as_ref(),
@@ -541,6 +538,35 @@ fn peer_pods<'c>(cluster: &'c Cluster, pol: &Policy, peers: &[Peer]) -> Vec<&'c 
         }
     }
     seen.into_values().collect()
+}
+
+/// Whether a peer's namespace part selects namespace `ns`.
+fn peer_selects_namespace(cluster: &Cluster, policy_ns: &str, peer: &Peer, ns: &str) -> bool {
+    match peer {
+        Peer::Pods {
+            namespace_selector: None,
+            ..
+        } => ns == policy_ns,
+        Peer::Pods {
+            namespace_selector: Some(sel),
+            ..
+        } => sel.matches(&cluster.namespace_labels(ns)),
+        Peer::IpBlock { .. } => false,
+    }
+}
+
+/// Whether a peer's pod part selects `pod` (its namespace checked apart).
+fn peer_selects_pod_in(peer: &Peer, pod: &Pod) -> bool {
+    match peer {
+        Peer::Pods {
+            pod_selector: None, ..
+        } => true,
+        Peer::Pods {
+            pod_selector: Some(sel),
+            ..
+        } => sel.matches(&pod.labels),
+        Peer::IpBlock { .. } => false,
+    }
 }
 
 fn family_digit(f: Family) -> &'static str {

@@ -103,6 +103,11 @@ impl Cluster {
         self.pods.get(&(namespace.to_string(), name.to_string()))
     }
 
+    /// The Namespace object `name`, if it was given.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
     pub fn pods(&self) -> impl DoubleEndedIterator<Item = &Pod> {
         self.pods.values()
     }

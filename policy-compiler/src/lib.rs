@@ -18,12 +18,13 @@ pub mod render;
 pub mod selector;
 pub mod synth;
 
-pub use compile::{compile, Direction};
+pub use compile::compile;
 pub use error::{Error, ObjectError};
 pub use eval::{allowed, Decision, Endpoint};
 pub use index::Cluster;
 pub use ir::Ruleset;
 pub use manifest::{parse, Loaded, Object};
+pub use model::Direction;
 
 #[cfg(test)]
 mod prop_tests;

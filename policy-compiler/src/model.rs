@@ -109,6 +109,27 @@ impl Pod {
     }
 }
 
+/// The direction of traffic a policy rule governs, seen from the pod the
+/// policy selects: `Ingress` towards it, `Egress` away from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// The API word (`ingress`), as comments and audit output use it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub namespace: String,
@@ -159,19 +180,4 @@ pub enum PortRef {
     Range(u16, u16),
     /// A container port name, resolved on the destination pod.
     Named(String),
-}
-
-impl PortSpec {
-    /// Whether this entry admits (protocol, port) towards `dst` (the
-    /// destination pod, if the destination is one).
-    pub fn admits(&self, protocol: Protocol, port: u16, dst: Option<&Pod>) -> bool {
-        if self.protocol != protocol {
-            return false;
-        }
-        match &self.port {
-            PortRef::Any => true,
-            PortRef::Range(lo, hi) => *lo <= port && port <= *hi,
-            PortRef::Named(name) => dst.and_then(|p| p.resolve_port(name, protocol)) == Some(port),
-        }
-    }
 }

@@ -1,9 +1,19 @@
 //! The semantic evaluator: what upstream NetworkPolicy v1 semantics allow,
-//! computed straight from the model and independent of the IR, so it can
-//! judge the compiler (property tests, e2e) and explain a verdict to an
-//! auditor with the policies and rules that decided it.
+//! computed straight from the model objects and independent of the IR, so
+//! it can judge the compiler (property tests, e2e) and explain a verdict to
+//! an auditor with the policies and rules that decided it.
+//!
+//! It is an oracle, so it shares no semantic code with the compiler: it
+//! matches selectors, tests ipBlock membership, resolves named ports and
+//! decides which pods policies can select with its own predicates
+//! (`spec.rs`), never with `Selector::matches`, the ipBlock ranges or
+//! `Pod::resolve_port` the compiler uses. Tests in `spec.rs` hold both
+//! sides to the same tables. `netpol.rs` owns the per-side verdict of
+//! NetworkPolicy v1; further policy tiers sit next to it.
 
-use crate::compile::Direction;
+mod netpol;
+pub mod spec;
+
 use crate::index::Cluster;
 use crate::ir::Family;
 use crate::model::*;
@@ -104,51 +114,6 @@ pub struct Decision {
     pub ingress: SideVerdict,
 }
 
-/// Whether a peer's namespace part selects namespace `ns`.
-pub fn peer_selects_namespace(cluster: &Cluster, policy_ns: &str, peer: &Peer, ns: &str) -> bool {
-    match peer {
-        Peer::Pods {
-            namespace_selector: None,
-            ..
-        } => ns == policy_ns,
-        Peer::Pods {
-            namespace_selector: Some(sel),
-            ..
-        } => sel.matches(&cluster.namespace_labels(ns)),
-        Peer::IpBlock { .. } => false,
-    }
-}
-
-/// Whether a peer's pod part selects `pod` (its namespace checked apart).
-pub fn peer_selects_pod_in(peer: &Peer, pod: &Pod) -> bool {
-    match peer {
-        Peer::Pods {
-            pod_selector: None, ..
-        } => true,
-        Peer::Pods {
-            pod_selector: Some(sel),
-            ..
-        } => sel.matches(&pod.labels),
-        Peer::IpBlock { .. } => false,
-    }
-}
-
-fn peer_matches(
-    cluster: &Cluster,
-    policy_ns: &str,
-    peer: &Peer,
-    ip: IpAddr,
-    pod: Option<&Pod>,
-) -> bool {
-    match peer {
-        Peer::IpBlock { ranges, .. } => ranges.iter().any(|r| r.contains(ip)),
-        Peer::Pods { .. } => pod.is_some_and(|p| {
-            peer_selects_namespace(cluster, policy_ns, peer, &p.namespace)
-                && peer_selects_pod_in(peer, p)
-        }),
-    }
-}
-
 /// Resolves an endpoint to the address the packet carries and, for pods
 /// that policies can select, the pod.
 fn resolve<'c>(
@@ -157,7 +122,7 @@ fn resolve<'c>(
     family: Family,
 ) -> Result<(IpAddr, Option<&'c Pod>), EvalError> {
     match e {
-        Endpoint::Ip(ip) => Ok((*ip, cluster.policy_pod_by_ip(*ip))),
+        Endpoint::Ip(ip) => Ok((*ip, spec::policy_pod_by_ip(cluster, *ip))),
         Endpoint::Pod { namespace, name } => {
             let pod = cluster
                 .pod(namespace, name)
@@ -171,7 +136,7 @@ fn resolve<'c>(
                     endpoint: e.to_string(),
                     family,
                 })?;
-            Ok((ip, pod.is_policy_pod().then_some(pod)))
+            Ok((ip, spec::is_policy_pod(pod).then_some(pod)))
         }
     }
 }
@@ -215,7 +180,7 @@ pub fn allowed(
     let (src_ip, src_pod) = resolve(cluster, src, family)?;
     let (dst_ip, dst_pod) = resolve(cluster, dst, family)?;
     if let (Some(a), Some(b)) = (src_pod, dst_pod) {
-        if a.key() == b.key() {
+        if (&a.namespace, &a.name) == (&b.namespace, &b.name) {
             return Ok(Decision {
                 allowed: true,
                 src_ip,
@@ -227,7 +192,7 @@ pub fn allowed(
     }
     let egress = match src_pod {
         None => SideVerdict::NotAPod,
-        Some(pod) => side(
+        Some(pod) => netpol::side(
             cluster,
             pod,
             Direction::Egress,
@@ -239,7 +204,7 @@ pub fn allowed(
     };
     let ingress = match dst_pod {
         None => SideVerdict::NotAPod,
-        Some(pod) => side(
+        Some(pod) => netpol::side(
             cluster,
             pod,
             Direction::Ingress,
@@ -256,52 +221,4 @@ pub fn allowed(
         egress,
         ingress,
     })
-}
-
-fn side(
-    cluster: &Cluster,
-    pod: &Pod,
-    direction: Direction,
-    (peer_ip, peer_pod): (IpAddr, Option<&Pod>),
-    port_owner: Option<&Pod>,
-    protocol: Protocol,
-    port: u16,
-) -> SideVerdict {
-    let mut isolated_by = Vec::new();
-    let mut rules = Vec::new();
-    for pol in cluster
-        .policies_in(&pod.namespace)
-        .filter(|p| p.pod_selector.matches(&pod.labels))
-    {
-        let Some(prules) = direction.rules(pol) else {
-            continue;
-        };
-        isolated_by.push(format!("{}/{}", pol.namespace, pol.name));
-        for (index, r) in prules.iter().enumerate() {
-            let peer_ok = match &r.peers {
-                None => true,
-                Some(peers) => peers
-                    .iter()
-                    .any(|p| peer_matches(cluster, &pol.namespace, p, peer_ip, peer_pod)),
-            };
-            let port_ok = match &r.ports {
-                None => true,
-                Some(specs) => specs.iter().any(|s| s.admits(protocol, port, port_owner)),
-            };
-            if peer_ok && port_ok {
-                rules.push(RuleRef {
-                    policy: format!("{}/{}", pol.namespace, pol.name),
-                    direction,
-                    index,
-                });
-            }
-        }
-    }
-    if isolated_by.is_empty() {
-        SideVerdict::NotIsolated
-    } else if rules.is_empty() {
-        SideVerdict::Denied { isolated_by }
-    } else {
-        SideVerdict::Allowed { rules }
-    }
 }
