@@ -3,9 +3,11 @@
 //! writer and returns its exit status, so tests drive them directly.
 
 use crate::error::Error;
+use crate::report;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use policy_compiler::eval::{self, Endpoint, SideVerdict};
 use policy_compiler::ir::Family;
+use policy_compiler::matrix::{self as pmatrix, Probe};
 use policy_compiler::model::Protocol;
 use policy_compiler::{render, Cluster, Loaded};
 use std::io::Write;
@@ -165,6 +167,24 @@ pub struct MatrixArgs {
     /// Only pods in these namespaces (default: all).
     #[arg(long)]
     pub namespace: Vec<String>,
+    /// Output format. `text`: a grid (`.` allowed, `X` denied) and the
+    /// per-namespace summary; `csv`: one row per flow with the deciding
+    /// rules; `markdown`: tables for a review; `svg`: a heat map to open in
+    /// a browser (hover a cell for the decision).
+    #[arg(long, value_enum, default_value_t = MatrixFormat::Text)]
+    pub format: MatrixFormat,
+    /// Only the per-namespace summary (allowed/total flows between each
+    /// pair of namespaces); with csv, one row per namespace pair.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MatrixFormat {
+    Text,
+    Csv,
+    Markdown,
+    Svg,
 }
 
 /// Loads the manifests into a cluster, reporting invalid objects on stderr.
@@ -297,23 +317,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, Error> {
 }
 
 fn describe_side(side: &SideVerdict, what: &str) -> String {
-    match side {
-        SideVerdict::NotAPod => format!("{what}: not a pod policies select: unrestricted"),
-        SideVerdict::NotIsolated => format!("{what}: no policy isolates it: allowed"),
-        SideVerdict::SamePod => format!("{what}: same pod, never leaves it: allowed"),
-        SideVerdict::Allowed { rules } => format!(
-            "{what}: allowed by {}",
-            rules
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        SideVerdict::Denied { isolated_by } => format!(
-            "{what}: denied: isolated by {} and no rule admits this flow",
-            isolated_by.join(", ")
-        ),
-    }
+    format!("{what}: {}", report::describe_side(side))
 }
 
 pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
@@ -346,57 +350,36 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
     Ok(exit_status(skipped))
 }
 
+/// The probes of `--port` (default 80/TCP).
+fn probes(ports: &[String]) -> Result<Vec<Probe>, Error> {
+    if ports.is_empty() {
+        return Ok(vec![Probe {
+            port: 80,
+            protocol: Protocol::Tcp,
+        }]);
+    }
+    ports
+        .iter()
+        .map(|p| parse_port(p).map(|(port, protocol)| Probe { port, protocol }))
+        .collect()
+}
+
 pub fn matrix(args: &MatrixArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let (cluster, skipped) = load_cluster(&args.input)?;
-    let ports = if args.port.is_empty() {
-        vec![(80, Protocol::Tcp)]
-    } else {
-        args.port
-            .iter()
-            .map(|p| parse_port(p))
-            .collect::<Result<Vec<_>, _>>()?
-    };
+    let probes = probes(&args.port)?;
     let family: Family = match args.family {
         Some(f) => f.into(),
-        None if cluster
-            .pods()
-            .any(|p| p.is_policy_pod() && p.ips.iter().any(IpAddr::is_ipv4)) =>
-        {
-            Family::Ipv4
-        }
-        None => Family::Ipv6,
+        None => pmatrix::default_family(&cluster),
     };
-    let pods: Vec<Endpoint> = cluster
-        .pods()
-        .filter(|p| p.is_policy_pod() && p.ips.iter().any(|ip| Family::of(ip) == family))
-        .filter(|p| args.namespace.is_empty() || args.namespace.contains(&p.namespace))
-        .map(|p| Endpoint::pod(&p.namespace, &p.name))
-        .collect();
-    let mut text = String::new();
-    for (port, proto) in ports {
-        let names: Vec<String> = pods.iter().map(|p| p.to_string()).collect();
-        let width = names.iter().map(String::len).max().unwrap_or(0).max(4);
-        text.push_str(&format!(
-            "{port}/{} {:?} (rows: from, columns: to; . allowed, X denied)\n",
-            proto.api(),
-            family
-        ));
-        text.push_str(&format!("{:width$}", ""));
-        for n in &names {
-            text.push_str(&format!(" {n}"));
-        }
-        text.push('\n');
-        for (src, sname) in pods.iter().zip(&names) {
-            text.push_str(&format!("{sname:width$}"));
-            for (dst, dname) in pods.iter().zip(&names) {
-                let d = eval::allowed(&cluster, src, dst, family, proto, port)?;
-                let mark = if d.allowed { "." } else { "X" };
-                text.push_str(&format!(" {mark:^w$}", w = dname.len()));
-            }
-            text.push('\n');
-        }
-        text.push('\n');
-    }
+    let pods = pmatrix::pods(&cluster, family, &args.namespace);
+    let m = pmatrix::build(&cluster, family, pods, &probes)?;
+    let text = match args.format {
+        MatrixFormat::Text => report::matrix::text(&m, args.summary),
+        MatrixFormat::Csv => report::matrix::csv(&m, args.summary)
+            .map_err(|e| Error::Usage(format!("cannot write CSV: {e}")))?,
+        MatrixFormat::Markdown => report::matrix::markdown(&m, args.summary),
+        MatrixFormat::Svg => report::svg::render(&m),
+    };
     write_out(out, &text)?;
     Ok(exit_status(skipped))
 }

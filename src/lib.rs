@@ -7,5 +7,6 @@ pub mod cli;
 pub mod error;
 pub mod manifests;
 pub mod netlink;
+pub mod report;
 
 pub use error::Error;

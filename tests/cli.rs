@@ -193,3 +193,205 @@ fn directories_are_read_recursively() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("prod/api-0"));
 }
+
+fn matrix_output(args: &[&str]) -> String {
+    let mut all = vec![
+        "matrix",
+        "-m",
+        "examples/policies/02-default-deny-ingress.yaml",
+    ];
+    all.extend_from_slice(args);
+    let out = nftpol(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn matrix_text_has_a_namespace_summary() {
+    let t = matrix_output(&[]);
+    let summary = t
+        .split_once("by namespace")
+        .map(|(_, s)| s)
+        .expect("summary section");
+    // dev/tool-0 reaches neither prod pod; prod reaches itself 2 of 4.
+    let row = |ns: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{ns} ")))
+            .unwrap_or_else(|| panic!("row {ns}: {t}"))
+            .split_whitespace()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("dev"), vec!["1/1", "0/2"], "{t}");
+    assert_eq!(row("prod"), vec!["2/2", "2/4"], "{t}");
+    let only = matrix_output(&["--summary"]);
+    assert!(!only.contains("dev/tool-0"), "{only}");
+    assert!(only.contains("0/2"), "{only}");
+}
+
+#[test]
+fn matrix_csv_has_one_row_per_flow_with_the_deciding_rules() {
+    let t = matrix_output(&["--format", "csv", "--port", "80/TCP", "--port", "53/UDP"]);
+    let mut r = csv::Reader::from_reader(t.as_bytes());
+    let headers = r.headers().expect("header").clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.expect("record")).collect();
+    assert_eq!(rows.len(), 2 * 3 * 3, "{t}");
+    let row = rows
+        .iter()
+        .find(|x| &x[col("from")] == "dev/tool-0" && &x[col("to")] == "prod/db-0")
+        .expect("dev/tool-0 -> prod/db-0");
+    assert_eq!(&row[col("verdict")], "DENIED");
+    assert_eq!(&row[col("port")], "80/TCP");
+    assert!(
+        row[col("ingress")].contains("isolated by prod/default-deny-ingress"),
+        "{t}"
+    );
+
+    let s = matrix_output(&["--format", "csv", "--summary"]);
+    let mut r = csv::Reader::from_reader(s.as_bytes());
+    let rows: Vec<Vec<String>> = r
+        .records()
+        .map(|x| x.expect("record").iter().map(String::from).collect())
+        .collect();
+    assert!(
+        rows.contains(
+            &["80/TCP", "IPv4", "prod", "prod", "2", "2", "4"]
+                .map(String::from)
+                .to_vec()
+        ),
+        "{s}"
+    );
+}
+
+#[test]
+fn matrix_markdown_is_a_table_per_probe_and_summary() {
+    let t = matrix_output(&["--format", "markdown"]);
+    assert!(t.contains("## 80/TCP IPv4"), "{t}");
+    assert!(
+        t.contains("| **dev/tool-0** | allow | **DENY** | **DENY** |"),
+        "{t}"
+    );
+    assert!(t.contains("| **prod** | 2/2 | 2/4 |"), "{t}");
+}
+
+/// The SVG of a matrix: valid XML in the SVG namespace, one cell per flow
+/// coloured by verdict, with the decision as the cell's tooltip.
+#[test]
+fn matrix_svg_is_a_valid_heat_map() {
+    let t = matrix_output(&["--format", "svg"]);
+    let doc = roxmltree::Document::parse(&t).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2000/svg")
+    );
+    let cells = |class: &str| -> Vec<roxmltree::Node<'_, '_>> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("rect") && n.attribute("class") == Some(class))
+            .collect()
+    };
+    // 3 pods: 5 allowed, 4 denied (as in the text grid).
+    assert_eq!(cells("allowed").len(), 5, "{t}");
+    assert_eq!(cells("denied").len(), 4, "{t}");
+    assert_eq!(cells("namespace").len(), 4, "{t}");
+    let tip = cells("denied")
+        .iter()
+        .filter_map(|n| n.children().find(|c| c.has_tag_name("title")))
+        .filter_map(|n| n.text())
+        .find(|s| s.contains("from: dev/tool-0") && s.contains("to: prod/db-0"))
+        .expect("tooltip of dev/tool-0 -> prod/db-0")
+        .to_string();
+    assert!(
+        tip.contains("isolated by prod/default-deny-ingress"),
+        "{tip}"
+    );
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Opens the SVG in headless Chromium and checks the screenshot shows the
+/// heat map: both verdict colours, in about the share the matrix has.
+#[test]
+fn matrix_svg_renders_in_a_browser() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but chromium is not installed (.ci/run installs it)"
+        );
+        eprintln!("SKIP matrix_svg_renders_in_a_browser: chromium not installed");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nftpol-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let svg = dir.join("matrix.svg");
+    let png_path = dir.join("shot.png");
+    std::fs::write(&svg, matrix_output(&["--format", "svg"])).expect("write svg");
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=600,500",
+        ])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("--screenshot={}", png_path.display()))
+        .arg(format!("file://{}", svg.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait chromium") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish the screenshot in 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium exited with {status}");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).expect("screenshot written"),
+    ));
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut buf).expect("PNG frame");
+    let channels = info.color_type.samples();
+    let count = |rgb: (u8, u8, u8)| {
+        buf[..info.buffer_size()]
+            .chunks(channels)
+            .filter(|p| {
+                p[0].abs_diff(rgb.0) <= 8 && p[1].abs_diff(rgb.1) <= 8 && p[2].abs_diff(rgb.2) <= 8
+            })
+            .count()
+    };
+    // nftpol::report::svg::ALLOWED_COLOR / DENIED_COLOR.
+    let green = count((0x2e, 0x9d, 0x4f));
+    let red = count((0xd7, 0x30, 0x3a));
+    // 5 allowed and 4 denied 20x20 cells (red also fills the summary's
+    // all-denied dev -> prod cell).
+    assert!(green >= 5 * 300, "green pixels {green}");
+    assert!(red >= 4 * 300, "red pixels {red}");
+}

@@ -12,6 +12,7 @@ pub mod interp;
 pub mod ipblock;
 pub mod ir;
 pub mod manifest;
+pub mod matrix;
 pub mod model;
 pub mod names;
 pub mod render;

@@ -1,0 +1,39 @@
+//! What the audit commands print: the reachability matrix in its formats
+//! (text, CSV, Markdown, SVG heat map). Everything here turns data
+//! computed elsewhere (evaluator, compiler, interpreter, read-back) into
+//! text; nothing here decides a verdict.
+
+pub mod matrix;
+pub mod svg;
+
+use policy_compiler::eval::{Decision, SideVerdict};
+
+/// One side of a decision in words, e.g. `allowed by prod/web ingress[0]`.
+pub fn describe_side(side: &SideVerdict) -> String {
+    match side {
+        SideVerdict::NotAPod => "not a pod policies select: unrestricted".into(),
+        SideVerdict::NotIsolated => "no policy isolates it: allowed".into(),
+        SideVerdict::SamePod => "same pod, never leaves it: allowed".into(),
+        SideVerdict::Allowed { rules } => format!(
+            "allowed by {}",
+            rules
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        SideVerdict::Denied { isolated_by } => format!(
+            "denied: isolated by {} and no rule admits this flow",
+            isolated_by.join(", ")
+        ),
+    }
+}
+
+/// `ALLOWED` or `DENIED`.
+pub fn verdict_word(d: &Decision) -> &'static str {
+    if d.allowed {
+        "ALLOWED"
+    } else {
+        "DENIED"
+    }
+}
