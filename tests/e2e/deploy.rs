@@ -1,15 +1,26 @@
-//! Static checks of the deployment manifests (no root needed): every YAML
-//! document in deploy/ and tests/e2e/kind/ parses, the typed ones
-//! deserialize into their k8s-openapi types, and the RBAC stays read-only
-//! (get/list/watch on what the agent reads, plus creating Events).
+//! Static checks of what a cluster receives from deploy/ (no root needed,
+//! except the listen test): every YAML document parses into its
+//! k8s-openapi type, the ClusterRole grants exactly what the agent's code
+//! calls, the DaemonSet's security-relevant fields hold, and the build
+//! context and versions stay consistent. The schema validation against the
+//! Kubernetes OpenAPI of the targeted version is `.ci/check-scripts.sh`.
 
+use crate::netns::{run, unique_tag, PREFIX};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -17,8 +28,12 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            out.extend(yaml_files(&p));
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.extend(files(&p, exts));
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| exts.contains(&e))
+        {
             out.push(p);
         }
     }
@@ -28,10 +43,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Every document of every YAML file, with its file for error messages.
 fn documents() -> Vec<(PathBuf, serde_yaml::Value)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut docs = Vec::new();
     for dir in ["deploy", "tests/e2e/kind"] {
-        for f in yaml_files(&root.join(dir)) {
+        for f in files(&root().join(dir), &["yaml", "yml"]) {
             let text = std::fs::read_to_string(&f).expect("read YAML file");
             for d in serde_yaml::Deserializer::from_str(&text) {
                 let v = serde_yaml::Value::deserialize(d)
@@ -55,13 +69,24 @@ fn typed<T: serde::de::DeserializeOwned>(f: &Path, v: &serde_yaml::Value) -> T {
     })
 }
 
+/// The one document of `kind` under deploy/.
+fn only<T: serde::de::DeserializeOwned>(kind: &str) -> (PathBuf, T) {
+    let mut found: Vec<(PathBuf, T)> = documents()
+        .into_iter()
+        .filter(|(f, v)| f.starts_with(root().join("deploy")) && v["kind"] == kind)
+        .map(|(f, v)| {
+            let t = typed(&f, &v);
+            (f, t)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "deploy/ must hold exactly one {kind}");
+    found.remove(0)
+}
+
 #[test]
 fn deploy_manifests_parse() {
     let docs = documents();
     assert!(!docs.is_empty(), "no YAML found under deploy/");
-    let mut kinds = Vec::new();
-    let mut sa_name = None;
-    let mut ds_sa = None;
     for (f, v) in &docs {
         let kind = v["kind"]
             .as_str()
@@ -71,67 +96,405 @@ fn deploy_manifests_parse() {
             "{}: {kind} without apiVersion",
             f.display()
         );
-        kinds.push(kind.to_string());
         match kind {
-            "ServiceAccount" => {
-                let sa: ServiceAccount = typed(f, v);
-                sa_name = sa.metadata.name;
-            }
-            "ClusterRole" => {
-                let role: ClusterRole = typed(f, v);
-                for rule in role.rules.unwrap_or_default() {
-                    let resources = rule.resources.clone().unwrap_or_default();
-                    for verb in &rule.verbs {
-                        let read = matches!(verb.as_str(), "get" | "list" | "watch");
-                        let event_create =
-                            verb == "create" && resources.iter().all(|r| r == "events");
-                        assert!(
-                            read || event_create,
-                            "{}: ClusterRole grants {verb:?} on {resources:?}; the agent only reads",
-                            f.display()
-                        );
-                    }
-                    for r in &resources {
-                        assert!(
-                            matches!(
-                                r.as_str(),
-                                "namespaces" | "pods" | "networkpolicies" | "events"
-                            ),
-                            "{}: ClusterRole names unexpected resource {r:?}",
-                            f.display()
-                        );
-                    }
-                }
-            }
-            "ClusterRoleBinding" => {
-                let _: ClusterRoleBinding = typed(f, v);
-            }
-            "DaemonSet" => {
-                let ds: DaemonSet = typed(f, v);
-                let pod = ds
-                    .spec
-                    .and_then(|s| s.template.spec)
-                    .expect("DaemonSet has a pod template spec");
-                assert_eq!(
-                    pod.host_network,
-                    Some(true),
-                    "the agent must run in the host netns"
-                );
-                ds_sa = pod.service_account_name;
-            }
+            "ServiceAccount" => drop(typed::<ServiceAccount>(f, v)),
+            "ClusterRole" => drop(typed::<ClusterRole>(f, v)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(f, v)),
+            "DaemonSet" => drop(typed::<DaemonSet>(f, v)),
             _ => {}
         }
     }
-    for want in [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "DaemonSet",
-    ] {
-        assert!(kinds.iter().any(|k| k == want), "deploy/ has no {want}");
-    }
+    let (_, sa) = only::<ServiceAccount>("ServiceAccount");
+    let (_, binding) = only::<ClusterRoleBinding>("ClusterRoleBinding");
+    let (_, role) = only::<ClusterRole>("ClusterRole");
+    let pod = pod_spec();
     assert_eq!(
-        sa_name, ds_sa,
+        pod.service_account_name, sa.metadata.name,
         "the DaemonSet must run as the ServiceAccount in deploy/"
     );
+    assert_eq!(
+        binding.role_ref.name,
+        role.metadata.name.unwrap_or_default()
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert!(
+        subjects.iter().any(|s| s.kind == "ServiceAccount"
+            && Some(&s.name) == sa.metadata.name.as_ref()
+            && s.namespace == sa.metadata.namespace),
+        "the ClusterRoleBinding must bind the agent's ServiceAccount: {subjects:?}"
+    );
+}
+
+/// (API group, resource, verb) triples.
+type Grants = BTreeSet<(String, String, String)>;
+
+/// What the agent's code calls, read from its source: every `Api<T>` it
+/// builds, with the verbs that use implies (watchers list and watch; Events
+/// are created). Test-only files are left out. An unknown `T` fails the
+/// test so that whoever adds a watch adds its RBAC here and in
+/// deploy/clusterrole.yaml together.
+fn grants_the_code_needs() -> Grants {
+    let mut needed = Grants::new();
+    let mut add = |group: &str, resource: &str, verbs: &[&str]| {
+        for v in verbs {
+            needed.insert((group.into(), resource.into(), (*v).into()));
+        }
+    };
+    for f in files(&root().join("src"), &["rs"]) {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if matches!(name, "tests.rs" | "fakeapi.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).expect("read source");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        if code.contains("Recorder::new") {
+            // kube-runtime's Recorder creates events.k8s.io/v1 Events and
+            // patches them when the same event repeats.
+            add("events.k8s.io", "events", &["create", "patch"]);
+        }
+        for pat in ["Api::<", "Api<"] {
+            for (i, _) in code.match_indices(pat) {
+                let rest = &code[i + pat.len()..];
+                let ty: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                match ty.as_str() {
+                    "Namespace" => add("", "namespaces", &["list", "watch"]),
+                    "Pod" => add("", "pods", &["list", "watch"]),
+                    "NetworkPolicy" => {
+                        add("networking.k8s.io", "networkpolicies", &["list", "watch"])
+                    }
+                    "CoreEvent" | "Event" => add("", "events", &["create"]),
+                    // A generic helper over the kinds above.
+                    "K" => {}
+                    other => panic!(
+                        "{}: the agent builds Api<{other}>; add its RBAC to \
+                         deploy/clusterrole.yaml and to this table",
+                        f.display()
+                    ),
+                }
+            }
+        }
+    }
+    needed
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_agent_calls() {
+    let (f, role) = only::<ClusterRole>("ClusterRole");
+    let mut granted = Grants::new();
+    for rule in role.rules.unwrap_or_default() {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{}: unexpected resourceNames/nonResourceURLs",
+            f.display()
+        );
+        for g in rule.api_groups.clone().unwrap_or_default() {
+            for r in rule.resources.clone().unwrap_or_default() {
+                for v in &rule.verbs {
+                    assert!(
+                        g != "*" && r != "*" && v != "*",
+                        "{}: wildcard in {rule:?}",
+                        f.display()
+                    );
+                    assert!(
+                        granted.insert((g.clone(), r.clone(), v.clone())),
+                        "{}: ({g:?}, {r}, {v}) granted twice",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
+    let needed = grants_the_code_needs();
+    let unused: Vec<_> = granted.difference(&needed).collect();
+    let missing: Vec<_> = needed.difference(&granted).collect();
+    assert!(
+        unused.is_empty() && missing.is_empty(),
+        "{}: ClusterRole differs from what src/ calls\n  granted but unused: {unused:?}\n  \
+         needed but not granted: {missing:?}",
+        f.display()
+    );
+    // The watches themselves must be present (a source scan that found
+    // nothing would make the comparison above vacuous).
+    for r in ["namespaces", "pods", "networkpolicies"] {
+        assert!(
+            needed.iter().any(|(_, res, v)| res == r && v == "watch"),
+            "no watch of {r} found in src/"
+        );
+    }
+}
+
+fn pod_spec() -> PodSpec {
+    let (_, ds) = only::<DaemonSet>("DaemonSet");
+    ds.spec
+        .and_then(|s| s.template.spec)
+        .expect("DaemonSet has a pod template spec")
+}
+
+fn agent_container(pod: &PodSpec) -> &Container {
+    assert_eq!(pod.containers.len(), 1, "one container: the agent");
+    assert!(pod.init_containers.is_none(), "no init containers");
+    &pod.containers[0]
+}
+
+/// The value of `--metrics-addr` in the DaemonSet's args.
+fn daemonset_metrics_addr() -> SocketAddr {
+    let pod = pod_spec();
+    let args = agent_container(&pod).args.clone().unwrap_or_default();
+    let value = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--metrics-addr="))
+        .expect("the DaemonSet passes --metrics-addr=ADDR");
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("--metrics-addr={value}: {e}"))
+}
+
+#[test]
+fn daemonset_security_fields() {
+    let pod = pod_spec();
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "the agent programs the host netns"
+    );
+    assert_ne!(pod.host_pid, Some(true), "no host PID namespace");
+    assert_ne!(pod.host_ipc, Some(true), "no host IPC namespace");
+    assert!(pod.volumes.is_none(), "no host paths or other volumes");
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("ClusterFirstWithHostNet"),
+        "a hostNetwork pod needs ClusterFirstWithHostNet to resolve the apiserver Service"
+    );
+    // A node without its agent has no policies at all: never evicted
+    // first, scheduled on every node whatever its taints.
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "the agent must tolerate every taint: {tolerations:?}"
+    );
+
+    let c = agent_container(&pod);
+    assert_eq!(
+        c.image.as_deref(),
+        Some("nftpol:dev"),
+        "run-netpol-e2e.sh rewrites `image: nftpol:dev`"
+    );
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        caps.add,
+        Some(vec!["NET_ADMIN".to_string()]),
+        "CAP_NET_ADMIN (nftables over netlink) and nothing else"
+    );
+    assert!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some(),
+        "memory limit"
+    );
+
+    // Probes reach the port the agent listens on, on both families.
+    let addr = daemonset_metrics_addr();
+    assert!(
+        addr.ip().is_unspecified() && addr.is_ipv6(),
+        "--metrics-addr={addr}: the kubelet probes the node's primary IP, which is IPv6 on \
+         IPv6-only and IPv6-primary clusters, so the agent must listen on [::]"
+    );
+    let port = c
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a port named metrics");
+    assert_eq!(port.container_port, i32::from(addr.port()));
+    for (probe, path) in [
+        (c.liveness_probe.clone(), "/healthz"),
+        (c.readiness_probe.clone(), "/readyz"),
+    ] {
+        let get = probe
+            .and_then(|p| p.http_get)
+            .unwrap_or_else(|| panic!("an httpGet probe of {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".into())
+        );
+        assert!(
+            get.host.is_none(),
+            "probe host unset: the kubelet probes the pod IP, whose family the listen address covers"
+        );
+    }
+}
+
+#[test]
+fn build_context_and_versions_stay_consistent() {
+    // Both builders read the root .dockerignore; BuildKit would prefer a
+    // Dockerfile-specific one and the two could drift apart.
+    assert!(
+        !root().join("deploy/Dockerfile.dockerignore").exists(),
+        "deploy/Dockerfile.dockerignore is read by BuildKit only; keep the filter in .dockerignore"
+    );
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    for entry in ["target", "_artifacts", ".git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == entry),
+            ".dockerignore must exclude {entry} from the build context"
+        );
+    }
+    let gitignore = std::fs::read_to_string(root().join(".gitignore")).expect(".gitignore");
+    assert!(
+        gitignore.lines().any(|l| l.trim() == "/_artifacts/"),
+        ".gitignore must ignore /_artifacts/ (admin kubeconfigs, test binaries)"
+    );
+
+    // The cluster version the kind e2e targets is the API the agent is
+    // compiled against.
+    let versions =
+        std::fs::read_to_string(root().join("tests/e2e/kind/versions.env")).expect("versions.env");
+    let k8s = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .expect("K8S_VERSION in versions.env");
+    let minor = k8s
+        .strip_prefix("v1.")
+        .and_then(|r| r.split('.').next())
+        .expect("K8S_VERSION=v1.MINOR.PATCH");
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        cargo.contains(&format!("\"v1_{minor}\"")),
+        "versions.env targets Kubernetes {k8s} but k8s-openapi is built for another version"
+    );
+    let node = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("NODE_IMAGE="))
+        .expect("NODE_IMAGE in versions.env");
+    assert!(
+        node.starts_with(&format!("kindest/node:{k8s}@sha256:")),
+        "NODE_IMAGE must be the digest-pinned kind image of {k8s}, not {node}"
+    );
+}
+
+/// A network namespace of its own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("{PREFIX}{}-listen", unique_tag());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns(name);
+        run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdin(Stdio::null())
+            .status();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent's process; killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` inside `netns` to `host:port` with bash's /dev/tcp (no
+/// curl needed); the status line, or None when nothing answers.
+fn http_get(netns: &str, host: &str, port: u16, path: &str) -> Option<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", netns, "timeout", "2", "bash", "-c", &script,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !line.is_empty()).then_some(line)
+}
+
+/// The DaemonSet's listen address answers the kubelet's probes on IPv4
+/// and on IPv6: the agent runs in a namespace of its own with exactly the
+/// DaemonSet's `--metrics-addr`, and /healthz and /readyz must answer 200
+/// on 127.0.0.1 and on ::1.
+#[test]
+fn daemonset_listen_address_answers_probes_on_both_families() {
+    require_root!();
+    let addr = daemonset_metrics_addr();
+    let ns = Netns::new();
+    let dir = std::env::temp_dir().join(format!("{PREFIX}{}", unique_tag()));
+    std::fs::create_dir_all(&dir).expect("manifest dir");
+    let _cleanup = TempDir(dir.clone());
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            crate::cluster::nftpol_bin(),
+            "agent",
+        ])
+        .args(["--node-name", "node-1", "--dry-run", "--manifests"])
+        .arg(&dir)
+        .arg(format!("--metrics-addr={addr}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nftpol agent");
+    let _agent = Child(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for host in ["127.0.0.1", "::1"] {
+        for path in ["/healthz", "/readyz"] {
+            loop {
+                let status = http_get(&ns.0, host, addr.port(), path);
+                if status.as_deref().is_some_and(|s| s.contains(" 200")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "GET http://{host}:{}{path} with --metrics-addr={addr}: {status:?}",
+                    addr.port()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }

@@ -12,8 +12,10 @@
 //! DNAT, bridged nodes, hostNetwork), `sctp` (SCTP by raw packets),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
 //! under continuous probes), `agent` (the long-running agent), `selftest`
-//! (the harness catches what it must), `deploy` (the deployment manifests
-//! parse; no root needed).
+//! (the harness catches what it must), `deploy` (what deploy/ gives a
+//! cluster: types, RBAC, DaemonSet fields; no root needed but for the
+//! listen test), `kind_script` (the kind e2e script against stub tools;
+//! no root needed).
 
 /// Returns early (passing) when the environment cannot build namespaces.
 /// Defined before the modules so every test module can use it.
@@ -29,6 +31,7 @@ mod agent;
 mod cluster;
 mod deploy;
 mod generated;
+mod kind_script;
 mod netns;
 mod oracle;
 mod probe;
