@@ -77,6 +77,10 @@ pub enum Command {
     /// with --manifests) and keep the kernel's `inet nftpol` table equal to
     /// the compiled ruleset; serves /metrics, /healthz, /readyz.
     Agent(crate::agent::AgentArgs),
+    /// Print the CustomResourceDefinitions nftpol reads (ClusterNetworkPolicy
+    /// v1alpha2, AdminNetworkPolicy and BaselineAdminNetworkPolicy
+    /// v1alpha1) as one YAML stream: `nftpol crds | kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -407,6 +411,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Matrix(a) => matrix(a, &mut stdout),
         Command::Apply(a) => apply(a, &mut stdout),
         Command::Cleanup => cleanup(&mut stdout),
+        Command::Crds => write_out(&mut stdout, &nftpol_crds::all_yaml()).map(|()| 0),
         Command::Agent(a) => {
             drop(stdout);
             return match crate::agent::run(a) {

@@ -395,3 +395,18 @@ fn matrix_svg_renders_in_a_browser() {
     assert!(green >= 5 * 300, "green pixels {green}");
     assert!(red >= 4 * 300, "red pixels {red}");
 }
+
+#[test]
+fn crds_prints_the_three_admin_policy_crds() {
+    let out = nftpol(&["crds"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert_eq!(yaml, nftpol_crds::all_yaml());
+    for kind in [
+        "kind: AdminNetworkPolicy",
+        "kind: BaselineAdminNetworkPolicy",
+        "kind: ClusterNetworkPolicy",
+    ] {
+        assert!(yaml.contains(kind), "{kind} missing");
+    }
+}
