@@ -16,6 +16,9 @@ use std::path::PathBuf;
 
 /// Exit status when some objects were invalid and skipped.
 pub const EXIT_SKIPPED: i32 = 2;
+/// Exit status of `explain --live` when the kernel's table does not decide
+/// as the compiler intends.
+pub const EXIT_MISMATCH: i32 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +64,12 @@ pub enum Command {
     Compile(CompileArgs),
     /// Explain why one connection is allowed or denied, naming the policies
     /// and rules that decide it.
+    ///
+    /// With --live (root, on a node): also read the kernel's `inet nftpol`
+    /// table back and run the connection through what the kernel really
+    /// holds, naming the deciding rule and its comment, and compare with
+    /// the ruleset the compiler intends for the node. A different verdict
+    /// or deciding rule is a MISMATCH (exit status 3).
     Explain(ExplainArgs),
     /// Print the pod-to-pod reachability matrix (rows: from, columns: to;
     /// `.` allowed, `X` denied).
@@ -156,6 +165,15 @@ pub struct ExplainArgs {
     #[arg(long, value_enum, default_value_t = Format::Nft, hide_possible_values = true)]
     /// `json` prints the decision as JSON; anything else prints text.
     pub format: Format,
+    /// Also run the connection through the kernel's table on this node
+    /// (read back over netlink; needs CAP_NET_ADMIN) and compare with the
+    /// compiled ruleset; exit status 3 when they differ.
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: the node whose intended ruleset the kernel is compared
+    /// with. Optional when every pod sits on one node.
+    #[arg(long, env = "NODE_NAME", requires = "live")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +352,17 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
         None => eval::common_family(&cluster, &src, &dst)?,
     };
     let d = eval::allowed(&cluster, &src, &dst, family, proto, port)?;
+    if args.live {
+        return explain_live(
+            args,
+            &cluster,
+            (&src, &dst),
+            &d,
+            (proto, port),
+            out,
+            skipped,
+        );
+    }
     let text = if args.format == Format::Json {
         let mut s = serde_json::to_string_pretty(&d)
             .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
@@ -351,6 +380,80 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
         )
     };
     write_out(out, &text)?;
+    Ok(exit_status(skipped))
+}
+
+/// `explain --live`: the kernel's verdict next to the compiler's.
+fn explain_live(
+    args: &ExplainArgs,
+    cluster: &Cluster,
+    (src, dst): (&Endpoint, &Endpoint),
+    d: &eval::Decision,
+    (proto, port): (Protocol, u16),
+    out: &mut dyn Write,
+    skipped: usize,
+) -> Result<i32, Error> {
+    let node = resolve_node(cluster, args.node_name.as_deref())?;
+    let kernel = match crate::netlink::read_table() {
+        Ok(k) => k,
+        // Something in the table that nftpol never writes: the kernel
+        // cannot be enforcing what the compiler intends.
+        Err(e @ crate::netlink::NetlinkError::Decode { .. }) => {
+            write_out(
+                out,
+                &format!(
+                    "MISMATCH on node {node}: the kernel's table inet nftpol holds what nftpol \
+                     never writes: {e}\n  `nftpol apply` replaces the table with the compiled one\n"
+                ),
+            )?;
+            return Ok(EXIT_MISMATCH);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let live = report::live::LiveExplain::run(
+        cluster,
+        &node,
+        kernel.as_ref(),
+        (d.src_ip, d.dst_ip),
+        proto,
+        port,
+    );
+    let text = if args.format == Format::Json {
+        let step = |t: &policy_compiler::interp::Trace| {
+            t.deciding().map(|s| {
+                serde_json::json!({
+                    "chain": s.chain,
+                    "index": s.index,
+                    "rule": policy_compiler::render::render_rule(&s.rule),
+                    "comment": s.rule.comment,
+                })
+            })
+        };
+        let v = serde_json::json!({
+            "node": live.node,
+            "agrees": live.agrees(),
+            "table_present": live.table_present,
+            "kernel": { "accepted": live.kernel.accepted, "deciding": step(&live.kernel) },
+            "compiler": { "accepted": live.intended.accepted, "deciding": step(&live.intended) },
+            "policies": d,
+        });
+        let mut s = serde_json::to_string_pretty(&v)
+            .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+        s.push('\n');
+        s
+    } else {
+        format!(
+            "{}  policies (cluster-wide): {}\n    {}\n    {}\n",
+            report::live::render(&live, src, dst, proto),
+            report::verdict_word(d),
+            describe_side(&d.egress, &format!("egress of {src}")),
+            describe_side(&d.ingress, &format!("ingress of {dst}")),
+        )
+    };
+    write_out(out, &text)?;
+    if !live.agrees() {
+        return Ok(EXIT_MISMATCH);
+    }
     Ok(exit_status(skipped))
 }
 

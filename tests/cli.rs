@@ -410,3 +410,161 @@ fn crds_prints_the_three_admin_policy_crds() {
         assert!(yaml.contains(kind), "{kind} missing");
     }
 }
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but not root: kernel tests must run"
+        );
+        eprintln!("SKIP: kernel tests need root (network namespaces)");
+    }
+    root
+}
+
+/// A scratch network namespace, removed on drop (also on panic). Commands
+/// run inside it with `ip netns exec`, so the host's ruleset is never
+/// touched.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("nftpol-t-cli-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        Netns(name)
+    }
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["netns", "exec", &self.0, program])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+    fn nftpol(&self, args: &[&str]) -> Output {
+        self.run(env!("CARGO_BIN_EXE_nftpol"), args)
+    }
+    fn nft(&self, args: &[&str]) -> String {
+        let out = self.run("nft", args);
+        assert!(out.status.success(), "nft {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+const WEB: &str = "examples/policies/01-web-allow.yaml";
+const MY_APP: &str = "default/my-app-7d9f8c6b5-x2k4p";
+const MY_APP_CHAIN: &str = "ing_default_my-app-7d9f8c6b5-x2k4p";
+
+fn explain_live(ns: &Netns, from: &str, to: &str) -> Output {
+    ns.nftpol(&[
+        "explain",
+        "--live",
+        "-m",
+        WEB,
+        "--node-name",
+        "node-1",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--port",
+        "80/TCP",
+    ])
+}
+
+/// `explain --live` in a namespace whose table `apply` wrote agrees with
+/// the compiler for every pair of pods; a rule inserted or deleted by hand
+/// with `nft` is a loud mismatch (exit status 3) naming the rules.
+#[test]
+fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new("live");
+    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let pods = [
+        "default/external-service-0",
+        MY_APP,
+        "default/trusted-app-0",
+        "default/untrusted-0",
+    ];
+    let mut decided_by_policy = 0;
+    for from in pods {
+        for to in pods {
+            let out = explain_live(&ns, from, to);
+            let t = text(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{from} -> {to}: {t}{}",
+                text(&out.stderr)
+            );
+            assert!(t.contains("the kernel agrees with the compiler"), "{t}");
+            decided_by_policy += usize::from(t.contains(r#"comment "default/my-app ingress[0]""#));
+        }
+    }
+    // trusted-app-0 -> my-app is accepted by the policy's rule, named.
+    assert_eq!(decided_by_policy, 1);
+
+    // Tamper: an accept at the top of the pod's ingress chain.
+    ns.nft(&["insert", "rule", "inet", "nftpol", MY_APP_CHAIN, "accept"]);
+    let out = explain_live(&ns, "default/untrusted-0", MY_APP);
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.starts_with("MISMATCH on node node-1: the kernel ACCEPTS default/untrusted-0"),
+        "{t}"
+    );
+    assert!(
+        t.contains(r#"drop comment "ingress isolated by default/my-app""#),
+        "{t}"
+    );
+
+    // Restore, then delete the policy's accept rule by hand.
+    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    assert_eq!(
+        explain_live(&ns, "default/untrusted-0", MY_APP)
+            .status
+            .code(),
+        Some(0)
+    );
+    let listing = ns.nft(&["-a", "list", "chain", "inet", "nftpol", MY_APP_CHAIN]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("ip saddr @pod4_default_my-app_in0"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, h)| h.trim().to_string())
+        .unwrap_or_else(|| panic!("handle of the policy rule in {listing}"));
+    ns.nft(&[
+        "delete",
+        "rule",
+        "inet",
+        "nftpol",
+        MY_APP_CHAIN,
+        "handle",
+        &handle,
+    ]);
+    let out = explain_live(&ns, "default/trusted-app-0", MY_APP);
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("the kernel DROPS"), "{t}");
+    assert!(
+        t.contains(r#"accept comment "default/my-app ingress[0]""#),
+        "{t}"
+    );
+}

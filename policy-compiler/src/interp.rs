@@ -1,7 +1,8 @@
 //! An interpreter of the ruleset IR: runs a packet through a base chain the
 //! way the kernel would (rule order, jump/return, verdict maps, set
 //! lookups). Property tests use it to check compiled rulesets against the
-//! semantic evaluator without a kernel.
+//! semantic evaluator without a kernel, and `explain --live` runs it on the
+//! table read back from the kernel, with the trace of the rules that acted.
 
 use crate::index::Cluster;
 use crate::ir::*;
@@ -27,34 +28,95 @@ enum Outcome {
     Continue,
 }
 
+/// A rule that matched the packet and acted (its verdict was taken, or
+/// its verdict map had an element for the packet), in the order met.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub chain: String,
+    /// Position of the rule in its chain (0-based).
+    pub index: usize,
+    pub rule: Rule,
+}
+
+/// The path of one packet through a base chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trace {
+    pub accepted: bool,
+    /// Every rule that acted, outermost first; the last one decided when
+    /// its verdict is accept or drop, else the base chain's policy did.
+    pub steps: Vec<Step>,
+}
+
+impl Trace {
+    /// The rule whose accept or drop ended the packet's path (`None` when
+    /// the base chain's policy decided).
+    pub fn deciding(&self) -> Option<&Step> {
+        self.steps
+            .last()
+            .filter(|s| matches!(s.rule.verdict, Verdict::Accept | Verdict::Drop))
+    }
+}
+
 /// Jumps deeper than this are a compiler bug; the kernel limit is 16.
 const MAX_DEPTH: usize = 16;
 
 /// Whether the base chain `chain` accepts the packet (its policy applies
 /// when no rule decides).
 pub fn hook_accepts(rs: &Ruleset, chain: &str, pkt: &Packet) -> bool {
+    trace(rs, chain, pkt).accepted
+}
+
+/// Runs the packet through base chain `chain` and records the rules that
+/// acted. A missing chain accepts (nothing filters).
+pub fn trace(rs: &Ruleset, chain: &str, pkt: &Packet) -> Trace {
+    let mut steps = Vec::new();
     let Some(c) = rs.chains.get(chain) else {
-        return true;
+        return Trace {
+            accepted: true,
+            steps,
+        };
     };
-    match run(rs, c, pkt, 0) {
+    let accepted = match run(rs, chain, c, pkt, 0, &mut steps) {
         Outcome::Accept => true,
         Outcome::Drop => false,
         Outcome::Continue => !matches!(c.base.map(|b| b.policy), Some(ChainPolicy::Drop)),
-    }
+    };
+    Trace { accepted, steps }
 }
 
-fn run(rs: &Ruleset, chain: &Chain, pkt: &Packet, depth: usize) -> Outcome {
+fn run(
+    rs: &Ruleset,
+    name: &str,
+    chain: &Chain,
+    pkt: &Packet,
+    depth: usize,
+    steps: &mut Vec<Step>,
+) -> Outcome {
     if depth > MAX_DEPTH {
         return Outcome::Drop;
     }
-    for rule in &chain.rules {
+    for (index, rule) in chain.rules.iter().enumerate() {
         if !rule.matches.iter().all(|m| matches(rs, m, pkt)) {
             continue;
         }
+        let step = || Step {
+            chain: name.to_string(),
+            index,
+            rule: rule.clone(),
+        };
         let target = match &rule.verdict {
-            Verdict::Accept => return Outcome::Accept,
-            Verdict::Drop => return Outcome::Drop,
-            Verdict::Return => return Outcome::Continue,
+            Verdict::Accept => {
+                steps.push(step());
+                return Outcome::Accept;
+            }
+            Verdict::Drop => {
+                steps.push(step());
+                return Outcome::Drop;
+            }
+            Verdict::Return => {
+                steps.push(step());
+                return Outcome::Continue;
+            }
             Verdict::Jump(c) => Some(c.clone()),
             Verdict::AddrVmap { family, dir, map } => {
                 let addr = pick(pkt, *dir);
@@ -70,11 +132,12 @@ fn run(rs: &Ruleset, chain: &Chain, pkt: &Packet, depth: usize) -> Outcome {
                 }
             }
         };
-        if let Some(name) = target {
-            let Some(next) = rs.chains.get(&name) else {
+        if let Some(next_name) = target {
+            steps.push(step());
+            let Some(next) = rs.chains.get(&next_name) else {
                 return Outcome::Drop;
             };
-            match run(rs, next, pkt, depth + 1) {
+            match run(rs, &next_name, next, pkt, depth + 1, steps) {
                 Outcome::Continue => {}
                 decided => return decided,
             }
@@ -148,4 +211,96 @@ pub fn cluster_accepts(
             .get(*n)
             .is_none_or(|rs| hook_accepts(rs, crate::compile::CHAIN_FORWARD, pkt))
     })
+}
+
+impl Packet {
+    /// The first packet of a new connection to `port` over `protocol`.
+    pub fn new_connection(
+        saddr: IpAddr,
+        daddr: IpAddr,
+        protocol: crate::model::Protocol,
+        port: u16,
+    ) -> Packet {
+        Packet {
+            saddr,
+            daddr,
+            proto: protocol.number(),
+            dport: port,
+            ct: CtState::New,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+    use crate::model::Protocol;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: 80}]
+"#;
+
+    fn ruleset() -> Ruleset {
+        let loaded = parse("t.yaml", CLUSTER);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        crate::compile(&Cluster::from_objects(loaded.objects), "n1")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn trace_names_the_rule_that_accepts() {
+        let rs = ruleset();
+        let pkt = Packet::new_connection(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Tcp, 80);
+        let t = trace(&rs, crate::compile::CHAIN_FORWARD, &pkt);
+        assert!(t.accepted);
+        let d = t.deciding().expect("a rule decided");
+        assert_eq!(d.chain, "ing_x_b");
+        assert_eq!(d.rule.verdict, Verdict::Accept);
+        assert_eq!(d.rule.comment.as_deref(), Some("x/b-from-a ingress[0]"));
+        // The dispatch through the verdict map is on the path too.
+        assert!(t.steps[0].chain == "forward" && t.steps.len() == 2, "{t:?}");
+    }
+
+    #[test]
+    fn trace_names_the_isolation_drop_and_the_policy_when_nothing_decides() {
+        let rs = ruleset();
+        let pkt = Packet::new_connection(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Tcp, 81);
+        let t = trace(&rs, crate::compile::CHAIN_FORWARD, &pkt);
+        assert!(!t.accepted);
+        let d = t.deciding().expect("the drop decided");
+        assert_eq!(d.rule.verdict, Verdict::Drop);
+        assert_eq!(d.index, rs.chains["ing_x_b"].rules.len() - 1);
+        assert!(d
+            .rule
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.contains("isolated by x/b-from-a")));
+        // b -> a: a is not isolated; the forward chain's policy accepts.
+        let back = Packet::new_connection(ip("10.0.0.2"), ip("10.0.0.1"), Protocol::Tcp, 80);
+        let t = trace(&rs, crate::compile::CHAIN_FORWARD, &back);
+        assert!(t.accepted && t.deciding().is_none(), "{t:?}");
+    }
 }

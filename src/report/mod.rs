@@ -1,8 +1,10 @@
 //! What the audit commands print: the reachability matrix in its formats
-//! (text, CSV, Markdown, SVG heat map). Everything here turns data
+//! (text, CSV, Markdown, SVG heat map) and the live explanation of a flow
+//! in the kernel. Everything here turns data
 //! computed elsewhere (evaluator, compiler, interpreter, read-back) into
 //! text; nothing here decides a verdict.
 
+pub mod live;
 pub mod matrix;
 pub mod svg;
 

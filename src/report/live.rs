@@ -1,0 +1,285 @@
+//! `explain --live`: one flow through the table the kernel really holds
+//! (read back over netlink) and through the ruleset the compiler intends
+//! for the node, side by side. Both runs use the IR interpreter, so a
+//! difference is a difference of the tables, never of two evaluators: the
+//! verdict or the deciding rule differing is drift, a hand edit or a bug,
+//! and is reported as a mismatch.
+
+use policy_compiler::compile::CHAIN_FORWARD;
+use policy_compiler::eval::Endpoint;
+use policy_compiler::interp::{self, Packet, Step, Trace};
+use policy_compiler::ir::Ruleset;
+use policy_compiler::model::Protocol;
+use policy_compiler::render::render_rule;
+use policy_compiler::Cluster;
+use std::fmt::Write as _;
+
+/// The two runs of one flow on one node.
+#[derive(Clone, Debug)]
+pub struct LiveExplain {
+    pub node: String,
+    pub packet: Packet,
+    /// Whether the kernel has an `inet nftpol` table at all.
+    pub table_present: bool,
+    pub kernel: Trace,
+    pub intended: Trace,
+    /// Whether the source or the destination is a pod of this node (else
+    /// the node's kernel never sees the flow).
+    pub local: bool,
+}
+
+/// What decided a trace, comparable across the two tables: the chain and
+/// the whole rule (matches, verdict, comment), or the base chain policy.
+fn decider(t: &Trace) -> Option<(&str, &policy_compiler::ir::Rule)> {
+    t.deciding().map(|s| (s.chain.as_str(), &s.rule))
+}
+
+impl LiveExplain {
+    /// Runs the new connection `src -> dst` (addresses already resolved)
+    /// through `kernel` (`None`: no table) and through the compiled
+    /// ruleset of `node`.
+    pub fn run(
+        cluster: &Cluster,
+        node: &str,
+        kernel: Option<&Ruleset>,
+        (src, dst): (std::net::IpAddr, std::net::IpAddr),
+        protocol: Protocol,
+        port: u16,
+    ) -> LiveExplain {
+        let packet = Packet::new_connection(src, dst, protocol, port);
+        let intended_rs = policy_compiler::compile(cluster, node);
+        let empty = Ruleset::default();
+        let local = [src, dst].iter().any(|ip| {
+            cluster
+                .policy_pod_by_ip(*ip)
+                .is_some_and(|p| p.node_name.as_deref() == Some(node))
+        });
+        LiveExplain {
+            node: node.to_string(),
+            packet,
+            table_present: kernel.is_some(),
+            kernel: interp::trace(kernel.unwrap_or(&empty), CHAIN_FORWARD, &packet),
+            intended: interp::trace(&intended_rs, CHAIN_FORWARD, &packet),
+            local,
+        }
+    }
+
+    /// Whether the kernel decides as the compiler intends, by the same
+    /// rule.
+    pub fn agrees(&self) -> bool {
+        self.kernel.accepted == self.intended.accepted
+            && decider(&self.kernel) == decider(&self.intended)
+    }
+}
+
+fn word(accepted: bool) -> &'static str {
+    if accepted {
+        "ACCEPTS"
+    } else {
+        "DROPS"
+    }
+}
+
+fn step_line(s: &Step) -> String {
+    format!(
+        "chain {} rule #{}: {}",
+        s.chain,
+        s.index,
+        render_rule(&s.rule)
+    )
+}
+
+fn decided_line(t: &Trace) -> String {
+    match t.deciding() {
+        Some(s) => format!("decided by {}", step_line(s)),
+        None => "no rule decided: the forward chain's policy (accept)".to_string(),
+    }
+}
+
+/// The report: verdicts, the deciding rule with its comment, the path
+/// through the kernel's chains, and on a mismatch what the compiler
+/// intended and how to find out more.
+pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protocol) -> String {
+    let p = &e.packet;
+    let flow = format!(
+        "{src} ({}) -> {dst} ({}) {}/{}",
+        p.saddr,
+        p.daddr,
+        p.dport,
+        protocol.api()
+    );
+    let mut s = String::new();
+    if e.agrees() {
+        let _ = writeln!(
+            s,
+            "LIVE {} on node {}: {flow}; the kernel agrees with the compiler",
+            if e.kernel.accepted {
+                "ALLOWED"
+            } else {
+                "DENIED"
+            },
+            e.node
+        );
+    } else if e.kernel.accepted != e.intended.accepted {
+        let _ = writeln!(
+            s,
+            "MISMATCH on node {}: the kernel {} {flow} but the compiled ruleset {} it",
+            e.node,
+            word(e.kernel.accepted),
+            word(e.intended.accepted)
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "MISMATCH on node {}: the kernel {} {flow} as the compiler intends, but by a \
+             different rule",
+            e.node,
+            word(e.kernel.accepted),
+        );
+    }
+    if !e.table_present {
+        let _ = writeln!(
+            s,
+            "  the kernel has no table inet nftpol: nothing is enforced on this node"
+        );
+    }
+    if !e.local {
+        let _ = writeln!(
+            s,
+            "  note: neither end is a pod on node {}; its kernel does not see this flow",
+            e.node
+        );
+    }
+    let _ = writeln!(s, "  kernel:   {}", decided_line(&e.kernel));
+    for step in &e.kernel.steps {
+        let _ = writeln!(s, "    path: {}", step_line(step));
+    }
+    if e.agrees() {
+        return s;
+    }
+    let _ = writeln!(s, "  compiler: {}", decided_line(&e.intended));
+    for step in &e.intended.steps {
+        let _ = writeln!(s, "    path: {}", step_line(step));
+    }
+    let _ = writeln!(
+        s,
+        "  the kernel's table differs from what nftpol compiles for node {} (drift, a hand \
+         edit, or a bug): `nftpol diff` shows the differences, `nftpol apply` restores the table",
+        e.node
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_compiler::ir::{Rule, Verdict};
+    use std::net::IpAddr;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: 80}]
+"#;
+
+    fn cluster() -> Cluster {
+        let loaded = policy_compiler::parse("t.yaml", CLUSTER);
+        assert!(loaded.errors.is_empty());
+        Cluster::from_objects(loaded.objects)
+    }
+
+    fn ips() -> (IpAddr, IpAddr) {
+        (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        )
+    }
+
+    #[test]
+    fn an_equal_table_agrees_and_names_the_policy_rule() {
+        let c = cluster();
+        let kernel = policy_compiler::compile(&c, "n1");
+        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
+        assert!(e.agrees());
+        let text = render(
+            &e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp,
+        );
+        assert!(text.starts_with("LIVE ALLOWED on node n1"), "{text}");
+        assert!(
+            text.contains(r#"comment "x/b-from-a ingress[0]""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tampered_rule_is_a_mismatch() {
+        let c = cluster();
+        let mut kernel = policy_compiler::compile(&c, "n1");
+        let chain = kernel.chains.get_mut("ing_x_b").expect("pod chain");
+        chain.rules.insert(
+            0,
+            Rule {
+                matches: vec![],
+                verdict: Verdict::Accept,
+                comment: None,
+            },
+        );
+        // Port 81 should be dropped; the inserted accept lets it in.
+        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 81);
+        assert!(!e.agrees());
+        let text = render(
+            &e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp,
+        );
+        assert!(
+            text.starts_with("MISMATCH on node n1: the kernel ACCEPTS"),
+            "{text}"
+        );
+        assert!(text.contains("compiled ruleset DROPS"), "{text}");
+        // Port 80 is accepted either way, but by the wrong rule.
+        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
+        assert!(e.kernel.accepted && e.intended.accepted && !e.agrees());
+        let text = render(
+            &e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp,
+        );
+        assert!(
+            text.contains("as the compiler intends, but by a different rule"),
+            "{text}"
+        );
+        // No table at all: the drop the compiler intends is missing.
+        let e = LiveExplain::run(&c, "n1", None, ips(), Protocol::Tcp, 81);
+        assert!(!e.agrees());
+        assert!(render(
+            &e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp
+        )
+        .contains("no table inet nftpol"));
+    }
+}
