@@ -15,6 +15,7 @@ use nftpol::agent::fakeapi::{self, FakeApi};
 use nftpol::agent::metrics::Metrics;
 use nftpol::agent::reconcile::Settings;
 use nftpol::agent::{run_with, Options, Source};
+use nftpol_test_support::Netns;
 use policy_compiler::synth::{self, Shape};
 use policy_compiler::Ruleset;
 use serde_json::{json, Value};
@@ -139,42 +140,16 @@ fn event(i: usize, locals: &[policy_compiler::model::Pod]) -> (&'static str, Val
     }
 }
 
-/// A scratch network namespace, deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// As root, moves the calling thread (and so every thread it creates
 /// later: the runtime, the reconcile loop) into a fresh network namespace,
 /// so the netlink backend programs a scratch kernel table.
 fn enter_scratch_netns() -> Option<Netns> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if nftpol_test_support::privilege::missing_privilege().is_some() {
         return None;
     }
-    let name = format!("nftpol-t-bench-{}", std::process::id());
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        return None;
-    }
-    let ns = Netns(name);
-    let _ = std::process::Command::new("ip")
-        .args(["-n", &ns.0, "link", "set", "lo", "up"])
-        .status();
-    let file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).ok()?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on a valid namespace fd affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    (rc == 0).then_some(ns)
+    let ns = Netns::try_create("bench").ok()?;
+    ns.enter().ok()?;
+    Some(ns)
 }
 
 fn main() {
@@ -216,7 +191,7 @@ fn main() {
                         nl,
                         events,
                         0,
-                        &format!("netlink backend, kernel table in netns {}", ns.0),
+                        &format!("netlink backend, kernel table in netns {}", ns.name()),
                     )
                     .await
                 }

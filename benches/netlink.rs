@@ -240,19 +240,18 @@ fn main() {
         }
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("netlink bench: needs root (CAP_NET_ADMIN); skipped");
+    if let Some(why) = nftpol_test_support::privilege::missing_privilege() {
+        eprintln!("netlink bench: {why}; skipped");
         return;
     }
-    // Everything below runs in a private network namespace.
-    // SAFETY: unshare affects only this (still single-threaded) process.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "netlink bench: unshare(CLONE_NEWNET) failed: {}",
-            std::io::Error::last_os_error()
-        );
-        std::process::exit(1);
+    // Everything below runs in a scratch network namespace (this thread,
+    // and every thread it starts, enters it; it is removed on return).
+    let netns = match nftpol_test_support::Netns::try_create("netlink-bench") {
+        Ok(ns) => ns,
+        Err(e) => panic!("netlink bench: {e}"),
+    };
+    if let Err(e) = netns.enter() {
+        panic!("netlink bench: {e}");
     }
     // Profiling aid: N one-element add/delete pairs on the full table.
     if let Ok(n) = std::env::var("NFTPOL_BENCH_ELEM_LOOP") {

@@ -9,9 +9,10 @@
 //! compile` of the same directory, loaded with `nft -f` into a second
 //! namespace and listed the same way.
 //!
-//! The root test skips (with a visible line) when not root, when
-//! `ip`/`nft` are missing, or when this build has no netlink applier yet.
+//! The root tests skip (with a visible line) when not root or when
+//! `ip`/`nft` are missing; under CI (`CI=true`) that skip is a failure.
 
+use nftpol_test_support::{require_root, skip, Netns};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,82 +23,26 @@ const BIN: &str = env!("CARGO_BIN_EXE_nftpol");
 /// a shared 2-core machine; the agent's own target is milliseconds).
 const FOLLOW: Duration = Duration::from_secs(5);
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "nft"] {
-        let ok = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !ok {
-            return Some(format!("`{tool}` not found"));
-        }
-    }
-    None
+/// `nft list table inet nftpol` in `ns` with its sets, maps and chains in
+/// name order (the kernel lists them in creation order, which differs
+/// between a fresh `nft -f` and incremental batches), or `None` when the
+/// table is absent.
+fn table(ns: &Netns) -> Option<String> {
+    let out = ns.nft(&["list", "table", "inet", "nftpol"]);
+    out.status
+        .success()
+        .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
 }
 
-macro_rules! require_root {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIP {}: {why}", module_path!());
-            return;
-        }
-    };
-}
-
-/// A network namespace removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "nftpol-t-ag-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, prog]);
-        c
-    }
-
-    /// `nft list table inet nftpol` with its sets, maps and chains in name
-    /// order (the kernel lists them in creation order, which differs
-    /// between a fresh `nft -f` and incremental batches), or `None` when
-    /// the table is absent.
-    fn table(&self) -> Option<String> {
-        let out = self
-            .cmd("nft")
-            .args(["list", "table", "inet", "nftpol"])
-            .output()
-            .expect("run nft");
-        out.status
-            .success()
-            .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
-    }
-
-    fn nft(&self, args: &[&str]) {
-        let st = self.cmd("nft").args(args).status().expect("run nft");
-        assert!(st.success(), "nft {args:?} failed in {}", self.0);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// `nft args…` in `ns`, which must succeed.
+fn nft(ns: &Netns, args: &[&str]) {
+    let out = ns.nft(args);
+    assert!(
+        out.status.success(),
+        "nft {args:?} failed in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Sorts the top-level blocks of a table listing; rule order inside a
@@ -123,11 +68,6 @@ fn normalize(listing: &str) -> String {
     }
     blocks.sort();
     blocks.concat()
-}
-
-fn run(prog: &str, args: &[&str]) {
-    let st = Command::new(prog).args(args).status().expect("spawn");
-    assert!(st.success(), "{prog} {args:?} failed");
 }
 
 struct TempDir(PathBuf);
@@ -188,7 +128,7 @@ fn reference(dir: &Path) -> String {
         .output()
         .expect("nftpol compile");
     assert!(out.status.success(), "compile failed");
-    let scratch = Netns::new("ref");
+    let scratch = Netns::create("ref");
     let mut child = scratch
         .cmd("nft")
         .args(["-f", "-"])
@@ -206,7 +146,7 @@ fn reference(dir: &Path) -> String {
         child.wait().expect("nft").success(),
         "nft -f rejected compile output"
     );
-    let table = scratch.table().expect("reference table");
+    let table = table(&scratch).expect("reference table");
     assert!(
         table.contains("chain forward {"),
         "normalized listing lost its blocks: {table}"
@@ -218,7 +158,7 @@ fn reference(dir: &Path) -> String {
 fn follows(ns: &Netns, want: &str, limit: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
-        let have = ns.table();
+        let have = table(ns);
         if have.as_deref() == Some(want) {
             return t0.elapsed();
         }
@@ -235,11 +175,11 @@ fn follows(ns: &Netns, want: &str, limit: Duration) -> Duration {
 /// Whether this build's agent can program the kernel at all (the netlink
 /// applier lands separately); probed once in a scratch namespace.
 fn netlink_available(dir: &Path) -> bool {
-    let ns = Netns::new("probe");
+    let ns = Netns::create("probe");
     let mut agent = start_agent(&ns, dir, "30s");
     let t0 = Instant::now();
     while t0.elapsed() < FOLLOW {
-        if ns.table().is_some() {
+        if table(&ns).is_some() {
             return true;
         }
         if let Ok(Some(_)) = agent.0.try_wait() {
@@ -285,10 +225,10 @@ fn agent_follows_files_repairs_drift_and_survives_sigterm() {
     let dir = TempDir::new("dir");
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
     if !netlink_available(&dir.0) {
-        eprintln!("SKIP agent root tests: this build's agent cannot program nftables (netlink applier missing)");
+        skip(module_path!(), "this build's agent cannot program nftables");
         return;
     }
-    let ns = Netns::new("agent");
+    let ns = Netns::create("agent");
     let agent = start_agent(&ns, &dir.0, "500ms");
     let took = follows(&ns, &reference(&dir.0), FOLLOW);
     eprintln!("initial table after {took:?}");
@@ -311,11 +251,11 @@ status: {podIP: 10.9.2.11, podIPs: [{ip: 10.9.2.11}]}\n"
     eprintln!("edited file enforced after {took:?}");
 
     // Drift: someone deletes our table; restored within a drift period.
-    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    nft(&ns, &["delete", "table", "inet", "nftpol"]);
     let took = follows(&ns, &want, FOLLOW);
     eprintln!("deleted table restored after {took:?}");
     // Someone flushes one chain.
-    ns.nft(&["flush", "chain", "inet", "nftpol", "forward"]);
+    nft(&ns, &["flush", "chain", "inet", "nftpol", "forward"]);
     follows(&ns, &want, FOLLOW);
 
     // SIGTERM: the agent exits 0 and the rules stay.
@@ -336,7 +276,7 @@ status: {podIP: 10.9.2.11, podIPs: [{ip: 10.9.2.11}]}\n"
     };
     assert!(status.success(), "agent exit status {status:?}");
     assert_eq!(
-        ns.table().as_deref(),
+        table(&ns).as_deref(),
         Some(want.as_str()),
         "table left in place"
     );
@@ -438,29 +378,19 @@ fn a_change_after_an_external_table_delete_is_still_applied() {
     let dir = TempDir::new("gone");
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
     if !netlink_available(&dir.0) {
-        eprintln!("SKIP: this build's agent cannot program nftables");
+        skip(module_path!(), "this build's agent cannot program nftables");
         return;
     }
-    let ns = Netns::new("gone");
+    let ns = Netns::create("gone");
     // No drift check during the test: only the change path can recover.
     let _agent = start_agent(&ns, &dir.0, "1h");
     follows(&ns, &reference(&dir.0), FOLLOW);
-    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    nft(&ns, &["delete", "table", "inet", "nftpol"]);
     std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
     // The incremental batch is rejected (the table is gone); the applier
     // reads the kernel back and recreates the table in the same attempt.
     let took = follows(&ns, &reference(&dir.0), FOLLOW);
     eprintln!("change after external delete enforced after {took:?}");
-}
-
-/// Moves the calling thread (and the threads and processes it creates
-/// from now on) into `ns`.
-fn enter(ns: &Netns) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).expect("netns file");
-    // SAFETY: setns on a valid namespace fd affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// What `nftpol compile` makes of the fake API server's objects, as the
@@ -492,11 +422,11 @@ fn kube_mode_agent_against_the_fake_api_server() {
     let probe_dir = TempDir::new("kprobe");
     std::fs::write(probe_dir.0.join("cluster.yaml"), CLUSTER).expect("write");
     if !netlink_available(&probe_dir.0) {
-        eprintln!("SKIP: this build's agent cannot program nftables");
+        skip(module_path!(), "this build's agent cannot program nftables");
         return;
     }
-    let ns = Netns::new("kube");
-    enter(&ns);
+    let ns = Netns::create("kube");
+    ns.enter().expect("enter the test namespace");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -579,7 +509,7 @@ current-context: f\n",
 
     // Drift.
     let want = reference_of(&fake);
-    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    nft(&ns, &["delete", "table", "inet", "nftpol"]);
     follows(&ns, &want, FOLLOW);
     assert!(metric(9464, "nftpol_drift_repairs_total").unwrap_or(0.0) >= 1.0);
 
@@ -598,7 +528,7 @@ current-context: f\n",
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(700) {
         assert_eq!(
-            ns.table().as_deref(),
+            table(&ns).as_deref(),
             Some(want.as_str()),
             "table changed during restart"
         );
@@ -613,13 +543,13 @@ current-context: f\n",
     while !http_get(9464, "/readyz").starts_with("HTTP/1.0 200") {
         assert!(t0.elapsed() < FOLLOW, "new agent never ready");
         assert_eq!(
-            ns.table().as_deref(),
+            table(&ns).as_deref(),
             Some(want.as_str()),
             "table changed during restart"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(ns.table().as_deref(), Some(want.as_str()));
+    assert_eq!(table(&ns).as_deref(), Some(want.as_str()));
     assert_eq!(
         metric(9464, "nftpol_batch_messages_count"),
         Some(0.0),

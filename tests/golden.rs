@@ -64,47 +64,10 @@ fn examples_match_their_goldens() {
     );
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A scratch network namespace, removed on drop (also on panic).
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("nftpol-t-golden-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add")
-            .success();
-        assert!(ok, "ip netns add {name}");
-        Netns(name)
-    }
-    fn nft(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft"])
-            .args(args)
-            .output()
-            .expect("run nft")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn goldens_load_with_nft_twice() {
-    if !is_root() {
-        eprintln!("SKIP goldens_load_with_nft_twice: needs root (network namespaces, nft)");
-        return;
-    }
-    let ns = Netns::new("load");
+    nftpol_test_support::require_root!();
+    let ns = nftpol_test_support::Netns::create("golden");
     for ex in examples() {
         let golden = ex.with_extension("nft");
         let g = golden.to_str().expect("utf-8 path");

@@ -1,79 +1,16 @@
-//! Kernel tests of the applier. They need root; each runs in a network
-//! namespace of its own (`nftpol-t-<pid>-<n>`, removed by a guard even on
-//! panic), on a thread that `setns`-es into it, so the host's ruleset is
-//! never touched. Without root they print why and pass.
+//! Kernel tests of the applier. They need root; each runs in a scratch
+//! network namespace of its own (`nftpol_test_support::Netns`, removed by a
+//! guard even on panic), on a thread that `setns`-es into it, so the host's
+//! ruleset is never touched. Without root they print why and pass, except
+//! under CI (`CI=true`), where that is a failure.
 
 use super::{NetlinkError, Session};
+use nftpol_test_support::{require_root, Netns};
 use policy_compiler::diff::{self, Op, Transaction};
 use policy_compiler::ir::*;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A named network namespace, deleted on drop.
-pub(crate) struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn create(prefix: &str) -> Netns {
-        let name = format!(
-            "{prefix}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        Netns { name }
-    }
-
-    /// Runs `f` on a thread inside the namespace and returns its result
-    /// (a panic in `f` is re-raised here, after the thread is gone).
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only; a failure stops the
-                // test before anything could touch the host namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "setns into {path}: {}",
-                    std::io::Error::last_os_error()
-                );
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipping: kernel tests need root (CAP_NET_ADMIN) to create network namespaces");
-    }
-    root
-}
 
 fn nft(args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
@@ -443,9 +380,7 @@ fn session() -> Session {
 /// the compiler emits; the compiled ruleset must apply and read back.
 #[test]
 fn longest_compiled_comments_fit_netlink() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     use policy_compiler::model::{Namespace, Pod, Policy};
     let mut c = policy_compiler::Cluster::new();
     c.apply_namespace(Namespace {
@@ -481,7 +416,7 @@ fn longest_compiled_comments_fit_netlink() {
         .max()
         .unwrap_or(0);
     assert_eq!(longest, policy_compiler::names::MAX_COMMENT);
-    let ns = Netns::create("nftpol-t-");
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let mut s = session();
         s.apply(&want).expect("apply with the longest comments");
@@ -492,10 +427,8 @@ fn longest_compiled_comments_fit_netlink() {
 
 #[test]
 fn every_feature_round_trips_and_second_apply_sends_nothing() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let want = every_feature(&[1, 2]);
         let mut s = session();
@@ -513,9 +446,7 @@ fn every_feature_round_trips_and_second_apply_sends_nothing() {
 
 #[test]
 fn netlink_apply_equals_nft_f_of_the_rendered_script() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let mut cases = vec![("every_feature".to_string(), every_feature(&[3]))];
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies"))
         .expect("examples")
@@ -533,8 +464,8 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
         }
     }
     assert!(cases.len() > 10, "examples were found");
-    let a = Netns::create("nftpol-t-");
-    let b = Netns::create("nftpol-t-");
+    let a = Netns::create("kernel");
+    let b = Netns::create("kernel");
     for (name, want) in cases {
         let (via_netlink, text_a) = a.run(|| {
             let mut s = session();
@@ -572,10 +503,8 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
 
 #[test]
 fn a_batch_with_one_bad_message_changes_nothing() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let want = every_feature(&[1]);
         let mut s = session();
@@ -642,10 +571,8 @@ fn a_batch_with_one_bad_message_changes_nothing() {
 
 #[test]
 fn without_per_message_acks_errors_are_still_matched() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let want = every_feature(&[1]);
         let mut s = session();
@@ -677,10 +604,8 @@ fn without_per_message_acks_errors_are_still_matched() {
 
 #[test]
 fn incremental_changes_send_only_what_changed() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let mut s = session();
         let one = every_feature(&[1]);
@@ -742,10 +667,8 @@ fn incremental_changes_send_only_what_changed() {
 
 #[test]
 fn other_tables_survive_apply_and_cleanup() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         nft(
             &["-f", "-"],
@@ -766,10 +689,8 @@ fn other_tables_survive_apply_and_cleanup() {
 
 #[test]
 fn foreign_rules_in_our_table_are_replaced_atomically() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let want = every_feature(&[1]);
         let mut s = session();
@@ -787,10 +708,8 @@ fn foreign_rules_in_our_table_are_replaced_atomically() {
 
 #[test]
 fn applier_uses_its_cache_and_recovers_from_drift() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         let mut a = super::Applier::new().expect("applier");
         let one = every_feature(&[1]);
@@ -874,10 +793,8 @@ fn drop_net_admin_on_this_thread() {
 
 #[test]
 fn without_cap_net_admin_the_error_says_so() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::create("nftpol-t-");
+    require_root!();
+    let ns = Netns::create("kernel");
     ns.run(|| {
         drop_net_admin_on_this_thread();
         let err = match Session::open().and_then(|mut s| s.apply(&every_feature(&[]))) {

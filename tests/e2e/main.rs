@@ -1,5 +1,6 @@
 //! nftpol end-to-end tests on a simulated cluster built from network
-//! namespaces (root only; every test skips with a message otherwise).
+//! namespaces (root only; every test skips with a message otherwise, and
+//! fails instead under CI, `CI=true`).
 //!
 //! Harness: `netns` builds the topology (two nodes joined by a veth
 //! fabric, pods on routed veths or on a bridge) and removes it on drop,
@@ -17,11 +18,12 @@
 //! listen test), `kind_script` (the kind e2e script against stub tools;
 //! no root needed).
 
-/// Returns early (passing) when the environment cannot build namespaces.
-/// Defined before the modules so every test module can use it.
+/// Returns early (passing, or failing under CI) when the environment
+/// cannot build namespaces. Defined before the modules so every test
+/// module can use it.
 macro_rules! require_root {
     () => {
-        if !crate::netns::can_run() {
+        if !crate::netns::can_run(module_path!()) {
             return;
         }
     };

@@ -64,44 +64,16 @@ fn sysctl(ns: &str, settings: &[&str]) {
 }
 
 /// Whether the suite can build namespaces at all (root with CAP_SYS_ADMIN
-/// and CAP_NET_ADMIN, iproute2 and nft installed). Prints why not.
-pub fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("the netns e2e suite needs root (network namespaces, nftables)");
+/// and CAP_NET_ADMIN, iproute2 and nft installed). When not, reports the
+/// skip of `test` (a failure under CI, see `nftpol_test_support::skip`).
+pub fn can_run(test: &str) -> bool {
+    if let Some(why) = nftpol_test_support::privilege::missing_privilege() {
+        nftpol_test_support::skip(test, &format!("the netns e2e suite {why}"));
         return false;
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            skip(&format!("the netns e2e suite needs `{tool}` on PATH"));
-            return false;
-        }
     }
     static SWEEP: std::sync::Once = std::sync::Once::new();
     SWEEP.call_once(sweep_stale);
     true
-}
-
-/// Reports a skipped test: once per process straight to the real stderr
-/// (libtest captures `eprintln!` of passing tests, and a silent skip would
-/// read as a pass), and per test through the captured stream.
-fn skip(why: &str) {
-    use std::io::Write as _;
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: {why}; netns e2e tests pass without running"
-        );
-    });
-    eprintln!("SKIP: {why}");
 }
 
 /// Deletes namespaces an earlier run left behind when it was killed

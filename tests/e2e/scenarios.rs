@@ -865,7 +865,10 @@ ingress:
 fn bridged_nodes() {
     require_root!();
     if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter is not loaded; the bridged variant needs it");
+        nftpol_test_support::skip(
+            "bridged_nodes",
+            "br_netfilter is not loaded; the bridged variant needs it",
+        );
         return;
     }
     let mut c = SimCluster::upstream_model_on(true);
