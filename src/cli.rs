@@ -74,6 +74,15 @@ pub enum Command {
     /// Print the pod-to-pod reachability matrix (rows: from, columns: to;
     /// `.` allowed, `X` denied).
     Matrix(MatrixArgs),
+    /// Show what applying these manifests would change: the chains, rules
+    /// and set elements of the node's `inet nftpol` table, and the
+    /// pod-to-pod flows whose verdict changes.
+    ///
+    /// By default the table is compared with the kernel's (read back over
+    /// netlink as `apply` does; needs CAP_NET_ADMIN, changes nothing).
+    /// With --against-manifests the comparison is between two manifest
+    /// sets, offline and without root, for change review.
+    Diff(DiffArgs),
     /// Compile the node's ruleset and make the kernel's `inet nftpol` table
     /// equal it: read the table back, diff, and send only the difference
     /// as one atomic netlink batch (nothing when already equal). Prints a
@@ -122,6 +131,27 @@ pub struct ApplyArgs {
     /// The node to compile for. Optional when every pod sits on one node.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// The node to compile for. Optional when every pod sits on one node.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Compare with these manifests (the state before the change) instead
+    /// of the kernel's table.
+    #[arg(long, num_args = 1..)]
+    pub against_manifests: Vec<PathBuf>,
+    /// Port/protocol whose flows to compare; repeat for several (default
+    /// 80/TCP).
+    #[arg(long)]
+    pub port: Vec<String>,
+    /// Address family of the flows (default: IPv4, or IPv6 when no pod has
+    /// IPv4).
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -457,6 +487,98 @@ fn explain_live(
     Ok(exit_status(skipped))
 }
 
+/// `nftpol diff`: the table and flow changes from the kernel (or older
+/// manifests) to these manifests.
+pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let (cluster, skipped) = load_cluster(&args.input)?;
+    let node = resolve_node(&cluster, args.node_name.as_deref())?;
+    let probes = probes(&args.port)?;
+    let family: Family = match args.family {
+        Some(f) => f.into(),
+        None => pmatrix::default_family(&cluster),
+    };
+    let after = policy_compiler::compile(&cluster, &node);
+    let after_label = format!("manifests {} for node {node}", paths(&args.input.manifests));
+    let mut text = String::new();
+    let mut skipped = skipped;
+    if args.against_manifests.is_empty() {
+        let before = crate::netlink::read_table()?;
+        text.push_str(&report::changes::ruleset_changes(
+            before.as_ref(),
+            &after,
+            ("kernel table inet nftpol on this host", &after_label),
+        ));
+        text.push('\n');
+        let pods: Vec<(Endpoint, IpAddr, bool)> = pmatrix::pods(&cluster, family, &[])
+            .into_iter()
+            .filter_map(|e| {
+                let Endpoint::Pod { namespace, name } = &e else {
+                    return None;
+                };
+                let pod = cluster.pod(namespace, name)?;
+                let ip = pod
+                    .ips
+                    .iter()
+                    .copied()
+                    .find(|ip| Family::of(ip) == family)?;
+                let local = pod.node_name.as_deref() == Some(node.as_str());
+                Some((e, ip, local))
+            })
+            .collect();
+        let changes = report::changes::kernel_flow_changes(before.as_ref(), &after, &pods, &probes);
+        text.push_str(&report::changes::kernel_flow_lines(&changes, &node));
+    } else {
+        let old_input = Input {
+            manifests: args.against_manifests.clone(),
+            strict: args.input.strict,
+        };
+        let (old_cluster, old_skipped) = load_cluster(&old_input)?;
+        skipped += old_skipped;
+        let before = policy_compiler::compile(&old_cluster, &node);
+        text.push_str(&report::changes::ruleset_changes(
+            Some(&before),
+            &after,
+            (
+                &format!(
+                    "manifests {} for node {node}",
+                    paths(&args.against_manifests)
+                ),
+                &after_label,
+            ),
+        ));
+        text.push('\n');
+        let old_m = pmatrix::build(
+            &old_cluster,
+            family,
+            pmatrix::pods(&old_cluster, family, &[]),
+            &probes,
+        )?;
+        let new_m = pmatrix::build(
+            &cluster,
+            family,
+            pmatrix::pods(&cluster, family, &[]),
+            &probes,
+        )?;
+        text.push_str(&report::changes::flow_changes(
+            &pmatrix::changed_flows(&old_m, &new_m),
+            &probes,
+            &format!(
+                "cluster-wide, pods in both, {}",
+                report::matrix::family_name(family)
+            ),
+        ));
+    }
+    write_out(out, &text)?;
+    Ok(exit_status(skipped))
+}
+
+fn paths(p: &[PathBuf]) -> String {
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The probes of `--port` (default 80/TCP).
 fn probes(ports: &[String]) -> Result<Vec<Probe>, Error> {
     if ports.is_empty() {
@@ -512,6 +634,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Compile(a) => compile(a, &mut stdout),
         Command::Explain(a) => explain(a, &mut stdout),
         Command::Matrix(a) => matrix(a, &mut stdout),
+        Command::Diff(a) => diff(a, &mut stdout),
         Command::Apply(a) => apply(a, &mut stdout),
         Command::Cleanup => cleanup(&mut stdout),
         Command::Crds => write_out(&mut stdout, &nftpol_crds::all_yaml()).map(|()| 0),

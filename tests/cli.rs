@@ -568,3 +568,83 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
         "{t}"
     );
 }
+
+/// `diff` against the kernel's table: before any apply everything would be
+/// created; after applying one manifest set it shows the chain, rule and
+/// element changes to another and the flows through the node that change
+/// verdict, and it changes nothing itself.
+#[test]
+fn diff_against_the_kernel_shows_what_apply_would_change() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new("diff");
+    let new = "tests/data/diff/web-port-8080.yaml";
+    let diff = |m: &str| {
+        let out = ns.nftpol(&["diff", "-m", m, "--node-name", "node-1", "--port", "80/TCP"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let t = diff(WEB);
+    assert!(
+        t.contains("no table inet nftpol: all of it would be created"),
+        "{t}"
+    );
+    assert!(
+        t.contains("+ chain ing_default_my-app-7d9f8c6b5-x2k4p (3 rules)"),
+        "{t}"
+    );
+    // Nothing enforced yet: untrusted-0 -> my-app becomes denied.
+    assert!(
+        t.contains(
+            "80/TCP default/untrusted-0 -> default/my-app-7d9f8c6b5-x2k4p: ALLOWED -> DENIED"
+        ),
+        "{t}"
+    );
+
+    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let t = diff(new);
+    assert!(
+        t.starts_with("--- kernel table inet nftpol on this host\n"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("~ chain {MY_APP_CHAIN}")), "{t}");
+    assert!(
+        t.contains("    - ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 80 accept"),
+        "{t}"
+    );
+    assert!(
+        t.contains("    + ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 8080 accept"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "~ set pod4_default_my-app_in0 (type ipv4_addr): +1 -0 elements\n    + 10.244.1.12\n"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("apply would send: ~1 chain, +1 element"), "{t}");
+    let flows = t.split_once("changing verdict").expect("flow section").1;
+    assert!(
+        flows.contains(
+            "80/TCP default/trusted-app-0 -> default/my-app-7d9f8c6b5-x2k4p: ALLOWED -> DENIED"
+        ),
+        "{t}"
+    );
+    assert_eq!(
+        flows.lines().filter(|l| l.starts_with("  80/TCP ")).count(),
+        1,
+        "{t}"
+    );
+
+    // diff changed nothing: the applied set still matches the kernel.
+    assert!(diff(WEB).contains("no changes to table inet nftpol"));
+    let applied = ns.nftpol(&["apply", "-m", new, "--node-name", "node-1"]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let t = diff(new);
+    assert!(
+        t.contains("no changes to table inet nftpol") && t.contains("  none"),
+        "{t}"
+    );
+}
