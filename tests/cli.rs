@@ -325,11 +325,10 @@ fn chromium() -> Option<&'static str> {
 #[test]
 fn matrix_svg_renders_in_a_browser() {
     let Some(browser) = chromium() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but chromium is not installed (.ci/run installs it)"
+        nftpol_test_support::skip(
+            "matrix_svg_renders_in_a_browser",
+            "needs chromium (.ci/run installs it)",
         );
-        eprintln!("SKIP matrix_svg_renders_in_a_browser: chromium not installed");
         return;
     };
     let dir = std::env::temp_dir().join(format!("nftpol-svg-{}", std::process::id()));
@@ -411,57 +410,25 @@ fn crds_prints_the_three_admin_policy_crds() {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but not root: kernel tests must run"
-        );
-        eprintln!("SKIP: kernel tests need root (network namespaces)");
-    }
-    root
+use nftpol_test_support::Netns;
+
+/// `prog args...` inside the namespace, from the crate root.
+fn run_in(ns: &Netns, prog: &str, args: &[&str]) -> Output {
+    ns.cmd(prog)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("run ip netns exec")
 }
 
-/// A scratch network namespace, removed on drop (also on panic). Commands
-/// run inside it with `ip netns exec`, so the host's ruleset is never
-/// touched.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("nftpol-t-cli-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add")
-            .success();
-        assert!(ok, "ip netns add {name}");
-        Netns(name)
-    }
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["netns", "exec", &self.0, program])
-            .args(args)
-            .output()
-            .expect("run ip netns exec")
-    }
-    fn nftpol(&self, args: &[&str]) -> Output {
-        self.run(env!("CARGO_BIN_EXE_nftpol"), args)
-    }
-    fn nft(&self, args: &[&str]) -> String {
-        let out = self.run("nft", args);
-        assert!(out.status.success(), "nft {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
+fn nftpol_in(ns: &Netns, args: &[&str]) -> Output {
+    run_in(ns, env!("CARGO_BIN_EXE_nftpol"), args)
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+fn nft_in(ns: &Netns, args: &[&str]) -> String {
+    let out = ns.nft(args);
+    assert!(out.status.success(), "nft {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
 }
 
 const WEB: &str = "examples/policies/01-web-allow.yaml";
@@ -469,20 +436,23 @@ const MY_APP: &str = "default/my-app-7d9f8c6b5-x2k4p";
 const MY_APP_CHAIN: &str = "ing_default_my-app-7d9f8c6b5-x2k4p";
 
 fn explain_live(ns: &Netns, from: &str, to: &str) -> Output {
-    ns.nftpol(&[
-        "explain",
-        "--live",
-        "-m",
-        WEB,
-        "--node-name",
-        "node-1",
-        "--from",
-        from,
-        "--to",
-        to,
-        "--port",
-        "80/TCP",
-    ])
+    nftpol_in(
+        ns,
+        &[
+            "explain",
+            "--live",
+            "-m",
+            WEB,
+            "--node-name",
+            "node-1",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            "80/TCP",
+        ],
+    )
 }
 
 /// `explain --live` in a namespace whose table `apply` wrote agrees with
@@ -490,11 +460,9 @@ fn explain_live(ns: &Netns, from: &str, to: &str) -> Output {
 /// with `nft` is a loud mismatch (exit status 3) naming the rules.
 #[test]
 fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::new("live");
-    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    nftpol_test_support::require_root!();
+    let ns = Netns::create("cli-live");
+    let applied = nftpol_in(&ns, &["apply", "-m", WEB, "--node-name", "node-1"]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     let pods = [
         "default/external-service-0",
@@ -521,7 +489,10 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
     assert_eq!(decided_by_policy, 1);
 
     // Tamper: an accept at the top of the pod's ingress chain.
-    ns.nft(&["insert", "rule", "inet", "nftpol", MY_APP_CHAIN, "accept"]);
+    nft_in(
+        &ns,
+        &["insert", "rule", "inet", "nftpol", MY_APP_CHAIN, "accept"],
+    );
     let out = explain_live(&ns, "default/untrusted-0", MY_APP);
     let t = text(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{t}");
@@ -535,7 +506,7 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
     );
 
     // Restore, then delete the policy's accept rule by hand.
-    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    let applied = nftpol_in(&ns, &["apply", "-m", WEB, "--node-name", "node-1"]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     assert_eq!(
         explain_live(&ns, "default/untrusted-0", MY_APP)
@@ -543,22 +514,28 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
             .code(),
         Some(0)
     );
-    let listing = ns.nft(&["-a", "list", "chain", "inet", "nftpol", MY_APP_CHAIN]);
+    let listing = nft_in(
+        &ns,
+        &["-a", "list", "chain", "inet", "nftpol", MY_APP_CHAIN],
+    );
     let handle = listing
         .lines()
         .find(|l| l.contains("ip saddr @pod4_default_my-app_in0"))
         .and_then(|l| l.rsplit_once("# handle "))
         .map(|(_, h)| h.trim().to_string())
         .unwrap_or_else(|| panic!("handle of the policy rule in {listing}"));
-    ns.nft(&[
-        "delete",
-        "rule",
-        "inet",
-        "nftpol",
-        MY_APP_CHAIN,
-        "handle",
-        &handle,
-    ]);
+    nft_in(
+        &ns,
+        &[
+            "delete",
+            "rule",
+            "inet",
+            "nftpol",
+            MY_APP_CHAIN,
+            "handle",
+            &handle,
+        ],
+    );
     let out = explain_live(&ns, "default/trusted-app-0", MY_APP);
     let t = text(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{t}");
@@ -575,13 +552,14 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
 /// verdict, and it changes nothing itself.
 #[test]
 fn diff_against_the_kernel_shows_what_apply_would_change() {
-    if !is_root() {
-        return;
-    }
-    let ns = Netns::new("diff");
+    nftpol_test_support::require_root!();
+    let ns = Netns::create("cli-diff");
     let new = "tests/data/diff/web-port-8080.yaml";
     let diff = |m: &str| {
-        let out = ns.nftpol(&["diff", "-m", m, "--node-name", "node-1", "--port", "80/TCP"]);
+        let out = nftpol_in(
+            &ns,
+            &["diff", "-m", m, "--node-name", "node-1", "--port", "80/TCP"],
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -602,7 +580,7 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
         "{t}"
     );
 
-    let applied = ns.nftpol(&["apply", "-m", WEB, "--node-name", "node-1"]);
+    let applied = nftpol_in(&ns, &["apply", "-m", WEB, "--node-name", "node-1"]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     let t = diff(new);
     assert!(
@@ -640,7 +618,7 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
 
     // diff changed nothing: the applied set still matches the kernel.
     assert!(diff(WEB).contains("no changes to table inet nftpol"));
-    let applied = ns.nftpol(&["apply", "-m", new, "--node-name", "node-1"]);
+    let applied = nftpol_in(&ns, &["apply", "-m", new, "--node-name", "node-1"]);
     assert!(applied.status.success(), "{}", text(&applied.stderr));
     let t = diff(new);
     assert!(
