@@ -5,15 +5,18 @@
 //! context and versions stay consistent. The schema validation against the
 //! Kubernetes OpenAPI of the targeted version is `.ci/check-scripts.sh`.
 
-use crate::netns::{run, unique_tag, PREFIX};
+use crate::netns::{unique_tag, PREFIX};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use nftpol_test_support::Netns;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn root() -> &'static Path {
@@ -101,6 +104,7 @@ fn deploy_manifests_parse() {
             "ClusterRole" => drop(typed::<ClusterRole>(f, v)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(f, v)),
             "DaemonSet" => drop(typed::<DaemonSet>(f, v)),
+            "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(f, v)),
             _ => {}
         }
     }
@@ -124,6 +128,9 @@ fn deploy_manifests_parse() {
         "the ClusterRoleBinding must bind the agent's ServiceAccount: {subjects:?}"
     );
 }
+
+/// The API group of the admin network policy kinds (deploy/crds.yaml).
+const ADMIN: &str = "policy.networking.k8s.io";
 
 /// (API group, resource, verb) triples.
 type Grants = BTreeSet<(String, String, String)>;
@@ -164,6 +171,14 @@ fn grants_the_code_needs() -> Grants {
                     "Pod" => add("", "pods", &["list", "watch"]),
                     "NetworkPolicy" => {
                         add("networking.k8s.io", "networkpolicies", &["list", "watch"])
+                    }
+                    "Node" => add("", "nodes", &["list", "watch"]),
+                    "AdminNetworkPolicy" => add(ADMIN, "adminnetworkpolicies", &["list", "watch"]),
+                    "BaselineAdminNetworkPolicy" => {
+                        add(ADMIN, "baselineadminnetworkpolicies", &["list", "watch"])
+                    }
+                    "ClusterNetworkPolicy" => {
+                        add(ADMIN, "clusternetworkpolicies", &["list", "watch"])
                     }
                     "CoreEvent" | "Event" => add("", "events", &["create"]),
                     // A generic parameter (a helper over the kinds above).
@@ -391,28 +406,6 @@ fn build_context_and_versions_stay_consistent() {
     );
 }
 
-/// A network namespace of its own, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("{PREFIX}{}-listen", unique_tag());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns(name);
-        run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stdin(Stdio::null())
-            .status();
-    }
-}
-
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -432,22 +425,18 @@ impl Drop for Child {
     }
 }
 
-/// `GET path` inside `netns` to `host:port` with bash's /dev/tcp (no
-/// curl needed); the status line, or None when nothing answers.
-fn http_get(netns: &str, host: &str, port: u16, path: &str) -> Option<String> {
-    let script = format!(
-        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3"
-    );
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "timeout", "2", "bash", "-c", &script,
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !line.is_empty()).then_some(line)
+/// `GET path` to `addr` from inside `ns`: the status line, or None
+/// when nothing answers.
+fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<String> {
+    let path = path.to_string();
+    ns.run(move || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(conn, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).ok()?;
+        reply.lines().next().map(str::to_string)
+    })
 }
 
 /// The DaemonSet's listen address answers the kubelet's probes on IPv4
@@ -458,19 +447,13 @@ fn http_get(netns: &str, host: &str, port: u16, path: &str) -> Option<String> {
 fn daemonset_listen_address_answers_probes_on_both_families() {
     require_root!();
     let addr = daemonset_metrics_addr();
-    let ns = Netns::new();
+    let ns = Netns::create("listen");
     let dir = std::env::temp_dir().join(format!("{PREFIX}{}", unique_tag()));
     std::fs::create_dir_all(&dir).expect("manifest dir");
     let _cleanup = TempDir(dir.clone());
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            crate::cluster::nftpol_bin(),
-            "agent",
-        ])
-        .args(["--node-name", "node-1", "--dry-run", "--manifests"])
+    let child = ns
+        .cmd(crate::cluster::nftpol_bin())
+        .args(["agent", "--node-name", "node-1", "--dry-run", "--manifests"])
         .arg(&dir)
         .arg(format!("--metrics-addr={addr}"))
         .env("RUST_LOG", "warn")
@@ -481,17 +464,20 @@ fn daemonset_listen_address_answers_probes_on_both_families() {
         .expect("spawn nftpol agent");
     let _agent = Child(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for host in ["127.0.0.1", "::1"] {
+    for ip in [
+        IpAddr::from(Ipv4Addr::LOCALHOST),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+    ] {
+        let target = SocketAddr::new(ip, addr.port());
         for path in ["/healthz", "/readyz"] {
             loop {
-                let status = http_get(&ns.0, host, addr.port(), path);
+                let status = http_get(&ns, target, path);
                 if status.as_deref().is_some_and(|s| s.contains(" 200")) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "GET http://{host}:{}{path} with --metrics-addr={addr}: {status:?}",
-                    addr.port()
+                    "GET http://{target}{path} with --metrics-addr={addr}: {status:?}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
