@@ -9,8 +9,9 @@
 //! binary and compares the probed matrix with `oracle` (the compiler's
 //! semantic evaluator).
 //!
-//! Cases: `scenarios` (the upstream netpol e2e, node/pod-to-node, Service
-//! DNAT, bridged nodes, hostNetwork), `sctp` (SCTP by raw packets),
+//! Cases: `scenarios` (the upstream netpol e2e, as one table of steps),
+//! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
+//! `sctp` (SCTP by raw packets),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
 //! under continuous probes), `agent` (the long-running agent), `selftest`
 //! (the harness catches what it must), `deploy` (what deploy/ gives a
@@ -33,6 +34,7 @@ mod agent;
 mod cluster;
 mod deploy;
 mod generated;
+mod host;
 mod kind_script;
 mod netns;
 mod oracle;

@@ -1,12 +1,18 @@
 //! The upstream netpol e2e scenarios (kubernetes test/e2e/network/netpol),
-//! transcribed in our own words onto the 3 namespaces x 3 pods model.
+//! transcribed in our own words onto the 3 namespaces x 3 pods model, as
+//! one table (`UPSTREAM`) of steps run by one driver.
 //!
 //! Upstream writes each expected truth table by hand and probes one port
-//! and protocol per case; here every step probes the whole matrix (all 9
-//! pods, ports 80 and 81, TCP and UDP, IPv4 and IPv6, pods spread over two
-//! nodes) and the expected table comes from the compiler's evaluator, so
-//! each case checks more cells than upstream does. Steps that update a
-//! pod, a namespace or a policy are kept as steps.
+//! and protocol per case; here every `Check` step probes the whole matrix
+//! (all 9 pods, ports 80 and 81, TCP and UDP, IPv4 and IPv6, pods spread
+//! over two nodes) and the expected table comes from the compiler's
+//! evaluator, so each case checks more cells than upstream does. Steps
+//! that update a pod, a namespace or a policy are kept as steps.
+//!
+//! Each scenario is still its own `#[test]` (so they run in parallel and
+//! fail by name); `every_scenario_is_a_test` keeps the table and the test
+//! list in step. Host traffic (nodes, Services, bridged nodes) is in
+//! `host.rs`.
 
 use crate::cluster::{labels, SimCluster};
 
@@ -23,44 +29,256 @@ pub fn np(namespace: &str, name: &str, spec: &str) -> String {
     )
 }
 
-/// Builds the model, runs `steps`, and names the scenario in the log.
-fn scenario(name: &str, steps: impl FnOnce(&mut SimCluster)) {
+type Pairs = &'static [(&'static str, &'static str)];
+
+/// One step of a scenario.
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    /// Creates or replaces policy (namespace, name) with this `spec`
+    /// (see `np`). `@v4:ns/pod` and `@v6:ns/pod` in the spec become that
+    /// model pod's addresses, for ipBlock cases.
+    Put(&'static str, &'static str, &'static str),
+    Delete(&'static str, &'static str),
+    ClearPolicies,
+    /// Replaces a namespace's labels.
+    NamespaceLabels(&'static str, Pairs),
+    /// Replaces a pod's labels.
+    PodLabels(&'static str, &'static str, Pairs),
+    /// Programs the nodes and compares the whole probed matrix with the
+    /// evaluator; the text names the step in the log and on failure.
+    Check(&'static str),
+    /// `Check`, then the SCTP cells by raw INIT packets.
+    CheckSctp(&'static str),
+}
+
+use Step::*;
+
+pub struct Scenario {
+    /// The test function's name.
+    pub test: &'static str,
+    /// The upstream case it transcribes.
+    pub upstream: &'static str,
+    pub steps: &'static [Step],
+}
+
+/// `spec` with every `@v4:ns/pod` / `@v6:ns/pod` replaced by the address
+/// `address(ns, pod, v6)` gives.
+fn with_addresses(spec: &str, address: impl Fn(&str, &str, bool) -> String) -> String {
+    fn name_len(s: &str) -> usize {
+        s.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-'))
+            .unwrap_or(s.len())
+    }
+    let mut out = String::new();
+    let mut rest = spec;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let token = &rest[at + 1..];
+        let (v6, after) = match token.get(..3) {
+            Some("v4:") => (false, &token[3..]),
+            Some("v6:") => (true, &token[3..]),
+            _ => panic!("bad address placeholder in {spec:?}"),
+        };
+        let ns = &after[..name_len(after)];
+        let Some(after) = after[ns.len()..].strip_prefix('/') else {
+            panic!("bad address placeholder in {spec:?}")
+        };
+        let pod = &after[..name_len(after)];
+        out.push_str(&address(ns, pod, v6));
+        rest = &after[pod.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs `steps` on `c`.
+pub fn run_steps(c: &mut SimCluster, steps: &[Step]) {
+    for step in steps {
+        match *step {
+            Put(ns, name, spec) => {
+                let spec = with_addresses(spec, |ns, pod, v6| {
+                    let p = &c.topo.pods[c.pod_index(ns, pod)];
+                    if v6 {
+                        p.v6.to_string()
+                    } else {
+                        p.v4.to_string()
+                    }
+                });
+                c.put_policy(&np(ns, name, &spec));
+            }
+            Delete(ns, name) => c.delete_policy(ns, name),
+            ClearPolicies => c.clear_policies(),
+            NamespaceLabels(ns, pairs) => c.set_namespace_labels(ns, labels(pairs)),
+            PodLabels(ns, pod, pairs) => c.set_pod_labels(ns, pod, labels(pairs)),
+            Check(what) => c.check(what),
+            CheckSctp(what) => {
+                c.check(what);
+                crate::sctp::check_sctp(c, &format!("{what} (SCTP packets)"));
+            }
+        }
+    }
+}
+
+/// Builds the model and runs the scenario named `test` of `UPSTREAM`.
+fn scenario(test: &str) {
     require_root!();
-    eprintln!("scenario: {name}");
+    let s = UPSTREAM
+        .iter()
+        .find(|s| s.test == test)
+        .unwrap_or_else(|| panic!("no scenario {test} in UPSTREAM"));
+    eprintln!("scenario: {}", s.upstream);
     let mut c = SimCluster::upstream_model();
-    steps(&mut c);
+    run_steps(&mut c, s.steps);
 }
 
-#[test]
-fn default_deny_ingress() {
-    scenario("should support a 'default-deny-ingress' policy", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-ingress",
-            "podSelector: {}\npolicyTypes: [Ingress]",
-        ));
-        c.check("deny all ingress in x");
-    });
+/// One `#[test]` per scenario, and the list of their names.
+macro_rules! scenario_tests {
+    ($($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                scenario(stringify!($test));
+            }
+        )*
+        const TESTS: &[&str] = &[$(stringify!($test)),*];
+    };
 }
 
-#[test]
-fn default_deny_all() {
-    scenario("should support a 'default-deny-all' policy", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-all",
-            "podSelector: {}\npolicyTypes: [Ingress, Egress]",
-        ));
-        c.check("deny all in and out of x");
-    });
-}
+scenario_tests!(
+    default_deny_ingress,
+    default_deny_all,
+    allow_from_pods_in_server_namespace_by_pod_selector,
+    allow_ingress_for_a_target,
+    allow_ingress_from_all_namespaces,
+    allow_only_from_other_namespace_by_namespace_selector,
+    pod_selector_match_expressions,
+    namespace_selector_match_expressions,
+    pod_selector_or_namespace_selector,
+    pod_selector_and_namespace_selector,
+    multiple_pod_selectors_and_namespace_selectors,
+    any_pod_selectors,
+    only_from_pod_in_other_namespace,
+    policy_based_on_ports,
+    stacked_policies_with_overlapping_pod_selectors,
+    allow_all_policy,
+    ingress_on_one_named_port,
+    ingress_from_namespace_on_one_named_port,
+    egress_on_one_named_port,
+    enforce_updated_policy,
+    ingress_from_updated_namespace,
+    ingress_from_updated_pod,
+    deny_ingress_from_other_namespaces,
+    deny_ingress_to_updated_pod,
+    deny_egress_by_pod_selector,
+    deny_egress_from_namespace,
+    ingress_and_egress_together,
+    client_side_egress_deny_wins,
+    egress_to_pod_in_other_namespace,
+    ingress_any_port_on_one_protocol,
+    ingress_allow_all_takes_precedence,
+    egress_allow_all_takes_precedence,
+    stop_enforcing_deleted_policies,
+    egress_to_cidr_block,
+    egress_cidr_except,
+    ip_in_both_cidr_and_except_is_allowed_by_another_rule,
+    ingress_and_egress_controlled_independently,
+    sctp_is_not_tcp,
+    sctp_only_policy_isolates,
+    udp_only_policy_does_not_allow_tcp,
+    namespace_selector_default_label_match_labels,
+    namespace_selector_default_label_match_expressions_egress,
+    port_range_end_port,
+);
 
 #[test]
-fn allow_from_pods_in_server_namespace_by_pod_selector() {
-    scenario(
-        "allow traffic from pods within server namespace based on PodSelector",
-        |c| {
-            c.put_policy(&np(
+fn address_placeholders() {
+    let address =
+        |ns: &str, pod: &str, v6: bool| format!("{}{ns}-{pod}", if v6 { "6:" } else { "4:" });
+    assert_eq!(
+        with_addresses("except: [@v4:x/b/32, \"@v6:y/c-1/128\"]", address),
+        "except: [4:x-b/32, \"6:y-c-1/128\"]"
+    );
+    assert_eq!(
+        with_addresses("podSelector: {}", address),
+        "podSelector: {}"
+    );
+    assert!(std::panic::catch_unwind(|| with_addresses("@v5:x/b", address)).is_err());
+    assert!(std::panic::catch_unwind(|| with_addresses("@v4:x", address)).is_err());
+}
+
+/// Needs no root: a table entry without a test would never run, and a
+/// test without an entry fails only as root.
+#[test]
+fn every_scenario_is_a_test() {
+    let mut table: Vec<&str> = UPSTREAM.iter().map(|s| s.test).collect();
+    let mut tests = TESTS.to_vec();
+    table.sort_unstable();
+    tests.sort_unstable();
+    assert_eq!(table, tests);
+    let n = table.len();
+    table.dedup();
+    assert_eq!(table.len(), n, "duplicate scenario names");
+    for s in UPSTREAM {
+        assert!(
+            s.steps
+                .iter()
+                .any(|st| matches!(st, Check(_) | CheckSctp(_))),
+            "{} checks nothing",
+            s.test
+        );
+    }
+}
+
+const DENY_INGRESS: &str = "podSelector: {}\npolicyTypes: [Ingress]";
+const DENY_ALL: &str = "podSelector: {}\npolicyTypes: [Ingress, Egress]";
+
+/// `x/a` from namespace y, on one port.
+const A_FROM_Y_ON_TCP_81: &str = r#"
+podSelector: {matchLabels: {pod: a}}
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
+  ports:
+  - {port: 81, protocol: TCP}
+"#;
+
+/// x/a may send only to y/a.
+const A_EGRESS_TO_Y_A: &str = r#"
+podSelector: {matchLabels: {pod: a}}
+egress:
+- to:
+  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
+    podSelector: {matchLabels: {pod: a}}
+"#;
+
+/// x/a may send anywhere in the pod networks but to x/b.
+const A_EGRESS_BUT_TO_X_B: &str = r#"podSelector: {matchLabels: {pod: a}}
+egress:
+- to:
+  - ipBlock: {cidr: 10.0.0.0/8, except: [@v4:x/b/32]}
+  - ipBlock: {cidr: "fd00::/16", except: ["@v6:x/b/128"]}"#;
+
+pub const UPSTREAM: &[Scenario] = &[
+    Scenario {
+        test: "default_deny_ingress",
+        upstream: "should support a 'default-deny-ingress' policy",
+        steps: &[
+            Put("x", "deny-ingress", DENY_INGRESS),
+            Check("deny all ingress in x"),
+        ],
+    },
+    Scenario {
+        test: "default_deny_all",
+        upstream: "should support a 'default-deny-all' policy",
+        steps: &[
+            Put("x", "deny-all", DENY_ALL),
+            Check("deny all in and out of x"),
+        ],
+    },
+    Scenario {
+        test: "allow_from_pods_in_server_namespace_by_pod_selector",
+        upstream: "allow traffic from pods within server namespace based on PodSelector",
+        steps: &[
+            Put(
                 "x",
                 "x-a-allows-x-b",
                 r#"
@@ -69,58 +287,51 @@ ingress:
 - from:
   - podSelector: {matchLabels: {pod: b}}
 "#,
-            ));
-            c.check("x/a only from x/b");
-        },
-    );
-}
-
-#[test]
-fn allow_ingress_for_a_target() {
-    scenario("allow ingress traffic for a target", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-all",
-            "podSelector: {}\npolicyTypes: [Ingress]",
-        ));
-        c.put_policy(&np(
-            "x",
-            "allow-all-to-a",
-            r#"
+            ),
+            Check("x/a only from x/b"),
+        ],
+    },
+    Scenario {
+        test: "allow_ingress_for_a_target",
+        upstream: "allow ingress traffic for a target",
+        steps: &[
+            Put("x", "deny-all", DENY_INGRESS),
+            Put(
+                "x",
+                "allow-all-to-a",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - podSelector: {}
     namespaceSelector: {}
 "#,
-        ));
-        c.check("x default deny, x/a open to all");
-    });
-}
-
-#[test]
-fn allow_ingress_from_all_namespaces() {
-    scenario("allow ingress traffic from pods in all namespaces", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-from-another-ns",
-            r#"
+            ),
+            Check("x default deny, x/a open to all"),
+        ],
+    },
+    Scenario {
+        test: "allow_ingress_from_all_namespaces",
+        upstream: "allow ingress traffic from pods in all namespaces",
+        steps: &[
+            Put(
+                "x",
+                "allow-from-another-ns",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - namespaceSelector: {matchLabels: {}}
 "#,
-        ));
-        c.check("x/a from every namespace");
-    });
-}
-
-#[test]
-fn allow_only_from_other_namespace_by_namespace_selector() {
-    scenario(
-        "allow traffic only from a different namespace, based on NamespaceSelector",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a from every namespace"),
+        ],
+    },
+    Scenario {
+        test: "allow_only_from_other_namespace_by_namespace_selector",
+        upstream: "allow traffic only from a different namespace, based on NamespaceSelector",
+        steps: &[
+            Put(
                 "x",
                 "allow-client-a-via-ns-selector",
                 r#"
@@ -129,36 +340,33 @@ ingress:
 - from:
   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
 "#,
-            ));
-            c.check("x/a only from namespace y");
-        },
-    );
-}
-
-#[test]
-fn pod_selector_match_expressions() {
-    scenario("policy based on PodSelector with MatchExpressions", |c| {
-        c.put_policy(&np(
-            "x",
-            "x-a-allows-x-b",
-            r#"
+            ),
+            Check("x/a only from namespace y"),
+        ],
+    },
+    Scenario {
+        test: "pod_selector_match_expressions",
+        upstream: "policy based on PodSelector with MatchExpressions",
+        steps: &[
+            Put(
+                "x",
+                "x-a-allows-x-b",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - podSelector:
       matchExpressions: [{key: pod, operator: In, values: [b]}]
 "#,
-        ));
-        c.check("x/a from pod In [b]");
-    });
-}
-
-#[test]
-fn namespace_selector_match_expressions() {
-    scenario(
-        "policy based on NamespaceSelector with MatchExpressions",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a from pod In [b]"),
+        ],
+    },
+    Scenario {
+        test: "namespace_selector_match_expressions",
+        upstream: "policy based on NamespaceSelector with MatchExpressions",
+        steps: &[
+            Put(
                 "x",
                 "allow-ns-y-match-selector",
                 r#"
@@ -168,19 +376,18 @@ ingress:
   - namespaceSelector:
       matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [y]}]
 "#,
-            ));
-            c.check("x/a from namespace In [y]");
-        },
-    );
-}
-
-#[test]
-fn pod_selector_or_namespace_selector() {
-    scenario("policy based on PodSelector or NamespaceSelector", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-ns-y-match-selector",
-            r#"
+            ),
+            Check("x/a from namespace In [y]"),
+        ],
+    },
+    Scenario {
+        test: "pod_selector_or_namespace_selector",
+        upstream: "policy based on PodSelector or NamespaceSelector",
+        steps: &[
+            Put(
+                "x",
+                "allow-ns-y-match-selector",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
@@ -188,18 +395,18 @@ ingress:
       matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]
   - podSelector: {matchLabels: {pod: b}}
 "#,
-        ));
-        c.check("x/a from other namespaces or x/b");
-    });
-}
-
-#[test]
-fn pod_selector_and_namespace_selector() {
-    scenario("policy based on PodSelector and NamespaceSelector", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-ns-y-podselector-and-nsselector",
-            r#"
+            ),
+            Check("x/a from other namespaces or x/b"),
+        ],
+    },
+    Scenario {
+        test: "pod_selector_and_namespace_selector",
+        upstream: "policy based on PodSelector and NamespaceSelector",
+        steps: &[
+            Put(
+                "x",
+                "allow-ns-y-podselector-and-nsselector",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
@@ -207,17 +414,15 @@ ingress:
       matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]
     podSelector: {matchLabels: {pod: b}}
 "#,
-        ));
-        c.check("x/a from pod b in other namespaces");
-    });
-}
-
-#[test]
-fn multiple_pod_selectors_and_namespace_selectors() {
-    scenario(
-        "policy based on Multiple PodSelectors and NamespaceSelectors",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a from pod b in other namespaces"),
+        ],
+    },
+    Scenario {
+        test: "multiple_pod_selectors_and_namespace_selectors",
+        upstream: "policy based on Multiple PodSelectors and NamespaceSelectors",
+        steps: &[
+            Put(
                 "x",
                 "allow-ns-y-z-pod-b-c",
                 r#"
@@ -229,36 +434,33 @@ ingress:
     podSelector:
       matchExpressions: [{key: pod, operator: In, values: [b, c]}]
 "#,
-            ));
-            c.check("x/a from pods b,c outside x");
-        },
-    );
-}
-
-#[test]
-fn any_pod_selectors() {
-    scenario("policy based on any PodSelectors", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-ns-x-pod-b-c",
-            r#"
+            ),
+            Check("x/a from pods b,c outside x"),
+        ],
+    },
+    Scenario {
+        test: "any_pod_selectors",
+        upstream: "policy based on any PodSelectors",
+        steps: &[
+            Put(
+                "x",
+                "allow-ns-x-pod-b-c",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - podSelector: {matchLabels: {pod: b}}
   - podSelector: {matchLabels: {pod: c}}
 "#,
-        ));
-        c.check("x/a from x/b or x/c");
-    });
-}
-
-#[test]
-fn only_from_pod_in_other_namespace() {
-    scenario(
-        "allow traffic only from a pod in a different namespace (PodSelector and NamespaceSelector)",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a from x/b or x/c"),
+        ],
+    },
+    Scenario {
+        test: "only_from_pod_in_other_namespace",
+        upstream: "allow traffic only from a pod in a different namespace (PodSelector and NamespaceSelector)",
+        steps: &[
+            Put(
                 "x",
                 "allow-ns-y-pod-a-via-namespace-pod-selector",
                 r#"
@@ -268,50 +470,17 @@ ingress:
   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
     podSelector: {matchLabels: {pod: a}}
 "#,
-            ));
-            c.check("x/a only from y/a");
-        },
-    );
-}
-
-#[test]
-fn policy_based_on_ports() {
-    scenario("policy based on Ports (TCP and the UDP variant)", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-ns-selector",
-            r#"
-podSelector: {matchLabels: {pod: a}}
-ingress:
-- from:
-  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
-  ports:
-  - {port: 81, protocol: TCP}
-"#,
-        ));
-        c.check("x/a from y on TCP 81");
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-ns-selector",
-            r#"
-podSelector: {matchLabels: {pod: a}}
-ingress:
-- from:
-  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
-  ports:
-  - {port: 81, protocol: UDP}
-"#,
-        ));
-        c.check("x/a from y on UDP 81");
-    });
-}
-
-#[test]
-fn stacked_policies_with_overlapping_pod_selectors() {
-    scenario(
-        "multiple, stacked policies with overlapping podSelectors",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a only from y/a"),
+        ],
+    },
+    Scenario {
+        test: "policy_based_on_ports",
+        upstream: "policy based on Ports (TCP and the UDP variant)",
+        steps: &[
+            Put("x", "allow-client-a-via-ns-selector", A_FROM_Y_ON_TCP_81),
+            Check("x/a from y on TCP 81"),
+            Put(
                 "x",
                 "allow-client-a-via-ns-selector",
                 r#"
@@ -320,11 +489,19 @@ ingress:
 - from:
   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
   ports:
-  - {port: 81, protocol: TCP}
+  - {port: 81, protocol: UDP}
 "#,
-            ));
-            c.check("port 81 from y only");
-            c.put_policy(&np(
+            ),
+            Check("x/a from y on UDP 81"),
+        ],
+    },
+    Scenario {
+        test: "stacked_policies_with_overlapping_pod_selectors",
+        upstream: "multiple, stacked policies with overlapping podSelectors",
+        steps: &[
+            Put("x", "allow-client-a-via-ns-selector", A_FROM_Y_ON_TCP_81),
+            Check("port 81 from y only"),
+            Put(
                 "x",
                 "allow-client-a-via-ns-selector-80",
                 r#"
@@ -335,38 +512,35 @@ ingress:
   ports:
   - {port: 80, protocol: TCP}
 "#,
-            ));
-            c.check("second policy opens port 80 too");
-        },
-    );
-}
-
-#[test]
-fn allow_all_policy() {
-    scenario("should support allow-all policy", |c| {
-        c.put_policy(&np("x", "allow-all", "podSelector: {}\ningress:\n- {}"));
-        c.check("allow all ingress in x");
-    });
-}
-
-#[test]
-fn ingress_on_one_named_port() {
-    scenario("allow ingress access on one named port", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-all",
-            "podSelector: {}\ningress:\n- ports:\n  - port: serve-81-tcp",
-        ));
-        c.check("x only on named port serve-81-tcp");
-    });
-}
-
-#[test]
-fn ingress_from_namespace_on_one_named_port() {
-    scenario(
-        "allow ingress access from namespace on one named port",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("second policy opens port 80 too"),
+        ],
+    },
+    Scenario {
+        test: "allow_all_policy",
+        upstream: "should support allow-all policy",
+        steps: &[
+            Put("x", "allow-all", "podSelector: {}\ningress:\n- {}"),
+            Check("allow all ingress in x"),
+        ],
+    },
+    Scenario {
+        test: "ingress_on_one_named_port",
+        upstream: "allow ingress access on one named port",
+        steps: &[
+            Put(
+                "x",
+                "allow-all",
+                "podSelector: {}\ningress:\n- ports:\n  - port: serve-81-tcp",
+            ),
+            Check("x only on named port serve-81-tcp"),
+        ],
+    },
+    Scenario {
+        test: "ingress_from_namespace_on_one_named_port",
+        upstream: "allow ingress access from namespace on one named port",
+        steps: &[
+            Put(
                 "x",
                 "allow-client-a-via-ns-selector-80",
                 r#"
@@ -377,146 +551,145 @@ ingress:
   ports:
   - {port: serve-80-tcp, protocol: TCP}
 "#,
-            ));
-            c.check("x/a from y on serve-80-tcp");
-        },
-    );
-}
-
-#[test]
-fn egress_on_one_named_port() {
-    scenario("allow egress access on one named port", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-egress",
-            "podSelector: {}\negress:\n- ports:\n  - port: serve-80-tcp",
-        ));
-        c.check("x egress only to named port serve-80-tcp");
-        // The UDP twin: a named UDP port resolves per destination pod too.
-        c.put_policy(&np(
-            "x",
-            "allow-egress",
-            "podSelector: {}\negress:\n- ports:\n  - {port: serve-81-udp, protocol: UDP}",
-        ));
-        c.check("x egress only to named port serve-81-udp");
-    });
-}
-
-#[test]
-fn enforce_updated_policy() {
-    scenario("should enforce updated policy", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-all-mutate-to-deny-all",
-            "podSelector: {}\ningress:\n- {}",
-        ));
-        c.check("allow all");
-        c.put_policy(&np(
-            "x",
-            "allow-all-mutate-to-deny-all",
-            "podSelector: {}\ningress: []",
-        ));
-        c.check("same policy updated to deny all");
-    });
-}
-
-#[test]
-fn ingress_from_updated_namespace() {
-    scenario("allow ingress access from updated namespace", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-ns-selector",
-            r#"
+            ),
+            Check("x/a from y on serve-80-tcp"),
+        ],
+    },
+    Scenario {
+        test: "egress_on_one_named_port",
+        upstream: "allow egress access on one named port",
+        steps: &[
+            Put(
+                "x",
+                "allow-egress",
+                "podSelector: {}\negress:\n- ports:\n  - port: serve-80-tcp",
+            ),
+            Check("x egress only to named port serve-80-tcp"),
+            // The UDP twin: a named UDP port resolves per destination pod too.
+            Put(
+                "x",
+                "allow-egress",
+                "podSelector: {}\negress:\n- ports:\n  - {port: serve-81-udp, protocol: UDP}",
+            ),
+            Check("x egress only to named port serve-81-udp"),
+        ],
+    },
+    Scenario {
+        test: "enforce_updated_policy",
+        upstream: "should enforce updated policy",
+        steps: &[
+            Put(
+                "x",
+                "allow-all-mutate-to-deny-all",
+                "podSelector: {}\ningress:\n- {}",
+            ),
+            Check("allow all"),
+            Put(
+                "x",
+                "allow-all-mutate-to-deny-all",
+                "podSelector: {}\ningress: []",
+            ),
+            Check("same policy updated to deny all"),
+        ],
+    },
+    Scenario {
+        test: "ingress_from_updated_namespace",
+        upstream: "allow ingress access from updated namespace",
+        steps: &[
+            Put(
+                "x",
+                "allow-client-a-via-ns-selector",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - namespaceSelector: {matchLabels: {ns2: updated}}
 "#,
-        ));
-        c.check("no namespace has ns2=updated yet");
-        c.set_namespace_labels("y", labels(&[("ns", "y"), ("ns2", "updated")]));
-        c.check("namespace y labelled ns2=updated");
-        c.set_namespace_labels("y", labels(&[("ns", "y")]));
-        c.check("label removed again");
-    });
-}
-
-#[test]
-fn ingress_from_updated_pod() {
-    scenario("allow ingress access from updated pod", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-pod-selector",
-            r#"
+            ),
+            Check("no namespace has ns2=updated yet"),
+            NamespaceLabels("y", &[("ns", "y"), ("ns2", "updated")]),
+            Check("namespace y labelled ns2=updated"),
+            NamespaceLabels("y", &[("ns", "y")]),
+            Check("label removed again"),
+        ],
+    },
+    Scenario {
+        test: "ingress_from_updated_pod",
+        upstream: "allow ingress access from updated pod",
+        steps: &[
+            Put(
+                "x",
+                "allow-client-a-via-pod-selector",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - from:
   - podSelector: {matchLabels: {pod: b, pod2: updated}}
 "#,
-        ));
-        c.check("x/b not yet labelled");
-        c.set_pod_labels("x", "b", labels(&[("pod", "b"), ("pod2", "updated")]));
-        c.check("x/b labelled pod2=updated");
-    });
-}
-
-#[test]
-fn deny_ingress_from_other_namespaces() {
-    scenario("should deny ingress from pods on other namespaces", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-empty-policy",
-            "podSelector: {}\ningress:\n- from:\n  - podSelector: {matchLabels: {}}",
-        ));
-        c.check("x accepts only x");
-    });
-}
-
-#[test]
-fn deny_ingress_to_updated_pod() {
-    scenario("should deny ingress access to updated pod", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-ingress-via-label-selector",
-            "podSelector: {matchLabels: {target: isolated}}\npolicyTypes: [Ingress]",
-        ));
-        c.check("nothing selected yet");
-        c.set_pod_labels("x", "a", labels(&[("pod", "a"), ("target", "isolated")]));
-        c.check("x/a now isolated");
-    });
-}
-
-#[test]
-fn deny_egress_by_pod_selector() {
-    scenario("should deny egress from pods based on PodSelector", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-egress-pod-a",
-            "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
-        ));
-        c.check("x/a sends nothing");
-    });
-}
-
-#[test]
-fn deny_egress_from_namespace() {
-    scenario("should deny egress from all pods in a namespace", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-egress-ns-x",
-            "podSelector: {}\npolicyTypes: [Egress]",
-        ));
-        c.check("x sends nothing");
-    });
-}
-
-#[test]
-fn ingress_and_egress_together() {
-    scenario("should work with Ingress, Egress specified together", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-pod-selector",
-            r#"
+            ),
+            Check("x/b not yet labelled"),
+            PodLabels("x", "b", &[("pod", "b"), ("pod2", "updated")]),
+            Check("x/b labelled pod2=updated"),
+        ],
+    },
+    Scenario {
+        test: "deny_ingress_from_other_namespaces",
+        upstream: "should deny ingress from pods on other namespaces",
+        steps: &[
+            Put(
+                "x",
+                "deny-empty-policy",
+                "podSelector: {}\ningress:\n- from:\n  - podSelector: {matchLabels: {}}",
+            ),
+            Check("x accepts only x"),
+        ],
+    },
+    Scenario {
+        test: "deny_ingress_to_updated_pod",
+        upstream: "should deny ingress access to updated pod",
+        steps: &[
+            Put(
+                "x",
+                "deny-ingress-via-label-selector",
+                "podSelector: {matchLabels: {target: isolated}}\npolicyTypes: [Ingress]",
+            ),
+            Check("nothing selected yet"),
+            PodLabels("x", "a", &[("pod", "a"), ("target", "isolated")]),
+            Check("x/a now isolated"),
+        ],
+    },
+    Scenario {
+        test: "deny_egress_by_pod_selector",
+        upstream: "should deny egress from pods based on PodSelector",
+        steps: &[
+            Put(
+                "x",
+                "deny-egress-pod-a",
+                "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
+            ),
+            Check("x/a sends nothing"),
+        ],
+    },
+    Scenario {
+        test: "deny_egress_from_namespace",
+        upstream: "should deny egress from all pods in a namespace",
+        steps: &[
+            Put(
+                "x",
+                "deny-egress-ns-x",
+                "podSelector: {}\npolicyTypes: [Egress]",
+            ),
+            Check("x sends nothing"),
+        ],
+    },
+    Scenario {
+        test: "ingress_and_egress_together",
+        upstream: "should work with Ingress, Egress specified together",
+        steps: &[
+            Put(
+                "x",
+                "allow-client-a-via-pod-selector",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 policyTypes: [Egress, Ingress]
 ingress:
@@ -526,284 +699,198 @@ egress:
 - ports:
   - port: 80
 "#,
-        ));
-        c.check("x/a in from x/b, out to port 80");
-    });
-}
-
-#[test]
-fn client_side_egress_deny_wins() {
-    scenario(
-        "deny egress on the client side even if the server allows it",
-        |c| {
-            c.put_policy(&np(
-                "x",
-                "allow-to-ns-y-pod-a",
+            ),
+            Check("x/a in from x/b, out to port 80"),
+        ],
+    },
+    Scenario {
+        test: "client_side_egress_deny_wins",
+        upstream: "deny egress on the client side even if the server allows it",
+        steps: &[
+            Put("x", "allow-to-ns-y-pod-a", A_EGRESS_TO_Y_A),
+            Put(
+                "y",
+                "allow-from-xa-on-ya-match-selector",
                 r#"
 podSelector: {matchLabels: {pod: a}}
-egress:
-- to:
-  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
-    podSelector: {matchLabels: {pod: a}}
-"#,
-            ));
-            let from_xa = r#"
 ingress:
 - from:
   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}
     podSelector: {matchLabels: {pod: a}}
-"#;
-            c.put_policy(&np(
-                "y",
-                "allow-from-xa-on-ya-match-selector",
-                &format!("podSelector: {{matchLabels: {{pod: a}}}}{from_xa}"),
-            ));
-            c.put_policy(&np(
+"#,
+            ),
+            Put(
                 "y",
                 "allow-from-xa-on-yb-match-selector",
-                &format!("podSelector: {{matchLabels: {{pod: b}}}}{from_xa}"),
-            ));
-            c.check("x/a reaches y/a only");
-        },
-    );
-}
-
-#[test]
-fn egress_to_pod_in_other_namespace() {
-    scenario(
-        "egress policy allowing traffic to a server in a different namespace (PodSelector and NamespaceSelector)",
-        |c| {
-            c.put_policy(&np(
-                "x",
-                "allow-to-ns-y-pod-a",
                 r#"
-podSelector: {matchLabels: {pod: a}}
-egress:
-- to:
-  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
+podSelector: {matchLabels: {pod: b}}
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}
     podSelector: {matchLabels: {pod: a}}
 "#,
-            ));
-            c.check("x/a egress only to y/a");
-        },
-    );
-}
-
-#[test]
-fn ingress_any_port_on_one_protocol() {
-    scenario("ingress allowing any port on a specific protocol", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-ingress-by-proto",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - protocol: TCP",
-        ));
-        c.check("x/a: TCP any port, no UDP");
-    });
-}
-
-#[test]
-fn ingress_allow_all_takes_precedence() {
-    scenario(
-        "multiple ingress policies with allow-all taking precedence",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a reaches y/a only"),
+        ],
+    },
+    Scenario {
+        test: "egress_to_pod_in_other_namespace",
+        upstream: "egress policy allowing traffic to a server in a different namespace (PodSelector and NamespaceSelector)",
+        steps: &[
+            Put("x", "allow-to-ns-y-pod-a", A_EGRESS_TO_Y_A),
+            Check("x/a egress only to y/a"),
+        ],
+    },
+    Scenario {
+        test: "ingress_any_port_on_one_protocol",
+        upstream: "ingress allowing any port on a specific protocol",
+        steps: &[
+            Put(
+                "x",
+                "allow-ingress-by-proto",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - protocol: TCP",
+            ),
+            Check("x/a: TCP any port, no UDP"),
+        ],
+    },
+    Scenario {
+        test: "ingress_allow_all_takes_precedence",
+        upstream: "multiple ingress policies with allow-all taking precedence",
+        steps: &[
+            Put(
                 "x",
                 "allow-ingress-port-80",
                 "podSelector: {}\ningress:\n- ports:\n  - port: 80",
-            ));
-            c.check("x only on TCP 80");
-            c.put_policy(&np("x", "allow-ingress", "podSelector: {}\ningress:\n- {}"));
-            c.check("allow-all added");
-        },
-    );
-}
-
-#[test]
-fn egress_allow_all_takes_precedence() {
-    scenario(
-        "multiple egress policies with allow-all taking precedence",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x only on TCP 80"),
+            Put("x", "allow-ingress", "podSelector: {}\ningress:\n- {}"),
+            Check("allow-all added"),
+        ],
+    },
+    Scenario {
+        test: "egress_allow_all_takes_precedence",
+        upstream: "multiple egress policies with allow-all taking precedence",
+        steps: &[
+            Put(
                 "x",
                 "allow-egress-port-80",
                 "podSelector: {}\negress:\n- ports:\n  - port: 80",
-            ));
-            c.check("x egress only on TCP 80");
-            c.put_policy(&np("x", "allow-egress", "podSelector: {}\negress:\n- {}"));
-            c.check("egress allow-all added");
-        },
-    );
-}
-
-#[test]
-fn stop_enforcing_deleted_policies() {
-    scenario(
-        "should stop enforcing policies after they are deleted",
-        |c| {
-            c.put_policy(&np(
-                "x",
-                "deny-all",
-                "podSelector: {}\npolicyTypes: [Ingress, Egress]",
-            ));
-            c.check("x denied both ways");
-            c.delete_policy("x", "deny-all");
-            c.check("policy deleted");
-        },
-    );
-}
-
-/// The address of pod `ns/name` in the model, for ipBlock scenarios.
-fn ips(c: &SimCluster, ns: &str, name: &str) -> (String, String) {
-    let p = &c.topo.pods[c.pod_index(ns, name)];
-    (p.v4.to_string(), p.v6.to_string())
-}
-
-#[test]
-fn egress_to_cidr_block() {
-    scenario("allow egress access to server in CIDR block", |c| {
-        let (v4, v6) = ips(c, "y", "b");
-        c.put_policy(&np(
-            "x",
-            "allow-client-a-via-cidr-egress-rule",
-            &format!(
-                "podSelector: {{matchLabels: {{pod: a}}}}\negress:\n- to:\n  - ipBlock: {{cidr: {v4}/32}}\n  - ipBlock: {{cidr: {v6}/128}}"
             ),
-        ));
-        c.check("x/a egress only to y/b's addresses");
-    });
-}
-
-#[test]
-fn egress_cidr_except() {
-    scenario(
-        "except clause while egress access to server in CIDR block",
-        |c| {
-            let (v4, v6) = ips(c, "x", "b");
-            c.put_policy(&np(
+            Check("x egress only on TCP 80"),
+            Put("x", "allow-egress", "podSelector: {}\negress:\n- {}"),
+            Check("egress allow-all added"),
+        ],
+    },
+    Scenario {
+        test: "stop_enforcing_deleted_policies",
+        upstream: "should stop enforcing policies after they are deleted",
+        steps: &[
+            Put("x", "deny-all", DENY_ALL),
+            Check("x denied both ways"),
+            Delete("x", "deny-all"),
+            Check("policy deleted"),
+        ],
+    },
+    Scenario {
+        test: "egress_to_cidr_block",
+        upstream: "allow egress access to server in CIDR block",
+        steps: &[
+            Put(
                 "x",
                 "allow-client-a-via-cidr-egress-rule",
-                &format!(
-                    r#"podSelector: {{matchLabels: {{pod: a}}}}
-egress:
-- to:
-  - ipBlock: {{cidr: 10.0.0.0/8, except: [{v4}/32]}}
-  - ipBlock: {{cidr: "fd00::/16", except: ["{v6}/128"]}}"#
-                ),
-            ));
-            c.check("x/a egress everywhere but x/b");
-        },
-    );
-}
-
-#[test]
-fn ip_in_both_cidr_and_except_is_allowed_by_another_rule() {
-    scenario(
-        "an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
-        |c| {
-            let (v4, v6) = ips(c, "x", "b");
-            c.put_policy(&np(
-                "x",
-                "allow-client-a-via-cidr-egress-rule",
-                &format!(
-                    r#"podSelector: {{matchLabels: {{pod: a}}}}
-egress:
-- to:
-  - ipBlock: {{cidr: 10.0.0.0/8, except: [{v4}/32]}}
-  - ipBlock: {{cidr: "fd00::/16", except: ["{v6}/128"]}}"#
-                ),
-            ));
-            c.check("x/b excepted");
+                "podSelector: {matchLabels: {pod: a}}\negress:\n- to:\n  - ipBlock: {cidr: @v4:y/b/32}\n  - ipBlock: {cidr: @v6:y/b/128}",
+            ),
+            Check("x/a egress only to y/b's addresses"),
+        ],
+    },
+    Scenario {
+        test: "egress_cidr_except",
+        upstream: "except clause while egress access to server in CIDR block",
+        steps: &[
+            Put("x", "allow-client-a-via-cidr-egress-rule", A_EGRESS_BUT_TO_X_B),
+            Check("x/a egress everywhere but x/b"),
+        ],
+    },
+    Scenario {
+        test: "ip_in_both_cidr_and_except_is_allowed_by_another_rule",
+        upstream: "an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
+        steps: &[
+            Put("x", "allow-client-a-via-cidr-egress-rule", A_EGRESS_BUT_TO_X_B),
+            Check("x/b excepted"),
             // Upstream replaces the policy with one allowing only x/b.
-            c.put_policy(&np(
+            Put(
                 "x",
                 "allow-client-a-via-cidr-egress-rule",
-                &format!(
-                    r#"podSelector: {{matchLabels: {{pod: a}}}}
+                r#"podSelector: {matchLabels: {pod: a}}
 egress:
 - to:
-  - ipBlock: {{cidr: {v4}/32}}
-  - ipBlock: {{cidr: "{v6}/128"}}"#
-                ),
-            ));
-            c.check("x/a egress only to x/b");
-        },
-    );
-}
-
-#[test]
-fn ingress_and_egress_controlled_independently() {
-    scenario(
-        "ingress and egress policies controlled independently",
-        |c| {
-            c.check("no policies");
-            c.put_policy(&np(
+  - ipBlock: {cidr: @v4:x/b/32}
+  - ipBlock: {cidr: "@v6:x/b/128"}"#,
+            ),
+            Check("x/a egress only to x/b"),
+        ],
+    },
+    Scenario {
+        test: "ingress_and_egress_controlled_independently",
+        upstream: "ingress and egress policies controlled independently",
+        steps: &[
+            Check("no policies"),
+            Put(
                 "x",
                 "allow-egress-for-target",
                 "podSelector: {matchLabels: {pod: a}}\negress:\n- {}",
-            ));
-            c.check("x/a egress allow-all");
-            c.put_policy(&np(
+            ),
+            Check("x/a egress allow-all"),
+            Put(
                 "x",
                 "deny-ingress-via-label-selector",
                 "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress]",
-            ));
-            c.check("x/a ingress denied");
-        },
-    );
-}
-
-#[test]
-fn sctp_is_not_tcp() {
-    scenario("'protocol: SCTP' is not treated as TCP", |c| {
-        c.put_policy(&np(
-            "x",
-            "deny-ingress",
-            "podSelector: {}\npolicyTypes: [Ingress]",
-        ));
-        c.put_policy(&np(
-            "x",
-            "allow-only-sctp-ingress-on-port-81",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: SCTP}",
-        ));
-        c.check("x denied; SCTP 81 open to x/a");
-        crate::sctp::check_sctp(c, "x denied; SCTP 81 open to x/a (SCTP packets)");
-    });
-}
-
-#[test]
-fn sctp_only_policy_isolates() {
-    scenario(
-        "a policy allowing only SCTP still isolates for TCP and UDP",
-        |c| {
-            c.put_policy(&np(
-            "x",
-            "allow-only-sctp-ingress-on-port-80",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: SCTP}",
-        ));
-            c.check("x/a isolated but for SCTP 80");
-            crate::sctp::check_sctp(c, "x/a isolated but for SCTP 80 (SCTP packets)");
-        },
-    );
-}
-
-#[test]
-fn udp_only_policy_does_not_allow_tcp() {
-    scenario("no access by TCP when a policy specifies only UDP", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-only-udp-ingress-on-port-81",
-            "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: UDP}",
-        ));
-        c.check("x/a: only UDP 81");
-    });
-}
-
-#[test]
-fn namespace_selector_default_label_match_labels() {
-    scenario(
-        "NamespaceSelector with MatchLabels using the default ns label",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a ingress denied"),
+        ],
+    },
+    Scenario {
+        test: "sctp_is_not_tcp",
+        upstream: "'protocol: SCTP' is not treated as TCP",
+        steps: &[
+            Put("x", "deny-ingress", DENY_INGRESS),
+            Put(
+                "x",
+                "allow-only-sctp-ingress-on-port-81",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: SCTP}",
+            ),
+            CheckSctp("x denied; SCTP 81 open to x/a"),
+        ],
+    },
+    Scenario {
+        test: "sctp_only_policy_isolates",
+        upstream: "a policy allowing only SCTP still isolates for TCP and UDP",
+        steps: &[
+            Put(
+                "x",
+                "allow-only-sctp-ingress-on-port-80",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 80, protocol: SCTP}",
+            ),
+            CheckSctp("x/a isolated but for SCTP 80"),
+        ],
+    },
+    Scenario {
+        test: "udp_only_policy_does_not_allow_tcp",
+        upstream: "no access by TCP when a policy specifies only UDP",
+        steps: &[
+            Put(
+                "x",
+                "allow-only-udp-ingress-on-port-81",
+                "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - {port: 81, protocol: UDP}",
+            ),
+            Check("x/a: only UDP 81"),
+        ],
+    },
+    Scenario {
+        test: "namespace_selector_default_label_match_labels",
+        upstream: "NamespaceSelector with MatchLabels using the default ns label",
+        steps: &[
+            Put(
                 "x",
                 "allow-client-a-via-ns-selector-for-immutable-ns-label",
                 r#"
@@ -812,18 +899,15 @@ ingress:
 - from:
   - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}
 "#,
-            ));
-            c.check("x/a from y by name label");
-        },
-    );
-}
-
-#[test]
-fn namespace_selector_default_label_match_expressions_egress() {
-    scenario(
-        "NamespaceSelector with MatchExpressions using the default ns label (egress)",
-        |c| {
-            c.put_policy(&np(
+            ),
+            Check("x/a from y by name label"),
+        ],
+    },
+    Scenario {
+        test: "namespace_selector_default_label_match_expressions_egress",
+        upstream: "NamespaceSelector with MatchExpressions using the default ns label (egress)",
+        steps: &[
+            Put(
                 "x",
                 "allow-ns-y-match-selector-for-immutable-ns-label",
                 r#"
@@ -833,435 +917,27 @@ egress:
   - namespaceSelector:
       matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [y]}]
 "#,
-            ));
-            c.check("x/a egress anywhere but y");
-        },
-    );
-}
-
-#[test]
-fn port_range_end_port() {
-    // Upstream's endPort case (present in earlier releases of the suite).
-    scenario("ingress on a port range with endPort", |c| {
-        c.put_policy(&np(
-            "x",
-            "allow-port-range",
-            r#"
+            ),
+            Check("x/a egress anywhere but y"),
+        ],
+    },
+    Scenario {
+        // Upstream's endPort case (present in earlier releases of the suite).
+        test: "port_range_end_port",
+        upstream: "ingress on a port range with endPort",
+        steps: &[
+            Put(
+                "x",
+                "allow-port-range",
+                r#"
 podSelector: {matchLabels: {pod: a}}
 ingress:
 - ports:
   - {port: 81, endPort: 90, protocol: TCP}
   - {port: 70, endPort: 80, protocol: UDP}
 "#,
-        ));
-        c.check("x/a: TCP 81-90, UDP 70-80");
-    });
-}
-
-/// The bridged node variant (pods of a node on one Linux bridge, as
-/// bridge-based CNIs do; same-node traffic reaches nftables only through
-/// br_netfilter): a handful of the scenarios above, one step each.
-#[test]
-fn bridged_nodes() {
-    require_root!();
-    if !crate::netns::br_netfilter_available() {
-        nftpol_test_support::skip(
-            "bridged_nodes",
-            "br_netfilter is not loaded; the bridged variant needs it",
-        );
-        return;
-    }
-    let mut c = SimCluster::upstream_model_on(true);
-    c.check("bridged: no policies");
-    c.put_policy(&np(
-        "x",
-        "deny-all",
-        "podSelector: {}\npolicyTypes: [Ingress, Egress]",
-    ));
-    c.check("bridged: x denied both ways");
-    c.clear_policies();
-    c.put_policy(&np(
-        "x",
-        "allow-ns-y-podselector-and-nsselector",
-        r#"
-podSelector: {matchLabels: {pod: a}}
-ingress:
-- from:
-  - namespaceSelector:
-      matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}]
-    podSelector: {matchLabels: {pod: b}}
-  ports:
-  - port: serve-80-tcp
-  - {port: 81, protocol: UDP}
-"#,
-    ));
-    let (v4, v6) = ips(&c, "x", "c");
-    c.put_policy(&np(
-        "y",
-        "egress-cidr-except",
-        &format!(
-            r#"podSelector: {{}}
-egress:
-- to:
-  - ipBlock: {{cidr: 10.244.0.0/16, except: [{v4}/32]}}
-  - ipBlock: {{cidr: "fd00:10:244::/48", except: ["{v6}/128"]}}"#
-        ),
-    ));
-    c.check("bridged: selectors, named ports, ipBlock except");
-}
-
-/// Traffic from a node: its own pods always accept it (upstream requires
-/// kubelet probes to work), other nodes' isolated pods judge it as any
-/// other source address (here the node's fabric address), so an ipBlock
-/// can let it in.
-#[test]
-fn node_to_pod_traffic() {
-    use crate::probe::{Probe, Proto, PORTS};
-    use std::net::IpAddr;
-    require_root!();
-    let mut c = SimCluster::upstream_model();
-    for ns in ["x", "y", "z"] {
-        c.put_policy(&np(
-            ns,
-            "deny-ingress",
-            "podSelector: {}\npolicyTypes: [Ingress]",
-        ));
-    }
-    let check = |c: &mut SimCluster, step: &str| {
-        c.program();
-        let model = crate::oracle::Model::load(&c.manifests());
-        let nodes = c.topo.nodes.clone();
-        let mut probes = Vec::new();
-        for src in 0..nodes.len() {
-            for dst in 0..c.pods.len() {
-                for v6 in [false, true] {
-                    for proto in Proto::ALL {
-                        for port in PORTS {
-                            probes.push(Probe {
-                                src,
-                                dst,
-                                v6,
-                                proto,
-                                port,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let expected: Vec<bool> = probes
-            .iter()
-            .map(|p| {
-                let node = &nodes[p.src];
-                let from: IpAddr = if p.v6 {
-                    node.fabric_v6.into()
-                } else {
-                    node.fabric_v4.into()
-                };
-                c.topo.pods[p.dst].node == node.name
-                    || model.allowed_from_ip(from, &c.pods[p.dst], p.proto, p.port)
-            })
-            .collect();
-        let netns: Vec<String> = nodes.iter().map(|n| n.netns.clone()).collect();
-        let ips: Vec<_> = c.topo.pods.iter().map(|p| (p.v4, p.v6)).collect();
-        let observed = crate::cluster::observe_between(&probes, &netns, &ips, &expected);
-        let wrong: Vec<String> = (0..probes.len())
-            .filter(|&i| expected[i] != observed[i])
-            .map(|i| {
-                let p = probes[i];
-                format!(
-                    "{} -> {} {} {}/{}: expected {}, observed {}",
-                    nodes[p.src].name,
-                    c.label(p.dst),
-                    if p.v6 { "IPv6" } else { "IPv4" },
-                    p.proto.name(),
-                    p.port,
-                    expected[i],
-                    observed[i]
-                )
-            })
-            .collect();
-        eprintln!(
-            "step {step:?}: {} node probes, {} wrong",
-            probes.len(),
-            wrong.len()
-        );
-        assert!(
-            wrong.is_empty(),
-            "{step}:\n{}\n{}\n{}",
-            wrong.join("\n"),
-            c.ruleset("node1"),
-            c.ruleset("node2")
-        );
-    };
-    check(
-        &mut c,
-        "every namespace denies ingress: only own node gets in",
-    );
-    c.put_policy(&np(
-        "x",
-        "allow-from-nodes",
-        r#"
-podSelector: {}
-ingress:
-- from:
-  - ipBlock: {cidr: 172.31.255.0/30}
-  - ipBlock: {cidr: "fd00:ffff::/64"}
-"#,
-    ));
-    check(&mut c, "x also admits the nodes' fabric addresses");
-    // A hostNetwork pod shares its node's addresses; policies never select
-    // it nor match it as a peer, so labelling it like y/a must not let
-    // node2 into x/a.
-    let n2 = c.topo.node("node2").clone();
-    c.extra_objects.push(format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: hostnet, namespace: y, labels: {{pod: a}}}}
-spec:
-  nodeName: node2
-  hostNetwork: true
-  containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]
-status:
-  phase: Running
-  podIP: {v4}
-  podIPs: [{{ip: {v4}}}, {{ip: "{v6}"}}]
-"#,
-        v4 = n2.fabric_v4,
-        v6 = n2.fabric_v6
-    ));
-    c.delete_policy("x", "allow-from-nodes");
-    c.put_policy(&np(
-        "x",
-        "a-from-y-a",
-        r#"
-podSelector: {matchLabels: {pod: a}}
-ingress:
-- from:
-  - namespaceSelector: {matchLabels: {ns: y}}
-    podSelector: {matchLabels: {pod: a}}
-"#,
-    ));
-    check(&mut c, "a hostNetwork pod labelled like y/a is not a peer");
-}
-
-/// Traffic from pods to nodes: the source pod's egress rules judge it like
-/// any other destination address, on its own node through the `input`
-/// hook and on the other node through `forward`.
-#[test]
-fn pod_to_node_traffic() {
-    use crate::probe::{Probe, Proto, PORTS};
-    require_root!();
-    let mut c = SimCluster::upstream_model();
-    c.serve_on_nodes();
-    let check = |c: &mut SimCluster, step: &str| {
-        c.program();
-        let model = crate::oracle::Model::load(&c.manifests());
-        let nodes = c.topo.nodes.clone();
-        let mut probes = Vec::new();
-        for src in 0..c.pods.len() {
-            for dst in 0..nodes.len() {
-                for v6 in [false, true] {
-                    for proto in Proto::ALL {
-                        for port in PORTS {
-                            probes.push(Probe {
-                                src,
-                                dst,
-                                v6,
-                                proto,
-                                port,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        let ips: Vec<_> = nodes.iter().map(|n| (n.fabric_v4, n.fabric_v6)).collect();
-        let expected: Vec<bool> = probes
-            .iter()
-            .map(|p| {
-                let (v4, v6) = ips[p.dst];
-                let to = if p.v6 { v6.into() } else { v4.into() };
-                model.allowed_to_ip(&c.pods[p.src], to, p.proto, p.port)
-            })
-            .collect();
-        let (netns, _) = c.netns_and_ips();
-        let observed = crate::cluster::observe_between(&probes, &netns, &ips, &expected);
-        let wrong: Vec<String> = (0..probes.len())
-            .filter(|&i| expected[i] != observed[i])
-            .map(|i| {
-                let p = probes[i];
-                format!(
-                    "{} -> {} {} {}/{}: expected {}, observed {}",
-                    c.label(p.src),
-                    nodes[p.dst].name,
-                    if p.v6 { "IPv6" } else { "IPv4" },
-                    p.proto.name(),
-                    p.port,
-                    expected[i],
-                    observed[i]
-                )
-            })
-            .collect();
-        eprintln!(
-            "step {step:?}: {} pod-to-node probes, {} wrong",
-            probes.len(),
-            wrong.len()
-        );
-        assert!(
-            wrong.is_empty(),
-            "{step}:\n{}\n{}\n{}",
-            wrong.join("\n"),
-            c.ruleset("node1"),
-            c.ruleset("node2")
-        );
-    };
-    check(&mut c, "no policies: every node reachable");
-    c.put_policy(&np(
-        "z",
-        "deny-egress",
-        "podSelector: {}\npolicyTypes: [Egress]",
-    ));
-    c.put_policy(&np(
-        "x",
-        "egress-to-node1-tcp",
-        r#"
-podSelector: {}
-egress:
-- to:
-  - ipBlock: {cidr: 172.31.255.1/32}
-  - ipBlock: {cidr: "fd00:ffff::1/128"}
-  ports:
-  - {port: 80, protocol: TCP}
-  - {port: 81, protocol: UDP}
-"#,
-    ));
-    check(
-        &mut c,
-        "z sends nothing, x reaches node1 on TCP 80 and UDP 81 only",
-    );
-}
-
-/// Service traffic: a kube-proxy-like DNAT (its own table, on every node)
-/// turns a ClusterIP into pod x/a; policy must judge the backend pod, and
-/// nftpol must leave the other table alone across re-applies.
-#[test]
-fn service_traffic_is_judged_on_the_backend_pod() {
-    use crate::probe::{Probe, Proto, PORTS};
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    require_root!();
-    let mut c = SimCluster::upstream_model();
-    let vip4 = Ipv4Addr::new(10, 96, 0, 10);
-    let vip6: Ipv6Addr = "fd00:10:96::10".parse().expect("VIP literal");
-    let backend = c.pod_index("x", "a");
-    let (b4, b6) = (c.topo.pods[backend].v4, c.topo.pods[backend].v6);
-    let kproxy = format!(
-        r#"table inet e2e_kproxy {{
-    chain pre {{
-        type nat hook prerouting priority dstnat; policy accept;
-        ip daddr {vip4} meta l4proto {{ tcp, udp }} dnat ip to {b4}
-        ip6 daddr {vip6} meta l4proto {{ tcp, udp }} dnat ip6 to {b6}
-    }}
-}}
-"#
-    );
-    for node in ["node1", "node2"] {
-        c.load_nft(node, &kproxy);
-        // The VIP is routed like any other address: towards the node.
-    }
-    let check = |c: &mut SimCluster, step: &str| {
-        c.program();
-        let model = crate::oracle::Model::load(&c.manifests());
-        let mut probes = Vec::new();
-        for src in 0..c.pods.len() {
-            // The backend reaching itself through its own Service
-            // (hairpin) needs masquerading, which is not modelled here.
-            if src == backend {
-                continue;
-            }
-            for v6 in [false, true] {
-                for proto in Proto::ALL {
-                    for port in PORTS {
-                        probes.push(Probe {
-                            src,
-                            dst: 0,
-                            v6,
-                            proto,
-                            port,
-                        });
-                    }
-                }
-            }
-        }
-        let expected: Vec<bool> = probes
-            .iter()
-            .map(|p| model.allowed(&c.pods[p.src], &c.pods[backend], p.v6, p.proto, p.port))
-            .collect();
-        let (netns, _) = c.netns_and_ips();
-        let observed = crate::cluster::observe_between(&probes, &netns, &[(vip4, vip6)], &expected);
-        let wrong: Vec<String> = (0..probes.len())
-            .filter(|&i| expected[i] != observed[i])
-            .map(|i| {
-                let p = probes[i];
-                format!(
-                    "{} -> service (x/a) {} {}/{}: expected {}, observed {}",
-                    c.label(p.src),
-                    if p.v6 { "IPv6" } else { "IPv4" },
-                    p.proto.name(),
-                    p.port,
-                    expected[i],
-                    observed[i]
-                )
-            })
-            .collect();
-        eprintln!(
-            "step {step:?}: {} service probes, {} wrong",
-            probes.len(),
-            wrong.len()
-        );
-        assert!(
-            wrong.is_empty(),
-            "{step}:\n{}\n{}\n{}",
-            wrong.join("\n"),
-            c.ruleset("node1"),
-            c.ruleset("node2")
-        );
-        for node in ["node1", "node2"] {
-            let other = crate::cluster::netns_exec(
-                &c.topo.node(node).netns,
-                &["nft", "list", "table", "inet", "e2e_kproxy"],
-            );
-            assert!(
-                other.contains("dnat"),
-                "{node}: nftpol touched another table:\n{other}"
-            );
-        }
-    };
-    check(&mut c, "no policies: the service answers everyone");
-    // Judged on the VIP instead, these would go wrong both ways: the
-    // VIP is in no egress set (z/c would be dropped) and selects no
-    // ingress chain (x/a would be open to all).
-    c.put_policy(&np(
-        "x",
-        "a-from-y-and-z-c-tcp80",
-        r#"
-podSelector: {matchLabels: {pod: a}}
-ingress:
-- from:
-  - namespaceSelector: {matchLabels: {ns: y}}
-  - namespaceSelector: {matchLabels: {ns: z}}
-    podSelector: {matchLabels: {pod: c}}
-  ports:
-  - {port: 80, protocol: TCP}
-"#,
-    ));
-    c.put_policy(&np(
-        "z",
-        "c-egress-only-to-x-a",
-        "podSelector: {matchLabels: {pod: c}}\negress:\n- to:\n  - namespaceSelector: {matchLabels: {ns: x}}\n    podSelector: {matchLabels: {pod: a}}",
-    ));
-    check(
-        &mut c,
-        "backend admits y and z/c on TCP 80; z/c may only reach x/a",
-    );
-}
+            ),
+            Check("x/a: TCP 81-90, UDP 70-80"),
+        ],
+    },
+];
