@@ -1,4 +1,4 @@
-//! Agent benchmark (issue 6): on a fake API server holding a large
+//! Agent benchmark: on a fake API server holding a large
 //! synthetic cluster (`policy_compiler::synth::Shape::LARGE`: 20k pods, 2k
 //! namespaces, 5k policies, 100 nodes), the time from one event reaching
 //! the API server to the node's batch being acknowledged, for three kinds

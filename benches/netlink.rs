@@ -1,9 +1,9 @@
-//! Netlink applier vs `nft`, side by side in one run (issue 4, item 8).
+//! Netlink applier vs `nft`, side by side in one run.
 //!
-//! Run as root: `cargo bench --bench netlink`. The process first moves
-//! itself into a fresh network namespace (`unshare(CLONE_NEWNET)`), so it
-//! never touches the host's ruleset; the `nft` processes it starts
-//! inherit that namespace. Prints a markdown table for docs/BENCHMARKS.md.
+//! Run as root: `cargo bench --bench netlink`. The main thread first
+//! enters a scratch network namespace (`nftpol_test_support::Netns`), so
+//! the bench never touches the host's ruleset; the `nft` processes it
+//! starts inherit that namespace. Prints a markdown table for docs/BENCHMARKS.md.
 //! Env: `NFTPOL_BENCH_RUNS` (full-apply runs, default 5),
 //! `NFTPOL_BENCH_SMALL_RUNS` (incremental runs, default 21).
 

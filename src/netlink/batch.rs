@@ -1,6 +1,6 @@
 //! Transaction -> one nftables batch (BATCH_BEGIN, messages, BATCH_END,
 //! each with NLM_F_ACK), and sending it: the pages nftnl builds are joined
-//! into one buffer and sent in one `send` (facts note, gotcha 1); acks are
+//! into one buffer and sent in one `send` (docs/NETLINK.md, kernel fact 1); acks are
 //! matched to messages by sequence number, so a rejection names the
 //! object of the failing message.
 //!

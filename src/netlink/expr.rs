@@ -230,7 +230,7 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
                     sreg: REG_1,
                     dreg: REG_1,
                     len: 4,
-                    // ct state is host order (facts note, gotcha 4).
+                    // ct state is host order (docs/NETLINK.md, kernel fact 4).
                     mask: mask.to_ne_bytes().to_vec(),
                     xor: vec![0; 4],
                 });

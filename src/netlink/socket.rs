@@ -1,7 +1,7 @@
 //! The netfilter netlink socket: opening it with buffers sized for the
-//! batch, sending a whole batch in ONE `send` (facts note, gotcha 1),
-//! collecting the per-message acks and errors by sequence number
-//! (gotcha 3), and running dump requests for the read-back.
+//! batch, sending a whole batch in ONE `send` (docs/NETLINK.md, kernel
+//! fact 1), collecting the per-message acks and errors by sequence number
+//! (fact 3), and running dump requests for the read-back.
 //!
 //! The kernel processes a batch synchronously inside `send`, so every
 //! ack is already queued when `send` returns: they are drained without
@@ -121,7 +121,7 @@ impl Socket {
         })
     }
 
-    /// Raises the socket buffers (gotcha 2): the send buffer must hold the
+    /// Raises the socket buffers (docs/NETLINK.md, kernel fact 2): the send buffer must hold the
     /// whole batch, the receive buffer one ack per message. The FORCE
     /// variants need CAP_NET_ADMIN, which applying needs anyway; without
     /// it fall back to what the sysctl limits allow.

@@ -48,7 +48,8 @@ pub struct PodModel {
 pub enum Programmer {
     /// `nftpol apply` (netlink, incremental).
     Apply,
-    /// `nftpol compile | nft -f -`: the fallback while `apply` is missing.
+    /// `nftpol compile | nft -f -`, to compare the nft path with netlink
+    /// (`NFTPOL_E2E_PROGRAMMER=compile`).
     CompileNft,
     /// Deliberately broken, for the harness's self-test only: deletes the
     /// table, waits, then loads it, leaving a window with no filtering.
@@ -56,23 +57,11 @@ pub enum Programmer {
 }
 
 impl Programmer {
-    /// `apply` when the binary has it, unless NFTPOL_E2E_PROGRAMMER says
-    /// otherwise (`apply` or `compile`).
+    /// `apply`, unless NFTPOL_E2E_PROGRAMMER=compile asks for the nft path.
     pub fn detect() -> Programmer {
         match std::env::var("NFTPOL_E2E_PROGRAMMER").as_deref() {
-            Ok("compile") => return Programmer::CompileNft,
-            Ok("apply") => return Programmer::Apply,
-            _ => {}
-        }
-        let help = Command::new(nftpol_bin())
-            .arg("--help")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if help.lines().any(|l| l.trim_start().starts_with("apply")) {
-            Programmer::Apply
-        } else {
-            Programmer::CompileNft
+            Ok("compile") => Programmer::CompileNft,
+            _ => Programmer::Apply,
         }
     }
 }

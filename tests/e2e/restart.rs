@@ -362,10 +362,7 @@ fn restart_without_a_gap() {
     require_root!();
     let mut c = SimCluster::upstream_model();
     if c.programmer != Programmer::Apply {
-        eprintln!(
-            "note: `nftpol apply` not available; re-applying with `nftpol compile | nft -f` \
-             (also one atomic transaction)"
-        );
+        eprintln!("note: re-applying with `nftpol compile | nft -f` (also one atomic transaction)");
     }
     let a = policies_a();
     let b = policies_b();
