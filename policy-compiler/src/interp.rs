@@ -237,31 +237,8 @@ mod tests {
     use crate::manifest::parse;
     use crate::model::Protocol;
 
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: n1}
-status: {podIPs: [{ip: 10.0.0.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: n1}
-status: {podIPs: [{ip: 10.0.0.2}]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b-from-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: a}}}]
-    ports: [{port: 80}]
-"#;
-
     fn ruleset() -> Ruleset {
-        let loaded = parse("t.yaml", CLUSTER);
+        let loaded = parse("b-from-a.yaml", include_str!("testdata/b-from-a.yaml"));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         crate::compile(&Cluster::from_objects(loaded.objects), "n1")
     }

@@ -191,41 +191,16 @@ mod tests {
     use super::*;
     use crate::manifest::parse;
 
-    const BASE: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: n1}
-status: {podIPs: [{ip: 10.0.0.1}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {nodeName: n1}
-status: {podIPs: [{ip: 10.0.0.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: y, labels: {app: c}}
-spec: {nodeName: n2}
-status: {podIPs: [{ip: 10.0.0.3}]}
-"#;
-
-    const DENY_B: &str = r#"
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-b, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: a}}}]
-"#;
-
-    fn cluster(text: &str) -> Cluster {
-        let loaded = parse("t.yaml", text);
+    /// The fixture, with or without its policy.
+    fn cluster(with_policy: bool) -> Cluster {
+        let loaded = parse("b-from-a.yaml", include_str!("testdata/b-from-a.yaml"));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        Cluster::from_objects(loaded.objects)
+        Cluster::from_objects(
+            loaded
+                .objects
+                .into_iter()
+                .filter(|o| with_policy || !matches!(o, crate::Object::Policy(_))),
+        )
     }
 
     fn matrix(c: &Cluster) -> Matrix {
@@ -238,7 +213,7 @@ spec:
 
     #[test]
     fn summary_counts_flows_between_namespaces() {
-        let c = cluster(&format!("{BASE}{DENY_B}"));
+        let c = cluster(true);
         let m = matrix(&c);
         let s = m.namespace_summary(&m.grids[0]);
         // x -> x: a->a, a->b, b->a, b->b all allowed (b allows a; self).
@@ -262,8 +237,8 @@ spec:
 
     #[test]
     fn changed_flows_names_exactly_the_flows_a_policy_changes() {
-        let before = matrix(&cluster(BASE));
-        let after = matrix(&cluster(&format!("{BASE}{DENY_B}")));
+        let before = matrix(&cluster(false));
+        let after = matrix(&cluster(true));
         let changes = changed_flows(&before, &after);
         let names: Vec<String> = changes
             .iter()

@@ -45,6 +45,15 @@ fn label(x: usize, y: usize, text: &str, anchor: &str) -> Text {
         .set("dominant-baseline", "middle")
 }
 
+fn heading(y: usize, text: String) -> Text {
+    Text::new(text)
+        .set("x", 10)
+        .set("y", y + 14)
+        .set("font-family", FONT)
+        .set("font-size", 14)
+        .set("font-weight", "bold")
+}
+
 /// A labelled heat grid; returns the group and its (width, height).
 fn heat_grid(
     labels: &[String],
@@ -87,18 +96,14 @@ pub fn render(m: &Matrix) -> String {
     let names: Vec<String> = m.pods.iter().map(ToString::to_string).collect();
     let nss: Vec<String> = m.namespaces().into_iter().map(String::from).collect();
     for g in &m.grids {
-        body = body.add(
-            Text::new(format!(
+        body = body.add(heading(
+            y,
+            format!(
                 "{} {} — rows: from, columns: to (green allowed, red denied)",
                 g.probe,
                 family_name(m.family)
-            ))
-            .set("x", 10)
-            .set("y", y + 14)
-            .set("font-family", FONT)
-            .set("font-size", 14)
-            .set("font-weight", "bold"),
-        );
+            ),
+        ));
         y += 30;
         let all: Vec<_> = flows(m, g).collect();
         let cells: Vec<Vec<(String, String, &'static str)>> = all
@@ -126,18 +131,14 @@ pub fn render(m: &Matrix) -> String {
         width = width.max(w + 20);
         y += h + GAP;
 
-        body = body.add(
-            Text::new(format!(
+        body = body.add(heading(
+            y,
+            format!(
                 "{} {} by namespace — share of allowed flows",
                 g.probe,
                 family_name(m.family)
-            ))
-            .set("x", 10)
-            .set("y", y + 14)
-            .set("font-family", FONT)
-            .set("font-size", 14)
-            .set("font-weight", "bold"),
-        );
+            ),
+        ));
         y += 30;
         let sum = m.namespace_summary(g);
         let cells: Vec<Vec<(String, String, &'static str)>> = nss
