@@ -487,6 +487,32 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
     }
     // trusted-app-0 -> my-app is accepted by the policy's rule, named.
     assert_eq!(decided_by_policy, 1);
+    let out = nftpol_in(
+        &ns,
+        &[
+            "explain",
+            "--live",
+            "-m",
+            WEB,
+            "--node-name",
+            "node-1",
+            "--from",
+            "default/untrusted-0",
+            "--to",
+            MY_APP,
+            "--port",
+            "80",
+            "--format",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["agrees"], true, "{v}");
+    assert_eq!(v["kernel"]["accepted"], false, "{v}");
+    assert_eq!(
+        v["kernel"]["deciding"]["comment"], "ingress isolated by default/my-app",
+        "{v}"
+    );
 
     // Tamper: an accept at the top of the pod's ingress chain.
     nft_in(
