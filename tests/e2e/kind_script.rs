@@ -207,6 +207,23 @@ fn assert_full_sequence(cmds: &[String], passes: &[(&str, &str)], o: &Outcome) {
                 .unwrap_or_else(|| panic!("pass {pass}: no {kind} applied\n{}", o.dump()))
         };
         let ds = first("DaemonSet");
+        // CRDs go first and must be established before anything uses them.
+        for (i, f) in applies
+            .iter()
+            .filter(|(_, f)| kinds(f).iter().any(|k| k == "CustomResourceDefinition"))
+        {
+            let established = find(
+                cmds,
+                *i,
+                "kubectl",
+                &["wait --for=condition=established", f],
+                o,
+            );
+            assert!(
+                established < ds,
+                "pass {pass}: CRDs of {f} not established before the DaemonSet"
+            );
+        }
         for before in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
             assert!(
                 first(before) < ds,
