@@ -12,7 +12,7 @@
 //! The root tests skip (with a visible line) when not root or when
 //! `ip`/`nft` are missing; under CI (`CI=true`) that skip is a failure.
 
-use nftpol_test_support::{require_root, skip, Netns};
+use nftpol_test_support::{require_root, Netns};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,24 +172,6 @@ fn follows(ns: &Netns, want: &str, limit: Duration) -> Duration {
     }
 }
 
-/// Whether this build's agent can program the kernel at all (the netlink
-/// applier lands separately); probed once in a scratch namespace.
-fn netlink_available(dir: &Path) -> bool {
-    let ns = Netns::create("probe");
-    let mut agent = start_agent(&ns, dir, "30s");
-    let t0 = Instant::now();
-    while t0.elapsed() < FOLLOW {
-        if table(&ns).is_some() {
-            return true;
-        }
-        if let Ok(Some(_)) = agent.0.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -224,10 +206,6 @@ fn agent_follows_files_repairs_drift_and_survives_sigterm() {
     require_root!();
     let dir = TempDir::new("dir");
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
-    if !netlink_available(&dir.0) {
-        skip(module_path!(), "this build's agent cannot program nftables");
-        return;
-    }
     let ns = Netns::create("agent");
     let agent = start_agent(&ns, &dir.0, "500ms");
     let took = follows(&ns, &reference(&dir.0), FOLLOW);
@@ -377,10 +355,6 @@ fn a_change_after_an_external_table_delete_is_still_applied() {
     require_root!();
     let dir = TempDir::new("gone");
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
-    if !netlink_available(&dir.0) {
-        skip(module_path!(), "this build's agent cannot program nftables");
-        return;
-    }
     let ns = Netns::create("gone");
     // No drift check during the test: only the change path can recover.
     let _agent = start_agent(&ns, &dir.0, "1h");
@@ -419,12 +393,6 @@ fn kube_mode_agent_against_the_fake_api_server() {
     use nftpol::agent::fakeapi::{ApiKind, FakeApi};
     use serde_json::json;
     require_root!();
-    let probe_dir = TempDir::new("kprobe");
-    std::fs::write(probe_dir.0.join("cluster.yaml"), CLUSTER).expect("write");
-    if !netlink_available(&probe_dir.0) {
-        skip(module_path!(), "this build's agent cannot program nftables");
-        return;
-    }
     let ns = Netns::create("kube");
     ns.enter().expect("enter the test namespace");
     let rt = tokio::runtime::Builder::new_multi_thread()
