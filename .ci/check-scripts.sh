@@ -62,7 +62,7 @@ runs=0
 for family in ipv4 ipv6 dual; do
   for mode in iptables nftables; do
     out="${work}/${family}-${mode}"
-    if ! env -i PATH="${ROOT}/tests/e2e/kind/stubs:/usr/local/bin:/usr/bin:/bin" HOME="${work}" \
+    if ! env -i PATH="${ROOT}/tests/e2e/kind/stubs:/usr/bin:/bin" HOME="${work}" \
       DRY_RUN=1 IP_FAMILY="${family}" KUBEPROXY_MODE="${mode}" WORK_DIR="${out}" \
       bash tests/e2e/kind/run-netpol-e2e.sh >"${out}.log" 2>&1; then
       cat "${out}.log"

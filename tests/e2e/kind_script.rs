@@ -89,10 +89,7 @@ fn script(tools: &[&str], env: &[(&str, &str)]) -> Outcome {
     let out = Command::new("bash")
         .arg(kind_dir().join("run-netpol-e2e.sh"))
         .env_clear()
-        .env(
-            "PATH",
-            format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
-        )
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
         .env("HOME", &home)
         .env("WORK_DIR", &work)
         .env("STUB_LOG", &log)
