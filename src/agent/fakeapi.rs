@@ -15,9 +15,16 @@
 //!   watch, which forces the client to relist;
 //! - [`FakeApi::drop_connections`] aborts every open watch mid-stream (the
 //!   client resumes from its last resourceVersion);
-//! - `POST` of core/v1 Events, recorded ([`FakeApi::events`]);
+//! - `POST` of core/v1 and events.k8s.io/v1 Events and `PATCH` of the
+//!   latter (how kube's event `Recorder` counts a repeat), recorded
+//!   ([`FakeApi::events`]);
 //! - [`FakeApi::hold_lists`] makes lists of a kind hang until released, to
-//!   test that nothing is programmed before every initial list completed.
+//!   test that nothing is programmed before every initial list completed;
+//! - [`FakeApi::start_outage`] answers every request with 503 (counted)
+//!   until [`FakeApi::end_outage`], as an API server that is down;
+//! - [`FakeApi::client_in_process`]: a client that calls the server as a
+//!   tower service, with no socket, so tests on tokio's paused clock run
+//!   without real I/O moving time under them.
 //!
 //! Not test-only code (`cfg(test)`) because the benchmarks and integration
 //! tests drive it too.
@@ -128,12 +135,14 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     held: tokio::sync::watch::Sender<BTreeSet<ApiKind>>,
+    outage: std::sync::atomic::AtomicBool,
 }
 
 /// A running fake API server; dropping it stops the server.
 pub struct FakeApi {
     shared: Arc<Shared>,
     pub addr: SocketAddr,
+    app: Router,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -166,14 +175,41 @@ impl FakeApi {
                 ..Inner::default()
             }),
             held,
+            outage: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = Router::new().fallback(handle).with_state(shared.clone());
+        let served = app.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, served).await;
         });
-        Ok(FakeApi { shared, addr, task })
+        Ok(FakeApi {
+            shared,
+            addr,
+            app,
+            task,
+        })
+    }
+
+    /// A kube client that calls this server in-process (no socket).
+    pub fn client_in_process(&self) -> kube::Client {
+        kube::Client::new(self.app.clone(), "default")
+    }
+
+    /// From now on every request fails with 503 (and open watches are
+    /// cut), as when the API server is down; requests are still counted.
+    pub fn start_outage(&self) {
+        self.shared
+            .outage
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    pub fn end_outage(&self) {
+        self.shared
+            .outage
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A kube client talking to this server.
@@ -300,7 +336,9 @@ impl FakeApi {
     /// every client has to relist.
     pub fn expire_watches(&self) {
         let mut inner = self.inner();
-        inner.compacted = inner.rv + 1;
+        // The latest revision survives compaction, as in etcd: a fresh
+        // list's resourceVersion can be watched from.
+        inner.compacted = inner.rv;
         inner.history.clear();
         for w in inner.watches.drain(..) {
             let _ = w.tx.send(line(&gone()));
@@ -325,12 +363,12 @@ impl FakeApi {
         self.shared.held.send_modify(BTreeSet::clear);
     }
 
-    /// List requests served per kind so far.
+    /// List requests per kind so far (served, or refused in an outage).
     pub fn list_count(&self, kind: ApiKind) -> usize {
         self.inner().lists.get(&kind).copied().unwrap_or(0)
     }
 
-    /// Watch requests received per kind so far.
+    /// Watch requests per kind so far (served, or refused in an outage).
     pub fn watch_count(&self, kind: ApiKind) -> usize {
         self.inner().watch_requests.get(&kind).copied().unwrap_or(0)
     }
@@ -393,40 +431,85 @@ async fn handle(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if method == Method::POST {
-        return post_event(&shared, uri.path(), &body);
+    let outage = shared.outage.load(std::sync::atomic::Ordering::SeqCst);
+    if method == Method::POST || method == Method::PATCH {
+        if outage {
+            return status(StatusCode::SERVICE_UNAVAILABLE, "outage");
+        }
+        return post_event(&shared, &method, uri.path(), &body);
     }
     let Some(kind) = ApiKind::from_path(uri.path()) else {
         return status(StatusCode::NOT_FOUND, "not found");
     };
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let is_watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if outage {
+        let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let count = if is_watch {
+            &mut inner.watch_requests
+        } else {
+            &mut inner.lists
+        };
+        *count.entry(kind).or_default() += 1;
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the fake API server is down",
+        );
+    }
+    if is_watch {
         watch(&shared, kind, &q)
     } else {
         list(&shared, kind, &q).await
     }
 }
 
-/// `POST /api/v1/namespaces/NS/events`: recorded for tests to look at.
-fn post_event(shared: &Shared, path: &str, body: &[u8]) -> Response {
-    let is_events = path
+/// `POST /api/v1/namespaces/NS/events` or
+/// `/apis/events.k8s.io/v1/namespaces/NS/events`: recorded for tests to
+/// look at; `PATCH .../events/NAME` merges into the recorded one.
+fn post_event(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Response {
+    let rest = path
         .strip_prefix("/api/v1/namespaces/")
-        .and_then(|rest| rest.strip_suffix("/events"))
-        .is_some_and(|ns| !ns.is_empty() && !ns.contains('/'));
+        .or_else(|| path.strip_prefix("/apis/events.k8s.io/v1/namespaces/"))
+        .unwrap_or_default();
+    let mut parts = rest.split('/');
+    let (ns, resource, name) = (parts.next(), parts.next(), parts.next());
+    let is_events = ns.is_some_and(|n| !n.is_empty()) && resource == Some("events");
     let Ok(mut ev) = serde_json::from_slice::<Value>(body) else {
         return status(StatusCode::BAD_REQUEST, "body is not JSON");
     };
-    if !is_events {
+    if !is_events || (*method == Method::POST) != name.is_none() || parts.next().is_some() {
         return status(StatusCode::METHOD_NOT_ALLOWED, "only events can be created");
     }
     let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(name) = name {
+        let Some(old) = inner
+            .events
+            .iter_mut()
+            .find(|e| e.pointer("/metadata/name").and_then(Value::as_str) == Some(name))
+        else {
+            return status(StatusCode::NOT_FOUND, "no such event");
+        };
+        if let (Some(old), Some(new)) = (old.as_object_mut(), ev.as_object()) {
+            for (k, v) in new {
+                old.insert(k.clone(), v.clone());
+            }
+        }
+        let body = old.to_string();
+        return (StatusCode::OK, [("content-type", "application/json")], body).into_response();
+    }
     inner.rv += 1;
     let n = inner.events.len();
-    let prefix = ev
-        .pointer("/metadata/generateName")
+    if ev
+        .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .unwrap_or("event.")
-        .to_string();
-    ev["metadata"]["name"] = json!(format!("{prefix}{n}"));
+        .is_none()
+    {
+        let prefix = ev
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or("event.")
+            .to_string();
+        ev["metadata"]["name"] = json!(format!("{prefix}{n}"));
+    }
     ev["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
     inner.events.push(ev.clone());
     (

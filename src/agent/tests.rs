@@ -519,12 +519,16 @@ async fn invalid_objects_are_skipped_one_by_one() {
         (&events[0], "bad", "spec.ingress[0].from[0].ipBlock.cidr"),
         (&events[1], "web", "spec.ingress[0].from[0].podSelector"),
     ] {
+        // events.k8s.io/v1, as kube's Recorder posts them.
         assert_eq!(e["type"], "Warning");
         assert_eq!(e["reason"], "InvalidObject");
-        assert_eq!(e["involvedObject"]["kind"], "NetworkPolicy");
-        assert_eq!(e["involvedObject"]["name"], name);
+        assert_eq!(e["action"], "Skipped");
+        assert_eq!(e["reportingController"], "nftpol");
+        assert_eq!(e["reportingInstance"], NODE);
+        assert_eq!(e["regarding"]["kind"], "NetworkPolicy");
+        assert_eq!(e["regarding"]["name"], name);
         assert_eq!(e["metadata"]["namespace"], "prod");
-        let msg = e["message"].as_str().unwrap_or_default();
+        let msg = e["note"].as_str().unwrap_or_default();
         assert!(msg.contains(field), "{msg}");
     }
     agent.stop().await;
@@ -707,6 +711,177 @@ async fn a_restart_finds_the_table_right_and_sends_nothing() {
     again.converges(&expected(&fake), LIMIT).await;
     assert_eq!(kernel.state().batches, batches + 1);
     again.stop().await;
+}
+
+/// One object the client cannot even deserialize (a field of the wrong
+/// type) must not break the listing or the watch of its kind: it is
+/// skipped like an invalid object, as `nftpol compile` skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_object_does_not_break_its_kind() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let mut bad = pod("prod", "bad-0", json!({"app": "web"}), NODE, "10.1.0.66");
+    bad["spec"]["hostNetwork"] = json!("yes");
+    fake.apply(bad).expect("apply");
+    let agent = start(Source::Kube(fake.client()), settings());
+    let want = expected(&fake);
+    assert!(
+        !policy_compiler::render::render_script(&want).contains("10.1.0.66"),
+        "the compiler skips the bad pod too"
+    );
+    agent.converges(&want, LIMIT).await;
+    // A good pod turning undecodable through the watch counts as deleted.
+    let mut worse = pod("ops", "cli-1", json!({"app": "cli"}), NODE, "10.1.0.12");
+    worse["spec"]["containers"] = json!("not a list");
+    fake.apply(worse).expect("apply");
+    fake.apply(pod(
+        "prod",
+        "web-8",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.88",
+    ))
+    .expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert_eq!(fake.list_count(ApiKind::Pod), 1, "no relist");
+    let text = agent.metrics.encode();
+    assert!(
+        text.contains("nftpol_invalid_objects_skipped_total{kind=\"pod\"} 2"),
+        "{text}"
+    );
+    assert!(wait_for(LIMIT, || fake.events().len() >= 2).await);
+    let notes: Vec<String> = fake
+        .events()
+        .iter()
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            format!("{}: {}", s(&e["regarding"]["name"]), s(&e["note"]))
+        })
+        .collect();
+    assert!(notes[0].starts_with("bad-0: "), "{notes:?}");
+    assert!(notes[1].starts_with("cli-1: "), "{notes:?}");
+    assert!(
+        notes.iter().all(|n| n.contains("cannot be read")),
+        "{notes:?}"
+    );
+    agent.stop().await;
+}
+
+/// Requests per kind the fake saw (lists, watches).
+fn requests(fake: &FakeApi) -> Vec<(usize, usize)> {
+    ApiKind::ALL
+        .iter()
+        .map(|k| (fake.list_count(*k), fake.watch_count(*k)))
+        .collect()
+}
+
+/// Waits on tokio's (paused) clock until `f` holds; returns how long that
+/// took on that clock.
+async fn virtual_wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = tokio::time::Instant::now();
+    while t0.elapsed() <= limit {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Watch retries back off while the API server is down: on the paused
+/// clock (no socket: the in-process client), 20 s of outage may cost at
+/// most 10 requests per kind, and the agent must be back within one
+/// backoff step (at most 30 s) once the server returns.
+#[tokio::test(flavor = "current_thread")]
+async fn watch_retries_back_off_during_an_outage() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client_in_process()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(wait_for(LIMIT, || agent.metrics.health.ready()).await);
+    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
+
+    tokio::time::pause();
+    // The history is compacted too, so every kind has to relist.
+    fake.expire_watches();
+    fake.start_outage();
+    let before = requests(&fake);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during: Vec<(usize, usize)> = requests(&fake)
+        .iter()
+        .zip(&before)
+        .map(|((l, w), (l0, w0))| (l - l0, w - w0))
+        .collect();
+    eprintln!("requests per kind (lists, watches) in 20 s of outage: {during:?}");
+    for (k, (lists, watches)) in ApiKind::ALL.iter().zip(&during) {
+        assert!(*lists >= 1, "{k:?}: the agent kept trying");
+        assert!(
+            lists + watches <= 10,
+            "{k:?}: {lists} lists, {watches} watches"
+        );
+    }
+    assert!(
+        agent.metrics.health.ready(),
+        "the last good state stays enforced"
+    );
+
+    fake.end_outage();
+    let listed = requests(&fake);
+    let back = virtual_wait(Duration::from_secs(60), || {
+        fake.open_watches() == 3
+            && requests(&fake)
+                .iter()
+                .zip(&listed)
+                .all(|((l, _), (l0, _))| l > l0)
+    })
+    .await;
+    eprintln!(
+        "watching again {back:?} after the outage; requests {:?}, open watches {}",
+        requests(&fake),
+        fake.open_watches()
+    );
+    assert!(
+        back.is_some_and(|d| d <= Duration::from_secs(30)),
+        "back after {back:?}"
+    );
+    tokio::time::resume();
+    fake.apply(pod(
+        "prod",
+        "web-4",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.44",
+    ))
+    .expect("apply");
+    agent.converges(&expected(&fake), LIMIT).await;
+    agent.stop().await;
+}
+
+/// The same from a cold start: the agent is not ready while it cannot
+/// list, and does not hammer the server meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cold_start_during_an_outage_backs_off_and_stays_unready() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    fake.start_outage();
+    tokio::time::pause();
+    let agent = start(Source::Kube(fake.client_in_process()), settings());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let lists: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
+    eprintln!("LISTs per kind in 20 s of outage: {lists:?}");
+    assert!(lists.iter().all(|n| (1..=10).contains(n)), "{lists:?}");
+    assert!(!agent.metrics.health.ready());
+    assert_eq!(agent.backend.state().applies, 0);
+    fake.end_outage();
+    let back = virtual_wait(Duration::from_secs(60), || fake.open_watches() == 3).await;
+    assert!(
+        back.is_some_and(|d| d <= Duration::from_secs(30)),
+        "back after {back:?}"
+    );
+    tokio::time::resume();
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(wait_for(LIMIT, || agent.metrics.health.ready()).await);
+    agent.stop().await;
 }
 
 #[test]

@@ -8,22 +8,26 @@
 //! `Replace`, so the index never sees a half-listed kind and objects that
 //! vanished while the watch was down (a relist after 410 Gone) are removed.
 //! Watch errors are logged and counted; the watcher retries with backoff
-//! and the last known state stays enforced meanwhile. An invalid object is
-//! skipped (treated as absent), logged, counted, and reported once per
-//! resourceVersion as a Warning Event on the object, so its owner sees it
-//! in `kubectl describe`.
+//! and the last known state stays enforced meanwhile.
+//!
+//! Objects are read through kube's `DeserializeGuard`, so one object the
+//! client cannot even deserialize (a label that is not a string, a field
+//! of the wrong type) is skipped like an invalid one instead of failing
+//! the whole list or watch of its kind. An invalid object is skipped
+//! (treated as absent), logged, counted, and reported once per
+//! resourceVersion as a Warning Event on the object (kube's event
+//! `Recorder`), so its owner sees it in `kubectl describe`.
 
 use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
 use crate::agent::AgentError;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Event as CoreEvent, EventSource, Namespace, ObjectReference, Pod,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::PostParams;
-use kube::runtime::watcher::{self, watcher, Event};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::watcher::{self, watcher, Event, ExponentialBackoff};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
 use policy_compiler::{convert, Object, ObjectError};
@@ -40,12 +44,15 @@ pub async fn run(
     tx: Sender<Stamped>,
     metrics: Arc<Metrics>,
 ) -> Result<(), AgentError> {
-    let reporter = Reporter {
-        client: client.clone(),
-        node,
-    };
+    let reporter = InvalidReporter(Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "nftpol".into(),
+            instance: Some(node),
+        },
+    ));
     let ns = watch_kind(
-        Api::<Namespace>::all(client.clone()),
+        Api::<DeserializeGuard<Namespace>>::all(client.clone()),
         Kind::Namespace,
         |o| convert::namespace(o, None).map(Object::Namespace),
         tx.clone(),
@@ -53,7 +60,7 @@ pub async fn run(
         reporter.clone(),
     );
     let pods = watch_kind(
-        Api::<Pod>::all(client.clone()),
+        Api::<DeserializeGuard<Pod>>::all(client.clone()),
         Kind::Pod,
         |o| convert::pod(o, None).map(Object::Pod),
         tx.clone(),
@@ -61,7 +68,7 @@ pub async fn run(
         reporter.clone(),
     );
     let pols = watch_kind(
-        Api::<NetworkPolicy>::all(client),
+        Api::<DeserializeGuard<NetworkPolicy>>::all(client),
         Kind::Policy,
         |o| convert::policy(o, None).map(Object::Policy),
         tx,
@@ -89,49 +96,25 @@ fn key<K: Resource>(o: &K, kind: Kind) -> (String, String) {
 
 /// Posts Warning Events about invalid objects.
 #[derive(Clone)]
-struct Reporter {
-    client: kube::Client,
-    node: String,
-}
+struct InvalidReporter(Recorder);
 
-impl Reporter {
+impl InvalidReporter {
     /// Fire and forget: an Event that cannot be posted (no RBAC, API
     /// down) must never hold up the watch.
-    fn report(&self, involved: ObjectReference, e: &ObjectError) {
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        // Events of cluster-scoped objects live in `default`.
-        let ns = involved
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let event = CoreEvent {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", involved.name.clone().unwrap_or_default())),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            involved_object: involved,
-            reason: Some("InvalidObject".into()),
-            message: Some(format!(
+    fn report(&self, involved: k8s_openapi::api::core::v1::ObjectReference, e: &ObjectError) {
+        let recorder = self.0.clone();
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "InvalidObject".into(),
+            note: Some(format!(
                 "nftpol skipped this object: {}: {}",
                 e.field, e.message
             )),
-            type_: Some("Warning".into()),
-            action: Some("Skipped".into()),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(EventSource {
-                component: Some("nftpol".into()),
-                host: Some(self.node.clone()),
-            }),
-            reporting_component: Some("nftpol".into()),
-            reporting_instance: Some(self.node.clone()),
-            ..Default::default()
+            action: "Skipped".into(),
+            secondary: None,
         };
-        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &ns);
         tokio::spawn(async move {
-            if let Err(err) = api.create(&PostParams::default(), &event).await {
+            if let Err(err) = recorder.publish(&event, &involved).await {
                 tracing::debug!(error = %err, "cannot post the Event about an invalid object");
             }
         });
@@ -145,7 +128,7 @@ fn skipped<K>(
     e: &ObjectError,
     kind: Kind,
     metrics: &Metrics,
-    reporter: &Reporter,
+    reporter: &InvalidReporter,
     reported: &mut HashSet<(String, String)>,
 ) where
     K: Resource<DynamicType = ()>,
@@ -171,12 +154,12 @@ fn skipped<K>(
 
 /// Watches one kind; returns when the receiver is gone.
 async fn watch_kind<K>(
-    api: Api<K>,
+    api: Api<DeserializeGuard<K>>,
     kind: Kind,
     reduce: fn(&K) -> Result<Object, ObjectError>,
     tx: Sender<Stamped>,
     metrics: Arc<Metrics>,
-    reporter: Reporter,
+    reporter: InvalidReporter,
 ) where
     K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
 {
@@ -185,6 +168,11 @@ async fn watch_kind<K>(
     let mut stream = watcher(api, config)
         .backoff(WatchBackoff::default())
         .boxed();
+    // What the guard could not deserialize becomes an invalid object.
+    let reduce = |g: &DeserializeGuard<K>| match &g.0 {
+        Ok(o) => reduce(o),
+        Err(bad) => Err(undecodable(kind, g, &bad.error)),
+    };
     // Reduced objects of a listing in progress.
     let mut listing: Option<Vec<Object>> = None;
     while let Some(ev) = stream.next().await {
@@ -248,46 +236,69 @@ async fn watch_kind<K>(
     }
 }
 
-/// Retry delays after a watch error: from 250 ms (kube's default starts
-/// at 800 ms, and a 410 relist is routine, not an outage) doubling to 30 s,
-/// each cut by a random 0-50% so thousands of agents do not hit a
-/// recovering API server in step; back to the start after a success.
-struct WatchBackoff {
-    next: Duration,
-    state: std::collections::hash_map::RandomState,
-    n: u64,
+/// Retry delays after watch errors: from 250 ms (kube's default starts
+/// at 800 ms, and a 410 relist is routine, not an outage) doubling to 15 s,
+/// plus a random 0-100% so thousands of agents do not hit a recovering API
+/// server in step (so at most 30 s); back to the start only once a minute
+/// has passed without an error.
+///
+/// kube's stream backoff resets its backoff on every item that is not an
+/// error, and the watcher yields one (`Event::Init`) before each relist
+/// attempt: with that reset, an agent facing an unreachable API server
+/// relisted every 0.15-0.25 s forever. So this backoff ignores those
+/// resets; only the quiet minute of `ResetTimerBackoff` restarts it.
+struct WatchBackoff(ResetTimerBackoff<ExponentialBackoff>);
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(15);
+    const RESET_AFTER: Duration = Duration::from_secs(60);
 }
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff {
-            next: WatchBackoff::MIN,
-            state: Default::default(),
-            n: 0,
-        }
+        let exponential = backon::ExponentialBuilder::default()
+            .with_min_delay(WatchBackoff::MIN)
+            .with_max_delay(WatchBackoff::MAX)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        WatchBackoff(ResetTimerBackoff::new(
+            exponential.into(),
+            WatchBackoff::RESET_AFTER,
+        ))
     }
-}
-
-impl WatchBackoff {
-    const MIN: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        use std::hash::BuildHasher;
-        self.n += 1;
-        let jitter = (self.state.hash_one(self.n) % 1000) as f64 / 2000.0;
-        let d = self.next.mul_f64(1.0 - jitter);
-        self.next = (self.next * 2).min(WatchBackoff::MAX);
-        Some(d)
+        self.0.next()
     }
 }
 
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WatchBackoff::MIN;
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {}
+}
+
+/// The invalid-object error for an object the client could not
+/// deserialize.
+fn undecodable<K: Resource<DynamicType = ()>>(
+    kind: Kind,
+    o: &DeserializeGuard<K>,
+    error: &str,
+) -> ObjectError {
+    let (ns, name) = key(o, kind);
+    ObjectError {
+        file: None,
+        kind: K::kind(&()).into_owned(),
+        object: if ns.is_empty() {
+            name
+        } else {
+            format!("{ns}/{name}")
+        },
+        field: "(object)".into(),
+        message: format!("cannot be read: {error}"),
     }
 }
 
