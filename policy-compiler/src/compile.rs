@@ -326,26 +326,16 @@ impl Builder<'_> {
         let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
         if has_pod_peer {
             for family in [Family::Ipv4, Family::Ipv6] {
-                let name = self.shared_set(
-                    ident(&format!("pod{}", family_digit(family)), parts),
-                    SetKind::Addr {
-                        family,
-                        interval: false,
-                    },
-                    |cluster| {
+                out.push(
+                    self.peer_set_match("pod", family, false, dir, parts, |cluster| {
                         peer_pods(cluster, pol, peers)
                             .into_iter()
                             .flat_map(|p| p.ips.iter())
                             .filter(|ip| Family::of(ip) == family)
                             .map(|ip| Element::Addr(*ip))
                             .collect()
-                    },
+                    }),
                 );
-                out.push(vec![Match::AddrInSet {
-                    family,
-                    dir,
-                    set: name,
-                }]);
             }
         }
         for family in [Family::Ipv4, Family::Ipv6] {
@@ -356,33 +346,40 @@ impl Builder<'_> {
             if blocks.is_empty() {
                 continue;
             }
-            let name = self.shared_set(
-                ident(&format!("net{}", family_digit(family)), parts),
-                SetKind::Addr {
-                    family,
-                    interval: true,
-                },
-                |_| {
-                    let ranges: Vec<AddrRange> = blocks
-                        .iter()
-                        .flat_map(|p| match p {
-                            Peer::IpBlock { ranges, .. } => ranges.clone(),
-                            Peer::Pods { .. } => Vec::new(),
-                        })
-                        .collect();
-                    merge(ranges)
-                        .into_iter()
-                        .map(|r| Element::AddrRange(r.lo, r.hi))
-                        .collect()
-                },
-            );
-            out.push(vec![Match::AddrInSet {
-                family,
-                dir,
-                set: name,
-            }]);
+            out.push(self.peer_set_match("net", family, true, dir, parts, |_| {
+                let ranges: Vec<AddrRange> = blocks
+                    .iter()
+                    .flat_map(|p| match p {
+                        Peer::IpBlock { ranges, .. } => ranges.clone(),
+                        Peer::Pods { .. } => Vec::new(),
+                    })
+                    .collect();
+                merge(ranges)
+                    .into_iter()
+                    .map(|r| Element::AddrRange(r.lo, r.hi))
+                    .collect()
+            }));
         }
         out
+    }
+
+    /// The match of the peer address (`dir`) against the shared address
+    /// set `<prefix><4|6>_<parts>`, created with `elements` the first time.
+    fn peer_set_match(
+        &mut self,
+        prefix: &str,
+        family: Family,
+        interval: bool,
+        dir: Dir,
+        parts: &[&str],
+        elements: impl FnOnce(&Cluster) -> BTreeSet<Element>,
+    ) -> Vec<Match> {
+        let set = self.shared_set(
+            ident(&format!("{prefix}{}", family_digit(family)), parts),
+            SetKind::Addr { family, interval },
+            elements,
+        );
+        vec![Match::AddrInSet { family, dir, set }]
     }
 
     fn port_plan(

@@ -1,5 +1,7 @@
 //! Label selectors (`matchLabels` + `matchExpressions`), validated once on
-//! conversion so matching can never fail.
+//! conversion so matching can never fail. Matching is tested by the
+//! selector table in `eval/spec.rs`, which holds this implementation and
+//! the evaluator's own to the same rows.
 
 use crate::model::Labels;
 use serde::{Deserialize, Serialize};
@@ -64,55 +66,5 @@ impl Selector {
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-    fn req(key: &str, op: Operator, vals: &[&str]) -> Requirement {
-        Requirement {
-            key: key.into(),
-            operator: op,
-            values: vals.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn empty_matches_all() {
-        assert!(Selector::everything().matches(&labels(&[])));
-        assert!(Selector::everything().matches(&labels(&[("a", "b")])));
-    }
-
-    #[test]
-    fn operators() {
-        let l = labels(&[("app", "web"), ("tier", "fe")]);
-        assert!(req("app", Operator::In, &["web", "db"]).matches(&l));
-        assert!(!req("app", Operator::In, &["db"]).matches(&l));
-        assert!(!req("x", Operator::In, &["db"]).matches(&l));
-        assert!(req("app", Operator::NotIn, &["db"]).matches(&l));
-        assert!(req("x", Operator::NotIn, &["db"]).matches(&l));
-        assert!(!req("app", Operator::NotIn, &["web"]).matches(&l));
-        assert!(req("tier", Operator::Exists, &[]).matches(&l));
-        assert!(!req("x", Operator::Exists, &[]).matches(&l));
-        assert!(req("x", Operator::DoesNotExist, &[]).matches(&l));
-        assert!(!req("app", Operator::DoesNotExist, &[]).matches(&l));
-    }
-
-    #[test]
-    fn labels_and_expressions_are_anded() {
-        let s = Selector {
-            match_labels: [("app".to_string(), "web".to_string())].into(),
-            match_expressions: vec![req("tier", Operator::Exists, &[])],
-        };
-        assert!(s.matches(&labels(&[("app", "web"), ("tier", "x")])));
-        assert!(!s.matches(&labels(&[("app", "web")])));
-        assert!(!s.matches(&labels(&[("app", "db"), ("tier", "x")])));
     }
 }

@@ -190,30 +190,14 @@ pub fn allowed(
             });
         }
     }
-    let egress = match src_pod {
+    // Each side is judged by the policies of its own pod; named ports
+    // resolve on the destination pod either way.
+    let judge = |pod: Option<&Pod>, direction, peer| match pod {
         None => SideVerdict::NotAPod,
-        Some(pod) => netpol::side(
-            cluster,
-            pod,
-            Direction::Egress,
-            (dst_ip, dst_pod),
-            dst_pod,
-            protocol,
-            port,
-        ),
+        Some(pod) => netpol::side(cluster, pod, direction, peer, dst_pod, protocol, port),
     };
-    let ingress = match dst_pod {
-        None => SideVerdict::NotAPod,
-        Some(pod) => netpol::side(
-            cluster,
-            pod,
-            Direction::Ingress,
-            (src_ip, src_pod),
-            Some(pod),
-            protocol,
-            port,
-        ),
-    };
+    let egress = judge(src_pod, Direction::Egress, (dst_ip, dst_pod));
+    let ingress = judge(dst_pod, Direction::Ingress, (src_ip, src_pod));
     Ok(Decision {
         allowed: egress.allows() && ingress.allows(),
         src_ip,
