@@ -239,6 +239,7 @@ async fn measure<B: Backend>(
                 ..Settings::new(NODE)
             },
             metrics_addr: None,
+            kernel_watch: false,
         },
         Arc::new(Metrics::new()),
         async move {

@@ -529,3 +529,196 @@ current-context: f\n",
     follows(&ns, &reference_of(&fake), FOLLOW);
     drop(fake);
 }
+
+/// Ways someone else can change the table the agent keeps, as `nft -f`
+/// scripts against the table `CLUSTER` + `POLICY` compile to.
+const TAMPERINGS: [(&str, &str); 9] = [
+    ("dormant flag", "add table inet nftpol { flags dormant; }"),
+    (
+        "base chain policy",
+        "add chain inet nftpol forward { policy drop; }",
+    ),
+    (
+        "base chain priority",
+        "delete chain inet nftpol forward\n\
+         add chain inet nftpol forward { type filter hook forward priority 10; policy accept; }",
+    ),
+    (
+        "rule inserted",
+        "insert rule inet nftpol ing_prod_web-0 accept",
+    ),
+    (
+        "element added",
+        "add element inet nftpol pod4_prod_web_in0 { 10.66.6.6 }",
+    ),
+    (
+        "element removed",
+        "delete element inet nftpol pod4_prod_web_in0 { 10.9.2.10 }",
+    ),
+    (
+        "chain deleted",
+        "delete element inet nftpol ingress_v4 { 10.9.1.10 }\n\
+         delete element inet nftpol ingress_v6 { fd00:9::10 }\n\
+         delete chain inet nftpol ing_prod_web-0",
+    ),
+    ("table deleted", "delete table inet nftpol"),
+    ("foreign object", "add counter inet nftpol evil"),
+];
+
+impl Netns {
+    fn nft_script(&self, script: &str) {
+        use std::io::Write;
+        let mut child = self
+            .cmd("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft -f");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{script}\n").as_bytes())
+            .expect("write script");
+        assert!(child.wait().expect("nft").success(), "nft -f {script:?}");
+    }
+
+    /// The raw `nft list table` text (flags and objects included).
+    fn raw_table(&self) -> String {
+        let out = self
+            .cmd("nft")
+            .args(["list", "table", "inet", "nftpol"])
+            .output()
+            .expect("run nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Waits until the table is `want` again, with no flags and no object
+/// the normalized listing would not show.
+fn repaired(ns: &Netns, want: &str, what: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let raw = ns.raw_table();
+        let clean = !raw.contains("dormant") && !raw.contains("counter evil");
+        if clean && normalize(&raw) == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < FOLLOW,
+            "{what}: not repaired within {FOLLOW:?}\nwant:\n{want}\nhave:\n{raw}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The agent with its log in `log`, serving metrics on 127.0.0.1:9464
+/// inside `ns`.
+fn start_logged_agent(ns: &Netns, dir: &Path, extra: &[&str], log: &Path) -> Agent {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = ns
+        .cmd(BIN)
+        .args(["agent", "--node-name", "node-1", "--manifests"])
+        .arg(dir)
+        .args(["--metrics-addr", "127.0.0.1:9464"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(file)
+        .spawn()
+        .expect("spawn nftpol agent");
+    Agent(child)
+}
+
+/// Runs every tampering against an agent started with `extra` and checks
+/// each is repaired, logged and counted.
+fn agent_repairs_every_tampering(tag: &str, extra: &[&str]) {
+    let dir = TempDir::new(tag);
+    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
+    let ns = Netns::new(tag);
+    let log = dir.0.join("agent.log");
+    let _agent = start_logged_agent(&ns, &dir.0, extra, &log);
+    let want = reference(&dir.0);
+    follows(&ns, &want, FOLLOW);
+    for (what, script) in TAMPERINGS {
+        ns.nft_script(script);
+        let took = repaired(&ns, &want, what);
+        eprintln!("{tag}: {what} repaired after {took:?}");
+    }
+    enter(&ns);
+    let t0 = Instant::now();
+    let repairs = loop {
+        // The counter is bumped right after the batch that the listing
+        // already shows.
+        let n = metric(9464, "nftpol_drift_repairs_total").unwrap_or(0.0);
+        if n >= TAMPERINGS.len() as f64 || t0.elapsed() > FOLLOW {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        repairs >= TAMPERINGS.len() as f64,
+        "{tag}: {repairs} repairs counted"
+    );
+    let logs = std::fs::read_to_string(&log).expect("read log");
+    let warned = logs.matches("drifted from the desired ruleset").count();
+    assert!(
+        warned >= TAMPERINGS.len(),
+        "{tag}: {warned} repair warnings\n{logs}"
+    );
+    assert!(
+        logs.contains("~1 table"),
+        "the dormant flag is repaired in place: {logs}"
+    );
+}
+
+/// With the drift check an hour away, only the kernel's notifications
+/// can bring the repair.
+#[test]
+fn agent_repairs_tampering_when_the_kernel_reports_it() {
+    require_root!();
+    agent_repairs_every_tampering("notify", &["--drift-interval", "1h"]);
+}
+
+/// Without notifications, the periodic drift check repairs everything.
+#[test]
+fn agent_repairs_tampering_at_the_drift_check() {
+    require_root!();
+    agent_repairs_every_tampering(
+        "interval",
+        &["--no-kernel-watch", "--drift-interval", "300ms"],
+    );
+}
+
+/// /readyz says when nothing is enforced even before any repair: no
+/// notifications and no drift check during the test.
+#[test]
+fn readyz_reports_a_dormant_or_missing_table() {
+    require_root!();
+    let dir = TempDir::new("ready");
+    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    let ns = Netns::new("ready");
+    let log = dir.0.join("agent.log");
+    let _agent = start_logged_agent(
+        &ns,
+        &dir.0,
+        &["--no-kernel-watch", "--drift-interval", "1h"],
+        &log,
+    );
+    follows(&ns, &reference(&dir.0), FOLLOW);
+    enter(&ns);
+    let t0 = Instant::now();
+    while !http_get(9464, "/readyz").starts_with("HTTP/1.0 200") {
+        assert!(t0.elapsed() < FOLLOW, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ns.nft(&["add", "table", "inet", "nftpol", "{ flags dormant; }"]);
+    let r = http_get(9464, "/readyz");
+    assert!(
+        r.starts_with("HTTP/1.0 503") && r.contains("dormant"),
+        "{r}"
+    );
+    ns.nft(&["delete", "table", "inet", "nftpol"]);
+    let r = http_get(9464, "/readyz");
+    assert!(r.starts_with("HTTP/1.0 503") && r.contains("absent"), "{r}");
+}

@@ -17,7 +17,8 @@
 //!    be deleted must go first);
 //! 5. replace objects whose type changed (delete + add under the same name);
 //! 6. add set elements, then the rules of new and changed chains;
-//! 7. delete chains, then sets, that are no longer wanted.
+//! 7. delete chains, then sets, that are no longer wanted;
+//! 8. set the table's flags when they differ (a dormant table is woken).
 
 use crate::ir::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,9 @@ pub enum Op {
     AddTable,
     /// Delete the `inet nftpol` table with everything in it.
     DelTable,
+    /// Set the flags of the existing table (clearing `dormant` hooks its
+    /// base chains again).
+    SetTableFlags { flags: u32 },
     /// Create an empty named set or map.
     AddSet { name: String, kind: SetKind },
     /// Delete a set or map (it must be unreferenced by then).
@@ -87,14 +91,17 @@ impl Transaction {
             match op {
                 Op::AddTable => s.tables_added += 1,
                 Op::DelTable => s.tables_deleted += 1,
+                Op::SetTableFlags { .. } => s.tables_changed += 1,
                 Op::AddSet { .. } => s.sets_added += 1,
                 Op::DelSet { .. } => s.sets_deleted += 1,
-                Op::FlushChain { name } => {
-                    changed.insert(name);
+                // Rules added to a chain that already exists change it,
+                // flushed first or (when it was emptied) not.
+                Op::FlushChain { name: chain } | Op::AddRules { chain, .. } => {
+                    changed.insert(chain);
                 }
                 Op::AddElements { elements, .. } => s.elements_added += elements.len(),
                 Op::DelElements { elements, .. } => s.elements_deleted += elements.len(),
-                Op::AddChain { .. } | Op::DelChain { .. } | Op::AddRules { .. } => {}
+                Op::AddChain { .. } | Op::DelChain { .. } => {}
             }
         }
         // A chain deleted and re-added under the same name (its base
@@ -123,6 +130,7 @@ impl Transaction {
 pub struct TxStats {
     pub tables_added: usize,
     pub tables_deleted: usize,
+    pub tables_changed: usize,
     pub chains_added: usize,
     pub chains_changed: usize,
     pub chains_deleted: usize,
@@ -137,6 +145,7 @@ impl fmt::Display for TxStats {
         let parts: Vec<String> = [
             ('+', self.tables_added, "table"),
             ('-', self.tables_deleted, "table"),
+            ('~', self.tables_changed, "table"),
             ('+', self.chains_added, "chain"),
             ('~', self.chains_changed, "chain"),
             ('-', self.chains_deleted, "chain"),
@@ -374,6 +383,14 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
         }
     }
 
+    // 8. table flags last: a dormant table wakes up with its chains
+    // already repaired, in the same atomic batch.
+    if desired.table_flags != actual.table_flags {
+        ops.push(Op::SetTableFlags {
+            flags: desired.table_flags,
+        });
+    }
+
     Transaction { ops }
 }
 
@@ -443,6 +460,7 @@ fn apply_op(table: &mut Option<Ruleset>, index: usize, op: &Op) -> Result<(), Fa
     match op {
         Op::AddTable => {}
         Op::DelTable => *table = None,
+        Op::SetTableFlags { flags } => rs.table_flags = *flags,
         Op::AddSet { name, kind } => {
             if rs.sets.contains_key(name) {
                 return Err(exists(format!("set {name}")));
@@ -858,6 +876,18 @@ mod tests {
     }
 
     #[test]
+    fn a_dormant_table_is_woken_last_in_the_same_transaction() {
+        let want = sample(&[(1, "a")]);
+        let mut tampered = want.clone();
+        tampered.table_flags = TABLE_F_DORMANT;
+        tampered.chains.get_mut("forward").unwrap().rules.clear();
+        let tx = check(&want, &tampered);
+        assert_eq!(tx.summary(), "~1 table, ~1 chain");
+        assert_eq!(tx.ops.last(), Some(&Op::SetTableFlags { flags: 0 }));
+        assert!(diff(&want, &want).is_empty());
+    }
+
+    #[test]
     fn jump_target_replaced_from_regular_to_base_reorders() {
         let mut old = sample(&[(1, "a")]);
         old.chains.insert(
@@ -1003,9 +1033,13 @@ mod tests {
             proptest::collection::vec(proptest::option::of(any::<bool>()), CHAIN_NAMES.len()),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5), 12),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4), 6),
+            any::<bool>(),
         )
-            .prop_map(|(kinds, chains, elems, rules)| {
-                let mut rs = Ruleset::default();
+            .prop_map(|(kinds, chains, elems, rules, dormant)| {
+                let mut rs = Ruleset {
+                    table_flags: if dormant { TABLE_F_DORMANT } else { 0 },
+                    ..Ruleset::default()
+                };
                 for (name, is_base) in CHAIN_NAMES.iter().zip(&chains) {
                     if let Some(is_base) = is_base {
                         rs.chains.insert(

@@ -18,10 +18,22 @@ use std::net::IpAddr;
 pub const TABLE_FAMILY: &str = "inet";
 /// Name of the only table nftpol owns.
 pub const TABLE_NAME: &str = "nftpol";
+/// `NFT_TABLE_F_DORMANT`: the table stays but none of its chains sees a packet.
+pub const TABLE_F_DORMANT: u32 = 1;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 
 /// The whole `inet nftpol` table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ruleset {
+    /// The table's flags (`NFT_TABLE_F_*`). nftpol's table has none; the
+    /// field exists so that a read-back shows a table someone made
+    /// dormant ([`TABLE_F_DORMANT`]: every base chain unhooked, nothing
+    /// enforced) and the diff turns it back on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub table_flags: u32,
     /// Chains by name (base chains and per-pod chains).
     pub chains: BTreeMap<String, Chain>,
     /// Named sets and verdict maps by name.

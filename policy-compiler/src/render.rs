@@ -29,6 +29,11 @@ pub fn render_table(rs: &Ruleset) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "table {TABLE_FAMILY} {TABLE_NAME} {{");
     let mut first = true;
+    if rs.table_flags & TABLE_F_DORMANT != 0 {
+        // Never compiled; shown when a read-back of a tampered table is rendered.
+        out.push_str("\tflags dormant\n");
+        first = false;
+    }
     let mut sep = |out: &mut String| {
         if !first {
             out.push('\n');

@@ -357,3 +357,82 @@ fn a_change_postpones_the_drift_check() {
     l.run_for(MS);
     assert_eq!(l.applies(), applies + 1);
 }
+
+#[test]
+fn a_reported_tampering_is_repaired_at_once_and_readiness_follows() {
+    let mut l = Loop::synced(settings());
+    let want = l.kernel.mem.state().table.clone();
+    l.run_for(Duration::from_secs(1));
+    if let Some(t) = l.kernel.mem.state().table.as_mut() {
+        t.table_flags = policy_compiler::ir::TABLE_F_DORMANT;
+    }
+    l.r.handle(
+        l.clock.now(),
+        Change::Verify {
+            reason: "add table by netlink port 7".into(),
+        },
+    );
+    assert!(
+        !l.metrics.health.ready(),
+        "not ready while a reported change awaits repair"
+    );
+    assert_eq!(l.r.deadline(), Some(l.clock.now()), "due at once");
+    l.poll();
+    assert_eq!(
+        l.kernel.mem.state().table,
+        want,
+        "repaired with no time passing"
+    );
+    assert!(l.metrics.encode().contains("nftpol_drift_repairs_total 1"));
+    assert!(l.metrics.health.ready());
+    // The next periodic check is a full interval after the repair.
+    let repaired = l.now();
+    assert_eq!(
+        l.r.deadline(),
+        Some(l.t0 + repaired + Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn a_reported_tampering_goes_before_a_pending_change_and_both_land() {
+    let mut l = Loop::synced(settings());
+    // A change arrives during a batch series (so it waits for quiet) and
+    // someone deletes the table meanwhile.
+    l.change(Change::Apply(pod(1)));
+    l.r.handle(l.clock.now(), Change::Apply(pod(2)));
+    l.kernel.mem.state().table = None;
+    l.r.handle(
+        l.clock.now(),
+        Change::Verify {
+            reason: "delete table".into(),
+        },
+    );
+    l.poll();
+    assert!(l.kernel.mem.state().table.is_some(), "repaired at once");
+    assert!(l.metrics.encode().contains("nftpol_drift_repairs_total 1"));
+    l.run_for(Duration::from_secs(1));
+    let want = policy_compiler::compile(l.r.cluster(), NODE);
+    assert_eq!(l.kernel.mem.state().table.as_ref(), Some(&want));
+}
+
+#[test]
+fn a_failed_repair_backs_off_and_stays_not_ready() {
+    let mut l = Loop::synced(settings());
+    l.kernel.mem.state().table = None;
+    l.kernel.refuse.store(1, Ordering::SeqCst);
+    l.r.handle(
+        l.clock.now(),
+        Change::Verify {
+            reason: "delete table".into(),
+        },
+    );
+    l.poll();
+    assert_eq!(l.kernel.mem.state().table, None);
+    assert!(!l.metrics.health.ready());
+    l.run_for(100 * MS);
+    assert!(
+        l.kernel.mem.state().table.is_some(),
+        "retried after the backoff"
+    );
+    assert!(l.metrics.health.ready());
+}

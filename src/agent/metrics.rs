@@ -1,6 +1,8 @@
 //! Observability: the agent's Prometheus metrics (prometheus-client) and
 //! the HTTP server for `/metrics`, `/healthz` (the process answers) and
-//! `/readyz` (initial sync done and the last apply succeeded).
+//! `/readyz` (initial sync done, the last apply succeeded, no change by
+//! someone else awaiting repair, and, with the netlink backend, the table
+//! present and not dormant right now).
 
 use crate::agent::backend::Applied;
 use crate::agent::reconcile::Kind;
@@ -17,7 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,11 +43,28 @@ pub struct EventLabels {
     pub event: &'static str,
 }
 
+/// A live check that the kernel really enforces (the table exists and is
+/// not dormant); `Err` says why not.
+pub type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Readiness inputs, set by the reconcile loop.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
     synced: AtomicBool,
     last_apply_ok: AtomicBool,
+    /// Someone else changed the table and it is not repaired yet.
+    tampered: AtomicBool,
+    probe: OnceLock<Probe>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("synced", &self.synced)
+            .field("last_apply_ok", &self.last_apply_ok)
+            .field("tampered", &self.tampered)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Health {
@@ -55,12 +74,38 @@ impl Health {
     pub fn set_last_apply_ok(&self, v: bool) {
         self.last_apply_ok.store(v, Ordering::Relaxed);
     }
+    pub fn set_tampered(&self, v: bool) {
+        self.tampered.store(v, Ordering::Relaxed);
+    }
+    /// Installs the live enforcement check /readyz runs (once).
+    pub fn set_probe(&self, probe: Probe) {
+        let _ = self.probe.set(probe);
+    }
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
     }
-    /// Initial sync done and the last apply succeeded.
+    /// Initial sync done, the last apply succeeded, and no change by
+    /// someone else awaits repair (the live probe is not consulted).
     pub fn ready(&self) -> bool {
-        self.synced() && self.last_apply_ok.load(Ordering::Relaxed)
+        self.not_ready_cached().is_none()
+    }
+    fn not_ready_cached(&self) -> Option<String> {
+        if !self.synced() {
+            Some("initial sync not done".into())
+        } else if !self.last_apply_ok.load(Ordering::Relaxed) {
+            Some("last apply failed".into())
+        } else if self.tampered.load(Ordering::Relaxed) {
+            Some("the table was changed by someone else and is being repaired".into())
+        } else {
+            None
+        }
+    }
+    /// Why the node is not enforcing, if it is not: the loop's state,
+    /// then the live probe of the kernel (a deleted or dormant table
+    /// between two drift checks shows here at once).
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready_cached()
+            .or_else(|| self.probe.get().and_then(|p| p().err()))
     }
 }
 
@@ -280,12 +325,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             get(move || {
                 let m = m2.clone();
                 async move {
-                    if m.health.ready() {
-                        (StatusCode::OK, "ready\n")
-                    } else if m.health.synced() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "last apply failed\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "initial sync not done\n")
+                    // The probe does a small blocking netlink request.
+                    let why = tokio::task::spawn_blocking(move || m.health.not_ready())
+                        .await
+                        .unwrap_or_else(|e| Some(format!("readiness check failed: {e}")));
+                    match why {
+                        None => (StatusCode::OK, "ready\n".to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                     }
                 }
             }),

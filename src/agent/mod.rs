@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod fakeapi;
 pub mod files;
+pub mod kernel_watch;
 pub mod metrics;
 pub mod reconcile;
 pub mod watch;
@@ -58,6 +59,12 @@ pub struct AgentArgs {
     /// Upper bound on how long a change waits while events keep arriving.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub max_delay: Duration,
+    /// Do not subscribe to the kernel's nftables notifications. By default
+    /// the agent hears of every change someone else commits to its table
+    /// and repairs it within milliseconds; the drift check every
+    /// --drift-interval remains the backstop either way.
+    #[arg(long)]
+    pub no_kernel_watch: bool,
     /// Keep the ruleset in memory instead of programming the kernel (no
     /// root needed; for demos and tests of the sources).
     #[arg(long, hide = true)]
@@ -141,6 +148,9 @@ pub struct Options {
     pub settings: Settings,
     /// `None`: no HTTP server (tests that only look at the backend).
     pub metrics_addr: Option<SocketAddr>,
+    /// Watch the kernel's nftables notifications for changes to our table
+    /// made by someone else (netlink backend only).
+    pub kernel_watch: bool,
 }
 
 impl Options {
@@ -154,6 +164,7 @@ impl Options {
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),
+            kernel_watch: !a.no_kernel_watch && !a.dry_run,
         }
     }
 }
@@ -193,6 +204,12 @@ pub async fn run_with<B: Backend>(
         .spawn(move || reconciler.run(rx))
         .map_err(AgentError::Runtime)?;
 
+    let watcher = if options.kernel_watch {
+        Some(kernel_watch::spawn(tx.clone())?)
+    } else {
+        None
+    };
+
     let server = match options.metrics_addr {
         Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
         None => None,
@@ -222,6 +239,9 @@ pub async fn run_with<B: Backend>(
     source_task.abort();
     if let Some(s) = server {
         s.abort();
+    }
+    if let Some(w) = watcher {
+        w.stop();
     }
     // The loop finishes the batch in flight (batches are atomic anyway).
     let _ = tx.send((Instant::now(), Change::Shutdown));
@@ -298,6 +318,9 @@ pub fn run(args: &AgentArgs) -> Result<i32, AgentError> {
             .await?;
         } else {
             let backend = backend::NetlinkBackend::new()?;
+            metrics
+                .health
+                .set_probe(Box::new(crate::netlink::enforcement_state));
             run_with(source, backend, options, metrics, termination()).await?;
         }
         Ok(0)

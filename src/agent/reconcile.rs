@@ -17,7 +17,9 @@
 //! - every `drift_interval` the last applied ruleset is verified: the
 //!   backend reads the table back (the hot path trusts its record of the
 //!   last batch instead), and a non-empty difference means someone changed
-//!   our table; it is repaired, logged and counted.
+//!   our table; it is repaired, logged and counted. A `Verify` change (the
+//!   kernel announced that someone else touched the table) runs the same
+//!   check at once; until it has repaired the table, /readyz says so.
 //!
 //! Time comes from a [`Clock`]: the loop thread uses the system clock,
 //! tests drive a [`ManualClock`] and call [`Reconciler::handle`] and
@@ -100,6 +102,10 @@ pub enum Change {
         kinds: Vec<Kind>,
         objects: Vec<Object>,
     },
+    /// Someone else changed the kernel table (seen in the kernel's
+    /// notifications): read it back and repair it now rather than at the
+    /// next drift check.
+    Verify { reason: String },
     /// Stop the loop.
     Shutdown,
 }
@@ -197,6 +203,8 @@ pub struct Reconciler<B, C = SystemClock> {
     /// The ruleset the kernel was last made equal to.
     last_applied: Option<Ruleset>,
     next_drift: Instant,
+    /// Why the table must be read back and repaired at once, if it must.
+    verify_now: Option<String>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -222,6 +230,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             failures: 0,
             retry_at: None,
             last_applied: None,
+            verify_now: None,
         }
     }
 
@@ -280,6 +289,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             return None;
         }
         let s = &self.settings;
+        if self.verify_now.is_some() {
+            return Some(self.retry_at.unwrap_or_else(|| self.clock.now()));
+        }
         match self.dirty_since {
             Some(first) => {
                 // Leading edge: a change after a quiet period is programmed
@@ -331,6 +343,17 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                     changed
                 }
             }
+            Change::Verify { reason } => {
+                if self.verify_now.is_none() {
+                    tracing::warn!(
+                        change = %reason,
+                        "someone else changed the nftpol table; reading it back to repair it"
+                    );
+                }
+                self.metrics.health.set_tampered(true);
+                self.verify_now = Some(reason);
+                false
+            }
             Change::Shutdown => false,
         };
         if changed {
@@ -339,13 +362,25 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     }
 
     fn tick(&mut self) {
-        if self.dirty_since.is_some() {
+        // A reported tampering is repaired back to the last ruleset the
+        // kernel held (counted as drift) before any new change goes in.
+        let trigger = self.verify_now.take();
+        if trigger.is_some() || self.dirty_since.is_none() {
+            let trigger = trigger.as_deref().unwrap_or("periodic check");
+            match self.last_applied.take() {
+                Some(last) => {
+                    self.repair_drift(&last, trigger);
+                    self.last_applied.get_or_insert(last);
+                }
+                None if self.dirty_since.is_none() => {
+                    self.next_drift = self.clock.now() + self.settings.drift_interval;
+                }
+                // Nothing applied yet: the pending apply reads back anyway.
+                None => {}
+            }
+        }
+        if self.dirty_since.is_some() && self.retry_at.is_none_or(|r| r <= self.clock.now()) {
             self.reconcile();
-        } else if let Some(last) = self.last_applied.take() {
-            self.repair_drift(&last);
-            self.last_applied.get_or_insert(last);
-        } else {
-            self.next_drift = self.clock.now() + self.settings.drift_interval;
         }
     }
 
@@ -393,6 +428,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     }
 
     fn ok(&mut self, now: Instant) {
+        self.metrics.health.set_tampered(false);
         self.dirty_since = None;
         self.failures = 0;
         self.retry_at = None;
@@ -415,23 +451,30 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         );
     }
 
-    fn repair_drift(&mut self, last: &Ruleset) {
+    /// Reads the table back and makes it `last` again. Leaves pending
+    /// changes (`dirty_since`) to the caller.
+    fn repair_drift(&mut self, last: &Ruleset, trigger: &str) {
+        let dirty = self.dirty_since;
         match self.backend.verify(last) {
             Ok(Applied { changed: false, .. }) => {
                 self.ok(self.clock.now());
+                self.dirty_since = dirty;
             }
             Ok(applied) => {
                 tracing::warn!(
                     changes = %applied.summary,
+                    trigger,
                     "the kernel table drifted from the desired ruleset (changed outside nftpol); repaired"
                 );
                 self.metrics.drift_repairs.inc();
                 self.metrics.observe_apply(&applied, last, None);
                 self.ok(self.clock.now());
+                self.dirty_since = dirty;
             }
             Err(e) => {
-                // Retry through the normal path, with backoff.
-                self.dirty_since = Some(self.clock.now());
+                // Retry through the normal path (which reads back after a
+                // failure), with backoff.
+                self.dirty_since = Some(dirty.unwrap_or_else(|| self.clock.now()));
                 self.failed(&e);
             }
         }

@@ -142,6 +142,7 @@ fn start_on(backend: MemoryBackend, source: Source, settings: Settings) -> Runni
     let options = Options {
         settings,
         metrics_addr: None,
+        kernel_watch: false,
     };
     let task = tokio::spawn(run_with(
         source,

@@ -59,6 +59,7 @@ pub fn describe(tx: &Transaction, r: MsgRef) -> String {
     match op {
         Op::AddTable => format!("add table inet {TABLE_NAME}"),
         Op::DelTable => format!("delete table inet {TABLE_NAME}"),
+        Op::SetTableFlags { flags } => format!("set flags {flags:#x} of table inet {TABLE_NAME}"),
         Op::AddSet { name, .. } => format!("add set {name}"),
         Op::DelSet { name } => format!("delete set {name}"),
         Op::AddChain { name, .. } => format!("add chain {name}"),
@@ -186,6 +187,13 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                     MsgType::Del
                 };
                 batch.add(&table, ty);
+                objects.push(one);
+            }
+            Op::SetTableFlags { flags } => {
+                batch.add(
+                    &super::wire::ObjMsg::table_flags(TABLE_NAME, *flags),
+                    MsgType::Add,
+                );
                 objects.push(one);
             }
             Op::AddSet { name, kind } => {

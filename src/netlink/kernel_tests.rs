@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 
-fn nft(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let mut cmd = Command::new("nft");
     cmd.args(args)
@@ -372,7 +372,7 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
     rs
 }
 
-fn session() -> Session {
+pub(crate) fn session() -> Session {
     Session::open().expect("open netlink session")
 }
 

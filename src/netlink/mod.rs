@@ -20,12 +20,16 @@
 pub mod batch;
 pub mod elem;
 pub mod expr;
+pub mod notify;
 mod raw;
 pub mod read;
 pub mod socket;
+pub mod wire;
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod tamper_tests;
 
 use policy_compiler::diff::{self, Op, Transaction};
 use policy_compiler::ir::Ruleset;
@@ -285,6 +289,24 @@ pub fn apply(desired: &Ruleset) -> Result<ApplyReport, NetlinkError> {
 /// Removes the `inet nftpol` table; `Ok(false)` when it was absent.
 pub fn cleanup() -> Result<bool, NetlinkError> {
     Session::open()?.cleanup()
+}
+
+/// Whether the kernel enforces at all right now: the table exists and is
+/// not dormant (one small request; for /readyz). `Err` says why not.
+pub fn enforcement_state() -> Result<(), String> {
+    let mut s = Session::open().map_err(|e| e.to_string())?;
+    match read::table_flags(&mut s.sock) {
+        Ok(None) => Err(format!(
+            "table inet {} is absent",
+            policy_compiler::ir::TABLE_NAME
+        )),
+        Ok(Some(f)) if f & policy_compiler::ir::TABLE_F_DORMANT != 0 => Err(format!(
+            "table inet {} is dormant (flags dormant): nothing is enforced",
+            policy_compiler::ir::TABLE_NAME
+        )),
+        Ok(Some(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Reads the `inet nftpol` table back into the IR.

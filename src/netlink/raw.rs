@@ -10,6 +10,8 @@
 
 use super::elem::{RawElem, SetAttrs};
 use super::expr::RawExpr;
+use super::socket::Msg;
+use super::wire::{nest_end, nest_start, put_attr, put_str};
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg};
 use std::ffi::{c_void, CStr, CString};
@@ -323,7 +325,6 @@ pub const ELEMS_MSG_BUDGET: usize = 48_000;
 
 /// Netlink attribute types of element messages (linux/netfilter/nf_tables.h).
 mod attr {
-    pub const NLA_F_NESTED: u16 = 0x8000;
     pub const LIST_TABLE: u16 = 1;
     pub const LIST_SET: u16 = 2;
     pub const LIST_ELEMENTS: u16 = 3;
@@ -335,35 +336,6 @@ mod attr {
     pub const DATA_VERDICT: u16 = 2;
     pub const VERDICT_CODE: u16 = 1;
     pub const VERDICT_CHAIN: u16 = 2;
-}
-
-/// Appends one netlink attribute (4-byte aligned).
-fn put_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-fn put_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
-    let mut z = Vec::with_capacity(s.len() + 1);
-    z.extend_from_slice(s.as_bytes());
-    z.push(0);
-    put_attr(buf, ty, &z);
-}
-
-fn nest_start(buf: &mut Vec<u8>, ty: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u16.to_ne_bytes());
-    buf.extend_from_slice(&(ty | attr::NLA_F_NESTED).to_ne_bytes());
-    at
-}
-
-fn nest_end(buf: &mut [u8], at: usize) -> Result<(), String> {
-    let len = u16::try_from(buf.len() - at).map_err(|_| "element list over 64 KiB".to_string())?;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    Ok(())
 }
 
 /// NEWSETELEM / DELSETELEM for a chunk of elements of one set. The
@@ -437,112 +409,17 @@ unsafe impl NlMsg for ElemsMsg {
     }
 }
 
-// ---------------------------------------------------------------- dumps
-
-/// What a dump request asks for.
-pub enum DumpWhat<'a> {
-    Table,
-    Chains,
-    Rules,
-    Sets,
-    Elements(&'a str),
-}
-
-/// One request message (a GET of the table, or a dump filtered to the
-/// `inet nftpol` table).
-pub fn dump_request(what: &DumpWhat<'_>, seq: u32) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; 4096];
-    let b = buf.as_mut_ptr().cast::<c_char>();
-    let dump = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    // SAFETY: 4096 bytes hold the header plus table/set names (<= 256 B).
-    unsafe {
-        let h = match what {
-            DumpWhat::Table => {
-                let t = alloc(sys::nftnl_table_alloc());
-                sys::nftnl_table_set_str(
-                    t.as_ptr(),
-                    sys::NFTNL_TABLE_NAME as u16,
-                    c"nftpol".as_ptr(),
-                );
-                let h = sys::nftnl_nlmsg_build_hdr(
-                    b,
-                    libc::NFT_MSG_GETTABLE as u16,
-                    FAMILY_INET,
-                    (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-                    seq,
-                );
-                sys::nftnl_table_nlmsg_build_payload(h, t.as_ptr());
-                sys::nftnl_table_free(t.as_ptr());
-                h
-            }
-            DumpWhat::Chains => {
-                let c = OwnedChain(alloc(sys::nftnl_chain_alloc()));
-                sys::nftnl_chain_set_str(
-                    c.as_ptr(),
-                    sys::NFTNL_CHAIN_TABLE as u16,
-                    c"nftpol".as_ptr(),
-                );
-                let h = sys::nftnl_nlmsg_build_hdr(
-                    b,
-                    libc::NFT_MSG_GETCHAIN as u16,
-                    FAMILY_INET,
-                    dump,
-                    seq,
-                );
-                sys::nftnl_chain_nlmsg_build_payload(h, c.as_ptr());
-                h
-            }
-            DumpWhat::Rules => {
-                let r = OwnedRule(alloc(sys::nftnl_rule_alloc()));
-                sys::nftnl_rule_set_str(
-                    r.as_ptr(),
-                    sys::NFTNL_RULE_TABLE as u16,
-                    c"nftpol".as_ptr(),
-                );
-                let h = sys::nftnl_nlmsg_build_hdr(
-                    b,
-                    libc::NFT_MSG_GETRULE as u16,
-                    FAMILY_INET,
-                    dump,
-                    seq,
-                );
-                sys::nftnl_rule_nlmsg_build_payload(h, r.as_ptr());
-                h
-            }
-            DumpWhat::Sets => {
-                let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
-                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, c"nftpol".as_ptr());
-                let h = sys::nftnl_nlmsg_build_hdr(
-                    b,
-                    libc::NFT_MSG_GETSET as u16,
-                    FAMILY_INET,
-                    dump,
-                    seq,
-                );
-                sys::nftnl_set_nlmsg_build_payload(h, s.as_ptr());
-                h
-            }
-            DumpWhat::Elements(name) => {
-                let cname = cstring(name)?;
-                let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
-                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16, c"nftpol".as_ptr());
-                sys::nftnl_set_set_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16, cname.as_ptr());
-                let h = sys::nftnl_nlmsg_build_hdr(
-                    b,
-                    libc::NFT_MSG_GETSETELEM as u16,
-                    FAMILY_INET,
-                    dump,
-                    seq,
-                );
-                sys::nftnl_set_elems_nlmsg_build_payload(h, s.as_ptr());
-                h
-            }
-        };
-        let len = (*h).nlmsg_len as usize;
-        buf.truncate(len);
+// SAFETY: nftnl hands a batch page with room for nft_nlmsg_maxsize()
+// bytes; messages written this way (table flags) are a few dozen bytes.
+unsafe impl NlMsg for super::wire::ObjMsg {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        let bytes = self.bytes(seq, matches!(msg_type, MsgType::Add));
+        // SAFETY: see the impl; source and destination do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len()) }
     }
-    Ok(buf)
 }
+
+// ---------------------------------------------------------------- dumps
 
 /// A chain as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -572,9 +449,13 @@ fn check(rc: c_int, what: &str) -> Result<(), String> {
     }
 }
 
-/// # Safety
-/// `nlh` must point to a complete netlink message.
-pub unsafe fn parse_chain(nlh: *const libc::nlmsghdr) -> Result<ChainInfo, String> {
+/// The chain in one NEWCHAIN message.
+pub fn parse_chain(m: &Msg) -> Result<ChainInfo, String> {
+    let nlh = m.header_ptr();
+    // SAFETY: `Msg` holds one complete message (its length checked when
+    // it was received) in 4-byte aligned storage that outlives the call;
+    // libnftnl only reads it. The chain object is owned by a guard, and
+    // the strings it returns are copied before the guard frees it.
     unsafe {
         let c = OwnedChain(alloc(sys::nftnl_chain_alloc()));
         let p = c.as_ptr();
@@ -604,9 +485,12 @@ unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut c_void) ->
     0
 }
 
-/// # Safety
-/// `nlh` must point to a complete netlink message.
-pub unsafe fn parse_rule(nlh: *const libc::nlmsghdr) -> Result<RuleInfo, String> {
+/// The rule in one NEWRULE message.
+pub fn parse_rule(m: &Msg) -> Result<RuleInfo, String> {
+    let nlh = m.header_ptr();
+    // SAFETY: as in `parse_chain`; the expressions are read by
+    // `collect_expr` while the rule is alive, and the userdata bytes are
+    // copied out before the guard frees the rule.
     unsafe {
         let r = OwnedRule(alloc(sys::nftnl_rule_alloc()));
         let p = r.as_ptr();
@@ -647,9 +531,10 @@ pub unsafe fn parse_rule(nlh: *const libc::nlmsghdr) -> Result<RuleInfo, String>
     }
 }
 
-/// # Safety
-/// `nlh` must point to a complete netlink message.
-pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Result<(String, String, SetAttrs), String> {
+/// Table, name and attributes of the set in one NEWSET message.
+pub fn parse_set(m: &Msg) -> Result<(String, String, SetAttrs), String> {
+    let nlh = m.header_ptr();
+    // SAFETY: as in `parse_chain`.
     unsafe {
         let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
         let p = s.as_ptr();
@@ -692,20 +577,28 @@ unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void
             && sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
                 & super::elem::ELEM_F_INTERVAL_END
                 != 0;
-        let jump = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
-            let c = sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16);
-            (!c.is_null()).then(|| CStr::from_ptr(c).to_string_lossy().into_owned())
-        } else {
-            None
-        };
+        // Only `jump` is nftpol's; any other verdict (accept, goto) reads
+        // as no jump, which decoding a map rejects as foreign.
+        let verdict_is_jump = !sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_VERDICT as u16)
+            || sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16) as i32
+                == libc::NFT_JUMP;
+        let jump =
+            if verdict_is_jump && sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
+                let c = sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16);
+                (!c.is_null()).then(|| CStr::from_ptr(c).to_string_lossy().into_owned())
+            } else {
+                None
+            };
         out.push(RawElem { key, end, jump });
     }
     0
 }
 
-/// # Safety
-/// `nlh` must point to a complete netlink message.
-pub unsafe fn parse_elems(nlh: *const libc::nlmsghdr) -> Result<Vec<RawElem>, String> {
+/// The elements in one NEWSETELEM message.
+pub fn parse_elems(m: &Msg) -> Result<Vec<RawElem>, String> {
+    let nlh = m.header_ptr();
+    // SAFETY: as in `parse_chain`; `collect_elem` copies each element's
+    // key and chain name while the set is alive.
     unsafe {
         let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
         check(
@@ -745,10 +638,13 @@ mod tests {
     use policy_compiler::ir::{Family, SetKind};
 
     /// Writes `msg` with nftnl into a buffer and returns it, aligned.
-    fn write_msg(msg: &impl NlMsg, ty: MsgType) -> Vec<u32> {
+    fn write_msg(msg: &impl NlMsg, ty: MsgType) -> Msg {
         let mut buf = vec![0u32; nftnl::nft_nlmsg_maxsize() as usize / 4];
+        // SAFETY: the buffer has the room nftnl promises its writers.
         unsafe { msg.write(buf.as_mut_ptr().cast(), 7, ty) };
-        buf
+        let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let len = u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize;
+        Msg::from_bytes(&bytes[..len]).expect("one whole message")
     }
 
     #[test]
@@ -764,7 +660,7 @@ mod tests {
                 r.set_comment(cstring(c).unwrap()).unwrap();
             }
             let buf = write_msg(&r, MsgType::Add);
-            let info = unsafe { parse_rule(buf.as_ptr().cast()) }.unwrap();
+            let info = parse_rule(&buf).unwrap();
             assert_eq!(
                 (info.table.as_str(), info.chain.as_str()),
                 ("nftpol", "ing_a_b")
@@ -784,7 +680,7 @@ mod tests {
             &SetMsg::new("ingress_v6", 3, Some(attrs)).unwrap(),
             MsgType::Add,
         );
-        let (table, name, back) = unsafe { parse_set(buf.as_ptr().cast()) }.unwrap();
+        let (table, name, back) = parse_set(&buf).unwrap();
         assert_eq!(
             (table.as_str(), name.as_str(), back),
             ("nftpol", "ingress_v6", attrs)
@@ -802,7 +698,7 @@ mod tests {
             },
         ];
         let buf = write_msg(&ElemsMsg::new("ingress_v6", &elems).unwrap(), MsgType::Add);
-        let mut back = unsafe { parse_elems(buf.as_ptr().cast()) }.unwrap();
+        let mut back = parse_elems(&buf).unwrap();
         back.sort();
         let mut want = elems;
         want.sort();
@@ -817,10 +713,7 @@ mod tests {
             .collect();
         assert!(many.iter().map(elem_size_estimate).sum::<usize>() < ELEMS_MSG_BUDGET);
         let buf = write_msg(&ElemsMsg::new("s", &many).unwrap(), MsgType::Del);
-        assert_eq!(
-            unsafe { parse_elems(buf.as_ptr().cast()) }.unwrap().len(),
-            400
-        );
+        assert_eq!(parse_elems(&buf).unwrap().len(), 400);
         assert!(ElemsMsg::new("bad\0name", &[]).is_err());
     }
 

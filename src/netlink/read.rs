@@ -7,25 +7,23 @@
 //! object, never silently dropped.
 
 use super::elem::{decode_elements, set_kind};
-use super::raw::{self, DumpWhat};
+use super::raw;
 use super::socket::{Msg, Socket};
+use super::wire::{self, Dump};
 use super::NetlinkError;
 use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Ruleset, Set, TABLE_NAME};
 
-const NFT_MSG_BASE: u16 = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
-
+/// The answers of type NEW* to one request.
 fn dump(
     sock: &mut Socket,
-    what: DumpWhat<'_>,
+    what: Dump<'_>,
     label: &str,
     seq: u32,
 ) -> Result<Vec<Msg>, NetlinkError> {
-    let req = raw::dump_request(&what, seq).map_err(|reason| NetlinkError::Encode {
-        object: format!("dump request for {label}"),
-        reason,
-    })?;
+    let req = what.request(TABLE_NAME, seq);
+    let want = wire::NFT_MSG_BASE | what.types().1 as u16;
     match sock.request(&req, seq)? {
-        Ok(msgs) => Ok(msgs),
+        Ok(msgs) => Ok(msgs.into_iter().filter(|m| m.ty == want).collect()),
         Err((libc::EPERM, _)) => Err(NetlinkError::PermissionDenied {
             during: format!("reading back {label}"),
         }),
@@ -36,18 +34,31 @@ fn dump(
     }
 }
 
-/// Whether the `inet nftpol` table exists.
-pub fn table_exists(sock: &mut Socket) -> Result<bool, NetlinkError> {
-    match dump(sock, DumpWhat::Table, "table inet nftpol", 1) {
-        Ok(_) => Ok(true),
-        Err(NetlinkError::Dump { errno, .. }) if errno == libc::ENOENT => Ok(false),
+/// The flags of the `inet nftpol` table, or `None` when it does not exist.
+pub fn table_flags(sock: &mut Socket) -> Result<Option<u32>, NetlinkError> {
+    match dump(sock, Dump::Table, "table inet nftpol", 1) {
+        Ok(msgs) => Ok(Some(
+            msgs.iter()
+                .flat_map(|m| wire::attrs(m.body()))
+                .find(|(ty, _)| *ty == wire::TABLE_ATTR_FLAGS)
+                .and_then(|(_, v)| wire::be32_of(v))
+                .unwrap_or(0),
+        )),
+        Err(NetlinkError::Dump { errno, .. }) if errno == libc::ENOENT => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn of_type(msgs: Vec<Msg>, ty: i32) -> impl Iterator<Item = Msg> {
-    msgs.into_iter()
-        .filter(move |m| m.ty == NFT_MSG_BASE | ty as u16)
+/// Whether the `inet nftpol` table exists.
+pub fn table_exists(sock: &mut Socket) -> Result<bool, NetlinkError> {
+    Ok(table_flags(sock)?.is_some())
+}
+
+/// The table an nftables message belongs to (its first attribute).
+pub fn table_of(m: &Msg) -> Option<&str> {
+    wire::attrs(m.body())
+        .find(|(ty, _)| *ty == wire::ATTR_TABLE)
+        .map(|(_, v)| wire::str_of(v))
 }
 
 fn decode_hook(n: u32) -> Option<Hook> {
@@ -63,18 +74,31 @@ fn decode_hook(n: u32) -> Option<Hook> {
 
 /// The table read back, or `None` when it does not exist.
 pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
-    if !table_exists(sock)? {
+    let Some(table_flags) = table_flags(sock)? else {
         return Ok(None);
-    }
-    let mut rs = Ruleset::default();
+    };
+    let mut rs = Ruleset {
+        table_flags,
+        ..Ruleset::default()
+    };
     let dec = |object: String| move |reason: String| NetlinkError::Decode { object, reason };
 
-    for m in of_type(
-        dump(sock, DumpWhat::Chains, "chains", 2)?,
-        libc::NFT_MSG_NEWCHAIN,
-    ) {
-        // SAFETY: m holds one complete message from the kernel.
-        let info = unsafe { raw::parse_chain(m.header_ptr()) }.map_err(dec("a chain".into()))?;
+    // nftpol creates no stateful objects and no flowtables: any in its
+    // table was put there by someone else.
+    for (what, label, seq) in [
+        (Dump::Objects, "stateful objects", 2),
+        (Dump::Flowtables, "flowtables", 3),
+    ] {
+        let msgs = dump(sock, what, label, seq)?;
+        if msgs.iter().any(|m| table_of(m) == Some(TABLE_NAME)) {
+            return Err(dec(format!("table inet {TABLE_NAME}"))(format!(
+                "it holds {label}, which nftpol never creates"
+            )));
+        }
+    }
+
+    for m in dump(sock, Dump::Chains, "chains", 4)? {
+        let info = raw::parse_chain(&m).map_err(dec("a chain".into()))?;
         // The kernel dumps the chains of every inet table: keep ours only.
         if info.table != TABLE_NAME {
             continue;
@@ -110,12 +134,8 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     }
 
     // The kernel dumps each chain's rules in order.
-    for m in of_type(
-        dump(sock, DumpWhat::Rules, "rules", 3)?,
-        libc::NFT_MSG_NEWRULE,
-    ) {
-        // SAFETY: as above.
-        let info = unsafe { raw::parse_rule(m.header_ptr()) }.map_err(dec("a rule".into()))?;
+    for m in dump(sock, Dump::Rules, "rules", 5)? {
+        let info = raw::parse_rule(&m).map_err(dec("a rule".into()))?;
         if info.table != TABLE_NAME {
             continue;
         }
@@ -130,10 +150,8 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     }
 
     let mut sets = Vec::new();
-    for m in of_type(dump(sock, DumpWhat::Sets, "sets", 4)?, libc::NFT_MSG_NEWSET) {
-        // SAFETY: as above.
-        let (table, name, attrs) =
-            unsafe { raw::parse_set(m.header_ptr()) }.map_err(dec("a set".into()))?;
+    for m in dump(sock, Dump::Sets, "sets", 6)? {
+        let (table, name, attrs) = raw::parse_set(&m).map_err(dec("a set".into()))?;
         if table != TABLE_NAME {
             continue;
         }
@@ -142,15 +160,10 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
     }
     for (i, (name, kind)) in sets.into_iter().enumerate() {
         let label = format!("elements of set {name}");
-        let seq = 5 + i as u32;
+        let seq = 7 + i as u32;
         let mut raw_elems = Vec::new();
-        for m in of_type(
-            dump(sock, DumpWhat::Elements(&name), &label, seq)?,
-            libc::NFT_MSG_NEWSETELEM,
-        ) {
-            // SAFETY: as above.
-            raw_elems
-                .extend(unsafe { raw::parse_elems(m.header_ptr()) }.map_err(dec(label.clone()))?);
+        for m in dump(sock, Dump::Elements(&name), &label, seq)? {
+            raw_elems.extend(raw::parse_elems(&m).map_err(dec(label.clone()))?);
         }
         let elements = decode_elements(kind, &raw_elems).map_err(dec(label))?;
         rs.sets.insert(name, Set { kind, elements });

@@ -10,9 +10,11 @@
 use super::NetlinkError;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 
 const NETLINK_CAP_ACK: libc::c_int = 10;
 const NETLINK_EXT_ACK: libc::c_int = 11;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
@@ -24,21 +26,56 @@ pub struct Msg {
     pub ty: u16,
     pub flags: u16,
     pub seq: u32,
+    /// Port id of the socket that caused it (for notifications: the
+    /// socket that sent the batch).
+    pub pid: u32,
     /// The whole message, header included, 4-byte aligned storage.
     words: Vec<u32>,
     len: usize,
 }
 
 impl Msg {
+    /// Copies one whole message (header included) into aligned storage;
+    /// `None` unless `m` is exactly as long as its header says.
+    pub fn from_bytes(m: &[u8]) -> Option<Msg> {
+        let len = u32::from_ne_bytes(m.get(..4)?.try_into().ok()?) as usize;
+        if len < HDR || len != m.len() {
+            return None;
+        }
+        let mut words = vec![0u32; len.div_ceil(4)];
+        for (w, chunk) in words.iter_mut().zip(m.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u32::from_ne_bytes(b);
+        }
+        Some(Msg {
+            ty: u16::from_ne_bytes([m[4], m[5]]),
+            flags: u16::from_ne_bytes([m[6], m[7]]),
+            seq: u32::from_ne_bytes([m[8], m[9], m[10], m[11]]),
+            pid: u32::from_ne_bytes([m[12], m[13], m[14], m[15]]),
+            words,
+            len,
+        })
+    }
     pub fn header_ptr(&self) -> *const libc::nlmsghdr {
         self.words.as_ptr().cast()
     }
-    fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: words holds at least len bytes.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
     }
     fn payload(&self) -> &[u8] {
         &self.bytes()[HDR.min(self.len)..]
+    }
+    /// The address family of an nftables message (`nfgenmsg`).
+    pub fn family(&self) -> Option<u8> {
+        self.payload().first().copied()
+    }
+    /// The attributes of an nftables message, after its `nfgenmsg`.
+    pub fn body(&self) -> &[u8] {
+        self.payload()
+            .get(super::wire::NFGEN_HDR..)
+            .unwrap_or_default()
     }
     /// For NLMSG_ERROR: (errno, extended-ack text). errno 0 is an ack.
     pub fn error(&self) -> Option<(i32, Option<String>)> {
@@ -78,6 +115,28 @@ pub struct Socket {
     buf: Vec<u32>,
 }
 
+/// Port ids of the sockets this process has open. The kernel stamps every
+/// nftables notification with the port id of the socket whose batch
+/// caused it, so a watcher tells this process's own batches from
+/// everyone else's with one lookup.
+static OWN_PORTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn own_ports() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    OWN_PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a message with this port id came from a socket of this process.
+pub fn is_own_port(pid: u32) -> bool {
+    pid != 0 && own_ports().contains(&pid)
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let port = self.sock.portid();
+        own_ports().retain(|p| *p != port);
+    }
+}
+
 fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
@@ -115,6 +174,7 @@ impl Socket {
         // the whole request echoed back and no text.
         let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
         let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        own_ports().push(sock.portid());
         Ok(Socket {
             sock,
             buf: vec![0u32; RECV_BUF / 4],
@@ -137,6 +197,53 @@ impl Socket {
         if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv).is_err() {
             let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
         }
+    }
+
+    /// The port id the kernel stamps on this socket's messages.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// Joins the nftables notification group: from now on the kernel
+    /// queues a copy of every committed change in this network namespace.
+    /// `timeout` bounds each blocking `recv` (which then returns `None`).
+    /// Needs CAP_NET_ADMIN.
+    pub fn subscribe_nftables(&self, timeout: std::time::Duration) -> Result<(), NetlinkError> {
+        let fd = self.sock.as_raw_fd();
+        let group = libc::NFNLGRP_NFTABLES as libc::c_int;
+        setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::EPERM) => NetlinkError::PermissionDenied {
+                    during: "subscribing to nftables notifications".into(),
+                },
+                _ => NetlinkError::Socket(e),
+            },
+        )?;
+        // Room for a burst (a whole-table replace by someone else is one
+        // notification per object); an overflow is reported as ENOBUFS
+        // and handled as "something changed".
+        let rcv = 8 << 20;
+        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
+        }
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: passes a pointer to a live timeval and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(NetlinkError::Socket(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Sends `data` in one `send` call.
@@ -174,7 +281,9 @@ impl Socket {
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock if nonblocking => return Ok(None),
+                // Nothing queued (MSG_DONTWAIT) or the receive timeout
+                // of a notification socket ran out.
+                io::ErrorKind::WouldBlock => return Ok(None),
                 _ => return Err(NetlinkError::Receive(err)),
             }
         };
@@ -195,19 +304,7 @@ impl Socket {
                     "malformed netlink message of length {len}"
                 ))));
             }
-            let m = &bytes[off..off + len];
-            let mut words = vec![0u32; len.div_ceil(4)];
-            // SAFETY: words has room for len bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(m.as_ptr(), words.as_mut_ptr().cast::<u8>(), len)
-            };
-            out.push(Msg {
-                ty: u16::from_ne_bytes([m[4], m[5]]),
-                flags: u16::from_ne_bytes([m[6], m[7]]),
-                seq: u32::from_ne_bytes([m[8], m[9], m[10], m[11]]),
-                words,
-                len,
-            });
+            out.extend(Msg::from_bytes(&bytes[off..off + len]));
             off += (len + 3) & !3;
         }
         Ok(Some(out))
