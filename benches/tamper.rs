@@ -17,7 +17,7 @@
 use nftpol::netlink::notify::{Seen, Watcher};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -190,8 +190,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let dir = PathBuf::from(std::env::temp_dir())
-        .join(format!("nftpol-bench-tamper-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("nftpol-bench-tamper-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let mut out = String::from(
         "| local pods | agent mode | tampering | median ms | p90 ms | max ms |\n|---|---|---|---|---|---|\n",
