@@ -25,13 +25,10 @@ fn source_prefix(file: &Option<String>) -> String {
 pub enum Error {
     #[error(transparent)]
     InvalidObject(#[from] ObjectError),
-    #[error("{file}: document {document}: {message}")]
-    Yaml {
-        file: String,
-        /// 1-based index of the YAML document in the file.
-        document: usize,
-        message: String,
-    },
+    /// The text is not YAML, or exceeds a parsing limit; the message
+    /// names the line and column.
+    #[error("{file}: {message}")]
+    Yaml { file: String, message: String },
 }
 
 impl Error {

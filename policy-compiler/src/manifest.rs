@@ -3,12 +3,30 @@
 //! `kubectl get ns,pods,networkpolicies -A -o yaml` prints them. Each
 //! object is converted on its own: an invalid one becomes an error naming
 //! the file, the object and the field, and the rest still load.
+//!
+//! The YAML layer (serde-saphyr) runs under a budget: input size, nesting
+//! depth, node count and alias expansion are bounded, so a hostile or
+//! broken file is answered with an error in time linear in its size
+//! instead of exhausting the stack, memory or CPU.
 
 use crate::convert;
 use crate::error::{Error, ObjectError};
 use crate::model::{Namespace, Pod, Policy};
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
+
+/// Largest manifest text read, in bytes. A `kubectl get -o yaml` dump of
+/// 20,000 pods is about 50 MiB.
+pub const MAX_INPUT_BYTES: usize = 256 << 20;
+/// Deepest nesting of mappings and sequences. A pod in a `kubectl get -o
+/// yaml` list nests 13 levels (managedFields is the deepest). Parsing and
+/// building values recurse once per level: 64 levels fit in the 2 MiB
+/// stack of a tokio worker even in a debug build, where 100 do not.
+pub const MAX_DEPTH: usize = 64;
+/// Alias uses per text: manifests seldom use anchors, and each alias can
+/// multiply the work of deserialising.
+pub const MAX_ALIASES: usize = 1000;
+/// Events copied for anchors: bounds alias expansion ("billion laughs").
+const MAX_ANCHOR_EVENTS: usize = 100_000;
 
 /// One object nftpol enforces on.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,27 +53,59 @@ impl Loaded {
     }
 }
 
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_recorded_anchor_events = MAX_ANCHOR_EVENTS;
+    // Size, not node count, bounds a dump: `MAX_INPUT_BYTES` is checked
+    // before parsing and the parser is linear in its input.
+    budget.max_nodes = usize::MAX;
+    budget.max_events = usize::MAX;
+    budget.max_documents = usize::MAX;
+    budget.max_total_scalar_bytes = MAX_INPUT_BYTES;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.with_snippet = false;
+    // YAML 1.2 booleans, as serde_yaml read them: `n`, `no`, `off` and the
+    // like stay strings, so `namespace: n` names a namespace.
+    options.strict_booleans = true;
+    options
+}
+
+/// Every YAML document of `text` as a generic value (empty documents are
+/// null). Fails as a whole on a syntax error or an exceeded limit: a file
+/// that is not entirely readable is not half-used.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "{} bytes is more than the {MAX_INPUT_BYTES} bytes read from one source",
+            text.len()
+        ));
+    }
+    serde_saphyr::from_multiple_with_options::<Value>(text, options()).map_err(|e| {
+        e.to_string()
+            .trim_start_matches("error: ")
+            .trim_end()
+            .to_string()
+    })
+}
+
 /// Parses every YAML document of `text`; `source` names it in errors.
 pub fn parse(source: &str, text: &str) -> Loaded {
     let mut out = Loaded::default();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let document = i + 1;
-        let value = match Value::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                out.errors.push(Error::Yaml {
-                    file: source.to_string(),
-                    document,
-                    message: e.to_string(),
-                });
-                // The YAML stream cannot be resynchronised after a syntax error.
-                break;
+    match documents(text) {
+        Ok(docs) => {
+            for (i, value) in docs.iter().enumerate() {
+                if !value.is_null() {
+                    object(source, i + 1, value, &mut out);
+                }
             }
-        };
-        if value.is_null() {
-            continue;
         }
-        object(source, document, value, &mut out);
+        Err(message) => out.errors.push(Error::Yaml {
+            file: source.to_string(),
+            message,
+        }),
     }
     out
 }
@@ -64,31 +114,29 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn object(source: &str, document: usize, value: Value, out: &mut Loaded) {
-    let kind = str_field(&value, "kind").unwrap_or_default().to_string();
-    let api_version = str_field(&value, "apiVersion")
-        .unwrap_or_default()
-        .to_string();
-    match (api_version.as_str(), kind.as_str()) {
+fn object(source: &str, document: usize, value: &Value, out: &mut Loaded) {
+    let kind = str_field(value, "kind").unwrap_or_default();
+    let api_version = str_field(value, "apiVersion").unwrap_or_default();
+    match (api_version, kind) {
         ("v1", "List") | (_, "NamespaceList") | (_, "PodList") | (_, "NetworkPolicyList") => {
-            if let Some(Value::Sequence(items)) = value.get("items") {
-                for item in items.clone() {
+            if let Some(Value::Array(items)) = value.get("items") {
+                for item in items {
                     object(source, document, item, out);
                 }
             }
         }
         ("v1", "Namespace") => {
-            push(source, document, &value, &kind, out, |ns| {
+            push(source, value, kind, out, |ns| {
                 convert::namespace(ns, Some(source)).map(Object::Namespace)
             });
         }
         ("v1", "Pod") => {
-            push(source, document, &value, &kind, out, |p| {
+            push(source, value, kind, out, |p| {
                 convert::pod(p, Some(source)).map(Object::Pod)
             });
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            push(source, document, &value, &kind, out, |np| {
+            push(source, value, kind, out, |np| {
                 convert::policy(np, Some(source)).map(Object::Policy)
             });
         }
@@ -99,41 +147,39 @@ fn object(source: &str, document: usize, value: Value, out: &mut Loaded) {
     }
 }
 
+/// `namespace/name` (or `name`) of a raw object, for error messages.
+fn raw_object_name(value: &Value) -> String {
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| str_field(m, "name"))
+        .unwrap_or("<unnamed>");
+    match meta.and_then(|m| str_field(m, "namespace")) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
 fn push<T: serde::de::DeserializeOwned>(
     source: &str,
-    document: usize,
     value: &Value,
     kind: &str,
     out: &mut Loaded,
     convert: impl FnOnce(&T) -> Result<Object, ObjectError>,
 ) {
-    match serde_yaml::from_value::<T>(value.clone()) {
+    match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(obj) => match convert(&obj) {
             Ok(o) => out.objects.push(o),
             Err(e) => out.errors.push(e.into()),
         },
         Err(e) => {
-            let meta = value.get("metadata");
-            let name = meta
-                .and_then(|m| str_field(m, "name"))
-                .unwrap_or("<unnamed>");
-            let object = match meta.and_then(|m| str_field(m, "namespace")) {
-                Some(ns) => format!("{ns}/{name}"),
-                None => name.to_string(),
-            };
-            // serde_yaml reports the path of the failing field in its message.
-            let message = e.to_string();
-            let (field, message) = match message.split_once(": ") {
-                Some((f, m)) if !f.contains(' ') => (f.to_string(), m.to_string()),
-                _ => (format!("document {document}"), message),
-            };
+            let field = e.path().to_string();
             out.errors.push(
                 ObjectError {
                     file: Some(source.to_string()),
                     kind: kind.to_string(),
-                    object,
+                    object: raw_object_name(value),
                     field,
-                    message,
+                    message: e.into_inner().to_string(),
                 }
                 .into(),
             );
@@ -259,13 +305,101 @@ spec:
     }
 
     #[test]
-    fn yaml_syntax_error_names_the_document() {
-        let l = parse("s.yaml", "a: b\n---\n: : [\n");
+    fn type_errors_name_the_field_path() {
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - port: 99999999999
+"#;
+        let l = parse("t.yaml", text);
         assert_eq!(l.errors.len(), 1);
+        let m = l.errors[0].to_string();
         assert!(
-            l.errors[0].to_string().starts_with("s.yaml: document 2:"),
-            "{}",
-            l.errors[0]
+            m.starts_with("t.yaml: NetworkPolicy x/p: spec.ingress[0].ports[0].port: "),
+            "{m}"
         );
+        assert!(m.contains("99999999999"), "{m}");
+    }
+
+    #[test]
+    fn type_errors_inside_a_list_name_the_item_and_field() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: n, labels: {a: [1]}}\n";
+        let l = parse("l.yaml", text);
+        assert_eq!(l.errors.len(), 1);
+        let m = l.errors[0].to_string();
+        assert!(
+            m.starts_with("l.yaml: Namespace n: metadata.labels.a: "),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn hostile_nesting_is_an_error_naming_the_limit() {
+        for text in [
+            format!("x: {}{}\n", "[".repeat(40_000), "]".repeat(40_000)),
+            format!("{}x\n", "- ".repeat(40_000)),
+            (1..=300).fold(String::new(), |s, d| s + &"  ".repeat(d) + "a:\n"),
+        ] {
+            let l = parse("deep.yaml", &text);
+            assert!(l.objects.is_empty());
+            assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+            let m = l.errors[0].to_string();
+            assert!(m.starts_with("deep.yaml: "), "{m}");
+            assert!(m.contains("line 1") || m.contains("line "), "{m}");
+        }
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let mut text = String::from("a0: &a0 [l, l, l, l, l, l, l, l, l]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let l = parse("bomb.yaml", &text);
+        assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let text = " ".repeat(MAX_INPUT_BYTES + 1);
+        let l = parse("big.yaml", &text);
+        assert_eq!(l.errors.len(), 1);
+        assert!(l.errors[0].to_string().contains("bytes"), "{}", l.errors[0]);
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_strings() {
+        let text =
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {a: yes, b: off}}\n";
+        let l = parse("b.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let Object::Namespace(ns) = &l.objects[0] else {
+            panic!("want a namespace")
+        };
+        assert_eq!(ns.name, "n");
+        assert_eq!(ns.labels.get("a").map(String::as_str), Some("yes"));
+    }
+
+    #[test]
+    fn json_and_empty_documents_load() {
+        let text = "---\n---\n{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"j\"}}\n---\n";
+        let l = parse("j.json", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.objects.len(), 1);
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_the_line() {
+        let l = parse("s.yaml", "a: b\n---\nc: [\n");
+        assert_eq!(l.errors.len(), 1);
+        let m = l.errors[0].to_string();
+        assert!(m.starts_with("s.yaml: "), "{m}");
+        assert!(m.contains("line 3"), "{m}");
     }
 }

@@ -89,7 +89,7 @@ pub enum FakeApiError {
     #[error("object without a known kind or a name: {0}")]
     BadObject(String),
     #[error("yaml: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(String),
 }
 
 impl FakeApiError {
@@ -293,8 +293,8 @@ impl FakeApi {
     /// YAML text (`kind: List` expanded); returns how many were applied.
     pub fn load_yaml(&self, text: &str) -> Result<usize, FakeApiError> {
         let mut n = 0;
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let v: Value = serde::Deserialize::deserialize(doc)?;
+        let docs = policy_compiler::manifest::documents(text).map_err(FakeApiError::Yaml)?;
+        for v in docs {
             let items = match v.get("kind").and_then(Value::as_str) {
                 Some("List") => v
                     .get("items")

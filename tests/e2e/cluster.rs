@@ -199,7 +199,11 @@ impl SimCluster {
     /// Adds or replaces a NetworkPolicy given as YAML (must name its
     /// namespace in metadata).
     pub fn put_policy(&mut self, yaml: &str) {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("policy YAML parses");
+        let v = policy_compiler::manifest::documents(yaml)
+            .expect("policy YAML parses")
+            .into_iter()
+            .next()
+            .expect("one document");
         let ns = v["metadata"]["namespace"]
             .as_str()
             .expect("policy has metadata.namespace");
@@ -262,11 +266,13 @@ impl SimCluster {
             let doc = json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": name, "labels": l}});
             cluster.push_str("---\n");
-            cluster.push_str(&serde_yaml::to_string(&doc).expect("serialize namespace"));
+            cluster.push_str(&serde_json::to_string(&doc).expect("serialize namespace"));
+            cluster.push('\n');
         }
         for i in 0..self.pods.len() {
             cluster.push_str("---\n");
-            cluster.push_str(&serde_yaml::to_string(&self.pod_manifest(i)).expect("serialize pod"));
+            cluster.push_str(&serde_json::to_string(&self.pod_manifest(i)).expect("serialize pod"));
+            cluster.push('\n');
         }
         for doc in &self.extra_objects {
             cluster.push_str("---\n");

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use nftpol_test_support::Netns;
-use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -45,14 +44,14 @@ fn files(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
 }
 
 /// Every document of every YAML file, with its file for error messages.
-fn documents() -> Vec<(PathBuf, serde_yaml::Value)> {
+fn documents() -> Vec<(PathBuf, serde_json::Value)> {
     let mut docs = Vec::new();
     for dir in ["deploy", "tests/e2e/kind"] {
         for f in files(&root().join(dir), &["yaml", "yml"]) {
             let text = std::fs::read_to_string(&f).expect("read YAML file");
-            for d in serde_yaml::Deserializer::from_str(&text) {
-                let v = serde_yaml::Value::deserialize(d)
-                    .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", f.display()));
+            let parsed = policy_compiler::manifest::documents(&text)
+                .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", f.display()));
+            for v in parsed {
                 if !v.is_null() {
                     docs.push((f.clone(), v));
                 }
@@ -62,8 +61,8 @@ fn documents() -> Vec<(PathBuf, serde_yaml::Value)> {
     docs
 }
 
-fn typed<T: serde::de::DeserializeOwned>(f: &Path, v: &serde_yaml::Value) -> T {
-    serde_yaml::from_value(v.clone()).unwrap_or_else(|e| {
+fn typed<T: serde::de::DeserializeOwned>(f: &Path, v: &serde_json::Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| {
         panic!(
             "{}: not a valid {}: {e}",
             f.display(),
