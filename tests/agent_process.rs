@@ -565,33 +565,32 @@ const TAMPERINGS: [(&str, &str); 9] = [
     ("foreign object", "add counter inet nftpol evil"),
 ];
 
-impl Netns {
-    fn nft_script(&self, script: &str) {
-        use std::io::Write;
-        let mut child = self
-            .cmd("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft -f");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{script}\n").as_bytes())
-            .expect("write script");
-        assert!(child.wait().expect("nft").success(), "nft -f {script:?}");
-    }
+/// Runs `script` with `nft -f` inside `ns`.
+fn nft_script(ns: &Netns, script: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .cmd("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft -f");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{script}\n").as_bytes())
+        .expect("write script");
+    assert!(child.wait().expect("nft").success(), "nft -f {script:?}");
+}
 
-    /// The raw `nft list table` text (flags and objects included).
-    fn raw_table(&self) -> String {
-        let out = self
-            .cmd("nft")
-            .args(["list", "table", "inet", "nftpol"])
-            .output()
-            .expect("run nft");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+/// The raw `nft list table` text (flags and objects included).
+fn raw_table(ns: &Netns) -> String {
+    let out = ns
+        .cmd("nft")
+        .args(["list", "table", "inet", "nftpol"])
+        .output()
+        .expect("run nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits until the table is `want` again, with no flags and no object
@@ -599,7 +598,7 @@ impl Netns {
 fn repaired(ns: &Netns, want: &str, what: &str) -> Duration {
     let t0 = Instant::now();
     loop {
-        let raw = ns.raw_table();
+        let raw = raw_table(ns);
         let clean = !raw.contains("dormant") && !raw.contains("counter evil");
         if clean && normalize(&raw) == want {
             return t0.elapsed();
@@ -635,17 +634,17 @@ fn agent_repairs_every_tampering(tag: &str, extra: &[&str]) {
     let dir = TempDir::new(tag);
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
     std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
-    let ns = Netns::new(tag);
+    let ns = Netns::create(tag);
     let log = dir.0.join("agent.log");
     let _agent = start_logged_agent(&ns, &dir.0, extra, &log);
     let want = reference(&dir.0);
     follows(&ns, &want, FOLLOW);
     for (what, script) in TAMPERINGS {
-        ns.nft_script(script);
+        nft_script(&ns, script);
         let took = repaired(&ns, &want, what);
         eprintln!("{tag}: {what} repaired after {took:?}");
     }
-    enter(&ns);
+    ns.enter().expect("enter the test namespace");
     let t0 = Instant::now();
     let repairs = loop {
         // The counter is bumped right after the batch that the listing
@@ -697,7 +696,7 @@ fn readyz_reports_a_dormant_or_missing_table() {
     require_root!();
     let dir = TempDir::new("ready");
     std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
-    let ns = Netns::new("ready");
+    let ns = Netns::create("ready");
     let log = dir.0.join("agent.log");
     let _agent = start_logged_agent(
         &ns,
@@ -706,7 +705,7 @@ fn readyz_reports_a_dormant_or_missing_table() {
         &log,
     );
     follows(&ns, &reference(&dir.0), FOLLOW);
-    enter(&ns);
+    ns.enter().expect("enter the test namespace");
     let t0 = Instant::now();
     while !http_get(9464, "/readyz").starts_with("HTTP/1.0 200") {
         assert!(t0.elapsed() < FOLLOW, "never ready");

@@ -7,18 +7,19 @@
 //! Also: the notification watcher reports those changes and not our own
 //! batches. Root only, like kernel_tests.
 
-use super::kernel_tests::{every_feature, is_root, nft, session, Netns};
+use super::kernel_tests::{every_feature, nft, session};
 use super::notify::{Seen, Watcher};
 use super::NetlinkError;
+use nftpol_test_support::{require_root, Netns};
 use std::time::Duration;
 
 /// Applies the reference ruleset, runs `script` with `nft -f`, and checks
 /// that `apply` repairs it.
 fn repaired_by_apply(script: &str) {
-    if !is_root() {
+    if !require_root("tamper") {
         return;
     }
-    let ns = Netns::create("nftpol-t-tamper-");
+    let ns = Netns::create("tamper");
     ns.run(|| {
         let want = every_feature(&[1]);
         let mut s = session();
@@ -162,10 +163,10 @@ fn drain(w: &mut Watcher) -> Vec<Seen> {
 
 #[test]
 fn watcher_reports_foreign_changes_and_skips_our_batches() {
-    if !is_root() {
+    if !require_root("watcher_reports_foreign_changes_and_skips_our_batches") {
         return;
     }
-    let ns = Netns::create("nftpol-t-watch-");
+    let ns = Netns::create("watch");
     ns.run(|| {
         // A short tick: `wait` returns None as soon as the queue is empty.
         let mut w = Watcher::open(Duration::from_millis(20)).expect("subscribe");
