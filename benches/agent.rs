@@ -153,6 +153,13 @@ fn enter_scratch_netns() -> Option<Netns> {
 }
 
 fn main() {
+    if !nftpol_test_support::run_by_cargo_bench() {
+        eprintln!(
+            "root and minutes of work: run with `cargo bench --bench {}`",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     nftpol::cli::init_logging(nftpol::cli::LogFormat::Text);
     let netns = enter_scratch_netns();
     let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")

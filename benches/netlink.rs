@@ -213,6 +213,13 @@ struct Row {
 }
 
 fn main() {
+    if !nftpol_test_support::run_by_cargo_bench() {
+        eprintln!(
+            "root and minutes of work: run with `cargo bench --bench {}`",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     // Writes the full ruleset's nft script to a file, for profiling nft.
     if let Ok(path) = std::env::var("NFTPOL_BENCH_DUMP") {
         write(std::path::Path::new(&path), &render_script(&ruleset(1000)));

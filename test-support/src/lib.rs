@@ -7,9 +7,18 @@
 //! - [`netns`]: scratch network namespaces (`nftpol-t-…`) removed on drop.
 //! - [`privilege`]: the one place a test decides to skip for want of root
 //!   or tools, and where CI (`CI=true`) turns that skip into a failure.
+//! - [`run_by_cargo_bench`]: lets a heavy bench do nothing under `cargo test`.
 
 pub mod netns;
 pub mod privilege;
 
 pub use netns::Netns;
 pub use privilege::{in_ci, require_root, skip};
+
+/// Whether this bench binary was started by `cargo bench`, which passes
+/// `--bench`. `cargo test --all-targets` runs bench targets too (without
+/// it, whatever `test = false` says), so a bench that needs root and
+/// minutes returns at once unless this holds.
+pub fn run_by_cargo_bench() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
