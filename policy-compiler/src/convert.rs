@@ -107,17 +107,31 @@ pub fn pod(p: &core::Pod, source: Option<&str>) -> Result<Pod, ObjectError> {
         ips.insert(a);
     }
     let mut named_ports = BTreeSet::new();
-    for (ci, c) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[])
+    // Ports of native sidecars (init containers with `restartPolicy:
+    // Always`) count as the pod's ports, as upstream implementations
+    // count them: the sidecar serves for the pod's whole life. Plain init
+    // containers have exited before the pod serves.
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or(&[]);
+    let sidecars = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or(&[]);
+    let serving = containers
         .iter()
         .enumerate()
-    {
+        .map(|(i, c)| ("containers", i, c))
+        .chain(
+            sidecars
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+                .map(|(i, c)| ("initContainers", i, c)),
+        );
+    for (list, ci, c) in serving {
         for (pi, port) in c.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
             let Some(pname) = port.name.as_ref().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let field = format!("spec.{list}[{ci}].ports[{pi}]");
             let protocol = match port.protocol.as_deref() {
                 None | Some("") => Protocol::Tcp,
                 Some(s) => Protocol::parse(s).ok_or_else(|| {
@@ -358,19 +372,15 @@ fn port(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPort) -> Result<PortSpec, 
                     "endPort cannot be used with a named port",
                 ));
             }
-            // A numeric string is a number for the apiserver's IntOrString.
-            if let Ok(n) = s.parse::<i32>() {
-                let lo = number(n, &format!("{field}.port"))?;
-                PortRef::Range(lo, lo)
-            } else {
-                if !valid_port_name(s) {
-                    return Err(ctx.err(
-                        format!("{field}.port"),
-                        format!("{s:?} is not a valid port name (1-15 lowercase letters, digits and '-', with a letter)"),
-                    ));
-                }
-                PortRef::Named(s.clone())
+            // The apiserver takes a string port as a name only: `"80"` is
+            // rejected for having no letter, never read as a number.
+            if !valid_port_name(s) {
+                return Err(ctx.err(
+                    format!("{field}.port"),
+                    format!("{s:?} is not a valid port name (1-15 lowercase letters, digits and '-', with a letter; a port number is written without quotes)"),
+                ));
             }
+            PortRef::Named(s.clone())
         }
     };
     Ok(PortSpec { protocol, port })
@@ -442,4 +452,88 @@ fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, Objec
         match_labels,
         match_expressions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manifest::{parse, Object};
+    use crate::model::{NamedPort, Protocol};
+
+    fn pod_ports(text: &str) -> Vec<NamedPort> {
+        let l = parse("p.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        match &l.objects[..] {
+            [Object::Pod(p)] => p.named_ports.clone(),
+            other => panic!("want one pod, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sidecar_ports_are_the_pods_and_plain_init_ports_are_not() {
+        let ports = pod_ports(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: n}
+spec:
+  initContainers:
+  - {name: once, ports: [{name: setup, containerPort: 7000}]}
+  - {name: once-too, restartPolicy: OnFailure, ports: [{name: other, containerPort: 7001}]}
+  - {name: side, restartPolicy: Always, ports: [{name: metrics, containerPort: 9102, protocol: UDP}]}
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+"#,
+        );
+        let names: Vec<(&str, Protocol, u16)> = ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol, p.port))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("http", Protocol::Tcp, 8080),
+                ("metrics", Protocol::Udp, 9102)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_sidecar_port_names_its_field() {
+        let l = parse(
+            "p.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: n}\nspec:\n  containers: []\n  initContainers:\n  - {name: s, restartPolicy: Always, ports: [{name: m, containerPort: 70000}]}\n",
+        );
+        assert_eq!(l.errors.len(), 1);
+        assert!(
+            l.errors[0]
+                .to_string()
+                .contains("spec.initContainers[0].ports[0].containerPort"),
+            "{}",
+            l.errors[0]
+        );
+    }
+
+    #[test]
+    fn a_quoted_number_is_not_a_port() {
+        for port in [
+            r#""80""#,
+            r#""0""#,
+            r#""-1""#,
+            r#""Http""#,
+            r#""a--b""#,
+            r#""abcdefghijklmnop""#,
+        ] {
+            let text = format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: n}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports: [{{port: {port}}}]\n"
+            );
+            let l = parse("np.yaml", &text);
+            assert_eq!(l.errors.len(), 1, "{port} accepted");
+            assert!(
+                l.errors[0]
+                    .to_string()
+                    .contains("spec.ingress[0].ports[0].port"),
+                "{}",
+                l.errors[0]
+            );
+        }
+    }
 }

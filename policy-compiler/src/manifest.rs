@@ -140,6 +140,20 @@ fn object(source: &str, document: usize, value: &Value, out: &mut Loaded) {
                 convert::policy(np, Some(source)).map(Object::Policy)
             });
         }
+        (_, "NetworkPolicy") => {
+            // A policy left out silently would let an audit of a dump
+            // miss it: report it as skipped.
+            out.errors.push(
+                ObjectError {
+                    file: Some(source.to_string()),
+                    kind: kind.to_string(),
+                    object: raw_object_name(value),
+                    field: "apiVersion".to_string(),
+                    message: format!("{api_version:?} is not read (want networking.k8s.io/v1)"),
+                }
+                .into(),
+            );
+        }
         _ => {
             tracing::debug!(source, document, %api_version, %kind, "ignoring object of a kind nftpol does not read");
             out.ignored += 1;
@@ -371,6 +385,18 @@ spec:
         let l = parse("big.yaml", &text);
         assert_eq!(l.errors.len(), 1);
         assert!(l.errors[0].to_string().contains("bytes"), "{}", l.errors[0]);
+    }
+
+    #[test]
+    fn network_policies_of_other_api_versions_are_reported_and_other_kinds_ignored() {
+        let text = "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: old, namespace: x}\nspec: {podSelector: {}}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
+        let l = parse("v.yaml", text);
+        assert_eq!(l.ignored, 1);
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(
+            l.errors[0].to_string(),
+            r#"v.yaml: NetworkPolicy x/old: apiVersion: "extensions/v1beta1" is not read (want networking.k8s.io/v1)"#
+        );
     }
 
     #[test]
