@@ -1,5 +1,5 @@
 //! Agent benchmark: on a fake API server holding a large
-//! synthetic cluster (`policy_compiler::synth::Shape::LARGE`: 20k pods, 2k
+//! synthetic cluster (`nftpol_test_support::synth::Shape::LARGE`: 20k pods, 2k
 //! namespaces, 5k policies, 100 nodes), the time from one event reaching
 //! the API server to the node's batch being acknowledged, for three kinds
 //! of event (a local pod's label change, a new policy, a peer pod added),
@@ -11,12 +11,12 @@
 //! and reads its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
 
 use nftpol::agent::backend::{Applied, Backend, BackendError, MemoryBackend, NetlinkBackend};
-use nftpol::agent::fakeapi::{self, FakeApi};
 use nftpol::agent::metrics::Metrics;
 use nftpol::agent::reconcile::Settings;
 use nftpol::agent::{run_with, Options, Source};
+use nftpol_test_support::fakeapi::{self, FakeApi};
+use nftpol_test_support::synth::{self, Shape};
 use nftpol_test_support::Netns;
-use policy_compiler::synth::{self, Shape};
 use policy_compiler::Ruleset;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -369,7 +369,7 @@ fn a_change_after_an_external_table_delete_is_still_applied() {
 
 /// What `nftpol compile` makes of the fake API server's objects, as the
 /// kernel lists it.
-fn reference_of(fake: &nftpol::agent::fakeapi::FakeApi) -> String {
+fn reference_of(fake: &nftpol_test_support::fakeapi::FakeApi) -> String {
     let dir = TempDir::new("dump");
     std::fs::write(dir.0.join("dump.yaml"), fake.dump()).expect("write dump");
     reference(&dir.0)
@@ -390,7 +390,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 /// which the table never changes and no batch is sent.
 #[test]
 fn kube_mode_agent_against_the_fake_api_server() {
-    use nftpol::agent::fakeapi::{ApiKind, FakeApi};
+    use nftpol_test_support::fakeapi::{ApiKind, FakeApi};
     use serde_json::json;
     require_root!();
     let ns = Netns::create("kube");

@@ -3,7 +3,7 @@
 //! node, render it. Run: `cargo bench -p policy-compiler --bench compile`.
 //! Prints medians over repeated runs; results go to docs/BENCHMARKS.md.
 
-use policy_compiler::synth::{self, Shape};
+use nftpol_test_support::synth::{self, Shape};
 use std::time::{Duration, Instant};
 
 fn median(mut v: Vec<Duration>) -> Duration {

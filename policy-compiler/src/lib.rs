@@ -17,7 +17,6 @@ pub mod model;
 pub mod names;
 pub mod render;
 pub mod selector;
-pub mod synth;
 
 pub use compile::compile;
 pub use error::{Error, ObjectError};

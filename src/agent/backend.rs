@@ -77,7 +77,9 @@ pub struct MemoryKernel {
     pub batches: usize,
 }
 
-/// An in-memory kernel. Clones share the same state.
+/// An in-memory kernel. Clones share the same state. Public on purpose,
+/// like the fake kernel it runs on: `agent --dry-run` uses it, and it
+/// applies exactly the diff the netlink backend sends.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryBackend(Arc<Mutex<MemoryKernel>>);
 

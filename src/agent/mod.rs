@@ -10,7 +10,6 @@
 //! thread with `recv_timeout` is the simplest correct debounce).
 
 pub mod backend;
-pub mod fakeapi;
 pub mod files;
 pub mod kernel_watch;
 pub mod metrics;

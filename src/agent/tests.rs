@@ -4,10 +4,10 @@
 //! objects, so the agent must enforce exactly what auditors see.
 
 use super::backend::MemoryBackend;
-use super::fakeapi::{ApiKind, FakeApi};
 use super::metrics::Metrics;
 use super::reconcile::Settings;
 use super::{run_with, AgentError, Options, Source};
+use nftpol_test_support::fakeapi::{ApiKind, FakeApi};
 use policy_compiler::{Cluster, Ruleset};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -403,6 +403,9 @@ async fn relists_after_410_gone_and_drops_what_vanished_meanwhile() {
     seed(&fake);
     let agent = start(Source::Kube(fake.client()), settings());
     agent.converges(&expected(&fake), LIMIT).await;
+    // Every watch open, so every one gets the 410 (a watch started later
+    // from the latest revision would resume: compaction keeps it).
+    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
     let lists = fake.list_count(ApiKind::Pod);
     // Hold the relist so the changes below happen while no watch is open:
     // only a relist can tell the agent about the deletion.
@@ -642,7 +645,7 @@ async fn metrics_health_and_readiness_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthetic_clusters_round_trip_through_the_fake_api() {
-    use policy_compiler::synth::{self, Shape};
+    use nftpol_test_support::synth::{self, Shape};
     let shape = Shape {
         namespaces: 12,
         pods: 120,
@@ -651,7 +654,7 @@ async fn synthetic_clusters_round_trip_through_the_fake_api() {
     };
     let model = synth::cluster(shape);
     let fake = FakeApi::start().await.expect("fake api");
-    super::fakeapi::load_cluster(&fake, &model).expect("load");
+    nftpol_test_support::fakeapi::load_cluster(&fake, &model).expect("load");
     let loaded = policy_compiler::parse("fake", &fake.dump());
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     assert_eq!(Cluster::from_objects(loaded.objects), model);

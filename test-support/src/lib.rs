@@ -8,9 +8,17 @@
 //! - [`privilege`]: the one place a test decides to skip for want of root
 //!   or tools, and where CI (`CI=true`) turns that skip into a failure.
 //! - [`run_by_cargo_bench`]: lets a heavy bench do nothing under `cargo test`.
+//! - [`fakeapi`]: a fake Kubernetes API server (HTTP list/watch) for the
+//!   agent's kube code.
+//! - [`synth`]: synthetic clusters of any size for benchmarks.
+//!
+//! A test in the nftpol crate (tests/shipped_binary.rs) checks that none of
+//! this is linked into the `nftpol` binary.
 
+pub mod fakeapi;
 pub mod netns;
 pub mod privilege;
+pub mod synth;
 
 pub use netns::Netns;
 pub use privilege::{in_ci, require_root, skip};

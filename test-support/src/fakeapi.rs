@@ -1,7 +1,7 @@
-//! Test support: a fake Kubernetes API server speaking real HTTP list and
-//! watch for Namespaces, Pods and NetworkPolicies, so the agent's kube-rs
-//! code runs exactly as it does against a cluster (a real `kube::Client`
-//! points at `http://127.0.0.1:PORT`).
+//! A fake Kubernetes API server speaking real HTTP list and watch for
+//! Namespaces, Pods and NetworkPolicies, so the agent's kube-rs code runs
+//! exactly as it does against a cluster (a real `kube::Client` points at
+//! `http://127.0.0.1:PORT`).
 //!
 //! What it implements, because the watcher depends on each:
 //! - a global `resourceVersion` stamped on every object and list;
@@ -26,8 +26,8 @@
 //!   tower service, with no socket, so tests on tokio's paused clock run
 //!   without real I/O moving time under them.
 //!
-//! Not test-only code (`cfg(test)`) because the benchmarks and integration
-//! tests drive it too.
+//! The agent's unit tests, the agent process tests and the agent benchmark
+//! drive it.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -595,7 +595,7 @@ fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Respons
 }
 
 /// A model object back as the API object the apiserver would serve, so
-/// synthetic clusters (`policy_compiler::synth`) can be loaded into the
+/// synthetic clusters ([`crate::synth`]) can be loaded into the
 /// fake: converting the result again gives the same model object.
 pub fn to_api(o: &policy_compiler::Object) -> Value {
     use policy_compiler::model::{Peer, PolicyRule, PortRef};

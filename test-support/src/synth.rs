@@ -4,10 +4,10 @@
 //! DNS egress), so compile time and memory can be measured at scale and
 //! compared run to run.
 
-use crate::index::Cluster;
-use crate::ipblock::cidr_minus;
-use crate::model::*;
-use crate::selector::{Operator, Requirement, Selector};
+use policy_compiler::ipblock::cidr_minus;
+use policy_compiler::model::*;
+use policy_compiler::selector::{Operator, Requirement, Selector};
+use policy_compiler::Cluster;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Sizes of a synthetic cluster.
@@ -216,7 +216,7 @@ mod tests {
         let c = cluster(shape);
         assert_eq!(c.pod_count(), 200);
         assert_eq!(c.policy_count(), 50);
-        let rs = crate::compile(&c, &node_name(1));
+        let rs = policy_compiler::compile(&c, &node_name(1));
         assert!(rs.chains.len() > 10, "{} chains", rs.chains.len());
         assert!(rs.element_count() > 20);
     }
