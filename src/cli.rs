@@ -295,12 +295,7 @@ pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let rs = policy_compiler::compile(&cluster, &node);
     let text = match args.format {
         Format::Nft => render::render_script(&rs),
-        Format::Json => {
-            let mut s = serde_json::to_string_pretty(&rs)
-                .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
-            s.push('\n');
-            s
-        }
+        Format::Json => pretty_json(&rs)?,
     };
     write_out(out, &text)?;
     Ok(exit_status(skipped))
@@ -394,10 +389,7 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
         );
     }
     let text = if args.format == Format::Json {
-        let mut s = serde_json::to_string_pretty(&d)
-            .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
-        s.push('\n');
-        s
+        pretty_json(&d)?
     } else {
         format!(
             "{} {src} ({}) -> {dst} ({}) {port}/{}\n  {}\n  {}\n",
@@ -467,10 +459,7 @@ fn explain_live(
             "compiler": { "accepted": live.intended.accepted, "deciding": step(&live.intended) },
             "policies": d,
         });
-        let mut s = serde_json::to_string_pretty(&v)
-            .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
-        s.push('\n');
-        s
+        pretty_json(&v)?
     } else {
         format!(
             "{}  policies (cluster-wide): {}\n    {}\n    {}\n",
@@ -657,4 +646,12 @@ pub fn run(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// `value` as pretty-printed JSON with a final newline.
+fn pretty_json(value: &impl serde::Serialize) -> Result<String, Error> {
+    let mut s = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+    s.push('\n');
+    Ok(s)
 }

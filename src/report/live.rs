@@ -185,6 +185,16 @@ mod tests {
         Cluster::from_objects(loaded.objects)
     }
 
+    /// The report of a TCP flow from x/a to x/b, the flow every test runs.
+    fn render_xa_to_xb(e: &LiveExplain) -> String {
+        render(
+            e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp,
+        )
+    }
+
     fn ips() -> (IpAddr, IpAddr) {
         (
             "10.0.0.1".parse().expect("ip"),
@@ -198,12 +208,7 @@ mod tests {
         let kernel = policy_compiler::compile(&c, "n1");
         let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
         assert!(e.agrees());
-        let text = render(
-            &e,
-            &Endpoint::pod("x", "a"),
-            &Endpoint::pod("x", "b"),
-            Protocol::Tcp,
-        );
+        let text = render_xa_to_xb(&e);
         assert!(text.starts_with("LIVE ALLOWED on node n1"), "{text}");
         assert!(
             text.contains(r#"comment "x/b-from-a ingress[0]""#),
@@ -227,12 +232,7 @@ mod tests {
         // Port 81 should be dropped; the inserted accept lets it in.
         let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 81);
         assert!(!e.agrees());
-        let text = render(
-            &e,
-            &Endpoint::pod("x", "a"),
-            &Endpoint::pod("x", "b"),
-            Protocol::Tcp,
-        );
+        let text = render_xa_to_xb(&e);
         assert!(
             text.starts_with("MISMATCH on node n1: the kernel ACCEPTS"),
             "{text}"
@@ -241,12 +241,7 @@ mod tests {
         // Port 80 is accepted either way, but by the wrong rule.
         let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
         assert!(e.kernel.accepted && e.intended.accepted && !e.agrees());
-        let text = render(
-            &e,
-            &Endpoint::pod("x", "a"),
-            &Endpoint::pod("x", "b"),
-            Protocol::Tcp,
-        );
+        let text = render_xa_to_xb(&e);
         assert!(
             text.contains("as the compiler intends, but by a different rule"),
             "{text}"
