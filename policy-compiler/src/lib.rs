@@ -2,6 +2,8 @@
 //! nft text, plus the semantic evaluator that says what upstream
 //! NetworkPolicy semantics allow. Pure: no I/O, no async, no clocks.
 
+#![forbid(unsafe_code)]
+
 pub mod compile;
 pub mod convert;
 pub mod diff;

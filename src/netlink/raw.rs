@@ -1,5 +1,6 @@
-//! The only module with `unsafe`: libnftnl calls (through nftnl-sys) for
-//! what nftnl's safe API lacks. It converts [`RawExpr`] and [`RawElem`]
+//! The libnftnl FFI (through nftnl-sys) for what nftnl's safe API lacks;
+//! together with the libc socket calls in `socket.rs` the only `unsafe`
+//! code of the netlink layer (docs/UNSAFE.md lists every site). It converts [`RawExpr`] and [`RawElem`]
 //! to and from libnftnl objects, builds set and element messages (interval
 //! end flags, concatenated keys, verdict-map data), builds dump requests,
 //! and parses the kernel's chain, rule, set and element messages.
@@ -73,9 +74,13 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         // Never produced by the encoder; an empty counter keeps this total.
         RawExpr::Other(_) => c"counter",
     };
+    // SAFETY: `name` is a NUL-terminated expression type libnftnl knows.
     let x = alloc(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) });
     let p = x.as_ptr();
+    // SAFETY: `p` is the live expression allocated above; the setters
+    // copy the value.
     let set_u32 = |attr: u32, v: u32| unsafe { sys::nftnl_expr_set_u32(p, attr as u16, v) };
+    // SAFETY: as above; `d` is valid for `d.len()` bytes during the call.
     let set_data = |attr: u32, d: &[u8]| unsafe {
         sys::nftnl_expr_set(p, attr as u16, d.as_ptr().cast(), d.len() as u32);
     };
@@ -125,6 +130,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
             // Sets are referenced by name; the kernel resolves names of
             // sets created earlier in the same batch too.
             let name = CString::new(set.as_str()).unwrap_or_default();
+            // SAFETY: `p` is live; libnftnl copies the NUL-terminated name.
             unsafe { sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr()) };
             set_u32(sys::NFTNL_EXPR_LOOKUP_SET_ID, 0);
         }
@@ -133,6 +139,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
             set_u32(sys::NFTNL_EXPR_IMM_VERDICT, *code as u32);
             if let Some(c) = chain {
                 let c = CString::new(c.as_str()).unwrap_or_default();
+                // SAFETY: `p` is live; libnftnl copies the NUL-terminated name.
                 unsafe { sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, c.as_ptr()) };
             }
         }
@@ -156,28 +163,36 @@ impl nftnl::expr::Expression for ExprRef<'_> {
 /// # Safety
 /// `x` must be a valid expression owned by a live rule.
 unsafe fn read_expr(x: *const sys::nftnl_expr) -> RawExpr {
+    // SAFETY: `x` is live (the caller's contract) and only read.
     let name_ptr = unsafe { sys::nftnl_expr_get_str(x, sys::NFTNL_EXPR_NAME as u16) };
     if name_ptr.is_null() {
         return RawExpr::Other(String::new());
     }
+    // SAFETY: non-null, NUL-terminated, owned by `x`, copied at once.
     let name = unsafe { CStr::from_ptr(name_ptr) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: getters on the live expression `x`; they only read it.
     let has = |a: u32| unsafe { sys::nftnl_expr_is_set(x, a as u16) };
+    // SAFETY: as above.
     let u32_of = |a: u32| unsafe { sys::nftnl_expr_get_u32(x, a as u16) };
     let data_of = |a: u32| -> Vec<u8> {
         let mut len = 0u32;
+        // SAFETY: as above; `len` is a live out-parameter.
         let d = unsafe { sys::nftnl_expr_get(x, a as u16, &mut len) };
         if d.is_null() {
             return Vec::new();
         }
+        // SAFETY: libnftnl returned `len` valid bytes owned by `x`; copied at once.
         unsafe { std::slice::from_raw_parts(d.cast::<u8>(), len as usize) }.to_vec()
     };
     let str_of = |a: u32| -> Option<String> {
         if !has(a) {
             return None;
         }
+        // SAFETY: getter on the live expression `x`.
         let s = unsafe { sys::nftnl_expr_get_str(x, a as u16) };
+        // SAFETY: non-null, NUL-terminated, owned by `x`, copied at once.
         (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
     };
     match name.as_str() {
@@ -301,6 +316,8 @@ unsafe fn add_or_del_hdr(
 unsafe impl NlMsg for SetMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         // EXCL: the diff only creates sets it read back as absent.
+        // SAFETY: `buf` has room for the message (the impl's contract);
+        // the set object is alive and only read.
         unsafe {
             let h = add_or_del_hdr(
                 buf,
@@ -390,6 +407,8 @@ unsafe impl NlMsg for ElemsMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         // EXCL: adding an element that exists fails (EEXIST), which is
         // how a stale read-back shows up instead of passing silently.
+        // SAFETY: `buf` has room for the header plus the payload (the
+        // impl's contract); the copy does not overlap `self.payload`.
         unsafe {
             let h = add_or_del_hdr(
                 buf,
@@ -481,6 +500,7 @@ pub fn parse_chain(m: &Msg) -> Result<ChainInfo, String> {
 unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
     // SAFETY: data is the &mut Vec passed by parse_rule; e is live for the call.
     let out = unsafe { &mut *data.cast::<Vec<RawExpr>>() };
+    // SAFETY: `e` belongs to the rule being iterated, alive for the call.
     out.push(unsafe { read_expr(e) });
     0
 }
@@ -565,6 +585,8 @@ pub fn parse_set(m: &Msg) -> Result<(String, String, SetAttrs), String> {
 unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
     // SAFETY: data is the &mut Vec passed by parse_elems; e is live.
     let out = unsafe { &mut *data.cast::<Vec<RawElem>>() };
+    // SAFETY: getters on the live element `e`; every pointer returned is
+    // checked for null and copied before the callback returns.
     unsafe {
         let mut len = 0u32;
         let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);

@@ -15,6 +15,8 @@
 //! A test in the nftpol crate (tests/shipped_binary.rs) checks that none of
 //! this is linked into the `nftpol` binary.
 
+#![forbid(unsafe_code)]
+
 pub mod fakeapi;
 pub mod netns;
 pub mod privilege;
