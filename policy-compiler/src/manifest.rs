@@ -117,6 +117,27 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 fn object(source: &str, document: usize, value: &Value, out: &mut Loaded) {
     let kind = str_field(value, "kind").unwrap_or_default();
     let api_version = str_field(value, "apiVersion").unwrap_or_default();
+    // An object cut short (a file caught mid-write) must not pass as a
+    // document of no interest: one of the two type fields alone is an
+    // error. A document with neither is no object (e.g. Helm values).
+    if api_version.is_empty() != kind.is_empty() {
+        let field = if kind.is_empty() {
+            "kind"
+        } else {
+            "apiVersion"
+        };
+        out.errors.push(
+            ObjectError {
+                file: Some(source.to_string()),
+                kind: if kind.is_empty() { "<no kind>" } else { kind }.to_string(),
+                object: raw_object_name(value),
+                field: field.to_string(),
+                message: "missing".to_string(),
+            }
+            .into(),
+        );
+        return;
+    }
     match (api_version, kind) {
         ("v1", "List") | (_, "NamespaceList") | (_, "PodList") | (_, "NetworkPolicyList") => {
             if let Some(Value::Array(items)) = value.get("items") {
@@ -397,6 +418,20 @@ spec:
             l.errors[0].to_string(),
             r#"v.yaml: NetworkPolicy x/old: apiVersion: "extensions/v1beta1" is not read (want networking.k8s.io/v1)"#
         );
+    }
+
+    #[test]
+    fn an_object_with_only_one_type_field_is_an_error() {
+        let l = parse("c.yaml", "apiVersion: networking.k8s.io/v1\n---\nkind: Pod\nmetadata: {name: p}\n---\nreplicas: 3\n");
+        let msgs: Vec<String> = l.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "c.yaml: <no kind> <unnamed>: kind: missing",
+                "c.yaml: Pod p: apiVersion: missing"
+            ]
+        );
+        assert_eq!(l.ignored, 1);
     }
 
     #[test]
