@@ -11,7 +11,8 @@
 //!
 //! Cases: `scenarios` (the upstream netpol e2e, as one table of steps),
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
-//! `sctp` (SCTP by raw packets),
+//! `sctp` (SCTP by raw packets), `live_explain` (`explain --live` against
+//! each node's kernel, and a tampered rule),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
 //! under continuous probes), `agent` (the long-running agent), `selftest`
 //! (the harness catches what it must), `deploy` (what deploy/ gives a
@@ -36,6 +37,7 @@ mod deploy;
 mod generated;
 mod host;
 mod kind_script;
+mod live_explain;
 mod netns;
 mod oracle;
 mod probe;
