@@ -67,10 +67,12 @@ pub fn hook_accepts(rs: &Ruleset, chain: &str, pkt: &Packet) -> bool {
 }
 
 /// Runs the packet through base chain `chain` and records the rules that
-/// acted. A missing chain accepts (nothing filters).
+/// acted. A missing chain accepts (nothing filters), and so does a dormant
+/// table (its base chains are unhooked).
 pub fn trace(rs: &Ruleset, chain: &str, pkt: &Packet) -> Trace {
     let mut steps = Vec::new();
-    let Some(c) = rs.chains.get(chain) else {
+    let hooked = rs.table_flags & TABLE_F_DORMANT == 0;
+    let Some(c) = rs.chains.get(chain).filter(|_| hooked) else {
         return Trace {
             accepted: true,
             steps,
@@ -279,5 +281,14 @@ mod tests {
         let back = Packet::new_connection(ip("10.0.0.2"), ip("10.0.0.1"), Protocol::Tcp, 80);
         let t = trace(&rs, crate::compile::CHAIN_FORWARD, &back);
         assert!(t.accepted && t.deciding().is_none(), "{t:?}");
+    }
+
+    #[test]
+    fn a_dormant_table_filters_nothing() {
+        let mut rs = ruleset();
+        rs.table_flags = TABLE_F_DORMANT;
+        let pkt = Packet::new_connection(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Tcp, 81);
+        let t = trace(&rs, crate::compile::CHAIN_FORWARD, &pkt);
+        assert!(t.accepted && t.steps.is_empty(), "{t:?}");
     }
 }

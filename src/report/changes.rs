@@ -8,7 +8,7 @@ use super::describe_side;
 use policy_compiler::compile::CHAIN_FORWARD;
 use policy_compiler::eval::Endpoint;
 use policy_compiler::interp::{self, Packet, Trace};
-use policy_compiler::ir::{Chain, Ruleset, Set, SetKind};
+use policy_compiler::ir::{Chain, Ruleset, Set, SetKind, TABLE_F_DORMANT};
 use policy_compiler::matrix::{FlowChange, Probe};
 use policy_compiler::render::{render_element, render_rule};
 use similar::{capture_diff_slices, Algorithm, ChangeTag};
@@ -188,9 +188,25 @@ pub fn ruleset_changes(
         s.push_str("(no table inet nftpol: all of it would be created)\n");
     }
     let mut body = String::new();
+    let flags = |r: &Ruleset| {
+        if r.table_flags & TABLE_F_DORMANT != 0 {
+            "dormant (enforcing nothing)"
+        } else {
+            "active"
+        }
+    };
+    let table = usize::from(before.is_some() && b.table_flags != after.table_flags);
+    if table > 0 {
+        let _ = writeln!(
+            body,
+            "~ table inet nftpol: {} -> {}",
+            flags(b),
+            flags(after)
+        );
+    }
     let chains = chain_changes(b, after, &mut body);
     let sets = set_changes(b, after, &mut body);
-    if chains + sets == 0 {
+    if table + chains + sets == 0 {
         s.push_str("no changes to table inet nftpol\n");
     } else {
         s.push_str(&body);

@@ -8,7 +8,7 @@
 use policy_compiler::compile::CHAIN_FORWARD;
 use policy_compiler::eval::Endpoint;
 use policy_compiler::interp::{self, Packet, Step, Trace};
-use policy_compiler::ir::Ruleset;
+use policy_compiler::ir::{Ruleset, TABLE_F_DORMANT};
 use policy_compiler::model::Protocol;
 use policy_compiler::render::render_rule;
 use policy_compiler::Cluster;
@@ -21,6 +21,8 @@ pub struct LiveExplain {
     pub packet: Packet,
     /// Whether the kernel has an `inet nftpol` table at all.
     pub table_present: bool,
+    /// Whether that table is dormant (present, enforcing nothing).
+    pub dormant: bool,
     pub kernel: Trace,
     pub intended: Trace,
     /// Whether the source or the destination is a pod of this node (else
@@ -58,6 +60,7 @@ impl LiveExplain {
             node: node.to_string(),
             packet,
             table_present: kernel.is_some(),
+            dormant: kernel.is_some_and(|k| k.table_flags & TABLE_F_DORMANT != 0),
             kernel: interp::trace(kernel.unwrap_or(&empty), CHAIN_FORWARD, &packet),
             intended: interp::trace(&intended_rs, CHAIN_FORWARD, &packet),
             local,
@@ -135,6 +138,13 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
              different rule",
             e.node,
             word(e.kernel.accepted),
+        );
+    }
+    if e.dormant {
+        let _ = writeln!(
+            s,
+            "  the kernel's table inet nftpol is dormant: its chains are unhooked, nothing is \
+             enforced on this node"
         );
     }
     if !e.table_present {
@@ -256,5 +266,17 @@ mod tests {
             Protocol::Tcp
         )
         .contains("no table inet nftpol"));
+        // A dormant table enforces nothing either.
+        let mut dormant = policy_compiler::compile(&c, "n1");
+        dormant.table_flags = TABLE_F_DORMANT;
+        let e = LiveExplain::run(&c, "n1", Some(&dormant), ips(), Protocol::Tcp, 81);
+        assert!(!e.agrees() && e.kernel.accepted);
+        let text = render(
+            &e,
+            &Endpoint::pod("x", "a"),
+            &Endpoint::pod("x", "b"),
+            Protocol::Tcp,
+        );
+        assert!(text.contains("is dormant"), "{text}");
     }
 }
