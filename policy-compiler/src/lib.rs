@@ -9,6 +9,7 @@ pub mod convert;
 pub mod diff;
 pub mod error;
 pub mod eval;
+pub mod fake;
 pub mod index;
 pub mod interp;
 pub mod ipblock;
