@@ -70,27 +70,10 @@ pub struct AgentArgs {
     pub dry_run: bool,
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration such as 30s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?}: not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e}; expected a duration such as 30s or 500ms"))
 }
 
 /// What stops the agent. Each variant has a metric label.

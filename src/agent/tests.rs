@@ -893,10 +893,11 @@ fn durations_parse_with_units() {
     use super::parse_duration;
     assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-    assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+    // A unit is required: "30" could mean seconds or milliseconds.
+    assert!(parse_duration("30").is_err());
     assert!(parse_duration("10 parsecs").is_err());
     assert!(parse_duration("-1s").is_err());
     assert!(parse_duration("").is_err());
