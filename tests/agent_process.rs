@@ -13,9 +13,8 @@
 //! `ip`/`nft` are missing; under CI (`CI=true`) that skip is a failure.
 
 use nftpol_test_support::{require_root, Netns};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nftpol");
@@ -70,26 +69,12 @@ fn normalize(listing: &str) -> String {
     blocks.concat()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nftpol-t-agent-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("mkdir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory, removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nftpol-t-agent-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// The agent process, killed on drop if still running.
@@ -204,16 +189,16 @@ spec:
 #[test]
 fn agent_follows_files_repairs_drift_and_survives_sigterm() {
     require_root!();
-    let dir = TempDir::new("dir");
-    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    let dir = temp_dir("dir");
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
     let ns = Netns::create("agent");
-    let agent = start_agent(&ns, &dir.0, "500ms");
-    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    let agent = start_agent(&ns, dir.path(), "500ms");
+    let took = follows(&ns, &reference(dir.path()), FOLLOW);
     eprintln!("initial table after {took:?}");
 
     // A new file with a policy.
-    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
-    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
+    let took = follows(&ns, &reference(dir.path()), FOLLOW);
     eprintln!("new policy file enforced after {took:?}");
 
     // An edit: a second peer pod appears.
@@ -223,8 +208,8 @@ fn agent_follows_files_repairs_drift_and_survives_sigterm() {
 spec: {nodeName: node-2, containers: [{name: c, image: x}]}\n\
 status: {podIP: 10.9.2.11, podIPs: [{ip: 10.9.2.11}]}\n"
     );
-    std::fs::write(dir.0.join("cluster.yaml"), more).expect("write");
-    let want = reference(&dir.0);
+    std::fs::write(dir.path().join("cluster.yaml"), more).expect("write");
+    let want = reference(dir.path());
     let took = follows(&ns, &want, FOLLOW);
     eprintln!("edited file enforced after {took:?}");
 
@@ -278,9 +263,9 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
-    let dir = TempDir::new("dry");
+    let dir = temp_dir("dry");
     std::fs::write(
-        dir.0.join("cluster.yaml"),
+        dir.path().join("cluster.yaml"),
         format!("{CLUSTER}---\n{POLICY}"),
     )
     .expect("write");
@@ -298,7 +283,7 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
             "node-1",
             "--manifests",
         ])
-        .arg(&dir.0)
+        .arg(dir.path())
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::piped())
         .spawn()
@@ -353,26 +338,26 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
 #[test]
 fn a_change_after_an_external_table_delete_is_still_applied() {
     require_root!();
-    let dir = TempDir::new("gone");
-    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    let dir = temp_dir("gone");
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
     let ns = Netns::create("gone");
     // No drift check during the test: only the change path can recover.
-    let _agent = start_agent(&ns, &dir.0, "1h");
-    follows(&ns, &reference(&dir.0), FOLLOW);
+    let _agent = start_agent(&ns, dir.path(), "1h");
+    follows(&ns, &reference(dir.path()), FOLLOW);
     nft(&ns, &["delete", "table", "inet", "nftpol"]);
-    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
     // The incremental batch is rejected (the table is gone); the applier
     // reads the kernel back and recreates the table in the same attempt.
-    let took = follows(&ns, &reference(&dir.0), FOLLOW);
+    let took = follows(&ns, &reference(dir.path()), FOLLOW);
     eprintln!("change after external delete enforced after {took:?}");
 }
 
 /// What `nftpol compile` makes of the fake API server's objects, as the
 /// kernel lists it.
 fn reference_of(fake: &nftpol_test_support::fakeapi::FakeApi) -> String {
-    let dir = TempDir::new("dump");
-    std::fs::write(dir.0.join("dump.yaml"), fake.dump()).expect("write dump");
-    reference(&dir.0)
+    let dir = temp_dir("dump");
+    std::fs::write(dir.path().join("dump.yaml"), fake.dump()).expect("write dump");
+    reference(dir.path())
 }
 
 fn metric(port: u16, name: &str) -> Option<f64> {
@@ -403,8 +388,8 @@ fn kube_mode_agent_against_the_fake_api_server() {
     let fake = rt.block_on(FakeApi::start()).expect("fake api");
     fake.load_yaml(&format!("{CLUSTER}---\n{POLICY}"))
         .expect("load");
-    let dir = TempDir::new("kube");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let dir = temp_dir("kube");
+    let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
@@ -631,13 +616,13 @@ fn start_logged_agent(ns: &Netns, dir: &Path, extra: &[&str], log: &Path) -> Age
 /// Runs every tampering against an agent started with `extra` and checks
 /// each is repaired, logged and counted.
 fn agent_repairs_every_tampering(tag: &str, extra: &[&str]) {
-    let dir = TempDir::new(tag);
-    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
-    std::fs::write(dir.0.join("policy.yaml"), POLICY).expect("write");
+    let dir = temp_dir(tag);
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
     let ns = Netns::create(tag);
-    let log = dir.0.join("agent.log");
-    let _agent = start_logged_agent(&ns, &dir.0, extra, &log);
-    let want = reference(&dir.0);
+    let log = dir.path().join("agent.log");
+    let _agent = start_logged_agent(&ns, dir.path(), extra, &log);
+    let want = reference(dir.path());
     follows(&ns, &want, FOLLOW);
     for (what, script) in TAMPERINGS {
         nft_script(&ns, script);
@@ -694,17 +679,17 @@ fn agent_repairs_tampering_at_the_drift_check() {
 #[test]
 fn readyz_reports_a_dormant_or_missing_table() {
     require_root!();
-    let dir = TempDir::new("ready");
-    std::fs::write(dir.0.join("cluster.yaml"), CLUSTER).expect("write");
+    let dir = temp_dir("ready");
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
     let ns = Netns::create("ready");
-    let log = dir.0.join("agent.log");
+    let log = dir.path().join("agent.log");
     let _agent = start_logged_agent(
         &ns,
-        &dir.0,
+        dir.path(),
         &["--no-kernel-watch", "--drift-interval", "1h"],
         &log,
     );
-    follows(&ns, &reference(&dir.0), FOLLOW);
+    follows(&ns, &reference(dir.path()), FOLLOW);
     ns.enter().expect("enter the test namespace");
     let t0 = Instant::now();
     while !http_get(9464, "/readyz").starts_with("HTTP/1.0 200") {

@@ -73,8 +73,8 @@ fn seed(fake: &FakeApi) {
 /// What `nftpol compile --node-name node-a` prints for the fake's objects,
 /// through the CLI's own code path (a file on disk).
 fn compile_cli(fake: &FakeApi) -> String {
-    let dir = TempDir::new("compile");
-    let file = dir.0.join("dump.yaml");
+    let dir = temp_dir("compile");
+    let file = dir.path().join("dump.yaml");
     std::fs::write(&file, fake.dump()).expect("write dump");
     let args = crate::cli::CompileArgs {
         input: crate::cli::Input {
@@ -95,23 +95,12 @@ fn expected(fake: &FakeApi) -> Ruleset {
     policy_compiler::compile(&Cluster::from_objects(loaded.objects), NODE)
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("nftpol-agent-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory, removed on drop.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nftpol-t-agent-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 struct Running {
@@ -580,19 +569,19 @@ async fn shutdown_leaves_the_table_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_directory_mode_follows_file_changes() {
-    let dir = TempDir::new("dir");
+    let dir = temp_dir("dir");
     let fake = FakeApi::start().await.expect("fake api");
     seed(&fake);
-    std::fs::write(dir.0.join("cluster.yaml"), fake.dump()).expect("write");
-    let agent = start(Source::Dir(dir.0.clone()), settings());
+    std::fs::write(dir.path().join("cluster.yaml"), fake.dump()).expect("write");
+    let agent = start(Source::Dir(dir.path().to_path_buf()), settings());
     agent.converges(&expected(&fake), LIMIT).await;
     // A new file with a policy, then an edit of the old one.
     let extra = policy("dev", "cli", "cli", "web", "a", json!("http"));
-    std::fs::write(dir.0.join("extra.yaml"), extra.to_string()).expect("write");
+    std::fs::write(dir.path().join("extra.yaml"), extra.to_string()).expect("write");
     fake.apply(extra).expect("apply");
     agent.converges(&expected(&fake), LIMIT).await;
     assert!(fake.delete(ApiKind::Pod, "ops", "cli-1"));
-    std::fs::write(dir.0.join("cluster.yaml"), {
+    std::fs::write(dir.path().join("cluster.yaml"), {
         // The dump without extra.yaml's policy, which lives in its own file.
         let mut v: Value = serde_json::from_str(&fake.dump()).expect("json");
         if let Some(items) = v["items"].as_array_mut() {
