@@ -652,3 +652,22 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
         "{t}"
     );
 }
+
+#[test]
+fn unread_policy_versions_and_quoted_ports_are_skipped_with_exit_2() {
+    let out = nftpol(&[
+        "compile",
+        "--manifests",
+        "tests/data/unread-version-and-string-port.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(r#"NetworkPolicy default/old: apiVersion: "extensions/v1beta1" is not read"#),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"NetworkPolicy default/quoted: spec.ingress[0].ports[0].port: "80" is not a valid port name"#),
+        "{err}"
+    );
+}
