@@ -200,32 +200,51 @@ fn an_empty_cluster_is_programmed_once_after_the_sync() {
 }
 
 #[test]
-fn an_isolated_change_goes_at_once_and_a_follow_up_waits_for_quiet() {
+fn an_isolated_change_and_its_follow_ups_go_at_once() {
     let mut l = Loop::synced(settings());
     l.run_for(Duration::from_secs(1));
     let t = l.now();
     l.change(Change::Apply(pod(1)));
-    assert_eq!(
-        l.batch_times[1..],
-        [t],
-        "leading edge: no delay after quiet"
-    );
-    // 5 ms later another change: batches are following each other now,
-    // so it waits for 20 ms of quiet; a third one at +15 ms pushes that.
+    // 5 ms later a follow-up (the rest of a rollout, say), and 15 ms after
+    // that another: each is past the window since the last batch (1 ms,
+    // then 2 ms), so neither is held back for a debounce while the
+    // half-applied state stays enforced.
     l.run_for(5 * MS);
     l.change(Change::Apply(pod(2)));
     l.run_for(15 * MS);
     l.change(Change::Apply(pod(3)));
-    l.run_for(19 * MS);
-    assert_eq!(l.batch_times.len(), 2, "still inside the quiet time");
-    l.run_for(MS);
-    assert_eq!(l.batch_times[1..], [t, t + 40 * MS], "one batch for both");
+    assert_eq!(l.batch_times[1..], [t, t + 5 * MS, t + 20 * MS]);
     let want = policy_compiler::compile(l.r.cluster(), NODE);
     assert_eq!(l.kernel.mem.state().table.as_ref(), Some(&want));
 }
 
 #[test]
-fn a_steady_stream_is_programmed_at_least_every_max_delay() {
+fn a_change_right_after_a_batch_waits_for_the_window_and_it_doubles() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(1));
+    let t = l.now();
+    l.change(Change::Apply(pod(1)));
+    // Half a millisecond after the batch: the window is 1 ms.
+    l.run_for(MS / 2);
+    l.change(Change::Apply(pod(2)));
+    assert_eq!(l.batch_times.len(), 2, "inside the window");
+    l.run_for(MS);
+    // Right after that second batch: now the window is 2 ms.
+    l.change(Change::Apply(pod(3)));
+    l.run_for(5 * MS);
+    assert_eq!(l.batch_times[1..], [t, t + MS, t + 3 * MS]);
+    // 20 ms of quiet resets it: the next change goes at once.
+    l.run_for(20 * MS);
+    let u = l.now();
+    l.change(Change::Apply(pod(4)));
+    l.run_for(MS / 2);
+    l.change(Change::Apply(pod(5)));
+    l.run_for(MS);
+    assert_eq!(l.batch_times[4..], [u, u + MS]);
+}
+
+#[test]
+fn a_steady_stream_settles_at_one_batch_per_max_delay() {
     let mut l = Loop::synced(Settings {
         debounce: 50 * MS,
         max_delay: 100 * MS,
@@ -242,12 +261,13 @@ fn a_steady_stream_is_programmed_at_least_every_max_delay() {
     }
     l.run_for(Duration::from_secs(1));
     let batches: Vec<Duration> = l.batch_times[1..].iter().map(|t| *t - start).collect();
-    // The first change goes at once (leading edge); the rest never see
-    // 50 ms of quiet, so each waits at most max_delay after the oldest
-    // change not yet programmed.
-    let want: Vec<Duration> = [0]
+    // The window doubles from 1 ms per batch: the first five changes go at
+    // once, then batches space out 16, 32, 64 ms and settle at 100 ms;
+    // the last change goes after 50 ms of quiet, not the full window.
+    let want: Vec<Duration> = [0, 10, 20, 30, 40, 56, 88, 152]
         .into_iter()
-        .chain((1..=10).map(|k| k * 100 + 10))
+        .chain((1..=8).map(|k| 152 + k * 100))
+        .chain([1040])
         .map(|ms| ms * MS)
         .collect();
     assert_eq!(batches, want);

@@ -139,9 +139,10 @@ impl Metrics {
             health: Health::default(),
             reconciles: Family::default(),
             errors: Family::default(),
-            // 0.5 ms .. ~16 s.
-            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            compile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 50 µs .. ~26 s: most updates take 0.1-0.4 ms, so the low
+            // buckets must resolve them.
+            latency: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
+            compile_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
             // 1 .. ~262k messages.
             batch_messages: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             kernel_chains: Gauge::default(),
@@ -336,4 +337,32 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                 }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    /// The cumulative count of the latency bucket whose bound is `le`.
+    fn bucket(text: &str, le: f64) -> Option<u64> {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix("nftpol_programming_latency_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound: f64 = bound.parse().ok()?;
+            ((bound - le).abs() < le * 1e-6).then(|| count.parse().ok())?
+        })
+    }
+
+    #[test]
+    fn latency_buckets_resolve_a_tenth_of_a_millisecond() {
+        let m = Metrics::new();
+        for s in [0.00004, 0.00015, 0.00035] {
+            m.latency.observe(s);
+        }
+        let text = m.encode();
+        assert_eq!(bucket(&text, 0.00005), Some(1), "{text}");
+        assert_eq!(bucket(&text, 0.0001), Some(1), "{text}");
+        assert_eq!(bucket(&text, 0.0002), Some(2), "{text}");
+        assert_eq!(bucket(&text, 0.0004), Some(3), "{text}");
+    }
 }

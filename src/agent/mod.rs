@@ -51,11 +51,14 @@ pub struct AgentArgs {
     /// changed it (e.g. `30s`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drift_interval: Duration,
-    /// While changes keep arriving, the quiet time after the last one
-    /// before programming the kernel (an isolated change goes at once).
+    /// Coalescing: an isolated change, and a follow-up to it, goes at once;
+    /// the window between batches starts at 1 ms and doubles with each
+    /// batch that follows the previous one within --debounce. This much
+    /// quiet resets the window, and also ends it early.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub debounce: Duration,
-    /// Upper bound on how long a change waits while events keep arriving.
+    /// The largest coalescing window: while events keep arriving, the
+    /// kernel is programmed about this often, and no change waits longer.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub max_delay: Duration,
     /// Do not subscribe to the kernel's nftables notifications. By default

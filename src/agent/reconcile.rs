@@ -7,10 +7,15 @@
 //!   once (a half-known cluster would drop allowed or allow denied
 //!   traffic), and then diffs against whatever table is already there, so
 //!   a restart leaves no gap;
-//! - changes are coalesced: a change after a quiet period is programmed at
-//!   once; while batches follow each other, changes wait for `debounce` of
-//!   quiet, or at most `max_delay` after the first unprogrammed change, so
-//!   a burst of 1,000 events gives a handful of batches;
+//! - changes are coalesced by an adaptive window: a batch may follow the
+//!   previous one after `settle` (1 ms), and the window doubles with every
+//!   batch that follows its predecessor within `debounce`, up to
+//!   `max_delay`; `debounce` of quiet resets it. So an isolated change, or
+//!   a follow-up to it, is programmed at once (no half-applied state is
+//!   left enforced for a fixed debounce), while a sustained stream settles
+//!   at one batch per `max_delay` and a burst of 1,000 events gives a
+//!   handful of batches. A change also goes after `debounce` of quiet even
+//!   if the window is longer, so the tail of a stream does not wait it out;
 //! - a failed batch changes nothing in the kernel (batches are atomic), so
 //!   the last good ruleset stays enforced; it is retried with exponential
 //!   backoff;
@@ -165,7 +170,11 @@ impl Clock for ManualClock {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub node: String,
+    /// The first coalescing window after a quiet spell.
+    pub settle: Duration,
+    /// Quiet that resets the window, and that ends it early.
     pub debounce: Duration,
+    /// The largest window: no change waits longer behind a batch.
     pub max_delay: Duration,
     pub drift_interval: Duration,
     pub backoff_min: Duration,
@@ -176,6 +185,7 @@ impl Settings {
     pub fn new(node: &str) -> Settings {
         Settings {
             node: node.to_string(),
+            settle: Duration::from_millis(1),
             debounce: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
             drift_interval: Duration::from_secs(30),
@@ -197,6 +207,9 @@ pub struct Reconciler<B, C = SystemClock> {
     last_change: Instant,
     /// When the last batch attempt finished.
     last_batch: Option<Instant>,
+    /// Batches in a row that each followed the previous one within
+    /// `debounce`; the window after the last one is `settle << streak`.
+    streak: u32,
     /// Failed attempts in a row, and when to try again.
     failures: u32,
     retry_at: Option<Instant>,
@@ -227,6 +240,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             dirty_since: None,
             last_change: now,
             last_batch: None,
+            streak: 0,
             failures: 0,
             retry_at: None,
             last_applied: None,
@@ -294,16 +308,17 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
         match self.dirty_since {
             Some(first) => {
-                // Leading edge: a change after a quiet period is programmed
-                // at once (single-event latency is what users feel); while
-                // batches keep following each other, changes are coalesced
-                // until `debounce` of quiet or `max_delay`. Events that
-                // arrive during a batch queue up and join the next one.
-                let quiet = self.last_batch.is_none_or(|t| first >= t + s.debounce);
-                let due = if quiet && self.failures == 0 {
-                    first
-                } else {
-                    (self.last_change + s.debounce).min(first + s.max_delay)
+                // An isolated change goes at once; while batches follow
+                // each other, the next waits for the window since the last
+                // one (or `debounce` of quiet, whichever is first, but
+                // never more than `max_delay`). Events that arrive during
+                // a batch queue up and join the next one.
+                let due = match self.last_batch {
+                    None => first,
+                    Some(last) => {
+                        let windowed = (last + self.window()).min(self.last_change + s.debounce);
+                        first.max(windowed).min(first + s.max_delay)
+                    }
                 };
                 Some(match self.retry_at {
                     Some(r) => due.max(r),
@@ -312,6 +327,14 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             }
             None => Some(self.next_drift),
         }
+    }
+
+    /// The coalescing window after the last batch.
+    fn window(&self) -> Duration {
+        let s = &self.settings;
+        s.settle
+            .saturating_mul(1u32 << self.streak.min(20))
+            .min(s.max_delay)
     }
 
     fn mark_dirty(&mut self, at: Instant) {
@@ -402,6 +425,10 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
         let compile = t0.elapsed();
         self.metrics.compile_seconds.observe(compile.as_secs_f64());
+        let followed = self
+            .last_batch
+            .is_some_and(|t| since < t + self.settings.debounce);
+        self.streak = if followed { self.streak + 1 } else { 0 };
         let result = self.backend.apply(&desired);
         let now = self.clock.now();
         self.last_batch = Some(now);
