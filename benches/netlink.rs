@@ -135,6 +135,7 @@ fn ruleset(pods: usize) -> Ruleset {
                 hook: Hook::Forward,
                 priority: 0,
                 policy: ChainPolicy::Accept,
+                device: None,
             }),
             rules: vec![
                 Rule {

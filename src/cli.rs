@@ -9,7 +9,7 @@ use policy_compiler::eval::{self, Endpoint, SideVerdict};
 use policy_compiler::ir::Family;
 use policy_compiler::matrix::{self as pmatrix, Probe};
 use policy_compiler::model::Protocol;
-use policy_compiler::{render, Cluster, Loaded};
+use policy_compiler::{render, Cluster, Loaded, NodeNet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -122,6 +122,8 @@ pub struct CompileArgs {
     /// `nft` prints the script for `nft -f`; `json` prints the ruleset IR.
     #[arg(long, value_enum, default_value_t = Format::Nft)]
     pub format: Format,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +133,73 @@ pub struct ApplyArgs {
     /// The node to compile for. Optional when every pod sits on one node.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Source validation: which interface each local pod sends through.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// A YAML or JSON map `NAMESPACE/POD: INTERFACE` naming each local
+    /// pod's host-side interface (veth end or bridge port). `apply` and
+    /// the agent learn it from the node's routes, ARP table and bridge
+    /// FDBs when this is not given; an offline `compile` without it
+    /// compiles no source validation.
+    #[arg(long, value_name = "FILE")]
+    pub pod_interfaces: Option<PathBuf>,
+    /// Turn source validation off (asymmetric-routing networks only: a pod
+    /// with CAP_NET_RAW can then forge another pod's address past ingress
+    /// allow-lists and skip its own egress policy).
+    #[arg(long)]
+    pub no_source_validation: bool,
+}
+
+/// The node's interface map: the given file, else (`discover`) the
+/// kernel's view, else none.
+pub fn node_net(
+    args: &SourceArgs,
+    cluster: &Cluster,
+    node: &str,
+    discover: bool,
+) -> Result<NodeNet, Error> {
+    let validation = !args.no_source_validation;
+    let net = match &args.pod_interfaces {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let pod_interfaces = policy_compiler::srcval::parse_interface_map(&text)
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            NodeNet {
+                pod_interfaces,
+                source_validation: validation,
+            }
+        }
+        None if discover => {
+            crate::ifmap::discover(cluster, node, validation).map_err(|e| Error::Io {
+                path: "/proc/net/route".into(),
+                source: e,
+            })?
+        }
+        None => NodeNet {
+            source_validation: validation,
+            ..NodeNet::default()
+        },
+    };
+    if discover || args.pod_interfaces.is_some() {
+        for p in net.unmapped(cluster, node) {
+            tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), "no host interface known for this local pod: its source addresses are not validated");
+        }
+    }
+    for (ip, pods) in cluster.shared_addresses() {
+        let names: Vec<String> = pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        tracing::warn!(address = %ip, pods = %names.join(", "), "address claimed by several live pods: flows to and from it fail closed");
+    }
+    Ok(net)
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +221,10 @@ pub struct DiffArgs {
     /// IPv4).
     #[arg(long, value_enum)]
     pub family: Option<FamilyArg>,
+    /// Against the kernel, the pod interfaces are learned as `apply` does
+    /// (or given here), so source validation chains compare equal.
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -292,7 +365,8 @@ pub fn resolve_node(cluster: &Cluster, node: Option<&str>) -> Result<String, Err
 pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let (cluster, skipped) = load_cluster(&args.input)?;
     let node = resolve_node(&cluster, args.node_name.as_deref())?;
-    let rs = policy_compiler::compile(&cluster, &node);
+    let net = node_net(&args.source, &cluster, &node, false)?;
+    let rs = policy_compiler::compile_node(&cluster, &node, &net);
     let text = match args.format {
         Format::Nft => render::render_script(&rs),
         Format::Json => pretty_json(&rs)?,
@@ -305,7 +379,8 @@ pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
 pub fn apply(args: &ApplyArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let (cluster, skipped) = load_cluster(&args.input)?;
     let node = resolve_node(&cluster, args.node_name.as_deref())?;
-    let rs = policy_compiler::compile(&cluster, &node);
+    let net = node_net(&args.source, &cluster, &node, true)?;
+    let rs = policy_compiler::compile_node(&cluster, &node, &net);
     let report = crate::netlink::apply(&rs)?;
     write_out(out, &format!("{}\n", report.summary))?;
     Ok(exit_status(skipped))
@@ -486,7 +561,13 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<i32, Error> {
         Some(f) => f.into(),
         None => pmatrix::default_family(&cluster),
     };
-    let after = policy_compiler::compile(&cluster, &node);
+    let net = node_net(
+        &args.source,
+        &cluster,
+        &node,
+        args.against_manifests.is_empty(),
+    )?;
+    let after = policy_compiler::compile_node(&cluster, &node, &net);
     let after_label = format!("manifests {} for node {node}", paths(&args.input.manifests));
     let mut text = String::new();
     let mut skipped = skipped;
@@ -523,7 +604,7 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<i32, Error> {
         };
         let (old_cluster, old_skipped) = load_cluster(&old_input)?;
         skipped += old_skipped;
-        let before = policy_compiler::compile(&old_cluster, &node);
+        let before = policy_compiler::compile_node(&old_cluster, &node, &net);
         text.push_str(&report::changes::ruleset_changes(
             Some(&before),
             &after,

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod error;
+pub mod ifmap;
 pub mod manifests;
 pub mod netlink;
 pub mod report;

@@ -20,12 +20,17 @@ fn examples() -> Vec<PathBuf> {
     v
 }
 
+/// Compiles one example; an `<example>.interfaces` file beside it is its
+/// pod interface map (source validation).
 fn compile(path: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_nftpol"))
-        .args(["compile", "--strict", "--node-name", NODE, "--manifests"])
-        .arg(path)
-        .output()
-        .expect("run nftpol compile");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nftpol"));
+    cmd.args(["compile", "--strict", "--node-name", NODE, "--manifests"])
+        .arg(path);
+    let interfaces = path.with_extension("interfaces");
+    if interfaces.exists() {
+        cmd.arg("--pod-interfaces").arg(interfaces);
+    }
+    let out = cmd.output().expect("run nftpol compile");
     assert!(
         out.status.success(),
         "nftpol compile {} failed: {}",

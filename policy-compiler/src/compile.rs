@@ -21,15 +21,13 @@ use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
 use crate::model::*;
 use crate::names::{comment, ident};
+use crate::srcval::NodeNet;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const CHAIN_FORWARD: &str = "forward";
 pub const CHAIN_INPUT: &str = "input";
 pub const BASE_PRIORITY: i32 = 0;
-/// ICMPv6 neighbour discovery: router solicit/advert, neighbour
-/// solicit/advert, redirect. Isolated IPv6 pods lose their neighbours
-/// without these.
-pub const ND_TYPES: (u8, u8) = (133, 137);
+pub use crate::srcval::ND_TYPES;
 
 pub fn map_name(direction: Direction, family: Family) -> String {
     format!("{}_{}", direction.word(), family.suffix())
@@ -93,11 +91,20 @@ pub fn pod_chain_name(direction: Direction, pod: &Pod) -> String {
     ident(direction.chain_prefix(), &[&pod.namespace, &pod.name])
 }
 
-/// The ruleset for `node`: enforcement for every pod scheduled there.
+/// The ruleset for `node` without source validation (no interface map):
+/// what an offline compile gives when it is not told the interfaces.
 pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
+    compile_node(cluster, node, &NodeNet::default())
+}
+
+/// The ruleset for `node`: enforcement for every pod scheduled there, and
+/// source validation on the interfaces `net` names.
+pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
+    let shared = cluster.shared_addresses();
     let mut b = Builder {
         cluster,
         rs: Ruleset::default(),
+        shared: &shared,
     };
     for direction in [Direction::Ingress, Direction::Egress] {
         for family in [Family::Ipv4, Family::Ipv6] {
@@ -140,7 +147,24 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
             }
         }
     }
+    b.shared_address_elements(node);
+    crate::srcval::add_chains(&mut b.rs, cluster, node, net);
     b.rs
+}
+
+/// Whether any pod in `pods` is isolated in `direction` by a policy of its
+/// namespace.
+pub fn any_isolated(cluster: &Cluster, pods: &[&Pod], direction: Direction) -> bool {
+    pods.iter().any(|pod| {
+        cluster
+            .policies_in(&pod.namespace)
+            .any(|pol| pol.pod_selector.matches(&pod.labels) && direction.rules(pol).is_some())
+    })
+}
+
+/// Name of the chain that drops new flows to or from a shared address.
+pub fn shared_chain_name(ip: &std::net::IpAddr) -> String {
+    ident("dup", &[&ip.to_string().replace(':', "-")])
 }
 
 fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
@@ -157,13 +181,20 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
             verdict: Verdict::Drop,
             comment: None,
         },
+        // Neighbour discovery never crosses a router: hop limit 255 proves
+        // the packet was not routed (the forward hook sees it already
+        // decremented), so only on-link ND passes: to the node, or between
+        // pods on one bridge.
         Rule {
-            matches: vec![Match::Icmpv6Type {
-                lo: ND_TYPES.0,
-                hi: ND_TYPES.1,
-            }],
+            matches: vec![
+                Match::Icmpv6Type {
+                    lo: ND_TYPES.0,
+                    hi: ND_TYPES.1,
+                },
+                Match::Ip6HopLimit(255),
+            ],
             verdict: Verdict::Accept,
-            comment: Some("IPv6 neighbour discovery".into()),
+            comment: Some("IPv6 neighbour discovery, on-link only".into()),
         },
     ];
     for &direction in dispatch {
@@ -184,6 +215,7 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
             hook,
             priority: BASE_PRIORITY,
             policy: ChainPolicy::Accept,
+            device: None,
         }),
         rules,
     }
@@ -192,6 +224,8 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
 struct Builder<'a> {
     cluster: &'a Cluster,
     rs: Ruleset,
+    /// Addresses several policy pods claim (usually none).
+    shared: &'a BTreeMap<std::net::IpAddr, Vec<&'a Pod>>,
 }
 
 /// The port matches of one rule, split by how they are enforced.
@@ -247,18 +281,51 @@ impl Builder<'_> {
             .chains
             .insert(chain_name.clone(), Chain { base: None, rules });
         for ip in &pod.ips {
-            let family = Family::of(ip);
-            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, family)) {
-                // A duplicate IP among local pods keeps the first pod's
-                // chain (pods iterate in namespace/name order).
-                if !map
-                    .elements
-                    .iter()
-                    .any(|e| matches!(e, Element::VmapJump(a, _) if a == ip))
-                {
-                    map.elements
-                        .insert(Element::VmapJump(*ip, chain_name.clone()));
+            if self.shared.contains_key(ip) {
+                continue;
+            }
+            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, Family::of(ip))) {
+                map.elements
+                    .insert(Element::VmapJump(*ip, chain_name.clone()));
+            }
+        }
+    }
+
+    /// A shared address names no single pod, so no pod's policies can be
+    /// applied to it: when a pod here claims it and any claimant is
+    /// isolated in a direction, new flows in that direction are dropped
+    /// (and counted) instead.
+    fn shared_address_elements(&mut self, node: &str) {
+        for (ip, pods) in self.shared {
+            if !pods.iter().any(|p| p.node_name.as_deref() == Some(node)) {
+                continue;
+            }
+            let chain = shared_chain_name(ip);
+            for direction in [Direction::Ingress, Direction::Egress] {
+                if !any_isolated(self.cluster, pods, direction) {
+                    continue;
                 }
+                if let Some(map) = self.rs.sets.get_mut(&map_name(direction, Family::of(ip))) {
+                    map.elements.insert(Element::VmapJump(*ip, chain.clone()));
+                }
+                let names: Vec<String> = pods
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
+                self.rs
+                    .chains
+                    .entry(chain.clone())
+                    .or_insert_with(|| Chain {
+                        base: None,
+                        rules: vec![Rule {
+                            matches: vec![Match::Counter],
+                            verdict: Verdict::Drop,
+                            comment: Some(comment(format!(
+                                "address {ip} shared by {}",
+                                names.join(", ")
+                            ))),
+                        }],
+                    });
             }
         }
     }
@@ -322,16 +389,20 @@ impl Builder<'_> {
             return vec![vec![]];
         };
         let dir = direction.peer_dir();
+        let shared = self.shared;
         let mut out = Vec::new();
         let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
         if has_pod_peer {
             for family in [Family::Ipv4, Family::Ipv6] {
                 out.push(
                     self.peer_set_match("pod", family, false, dir, parts, |cluster| {
-                        peer_pods(cluster, pol, peers)
-                            .into_iter()
+                        let pods = peer_pods(cluster, pol, peers);
+                        let selected: BTreeSet<(String, String)> =
+                            pods.iter().map(|p| p.key()).collect();
+                        pods.into_iter()
                             .flat_map(|p| p.ips.iter())
                             .filter(|ip| Family::of(ip) == family)
+                            .filter(|ip| peer_address_ok(shared, ip, &selected))
                             .map(|ip| Element::Addr(*ip))
                             .collect()
                     }),
@@ -471,7 +542,12 @@ impl Builder<'_> {
             return name;
         }
         let mut elements = BTreeSet::new();
+        let shared = self.shared;
         let mut add = |p: &Pod, ip: &std::net::IpAddr| {
+            // A named port on a shared address resolves on no single pod.
+            if shared.contains_key(ip) {
+                return;
+            }
             for (port_name, proto) in named {
                 if let Some(n) = p.resolve_port(port_name, *proto) {
                     elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
@@ -515,6 +591,20 @@ impl Builder<'_> {
             },
         );
         name
+    }
+}
+
+/// Whether `ip` may stand for a selected peer: a shared address only
+/// when every pod claiming it is selected, so sharing never widens what a
+/// policy admits.
+fn peer_address_ok(
+    shared: &BTreeMap<std::net::IpAddr, Vec<&Pod>>,
+    ip: &std::net::IpAddr,
+    selected: &BTreeSet<(String, String)>,
+) -> bool {
+    match shared.get(ip) {
+        None => true,
+        Some(pods) => pods.iter().all(|p| selected.contains(&p.key())),
     }
 }
 

@@ -251,12 +251,12 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
         .iter()
         .filter(|(n, _)| !actual.chains.contains_key(*n))
         .collect();
-    new_chains.sort_by_key(|(name, c)| (c.base.is_some(), c.base, name.as_str()));
+    new_chains.sort_by_key(|(name, c)| (c.base.is_some(), c.base.clone(), name.as_str()));
     let (regular, based): (Vec<_>, Vec<_>) =
         new_chains.into_iter().partition(|(_, c)| c.base.is_none());
     let add_chain = |(name, c): (&String, &Chain)| Op::AddChain {
         name: name.clone(),
-        base: c.base,
+        base: c.base.clone(),
     };
     ops.extend(new_sets(false));
     ops.extend(regular.into_iter().map(add_chain));
@@ -327,7 +327,7 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
         });
         ops.push(Op::AddChain {
             name: (*name).to_string(),
-            base: desired.chains[*name].base,
+            base: desired.chains[*name].base.clone(),
         });
     }
     for name in &replaced_sets {
@@ -450,6 +450,7 @@ mod tests {
             hook,
             priority: 0,
             policy: ChainPolicy::Accept,
+            device: None,
         })
     }
 
@@ -664,6 +665,7 @@ mod tests {
                 hook: Hook::Forward,
                 priority: -5,
                 policy: ChainPolicy::Accept,
+                device: None,
             });
         }
         let tx = check(&new, &old);
@@ -937,7 +939,7 @@ mod tests {
                         if aset.kind == dset.kind {
                             for e in elements {
                                 let stale_jump = matches!(e, Element::VmapJump(_, c)
-                                    if a.chains.get(c).map(|x| x.base) != d.chains.get(c).map(|x| x.base));
+                                    if a.chains.get(c).map(|x| &x.base) != d.chains.get(c).map(|x| &x.base));
                                 prop_assert!(!aset.elements.contains(e) || stale_jump);
                             }
                         }

@@ -104,7 +104,7 @@ fn apply_op(table: &mut Option<Ruleset>, index: usize, op: &Op) -> Result<(), Fa
             rs.chains.insert(
                 name.clone(),
                 Chain {
-                    base: *base,
+                    base: base.clone(),
                     rules: Vec::new(),
                 },
             );

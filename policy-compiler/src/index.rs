@@ -21,6 +21,8 @@ pub struct Cluster {
     /// How many pods each namespace holds, so namespace selectors only
     /// look at namespaces that can contribute peers.
     pod_namespaces: BTreeMap<String, usize>,
+    /// Pods by address (any pod listing it, policy pod or not).
+    by_ip: BTreeMap<IpAddr, BTreeSet<Key>>,
 }
 
 impl Cluster {
@@ -61,18 +63,26 @@ impl Cluster {
         let key = p.key();
         match self.pods.get(&key) {
             Some(old) if *old == p => return false,
-            Some(_) => {}
+            Some(old) => {
+                let old_ips = old.ips.clone();
+                self.index_ips(&key, &old_ips, false);
+            }
             None => *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1,
         }
+        self.index_ips(&key, &p.ips, true);
         self.pods.insert(key, p);
         true
     }
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
-        let removed = self
-            .pods
-            .remove(&(namespace.to_string(), name.to_string()))
-            .is_some();
+        let key = (namespace.to_string(), name.to_string());
+        let removed = match self.pods.remove(&key) {
+            Some(old) => {
+                self.index_ips(&key, &old.ips, false);
+                true
+            }
+            None => false,
+        };
         if removed {
             if let Some(n) = self.pod_namespaces.get_mut(namespace) {
                 *n -= 1;
@@ -167,11 +177,46 @@ impl Cluster {
     }
 
     /// The policy pod (see `Pod::is_policy_pod`) that owns `ip`, if any.
-    /// With duplicates (which a healthy cluster never has) the first in
-    /// namespace/name order wins, deterministically.
+    /// With duplicates (see [`Cluster::claimants`]) the first in
+    /// namespace/name order, deterministically; callers that judge a flow
+    /// must look at every claimant instead.
     pub fn policy_pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
-        self.pods
-            .values()
-            .find(|p| p.is_policy_pod() && p.ips.contains(&ip))
+        self.claimants(ip).into_iter().next()
+    }
+
+    /// Every policy pod that lists `ip`, in namespace/name order. More than
+    /// one happens when an address is reused while the pod that had it is
+    /// still listed as running.
+    pub fn claimants(&self, ip: IpAddr) -> Vec<&Pod> {
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+            .filter(|p| p.is_policy_pod())
+            .collect()
+    }
+
+    /// Addresses that several policy pods claim, with their claimants.
+    pub fn shared_addresses(&self) -> BTreeMap<IpAddr, Vec<&Pod>> {
+        self.by_ip
+            .iter()
+            .filter(|(_, keys)| keys.len() > 1)
+            .map(|(ip, _)| (*ip, self.claimants(*ip)))
+            .filter(|(_, pods)| pods.len() > 1)
+            .collect()
+    }
+
+    fn index_ips(&mut self, key: &Key, ips: &[IpAddr], add: bool) {
+        for ip in ips {
+            if add {
+                self.by_ip.entry(*ip).or_default().insert(key.clone());
+            } else if let Some(keys) = self.by_ip.get_mut(ip) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,8 @@ pub struct Packet {
     /// Destination port (TCP/UDP/SCTP) or ICMPv6 type.
     pub dport: u16,
     pub ct: CtState,
+    /// IPv6 hop limit as the hook sees it (255 only when not routed).
+    pub hoplimit: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +83,30 @@ pub fn trace(rs: &Ruleset, chain: &str, pkt: &Packet) -> Trace {
     let accepted = match run(rs, chain, c, pkt, 0, &mut steps) {
         Outcome::Accept => true,
         Outcome::Drop => false,
-        Outcome::Continue => !matches!(c.base.map(|b| b.policy), Some(ChainPolicy::Drop)),
+        Outcome::Continue => !matches!(c.base.as_ref().map(|b| b.policy), Some(ChainPolicy::Drop)),
     };
     Trace { accepted, steps }
+}
+
+/// Whether the `ingress` chains bound to interface `dev` let a packet the
+/// pod behind it sent through (source validation); no chain: yes.
+pub fn ingress_accepts(rs: &Ruleset, dev: &str, pkt: &Packet) -> bool {
+    rs.chains
+        .iter()
+        .filter(|(_, c)| {
+            c.base
+                .as_ref()
+                .is_some_and(|b| b.hook == Hook::Ingress && b.device.as_deref() == Some(dev))
+        })
+        .all(
+            |(name, c)| match run(rs, name, c, pkt, 0, &mut Vec::new()) {
+                Outcome::Accept => true,
+                Outcome::Drop => false,
+                Outcome::Continue => {
+                    !matches!(c.base.as_ref().map(|b| b.policy), Some(ChainPolicy::Drop))
+                }
+            },
+        )
 }
 
 fn run(
@@ -185,6 +208,12 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
                         .contains(&Element::AddrProtoPort(pkt.daddr, pkt.proto, pkt.dport))
                 })
         }
+        Match::AddrPrefix { family, dir, net } => {
+            let a = pick(pkt, *dir);
+            Family::of(&a) == *family && net.contains(&a)
+        }
+        Match::Ip6HopLimit(n) => pkt.saddr.is_ipv6() && pkt.hoplimit == *n,
+        Match::Counter => true,
         Match::Icmpv6Type { lo, hi } => {
             pkt.proto == l4::ICMPV6
                 && pkt.saddr.is_ipv6()
@@ -202,11 +231,14 @@ pub fn cluster_accepts(
     rulesets: &BTreeMap<String, Ruleset>,
     pkt: &Packet,
 ) -> bool {
+    // A shared address (several claimants) may be routed to any of them:
+    // every claimant's node must accept.
     let mut nodes: Vec<&str> = [pkt.saddr, pkt.daddr]
         .iter()
-        .filter_map(|ip| cluster.policy_pod_by_ip(*ip))
+        .flat_map(|ip| cluster.claimants(*ip))
         .filter_map(|p| p.node_name.as_deref())
         .collect();
+    nodes.sort();
     nodes.dedup();
     nodes.iter().all(|n| {
         rulesets
@@ -229,6 +261,7 @@ impl Packet {
             proto: protocol.number(),
             dport: port,
             ct: CtState::New,
+            hoplimit: 64,
         }
     }
 }

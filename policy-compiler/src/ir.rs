@@ -48,17 +48,23 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BaseChain {
     pub hook: Hook,
     /// Numeric priority (`filter` = 0).
     pub priority: i32,
     pub policy: ChainPolicy,
+    /// The interface an `ingress` chain is bound to (by name: the kernel
+    /// binds it when an interface of that name exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
+    /// Per-interface, before bridging, routing and conntrack.
+    Ingress,
     Prerouting,
     Input,
     Forward,
@@ -69,6 +75,7 @@ pub enum Hook {
 impl Hook {
     pub fn as_str(self) -> &'static str {
         match self {
+            Hook::Ingress => "ingress",
             Hook::Prerouting => "prerouting",
             Hook::Input => "input",
             Hook::Forward => "forward",
@@ -229,8 +236,20 @@ pub enum Match {
     /// `ip daddr . meta l4proto . th dport @set` (named ports resolved per
     /// destination pod).
     DAddrProtoPortInSet { family: Family, set: String },
-    /// `icmpv6 type lo-hi` (neighbour discovery must always pass).
+    /// `icmpv6 type lo-hi` (neighbour discovery and MLD shapes).
     Icmpv6Type { lo: u8, hi: u8 },
+    /// `ip saddr 10.0.0.1` / `ip6 saddr fe80::/10`: one address or prefix.
+    AddrPrefix {
+        family: Family,
+        dir: Dir,
+        net: ipnet::IpNet,
+    },
+    /// `ip6 hoplimit N`: 255 proves a packet was not routed (a router
+    /// decrements it before the forward hook).
+    Ip6HopLimit(u8),
+    /// The `counter` statement (always true); it counts the packets that
+    /// reached it, so it goes after the matches it should count.
+    Counter,
 }
 
 /// The verdict of a rule.

@@ -20,14 +20,16 @@ pub mod model;
 pub mod names;
 pub mod render;
 pub mod selector;
+pub mod srcval;
 
-pub use compile::compile;
+pub use compile::{compile, compile_node};
 pub use error::{Error, ObjectError};
 pub use eval::{allowed, Decision, Endpoint};
 pub use index::Cluster;
 pub use ir::Ruleset;
 pub use manifest::{parse, Loaded, Object};
 pub use model::Direction;
+pub use srcval::NodeNet;
 
 #[cfg(test)]
 mod prop_tests;

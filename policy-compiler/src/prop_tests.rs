@@ -307,6 +307,7 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                             proto: proto.number(),
                             dport: port,
                             ct: CtState::New,
+                            hoplimit: 64,
                         };
                         let got = cluster_accepts(c, &rulesets, &pkt);
                         prop_assert_eq!(
@@ -370,6 +371,7 @@ fn established_replies_pass() {
         proto: crate::ir::l4::TCP,
         dport: 80,
         ct: CtState::New,
+        hoplimit: 64,
     };
     assert!(!crate::interp::hook_accepts(&rs, "forward", &pkt));
     pkt.ct = CtState::Established;

@@ -61,7 +61,7 @@ pub fn render_table(rs: &Ruleset) -> String {
         render_set(&mut out, name, set);
     }
     let mut bases: Vec<_> = rs.chains.iter().filter(|(_, c)| c.base.is_some()).collect();
-    bases.sort_by_key(|(name, c)| (c.base, name.as_str()));
+    bases.sort_by_key(|(name, c)| (c.base.clone(), name.as_str()));
     for (name, chain) in bases {
         sep(&mut out);
         render_chain(&mut out, name, chain);
@@ -141,14 +141,19 @@ pub fn render_addr_range(lo: IpAddr, hi: IpAddr) -> String {
 
 fn render_chain(out: &mut String, name: &str, chain: &Chain) {
     let _ = writeln!(out, "\tchain {name} {{");
-    if let Some(b) = chain.base {
+    if let Some(b) = &chain.base {
         let policy = match b.policy {
             ChainPolicy::Accept => "accept",
             ChainPolicy::Drop => "drop",
         };
+        let device = b
+            .device
+            .as_ref()
+            .map(|d| format!(" device \"{}\"", escape_comment(d)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "\t\ttype filter hook {} priority {}; policy {policy};",
+            "\t\ttype filter hook {}{device} priority {}; policy {policy};",
             b.hook.as_str(),
             b.priority
         );
@@ -201,6 +206,16 @@ fn render_match(m: &Match) -> String {
         ),
         Match::Icmpv6Type { lo, hi } if lo == hi => format!("icmpv6 type {lo}"),
         Match::Icmpv6Type { lo, hi } => format!("icmpv6 type {lo}-{hi}"),
+        Match::AddrPrefix { family, dir, net } => {
+            let addr = if net.prefix_len() == net.max_prefix_len() {
+                net.addr().to_string()
+            } else {
+                net.to_string()
+            };
+            format!("{} {} {addr}", family.payload_keyword(), dir.addr_keyword())
+        }
+        Match::Ip6HopLimit(n) => format!("ip6 hoplimit {n}"),
+        Match::Counter => "counter".into(),
     }
 }
 

@@ -156,6 +156,7 @@ fn check_families(
                     proto: proto.number(),
                     dport: port,
                     ct: CtState::New,
+                    hoplimit: 64,
                 };
                 let kernel = cluster_accepts(c, &rulesets, &pkt);
                 if d.allowed != want.0[i][j] || kernel != want.0[i][j] {

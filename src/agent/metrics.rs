@@ -124,6 +124,8 @@ pub struct Metrics {
     pub watch_events: Family<EventLabels, Counter>,
     pub drift_repairs: Counter,
     pub invalid_skipped: Family<KindLabels, Counter>,
+    pub unvalidated_pods: Gauge,
+    pub shared_addresses: Gauge,
 }
 
 impl Default for Metrics {
@@ -152,8 +154,20 @@ impl Metrics {
             watch_events: Family::default(),
             drift_repairs: Counter::default(),
             invalid_skipped: Family::default(),
+            unvalidated_pods: Gauge::default(),
+            shared_addresses: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "unvalidated_pods",
+            "Local pods whose host interface is unknown, so their source addresses are not validated",
+            m.unvalidated_pods.clone(),
+        );
+        registry.register(
+            "shared_addresses",
+            "Addresses claimed by several live pods (flows to and from them fail closed)",
+            m.shared_addresses.clone(),
+        );
         registry.register(
             "reconciles",
             "Attempts to program the kernel, by result",

@@ -71,6 +71,14 @@ pub struct AgentArgs {
     /// root needed; for demos and tests of the sources).
     #[arg(long, hide = true)]
     pub dry_run: bool,
+    /// Turn source validation off. By default every local pod's host
+    /// interface (learned from routes, the ARP table and bridge FDBs)
+    /// admits only that pod's own source addresses. Turn it off only for
+    /// networks that route other sources into a pod's interface; without
+    /// it a pod with CAP_NET_RAW can forge another pod's address past
+    /// ingress allow-lists and skip its own egress policy.
+    #[arg(long)]
+    pub no_source_validation: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -146,6 +154,8 @@ impl Options {
                 debounce: a.debounce,
                 max_delay: a.max_delay,
                 drift_interval: a.drift_interval,
+                source_validation: !a.no_source_validation,
+                discover_interfaces: !a.no_source_validation,
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),

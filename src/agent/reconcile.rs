@@ -33,7 +33,7 @@
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
-use policy_compiler::{Cluster, Object, Ruleset};
+use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -179,6 +179,12 @@ pub struct Settings {
     pub drift_interval: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Source validation on (the default of `nftpol agent`).
+    pub source_validation: bool,
+    /// Learn pod interfaces from this namespace's routes, ARP table and
+    /// bridge FDBs at every reconcile and drift check (see `ifmap`); off,
+    /// no interface is known and no validation chain is compiled.
+    pub discover_interfaces: bool,
 }
 
 impl Settings {
@@ -191,6 +197,8 @@ impl Settings {
             drift_interval: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            source_validation: true,
+            discover_interfaces: false,
         }
     }
 }
@@ -218,6 +226,10 @@ pub struct Reconciler<B, C = SystemClock> {
     next_drift: Instant,
     /// Why the table must be read back and repaired at once, if it must.
     verify_now: Option<String>,
+    /// The interface map of the last compile, and what was last warned
+    /// about (so a steady state logs once).
+    last_net: NodeNet,
+    last_warned: (Vec<String>, Vec<String>),
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -231,6 +243,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let now = clock.now();
         Reconciler {
             next_drift: now + settings.drift_interval,
+            last_net: NodeNet::default(),
+            last_warned: Default::default(),
             settings,
             clock,
             backend,
@@ -385,6 +399,16 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     }
 
     fn tick(&mut self) {
+        // A pod interface that appeared or moved since the last compile
+        // (a bridged pod first seen in the ARP table, a recreated veth)
+        // changes the ruleset although no object changed.
+        if self.dirty_since.is_none()
+            && self.last_applied.is_some()
+            && self.settings.discover_interfaces
+            && self.node_net() != self.last_net
+        {
+            self.mark_dirty(self.clock.now());
+        }
         // A reported tampering is repaired back to the last ruleset the
         // kernel held (counted as drift) before any new change goes in.
         let trigger = self.verify_now.take();
@@ -407,6 +431,61 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
     }
 
+    /// The node's pod interfaces, as the settings say to learn them.
+    fn node_net(&self) -> NodeNet {
+        let s = &self.settings;
+        if !s.discover_interfaces {
+            return NodeNet {
+                source_validation: s.source_validation,
+                ..NodeNet::default()
+            };
+        }
+        match crate::ifmap::discover(&self.cluster, &s.node, s.source_validation) {
+            Ok(net) => net,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node's routes and bridges; no source validation this round");
+                NodeNet::default()
+            }
+        }
+    }
+
+    /// Logs (once per change) pods left unvalidated and shared addresses,
+    /// and exports both counts.
+    fn warn_about(&mut self, net: &NodeNet) {
+        let unmapped: Vec<String> = if self.settings.discover_interfaces {
+            net.unmapped(&self.cluster, &self.settings.node)
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let shared: Vec<String> = self
+            .cluster
+            .shared_addresses()
+            .iter()
+            .map(|(ip, pods)| {
+                let names: Vec<String> = pods
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
+                format!("{ip} ({})", names.join(", "))
+            })
+            .collect();
+        self.metrics.unvalidated_pods.set(unmapped.len() as i64);
+        self.metrics.shared_addresses.set(shared.len() as i64);
+        if (&unmapped, &shared) == (&self.last_warned.0, &self.last_warned.1) {
+            return;
+        }
+        if !unmapped.is_empty() {
+            tracing::warn!(pods = %unmapped.join(", "), "no host interface found for these local pods: their source addresses are not validated");
+        }
+        if !shared.is_empty() {
+            tracing::warn!(addresses = %shared.join("; "), "addresses claimed by several live pods: new flows to and from them are dropped where a claimant is isolated");
+        }
+        self.last_warned = (unmapped, shared);
+    }
+
     fn update_watched(&self) {
         let m = &self.metrics;
         m.set_watched(Kind::Namespace, self.cluster.namespaces().count());
@@ -422,7 +501,10 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         // Compile time is measured on the real clock: it is a cost, not a
         // deadline.
         let t0 = Instant::now();
-        let desired = policy_compiler::compile(&self.cluster, &self.settings.node);
+        let net = self.node_net();
+        self.warn_about(&net);
+        let desired = policy_compiler::compile_node(&self.cluster, &self.settings.node, &net);
+        self.last_net = net;
         let compile = t0.elapsed();
         self.metrics.compile_seconds.observe(compile.as_secs_f64());
         let followed = self

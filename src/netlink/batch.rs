@@ -99,6 +99,7 @@ fn kind_of(e: &Element) -> SetKind {
 
 fn hook(h: Hook) -> nftnl::Hook {
     match h {
+        Hook::Ingress => nftnl::Hook::Ingress,
         Hook::Prerouting => nftnl::Hook::PreRouting,
         Hook::Input => nftnl::Hook::In,
         Hook::Forward => nftnl::Hook::Forward,
@@ -212,6 +213,9 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                 let mut chain = nftnl::Chain::new(&cname, &table);
                 if let Some(b) = base {
                     chain.set_hook(hook(b.hook), b.priority);
+                    if let Some(dev) = &b.device {
+                        chain.set_device(cstring(dev).map_err(fail(one))?);
+                    }
                     chain.set_type(nftnl::ChainType::Filter);
                     chain.set_policy(match b.policy {
                         ChainPolicy::Accept => nftnl::Policy::Accept,

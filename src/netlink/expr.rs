@@ -70,6 +70,8 @@ pub enum RawExpr {
         dreg: Option<u32>,
         set: String,
     },
+    /// The `counter` statement (its values are not compared).
+    Counter,
     /// An `immediate` to the verdict register.
     Verdict {
         code: i32,
@@ -104,6 +106,46 @@ fn nfproto(f: Family) -> u8 {
         Family::Ipv4 => NFPROTO_IPV4,
         Family::Ipv6 => NFPROTO_IPV6,
     }
+}
+
+/// Offset of the hop limit in the IPv6 header.
+const IP6_HOPLIMIT_OFFSET: u32 = 7;
+
+fn addr_bytes(a: &std::net::IpAddr) -> Vec<u8> {
+    match a {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The prefix a compare (after an optional mask) of an address field
+/// selects, if it is one.
+fn prefix_of(family: Family, mask: Option<&[u8]>, data: &[u8]) -> Option<ipnet::IpNet> {
+    let addr = match family {
+        Family::Ipv4 => std::net::IpAddr::from(<[u8; 4]>::try_from(data).ok()?),
+        Family::Ipv6 => std::net::IpAddr::from(<[u8; 16]>::try_from(data).ok()?),
+    };
+    let len = match mask {
+        None => data.len() as u8 * 8,
+        Some(m) if m.len() == data.len() => {
+            // Only a contiguous mask (ones, then zeros) is a prefix.
+            let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
+            let leading = m
+                .iter()
+                .try_fold(0u32, |acc, b| match b {
+                    0xff => Ok(acc + 8),
+                    _ => Err(acc + b.leading_ones()),
+                })
+                .unwrap_or_else(|n| n);
+            if ones != leading {
+                return None;
+            }
+            leading as u8
+        }
+        Some(_) => return None,
+    };
+    let net = ipnet::IpNet::new(addr, len).ok()?;
+    (net.network() == addr).then_some(net)
 }
 
 /// (offset, len) of an address in the network header.
@@ -270,6 +312,39 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
                 });
                 l.lookup(set, None);
             }
+            Match::AddrPrefix { family, dir, net } => {
+                l.addr(*family, *dir, 0);
+                let network = addr_bytes(&net.network());
+                if net.prefix_len() < net.max_prefix_len() {
+                    l.out.push(RawExpr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: network.len() as u32,
+                        mask: addr_bytes(&net.netmask()),
+                        xor: vec![0; network.len()],
+                    });
+                }
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: network,
+                });
+            }
+            Match::Ip6HopLimit(n) => {
+                l.guard(Family::Ipv6);
+                l.out.push(RawExpr::Payload {
+                    base: BASE_NETWORK,
+                    offset: IP6_HOPLIMIT_OFFSET,
+                    len: 1,
+                    dreg: REG_1,
+                });
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![*n],
+                });
+            }
+            Match::Counter => l.out.push(RawExpr::Counter),
             Match::Icmpv6Type { lo, hi } => {
                 l.guard(Family::Ipv6);
                 l.l4proto(ICMPV6);
@@ -410,6 +485,20 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
             }
             E::Payload {
                 base: BASE_NETWORK,
+                offset: IP6_HOPLIMIT_OFFSET,
+                len: 1,
+                dreg: REG_1,
+            } => {
+                let Some([n]) =
+                    cmp1(exprs.get(i + 1), CMP_EQ).and_then(|d| <[u8; 1]>::try_from(d).ok())
+                else {
+                    return Err("ip6 hoplimit without a one-byte compare".into());
+                };
+                matches.push(Match::Ip6HopLimit(n));
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
                 offset,
                 len,
                 dreg: REG_1,
@@ -477,8 +566,46 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                         });
                         i += 4;
                     }
+                    (
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_EQ,
+                            data,
+                        }),
+                        _,
+                        _,
+                    ) => {
+                        let net = prefix_of(family, None, data)
+                            .ok_or_else(|| format!("address compare {data:?}"))?;
+                        matches.push(Match::AddrPrefix { family, dir, net });
+                        i += 2;
+                    }
+                    (
+                        Some(E::Bitwise {
+                            sreg: REG_1,
+                            dreg: REG_1,
+                            mask,
+                            xor,
+                            ..
+                        }),
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_EQ,
+                            data,
+                        }),
+                        _,
+                    ) if xor.iter().all(|b| *b == 0) => {
+                        let net = prefix_of(family, Some(mask), data)
+                            .ok_or_else(|| format!("address mask {mask:?} compare {data:?}"))?;
+                        matches.push(Match::AddrPrefix { family, dir, net });
+                        i += 3;
+                    }
                     _ => return Err(format!("unsupported use of {e:?}")),
                 }
+            }
+            E::Counter => {
+                matches.push(Match::Counter);
+                i += 1;
             }
             E::Payload {
                 base: BASE_TRANSPORT,

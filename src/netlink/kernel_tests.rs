@@ -55,6 +55,7 @@ fn base(hook: Hook) -> Option<BaseChain> {
         hook,
         priority: 0,
         policy: ChainPolicy::Accept,
+        device: None,
     })
 }
 
@@ -458,8 +459,18 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
         let text = std::fs::read_to_string(&path).expect("read example");
         let loaded = policy_compiler::parse(&path.display().to_string(), &text);
         let cluster = policy_compiler::Cluster::from_objects(loaded.objects);
+        // Source validation chains (ingress hook, device, address and
+        // hop limit compares, counters) come from the interface maps.
+        let net = match std::fs::read_to_string(path.with_extension("interfaces")) {
+            Ok(map) => policy_compiler::NodeNet {
+                pod_interfaces: policy_compiler::srcval::parse_interface_map(&map)
+                    .expect("interface map"),
+                source_validation: true,
+            },
+            Err(_) => policy_compiler::NodeNet::default(),
+        };
         for node in cluster.nodes() {
-            let rs = policy_compiler::compile(&cluster, &node);
+            let rs = policy_compiler::compile_node(&cluster, &node, &net);
             cases.push((format!("{} node {node}", path.display()), rs));
         }
     }

@@ -71,6 +71,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         RawExpr::Bitwise { .. } => c"bitwise",
         RawExpr::Lookup { .. } => c"lookup",
         RawExpr::Verdict { .. } => c"immediate",
+        RawExpr::Counter => c"counter",
         // Never produced by the encoder; an empty counter keeps this total.
         RawExpr::Other(_) => c"counter",
     };
@@ -143,7 +144,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
                 unsafe { sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, c.as_ptr()) };
             }
         }
-        RawExpr::Other(_) => {}
+        RawExpr::Counter | RawExpr::Other(_) => {}
     }
     x
 }
@@ -246,6 +247,7 @@ unsafe fn read_expr(x: *const sys::nftnl_expr) -> RawExpr {
                 chain: str_of(sys::NFTNL_EXPR_IMM_CHAIN),
             }
         }
+        "counter" => RawExpr::Counter,
         _ => RawExpr::Other(name),
     }
 }
@@ -446,8 +448,9 @@ pub struct ChainInfo {
     /// The table it belongs to: chain dumps are not filtered by table.
     pub table: String,
     pub name: String,
-    /// (hook number, priority, policy verdict, type) of a base chain.
-    pub base: Option<(u32, i32, u32, String)>,
+    /// (hook number, priority, policy verdict, type, device) of a base
+    /// chain.
+    pub base: Option<(u32, i32, u32, String, Option<String>)>,
 }
 
 /// A rule as the kernel reports it.
@@ -491,6 +494,9 @@ pub fn parse_chain(m: &Msg) -> Result<ChainInfo, String> {
                 sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
                 sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_POLICY as u16),
                 s(sys::NFTNL_CHAIN_TYPE).unwrap_or_default(),
+                sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_DEV as u16)
+                    .then(|| s(sys::NFTNL_CHAIN_DEV))
+                    .flatten(),
             )
         });
         Ok(ChainInfo { table, name, base })

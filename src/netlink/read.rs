@@ -63,6 +63,7 @@ pub fn table_of(m: &Msg) -> Option<&str> {
 
 fn decode_hook(n: u32) -> Option<Hook> {
     Some(match n as i32 {
+        libc::NF_INET_INGRESS => Hook::Ingress,
         libc::NF_INET_PRE_ROUTING => Hook::Prerouting,
         libc::NF_INET_LOCAL_IN => Hook::Input,
         libc::NF_INET_FORWARD => Hook::Forward,
@@ -105,7 +106,7 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
         }
         let base = match info.base {
             None => None,
-            Some((hooknum, priority, policy, ty)) => {
+            Some((hooknum, priority, policy, ty, device)) => {
                 let object = format!("chain {}", info.name);
                 if ty != "filter" {
                     return Err(dec(object)(format!("chain type {ty:?}")));
@@ -121,6 +122,7 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
                     hook,
                     priority,
                     policy,
+                    device,
                 })
             }
         };

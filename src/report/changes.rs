@@ -16,9 +16,14 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 fn base_text(c: &Chain) -> Option<String> {
-    c.base.map(|b| {
+    c.base.as_ref().map(|b| {
+        let device = b
+            .device
+            .as_ref()
+            .map(|d| format!(" device \"{d}\""))
+            .unwrap_or_default();
         format!(
-            "type filter hook {} priority {}; policy {};",
+            "type filter hook {}{device} priority {}; policy {};",
             b.hook.as_str(),
             b.priority,
             match b.policy {

@@ -30,6 +30,11 @@ pub fn describe_side(side: &SideVerdict) -> String {
             "denied: isolated by {} and no rule admits this flow",
             isolated_by.join(", ")
         ),
+        SideVerdict::SharedAddress { claimed_by } => format!(
+            "denied: the address is shared by {} (one of them is isolated; no single pod's \
+             policies can apply)",
+            claimed_by.join(", ")
+        ),
     }
 }
 

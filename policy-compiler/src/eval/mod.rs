@@ -97,11 +97,20 @@ pub enum SideVerdict {
     Denied {
         isolated_by: Vec<String>,
     },
+    /// Several live pods claim the address and at least one of them is
+    /// isolated in this direction: no single pod's policies can be applied,
+    /// so the flow is denied (fails closed).
+    SharedAddress {
+        claimed_by: Vec<String>,
+    },
 }
 
 impl SideVerdict {
     pub fn allows(&self) -> bool {
-        !matches!(self, SideVerdict::Denied { .. })
+        !matches!(
+            self,
+            SideVerdict::Denied { .. } | SideVerdict::SharedAddress { .. }
+        )
     }
 }
 
@@ -191,13 +200,21 @@ pub fn allowed(
         }
     }
     // Each side is judged by the policies of its own pod; named ports
-    // resolve on the destination pod either way.
-    let judge = |pod: Option<&Pod>, direction, peer| match pod {
-        None => SideVerdict::NotAPod,
-        Some(pod) => netpol::side(cluster, pod, direction, peer, dst_pod, protocol, port),
+    // resolve on the destination pod either way, and on no single pod at a
+    // shared address.
+    let port_owner = dst_pod.filter(|_| spec::claimants(cluster, dst_ip).len() < 2);
+    let judge = |pod: Option<&Pod>, ip: IpAddr, direction, peer| match (
+        pod,
+        netpol::shared(cluster, ip, direction),
+    ) {
+        (_, Some(v)) => v,
+        (None, None) => SideVerdict::NotAPod,
+        (Some(pod), None) => {
+            netpol::side(cluster, pod, direction, peer, port_owner, protocol, port)
+        }
     };
-    let egress = judge(src_pod, Direction::Egress, (dst_ip, dst_pod));
-    let ingress = judge(dst_pod, Direction::Ingress, (src_ip, src_pod));
+    let egress = judge(src_pod, src_ip, Direction::Egress, (dst_ip, dst_pod));
+    let ingress = judge(dst_pod, dst_ip, Direction::Ingress, (src_ip, src_pod));
     Ok(Decision {
         allowed: egress.allows() && ingress.allows(),
         src_ip,

@@ -69,6 +69,32 @@ pub(super) fn side(
     }
 }
 
+/// The verdict for a shared address (see [`SideVerdict::SharedAddress`]):
+/// `None` when at most one pod claims `ip`.
+pub(super) fn shared(cluster: &Cluster, ip: IpAddr, direction: Direction) -> Option<SideVerdict> {
+    let claimants = spec::claimants(cluster, ip);
+    if claimants.len() < 2 {
+        return None;
+    }
+    let isolated = claimants.iter().any(|pod| {
+        cluster.policies().any(|p| {
+            p.namespace == pod.namespace
+                && spec::selects(&p.pod_selector, &pod.labels)
+                && rules_of(p, direction).is_some()
+        })
+    });
+    Some(if isolated {
+        SideVerdict::SharedAddress {
+            claimed_by: claimants
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+        }
+    } else {
+        SideVerdict::NotIsolated
+    })
+}
+
 /// Whether one `from`/`to` entry of a policy in `policy_ns` admits the
 /// peer at `ip` (`pod` when policies can select it).
 fn peer_admits(
@@ -83,16 +109,26 @@ fn peer_admits(
         Peer::Pods {
             pod_selector,
             namespace_selector,
-        } => pod.is_some_and(|p| {
-            let namespace_ok = match namespace_selector {
-                None => p.namespace == policy_ns,
-                Some(sel) => spec::selects(sel, &spec::namespace_labels(cluster, &p.namespace)),
+        } => {
+            let selected = |p: &Pod| {
+                let namespace_ok = match namespace_selector {
+                    None => p.namespace == policy_ns,
+                    Some(sel) => spec::selects(sel, &spec::namespace_labels(cluster, &p.namespace)),
+                };
+                namespace_ok
+                    && pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| spec::selects(sel, &p.labels))
             };
-            namespace_ok
-                && pod_selector
-                    .as_ref()
-                    .is_none_or(|sel| spec::selects(sel, &p.labels))
-        }),
+            // A shared address stands for a selected peer only when every
+            // pod claiming it is selected: sharing never widens an allow.
+            let claimants = spec::claimants(cluster, ip);
+            if claimants.len() > 1 {
+                claimants.into_iter().all(selected)
+            } else {
+                pod.is_some_and(selected)
+            }
+        }
     }
 }
 

@@ -71,6 +71,15 @@ pub fn policy_pod_by_ip(cluster: &Cluster, ip: IpAddr) -> Option<&Pod> {
         .find(|p| p.ips.contains(&ip))
 }
 
+/// Every pod policies can select that lists `ip`: more than one when an
+/// address was reused while its old pod is still listed as running.
+pub fn claimants(cluster: &Cluster, ip: IpAddr) -> Vec<&Pod> {
+    cluster
+        .pods()
+        .filter(|p| is_policy_pod(p) && p.ips.contains(&ip))
+        .collect()
+}
+
 /// The labels namespace selectors see on namespace `name`: the object's,
 /// or only the name label the apiserver sets when the object is unknown.
 pub fn namespace_labels<'c>(cluster: &'c Cluster, name: &str) -> Cow<'c, Labels> {

@@ -1,0 +1,192 @@
+//! Source validation: which host-side interface each local pod sends
+//! through (the node's network view, an input of the compiler like the
+//! cluster), and the per-pod `ingress` base chain bound to that interface
+//! that lets through only the pod's own addresses.
+//!
+//! The check sits on the `ingress` hook, per interface, before bridging,
+//! routing and conntrack. That is the one place that still knows the port
+//! a packet came in on in both pod layouts: a routed veth per pod, and pods
+//! on a Linux bridge (where `forward` and `input` only see the bridge).
+//! Since every packet a pod sends carries one of its own addresses past
+//! this point, dispatching egress on the source address reaches the
+//! sender's egress chain whatever it wrote in its header; forged packets
+//! never create conntrack entries or meet an `established` accept.
+
+use crate::index::Cluster;
+use crate::ir::*;
+use crate::model::Pod;
+use crate::names::{comment, ident};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// Ahead of everything else on the interface (the netdev `ingress`
+/// priorities of other tools are usually 0 or above).
+pub const SRC_PRIORITY: i32 = -500;
+
+/// Neighbour discovery (router/neighbour solicitation and advertisement).
+/// Redirect (137) is left out: pods are not routers.
+pub const ND_TYPES: (u8, u8) = (133, 136);
+/// MLDv2 listener report: sent from a link-local (or, during DAD, the
+/// unspecified) address with hop limit 1; a bridge snoops it.
+pub const MLD2_REPORT: u8 = 143;
+
+/// The node's view of its pods' interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNet {
+    /// Host-side interface of each local pod, keyed `namespace/name`: the
+    /// pod's veth end on the node (routed layouts) or its bridge port.
+    #[serde(default)]
+    pub pod_interfaces: BTreeMap<String, String>,
+    /// Off only for networks with asymmetric routing into pods.
+    #[serde(default = "yes")]
+    pub source_validation: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NodeNet {
+    fn default() -> Self {
+        NodeNet {
+            pod_interfaces: BTreeMap::new(),
+            source_validation: true,
+        }
+    }
+}
+
+impl NodeNet {
+    pub fn interface_of(&self, pod: &Pod) -> Option<&str> {
+        self.pod_interfaces
+            .get(&format!("{}/{}", pod.namespace, pod.name))
+            .map(String::as_str)
+    }
+
+    /// Local policy pods that validation cannot cover because their
+    /// interface is unknown (the caller warns about them).
+    pub fn unmapped<'c>(&self, cluster: &'c Cluster, node: &'c str) -> Vec<&'c Pod> {
+        if !self.source_validation {
+            return Vec::new();
+        }
+        local_pods(cluster, node)
+            .filter(|p| self.interface_of(p).is_none())
+            .collect()
+    }
+}
+
+fn local_pods<'c>(cluster: &'c Cluster, node: &'c str) -> impl Iterator<Item = &'c Pod> + 'c {
+    cluster
+        .pods()
+        .filter(move |p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+}
+
+/// A `NAMESPACE/POD: INTERFACE` map as `--pod-interfaces` files hold it
+/// (YAML or JSON; comments and an empty file allowed).
+pub fn parse_interface_map(text: &str) -> Result<BTreeMap<String, String>, String> {
+    if text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    }) {
+        return Ok(BTreeMap::new());
+    }
+    serde_saphyr::from_str(text)
+        .map_err(|e| format!("expected a map NAMESPACE/POD: INTERFACE: {e}"))
+}
+
+pub fn src_chain_name(pod: &Pod) -> String {
+    ident("src", &[&pod.namespace, &pod.name])
+}
+
+/// Adds one validation chain per local pod with a known interface.
+/// Several pods naming one interface would bind several chains to it, each
+/// dropping the others' sources, so such interfaces get one chain for all
+/// of them.
+pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet) {
+    if !net.source_validation {
+        return;
+    }
+    let mut by_if: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in local_pods(cluster, node) {
+        if let Some(dev) = net.interface_of(pod) {
+            by_if.entry(dev).or_default().push(pod);
+        }
+    }
+    for (dev, pods) in by_if {
+        let first = pods[0];
+        let names: Vec<String> = pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        let mut rules = Vec::new();
+        let mut own: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        own.sort();
+        own.dedup();
+        for ip in own {
+            rules.push(Rule {
+                matches: vec![Match::AddrPrefix {
+                    family: Family::of(&ip),
+                    dir: Dir::Src,
+                    net: IpNet::from(ip),
+                }],
+                verdict: Verdict::Accept,
+                comment: None,
+            });
+        }
+        let link_local = IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10)
+            .expect("fe80::/10 is a valid prefix");
+        let unspecified = IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        for (net6, what) in [(link_local, "link-local"), (unspecified, "unspecified")] {
+            let src = Match::AddrPrefix {
+                family: Family::Ipv6,
+                dir: Dir::Src,
+                net: net6,
+            };
+            rules.push(Rule {
+                matches: vec![
+                    src.clone(),
+                    Match::Icmpv6Type {
+                        lo: ND_TYPES.0,
+                        hi: ND_TYPES.1,
+                    },
+                    Match::Ip6HopLimit(255),
+                ],
+                verdict: Verdict::Accept,
+                comment: Some(format!("neighbour discovery from the {what} address")),
+            });
+            rules.push(Rule {
+                matches: vec![
+                    src,
+                    Match::Icmpv6Type {
+                        lo: MLD2_REPORT,
+                        hi: MLD2_REPORT,
+                    },
+                    Match::Ip6HopLimit(1),
+                ],
+                verdict: Verdict::Accept,
+                comment: Some(format!("MLD report from the {what} address")),
+            });
+        }
+        rules.push(Rule {
+            matches: vec![Match::Counter],
+            verdict: Verdict::Drop,
+            comment: Some(comment(format!(
+                "forged source: not an address of {}",
+                names.join(", ")
+            ))),
+        });
+        rs.chains.insert(
+            src_chain_name(first),
+            Chain {
+                base: Some(BaseChain {
+                    hook: Hook::Ingress,
+                    priority: SRC_PRIORITY,
+                    policy: ChainPolicy::Accept,
+                    device: Some(dev.to_string()),
+                }),
+                rules,
+            },
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! Learns which host-side interface each local pod sends through, from the
+//! node's own kernel state, for source validation:
+//!
+//! - routed layouts (a veth per pod: Calico, kindnet, ptp): the host route
+//!   to the pod's /32 or /128 names the interface;
+//! - bridged layouts (pods on a Linux bridge: the `bridge` CNI plugin,
+//!   flannel's cni0): the route to the pod address leads to a bridge; the
+//!   node's ARP entry gives the pod's MAC and the bridge's forwarding
+//!   database the port that MAC was learned on.
+//!
+//! Read from `/proc/net/{route,ipv6_route,arp}` and
+//! `/sys/class/net/<bridge>/{brforward,brif}` of the caller's network
+//! namespace. Parsing is pure and tested on captured text; only
+//! [`discover`] touches the files. A pod found nowhere (a bridged pod that
+//! has not yet talked to the node, an IPv6-only bridged pod, a layout not
+//! listed above) is reported by the caller and left unvalidated.
+
+use policy_compiler::model::Pod;
+use policy_compiler::{Cluster, NodeNet};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+/// One route of the main table: destination prefix and output interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: ipnet::IpNet,
+    pub dev: String,
+}
+
+/// `/proc/net/route` (IPv4; addresses are little-endian hex).
+pub fn parse_route4(text: &str) -> Vec<Route> {
+    let hex4 = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.swap_bytes()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dev, dst, mask) = (f.first()?, hex4(f.get(1)?)?, hex4(f.get(7)?)?);
+            let len = u32::from(mask).count_ones() as u8;
+            let dst = ipnet::IpNet::new(IpAddr::V4(dst), len).ok()?;
+            Some(Route {
+                dst,
+                dev: dev.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `/proc/net/ipv6_route` (address as 32 hex digits, prefix length in hex,
+/// interface name last).
+pub fn parse_route6(text: &str) -> Vec<Route> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dst = u128::from_str_radix(f.first()?, 16).ok()?;
+            let len = u8::from_str_radix(f.get(1)?, 16).ok()?;
+            let dev = f.get(9)?;
+            if *dev == "lo" {
+                return None;
+            }
+            let dst = ipnet::IpNet::new(IpAddr::V6(Ipv6Addr::from(dst)), len).ok()?;
+            Some(Route {
+                dst,
+                dev: dev.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `/proc/net/arp`: (address, interface) -> MAC, complete entries only.
+pub fn parse_arp(text: &str) -> BTreeMap<(Ipv4Addr, String), [u8; 6]> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ip: Ipv4Addr = f.first()?.parse().ok()?;
+            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
+            // ATF_COM: the entry is resolved.
+            if flags & 0x2 == 0 {
+                return None;
+            }
+            let mac = parse_mac(f.get(3)?)?;
+            Some(((ip, f.get(5)?.to_string()), mac))
+        })
+        .collect()
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    (parts.next().is_none() && mac != [0; 6]).then_some(mac)
+}
+
+/// A bridge's `brforward` file: `struct __fdb_entry` records of 16 bytes
+/// (MAC, port number low byte, is_local, ageing timer, port number high
+/// byte, padding). Returns non-local MAC -> port number.
+pub fn parse_brforward(bytes: &[u8]) -> BTreeMap<[u8; 6], u16> {
+    bytes
+        .chunks_exact(16)
+        .filter(|e| e[7] == 0)
+        .filter_map(|e| {
+            let mac: [u8; 6] = e[0..6].try_into().ok()?;
+            Some((mac, u16::from(e[12]) << 8 | u16::from(e[6])))
+        })
+        .collect()
+}
+
+/// The most specific route holding `ip`.
+fn route_for<'r>(routes: &'r [Route], ip: &IpAddr) -> Option<&'r Route> {
+    routes
+        .iter()
+        .filter(|r| r.dst.contains(ip))
+        .max_by_key(|r| r.dst.prefix_len())
+}
+
+/// What [`discover`] reads, so the mapping logic is testable on text.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub routes: Vec<Route>,
+    pub arp: BTreeMap<(Ipv4Addr, String), [u8; 6]>,
+    /// Bridge name -> (MAC -> port interface name).
+    pub bridges: BTreeMap<String, BTreeMap<[u8; 6], String>>,
+}
+
+impl Snapshot {
+    /// The interface `pod` sends through, if the node's state shows one.
+    /// Every address of the pod must point at the same interface.
+    pub fn interface_of(&self, pod: &Pod) -> Option<String> {
+        let mut found: Option<String> = None;
+        for ip in &pod.ips {
+            let Some(route) = route_for(&self.routes, ip) else {
+                continue;
+            };
+            let dev = match self.bridges.get(&route.dev) {
+                None if route.dst.prefix_len() == route.dst.max_prefix_len() => {
+                    Some(route.dev.clone())
+                }
+                None => None,
+                Some(ports) => match ip {
+                    IpAddr::V4(v4) => self
+                        .arp
+                        .get(&(*v4, route.dev.clone()))
+                        .and_then(|mac| ports.get(mac))
+                        .cloned(),
+                    IpAddr::V6(_) => None,
+                },
+            };
+            match (&found, dev) {
+                (_, None) => {}
+                (None, Some(d)) => found = Some(d),
+                (Some(f), Some(d)) if *f == d => {}
+                (Some(_), Some(_)) => return None,
+            }
+        }
+        found
+    }
+
+    /// The map for every local policy pod the snapshot places.
+    pub fn node_net(&self, cluster: &Cluster, node: &str, source_validation: bool) -> NodeNet {
+        let pod_interfaces = cluster
+            .pods()
+            .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+            .filter_map(|p| {
+                self.interface_of(p)
+                    .map(|d| (format!("{}/{}", p.namespace, p.name), d))
+            })
+            .collect();
+        NodeNet {
+            pod_interfaces,
+            source_validation,
+        }
+    }
+}
+
+/// Reads the node's routes, ARP table and bridge forwarding databases.
+pub fn snapshot() -> std::io::Result<Snapshot> {
+    let read = |p: &str| std::fs::read_to_string(p);
+    let mut routes = parse_route4(&read("/proc/net/route")?);
+    // No IPv6 on the node is not an error.
+    routes.extend(parse_route6(
+        &read("/proc/net/ipv6_route").unwrap_or_default(),
+    ));
+    let arp = parse_arp(&read("/proc/net/arp").unwrap_or_default());
+    let mut bridges = BTreeMap::new();
+    let net = Path::new("/sys/class/net");
+    for entry in std::fs::read_dir(net)?.flatten() {
+        let dir = entry.path();
+        let Ok(fdb) = std::fs::read(dir.join("brforward")) else {
+            continue;
+        };
+        let mut by_no: BTreeMap<u16, String> = BTreeMap::new();
+        for port in std::fs::read_dir(dir.join("brif"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let no = std::fs::read_to_string(port.path().join("port_no")).unwrap_or_default();
+            if let Ok(n) = u16::from_str_radix(no.trim().trim_start_matches("0x"), 16) {
+                by_no.insert(n, port.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let ports = parse_brforward(&fdb)
+            .into_iter()
+            .filter_map(|(mac, no)| Some((mac, by_no.get(&no)?.clone())))
+            .collect();
+        bridges.insert(entry.file_name().to_string_lossy().into_owned(), ports);
+    }
+    Ok(Snapshot {
+        routes,
+        arp,
+        bridges,
+    })
+}
+
+/// The interface map of `node` from the kernel state of this namespace.
+pub fn discover(
+    cluster: &Cluster,
+    node: &str,
+    source_validation: bool,
+) -> std::io::Result<NodeNet> {
+    if !source_validation {
+        return Ok(NodeNet {
+            pod_interfaces: BTreeMap::new(),
+            source_validation,
+        });
+    }
+    Ok(snapshot()?.node_net(cluster, node, source_validation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE4: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+fabric\t0002F40A\t02FF1FAC\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0
+vp0\t0A01F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+cbr0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+";
+    const ROUTE6: &str = "fd00001002440001000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001      vp0
+fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff000000000000000000000002 00000400 00000001 00000000 00000003   fabric
+";
+    const ARP: &str =
+        "IP address       HW type     Flags       HW address            Mask     Device
+10.244.1.11      0x1         0x2         02:aa:bb:cc:dd:01     *        cbr0
+10.244.1.12      0x1         0x0         00:00:00:00:00:00     *        cbr0
+";
+
+    fn pod(ips: &[&str]) -> Pod {
+        Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            labels: Default::default(),
+            node_name: Some("n".into()),
+            host_network: false,
+            ips: ips.iter().map(|s| s.parse().expect("ip")).collect(),
+            named_ports: vec![],
+            terminal: false,
+        }
+    }
+
+    #[test]
+    fn parses_proc_routes() {
+        let r4 = parse_route4(ROUTE4);
+        assert_eq!(r4.len(), 3);
+        assert_eq!(r4[1].dst.to_string(), "10.244.1.10/32");
+        assert_eq!(r4[1].dev, "vp0");
+        let r6 = parse_route6(ROUTE6);
+        assert_eq!(r6[0].dst.to_string(), "fd00:10:244:1::a/128");
+        assert_eq!(r6[1].dev, "fabric");
+        let arp = parse_arp(ARP);
+        assert_eq!(arp.len(), 1, "incomplete entries are skipped");
+    }
+
+    #[test]
+    fn routed_pod_maps_by_host_route_and_bridged_pod_by_arp_and_fdb() {
+        let mut fdb = vec![0u8; 32];
+        fdb[0..6].copy_from_slice(&[2, 0xaa, 0xbb, 0xcc, 0xdd, 1]);
+        fdb[6] = 3;
+        fdb[16..22].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        fdb[22] = 1;
+        fdb[23] = 1; // local: the bridge's own address
+        let fdb = parse_brforward(&fdb);
+        assert_eq!(fdb.len(), 1);
+        let mut routes = parse_route4(ROUTE4);
+        routes.extend(parse_route6(ROUTE6));
+        let snap = Snapshot {
+            routes,
+            arp: parse_arp(ARP),
+            bridges: [(
+                "cbr0".to_string(),
+                fdb.into_keys().map(|m| (m, "vp7".to_string())).collect(),
+            )]
+            .into(),
+        };
+        assert_eq!(
+            snap.interface_of(&pod(&["10.244.1.10", "fd00:10:244:1::a"]))
+                .as_deref(),
+            Some("vp0")
+        );
+        assert_eq!(
+            snap.interface_of(&pod(&["10.244.1.11"])).as_deref(),
+            Some("vp7")
+        );
+        // Not yet in the ARP table: unknown, not guessed.
+        assert_eq!(snap.interface_of(&pod(&["10.244.1.12"])), None);
+        // A remote pod is routed over the fabric, not a host route.
+        assert_eq!(snap.interface_of(&pod(&["10.244.2.10"])), None);
+        // Addresses disagreeing on the interface: unknown.
+        assert_eq!(
+            snap.interface_of(&pod(&["10.244.1.10", "10.244.1.11"])),
+            None
+        );
+    }
+}
