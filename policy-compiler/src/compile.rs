@@ -27,7 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const CHAIN_FORWARD: &str = "forward";
 pub const CHAIN_INPUT: &str = "input";
 pub const BASE_PRIORITY: i32 = 0;
-pub use crate::srcval::ND_TYPES;
+/// Neighbour solicitation and advertisement: the ND a pod exchanges with
+/// its node or with pods on its bridge. Router solicitations and
+/// advertisements and redirects have no business between pods or from a
+/// pod to its node through policy.
+pub const ND_TYPES: (u8, u8) = (135, 136);
 
 pub fn map_name(direction: Direction, family: Family) -> String {
     format!("{}_{}", direction.word(), family.suffix())

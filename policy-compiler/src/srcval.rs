@@ -190,3 +190,17 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_map_files() {
+        let m = parse_interface_map("# comment\nx/a: vp0\n\"y/b\": vp1\n").expect("map");
+        assert_eq!(m.get("x/a").map(String::as_str), Some("vp0"));
+        assert_eq!(m.len(), 2);
+        assert!(parse_interface_map("").expect("empty").is_empty());
+        assert!(parse_interface_map("- a\n").is_err());
+    }
+}

@@ -79,6 +79,11 @@ pub struct AgentArgs {
     /// ingress allow-lists and skip its own egress policy.
     #[arg(long)]
     pub no_source_validation: bool,
+    /// A YAML map `NAMESPACE/POD: INTERFACE` of the local pods' host-side
+    /// interfaces, re-read at every reconcile, instead of learning them
+    /// from the node's routes, ARP table and bridge FDBs.
+    #[arg(long, value_name = "FILE")]
+    pub pod_interfaces: Option<PathBuf>,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -155,7 +160,8 @@ impl Options {
                 max_delay: a.max_delay,
                 drift_interval: a.drift_interval,
                 source_validation: !a.no_source_validation,
-                discover_interfaces: !a.no_source_validation,
+                discover_interfaces: !a.no_source_validation && a.pod_interfaces.is_none(),
+                pod_interfaces_file: a.pod_interfaces.clone(),
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),

@@ -185,6 +185,9 @@ pub struct Settings {
     /// bridge FDBs at every reconcile and drift check (see `ifmap`); off,
     /// no interface is known and no validation chain is compiled.
     pub discover_interfaces: bool,
+    /// A fixed `NAMESPACE/POD: INTERFACE` map (read at every compile)
+    /// instead of discovery.
+    pub pod_interfaces_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -199,6 +202,7 @@ impl Settings {
             backoff_max: Duration::from_secs(30),
             source_validation: true,
             discover_interfaces: false,
+            pod_interfaces_file: None,
         }
     }
 }
@@ -404,7 +408,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         // changes the ruleset although no object changed.
         if self.dirty_since.is_none()
             && self.last_applied.is_some()
-            && self.settings.discover_interfaces
+            && (self.settings.discover_interfaces || self.settings.pod_interfaces_file.is_some())
             && self.node_net() != self.last_net
         {
             self.mark_dirty(self.clock.now());
@@ -434,6 +438,21 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// The node's pod interfaces, as the settings say to learn them.
     fn node_net(&self) -> NodeNet {
         let s = &self.settings;
+        if let (Some(path), true) = (&s.pod_interfaces_file, s.source_validation) {
+            let map = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| policy_compiler::srcval::parse_interface_map(&t));
+            return match map {
+                Ok(pod_interfaces) => NodeNet {
+                    pod_interfaces,
+                    source_validation: true,
+                },
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the pod interface map; no source validation this round");
+                    NodeNet::default()
+                }
+            };
+        }
         if !s.discover_interfaces {
             return NodeNet {
                 source_validation: s.source_validation,
@@ -452,7 +471,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// Logs (once per change) pods left unvalidated and shared addresses,
     /// and exports both counts.
     fn warn_about(&mut self, net: &NodeNet) {
-        let unmapped: Vec<String> = if self.settings.discover_interfaces {
+        let s = &self.settings;
+        let unmapped: Vec<String> = if s.discover_interfaces || s.pod_interfaces_file.is_some() {
             net.unmapped(&self.cluster, &self.settings.node)
                 .iter()
                 .map(|p| format!("{}/{}", p.namespace, p.name))

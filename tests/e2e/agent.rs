@@ -28,6 +28,8 @@ impl Agent {
             .args(["netns", "exec", netns, nftpol_bin(), "agent"])
             .args(["--node-name", node, "--manifests"])
             .arg(dir)
+            .arg("--pod-interfaces")
+            .arg(dir.join(format!("{node}.interfaces")))
             // Each node namespace has its own loopback: no port clash.
             .args(["--metrics-addr", "127.0.0.1:9464", "--drift-interval", "5s"])
             // Plain logs in the failure report; debug so a reconcile that

@@ -295,11 +295,31 @@ impl SimCluster {
         ]
     }
 
+    /// `<node>.interfaces`: each pod's host-side interface (`vp<index>`,
+    /// its veth end or bridge port), the map `--pod-interfaces` reads, so
+    /// every node is compiled with source validation deterministically
+    /// (learning the map from the kernel is tested in `attacker`).
+    pub fn interface_maps(&self) -> Vec<(String, String)> {
+        self.topo
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut map = String::new();
+                for (i, pod) in self.pods.iter().enumerate() {
+                    if self.topo.pods[i].node == n.name {
+                        map.push_str(&format!("{}/{}: vp{i}\n", pod.namespace, pod.name));
+                    }
+                }
+                (format!("{}.interfaces", n.name), map)
+            })
+            .collect()
+    }
+
     /// Writes the manifests into `dir`, each file atomically (a watcher
     /// never sees half a file).
     pub fn write_manifests_to(&self, dir: &std::path::Path) {
         std::fs::create_dir_all(dir).expect("create manifest dir");
-        for (name, text) in self.manifests() {
+        for (name, text) in self.manifests().into_iter().chain(self.interface_maps()) {
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, text).expect("write manifest");
             std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
@@ -311,7 +331,7 @@ impl SimCluster {
         self.step_no += 1;
         let dir = self.dir.join(format!("step{}", self.step_no));
         std::fs::create_dir_all(&dir).expect("create step dir");
-        for (name, text) in self.manifests() {
+        for (name, text) in self.manifests().into_iter().chain(self.interface_maps()) {
             std::fs::write(dir.join(name), text).expect("write manifest");
         }
         dir
@@ -325,10 +345,11 @@ impl SimCluster {
             Programmer::Apply => Command::new("ip")
                 .args(["netns", "exec", netns, nftpol_bin(), "apply"])
                 .args(["--manifests", dir, "--node-name", node])
+                .args(["--pod-interfaces", &format!("{dir}/{node}.interfaces")])
                 .output(),
             Programmer::CompileNft => {
                 let script = format!(
-                    "{} compile --manifests {dir} --node-name {node} | ip netns exec {netns} nft -f -",
+                    "{} compile --manifests {dir} --node-name {node} --pod-interfaces {dir}/{node}.interfaces | ip netns exec {netns} nft -f -",
                     nftpol_bin()
                 );
                 Command::new("bash")
@@ -338,7 +359,7 @@ impl SimCluster {
             Programmer::GappyForSelfTest => {
                 let script = format!(
                     "ip netns exec {netns} nft delete table inet nftpol 2>/dev/null; sleep 0.2; \
-                     {} compile --manifests {dir} --node-name {node} | ip netns exec {netns} nft -f -",
+                     {} compile --manifests {dir} --node-name {node} --pod-interfaces {dir}/{node}.interfaces | ip netns exec {netns} nft -f -",
                     nftpol_bin()
                 );
                 Command::new("bash")
@@ -390,7 +411,16 @@ impl SimCluster {
     /// `nftpol compile` output for one node from a manifest directory.
     pub fn compile(&self, node: &str, dir: &std::path::Path) -> String {
         let dir = dir.to_str().expect("utf-8 temp dir");
-        run(Command::new(nftpol_bin()).args(["compile", "--manifests", dir, "--node-name", node]))
+        let map = format!("{dir}/{node}.interfaces");
+        run(Command::new(nftpol_bin()).args([
+            "compile",
+            "--manifests",
+            dir,
+            "--node-name",
+            node,
+            "--pod-interfaces",
+            &map,
+        ]))
     }
 
     /// Writes manifests and programs every node.

@@ -32,6 +32,7 @@ macro_rules! require_root {
 }
 
 mod agent;
+mod attacker;
 mod cluster;
 mod deploy;
 mod generated;
