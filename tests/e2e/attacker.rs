@@ -218,6 +218,7 @@ fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandl
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let mut idle = true;
             for &(family, proto, fd) in &fds {
+                // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
                 let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
                 let mut len = std::mem::size_of::<libc::sockaddr_in6>() as u32;
                 // SAFETY: buf and from are valid for their lengths.
