@@ -671,3 +671,60 @@ fn unread_policy_versions_and_quoted_ports_are_skipped_with_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn explain_names_the_admin_tier_rule_that_decided() {
+    let ex = "examples/policies/16-admin-sensitive-namespace.yaml";
+    let out = nftpol(&[
+        "explain",
+        "-m",
+        ex,
+        "--from",
+        "apps/web-0",
+        "--to",
+        "sensitive/vault-0",
+        "--port",
+        "80/TCP",
+    ]);
+    let t = text(&out.stdout);
+    assert!(t.starts_with("DENIED"), "{t}");
+    assert!(
+        t.contains("denied by admin tier: ClusterNetworkPolicy/sensitive-ns ingress[1] (deny-everyone-else) Deny"),
+        "{t}"
+    );
+    let out = nftpol(&[
+        "explain",
+        "-m",
+        ex,
+        "--from",
+        "monitoring/prometheus-0",
+        "--to",
+        "sensitive/vault-0",
+        "--port",
+        "80/TCP",
+        "--family",
+        "ipv6",
+    ]);
+    let t = text(&out.stdout);
+    assert!(t.starts_with("ALLOWED"), "{t}");
+    assert!(t.contains("ingress[0] (allow-monitoring) Accept"), "{t}");
+    let out = nftpol(&[
+        "explain",
+        "-m",
+        "examples/policies/20-baseline-default-deny.yaml",
+        "--from",
+        "10.1.2.3",
+        "--to",
+        "shop/cache-0",
+        "--port",
+        "80/TCP",
+    ]);
+    // Namespace peers match pods only: an outside address is no peer of
+    // the baseline's deny, so the default allow applies.
+    let t = text(&out.stdout);
+    assert!(t.starts_with("ALLOWED"), "{t}");
+    assert!(
+        t.contains("ingress of shop/cache-0: no policy isolates it"),
+        "{t}"
+    );
+}

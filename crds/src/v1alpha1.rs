@@ -329,3 +329,9 @@ pub struct AdminNetworkPolicyIngressPeer {
     "message": "Invalid CIDR format provided"
 }]))]
 pub struct Cidr(#[schemars(length(max = 43))] pub String);
+
+impl AsRef<str> for Cidr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}

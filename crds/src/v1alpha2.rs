@@ -262,3 +262,9 @@ pub struct DomainName(
     ))]
     pub String,
 );
+
+impl AsRef<str> for Cidr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}

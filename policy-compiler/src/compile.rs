@@ -16,6 +16,8 @@
 //! concatenations for named ports resolved per destination pod), so a peer
 //! coming or going is a set element, not a chain rewrite.
 
+use crate::admin::compile as admin_compile;
+use crate::admin::{AdminPolicy, Tier};
 use crate::index::Cluster;
 use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
@@ -39,7 +41,7 @@ pub fn map_name(direction: Direction, family: Family) -> String {
 
 /// How the compiler enforces a direction. Kept here, not on the model's
 /// `Direction`, because only the ruleset's shape depends on it.
-trait Enforce {
+pub(crate) trait Enforce {
     fn short(self) -> &'static str;
     fn chain_prefix(self) -> &'static str;
     fn peer_dir(self) -> Dir;
@@ -135,6 +137,12 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     let local = cluster
         .pods()
         .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node));
+    // Both admin tiers in the order they are checked.
+    let admin: Vec<&AdminPolicy> = cluster
+        .tier_policies(Tier::Admin)
+        .into_iter()
+        .chain(cluster.tier_policies(Tier::Baseline))
+        .collect();
     for pod in local {
         let selecting: Vec<&Policy> = cluster
             .policies_in(&pod.namespace)
@@ -146,9 +154,7 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
                 .copied()
                 .filter(|pol| direction.rules(pol).is_some())
                 .collect();
-            if !isolating.is_empty() {
-                b.pod_chain(pod, direction, &isolating);
-            }
+            b.pod_chains(pod, direction, &isolating, &admin);
         }
     }
     b.shared_address_elements(node);
@@ -156,19 +162,31 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     b.rs
 }
 
-/// Whether any pod in `pods` is isolated in `direction` by a policy of its
-/// namespace.
+/// Whether any pod in `pods` has a chain in `direction`: isolated by a
+/// policy of its namespace, or the subject of an admin or baseline policy
+/// with rules in that direction.
 pub fn any_isolated(cluster: &Cluster, pods: &[&Pod], direction: Direction) -> bool {
     pods.iter().any(|pod| {
         cluster
             .policies_in(&pod.namespace)
             .any(|pol| pol.pod_selector.matches(&pod.labels) && direction.rules(pol).is_some())
+            || cluster.admin_policies().any(|pol| {
+                !pol.rules(direction).is_empty() && admin_compile::selects(cluster, pol, pod)
+            })
     })
 }
 
 /// Name of the chain that drops new flows to or from a shared address.
 pub fn shared_chain_name(ip: &std::net::IpAddr) -> String {
     ident("dup", &[&ip.to_string().replace(':', "-")])
+}
+
+/// The chain an admin Pass of `pod` goes to: its NetworkPolicy part.
+pub fn pass_chain_name(direction: Direction, pod: &Pod) -> String {
+    ident(
+        &format!("{}p", direction.chain_prefix()),
+        &[&pod.namespace, &pod.name],
+    )
 }
 
 fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
@@ -225,9 +243,9 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
     }
 }
 
-struct Builder<'a> {
-    cluster: &'a Cluster,
-    rs: Ruleset,
+pub(crate) struct Builder<'a> {
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) rs: Ruleset,
     /// Addresses several policy pods claim (usually none).
     shared: &'a BTreeMap<std::net::IpAddr, Vec<&'a Pod>>,
 }
@@ -244,7 +262,7 @@ struct PortPlan {
 impl Builder<'_> {
     /// Returns the set `name`, creating it with `elements` the first time:
     /// sets are per policy rule, so every pod that rule selects shares it.
-    fn shared_set(
+    pub(crate) fn shared_set(
         &mut self,
         name: String,
         kind: SetKind,
@@ -257,8 +275,74 @@ impl Builder<'_> {
         name
     }
 
-    fn pod_chain(&mut self, pod: &Pod, direction: Direction, isolating: &[&Policy]) {
+    /// The pod's chain in `direction`: the admin tier, then the
+    /// NetworkPolicy part (the NetworkPolicies' rules and drop when they
+    /// isolate the pod, else the baseline tier), then, by falling off the
+    /// end, the default allow. A pod none of this touches gets no chain.
+    /// When an admin Pass occurs the NetworkPolicy part is its own chain
+    /// (`ingp_`/`egrp_`), the Pass's and the admin tier's end's `goto`
+    /// target.
+    fn pod_chains(
+        &mut self,
+        pod: &Pod,
+        direction: Direction,
+        isolating: &[&Policy],
+        admin: &[&AdminPolicy],
+    ) {
         let chain_name = pod_chain_name(direction, pod);
+        let pass_name = pass_chain_name(direction, pod);
+        let mut rules =
+            admin_compile::tier_rules(self, admin, pod, direction, Tier::Admin, &pass_name);
+        let tail = if isolating.is_empty() {
+            admin_compile::tier_rules(self, admin, pod, direction, Tier::Baseline, &pass_name)
+        } else {
+            self.netpol_rules(pod, direction, isolating)
+        };
+        if rules.is_empty() && tail.is_empty() {
+            return;
+        }
+        if rules
+            .iter()
+            .any(|r| r.verdict == Verdict::Goto(pass_name.clone()))
+        {
+            rules.push(Rule {
+                matches: vec![],
+                verdict: Verdict::Goto(pass_name.clone()),
+                comment: Some("end of admin tier".into()),
+            });
+            self.rs.chains.insert(
+                pass_name,
+                Chain {
+                    base: None,
+                    rules: tail,
+                },
+            );
+        } else {
+            rules.extend(tail);
+        }
+        self.rs
+            .chains
+            .insert(chain_name.clone(), Chain { base: None, rules });
+        for ip in &pod.ips {
+            // A shared address gets its own chain (shared_address_elements).
+            if self.shared.contains_key(ip) {
+                continue;
+            }
+            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, Family::of(ip))) {
+                map.elements
+                    .insert(Element::VmapJump(*ip, chain_name.clone()));
+            }
+        }
+    }
+
+    /// The NetworkPolicy part for a pod they isolate: every rule of every
+    /// isolating policy, then the drop.
+    fn netpol_rules(
+        &mut self,
+        pod: &Pod,
+        direction: Direction,
+        isolating: &[&Policy],
+    ) -> Vec<Rule> {
         let mut rules = Vec::new();
         for pol in isolating {
             let Some(prules) = direction.rules(pol) else {
@@ -281,18 +365,7 @@ impl Builder<'_> {
                 names.join(", ")
             ))),
         });
-        self.rs
-            .chains
-            .insert(chain_name.clone(), Chain { base: None, rules });
-        for ip in &pod.ips {
-            if self.shared.contains_key(ip) {
-                continue;
-            }
-            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, Family::of(ip))) {
-                map.elements
-                    .insert(Element::VmapJump(*ip, chain_name.clone()));
-            }
-        }
+        rules
     }
 
     /// A shared address names no single pod, so no pod's policies can be
@@ -660,14 +733,14 @@ fn peer_selects_pod_in(peer: &Peer, pod: &Pod) -> bool {
     }
 }
 
-fn family_digit(f: Family) -> &'static str {
+pub(crate) fn family_digit(f: Family) -> &'static str {
     match f {
         Family::Ipv4 => "4",
         Family::Ipv6 => "6",
     }
 }
 
-fn merge_ports(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+pub(crate) fn merge_ports(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     ranges.sort();
     let mut out: Vec<(u16, u16)> = Vec::new();
     for (lo, hi) in ranges {

@@ -17,14 +17,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// Builds `ObjectError`s for one object.
-struct Ctx<'a> {
-    source: Option<&'a str>,
-    kind: &'static str,
-    object: String,
+pub(crate) struct Ctx<'a> {
+    pub(crate) source: Option<&'a str>,
+    pub(crate) kind: &'static str,
+    pub(crate) object: String,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
+    pub(crate) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ObjectError {
         ObjectError {
             file: self.source.map(str::to_string),
             kind: self.kind.to_string(),
@@ -296,7 +296,7 @@ fn peer(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPeer) -> Result<Peer, Obje
     }
 }
 
-fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, ObjectError> {
+pub(crate) fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, ObjectError> {
     // A bare address is not a CIDR for the apiserver either.
     let net: IpNet = s
         .parse()
@@ -387,7 +387,7 @@ fn port(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPort) -> Result<PortSpec, 
 }
 
 /// IANA service name, as the apiserver validates named ports.
-fn valid_port_name(s: &str) -> bool {
+pub(crate) fn valid_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()
@@ -398,7 +398,7 @@ fn valid_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
-fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, ObjectError> {
+pub(crate) fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, ObjectError> {
     let match_labels = s
         .match_labels
         .clone()

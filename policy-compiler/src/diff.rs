@@ -188,7 +188,7 @@ pub fn rule_set_refs(rule: &Rule) -> impl Iterator<Item = &str> {
 /// The chain a rule jumps to, if any.
 pub fn rule_chain_ref(rule: &Rule) -> Option<&str> {
     match &rule.verdict {
-        Verdict::Jump(c) => Some(c.as_str()),
+        Verdict::Jump(c) | Verdict::Goto(c) => Some(c.as_str()),
         _ => None,
     }
 }

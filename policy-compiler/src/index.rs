@@ -1,10 +1,12 @@
-//! The cluster index: every Namespace, Pod and NetworkPolicy the compiler
-//! knows, with apply/delete per kind (what a watch event does) and the
+//! The cluster index: every Namespace, Pod, NetworkPolicy, admin policy
+//! (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy)
+//! and Node the compiler knows, with apply/delete per kind (what a watch event does) and the
 //! lookups the compiler and evaluator need. A namespace that pods or
 //! policies name but that was never given as an object still exists here,
 //! with the implicit `kubernetes.io/metadata.name` label the apiserver
 //! would have set.
 
+use crate::admin::{AdminKind, AdminPolicy, Node, Tier};
 use crate::manifest::Object;
 use crate::model::*;
 use std::borrow::Cow;
@@ -23,6 +25,10 @@ pub struct Cluster {
     pod_namespaces: BTreeMap<String, usize>,
     /// Pods by address (any pod listing it, policy pod or not).
     by_ip: BTreeMap<IpAddr, BTreeSet<Key>>,
+    /// Cluster-scoped admin policies by (kind, name).
+    admin: BTreeMap<(AdminKind, String), AdminPolicy>,
+    /// Node objects (for node peers) by name.
+    node_objects: BTreeMap<String, Node>,
 }
 
 impl Cluster {
@@ -44,7 +50,51 @@ impl Cluster {
             Object::Namespace(ns) => self.apply_namespace(ns),
             Object::Pod(p) => self.apply_pod(p),
             Object::Policy(p) => self.apply_policy(p),
+            Object::AdminPolicy(p) => self.apply_admin_policy(p),
+            Object::Node(n) => self.apply_node(n),
         }
+    }
+
+    pub fn apply_admin_policy(&mut self, p: AdminPolicy) -> bool {
+        let key = (p.kind, p.name.clone());
+        if self.admin.get(&key) == Some(&p) {
+            return false;
+        }
+        self.admin.insert(key, p);
+        true
+    }
+
+    pub fn delete_admin_policy(&mut self, kind: AdminKind, name: &str) -> bool {
+        self.admin.remove(&(kind, name.to_string())).is_some()
+    }
+
+    pub fn apply_node(&mut self, n: Node) -> bool {
+        if self.node_objects.get(&n.name) == Some(&n) {
+            return false;
+        }
+        self.node_objects.insert(n.name.clone(), n);
+        true
+    }
+
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        self.node_objects.remove(name).is_some()
+    }
+
+    /// Every admin and baseline policy, in (kind, name) order.
+    pub fn admin_policies(&self) -> impl DoubleEndedIterator<Item = &AdminPolicy> {
+        self.admin.values()
+    }
+
+    /// The policies of one tier in the order they are checked.
+    pub fn tier_policies(&self, tier: Tier) -> Vec<&AdminPolicy> {
+        let mut v: Vec<&AdminPolicy> = self.admin.values().filter(|p| p.tier == tier).collect();
+        v.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        v
+    }
+
+    /// Node objects, in name order.
+    pub fn node_objects(&self) -> impl DoubleEndedIterator<Item = &Node> {
+        self.node_objects.values()
     }
 
     pub fn apply_namespace(&mut self, ns: Namespace) -> bool {

@@ -143,6 +143,15 @@ fn run(
                 return Outcome::Continue;
             }
             Verdict::Jump(c) => Some(c.clone()),
+            // No return address: whatever the target decides, or its
+            // falling off the end, is this chain's outcome.
+            Verdict::Goto(c) => {
+                steps.push(step());
+                return match rs.chains.get(c) {
+                    Some(next) => run(rs, c, next, pkt, depth + 1, steps),
+                    None => Outcome::Drop,
+                };
+            }
             Verdict::AddrVmap { family, dir, map } => {
                 let addr = pick(pkt, *dir);
                 if Family::of(&addr) != *family {

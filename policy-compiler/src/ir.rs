@@ -260,6 +260,10 @@ pub enum Verdict {
     Drop,
     Return,
     Jump(String),
+    /// `goto chain`: like a jump, but a `return` (or the end) of that
+    /// chain returns to the caller of this one. An admin Pass uses it to
+    /// leave the rest of the admin tier behind.
+    Goto(String),
     /// `ip saddr vmap @map`: look the address up in a verdict map; no
     /// element means no verdict (continue with the next rule).
     AddrVmap {

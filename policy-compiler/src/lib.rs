@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod compile;
 pub mod convert;
 pub mod diff;

@@ -1,6 +1,7 @@
-//! Parsing manifest text: multi-document YAML (or JSON) with Namespace, Pod
-//! and NetworkPolicy objects, and `kind: List` documents exactly as
-//! `kubectl get ns,pods,networkpolicies -A -o yaml` prints them. Each
+//! Parsing manifest text: multi-document YAML (or JSON) with Namespace,
+//! Pod, NetworkPolicy, Node and admin policy objects (ClusterNetworkPolicy,
+//! AdminNetworkPolicy, BaselineAdminNetworkPolicy), and `kind: List`
+//! documents exactly as `kubectl get ... -o yaml` prints them. Each
 //! object is converted on its own: an invalid one becomes an error naming
 //! the file, the object and the field, and the rest still load.
 //!
@@ -9,6 +10,7 @@
 //! broken file is answered with an error in time linear in its size
 //! instead of exhausting the stack, memory or CPU.
 
+use crate::admin::convert as admin;
 use crate::convert;
 use crate::error::{Error, ObjectError};
 use crate::model::{Namespace, Pod, Policy};
@@ -28,12 +30,18 @@ pub const MAX_ALIASES: usize = 1000;
 /// Events copied for anchors: bounds alias expansion ("billion laughs").
 const MAX_ANCHOR_EVENTS: usize = 100_000;
 
+const ADMIN_V1ALPHA1: &str = "policy.networking.k8s.io/v1alpha1";
+const ADMIN_V1ALPHA2: &str = "policy.networking.k8s.io/v1alpha2";
+
 /// One object nftpol enforces on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     Policy(Policy),
+    /// ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy.
+    AdminPolicy(crate::admin::AdminPolicy),
+    Node(crate::admin::Node),
 }
 
 /// What one source held: the good objects and one error per bad one.
@@ -139,7 +147,14 @@ fn object(source: &str, document: usize, value: &Value, out: &mut Loaded) {
         return;
     }
     match (api_version, kind) {
-        ("v1", "List") | (_, "NamespaceList") | (_, "PodList") | (_, "NetworkPolicyList") => {
+        ("v1", "List")
+        | (_, "NamespaceList")
+        | (_, "PodList")
+        | (_, "NetworkPolicyList")
+        | (_, "NodeList")
+        | (ADMIN_V1ALPHA2, "ClusterNetworkPolicyList")
+        | (ADMIN_V1ALPHA1, "AdminNetworkPolicyList")
+        | (ADMIN_V1ALPHA1, "BaselineAdminNetworkPolicyList") => {
             if let Some(Value::Array(items)) = value.get("items") {
                 for item in items {
                     object(source, document, item, out);
@@ -159,6 +174,26 @@ fn object(source: &str, document: usize, value: &Value, out: &mut Loaded) {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             push(source, value, kind, out, |np| {
                 convert::policy(np, Some(source)).map(Object::Policy)
+            });
+        }
+        ("v1", "Node") => {
+            push(source, value, kind, out, |n| {
+                admin::node(n, Some(source)).map(Object::Node)
+            });
+        }
+        (ADMIN_V1ALPHA2, "ClusterNetworkPolicy") => {
+            push(source, value, kind, out, |p| {
+                admin::cluster_network_policy(p, Some(source)).map(Object::AdminPolicy)
+            });
+        }
+        (ADMIN_V1ALPHA1, "AdminNetworkPolicy") => {
+            push(source, value, kind, out, |p| {
+                admin::admin_network_policy(p, Some(source)).map(Object::AdminPolicy)
+            });
+        }
+        (ADMIN_V1ALPHA1, "BaselineAdminNetworkPolicy") => {
+            push(source, value, kind, out, |p| {
+                admin::baseline_admin_network_policy(p, Some(source)).map(Object::AdminPolicy)
             });
         }
         (_, "NetworkPolicy") => {
@@ -462,5 +497,91 @@ spec:
         let m = l.errors[0].to_string();
         assert!(m.starts_with("s.yaml: "), "{m}");
         assert!(m.contains("line 3"), "{m}");
+    }
+
+    #[test]
+    fn admin_policies_and_nodes_load_from_lists_and_errors_name_the_field() {
+        let text = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: policy.networking.k8s.io/v1alpha2
+  kind: ClusterNetworkPolicy
+  metadata: {name: a}
+  spec:
+    tier: Baseline
+    priority: 3
+    subject: {namespaces: {}}
+    egress:
+    - action: Accept
+      to: [{networks: [10.0.0.0/8]}, {nodes: {}}]
+      protocols: [{udp: {destinationPort: {range: {start: 53, end: 54}}}}]
+- apiVersion: policy.networking.k8s.io/v1alpha1
+  kind: AdminNetworkPolicy
+  metadata: {name: b}
+  spec:
+    priority: 1
+    subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: x}}}}
+    ingress: [{action: Pass, from: [{namespaces: {}}], ports: [{namedPort: http}]}]
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1, labels: {zone: a}}
+  status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: Hostname, address: n1}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: dns}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {namespaces: {}}
+  egress:
+  - action: Accept
+    to: [{domainNames: [example.com]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: BaselineAdminNetworkPolicy
+metadata: {name: other}
+spec: {subject: {namespaces: {}}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: far}
+spec: {priority: 1001, subject: {namespaces: {}}}
+"#;
+        let l = parse("admin.yaml", text);
+        let msgs: Vec<String> = l.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "admin.yaml: ClusterNetworkPolicy dns: spec.egress[0].to[0].domainNames: domainNames peers are not supported by nftpol",
+                "admin.yaml: BaselineAdminNetworkPolicy other: metadata.name: the only BaselineAdminNetworkPolicy allowed is named \"default\"",
+                "admin.yaml: AdminNetworkPolicy far: spec.priority: 1001 is not in 0..1000",
+            ]
+        );
+        assert_eq!(l.objects.len(), 3);
+        let Object::AdminPolicy(a) = &l.objects[0] else {
+            panic!("want an admin policy")
+        };
+        assert_eq!(a.tier, crate::admin::Tier::Baseline);
+        assert_eq!(
+            a.egress[0].ports,
+            Some(vec![crate::admin::AdminPort::Range {
+                protocol: crate::model::Protocol::Udp,
+                lo: 53,
+                hi: 54
+            }])
+        );
+        let Object::AdminPolicy(b) = &l.objects[1] else {
+            panic!("want an admin policy")
+        };
+        assert_eq!(b.ingress[0].action, crate::admin::Action::Pass);
+        let Object::Node(n) = &l.objects[2] else {
+            panic!("want a node")
+        };
+        assert_eq!(
+            n.ips,
+            vec!["172.18.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }

@@ -1,10 +1,14 @@
 //! Property tests: on generated clusters and policies, the compiled IR run
 //! through the interpreter gives the same verdict as the semantic
 //! evaluator for every (source, destination, protocol, port), IPv4 and
-//! IPv6, pods on two nodes and addresses outside the cluster. Each
+//! IPv6, pods on two nodes, the nodes themselves and addresses outside the
+//! cluster. Clusters carry admin and baseline policies of both API
+//! generations (ties in priority, Pass, node and network peers, named
+//! ports) next to NetworkPolicies. Each
 //! generated case checks a few hundred flows, so a run checks several
 //! hundred thousand.
 
+use crate::admin::*;
 use crate::compile::compile;
 use crate::eval::{allowed, Endpoint};
 use crate::index::Cluster;
@@ -26,6 +30,17 @@ const LABEL_KEYS: [&str; 3] = ["app", "tier", "team"];
 const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
 const PORT_NAMES: [&str; 2] = ["http", "metrics"];
 const EXTERNAL: [&str; 3] = ["192.168.7.1", "10.0.200.1", "fd99::1"];
+/// Node addresses (IPv4, IPv6) of NODES, in order.
+const NODE_IPS: [(&str, &str); 2] = [("172.18.0.2", "fc00::2"), ("172.18.0.3", "fc00::3")];
+/// Networks for admin network peers: pods, nodes, outside.
+const ADMIN_NETS: [&str; 6] = [
+    "10.0.1.0/24",
+    "10.0.0.0/8",
+    "172.18.0.3/32",
+    "fd00::100/120",
+    "::/0",
+    "192.168.0.0/16",
+];
 
 fn labels_strategy() -> impl Strategy<Value = Labels> {
     proptest::collection::btree_map(
@@ -191,13 +206,127 @@ fn pod_strategy() -> impl Strategy<Value = PodGen> {
         )
 }
 
+fn admin_peer_strategy(egress: bool) -> BoxedStrategy<AdminPeer> {
+    let pods = prop_oneof![
+        selector_strategy().prop_map(AdminPeer::Namespaces),
+        (selector_strategy(), selector_strategy())
+            .prop_map(|(namespaces, pods)| AdminPeer::Pods { namespaces, pods }),
+    ];
+    if !egress {
+        return pods.boxed();
+    }
+    prop_oneof![
+        4 => pods,
+        1 => selector_strategy().prop_map(AdminPeer::Nodes),
+        1 => proptest::collection::vec(prop::sample::select(ADMIN_NETS.to_vec()), 1..3)
+            .prop_map(|v| AdminPeer::Networks(v.iter().map(|n| n.parse().expect("net")).collect())),
+        1 => Just(AdminPeer::All),
+    ]
+    .boxed()
+}
+
+fn admin_port_strategy() -> impl Strategy<Value = AdminPort> {
+    prop_oneof![
+        (
+            prop::sample::select(Protocol::ALL.to_vec()),
+            prop::sample::select(PORTS.to_vec())
+        )
+            .prop_map(|(protocol, p)| AdminPort::Range {
+                protocol,
+                lo: p,
+                hi: p
+            }),
+        (
+            prop::sample::select(Protocol::ALL.to_vec()),
+            prop::sample::select(PORTS.to_vec()),
+            0u16..600
+        )
+            .prop_map(|(protocol, p, w)| AdminPort::Range {
+                protocol,
+                lo: p,
+                hi: p.saturating_add(w)
+            }),
+        prop::sample::select(PORT_NAMES.to_vec()).prop_map(|n| AdminPort::Named(n.into())),
+    ]
+}
+
+fn admin_rule_strategy(egress: bool, baseline_v1: bool) -> impl Strategy<Value = AdminRule> {
+    let actions = if baseline_v1 {
+        vec![Action::Accept, Action::Deny]
+    } else {
+        vec![Action::Accept, Action::Deny, Action::Pass]
+    };
+    (
+        prop::sample::select(actions),
+        proptest::collection::vec(admin_peer_strategy(egress), 1..3),
+        proptest::option::of(proptest::collection::vec(admin_port_strategy(), 1..3)),
+    )
+        .prop_map(|(action, peers, mut ports)| {
+            // Named ports exist only on pods (the API rejects the mix).
+            if peers
+                .iter()
+                .any(|p| matches!(p, AdminPeer::Nodes(_) | AdminPeer::Networks(_)))
+            {
+                if let Some(ps) = &mut ports {
+                    ps.retain(|p| !matches!(p, AdminPort::Named(_)));
+                    if ps.is_empty() {
+                        ports = None;
+                    }
+                }
+            }
+            AdminRule {
+                name: String::new(),
+                action,
+                peers,
+                ports,
+            }
+        })
+}
+
+fn admin_policy_strategy() -> impl Strategy<Value = AdminPolicy> {
+    (
+        prop::sample::select(vec![
+            (AdminKind::ClusterNetworkPolicy, Tier::Admin),
+            (AdminKind::ClusterNetworkPolicy, Tier::Baseline),
+            (AdminKind::AdminNetworkPolicy, Tier::Admin),
+            (AdminKind::BaselineAdminNetworkPolicy, Tier::Baseline),
+        ]),
+        // Few priorities, so ties happen.
+        0u16..3,
+        prop_oneof![
+            selector_strategy().prop_map(Subject::Namespaces),
+            (selector_strategy(), selector_strategy())
+                .prop_map(|(namespaces, pods)| Subject::Pods { namespaces, pods }),
+        ],
+        any::<u64>(),
+    )
+        .prop_flat_map(|((kind, tier), priority, subject, seed)| {
+            let v1b = kind == AdminKind::BaselineAdminNetworkPolicy;
+            (
+                proptest::collection::vec(admin_rule_strategy(false, v1b), 0..3),
+                proptest::collection::vec(admin_rule_strategy(true, v1b), 0..3),
+            )
+                .prop_map(move |(ingress, egress)| AdminPolicy {
+                    kind,
+                    name: format!("a{seed}"),
+                    tier,
+                    priority: (!v1b).then_some(priority),
+                    subject: subject.clone(),
+                    ingress,
+                    egress,
+                })
+        })
+}
+
 fn cluster_strategy() -> impl Strategy<Value = Cluster> {
     (
         proptest::collection::vec(labels_strategy(), NAMESPACES.len()),
         proptest::collection::vec(pod_strategy(), 2..8),
-        proptest::collection::vec(policy_strategy(), 1..5),
+        proptest::collection::vec(policy_strategy(), 0..5),
+        proptest::collection::vec(admin_policy_strategy(), 0..4),
+        proptest::collection::vec(labels_strategy(), NODES.len()),
     )
-        .prop_map(|(ns_labels, pods, policies)| {
+        .prop_map(|(ns_labels, pods, policies, admin, node_labels)| {
             let mut c = Cluster::new();
             for (name, mut labels) in NAMESPACES.iter().zip(ns_labels) {
                 labels.insert(NAMESPACE_NAME_LABEL.into(), name.to_string());
@@ -250,6 +379,21 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
                 p.name = format!("pol{i}");
                 c.apply_policy(p);
             }
+            for (i, mut p) in admin.into_iter().enumerate() {
+                p.name = if p.kind == AdminKind::BaselineAdminNetworkPolicy {
+                    "default".into()
+                } else {
+                    format!("adm{i}")
+                };
+                c.apply_admin_policy(p);
+            }
+            for ((name, (v4, v6)), labels) in NODES.iter().zip(NODE_IPS).zip(node_labels) {
+                c.apply_node(Node {
+                    name: name.to_string(),
+                    labels,
+                    ips: vec![v4.parse().expect("ip"), v6.parse().expect("ip")],
+                });
+            }
             c
         })
 }
@@ -263,6 +407,7 @@ fn endpoints(c: &Cluster) -> Vec<Endpoint> {
     v.extend(
         EXTERNAL
             .iter()
+            .chain(NODE_IPS.iter().flat_map(|(a, b)| [a, b]))
             .map(|ip| Endpoint::Ip(ip.parse().expect("ip"))),
     );
     v
@@ -313,7 +458,7 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                         prop_assert_eq!(
                             got,
                             want.allowed,
-                            "{} -> {} {}/{:?} {:?}: ruleset says {}, semantics say {:?}\n{:#?}",
+                            "{} -> {} {}/{:?} {:?}: ruleset says {}, semantics say {:?}\n{:#?}\n{:#?}",
                             src,
                             dst,
                             port,
@@ -321,7 +466,8 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                             family,
                             got,
                             want,
-                            c.policies().collect::<Vec<_>>()
+                            c.policies().collect::<Vec<_>>(),
+                            c.admin_policies().collect::<Vec<_>>()
                         );
                         checked += 1;
                     }
@@ -347,7 +493,9 @@ proptest! {
             let rebuilt = Cluster::from_objects(
                 c.namespaces().cloned().map(crate::manifest::Object::Namespace)
                     .chain(c.pods().rev().cloned().map(crate::manifest::Object::Pod))
-                    .chain(c.policies().rev().cloned().map(crate::manifest::Object::Policy)),
+                    .chain(c.policies().rev().cloned().map(crate::manifest::Object::Policy))
+                    .chain(c.admin_policies().rev().cloned().map(crate::manifest::Object::AdminPolicy))
+                    .chain(c.node_objects().rev().cloned().map(crate::manifest::Object::Node)),
             );
             prop_assert_eq!(a, crate::render::render_script(&compile(&rebuilt, n)));
         }

@@ -225,6 +225,7 @@ fn render_verdict(v: &Verdict) -> String {
         Verdict::Drop => "drop".into(),
         Verdict::Return => "return".into(),
         Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Goto(c) => format!("goto {c}"),
         Verdict::AddrVmap { family, dir, map } => format!(
             "{} {} vmap @{map}",
             family.payload_keyword(),

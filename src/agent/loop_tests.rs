@@ -179,6 +179,11 @@ fn nothing_is_programmed_before_every_kind_is_listed() {
         kinds: vec![Kind::Pod],
         objects: vec![pod(1)],
     });
+    assert_eq!(l.applies(), 0, "nodes and admin policies are unlisted");
+    l.change(Change::Replace {
+        kinds: Kind::ALL[3..].to_vec(),
+        objects: vec![],
+    });
     assert_eq!(
         l.batches(),
         1,

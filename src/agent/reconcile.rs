@@ -33,6 +33,7 @@
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
+use policy_compiler::admin::AdminKind;
 use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -45,16 +46,30 @@ pub enum Kind {
     Namespace,
     Pod,
     Policy,
+    Node,
+    Admin(AdminKind),
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Policy,
+        Kind::Node,
+        Kind::Admin(AdminKind::ClusterNetworkPolicy),
+        Kind::Admin(AdminKind::AdminNetworkPolicy),
+        Kind::Admin(AdminKind::BaselineAdminNetworkPolicy),
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::Policy => "networkpolicy",
+            Kind::Node => "node",
+            Kind::Admin(AdminKind::ClusterNetworkPolicy) => "clusternetworkpolicy",
+            Kind::Admin(AdminKind::AdminNetworkPolicy) => "adminnetworkpolicy",
+            Kind::Admin(AdminKind::BaselineAdminNetworkPolicy) => "baselineadminnetworkpolicy",
         }
     }
 
@@ -63,6 +78,8 @@ impl Kind {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::Policy(_) => Kind::Policy,
+            Object::Node(_) => Kind::Node,
+            Object::AdminPolicy(p) => Kind::Admin(p.kind),
         }
     }
 
@@ -72,7 +89,8 @@ impl Kind {
             "Namespace" => Some(Kind::Namespace),
             "Pod" => Some(Kind::Pod),
             "NetworkPolicy" => Some(Kind::Policy),
-            _ => None,
+            "Node" => Some(Kind::Node),
+            k => AdminKind::from_api(k).map(Kind::Admin),
         }
     }
 }
@@ -88,6 +106,8 @@ fn key_of(o: &Object) -> Key {
         Object::Namespace(n) => (String::new(), n.name.clone()),
         Object::Pod(p) => (p.namespace.clone(), p.name.clone()),
         Object::Policy(p) => (p.namespace.clone(), p.name.clone()),
+        Object::Node(n) => (String::new(), n.name.clone()),
+        Object::AdminPolicy(p) => (String::new(), p.name.clone()),
     }
 }
 
@@ -511,6 +531,19 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         m.set_watched(Kind::Namespace, self.cluster.namespaces().count());
         m.set_watched(Kind::Pod, self.cluster.pod_count());
         m.set_watched(Kind::Policy, self.cluster.policy_count());
+        m.set_watched(Kind::Node, self.cluster.node_objects().count());
+        for k in [
+            AdminKind::ClusterNetworkPolicy,
+            AdminKind::AdminNetworkPolicy,
+            AdminKind::BaselineAdminNetworkPolicy,
+        ] {
+            let n = self
+                .cluster
+                .admin_policies()
+                .filter(|p| p.kind == k)
+                .count();
+            m.set_watched(Kind::Admin(k), n);
+        }
     }
 
     fn reconcile(&mut self) {
@@ -615,6 +648,8 @@ fn delete(c: &mut Cluster, kind: Kind, (ns, name): &Key) -> bool {
         Kind::Namespace => c.delete_namespace(name),
         Kind::Pod => c.delete_pod(ns, name),
         Kind::Policy => c.delete_policy(ns, name),
+        Kind::Node => c.delete_node(name),
+        Kind::Admin(k) => c.delete_admin_policy(k, name),
     }
 }
 
@@ -628,6 +663,15 @@ fn keys(c: &Cluster, kind: Kind) -> Vec<Key> {
         Kind::Policy => c
             .policies()
             .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect(),
+        Kind::Node => c
+            .node_objects()
+            .map(|n| (String::new(), n.name.clone()))
+            .collect(),
+        Kind::Admin(k) => c
+            .admin_policies()
+            .filter(|p| p.kind == k)
+            .map(|p| (String::new(), p.name.clone()))
             .collect(),
     }
 }

@@ -8,6 +8,7 @@ use super::metrics::Metrics;
 use super::reconcile::Settings;
 use super::{run_with, AgentError, Options, Source};
 use nftpol_test_support::fakeapi::{ApiKind, FakeApi};
+use policy_compiler::render::render_script;
 use policy_compiler::{Cluster, Ruleset};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -433,7 +434,7 @@ async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
     let agent = start(Source::Kube(fake.client()), settings());
     agent.converges(&expected(&fake), LIMIT).await;
     // Every watch must be open to receive the bookmark.
-    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
+    assert!(wait_for(LIMIT, || fake.open_watches() == ApiKind::ALL.len()).await);
     let lists: Vec<usize> = ApiKind::ALL.iter().map(|k| fake.list_count(*k)).collect();
     let watches = fake.watch_count(ApiKind::Pod);
     let ns_watches = fake.watch_count(ApiKind::Namespace);
@@ -525,6 +526,56 @@ async fn invalid_objects_are_skipped_one_by_one() {
         let msg = e["note"].as_str().unwrap_or_default();
         assert!(msg.contains(field), "{msg}");
     }
+    agent.stop().await;
+}
+
+/// Admin policies of both API generations and Nodes are watched like the
+/// other kinds: added, changed, deleted and invalid ones all end up as
+/// `nftpol compile` sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_admin_policies_and_nodes() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    fake.apply(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "cp", "labels": {"role": "cp"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}))
+        .expect("apply");
+    fake.apply(json!({"apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy", "metadata": {"name": "deny-dev"},
+        "spec": {"tier": "Admin", "priority": 1,
+            "subject": {"namespaces": {"matchLabels": {"team": "a"}}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": "b"}}}]}],
+            "egress": [{"action": "Accept", "to": [{"nodes": {"matchLabels": {"role": "cp"}}}]}]}}))
+    .expect("apply");
+    fake.apply(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1",
+        "kind": "BaselineAdminNetworkPolicy", "metadata": {"name": "default"},
+        "spec": {"subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}}))
+        .expect("apply");
+    // Invalid: skipped, reported, and counted under its own kind.
+    fake.apply(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1",
+        "kind": "AdminNetworkPolicy", "metadata": {"name": "dns"},
+        "spec": {"priority": 2, "subject": {"namespaces": {}},
+            "egress": [{"action": "Allow", "to": [{"domainNames": ["example.com"]}]}]}}))
+        .expect("apply");
+    let want = expected(&fake);
+    assert!(
+        render_script(&want).contains("ClusterNetworkPolicy/deny-dev ingress[0] Deny"),
+        "the admin policy compiles into the expected ruleset"
+    );
+    agent.converges(&want, LIMIT).await;
+    assert!(fake.delete(ApiKind::ClusterNetworkPolicy, "", "deny-dev"));
+    assert!(fake.delete(ApiKind::Node, "", "cp"));
+    let want = expected(&fake);
+    assert!(!render_script(&want).contains("deny-dev"));
+    agent.converges(&want, LIMIT).await;
+    let text = agent.metrics.encode();
+    assert!(
+        text.contains("nftpol_invalid_objects_skipped_total{kind=\"adminnetworkpolicy\"} 1"),
+        "{text}"
+    );
     agent.stop().await;
 }
 

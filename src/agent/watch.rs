@@ -1,5 +1,9 @@
 //! The Kubernetes source: one kube-runtime watcher per kind (Namespaces,
-//! Pods, NetworkPolicies) turning API events into [`Change`]s.
+//! Pods, NetworkPolicies, Nodes, and the admin policy CRDs
+//! ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy)
+//! turning API events into [`Change`]s. A CRD that is not installed counts
+//! as an empty listing (logged once), so a cluster without the admin
+//! policy API still gets its NetworkPolicies enforced.
 //!
 //! Objects are reduced to the compiler's model right here (labels, node,
 //! hostNetwork, IPs, named ports), so the agent never holds whole API
@@ -22,7 +26,7 @@ use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
 use crate::agent::AgentError;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -30,6 +34,8 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, watcher, Event, ExponentialBackoff};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
+use nftpol_crds::{v1alpha1, v1alpha2};
+use policy_compiler::admin::{convert as admin, AdminKind};
 use policy_compiler::{convert, Object, ObjectError};
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -37,7 +43,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Watches all three kinds until the reconcile loop goes away.
+/// Watches every kind until the reconcile loop goes away.
 pub async fn run(
     client: kube::Client,
     node: String,
@@ -68,15 +74,82 @@ pub async fn run(
         reporter.clone(),
     );
     let pols = watch_kind(
-        Api::<DeserializeGuard<NetworkPolicy>>::all(client),
+        Api::<DeserializeGuard<NetworkPolicy>>::all(client.clone()),
         Kind::Policy,
         |o| convert::policy(o, None).map(Object::Policy),
+        tx.clone(),
+        metrics.clone(),
+        reporter.clone(),
+    );
+    let nodes = watch_kind(
+        Api::<DeserializeGuard<Node>>::all(client.clone()),
+        Kind::Node,
+        |o| admin::node(o, None).map(Object::Node),
+        tx.clone(),
+        metrics.clone(),
+        reporter.clone(),
+    );
+    let cnp = watch_crd(
+        Api::<DeserializeGuard<v1alpha2::ClusterNetworkPolicy>>::all(client.clone()),
+        Kind::Admin(AdminKind::ClusterNetworkPolicy),
+        |o| admin::cluster_network_policy(o, None).map(Object::AdminPolicy),
+        tx.clone(),
+        metrics.clone(),
+        reporter.clone(),
+    );
+    let anp = watch_crd(
+        Api::<DeserializeGuard<v1alpha1::AdminNetworkPolicy>>::all(client.clone()),
+        Kind::Admin(AdminKind::AdminNetworkPolicy),
+        |o| admin::admin_network_policy(o, None).map(Object::AdminPolicy),
+        tx.clone(),
+        metrics.clone(),
+        reporter.clone(),
+    );
+    let banp = watch_crd(
+        Api::<DeserializeGuard<v1alpha1::BaselineAdminNetworkPolicy>>::all(client),
+        Kind::Admin(AdminKind::BaselineAdminNetworkPolicy),
+        |o| admin::baseline_admin_network_policy(o, None).map(Object::AdminPolicy),
         tx,
         metrics,
         reporter,
     );
-    futures::join!(ns, pods, pols);
+    futures::join!(ns, pods, pols, nodes, cnp, anp, banp);
     Ok(())
+}
+
+/// Watches a CRD kind, or, when the API server does not serve it (the CRD
+/// is not installed: 404), reports it as listed and empty and stops.
+async fn watch_crd<K>(
+    api: Api<DeserializeGuard<K>>,
+    kind: Kind,
+    reduce: fn(&K) -> Result<Object, ObjectError>,
+    tx: Sender<Stamped>,
+    metrics: Arc<Metrics>,
+    reporter: InvalidReporter,
+) where
+    K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let probe = api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await;
+    if let Err(kube::Error::Api(status)) = &probe {
+        if status.code == 404 {
+            tracing::warn!(
+                kind = kind.as_str(),
+                "CRD not installed: no such policies to enforce (restart the agent after installing it; `nftpol crds` prints it)"
+            );
+            metrics.event(kind, "listed");
+            let _ = tx.send((
+                Instant::now(),
+                Change::Replace {
+                    kinds: vec![kind],
+                    objects: Vec::new(),
+                },
+            ));
+            return;
+        }
+    }
+    watch_kind(api, kind, reduce, tx, metrics, reporter).await;
 }
 
 /// The object's key as the index stores it (a namespaced object without a
@@ -84,7 +157,7 @@ pub async fn run(
 fn key<K: Resource>(o: &K, kind: Kind) -> (String, String) {
     let m = o.meta();
     let ns = match kind {
-        Kind::Namespace => String::new(),
+        Kind::Namespace | Kind::Node | Kind::Admin(_) => String::new(),
         _ => m
             .namespace
             .clone()

@@ -34,6 +34,7 @@ pub const V_ACCEPT: i32 = libc::NF_ACCEPT;
 pub const V_DROP: i32 = libc::NF_DROP;
 pub const V_RETURN: i32 = libc::NFT_RETURN;
 pub const V_JUMP: i32 = libc::NFT_JUMP;
+pub const V_GOTO: i32 = libc::NFT_GOTO;
 
 /// One kernel expression, reduced to the attributes nftpol uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,6 +376,10 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
             code: V_JUMP,
             chain: Some(c.clone()),
         }),
+        Verdict::Goto(c) => l.out.push(RawExpr::Verdict {
+            code: V_GOTO,
+            chain: Some(c.clone()),
+        }),
         Verdict::AddrVmap { family, dir, map } => {
             l.addr(*family, *dir, 0);
             l.lookup(map, Some(REG_VERDICT));
@@ -638,6 +643,7 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                     (V_DROP, None) => Verdict::Drop,
                     (V_RETURN, None) => Verdict::Return,
                     (V_JUMP, Some(c)) => Verdict::Jump(c.clone()),
+                    (V_GOTO, Some(c)) => Verdict::Goto(c.clone()),
                     _ => return Err(format!("unsupported verdict {code} {chain:?}")),
                 });
                 i += 1;
@@ -750,6 +756,7 @@ pub(crate) mod tests {
                 Verdict::Accept,
             ),
             r(vec![], Verdict::Jump("ing_default_a".into())),
+            r(vec![], Verdict::Goto("ing_default_a".into())),
             r(vec![], Verdict::Return),
             Rule {
                 matches: vec![],

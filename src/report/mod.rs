@@ -35,6 +35,14 @@ pub fn describe_side(side: &SideVerdict) -> String {
              policies can apply)",
             claimed_by.join(", ")
         ),
+        SideVerdict::Tier { rule } => {
+            let outcome = match rule.action {
+                policy_compiler::admin::Action::Deny => "denied",
+                // A baseline Pass hands the flow to the default allow.
+                _ => "allowed",
+            };
+            format!("{outcome} by {rule}")
+        }
     }
 }
 

@@ -46,21 +46,47 @@ pub enum ApiKind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Node,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl ApiKind {
-    pub const ALL: [ApiKind; 3] = [ApiKind::Namespace, ApiKind::Pod, ApiKind::NetworkPolicy];
+    pub const ALL: [ApiKind; 7] = [
+        ApiKind::Namespace,
+        ApiKind::Pod,
+        ApiKind::NetworkPolicy,
+        ApiKind::Node,
+        ApiKind::ClusterNetworkPolicy,
+        ApiKind::AdminNetworkPolicy,
+        ApiKind::BaselineAdminNetworkPolicy,
+    ];
 
     fn path(self) -> &'static str {
         match self {
             ApiKind::Namespace => "/api/v1/namespaces",
             ApiKind::Pod => "/api/v1/pods",
             ApiKind::NetworkPolicy => "/apis/networking.k8s.io/v1/networkpolicies",
+            ApiKind::Node => "/api/v1/nodes",
+            ApiKind::ClusterNetworkPolicy => {
+                "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+            }
+            ApiKind::AdminNetworkPolicy => {
+                "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies"
+            }
+            ApiKind::BaselineAdminNetworkPolicy => {
+                "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies"
+            }
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             ApiKind::NetworkPolicy => "networking.k8s.io/v1",
+            ApiKind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
+            ApiKind::AdminNetworkPolicy | ApiKind::BaselineAdminNetworkPolicy => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
             _ => "v1",
         }
     }
@@ -69,6 +95,10 @@ impl ApiKind {
             ApiKind::Namespace => "Namespace",
             ApiKind::Pod => "Pod",
             ApiKind::NetworkPolicy => "NetworkPolicy",
+            ApiKind::Node => "Node",
+            ApiKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            ApiKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            ApiKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
     fn from_kind(k: &str) -> Option<ApiKind> {
@@ -78,7 +108,7 @@ impl ApiKind {
         ApiKind::ALL.into_iter().find(|a| a.path() == p)
     }
     fn namespaced(self) -> bool {
-        self != ApiKind::Namespace
+        matches!(self, ApiKind::Pod | ApiKind::NetworkPolicy)
     }
 }
 
@@ -710,7 +740,102 @@ pub fn to_api(o: &policy_compiler::Object) -> Value {
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec})
         }
+        Object::Node(n) => {
+            let addresses: Vec<Value> = n
+                .ips
+                .iter()
+                .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+                .collect();
+            json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n.name, "labels": n.labels},
+                "status": {"addresses": addresses}})
+        }
+        Object::AdminPolicy(p) => admin_to_api(p, selector),
     }
+}
+
+/// The API object an admin policy came from (inverse of its conversion).
+fn admin_to_api(
+    p: &policy_compiler::admin::AdminPolicy,
+    selector: fn(&policy_compiler::selector::Selector) -> Value,
+) -> Value {
+    use policy_compiler::admin::{AdminKind, AdminPeer, AdminPort, Subject, Tier};
+    use policy_compiler::selector::Selector;
+    let v2 = p.kind == AdminKind::ClusterNetworkPolicy;
+    let pods = |ns: &Selector, pods: &Selector| json!({"namespaceSelector": selector(ns), "podSelector": selector(pods)});
+    let subject = match &p.subject {
+        Subject::Namespaces(s) => json!({"namespaces": selector(s)}),
+        Subject::Pods {
+            namespaces,
+            pods: ps,
+        } => json!({"pods": pods(namespaces, ps)}),
+    };
+    let port = |x: &AdminPort| match (x, v2) {
+        (AdminPort::Named(n), true) => json!({"destinationNamedPort": n}),
+        (AdminPort::Named(n), false) => json!({"namedPort": n}),
+        (AdminPort::Range { protocol, lo, hi }, true) => {
+            let dp = if lo == hi {
+                json!({"number": lo})
+            } else {
+                json!({"range": {"start": lo, "end": hi}})
+            };
+            json!({ protocol.lower(): {"destinationPort": dp} })
+        }
+        (AdminPort::Range { protocol, lo, hi }, false) if lo == hi => {
+            json!({"portNumber": {"protocol": protocol.api(), "port": lo}})
+        }
+        (AdminPort::Range { protocol, lo, hi }, false) => {
+            json!({"portRange": {"protocol": protocol.api(), "start": lo, "end": hi}})
+        }
+    };
+    let rules = |rules: &[policy_compiler::admin::AdminRule], peers_key: &str| -> Vec<Value> {
+        rules
+            .iter()
+            .map(|r| {
+                let peers: Vec<Value> = r
+                    .peers
+                    .iter()
+                    .map(|x| match x {
+                        AdminPeer::Namespaces(s) => json!({"namespaces": selector(s)}),
+                        AdminPeer::Pods {
+                            namespaces,
+                            pods: ps,
+                        } => {
+                            json!({"pods": pods(namespaces, ps)})
+                        }
+                        AdminPeer::Nodes(s) => json!({"nodes": selector(s)}),
+                        AdminPeer::Networks(n) => {
+                            let n: Vec<String> = n.iter().map(|c| c.to_string()).collect();
+                            json!({ "networks": n })
+                        }
+                        // Written as an empty peer: what fails closed.
+                        AdminPeer::All => json!({}),
+                    })
+                    .collect();
+                let mut v =
+                    json!({"name": r.name, "action": r.action.api(p.kind), peers_key: peers});
+                if let Some(ports) = &r.ports {
+                    let ports: Vec<Value> = ports.iter().map(port).collect();
+                    v[if v2 { "protocols" } else { "ports" }] = json!(ports);
+                }
+                v
+            })
+            .collect()
+    };
+    let mut spec = json!({"subject": subject,
+        "ingress": rules(&p.ingress, "from"), "egress": rules(&p.egress, "to")});
+    if let Some(prio) = p.priority {
+        spec["priority"] = json!(prio);
+    }
+    if v2 {
+        spec["tier"] = json!(match p.tier {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        });
+    }
+    let version = if v2 { "v1alpha2" } else { "v1alpha1" };
+    json!({"apiVersion": format!("policy.networking.k8s.io/{version}"), "kind": p.kind.api(),
+        "metadata": {"name": p.name}, "spec": spec})
 }
 
 /// Loads a whole model cluster into the fake (namespaces first).
@@ -724,6 +849,12 @@ pub fn load_cluster(fake: &FakeApi, c: &policy_compiler::Cluster) -> Result<(), 
     }
     for p in c.policies() {
         fake.apply(to_api(&Object::Policy(p.clone())))?;
+    }
+    for n in c.node_objects() {
+        fake.apply(to_api(&Object::Node(n.clone())))?;
+    }
+    for p in c.admin_policies() {
+        fake.apply(to_api(&Object::AdminPolicy(p.clone())))?;
     }
     Ok(())
 }

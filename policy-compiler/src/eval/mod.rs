@@ -9,8 +9,10 @@
 //! (`spec.rs`), never with `Selector::matches`, the ipBlock ranges or
 //! `Pod::resolve_port` the compiler uses. Tests in `spec.rs` hold both
 //! sides to the same tables. `netpol.rs` owns the per-side verdict of
-//! NetworkPolicy v1; further policy tiers sit next to it.
+//! NetworkPolicy v1 and `admin.rs` the admin and baseline tiers; `side`
+//! chains them: admin tier, NetworkPolicy, baseline tier, default allow.
 
+pub mod admin;
 mod netpol;
 pub mod spec;
 
@@ -103,14 +105,53 @@ pub enum SideVerdict {
     SharedAddress {
         claimed_by: Vec<String>,
     },
+    /// An admin or baseline rule decided (Accept/Allow or Deny; a
+    /// baseline Pass leaves the flow to the default allow).
+    Tier {
+        rule: admin::AdminRuleRef,
+    },
 }
 
 impl SideVerdict {
     pub fn allows(&self) -> bool {
-        !matches!(
-            self,
-            SideVerdict::Denied { .. } | SideVerdict::SharedAddress { .. }
+        match self {
+            SideVerdict::Denied { .. } | SideVerdict::SharedAddress { .. } => false,
+            SideVerdict::Tier { rule } => rule.action != crate::admin::Action::Deny,
+            _ => true,
+        }
+    }
+}
+
+/// One side through every tier: an admin Accept or Deny decides; a Pass
+/// (or no match) leaves it to NetworkPolicy; NetworkPolicy decides for
+/// pods it isolates; otherwise the baseline tier; otherwise allowed.
+fn side(
+    cluster: &Cluster,
+    pod: &Pod,
+    direction: Direction,
+    peer: (IpAddr, Option<&Pod>),
+    port_owner: Option<&Pod>,
+    protocol: Protocol,
+    port: u16,
+) -> SideVerdict {
+    use crate::admin::{Action, Tier};
+    let first = |tier| {
+        admin::first_match(
+            cluster, tier, pod, direction, peer, port_owner, protocol, port,
         )
+    };
+    if let Some(rule) = first(Tier::Admin) {
+        if rule.action != Action::Pass {
+            return SideVerdict::Tier { rule };
+        }
+    }
+    let np = netpol::side(cluster, pod, direction, peer, port_owner, protocol, port);
+    if np != SideVerdict::NotIsolated {
+        return np;
+    }
+    match first(Tier::Baseline) {
+        Some(rule) => SideVerdict::Tier { rule },
+        None => SideVerdict::NotIsolated,
     }
 }
 
@@ -210,7 +251,7 @@ pub fn allowed(
         (_, Some(v)) => v,
         (None, None) => SideVerdict::NotAPod,
         (Some(pod), None) => {
-            netpol::side(cluster, pod, direction, peer, port_owner, protocol, port)
+            side(cluster, pod, direction, peer, port_owner, protocol, port)
         }
     };
     let egress = judge(src_pod, src_ip, Direction::Egress, (dst_ip, dst_pod));

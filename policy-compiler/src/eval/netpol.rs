@@ -76,11 +76,16 @@ pub(super) fn shared(cluster: &Cluster, ip: IpAddr, direction: Direction) -> Opt
     if claimants.len() < 2 {
         return None;
     }
+    // Any policy that would judge a claimant in this direction counts:
+    // NetworkPolicy isolation, or an admin or baseline policy with rules
+    // in this direction whose subject holds it.
     let isolated = claimants.iter().any(|pod| {
         cluster.policies().any(|p| {
             p.namespace == pod.namespace
                 && spec::selects(&p.pod_selector, &pod.labels)
                 && rules_of(p, direction).is_some()
+        }) || cluster.admin_policies().any(|p| {
+            !p.rules(direction).is_empty() && super::admin::subject_selects(cluster, &p.subject, pod)
         })
     });
     Some(if isolated {
