@@ -844,7 +844,7 @@ async fn watch_retries_back_off_during_an_outage() {
     let agent = start(Source::Kube(fake.client_in_process()), settings());
     agent.converges(&expected(&fake), LIMIT).await;
     assert!(wait_for(LIMIT, || agent.metrics.health.ready()).await);
-    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
+    assert!(wait_for(LIMIT, || fake.open_watches() == ApiKind::ALL.len()).await);
 
     tokio::time::pause();
     // The history is compacted too, so every kind has to relist.
@@ -873,7 +873,7 @@ async fn watch_retries_back_off_during_an_outage() {
     fake.end_outage();
     let listed = requests(&fake);
     let back = virtual_wait(Duration::from_secs(60), || {
-        fake.open_watches() == 3
+        fake.open_watches() == ApiKind::ALL.len()
             && requests(&fake)
                 .iter()
                 .zip(&listed)
@@ -918,7 +918,10 @@ async fn a_cold_start_during_an_outage_backs_off_and_stays_unready() {
     assert!(!agent.metrics.health.ready());
     assert_eq!(agent.backend.state().applies, 0);
     fake.end_outage();
-    let back = virtual_wait(Duration::from_secs(60), || fake.open_watches() == 3).await;
+    let back = virtual_wait(Duration::from_secs(60), || {
+        fake.open_watches() == ApiKind::ALL.len()
+    })
+    .await;
     assert!(
         back.is_some_and(|d| d <= Duration::from_secs(30)),
         "back after {back:?}"

@@ -34,7 +34,8 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, watcher, Event, ExponentialBackoff};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
-use nftpol_crds::{v1alpha1, v1alpha2};
+use nftpol_crds::v1alpha1::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
+use nftpol_crds::v1alpha2::ClusterNetworkPolicy;
 use policy_compiler::admin::{convert as admin, AdminKind};
 use policy_compiler::{convert, Object, ObjectError};
 use std::collections::HashSet;
@@ -90,7 +91,7 @@ pub async fn run(
         reporter.clone(),
     );
     let cnp = watch_crd(
-        Api::<DeserializeGuard<v1alpha2::ClusterNetworkPolicy>>::all(client.clone()),
+        Api::<DeserializeGuard<ClusterNetworkPolicy>>::all(client.clone()),
         Kind::Admin(AdminKind::ClusterNetworkPolicy),
         |o| admin::cluster_network_policy(o, None).map(Object::AdminPolicy),
         tx.clone(),
@@ -98,7 +99,7 @@ pub async fn run(
         reporter.clone(),
     );
     let anp = watch_crd(
-        Api::<DeserializeGuard<v1alpha1::AdminNetworkPolicy>>::all(client.clone()),
+        Api::<DeserializeGuard<AdminNetworkPolicy>>::all(client.clone()),
         Kind::Admin(AdminKind::AdminNetworkPolicy),
         |o| admin::admin_network_policy(o, None).map(Object::AdminPolicy),
         tx.clone(),
@@ -106,7 +107,7 @@ pub async fn run(
         reporter.clone(),
     );
     let banp = watch_crd(
-        Api::<DeserializeGuard<v1alpha1::BaselineAdminNetworkPolicy>>::all(client),
+        Api::<DeserializeGuard<BaselineAdminNetworkPolicy>>::all(client),
         Kind::Admin(AdminKind::BaselineAdminNetworkPolicy),
         |o| admin::baseline_admin_network_policy(o, None).map(Object::AdminPolicy),
         tx,
