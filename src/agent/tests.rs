@@ -396,7 +396,7 @@ async fn relists_after_410_gone_and_drops_what_vanished_meanwhile() {
     agent.converges(&expected(&fake), LIMIT).await;
     // Every watch open, so every one gets the 410 (a watch started later
     // from the latest revision would resume: compaction keeps it).
-    assert!(wait_for(LIMIT, || fake.open_watches() == 3).await);
+    assert!(wait_for(LIMIT, || fake.open_watches() == ApiKind::ALL.len()).await);
     let lists = fake.list_count(ApiKind::Pod);
     // Hold the relist so the changes below happen while no watch is open:
     // only a relist can tell the agent about the deletion.
