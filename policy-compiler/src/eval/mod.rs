@@ -250,9 +250,7 @@ pub fn allowed(
     ) {
         (_, Some(v)) => v,
         (None, None) => SideVerdict::NotAPod,
-        (Some(pod), None) => {
-            side(cluster, pod, direction, peer, port_owner, protocol, port)
-        }
+        (Some(pod), None) => side(cluster, pod, direction, peer, port_owner, protocol, port),
     };
     let egress = judge(src_pod, src_ip, Direction::Egress, (dst_ip, dst_pod));
     let ingress = judge(dst_pod, dst_ip, Direction::Ingress, (src_ip, src_pod));

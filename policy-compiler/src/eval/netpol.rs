@@ -85,7 +85,8 @@ pub(super) fn shared(cluster: &Cluster, ip: IpAddr, direction: Direction) -> Opt
                 && spec::selects(&p.pod_selector, &pod.labels)
                 && rules_of(p, direction).is_some()
         }) || cluster.admin_policies().any(|p| {
-            !p.rules(direction).is_empty() && super::admin::subject_selects(cluster, &p.subject, pod)
+            !p.rules(direction).is_empty()
+                && super::admin::subject_selects(cluster, &p.subject, pod)
         })
     });
     Some(if isolated {
