@@ -169,6 +169,10 @@ fn run(dir: &Path, pods: usize, mode: &str, args: &[&str], rounds: usize, out: &
 }
 
 fn main() {
+    if !nftpol_test_support::run_by_cargo_bench() {
+        eprintln!("root and minutes of work: run with `cargo bench --bench tamper`");
+        return;
+    }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("tamper bench: needs root (CAP_NET_ADMIN) for a network namespace");
