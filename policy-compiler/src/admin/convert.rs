@@ -428,6 +428,42 @@ fn v1_ports(
     Ok(Some(out))
 }
 
+/// The rules of one direction of a v1alpha1 policy, whichever kind:
+/// `lower` gives each rule's name, action, peer field (`from`/`to`), raw
+/// peers and ports. Egress rules (`to`) also have their named ports checked.
+fn v1_rules<'r, R>(
+    c: &Ctx,
+    field: &str,
+    rules: &'r [R],
+    lower: impl Fn(
+        &'r R,
+    ) -> (
+        &'r String,
+        Action,
+        &'static str,
+        Vec<RawPeer<'r>>,
+        &'r Option<Vec<v1alpha1::AdminNetworkPolicyPort>>,
+    ),
+) -> Result<Vec<AdminRule>, ObjectError> {
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let (name, action, peer_field, raw, ports) = lower(r);
+        let (action, peers) = peers(c, &format!("{f}.{peer_field}"), action, raw)?;
+        let rule = AdminRule {
+            name: name.clone(),
+            action,
+            peers,
+            ports: v1_ports(c, &format!("{f}.ports"), ports)?,
+        };
+        if peer_field == "to" {
+            check_named_ports(c, &f, &rule)?;
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
+
 fn v1_subject(c: &Ctx, s: &v1alpha1::AdminNetworkPolicySubject) -> Result<Subject, ObjectError> {
     subject(
         c,
@@ -464,25 +500,11 @@ pub fn admin_network_policy(
         v1alpha1::AdminNetworkPolicyRuleAction::Deny => Action::Deny,
         v1alpha1::AdminNetworkPolicyRuleAction::Pass => Action::Pass,
     };
-    let mut ingress = Vec::new();
-    for (i, r) in s.ingress.iter().enumerate() {
-        let f = format!("spec.ingress[{i}]");
-        let (a, peers) = peers(
-            &c,
-            &format!("{f}.from"),
-            action(r.action),
-            v1_ingress_peers(&r.from),
-        )?;
-        ingress.push(AdminRule {
-            name: r.name.clone(),
-            action: a,
-            peers,
-            ports: v1_ports(&c, &format!("{f}.ports"), &r.ports)?,
-        });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in s.egress.iter().enumerate() {
-        let f = format!("spec.egress[{i}]");
+    let ingress = v1_rules(&c, "spec.ingress", &s.ingress, |r| {
+        let raw = v1_ingress_peers(&r.from);
+        (&r.name, action(r.action), "from", raw, &r.ports)
+    })?;
+    let egress = v1_rules(&c, "spec.egress", &s.egress, |r| {
         let raw =
             r.to.iter()
                 .map(|p| RawPeer {
@@ -496,16 +518,8 @@ pub fn admin_network_policy(
                     domain_names: p.domain_names.is_some(),
                 })
                 .collect();
-        let (a, peers) = peers(&c, &format!("{f}.to"), action(r.action), raw)?;
-        let rule = AdminRule {
-            name: r.name.clone(),
-            action: a,
-            peers,
-            ports: v1_ports(&c, &format!("{f}.ports"), &r.ports)?,
-        };
-        check_named_ports(&c, &f, &rule)?;
-        egress.push(rule);
-    }
+        (&r.name, action(r.action), "to", raw, &r.ports)
+    })?;
     Ok(AdminPolicy {
         kind: AdminKind::AdminNetworkPolicy,
         name,
@@ -533,25 +547,11 @@ pub fn baseline_admin_network_policy(
         v1alpha1::BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
         v1alpha1::BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
     };
-    let mut ingress = Vec::new();
-    for (i, r) in s.ingress.iter().enumerate() {
-        let f = format!("spec.ingress[{i}]");
-        let (a, peers) = peers(
-            &c,
-            &format!("{f}.from"),
-            action(r.action),
-            v1_ingress_peers(&r.from),
-        )?;
-        ingress.push(AdminRule {
-            name: r.name.clone(),
-            action: a,
-            peers,
-            ports: v1_ports(&c, &format!("{f}.ports"), &r.ports)?,
-        });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in s.egress.iter().enumerate() {
-        let f = format!("spec.egress[{i}]");
+    let ingress = v1_rules(&c, "spec.ingress", &s.ingress, |r| {
+        let raw = v1_ingress_peers(&r.from);
+        (&r.name, action(r.action), "from", raw, &r.ports)
+    })?;
+    let egress = v1_rules(&c, "spec.egress", &s.egress, |r| {
         let raw =
             r.to.iter()
                 .map(|p| RawPeer {
@@ -565,16 +565,8 @@ pub fn baseline_admin_network_policy(
                     domain_names: false,
                 })
                 .collect();
-        let (a, peers) = peers(&c, &format!("{f}.to"), action(r.action), raw)?;
-        let rule = AdminRule {
-            name: r.name.clone(),
-            action: a,
-            peers,
-            ports: v1_ports(&c, &format!("{f}.ports"), &r.ports)?,
-        };
-        check_named_ports(&c, &f, &rule)?;
-        egress.push(rule);
-    }
+        (&r.name, action(r.action), "to", raw, &r.ports)
+    })?;
     Ok(AdminPolicy {
         kind: AdminKind::BaselineAdminNetworkPolicy,
         name,
