@@ -247,6 +247,7 @@ async fn measure<B: Backend>(
             },
             metrics_addr: None,
             kernel_watch: false,
+            revoke_denied_connections: false,
         },
         Arc::new(Metrics::new()),
         async move {

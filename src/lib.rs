@@ -9,5 +9,6 @@ pub mod ifmap;
 pub mod manifests;
 pub mod netlink;
 pub mod report;
+pub mod revoke;
 
 pub use error::Error;

@@ -461,3 +461,99 @@ fn a_failed_repair_backs_off_and_stays_not_ready() {
     );
     assert!(l.metrics.health.ready());
 }
+
+/// Records every revocation pass: the ruleset it was given and the local
+/// pods in scope; fails while `fail` is set.
+#[derive(Clone, Default)]
+struct Revoker {
+    seen: Arc<std::sync::Mutex<Vec<(Ruleset, usize)>>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl crate::revoke::Revoke for Revoker {
+    fn revoke(
+        &mut self,
+        rs: &Ruleset,
+        scope: &crate::revoke::Scope,
+    ) -> Result<crate::revoke::Report, NetlinkError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((rs.clone(), scope.local_pods.len()));
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(NetlinkError::Dump {
+                what: "the conntrack table".into(),
+                errno: libc::EIO,
+            });
+        }
+        Ok(crate::revoke::Report {
+            examined: 5,
+            judged: 3,
+            denied: Vec::new(),
+            deleted: 2,
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn revocation_follows_every_changed_batch_and_its_failure_is_not_fatal() {
+    let mut l = Loop::new(settings());
+    let rev = Revoker::default();
+    l.r.set_revoker(Box::new(rev.clone()));
+    l.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: isolating_policy(),
+    });
+    assert_eq!(rev.seen.lock().unwrap().len(), 1, "after the first batch");
+    l.run_for(Duration::from_secs(1));
+    l.change(Change::Apply(pod(1)));
+    l.run_for(Duration::from_secs(1));
+    {
+        let seen = rev.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "after the batch adding the pod");
+        assert_eq!(
+            Some(&seen[1].0),
+            l.kernel.mem.state().table.as_ref(),
+            "judged against the ruleset just applied"
+        );
+        assert_eq!(seen[1].1, 1, "the new pod is local");
+    }
+    assert!(l
+        .metrics
+        .encode()
+        .contains("nftpol_conntrack_revoked_total 4"));
+    // A batch-less reconcile (the same pod again) and an untouched drift
+    // check cut nothing.
+    l.change(Change::Apply(pod(1)));
+    l.run_for(Duration::from_secs(31));
+    assert_eq!(rev.seen.lock().unwrap().len(), 2);
+    // A repaired tampering is followed by a pass too.
+    l.kernel.mem.state().table = None;
+    l.change(Change::Verify {
+        reason: "test".into(),
+    });
+    assert_eq!(rev.seen.lock().unwrap().len(), 3, "after the repair");
+    // A failing pass is counted and warned about; the batch stands.
+    rev.fail.store(true, Ordering::SeqCst);
+    l.run_for(Duration::from_secs(1));
+    l.change(Change::Apply(pod(2)));
+    l.run_for(Duration::from_secs(1));
+    assert_eq!(rev.seen.lock().unwrap().len(), 4);
+    assert!(
+        l.metrics.health.ready(),
+        "a failed revocation is not a failed apply"
+    );
+    let m = l.metrics.encode();
+    assert!(
+        m.contains("nftpol_conntrack_revoke_failures_total 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"nftpol_errors_total{error="conntrack"} 1"#),
+        "{m}"
+    );
+    let batches = l.batches();
+    l.run_for(Duration::from_secs(5));
+    assert_eq!(l.batches(), batches, "nothing is retried because of it");
+}

@@ -126,6 +126,9 @@ pub struct Metrics {
     pub invalid_skipped: Family<KindLabels, Counter>,
     pub unvalidated_pods: Gauge,
     pub shared_addresses: Gauge,
+    pub conntrack_revoked: Counter,
+    pub conntrack_revoke_failures: Counter,
+    pub conntrack_revoke_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -156,6 +159,9 @@ impl Metrics {
             invalid_skipped: Family::default(),
             unvalidated_pods: Gauge::default(),
             shared_addresses: Gauge::default(),
+            conntrack_revoked: Counter::default(),
+            conntrack_revoke_failures: Counter::default(),
+            conntrack_revoke_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
             registry: Registry::default(),
         };
         registry.register(
@@ -167,6 +173,21 @@ impl Metrics {
             "shared_addresses",
             "Addresses claimed by several live pods (flows to and from them fail closed)",
             m.shared_addresses.clone(),
+        );
+        registry.register(
+            "conntrack_revoked",
+            "Connections cut because a new ruleset denies them (conntrack entries deleted; --revoke-denied-connections)",
+            m.conntrack_revoked.clone(),
+        );
+        registry.register(
+            "conntrack_revoke_failures",
+            "Conntrack dumps that failed and entries that could not be decoded or deleted",
+            m.conntrack_revoke_failures.clone(),
+        );
+        registry.register(
+            "conntrack_revoke_seconds",
+            "Time to dump the conntrack table, judge its entries and delete the denied ones",
+            m.conntrack_revoke_seconds.clone(),
         );
         registry.register(
             "reconciles",

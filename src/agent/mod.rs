@@ -84,6 +84,20 @@ pub struct AgentArgs {
     /// from the node's routes, ARP table and bridge FDBs.
     #[arg(long, value_name = "FILE")]
     pub pod_interfaces: Option<PathBuf>,
+    /// Cut live connections that a policy change denies. By default (as
+    /// upstream Kubernetes) a connection opened while policy allowed it
+    /// lives on after the policy tightens: `ct state established` is
+    /// accepted before any policy rule. With this option, after every
+    /// batch that changes the table the agent reads the node's conntrack
+    /// table over netlink, judges each connection of a local pod as if it
+    /// were opening now under the new rules, and deletes the entries those
+    /// rules deny; their next packets are then dropped as new connections.
+    /// Costs one conntrack dump per changed batch (milliseconds per ten
+    /// thousand entries, see docs/BENCHMARKS.md) on the reconcile thread.
+    /// A failed dump or deletion is logged and counted
+    /// (nftpol_conntrack_revoke_failures_total), never fatal.
+    #[arg(long)]
+    pub revoke_denied_connections: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -149,6 +163,9 @@ pub struct Options {
     /// Watch the kernel's nftables notifications for changes to our table
     /// made by someone else (netlink backend only).
     pub kernel_watch: bool,
+    /// Delete the conntrack entries of connections each new ruleset denies
+    /// (netlink backend only).
+    pub revoke_denied_connections: bool,
 }
 
 impl Options {
@@ -166,6 +183,7 @@ impl Options {
             },
             metrics_addr: Some(a.metrics_addr),
             kernel_watch: !a.no_kernel_watch && !a.dry_run,
+            revoke_denied_connections: a.revoke_denied_connections && !a.dry_run,
         }
     }
 }
@@ -199,7 +217,11 @@ pub async fn run_with<B: Backend>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<B, AgentError> {
     let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
-    let reconciler = Reconciler::new(options.settings.clone(), backend, metrics.clone());
+    let mut reconciler = Reconciler::new(options.settings.clone(), backend, metrics.clone());
+    if options.revoke_denied_connections {
+        tracing::info!("live connections that a policy change denies will be cut (conntrack)");
+        reconciler.set_revoker(Box::new(crate::revoke::ConntrackRevoker::new()));
+    }
     let loop_thread = std::thread::Builder::new()
         .name("nftpol-reconcile".into())
         .spawn(move || reconciler.run(rx))

@@ -33,6 +33,7 @@
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
+use crate::revoke::{Revoke, Scope};
 use policy_compiler::admin::AdminKind;
 use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
 use std::collections::BTreeSet;
@@ -254,6 +255,8 @@ pub struct Reconciler<B, C = SystemClock> {
     /// about (so a steady state logs once).
     last_net: NodeNet,
     last_warned: (Vec<String>, Vec<String>),
+    /// Cuts the connections each newly applied ruleset denies, when on.
+    revoker: Option<Box<dyn Revoke>>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -283,7 +286,14 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             retry_at: None,
             last_applied: None,
             verify_now: None,
+            revoker: None,
         }
+    }
+
+    /// After every batch that changes the kernel table, cut the live
+    /// connections the new ruleset denies through `r`.
+    pub fn set_revoker(&mut self, r: Box<dyn Revoke>) {
+        self.revoker = Some(r);
     }
 
     pub fn into_backend(self) -> B {
@@ -583,6 +593,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                     tracing::debug!("kernel table already up to date");
                 }
                 self.ok(now);
+                if applied.changed {
+                    self.revoke(&desired);
+                }
                 self.last_applied = Some(desired);
             }
             Err(e) => self.failed(&e),
@@ -632,12 +645,64 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 self.metrics.observe_apply(&applied, last, None);
                 self.ok(self.clock.now());
                 self.dirty_since = dirty;
+                // Whatever the tampering let in may still be connected.
+                self.revoke(last);
             }
             Err(e) => {
                 // Retry through the normal path (which reads back after a
                 // failure), with backoff.
                 self.dirty_since = Some(dirty.unwrap_or_else(|| self.clock.now()));
                 self.failed(&e);
+            }
+        }
+    }
+}
+
+impl<B: Backend, C: Clock> Reconciler<B, C> {
+    /// Cuts the live connections `applied` (just acknowledged by the
+    /// kernel) denies, if revocation is on. A failure is logged and
+    /// counted; the batch stands and the loop goes on.
+    fn revoke(&mut self, applied: &Ruleset) {
+        let Some(r) = self.revoker.as_mut() else {
+            return;
+        };
+        let scope = Scope::of_node(&self.cluster, &self.settings.node);
+        let m = &self.metrics;
+        match r.revoke(applied, &scope) {
+            Ok(rep) => {
+                m.conntrack_revoked.inc_by(rep.deleted as u64);
+                m.conntrack_revoke_failures.inc_by(rep.failed as u64);
+                m.conntrack_revoke_seconds
+                    .observe(rep.elapsed.as_secs_f64());
+                let elapsed_ms = rep.elapsed.as_secs_f64() * 1000.0;
+                if rep.denied.is_empty() {
+                    tracing::debug!(
+                        examined = rep.examined,
+                        judged = rep.judged,
+                        elapsed_ms,
+                        "no live connection is denied by the new ruleset"
+                    );
+                } else {
+                    tracing::info!(
+                        cut = rep.deleted,
+                        already_gone = rep.gone,
+                        failed = rep.failed,
+                        examined = rep.examined,
+                        judged = rep.judged,
+                        elapsed_ms,
+                        "cut live connections the new ruleset denies"
+                    );
+                }
+                for flow in &rep.denied {
+                    tracing::debug!(%flow, "connection cut: its conntrack entry was deleted");
+                }
+            }
+            Err(e) => {
+                m.conntrack_revoke_failures.inc();
+                m.errors
+                    .get_or_create(&crate::agent::metrics::ErrorLabels { error: "conntrack" })
+                    .inc();
+                tracing::warn!(error = %e, "cutting denied connections failed; they live on until they end or the next change");
             }
         }
     }

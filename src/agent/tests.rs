@@ -134,6 +134,7 @@ fn start_on(backend: MemoryBackend, source: Source, settings: Settings) -> Runni
         settings,
         metrics_addr: None,
         kernel_watch: false,
+        revoke_denied_connections: false,
     };
     let task = tokio::spawn(run_with(
         source,

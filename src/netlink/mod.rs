@@ -18,6 +18,7 @@
 //! [`Applier`] keeps what it committed for the agent's steady state.
 
 pub mod batch;
+pub mod conntrack;
 pub mod elem;
 pub mod expr;
 pub mod notify;

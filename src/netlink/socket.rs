@@ -226,6 +226,13 @@ impl Socket {
         if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv).is_err() {
             let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
         }
+        self.set_recv_timeout(timeout)
+    }
+
+    /// Bounds each blocking `recv`: after `timeout` without a datagram it
+    /// returns `None`, and [`Socket::request_each`] and
+    /// [`Socket::send_acked`] fail instead of waiting for ever.
+    pub fn set_recv_timeout(&self, timeout: std::time::Duration) -> Result<(), NetlinkError> {
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -233,7 +240,7 @@ impl Socket {
         // SAFETY: passes a pointer to a live timeval and its size.
         let rc = unsafe {
             libc::setsockopt(
-                fd,
+                self.sock.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
@@ -318,11 +325,25 @@ impl Socket {
         req: &[u8],
         seq: u32,
     ) -> Result<Result<Vec<Msg>, KernelError>, NetlinkError> {
-        self.send_all_at_once(req)?;
         let mut data = Vec::new();
+        Ok(self
+            .request_each(req, seq, |m| data.push(m))?
+            .map(|()| data))
+    }
+
+    /// [`Socket::request`] handing each data message to `each` as it
+    /// arrives instead of keeping them all (a conntrack dump of a busy
+    /// node is hundreds of thousands of messages).
+    pub fn request_each(
+        &mut self,
+        req: &[u8],
+        seq: u32,
+        mut each: impl FnMut(Msg),
+    ) -> Result<Result<(), KernelError>, NetlinkError> {
+        self.send_all_at_once(req)?;
         loop {
             let Some(msgs) = self.recv(false)? else {
-                continue;
+                return Err(timed_out());
             };
             for m in msgs {
                 if m.seq != seq {
@@ -330,7 +351,7 @@ impl Socket {
                 }
                 if let Some((errno, text)) = m.error() {
                     if errno == 0 {
-                        return Ok(Ok(data));
+                        return Ok(Ok(()));
                     }
                     return Ok(Err((errno, text)));
                 }
@@ -343,10 +364,49 @@ impl Socket {
                     if code < 0 {
                         return Ok(Err((-code, None)));
                     }
-                    return Ok(Ok(data));
+                    return Ok(Ok(()));
                 }
-                data.push(m);
+                each(m);
             }
         }
     }
+
+    /// Sends independent requests (each asking for an ack, sequence
+    /// numbers `first_seq..`) in one `send` and returns each one's errno,
+    /// 0 for success, in order. For messages the kernel handles one by
+    /// one outside any batch (conntrack deletions); the receive buffer is
+    /// sized for every ack.
+    pub fn send_acked(
+        &mut self,
+        reqs: &[Vec<u8>],
+        first_seq: u32,
+    ) -> Result<Vec<i32>, NetlinkError> {
+        let bytes: Vec<u8> = reqs.concat();
+        self.size_buffers(bytes.len(), reqs.len());
+        self.send_all_at_once(&bytes)?;
+        let mut out: Vec<Option<i32>> = vec![None; reqs.len()];
+        let mut pending = reqs.len();
+        while pending > 0 {
+            let Some(msgs) = self.recv(false)? else {
+                return Err(timed_out());
+            };
+            for m in msgs {
+                let Some(i) = m.seq.checked_sub(first_seq).map(|i| i as usize) else {
+                    continue;
+                };
+                if let (Some(slot @ None), Some((errno, _))) = (out.get_mut(i), m.error()) {
+                    *slot = Some(errno);
+                    pending -= 1;
+                }
+            }
+        }
+        Ok(out.into_iter().map(|e| e.unwrap_or(0)).collect())
+    }
+}
+
+fn timed_out() -> NetlinkError {
+    NetlinkError::Receive(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no answer from the kernel before the receive timeout",
+    ))
 }

@@ -60,14 +60,20 @@ pub fn nest_end(buf: &mut [u8], at: usize) -> Result<(), String> {
 /// A whole nftables message: netlink header, `nfgenmsg` for the inet
 /// family, then `attrs`.
 pub fn message(msg: i32, flags: u16, seq: u32, attrs: &[u8]) -> Vec<u8> {
+    nfnl_message(NFT_MSG_BASE | msg as u16, flags, seq, FAMILY_INET, attrs)
+}
+
+/// A whole nfnetlink message of any subsystem (`ty` carries the subsystem
+/// in its high byte): netlink header, `nfgenmsg` for `family`, `attrs`.
+pub fn nfnl_message(ty: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDR + NFGEN_HDR + attrs.len();
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&(NFT_MSG_BASE | msg as u16).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
     b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    b.extend_from_slice(&[FAMILY_INET, libc::NFNETLINK_V0 as u8, 0, 0]);
+    b.extend_from_slice(&[family, libc::NFNETLINK_V0 as u8, 0, 0]);
     b.extend_from_slice(attrs);
     b
 }
