@@ -23,11 +23,17 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(netns: &str, node: &str, dir: &Path, log: PathBuf) -> Agent {
+        Agent::start_with(netns, node, dir, log, &[])
+    }
+
+    /// [`Agent::start`] with more command-line options.
+    pub fn start_with(netns: &str, node: &str, dir: &Path, log: PathBuf, extra: &[&str]) -> Agent {
         let err = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
             .args(["netns", "exec", netns, nftpol_bin(), "agent"])
             .args(["--node-name", node, "--manifests"])
             .arg(dir)
+            .args(extra)
             .arg("--pod-interfaces")
             .arg(dir.join(format!("{node}.interfaces")))
             // Each node namespace has its own loopback: no port clash.
@@ -126,7 +132,7 @@ fn reference(c: &SimCluster, scratch: &str, node: &str, dir: &Path) -> Vec<Strin
 }
 
 /// Waits until both nodes hold the reference tables; returns how long.
-fn converge(
+pub fn converge(
     c: &SimCluster,
     agents: &mut [Agent],
     scratch: &str,

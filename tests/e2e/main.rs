@@ -14,7 +14,8 @@
 //! `sctp` (SCTP by raw packets), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
-//! under continuous probes), `agent` (the long-running agent), `selftest`
+//! under continuous probes), `revoke` (the agent cutting open connections
+//! a policy change denies), `agent` (the long-running agent), `selftest`
 //! (the harness catches what it must), `deploy` (what deploy/ gives a
 //! cluster: types, RBAC, DaemonSet fields; no root needed but for the
 //! listen test), `kind_script` (the kind e2e script against stub tools;
@@ -43,6 +44,7 @@ mod netns;
 mod oracle;
 mod probe;
 mod restart;
+mod revoke;
 mod scenarios;
 mod sctp;
 mod selftest;
