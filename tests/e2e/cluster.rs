@@ -43,6 +43,36 @@ pub struct PodModel {
     pub labels: Labels,
 }
 
+/// A port every pod serves (TCP and UDP by real servers; SCTP is only
+/// declared, and probed by raw packets) and declares on a container of
+/// its own, so named ports resolve.
+#[derive(Clone, Debug)]
+pub struct ServedPort {
+    pub container: String,
+    pub name: Option<String>,
+    pub port: u16,
+    /// "TCP", "UDP" or "SCTP".
+    pub protocol: &'static str,
+}
+
+/// The upstream netpol model's ports: 80 and 81 on every protocol, named
+/// `serve-<port>-<protocol>` as upstream names them.
+pub fn netpol_ports() -> Vec<ServedPort> {
+    let mut v = Vec::new();
+    for port in PORTS {
+        for proto in ["TCP", "UDP", "SCTP"] {
+            let lower = proto.to_lowercase();
+            v.push(ServedPort {
+                container: format!("cont-{port}-{lower}"),
+                name: Some(format!("serve-{port}-{lower}")),
+                port,
+                protocol: proto,
+            });
+        }
+    }
+    v
+}
+
 /// How nodes are programmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Programmer {
@@ -105,6 +135,8 @@ pub struct SimCluster {
     pub extra_objects: Vec<String>,
     pub dir: PathBuf,
     pub programmer: Programmer,
+    /// What every pod serves and declares.
+    pub served: Vec<ServedPort>,
     step_no: usize,
     /// Whether every link was seen up (checked once, before the first
     /// programming, so pods can still be added until then).
@@ -114,6 +146,11 @@ pub struct SimCluster {
 impl SimCluster {
     /// An empty two-node cluster, pods routed (or bridged) on their node.
     pub fn new(bridged: bool) -> SimCluster {
+        SimCluster::with_ports(bridged, netpol_ports())
+    }
+
+    /// An empty two-node cluster whose pods serve `served`.
+    pub fn with_ports(bridged: bool, served: Vec<ServedPort>) -> SimCluster {
         let topo = Topology::new(2, bridged);
         let dir = std::env::temp_dir().join(format!("{PREFIX}{}", topo.tag));
         std::fs::create_dir_all(&dir).expect("create manifest dir");
@@ -126,6 +163,7 @@ impl SimCluster {
             extra_objects: Vec::new(),
             dir,
             programmer: Programmer::detect(),
+            served,
             step_no: 0,
             links_up: false,
         }
@@ -160,12 +198,37 @@ impl SimCluster {
 
     pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str, labels: Labels) {
         let net = self.topo.add_pod(node);
-        self.servers.push(Servers::start(&net.netns));
+        let (tcp, udp) = self.served_ports();
+        let any = [std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)];
+        self.servers
+            .push(Servers::start_ports(&net.netns, &any, &tcp, &udp));
         self.pods.push(PodModel {
             namespace: namespace.to_string(),
             name: name.to_string(),
             labels,
         });
+    }
+
+    /// The TCP and the UDP ports of `served`.
+    fn served_ports(&self) -> (Vec<u16>, Vec<u16>) {
+        let of = |proto: &str| -> Vec<u16> {
+            self.served
+                .iter()
+                .filter(|s| s.protocol == proto)
+                .map(|s| s.port)
+                .collect()
+        };
+        (of("TCP"), of("UDP"))
+    }
+
+    /// Starts TCP and UDP servers on the given ports of every node's
+    /// fabric addresses (what a hostNetwork pod serves).
+    pub fn serve_ports_on_nodes(&mut self, tcp: &[u16], udp: &[u16]) {
+        for n in &self.topo.nodes {
+            let addrs = [n.fabric_v4.into(), n.fabric_v6.into()];
+            self.servers
+                .push(Servers::start_ports(&n.netns, &addrs, tcp, udp));
+        }
     }
 
     /// Starts the TCP and UDP servers inside a node namespace too, for
@@ -227,23 +290,23 @@ impl SimCluster {
     fn pod_manifest(&self, i: usize) -> Value {
         let p = &self.pods[i];
         let net = &self.topo.pods[i];
-        // One container per (port, protocol) with upstream's port names, so
-        // named-port policies resolve as in the upstream suite.
-        let mut containers = Vec::new();
-        for port in PORTS {
-            for proto in ["TCP", "UDP", "SCTP"] {
-                let lower = proto.to_lowercase();
-                containers.push(json!({
-                    "name": format!("cont-{port}-{lower}"),
+        // One container per served (port, protocol), so named-port
+        // policies resolve as in the upstream suites.
+        let containers: Vec<Value> = self
+            .served
+            .iter()
+            .map(|s| {
+                let mut port = json!({"containerPort": s.port, "protocol": s.protocol});
+                if let Some(name) = &s.name {
+                    port["name"] = json!(name);
+                }
+                json!({
+                    "name": s.container,
                     "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
-                    "ports": [{
-                        "name": format!("serve-{port}-{lower}"),
-                        "containerPort": port,
-                        "protocol": proto,
-                    }],
-                }));
-            }
-        }
+                    "ports": [port],
+                })
+            })
+            .collect();
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -649,7 +712,19 @@ pub fn observe_between(
     ips: &[(std::net::Ipv4Addr, std::net::Ipv6Addr)],
     expected: &[bool],
 ) -> Vec<bool> {
-    let mut observed = probe::run_probes(probes, netns, ips, PROBE_TIMEOUT);
+    observe_between_within(probes, netns, ips, expected, PROBE_TIMEOUT)
+}
+
+/// [`observe_between`] with another first-pass timeout: what a denied
+/// cell costs. Cells expected open still get the full retry.
+pub fn observe_between_within(
+    probes: &[Probe],
+    netns: &[String],
+    ips: &[(std::net::Ipv4Addr, std::net::Ipv6Addr)],
+    expected: &[bool],
+    first: Duration,
+) -> Vec<bool> {
+    let mut observed = probe::run_probes(probes, netns, ips, first);
     let retry: Vec<usize> = (0..probes.len())
         .filter(|&i| expected[i] && !observed[i])
         .collect();

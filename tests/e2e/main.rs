@@ -10,6 +10,8 @@
 //! semantic evaluator).
 //!
 //! Cases: `scenarios` (the upstream netpol e2e, as one table of steps),
+//! `admin` (the network-policy-api conformance scenarios for both admin
+//! policy API generations, and how the tiers meet NetworkPolicy),
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
 //! `sctp` (SCTP by raw packets), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule),
@@ -32,6 +34,7 @@ macro_rules! require_root {
     };
 }
 
+mod admin;
 mod agent;
 mod attacker;
 mod cluster;

@@ -89,6 +89,28 @@ impl Model {
         .allowed
     }
 
+    /// The evaluator's decision, both sides, for a new connection from a
+    /// pod to a pod or an address, on any protocol.
+    pub fn decide(
+        &self,
+        src: &PodModel,
+        dst: &Endpoint,
+        v6: bool,
+        protocol: Protocol,
+        port: u16,
+    ) -> policy_compiler::Decision {
+        let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
+        policy_compiler::allowed(
+            &self.cluster,
+            &Endpoint::pod(&src.namespace, &src.name),
+            dst,
+            family,
+            protocol,
+            port,
+        )
+        .unwrap_or_else(|e| panic!("evaluator error for {src:?} -> {dst}: {e}"))
+    }
+
     /// The evaluator's verdict for a new connection between two pods.
     pub fn allowed(
         &self,
@@ -112,7 +134,7 @@ impl Model {
     }
 }
 
-fn protocol(p: Proto) -> Protocol {
+pub fn protocol(p: Proto) -> Protocol {
     match p {
         Proto::Tcp => Protocol::Tcp,
         Proto::Udp => Protocol::Udp,

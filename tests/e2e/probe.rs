@@ -74,24 +74,33 @@ pub struct Servers {
 const SERVER_POLL: Duration = Duration::from_millis(20);
 
 impl Servers {
-    /// Starts dual-stack servers (`[::]` accepts IPv4 too) in `netns`.
-    pub fn start(netns: &str) -> Servers {
-        Servers::start_on(netns, &[IpAddr::V6(Ipv6Addr::UNSPECIFIED)])
-    }
-
     /// Servers bound to the given addresses. A host with several addresses
     /// (a node) needs this: a UDP socket bound to the wildcard answers from
     /// whatever address routing picks, which the client then ignores.
     pub fn start_on(netns: &str, addrs: &[IpAddr]) -> Servers {
+        Servers::start_ports(netns, addrs, &PORTS, &PORTS)
+    }
+
+    /// Servers on the given TCP and UDP ports of the given addresses.
+    pub fn start_ports(
+        netns: &str,
+        addrs: &[IpAddr],
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let addrs = addrs.to_vec();
+        let (tcp_ports, udp_ports) = (tcp_ports.to_vec(), udp_ports.to_vec());
         let sockets = spawn_in(netns, move || {
             let mut tcp = Vec::new();
             let mut udp = Vec::new();
             for ip in addrs {
-                for port in PORTS {
+                for &port in &tcp_ports {
                     let addr = SocketAddr::new(ip, port);
                     tcp.push(TcpListener::bind(addr).expect("bind TCP server"));
+                }
+                for &port in &udp_ports {
+                    let addr = SocketAddr::new(ip, port);
                     udp.push(UdpSocket::bind(addr).expect("bind UDP server"));
                 }
             }

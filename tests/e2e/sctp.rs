@@ -143,28 +143,20 @@ fn collect(fd: i32, v6: bool, until: Instant, seen: &Mutex<BTreeSet<u32>>) {
 /// One SCTP probe: source pod, destination pod, family, port.
 type Cell = (usize, usize, bool, u16);
 
+/// One INIT to send: from the namespace `from` to `to` (an address of the
+/// namespace `to_netns`, where it is watched for) on `port`.
+#[derive(Clone, Debug)]
+pub struct InitCell {
+    pub from: String,
+    pub to_netns: String,
+    pub to: IpAddr,
+    pub port: u16,
+}
+
 /// Sends every INIT of the matrix and reports which arrived.
 fn sctp_matrix(c: &SimCluster) -> Vec<(Cell, bool)> {
     let (netns, ips) = c.netns_and_ips();
     let n = netns.len();
-    let until = Instant::now() + PROBE_TIMEOUT + Duration::from_millis(300);
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    // Receivers first, so no INIT arrives before someone listens.
-    let ready = Arc::new(std::sync::Barrier::new(2 * n + 1));
-    let mut receivers = Vec::new();
-    for ns in &netns {
-        for v6 in [false, true] {
-            let (seen, ready) = (seen.clone(), ready.clone());
-            receivers.push(spawn_in(ns, move || {
-                let fd = raw_socket(v6);
-                ready.wait();
-                collect(fd, v6, until, &seen);
-                // SAFETY: closing the fd this thread opened.
-                unsafe { libc::close(fd) };
-            }));
-        }
-    }
-    ready.wait();
     let mut cells = Vec::new();
     for src in 0..n {
         for dst in 0..n {
@@ -175,28 +167,68 @@ fn sctp_matrix(c: &SimCluster) -> Vec<(Cell, bool)> {
             }
         }
     }
-    // Tag = 1 + cell index: unique within this matrix and never 0.
+    let inits: Vec<InitCell> = cells
+        .iter()
+        .map(|&(src, dst, v6, port)| {
+            let (v4a, v6a) = ips[dst];
+            InitCell {
+                from: netns[src].clone(),
+                to_netns: netns[dst].clone(),
+                to: if v6 { v6a.into() } else { v4a.into() },
+                port,
+            }
+        })
+        .collect();
+    let window = PROBE_TIMEOUT + Duration::from_millis(300);
+    cells.into_iter().zip(send_inits(&inits, window)).collect()
+}
+
+/// Sends one INIT per cell (twice, so one lost packet is not a verdict)
+/// and reports, per cell, whether it arrived in its destination
+/// namespace within `window`.
+pub fn send_inits(cells: &[InitCell], window: Duration) -> Vec<bool> {
+    let until = Instant::now() + window;
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut listeners: Vec<(String, bool)> = cells
+        .iter()
+        .map(|c| (c.to_netns.clone(), c.to.is_ipv6()))
+        .collect();
+    listeners.sort();
+    listeners.dedup();
+    // Receivers first, so no INIT arrives before someone listens.
+    let ready = Arc::new(std::sync::Barrier::new(listeners.len() + 1));
+    let mut receivers = Vec::new();
+    for (ns, v6) in listeners {
+        let (seen, ready) = (seen.clone(), ready.clone());
+        receivers.push(spawn_in(&ns, move || {
+            let fd = raw_socket(v6);
+            ready.wait();
+            collect(fd, v6, until, &seen);
+            // SAFETY: closing the fd this thread opened.
+            unsafe { libc::close(fd) };
+        }));
+    }
+    ready.wait();
+    let mut sources: Vec<&str> = cells.iter().map(|c| c.from.as_str()).collect();
+    sources.sort();
+    sources.dedup();
+    // Tag = 1 + cell index: unique within this batch and never 0.
     let mut senders = Vec::new();
-    for (src, src_netns) in netns.iter().enumerate() {
-        let mine: Vec<(u32, IpAddr, u16, bool)> = cells
+    for src in sources {
+        let mine: Vec<(u32, IpAddr, u16)> = cells
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.0 == src)
-            .map(|(i, &(_, dst, v6, port))| {
-                let (v4a, v6a) = ips[dst];
-                let ip: IpAddr = if v6 { v6a.into() } else { v4a.into() };
-                (i as u32 + 1, ip, port, v6)
-            })
+            .filter(|(_, c)| c.from == src)
+            .map(|(i, c)| (i as u32 + 1, c.to, c.port))
             .collect();
-        senders.push(spawn_in(src_netns, move || {
+        senders.push(spawn_in(src, move || {
             let (fd4, fd6) = (raw_socket(false), raw_socket(true));
-            for (tag, ip, port, v6) in mine {
+            for (tag, ip, port) in mine {
                 let pkt = init_packet(40000 + (tag % 20000) as u16, port, tag);
-                // Twice, so one lost packet is not a verdict; the tag is
-                // the same, so it counts once.
+                // The tag is the same in both copies, so it counts once.
                 for _ in 0..2 {
                     assert!(
-                        send_to(if v6 { fd6 } else { fd4 }, ip, &pkt),
+                        send_to(if ip.is_ipv6() { fd6 } else { fd4 }, ip, &pkt),
                         "send SCTP INIT"
                     );
                 }
@@ -215,10 +247,8 @@ fn sctp_matrix(c: &SimCluster) -> Vec<(Cell, bool)> {
         r.join().expect("SCTP receiver");
     }
     let seen = seen.lock().expect("seen lock");
-    cells
-        .iter()
-        .enumerate()
-        .map(|(i, &cell)| (cell, seen.contains(&(i as u32 + 1))))
+    (0..cells.len())
+        .map(|i| seen.contains(&(i as u32 + 1)))
         .collect()
 }
 
