@@ -4,6 +4,7 @@
 //! malformed. Validation follows the apiserver's own rules for
 //! networking.k8s.io/v1 where they matter for enforcement.
 
+use crate::apisyntax;
 use crate::error::ObjectError;
 use crate::ipblock::{cidr_minus, AddrRange};
 use crate::model::*;
@@ -11,7 +12,7 @@ use crate::selector::{Operator, Requirement, Selector};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -38,7 +39,7 @@ impl Ctx<'_> {
 fn object_name(
     ctx_kind: &'static str,
     source: Option<&str>,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    meta: &ObjectMeta,
     namespaced: bool,
 ) -> Result<(String, String), ObjectError> {
     let name = meta.name.clone().unwrap_or_default();
@@ -179,9 +180,14 @@ pub fn policy(np: &net::NetworkPolicy, source: Option<&str>) -> Result<Policy, O
         kind: "NetworkPolicy",
         object: format!("{namespace}/{name}"),
     };
-    let Some(spec) = np.spec.as_ref() else {
-        return Err(ctx.err("spec", "missing"));
-    };
+    object_meta(&ctx, &np.metadata)?;
+    // The apiserver stores a policy without a spec as the empty spec: all
+    // pods of the namespace, isolated for ingress, nothing allowed.
+    let empty = net::NetworkPolicySpec::default();
+    let spec = np.spec.as_ref().unwrap_or(&empty);
+    if let Some(s) = &spec.pod_selector {
+        selector_syntax(&ctx, "spec.podSelector", s)?;
+    }
     let pod_selector = match &spec.pod_selector {
         Some(s) => selector(&ctx, "spec.podSelector", s)?,
         None => Selector::everything(),
@@ -193,6 +199,15 @@ pub fn policy(np: &net::NetworkPolicy, source: Option<&str>) -> Result<Policy, O
     // Egress when there are egress rules.
     let (mut has_ingress, mut has_egress) = (false, false);
     match spec.policy_types.as_deref() {
+        Some(types) if types.len() > 2 => {
+            return Err(ctx.err(
+                "spec.policyTypes",
+                format!(
+                    "may not specify more than two policyTypes (got {})",
+                    types.len()
+                ),
+            ))
+        }
         Some(types) if !types.is_empty() => {
             for (i, t) in types.iter().enumerate() {
                 match t.as_str() {
@@ -283,16 +298,20 @@ fn peer(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPeer) -> Result<Peer, Obje
             "a peer needs one of podSelector, namespaceSelector or ipBlock",
         )),
         (Some(b), None, None) => ip_block(ctx, &format!("{field}.ipBlock"), b),
-        (None, ps, ns) => Ok(Peer::Pods {
-            pod_selector: ps
-                .as_ref()
-                .map(|s| selector(ctx, &format!("{field}.podSelector"), s))
-                .transpose()?,
-            namespace_selector: ns
-                .as_ref()
-                .map(|s| selector(ctx, &format!("{field}.namespaceSelector"), s))
-                .transpose()?,
-        }),
+        (None, ps, ns) => {
+            let checked = |s: &LabelSelector, sub: &str| {
+                let f = format!("{field}.{sub}");
+                selector_syntax(ctx, &f, s)?;
+                selector(ctx, &f, s)
+            };
+            Ok(Peer::Pods {
+                pod_selector: ps.as_ref().map(|s| checked(s, "podSelector")).transpose()?,
+                namespace_selector: ns
+                    .as_ref()
+                    .map(|s| checked(s, "namespaceSelector"))
+                    .transpose()?,
+            })
+        }
     }
 }
 
@@ -305,11 +324,18 @@ pub(crate) fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, Objec
 }
 
 fn ip_block(ctx: &Ctx, field: &str, b: &net::IPBlock) -> Result<Peer, ObjectError> {
-    let cidr = parse_cidr(ctx, &format!("{field}.cidr"), &b.cidr)?;
+    let cidr_field = format!("{field}.cidr");
+    if b.cidr.is_empty() {
+        return Err(ctx.err(cidr_field, "required"));
+    }
+    let sloppy = |f: &str, s: &str| {
+        apisyntax::cidr(s).map_err(|m| ctx.err(f, format!("invalid CIDR {s:?}: {m}")))
+    };
+    let cidr = sloppy(&cidr_field, &b.cidr)?;
     let mut except = Vec::new();
     for (i, e) in b.except.as_deref().unwrap_or(&[]).iter().enumerate() {
         let ef = format!("{field}.except[{i}]");
-        let en = parse_cidr(ctx, &ef, e)?;
+        let en = sloppy(&ef, e)?;
         let inside = en.addr().is_ipv4() == cidr.addr().is_ipv4()
             && cidr.trunc().contains(&en.trunc())
             && en.prefix_len() > cidr.prefix_len();
@@ -330,9 +356,10 @@ fn ip_block(ctx: &Ctx, field: &str, b: &net::IPBlock) -> Result<Peer, ObjectErro
 }
 
 fn port(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPort) -> Result<PortSpec, ObjectError> {
+    // Exact case: the apiserver refuses `tcp`.
     let protocol = match p.protocol.as_deref() {
         None => Protocol::Tcp,
-        Some(s) => Protocol::parse(s).ok_or_else(|| {
+        Some(s) => Protocol::parse(s).filter(|p| p.api() == s).ok_or_else(|| {
             ctx.err(
                 format!("{field}.protocol"),
                 format!("unsupported protocol {s:?} (want TCP, UDP or SCTP)"),
@@ -374,10 +401,10 @@ fn port(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPort) -> Result<PortSpec, 
             }
             // The apiserver takes a string port as a name only: `"80"` is
             // rejected for having no letter, never read as a number.
-            if !valid_port_name(s) {
+            if let Err(m) = apisyntax::port_name(s) {
                 return Err(ctx.err(
                     format!("{field}.port"),
-                    format!("{s:?} is not a valid port name (1-15 lowercase letters, digits and '-', with a letter; a port number is written without quotes)"),
+                    format!("{s:?} is not a valid port name: {m} (a port number is written without quotes)"),
                 ));
             }
             PortRef::Named(s.clone())
@@ -386,16 +413,114 @@ fn port(ctx: &Ctx, field: &str, p: &net::NetworkPolicyPort) -> Result<PortSpec, 
     Ok(PortSpec { protocol, port })
 }
 
-/// IANA service name, as the apiserver validates named ports.
-pub(crate) fn valid_port_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && s.chars().any(|c| c.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
+/// The metadata rules the apiserver applies to every namespaced object it
+/// stores (`metadata.name` is known to be non-empty here).
+fn object_meta(ctx: &Ctx, m: &ObjectMeta) -> Result<(), ObjectError> {
+    let invalid = |f: &str, v: &str, msg: String| ctx.err(f, format!("{v:?}: {msg}"));
+    if let Some(g) = m.generate_name.as_deref().filter(|g| !g.is_empty()) {
+        apisyntax::object_name(g, true).map_err(|e| invalid("metadata.generateName", g, e))?;
+    }
+    if let Some(n) = m.name.as_deref() {
+        apisyntax::object_name(n, false).map_err(|e| invalid("metadata.name", n, e))?;
+    }
+    if let Some(ns) = m.namespace.as_deref().filter(|n| !n.is_empty()) {
+        apisyntax::dns1123_label(ns).map_err(|e| invalid("metadata.namespace", ns, e))?;
+    }
+    if m.generation.is_some_and(|g| g < 0) {
+        return Err(ctx.err("metadata.generation", "must be greater than or equal to 0"));
+    }
+    labels(ctx, "metadata.labels", m.labels.as_ref())?;
+    if let Some(ann) = &m.annotations {
+        for k in ann.keys() {
+            apisyntax::qualified_name(&k.to_lowercase())
+                .map_err(|e| invalid("metadata.annotations", k, e))?;
+        }
+        let size: usize = ann.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > apisyntax::ANNOTATIONS_MAX_BYTES {
+            return Err(ctx.err(
+                "metadata.annotations",
+                format!(
+                    "{size} bytes: may not be more than {} bytes",
+                    apisyntax::ANNOTATIONS_MAX_BYTES
+                ),
+            ));
+        }
+    }
+    for (i, o) in m
+        .owner_references
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let f = format!("metadata.ownerReferences[{i}]");
+        let version = o.api_version.rsplit('/').next().unwrap_or_default();
+        for (sub, empty) in [
+            ("apiVersion", version.is_empty()),
+            ("kind", o.kind.is_empty()),
+            ("name", o.name.is_empty()),
+            ("uid", o.uid.is_empty()),
+        ] {
+            if empty {
+                return Err(ctx.err(format!("{f}.{sub}"), "must not be empty"));
+            }
+        }
+    }
+    let finalizers = m.finalizers.as_deref().unwrap_or(&[]);
+    for (i, fin) in finalizers.iter().enumerate() {
+        apisyntax::qualified_name(fin)
+            .map_err(|e| invalid(&format!("metadata.finalizers[{i}]"), fin, e))?;
+    }
+    if ["orphan", "foregroundDeletion"]
+        .iter()
+        .all(|f| finalizers.iter().any(|x| x == f))
+    {
+        return Err(ctx.err(
+            "metadata.finalizers",
+            "finalizer orphan and foregroundDeletion cannot be both set",
+        ));
+    }
+    Ok(())
+}
+
+fn labels(
+    ctx: &Ctx,
+    field: &str,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), ObjectError> {
+    for (k, v) in labels.into_iter().flatten() {
+        apisyntax::qualified_name(k).map_err(|e| ctx.err(field, format!("key {k:?}: {e}")))?;
+        apisyntax::label_value(v)
+            .map_err(|e| ctx.err(field, format!("value {v:?} of {k:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The syntax the apiserver demands of a NetworkPolicy's label selectors:
+/// label keys and values, expression keys, and expression values.
+/// `selector` checks the operators and the shape of each expression.
+fn selector_syntax(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<(), ObjectError> {
+    labels(
+        ctx,
+        &format!("{field}.matchLabels"),
+        s.match_labels.as_ref(),
+    )?;
+    for (i, e) in s
+        .match_expressions
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let ef = format!("{field}.matchExpressions[{i}]");
+        apisyntax::qualified_name(&e.key)
+            .map_err(|m| ctx.err(format!("{ef}.key"), format!("{:?}: {m}", e.key)))?;
+        for (j, v) in e.values.as_deref().unwrap_or(&[]).iter().enumerate() {
+            apisyntax::label_value(v)
+                .map_err(|m| ctx.err(format!("{ef}.values[{j}]"), format!("{v:?}: {m}")))?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, ObjectError> {
@@ -534,6 +659,135 @@ spec:
                 "{}",
                 l.errors[0]
             );
+        }
+    }
+
+    /// One NetworkPolicy per row: its metadata and spec as JSON (`None`:
+    /// no spec), and the field path the error must name (`None`: valid).
+    #[test]
+    fn network_policy_validation_follows_the_apiserver_rule_by_rule() {
+        let long_name = "a".repeat(254);
+        let big = "x".repeat(256 * 1024);
+        let m = r#"{"name": "p", "namespace": "n"}"#;
+        let spec_from =
+            |peer: &str| format!(r#"{{"podSelector": {{}}, "ingress": [{{"from": [{peer}]}}]}}"#);
+        let spec_to = |peer: &str| {
+            format!(
+                r#"{{"podSelector": {{}}, "policyTypes": ["Egress"], "egress": [{{"to": [{peer}]}}]}}"#
+            )
+        };
+        let spec_port =
+            |port: &str| format!(r#"{{"podSelector": {{}}, "ingress": [{{"ports": [{port}]}}]}}"#);
+        let spec_sel = |sel: &str| format!(r#"{{"podSelector": {sel}}}"#);
+        let rows: Vec<(&str, String, Option<String>, Option<&str>)> = vec![
+            // metadata: ValidateObjectMeta with DNS-subdomain names
+            ("plain", m.into(), Some("{}".into()), None),
+            ("dotted name", r#"{"name": "a.b-c", "namespace": "n"}"#.into(), Some("{}".into()), None),
+            ("name case", r#"{"name": "Allow", "namespace": "n"}"#.into(), Some("{}".into()), Some("metadata.name")),
+            ("name underscore", r#"{"name": "a_b", "namespace": "n"}"#.into(), Some("{}".into()), Some("metadata.name")),
+            ("name length", format!(r#"{{"name": "{long_name}", "namespace": "n"}}"#), Some("{}".into()), Some("metadata.name")),
+            ("generateName", r#"{"name": "p", "generateName": "web-", "namespace": "n"}"#.into(), Some("{}".into()), None),
+            ("bad generateName", r#"{"name": "p", "generateName": "Web-", "namespace": "n"}"#.into(), Some("{}".into()), Some("metadata.generateName")),
+            ("namespace dots", r#"{"name": "p", "namespace": "a.b"}"#.into(), Some("{}".into()), Some("metadata.namespace")),
+            ("namespace case", r#"{"name": "p", "namespace": "N"}"#.into(), Some("{}".into()), Some("metadata.namespace")),
+            ("labels", r#"{"name": "p", "namespace": "n", "labels": {"example.com/app": "Web_1", "x": ""}}"#.into(), Some("{}".into()), None),
+            ("label key", r#"{"name": "p", "namespace": "n", "labels": {"a/b/c": "x"}}"#.into(), Some("{}".into()), Some("metadata.labels")),
+            ("label value", r#"{"name": "p", "namespace": "n", "labels": {"a": "-x"}}"#.into(), Some("{}".into()), Some("metadata.labels")),
+            ("annotation key case", r#"{"name": "p", "namespace": "n", "annotations": {"Example.COM/Note": "any text at all"}}"#.into(), Some("{}".into()), None),
+            ("annotation key", r#"{"name": "p", "namespace": "n", "annotations": {"a b": "x"}}"#.into(), Some("{}".into()), Some("metadata.annotations")),
+            ("annotation size", format!(r#"{{"name": "p", "namespace": "n", "annotations": {{"a": "{big}"}}}}"#), Some("{}".into()), Some("metadata.annotations")),
+            ("generation", r#"{"name": "p", "namespace": "n", "generation": -1}"#.into(), Some("{}".into()), Some("metadata.generation")),
+            ("owner", r#"{"name": "p", "namespace": "n", "ownerReferences": [{"apiVersion": "v1", "kind": "K", "name": "o", "uid": "u"}]}"#.into(), Some("{}".into()), None),
+            ("owner uid", r#"{"name": "p", "namespace": "n", "ownerReferences": [{"apiVersion": "v1", "kind": "K", "name": "o", "uid": ""}]}"#.into(), Some("{}".into()), Some("metadata.ownerReferences[0].uid")),
+            ("owner version", r#"{"name": "p", "namespace": "n", "ownerReferences": [{"apiVersion": "apps/", "kind": "K", "name": "o", "uid": "u"}]}"#.into(), Some("{}".into()), Some("metadata.ownerReferences[0].apiVersion")),
+            ("finalizer", r#"{"name": "p", "namespace": "n", "finalizers": ["example.com/keep"]}"#.into(), Some("{}".into()), None),
+            ("finalizer name", r#"{"name": "p", "namespace": "n", "finalizers": ["a b"]}"#.into(), Some("{}".into()), Some("metadata.finalizers[0]")),
+            ("finalizer pair", r#"{"name": "p", "namespace": "n", "finalizers": ["orphan", "foregroundDeletion"]}"#.into(), Some("{}".into()), Some("metadata.finalizers")),
+            // spec: podSelector through ValidateLabelSelector
+            ("no spec", m.into(), None, None),
+            ("selector", m.into(), Some(spec_sel(r#"{"matchLabels": {"a.io/b": "c"}, "matchExpressions": [{"key": "k", "operator": "In", "values": ["v", ""]}]}"#)), None),
+            ("matchLabels key", m.into(), Some(spec_sel(r#"{"matchLabels": {"-a": "b"}}"#)), Some("spec.podSelector.matchLabels")),
+            ("matchLabels value", m.into(), Some(spec_sel(r#"{"matchLabels": {"a": "b c"}}"#)), Some("spec.podSelector.matchLabels")),
+            ("expression key", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "a/b/c", "operator": "Exists"}]}"#)), Some("spec.podSelector.matchExpressions[0].key")),
+            ("expression empty key", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "", "operator": "Exists"}]}"#)), Some("spec.podSelector.matchExpressions[0].key")),
+            ("expression value", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["ok", "not ok"]}]}"#)), Some("spec.podSelector.matchExpressions[0].values[1]")),
+            ("operator", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "a", "operator": "in", "values": ["x"]}]}"#)), Some("spec.podSelector.matchExpressions[0].operator")),
+            ("In without values", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "a", "operator": "In"}]}"#)), Some("spec.podSelector.matchExpressions[0].values")),
+            ("Exists with values", m.into(), Some(spec_sel(r#"{"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}"#)), Some("spec.podSelector.matchExpressions[0].values")),
+            // spec.policyTypes
+            ("types twice", m.into(), Some(r#"{"podSelector": {}, "policyTypes": ["Ingress", "Ingress"]}"#.into()), None),
+            ("three types", m.into(), Some(r#"{"podSelector": {}, "policyTypes": ["Ingress", "Egress", "Ingress"]}"#.into()), Some("spec.policyTypes")),
+            ("type case", m.into(), Some(r#"{"podSelector": {}, "policyTypes": ["ingress"]}"#.into()), Some("spec.policyTypes[0]")),
+            // ValidateNetworkPolicyPort
+            ("port", m.into(), Some(spec_port(r#"{"protocol": "SCTP", "port": 1, "endPort": 65535}"#)), None),
+            ("named port", m.into(), Some(spec_port(r#"{"protocol": "UDP", "port": "dns-udp"}"#)), None),
+            ("protocol case", m.into(), Some(spec_port(r#"{"protocol": "tcp", "port": 80}"#)), Some("spec.ingress[0].ports[0].protocol")),
+            ("protocol", m.into(), Some(spec_port(r#"{"protocol": "ICMP"}"#)), Some("spec.ingress[0].ports[0].protocol")),
+            ("empty protocol", m.into(), Some(spec_port(r#"{"protocol": ""}"#)), Some("spec.ingress[0].ports[0].protocol")),
+            ("port 0", m.into(), Some(spec_port(r#"{"port": 0}"#)), Some("spec.ingress[0].ports[0].port")),
+            ("port 65536", m.into(), Some(spec_port(r#"{"port": 65536}"#)), Some("spec.ingress[0].ports[0].port")),
+            ("endPort below", m.into(), Some(spec_port(r#"{"port": 80, "endPort": 79}"#)), Some("spec.ingress[0].ports[0].endPort")),
+            ("endPort range", m.into(), Some(spec_port(r#"{"port": 80, "endPort": 65536}"#)), Some("spec.ingress[0].ports[0].endPort")),
+            ("endPort named", m.into(), Some(spec_port(r#"{"port": "http", "endPort": 90}"#)), Some("spec.ingress[0].ports[0].endPort")),
+            ("endPort alone", m.into(), Some(spec_port(r#"{"endPort": 90}"#)), Some("spec.ingress[0].ports[0].endPort")),
+            ("port name", m.into(), Some(spec_port(r#"{"port": "a--b"}"#)), Some("spec.ingress[0].ports[0].port")),
+            ("quoted number", m.into(), Some(spec_port(r#"{"port": "80"}"#)), Some("spec.ingress[0].ports[0].port")),
+            // ValidateNetworkPolicyPeer
+            ("no peer", m.into(), Some(spec_from("{}")), Some("spec.ingress[0].from[0]")),
+            ("ipBlock and pods", m.into(), Some(spec_from(r#"{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}"#)), Some("spec.ingress[0].from[0]")),
+            ("both selectors", m.into(), Some(spec_from(r#"{"podSelector": {}, "namespaceSelector": {"matchLabels": {"a": "b"}}}"#)), None),
+            ("peer pod selector", m.into(), Some(spec_from(r#"{"podSelector": {"matchLabels": {"a": "-"}}}"#)), Some("spec.ingress[0].from[0].podSelector.matchLabels")),
+            ("peer namespace selector", m.into(), Some(spec_to(r#"{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": ["b/c"]}]}}"#)), Some("spec.egress[0].to[0].namespaceSelector.matchExpressions[0].values[0]")),
+            // ValidateIPBlock
+            ("ipBlock", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}"#)), None),
+            ("leading zeros", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "010.0.0.0/08", "except": ["010.001.0.0/16"]}}"#)), None),
+            ("host bits", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.1.2.3/8", "except": ["10.1.2.3/16"]}}"#)), None),
+            ("no cidr", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": ""}}"#)), Some("spec.egress[0].to[0].ipBlock.cidr")),
+            ("bare address", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.1"}}"#)), Some("spec.egress[0].to[0].ipBlock.cidr")),
+            ("bad except", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/33"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
+            ("except outside", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
+            ("except equal", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
+            ("except family", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["::/1"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
+        ];
+        let mut failures = Vec::new();
+        for (what, meta, spec, want) in &rows {
+            let spec = spec
+                .as_ref()
+                .map(|s| format!(r#", "spec": {s}"#))
+                .unwrap_or_default();
+            let text = format!(
+                r#"{{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {meta}{spec}}}"#
+            );
+            let l = parse("np.yaml", &text);
+            let got: Option<String> = l.errors.first().map(|e| e.to_string());
+            let ok = match (want, &got) {
+                (None, None) => l.objects.len() == 1,
+                (Some(field), Some(msg)) => {
+                    msg.starts_with("np.yaml: NetworkPolicy ")
+                        && msg.contains(&format!(": {field}: "))
+                }
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{what}: want {want:?}, got {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_policy_without_spec_isolates_every_pod_of_its_namespace_for_ingress() {
+        let l = parse(
+            "np.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\n",
+        );
+        match &l.objects[..] {
+            [Object::Policy(p)] => {
+                assert_eq!(p.pod_selector, crate::selector::Selector::everything());
+                assert_eq!(p.ingress.as_deref(), Some(&[][..]));
+                assert_eq!(p.egress, None);
+            }
+            other => panic!("want one policy, got {other:?} {:?}", l.errors),
         }
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apisyntax;
 pub mod compile;
 pub mod convert;
 pub mod diff;

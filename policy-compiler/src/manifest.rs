@@ -328,7 +328,7 @@ spec:
         assert_eq!(l.errors.len(), 1);
         assert_eq!(
             l.errors[0].to_string(),
-            r#"bad.yaml: NetworkPolicy default/web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR "10.0.0/33""#
+            r#"bad.yaml: NetworkPolicy default/web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR "10.0.0/33": want an address and a prefix length, e.g. 10.9.8.0/24 or 2001:db8::/64"#
         );
     }
 

@@ -4,7 +4,8 @@
 //! and reported, never half-enforced).
 
 use super::*;
-use crate::convert::{parse_cidr, selector, valid_port_name, Ctx};
+use crate::apisyntax;
+use crate::convert::{parse_cidr, selector, Ctx};
 use crate::error::ObjectError;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -199,8 +200,8 @@ fn range(
 }
 
 fn named(c: &Ctx, field: &str, name: &str) -> Result<AdminPort, ObjectError> {
-    if !valid_port_name(name) {
-        return Err(c.err(field, format!("invalid port name {name:?}")));
+    if let Err(m) = apisyntax::port_name(name) {
+        return Err(c.err(field, format!("invalid port name {name:?}: {m}")));
     }
     Ok(AdminPort::Named(name.to_string()))
 }
