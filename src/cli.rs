@@ -88,6 +88,17 @@ pub enum Command {
     /// as one atomic netlink batch (nothing when already equal). Prints a
     /// one-line summary. Needs CAP_NET_ADMIN. Exit status 2 as for compile.
     Apply(ApplyArgs),
+    /// Packets counted per policy and direction in the kernel's `inet
+    /// nftpol` table, and the policies that counted none (clean-up
+    /// candidates). Needs CAP_NET_ADMIN; reads only.
+    ///
+    /// MATCHED counts the packets a policy's rules decided on this node;
+    /// ISOLATION-DROPS the new connections dropped because the policy
+    /// isolates a pod and nothing allowed them. Counts start when a rule is
+    /// written: a pod chain is rewritten when the policies selecting its
+    /// pod change. The agent keeps totals across rewrites (its metrics
+    /// and the NodeNetworkPolicyStatus object).
+    Hits(HitsArgs),
     /// Remove the `inet nftpol` table (and nothing else). Needs
     /// CAP_NET_ADMIN.
     Cleanup,
@@ -124,6 +135,23 @@ pub struct CompileArgs {
     pub format: Format,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct HitsArgs {
+    /// Only the policy directions that counted no packet.
+    #[arg(long)]
+    pub zero: bool,
+    /// `json` prints an array of {policy, direction, matched,
+    /// isolation_drops, rules}.
+    #[arg(long, value_enum, default_value_t = HitsFormat::Text)]
+    pub format: HitsFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HitsFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -386,6 +414,17 @@ pub fn apply(args: &ApplyArgs, out: &mut dyn Write) -> Result<i32, Error> {
     Ok(exit_status(skipped))
 }
 
+/// `nftpol hits`: the kernel's counters per policy.
+pub fn hits(args: &HitsArgs, out: &mut dyn Write) -> Result<i32, Error> {
+    let counters = crate::netlink::read_counters()?;
+    let text = match args.format {
+        HitsFormat::Text => report::hits::text(&counters, args.zero),
+        HitsFormat::Json => pretty_json(&report::hits::json(&counters, args.zero))?,
+    };
+    write_out(out, &text)?;
+    Ok(0)
+}
+
 /// `nftpol cleanup`: delete the table if it exists.
 pub fn cleanup(out: &mut dyn Write) -> Result<i32, Error> {
     let removed = crate::netlink::cleanup()?;
@@ -491,8 +530,9 @@ fn explain_live(
     skipped: usize,
 ) -> Result<i32, Error> {
     let node = resolve_node(cluster, args.node_name.as_deref())?;
-    let kernel = match crate::netlink::read_table() {
-        Ok(k) => k,
+    let (kernel, counters) = match crate::netlink::read_table_counted() {
+        Ok(Some((k, c))) => (Some(k), c),
+        Ok(None) => (None, Default::default()),
         // Something in the table that nftpol never writes: the kernel
         // cannot be enforcing what the compiler intends.
         Err(e @ crate::netlink::NetlinkError::Decode { .. }) => {
@@ -514,7 +554,8 @@ fn explain_live(
         (d.src_ip, d.dst_ip),
         proto,
         port,
-    );
+    )
+    .with_counters(&counters);
     let text = if args.format == Format::Json {
         let step = |t: &policy_compiler::interp::Trace| {
             t.deciding().map(|s| {
@@ -530,7 +571,11 @@ fn explain_live(
             "node": live.node,
             "agrees": live.agrees(),
             "table_present": live.table_present,
-            "kernel": { "accepted": live.kernel.accepted, "deciding": step(&live.kernel) },
+            "kernel": {
+                "accepted": live.kernel.accepted,
+                "deciding": step(&live.kernel),
+                "hits": live.hits.as_ref().map(|h| serde_json::json!({"packets": h.packets, "bytes": h.bytes})),
+            },
             "compiler": { "accepted": live.intended.accepted, "deciding": step(&live.intended) },
             "policies": d,
         });
@@ -707,6 +752,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Diff(a) => diff(a, &mut stdout),
         Command::Apply(a) => apply(a, &mut stdout),
         Command::Cleanup => cleanup(&mut stdout),
+        Command::Hits(a) => hits(a, &mut stdout),
         Command::Crds => write_out(&mut stdout, &nftpol_crds::all_yaml()).map(|()| 0),
         Command::Agent(a) => {
             drop(stdout);

@@ -513,6 +513,23 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
         v["kernel"]["deciding"]["comment"], "ingress isolated by default/my-app",
         "{v}"
     );
+    // The deciding drop counts; no packet has crossed this namespace.
+    assert_eq!(v["kernel"]["hits"]["packets"], 0, "{v}");
+
+    // Per policy: the one policy, both directions it enforces, nothing
+    // counted yet, so both are clean-up candidates.
+    let out = nftpol_in(&ns, &["hits", "--zero"]);
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{t}{}", text(&out.stderr));
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("default/my-app ") && l.contains("ingress")),
+        "{t}"
+    );
+    assert!(
+        t.contains("2 of 2 policy directions counted no packet"),
+        "{t}"
+    );
 
     // Tamper: an accept at the top of the pod's ingress chain.
     nft_in(
@@ -615,11 +632,15 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
     );
     assert!(t.contains(&format!("~ chain {MY_APP_CHAIN}")), "{t}");
     assert!(
-        t.contains("    - ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 80 accept"),
+        t.contains(
+            "    - ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 80 counter accept"
+        ),
         "{t}"
     );
     assert!(
-        t.contains("    + ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 8080 accept"),
+        t.contains(
+            "    + ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 8080 counter accept"
+        ),
         "{t}"
     );
     assert!(

@@ -159,6 +159,7 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     }
     b.shared_address_elements(node);
     crate::srcval::add_chains(&mut b.rs, cluster, node, net);
+    crate::counters::add(&mut b.rs);
     b.rs
 }
 

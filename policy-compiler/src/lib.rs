@@ -8,6 +8,7 @@ pub mod admin;
 pub mod apisyntax;
 pub mod compile;
 pub mod convert;
+pub mod counters;
 pub mod diff;
 pub mod error;
 pub mod eval;

@@ -134,6 +134,19 @@ impl Session {
         read::read_table(&mut self.sock)
     }
 
+    /// [`Session::read_table`] with the values of the rules' counters.
+    pub fn read_table_counted(
+        &mut self,
+    ) -> Result<Option<(Ruleset, policy_compiler::counters::Counters)>, NetlinkError> {
+        read::read_table_counted(&mut self.sock)
+    }
+
+    /// The values of every counted rule of the table, from one rule dump
+    /// (empty when the table is absent).
+    pub fn read_counters(&mut self) -> Result<policy_compiler::counters::Counters, NetlinkError> {
+        read::read_counters(&mut self.sock)
+    }
+
     /// Sends `tx` as one atomic batch. An empty transaction sends nothing.
     pub fn send(&mut self, tx: &Transaction) -> Result<BatchReport, NetlinkError> {
         if tx.is_empty() {
@@ -313,4 +326,15 @@ pub fn enforcement_state() -> Result<(), String> {
 /// Reads the `inet nftpol` table back into the IR.
 pub fn read_table() -> Result<Option<Ruleset>, NetlinkError> {
     Session::open()?.read_table()
+}
+
+/// [`read_table`] with the values of its rules' counters, in one dump.
+pub fn read_table_counted(
+) -> Result<Option<(Ruleset, policy_compiler::counters::Counters)>, NetlinkError> {
+    Session::open()?.read_table_counted()
+}
+
+/// The values of every counted rule (one rule dump).
+pub fn read_counters() -> Result<policy_compiler::counters::Counters, NetlinkError> {
+    Session::open()?.read_counters()
 }

@@ -461,6 +461,9 @@ pub struct RuleInfo {
     pub handle: u64,
     pub exprs: Vec<RawExpr>,
     pub userdata: Vec<u8>,
+    /// (packets, bytes) of its first `counter` statement: kept out of
+    /// `exprs` so that values never make two rules differ.
+    pub counter: Option<(u64, u64)>,
 }
 
 fn check(rc: c_int, what: &str) -> Result<(), String> {
@@ -503,11 +506,28 @@ pub fn parse_chain(m: &Msg) -> Result<ChainInfo, String> {
     }
 }
 
+/// What `collect_expr` gathers from one rule.
+#[derive(Default)]
+struct Collected {
+    exprs: Vec<RawExpr>,
+    counter: Option<(u64, u64)>,
+}
+
 unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-    // SAFETY: data is the &mut Vec passed by parse_rule; e is live for the call.
-    let out = unsafe { &mut *data.cast::<Vec<RawExpr>>() };
+    // SAFETY: data is the &mut Collected passed by parse_rule; e is live for the call.
+    let out = unsafe { &mut *data.cast::<Collected>() };
     // SAFETY: `e` belongs to the rule being iterated, alive for the call.
-    out.push(unsafe { read_expr(e) });
+    let expr = unsafe { read_expr(e) };
+    if expr == RawExpr::Counter && out.counter.is_none() {
+        // SAFETY: getters on the live counter expression `e`; they only read it.
+        out.counter = Some(unsafe {
+            (
+                sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16),
+                sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16),
+            )
+        });
+    }
+    out.exprs.push(expr);
     0
 }
 
@@ -533,12 +553,13 @@ pub fn parse_rule(m: &Msg) -> Result<RuleInfo, String> {
         } else {
             CStr::from_ptr(table).to_string_lossy().into_owned()
         };
-        let mut exprs: Vec<RawExpr> = Vec::new();
+        let mut collected = Collected::default();
         sys::nftnl_expr_foreach(
             p,
             Some(collect_expr),
-            (&mut exprs as *mut Vec<RawExpr>).cast(),
+            (&mut collected as *mut Collected).cast(),
         );
+        let Collected { exprs, counter } = collected;
         let mut userdata = Vec::new();
         if sys::nftnl_rule_is_set(p, sys::NFTNL_RULE_USERDATA as u16) {
             let mut len = 0u32;
@@ -553,6 +574,7 @@ pub fn parse_rule(m: &Msg) -> Result<RuleInfo, String> {
             handle,
             exprs,
             userdata,
+            counter,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Read-back of the `inet nftpol` table into the IR: one dump each for
 //! chains, rules and sets, then one element dump per set (the kernel
-//! dumps elements per set only). The requests name our table, but the
+//! dumps elements per set only). Counter values come back beside the IR,
+//! never in it, and alone from one rule dump. The requests name our table, but the
 //! kernel does not filter every dump by it (chain dumps list every inet
 //! table), so each object's table is checked here too.
 //! Anything nftpol would not have written is a `Decode` error naming the
@@ -11,7 +12,9 @@ use super::raw;
 use super::socket::{Msg, Socket};
 use super::wire::{self, Dump};
 use super::NetlinkError;
-use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Ruleset, Set, TABLE_NAME};
+use policy_compiler::counters::{Counters, RuleCounter};
+use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Rule, Ruleset, Set, TABLE_NAME};
+use std::collections::BTreeMap;
 
 /// The answers of type NEW* to one request.
 fn dump(
@@ -75,6 +78,53 @@ fn decode_hook(n: u32) -> Option<Hook> {
 
 /// The table read back, or `None` when it does not exist.
 pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
+    Ok(read_table_counted(sock)?.map(|(rs, _)| rs))
+}
+
+/// Chain, handle, rule and (packets, bytes) of one dumped rule.
+type DumpedRule = (String, u64, Rule, Option<(u64, u64)>);
+
+/// The rules of our table in kernel order, decoded, each with its counter
+/// values (the first `counter` statement's).
+fn rules(sock: &mut Socket) -> Result<Vec<DumpedRule>, NetlinkError> {
+    let dec = |object: String| move |reason: String| NetlinkError::Decode { object, reason };
+    let mut out = Vec::new();
+    // The kernel dumps each chain's rules in order.
+    for m in dump(sock, Dump::Rules, "rules", 5)? {
+        let info = raw::parse_rule(&m).map_err(dec("a rule".into()))?;
+        if info.table != TABLE_NAME {
+            continue;
+        }
+        let object = format!("rule handle {} in chain {}", info.handle, info.chain);
+        let rule = super::expr::raise_rule(&info.exprs, raw::parse_comment(&info.userdata))
+            .map_err(dec(object))?;
+        out.push((info.chain, info.handle, rule, info.counter));
+    }
+    Ok(out)
+}
+
+/// The values of every counted rule, from one rule dump (no chains, sets
+/// or elements): cheap enough to poll. An absent table has no counters.
+pub fn read_counters(sock: &mut Socket) -> Result<Counters, NetlinkError> {
+    let mut position: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    let rules = match rules(sock) {
+        Err(NetlinkError::Dump { errno, .. }) if errno == libc::ENOENT => Vec::new(),
+        r => r?,
+    };
+    for (chain, _, rule, counter) in rules {
+        let index = position.entry(chain.clone()).or_default();
+        if let Some((packets, bytes)) = counter {
+            out.push(RuleCounter::new(&chain, *index, &rule, packets, bytes));
+        }
+        *index += 1;
+    }
+    Ok(Counters::from_rules(out))
+}
+
+/// [`read_table`] with the counter values of its rules, read in the same
+/// dump (so positions agree with the ruleset).
+pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters)>, NetlinkError> {
     let Some(table_flags) = table_flags(sock)? else {
         return Ok(None);
     };
@@ -135,20 +185,23 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
         );
     }
 
-    // The kernel dumps each chain's rules in order.
-    for m in dump(sock, Dump::Rules, "rules", 5)? {
-        let info = raw::parse_rule(&m).map_err(dec("a rule".into()))?;
-        if info.table != TABLE_NAME {
-            continue;
+    let mut counted = Vec::new();
+    for (chain_name, handle, rule, counter) in rules(sock)? {
+        let object = format!("rule handle {handle} in chain {chain_name}");
+        let chain = rs
+            .chains
+            .get_mut(&chain_name)
+            .ok_or_else(|| dec(object)("its chain was not listed".into()))?;
+        if let Some((packets, bytes)) = counter {
+            counted.push(RuleCounter::new(
+                &chain_name,
+                chain.rules.len(),
+                &rule,
+                packets,
+                bytes,
+            ));
         }
-        let object = format!("rule handle {} in chain {}", info.handle, info.chain);
-        let rule = super::expr::raise_rule(&info.exprs, raw::parse_comment(&info.userdata))
-            .map_err(dec(object.clone()))?;
-        rs.chains
-            .get_mut(&info.chain)
-            .ok_or_else(|| dec(object)("its chain was not listed".into()))?
-            .rules
-            .push(rule);
+        chain.rules.push(rule);
     }
 
     let mut sets = Vec::new();
@@ -170,5 +223,5 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
         let elements = decode_elements(kind, &raw_elems).map_err(dec(label))?;
         rs.sets.insert(name, Set { kind, elements });
     }
-    Ok(Some(rs))
+    Ok(Some((rs, Counters::from_rules(counted))))
 }

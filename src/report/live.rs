@@ -3,9 +3,11 @@
 //! for the node, side by side. Both runs use the IR interpreter, so a
 //! difference is a difference of the tables, never of two evaluators: the
 //! verdict or the deciding rule differing is drift, a hand edit or a bug,
-//! and is reported as a mismatch.
+//! and is reported as a mismatch. The kernel's deciding rule is shown
+//! with its hit count, read back in the same dump as the table.
 
 use policy_compiler::compile::CHAIN_FORWARD;
+use policy_compiler::counters::{Counters, RuleCounter};
 use policy_compiler::eval::Endpoint;
 use policy_compiler::interp::{self, Packet, Step, Trace};
 use policy_compiler::ir::{Ruleset, TABLE_F_DORMANT};
@@ -28,6 +30,9 @@ pub struct LiveExplain {
     /// Whether the source or the destination is a pod of this node (else
     /// the node's kernel never sees the flow).
     pub local: bool,
+    /// The kernel counter of the deciding rule, when it counts (see
+    /// [`LiveExplain::with_counters`]).
+    pub hits: Option<RuleCounter>,
 }
 
 /// What decided a trace, comparable across the two tables: the chain and
@@ -64,7 +69,19 @@ impl LiveExplain {
             kernel: interp::trace(kernel.unwrap_or(&empty), CHAIN_FORWARD, &packet),
             intended: interp::trace(&intended_rs, CHAIN_FORWARD, &packet),
             local,
+            hits: None,
         }
+    }
+
+    /// Looks up the hit count of the kernel's deciding rule in
+    /// `counters`, read back together with the kernel's table.
+    pub fn with_counters(mut self, counters: &Counters) -> LiveExplain {
+        self.hits = self
+            .kernel
+            .deciding()
+            .and_then(|s| counters.at(&s.chain, s.index))
+            .cloned();
+        self
     }
 
     /// Whether the kernel decides as the compiler intends, by the same
@@ -161,6 +178,13 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
         );
     }
     let _ = writeln!(s, "  kernel:   {}", decided_line(&e.kernel));
+    if let Some(h) = &e.hits {
+        let _ = writeln!(
+            s,
+            "    hits: {} packets, {} bytes on this rule since it was last written",
+            h.packets, h.bytes
+        );
+    }
     for step in &e.kernel.steps {
         let _ = writeln!(s, "    path: {}", step_line(step));
     }
@@ -221,7 +245,21 @@ mod tests {
         let text = render_xa_to_xb(&e);
         assert!(text.starts_with("LIVE ALLOWED on node n1"), "{text}");
         assert!(
-            text.contains(r#"comment "x/b-from-a ingress[0]""#),
+            text.contains(r#"counter accept comment "x/b-from-a ingress[0]""#),
+            "{text}"
+        );
+        assert!(!text.contains("hits:"), "no counters read: {text}");
+        // The deciding rule's counter, by chain and position.
+        let step = e.kernel.deciding().expect("a rule decides").clone();
+        let counters = Counters::from_rules(vec![
+            RuleCounter::new(&step.chain, step.index, &step.rule, 7, 420),
+            RuleCounter::new(&step.chain, step.index + 1, &step.rule, 99, 990),
+        ]);
+        let e = e.with_counters(&counters);
+        assert_eq!(e.hits.as_ref().map(|h| h.packets), Some(7));
+        let text = render_xa_to_xb(&e);
+        assert!(
+            text.contains("hits: 7 packets, 420 bytes on this rule"),
             "{text}"
         );
     }
