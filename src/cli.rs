@@ -108,7 +108,8 @@ pub enum Command {
     Agent(crate::agent::AgentArgs),
     /// Print the CustomResourceDefinitions nftpol reads (ClusterNetworkPolicy
     /// v1alpha2, AdminNetworkPolicy and BaselineAdminNetworkPolicy
-    /// v1alpha1) as one YAML stream: `nftpol crds | kubectl apply -f -`.
+    /// v1alpha1) and writes (NodeNetworkPolicyStatus, nftpol.io/v1alpha1,
+    /// one per node) as one YAML stream: `nftpol crds | kubectl apply -f -`.
     Crds,
 }
 

@@ -405,6 +405,7 @@ fn crds_prints_the_three_admin_policy_crds() {
         "kind: AdminNetworkPolicy",
         "kind: BaselineAdminNetworkPolicy",
         "kind: ClusterNetworkPolicy",
+        "kind: NodeNetworkPolicyStatus",
     ] {
         assert!(yaml.contains(kind), "{kind} missing");
     }

@@ -2,16 +2,21 @@
 //! types (kube-derive): `ClusterNetworkPolicy` (v1alpha2) and its
 //! predecessors `AdminNetworkPolicy` / `BaselineAdminNetworkPolicy`
 //! (v1alpha1), field for field as SIG Network's network-policy-api defines
-//! them. The CRD manifests checked in beside this crate are generated from
-//! these types (`yaml()`), and a test keeps the two equal.
+//! them. Beside them, nftpol's own `NodeNetworkPolicyStatus`
+//! (nftpol.io/v1alpha1), which each agent writes. The CRD manifests checked
+//! in beside this crate are generated from these types (`yaml()`), and a
+//! test keeps the two equal.
 
+pub mod status;
 pub mod v1alpha1;
 pub mod v1alpha2;
 
 use kube::CustomResourceExt;
 
-/// The API group of every kind here.
+/// The API group of the admin network policy kinds.
 pub const GROUP: &str = "policy.networking.k8s.io";
+/// The API group of nftpol's own kinds.
+pub const NFTPOL_GROUP: &str = "nftpol.io";
 
 /// Every CRD, as (file name under `crds/`, manifest YAML).
 pub fn yaml() -> Vec<(&'static str, String)> {
@@ -27,6 +32,10 @@ pub fn yaml() -> Vec<(&'static str, String)> {
         (
             "policy.networking.k8s.io_clusternetworkpolicies.yaml",
             render(v1alpha2::ClusterNetworkPolicy::crd()),
+        ),
+        (
+            "nftpol.io_nodenetworkpolicystatuses.yaml",
+            render(status::NodeNetworkPolicyStatus::crd()),
         ),
     ]
 }

@@ -40,10 +40,11 @@ fn crds_are_cluster_scoped_with_upstream_names() {
         "name: adminnetworkpolicies.policy.networking.k8s.io",
         "name: baselineadminnetworkpolicies.policy.networking.k8s.io",
         "name: clusternetworkpolicies.policy.networking.k8s.io",
+        "name: nodenetworkpolicystatuses.nftpol.io",
     ] {
         assert!(all.contains(name), "{name} missing");
     }
-    assert_eq!(all.matches("scope: Cluster").count(), 3);
+    assert_eq!(all.matches("scope: Cluster").count(), 4);
     assert!(all.contains("self.metadata.name == 'default'"));
     for action in [
         "- Accept",
@@ -55,4 +56,26 @@ fn crds_are_cluster_scoped_with_upstream_names() {
     ] {
         assert!(all.contains(action), "enum value {action} missing");
     }
+}
+
+#[test]
+fn node_status_has_a_status_subresource_and_columns() {
+    let all = nftpol_crds::all_yaml();
+    let doc = all
+        .split("---\n")
+        .find(|d| d.contains("nodenetworkpolicystatuses.nftpol.io"))
+        .expect("the status CRD");
+    assert!(doc.contains("status: {}"), "status subresource: {doc}");
+    for column in [
+        "Ready",
+        "Degraded",
+        "Generation",
+        "Isolated",
+        "Rules",
+        "Applied",
+    ] {
+        assert!(doc.contains(&format!("name: {column}")), "column {column}");
+    }
+    assert!(doc.contains("rulesetHash"));
+    assert!(doc.contains("resourceVersion"));
 }

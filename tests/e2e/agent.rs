@@ -98,12 +98,24 @@ impl Drop for Agent {
 
 /// The listing as a sorted multiset of tokens: element order inside a
 /// set may differ between two equal tables, nothing else matters here.
+/// Counter values are traffic, not ruleset: `counter packets N bytes M`
+/// becomes `counter`.
 fn normalize(listing: &str) -> Vec<String> {
-    let mut t: Vec<String> = listing
+    let mut t: Vec<String> = Vec::new();
+    let mut skip = 0;
+    for tok in listing
         .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
+    {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        if tok == "counter" {
+            skip = 4;
+        }
+        t.push(tok.to_string());
+    }
     t.sort();
     t
 }
