@@ -1,0 +1,123 @@
+//! The benchmark's cluster: a server pod that a tenth of all policies
+//! select, where only the last of those policies admits the client, so
+//! every new flow from the client is judged after every other rule of the
+//! server's chain (the worst case for a chain evaluated rule by rule).
+//!
+//! Node `node-1` (the measured node) holds the client, the server and 98
+//! filler pods (about a full node); every policy's peers are pods of
+//! their own on `node-2`, so each policy has a peer set of its own. The
+//! addresses of the client and the server are the ones the benchmark's
+//! network namespaces use.
+
+use policy_compiler::model::*;
+use policy_compiler::selector::Selector;
+use policy_compiler::Cluster;
+use std::net::{IpAddr, Ipv4Addr};
+
+pub const NODE: &str = "node-1";
+pub const SERVER: (&str, &str) = ("app", "srv");
+pub const CLIENT: (&str, &str) = ("app", "cli");
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+/// What the policies admit (TCP and UDP).
+pub const PORT: u16 = 8080;
+/// A port the server listens on that no policy admits: the benchmark
+/// checks that every enforcing configuration really drops it.
+pub const DENIED_PORT: u16 = 8081;
+const FILLERS: usize = 49;
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn select(kv: &[(&str, &str)]) -> Selector {
+    Selector {
+        match_labels: labels(kv),
+        match_expressions: vec![],
+    }
+}
+
+fn pod(namespace: &str, name: &str, app: &str, node: &str, ip: Ipv4Addr) -> Pod {
+    Pod {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: labels(&[("app", app)]),
+        node_name: Some(node.into()),
+        host_network: false,
+        ips: vec![IpAddr::V4(ip)],
+        named_ports: vec![],
+        terminal: false,
+    }
+}
+
+fn peer_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// `policies` policies (a multiple of 10 keeps "a tenth" exact). Policy
+/// `i` with `i % 10 == 9` selects the server; the others select filler
+/// pods. Each admits the pods labelled `app=peer-<i>` in any namespace on
+/// TCP and UDP `PORT`, except the last server policy, which admits the
+/// client.
+pub fn cluster(policies: usize) -> Cluster {
+    let mut c = Cluster::new();
+    let namespaces = ["app", "a-fill", "z-fill", "peers"];
+    for name in namespaces {
+        c.apply_namespace(Namespace {
+            name: name.into(),
+            labels: labels(&[(NAMESPACE_NAME_LABEL, name)]),
+        });
+    }
+    c.apply_pod(pod(SERVER.0, SERVER.1, "srv", NODE, SERVER_IP));
+    c.apply_pod(pod(CLIENT.0, CLIENT.1, "cli", NODE, CLIENT_IP));
+    // Fillers sort before and after `app`, so the server sits in the middle
+    // of anything ordered by pod.
+    for f in 0..2 * FILLERS {
+        let ns = if f < FILLERS { "a-fill" } else { "z-fill" };
+        let app = format!("fill-{}", f % FILLERS);
+        let ip = Ipv4Addr::new(10, 244, 1, (20 + f) as u8);
+        c.apply_pod(pod(ns, &format!("pod-{f:03}"), &app, NODE, ip));
+    }
+    let last_server = (0..policies).rev().find(|i| i % 10 == 9);
+    let ports = Some(vec![
+        PortSpec {
+            protocol: Protocol::Tcp,
+            port: PortRef::Range(PORT, PORT),
+        },
+        PortSpec {
+            protocol: Protocol::Udp,
+            port: PortRef::Range(PORT, PORT),
+        },
+    ]);
+    for i in 0..policies {
+        let peer_app = format!("peer-{i}");
+        c.apply_pod(pod("peers", &peer_app, &peer_app, "node-2", peer_ip(i)));
+        let (namespace, pod_selector) = if i % 10 == 9 {
+            ("app", select(&[("app", "srv")]))
+        } else {
+            let ns = if i % 2 == 0 { "a-fill" } else { "z-fill" };
+            (ns, select(&[("app", &format!("fill-{}", i % FILLERS))]))
+        };
+        let from = if Some(i) == last_server {
+            select(&[("app", "cli")])
+        } else {
+            select(&[("app", &peer_app)])
+        };
+        c.apply_policy(Policy {
+            namespace: namespace.into(),
+            name: format!("pol-{i:05}"),
+            pod_selector,
+            ingress: Some(vec![PolicyRule {
+                peers: Some(vec![Peer::Pods {
+                    pod_selector: Some(from),
+                    namespace_selector: Some(Selector::everything()),
+                }]),
+                ports: ports.clone(),
+            }]),
+            egress: None,
+        });
+    }
+    c
+}
