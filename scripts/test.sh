@@ -10,6 +10,10 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+# A longer bounded fuzz pass over the netlink read-back parser (about 20 s
+# on CI; docs/FUZZING.md). NFTPOL_CI_FUZZ_CASES sets inputs per target.
+NFTPOL_FUZZ_CASES="${NFTPOL_CI_FUZZ_CASES:-4000}" \
+  cargo test -p nftpol --lib netlink::fuzz_tests -- --nocapture
 if [ -x .ci/check-scripts.sh ]; then
   ./.ci/check-scripts.sh
 fi

@@ -22,11 +22,14 @@ pub mod conntrack;
 pub mod elem;
 pub mod expr;
 pub mod notify;
+mod parse;
 mod raw;
 pub mod read;
 pub mod socket;
 pub mod wire;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]

@@ -1,22 +1,21 @@
 //! The libnftnl FFI (through nftnl-sys) for what nftnl's safe API lacks;
 //! together with the libc socket calls in `socket.rs` the only `unsafe`
 //! code of the netlink layer (docs/UNSAFE.md lists every site). It converts [`RawExpr`] and [`RawElem`]
-//! to and from libnftnl objects, builds set and element messages (interval
-//! end flags, concatenated keys, verdict-map data), builds dump requests,
-//! and parses the kernel's chain, rule, set and element messages.
+//! to libnftnl expressions and builds set and element messages (interval
+//! end flags, concatenated keys, verdict-map data). Reading the kernel's
+//! answers needs no FFI: that is `parse`.
 //!
 //! Every libnftnl object allocated here is freed by an RAII guard, so an
-//! early return cannot leak. The round trip "build a message, parse it
-//! back" is tested without a kernel at the bottom of this file.
+//! early return cannot leak. The round trip "build with libnftnl, parse
+//! in `parse`" is tested without a kernel at the bottom of this file.
 
 use super::elem::{RawElem, SetAttrs};
 use super::expr::RawExpr;
-use super::socket::Msg;
 use super::wire::{nest_end, nest_start, put_attr, put_str};
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg};
 use std::ffi::{c_void, CStr, CString};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::c_char;
 use std::ptr::NonNull;
 
 pub const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
@@ -27,28 +26,22 @@ pub fn cstring(name: &str) -> Result<CString, String> {
     CString::new(name).map_err(|_| format!("name {name:?} contains a NUL byte"))
 }
 
-macro_rules! guard {
-    ($name:ident, $ty:ty, $free:path) => {
-        /// Owns one libnftnl object and frees it on drop.
-        pub struct $name(NonNull<$ty>);
-        impl $name {
-            fn as_ptr(&self) -> *mut $ty {
-                self.0.as_ptr()
-            }
-        }
-        impl Drop for $name {
-            fn drop(&mut self) {
-                // SAFETY: the pointer came from the matching _alloc and is
-                // freed exactly once, here.
-                unsafe { $free(self.0.as_ptr()) }
-            }
-        }
-    };
+/// Owns one libnftnl set and frees it on drop.
+pub struct OwnedSet(NonNull<sys::nftnl_set>);
+
+impl OwnedSet {
+    fn as_ptr(&self) -> *mut sys::nftnl_set {
+        self.0.as_ptr()
+    }
 }
 
-guard!(OwnedSet, sys::nftnl_set, sys::nftnl_set_free);
-guard!(OwnedChain, sys::nftnl_chain, sys::nftnl_chain_free);
-guard!(OwnedRule, sys::nftnl_rule, sys::nftnl_rule_free);
+impl Drop for OwnedSet {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from nftnl_set_alloc and is freed
+        // exactly once, here.
+        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
+    }
+}
 
 fn alloc<T>(p: *mut T) -> NonNull<T> {
     // libnftnl returns NULL only when malloc fails; nftnl aborts then too.
@@ -156,99 +149,6 @@ impl nftnl::expr::Expression for ExprRef<'_> {
     fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
         // SAFETY: build_expr only configures a fresh expression.
         unsafe { build_expr(self.0) }
-    }
-}
-
-/// Reads one libnftnl expression back.
-///
-/// # Safety
-/// `x` must be a valid expression owned by a live rule.
-unsafe fn read_expr(x: *const sys::nftnl_expr) -> RawExpr {
-    // SAFETY: `x` is live (the caller's contract) and only read.
-    let name_ptr = unsafe { sys::nftnl_expr_get_str(x, sys::NFTNL_EXPR_NAME as u16) };
-    if name_ptr.is_null() {
-        return RawExpr::Other(String::new());
-    }
-    // SAFETY: non-null, NUL-terminated, owned by `x`, copied at once.
-    let name = unsafe { CStr::from_ptr(name_ptr) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: getters on the live expression `x`; they only read it.
-    let has = |a: u32| unsafe { sys::nftnl_expr_is_set(x, a as u16) };
-    // SAFETY: as above.
-    let u32_of = |a: u32| unsafe { sys::nftnl_expr_get_u32(x, a as u16) };
-    let data_of = |a: u32| -> Vec<u8> {
-        let mut len = 0u32;
-        // SAFETY: as above; `len` is a live out-parameter.
-        let d = unsafe { sys::nftnl_expr_get(x, a as u16, &mut len) };
-        if d.is_null() {
-            return Vec::new();
-        }
-        // SAFETY: libnftnl returned `len` valid bytes owned by `x`; copied at once.
-        unsafe { std::slice::from_raw_parts(d.cast::<u8>(), len as usize) }.to_vec()
-    };
-    let str_of = |a: u32| -> Option<String> {
-        if !has(a) {
-            return None;
-        }
-        // SAFETY: getter on the live expression `x`.
-        let s = unsafe { sys::nftnl_expr_get_str(x, a as u16) };
-        // SAFETY: non-null, NUL-terminated, owned by `x`, copied at once.
-        (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned())
-    };
-    match name.as_str() {
-        "meta" if has(sys::NFTNL_EXPR_META_DREG) => RawExpr::Meta {
-            key: u32_of(sys::NFTNL_EXPR_META_KEY),
-            dreg: u32_of(sys::NFTNL_EXPR_META_DREG),
-        },
-        "ct" if has(sys::NFTNL_EXPR_CT_DREG) && !has(sys::NFTNL_EXPR_CT_DIR) => RawExpr::Ct {
-            key: u32_of(sys::NFTNL_EXPR_CT_KEY),
-            dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
-        },
-        "payload" if has(sys::NFTNL_EXPR_PAYLOAD_DREG) => RawExpr::Payload {
-            base: u32_of(sys::NFTNL_EXPR_PAYLOAD_BASE),
-            offset: u32_of(sys::NFTNL_EXPR_PAYLOAD_OFFSET),
-            len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
-            dreg: u32_of(sys::NFTNL_EXPR_PAYLOAD_DREG),
-        },
-        "cmp" => RawExpr::Cmp {
-            sreg: u32_of(sys::NFTNL_EXPR_CMP_SREG),
-            op: u32_of(sys::NFTNL_EXPR_CMP_OP),
-            data: data_of(sys::NFTNL_EXPR_CMP_DATA),
-        },
-        "bitwise"
-            if !has(sys::NFTNL_EXPR_BITWISE_OP)
-                || u32_of(sys::NFTNL_EXPR_BITWISE_OP) == 0 /* NFT_BITWISE_BOOL */ =>
-        {
-            RawExpr::Bitwise {
-                sreg: u32_of(sys::NFTNL_EXPR_BITWISE_SREG),
-                dreg: u32_of(sys::NFTNL_EXPR_BITWISE_DREG),
-                len: u32_of(sys::NFTNL_EXPR_BITWISE_LEN),
-                mask: data_of(sys::NFTNL_EXPR_BITWISE_MASK),
-                xor: data_of(sys::NFTNL_EXPR_BITWISE_XOR),
-            }
-        }
-        "lookup"
-            if !has(sys::NFTNL_EXPR_LOOKUP_FLAGS) || u32_of(sys::NFTNL_EXPR_LOOKUP_FLAGS) == 0 =>
-        {
-            RawExpr::Lookup {
-                sreg: u32_of(sys::NFTNL_EXPR_LOOKUP_SREG),
-                dreg: has(sys::NFTNL_EXPR_LOOKUP_DREG)
-                    .then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)),
-                set: str_of(sys::NFTNL_EXPR_LOOKUP_SET).unwrap_or_default(),
-            }
-        }
-        "immediate"
-            if has(sys::NFTNL_EXPR_IMM_VERDICT)
-                && u32_of(sys::NFTNL_EXPR_IMM_DREG) == super::expr::REG_VERDICT =>
-        {
-            RawExpr::Verdict {
-                code: u32_of(sys::NFTNL_EXPR_IMM_VERDICT) as i32,
-                chain: str_of(sys::NFTNL_EXPR_IMM_CHAIN),
-            }
-        }
-        "counter" => RawExpr::Counter,
-        _ => RawExpr::Other(name),
     }
 }
 
@@ -440,250 +340,11 @@ unsafe impl NlMsg for super::wire::ObjMsg {
     }
 }
 
-// ---------------------------------------------------------------- dumps
-
-/// A chain as the kernel reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainInfo {
-    /// The table it belongs to: chain dumps are not filtered by table.
-    pub table: String,
-    pub name: String,
-    /// (hook number, priority, policy verdict, type, device) of a base
-    /// chain.
-    pub base: Option<(u32, i32, u32, String, Option<String>)>,
-}
-
-/// A rule as the kernel reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuleInfo {
-    pub table: String,
-    pub chain: String,
-    pub handle: u64,
-    pub exprs: Vec<RawExpr>,
-    pub userdata: Vec<u8>,
-    /// (packets, bytes) of its first `counter` statement: kept out of
-    /// `exprs` so that values never make two rules differ.
-    pub counter: Option<(u64, u64)>,
-}
-
-fn check(rc: c_int, what: &str) -> Result<(), String> {
-    if rc < 0 {
-        Err(format!("libnftnl could not parse a {what} message"))
-    } else {
-        Ok(())
-    }
-}
-
-/// The chain in one NEWCHAIN message.
-pub fn parse_chain(m: &Msg) -> Result<ChainInfo, String> {
-    let nlh = m.header_ptr();
-    // SAFETY: `Msg` holds one complete message (its length checked when
-    // it was received) in 4-byte aligned storage that outlives the call;
-    // libnftnl only reads it. The chain object is owned by a guard, and
-    // the strings it returns are copied before the guard frees it.
-    unsafe {
-        let c = OwnedChain(alloc(sys::nftnl_chain_alloc()));
-        let p = c.as_ptr();
-        check(sys::nftnl_chain_nlmsg_parse(nlh, p), "chain")?;
-        let s = |a: u32| {
-            let v = sys::nftnl_chain_get_str(p, a as u16);
-            (!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned())
-        };
-        let name = s(sys::NFTNL_CHAIN_NAME).ok_or("chain without a name")?;
-        let table = s(sys::NFTNL_CHAIN_TABLE).unwrap_or_default();
-        let base = sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16).then(|| {
-            (
-                sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16),
-                sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
-                sys::nftnl_chain_get_u32(p, sys::NFTNL_CHAIN_POLICY as u16),
-                s(sys::NFTNL_CHAIN_TYPE).unwrap_or_default(),
-                sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_DEV as u16)
-                    .then(|| s(sys::NFTNL_CHAIN_DEV))
-                    .flatten(),
-            )
-        });
-        Ok(ChainInfo { table, name, base })
-    }
-}
-
-/// What `collect_expr` gathers from one rule.
-#[derive(Default)]
-struct Collected {
-    exprs: Vec<RawExpr>,
-    counter: Option<(u64, u64)>,
-}
-
-unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-    // SAFETY: data is the &mut Collected passed by parse_rule; e is live for the call.
-    let out = unsafe { &mut *data.cast::<Collected>() };
-    // SAFETY: `e` belongs to the rule being iterated, alive for the call.
-    let expr = unsafe { read_expr(e) };
-    if expr == RawExpr::Counter && out.counter.is_none() {
-        // SAFETY: getters on the live counter expression `e`; they only read it.
-        out.counter = Some(unsafe {
-            (
-                sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16),
-                sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16),
-            )
-        });
-    }
-    out.exprs.push(expr);
-    0
-}
-
-/// The rule in one NEWRULE message.
-pub fn parse_rule(m: &Msg) -> Result<RuleInfo, String> {
-    let nlh = m.header_ptr();
-    // SAFETY: as in `parse_chain`; the expressions are read by
-    // `collect_expr` while the rule is alive, and the userdata bytes are
-    // copied out before the guard frees the rule.
-    unsafe {
-        let r = OwnedRule(alloc(sys::nftnl_rule_alloc()));
-        let p = r.as_ptr();
-        check(sys::nftnl_rule_nlmsg_parse(nlh, p), "rule")?;
-        let chain = sys::nftnl_rule_get_str(p, sys::NFTNL_RULE_CHAIN as u16);
-        if chain.is_null() {
-            return Err("rule without a chain".into());
-        }
-        let chain = CStr::from_ptr(chain).to_string_lossy().into_owned();
-        let handle = sys::nftnl_rule_get_u64(p, sys::NFTNL_RULE_HANDLE as u16);
-        let table = sys::nftnl_rule_get_str(p, sys::NFTNL_RULE_TABLE as u16);
-        let table = if table.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(table).to_string_lossy().into_owned()
-        };
-        let mut collected = Collected::default();
-        sys::nftnl_expr_foreach(
-            p,
-            Some(collect_expr),
-            (&mut collected as *mut Collected).cast(),
-        );
-        let Collected { exprs, counter } = collected;
-        let mut userdata = Vec::new();
-        if sys::nftnl_rule_is_set(p, sys::NFTNL_RULE_USERDATA as u16) {
-            let mut len = 0u32;
-            let d = sys::nftnl_rule_get_data(p, sys::NFTNL_RULE_USERDATA as u16, &mut len);
-            if !d.is_null() {
-                userdata = std::slice::from_raw_parts(d.cast::<u8>(), len as usize).to_vec();
-            }
-        }
-        Ok(RuleInfo {
-            table,
-            chain,
-            handle,
-            exprs,
-            userdata,
-            counter,
-        })
-    }
-}
-
-/// Table, name and attributes of the set in one NEWSET message.
-pub fn parse_set(m: &Msg) -> Result<(String, String, SetAttrs), String> {
-    let nlh = m.header_ptr();
-    // SAFETY: as in `parse_chain`.
-    unsafe {
-        let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
-        let p = s.as_ptr();
-        check(sys::nftnl_set_nlmsg_parse(nlh, p), "set")?;
-        let name = sys::nftnl_set_get_str(p, sys::NFTNL_SET_NAME as u16);
-        if name.is_null() {
-            return Err("set without a name".into());
-        }
-        let name = CStr::from_ptr(name).to_string_lossy().into_owned();
-        let table = sys::nftnl_set_get_str(p, sys::NFTNL_SET_TABLE as u16);
-        let table = if table.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(table).to_string_lossy().into_owned()
-        };
-        let u = |a: u32| sys::nftnl_set_get_u32(p, a as u16);
-        let attrs = SetAttrs {
-            flags: u(sys::NFTNL_SET_FLAGS),
-            key_type: u(sys::NFTNL_SET_KEY_TYPE),
-            key_len: u(sys::NFTNL_SET_KEY_LEN),
-            data_type: sys::nftnl_set_is_set(p, sys::NFTNL_SET_DATA_TYPE as u16)
-                .then(|| u(sys::NFTNL_SET_DATA_TYPE)),
-        };
-        Ok((table, name, attrs))
-    }
-}
-
-unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-    // SAFETY: data is the &mut Vec passed by parse_elems; e is live.
-    let out = unsafe { &mut *data.cast::<Vec<RawElem>>() };
-    // SAFETY: getters on the live element `e`; every pointer returned is
-    // checked for null and copied before the callback returns.
-    unsafe {
-        let mut len = 0u32;
-        let k = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-        let key = if k.is_null() {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts(k.cast::<u8>(), len as usize).to_vec()
-        };
-        let end = sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
-            && sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
-                & super::elem::ELEM_F_INTERVAL_END
-                != 0;
-        // Only `jump` is nftpol's; any other verdict (accept, goto) reads
-        // as no jump, which decoding a map rejects as foreign.
-        let verdict_is_jump = !sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_VERDICT as u16)
-            || sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16) as i32
-                == libc::NFT_JUMP;
-        let jump =
-            if verdict_is_jump && sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
-                let c = sys::nftnl_set_elem_get_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16);
-                (!c.is_null()).then(|| CStr::from_ptr(c).to_string_lossy().into_owned())
-            } else {
-                None
-            };
-        out.push(RawElem { key, end, jump });
-    }
-    0
-}
-
-/// The elements in one NEWSETELEM message.
-pub fn parse_elems(m: &Msg) -> Result<Vec<RawElem>, String> {
-    let nlh = m.header_ptr();
-    // SAFETY: as in `parse_chain`; `collect_elem` copies each element's
-    // key and chain name while the set is alive.
-    unsafe {
-        let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
-        check(
-            sys::nftnl_set_elems_nlmsg_parse(nlh, s.as_ptr()),
-            "set element",
-        )?;
-        let mut out: Vec<RawElem> = Vec::new();
-        sys::nftnl_set_elem_foreach(
-            s.as_ptr(),
-            Some(collect_elem),
-            (&mut out as *mut Vec<RawElem>).cast(),
-        );
-        Ok(out)
-    }
-}
-
-/// The comment in rule userdata (TLV: type 0 = comment, NUL-terminated),
-/// parsed in Rust: nftnl writes it through `Rule::set_comment`.
-pub fn parse_comment(udata: &[u8]) -> Option<String> {
-    let mut rest = udata;
-    while rest.len() >= 2 {
-        let (ty, len) = (rest[0], usize::from(rest[1]));
-        let value = rest.get(2..2 + len)?;
-        if u32::from(ty) == sys::NFTNL_UDATA_RULE_COMMENT {
-            let s = value.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(s).into_owned());
-        }
-        rest = &rest[2 + len..];
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::expr::{lower_rule, raise_rule};
+    use super::super::parse::{parse_comment, parse_elems, parse_rule, parse_set};
+    use super::super::socket::Msg;
     use super::*;
     use policy_compiler::ir::{Family, SetKind};
 
@@ -765,13 +426,5 @@ mod tests {
         let buf = write_msg(&ElemsMsg::new("s", &many).unwrap(), MsgType::Del);
         assert_eq!(parse_elems(&buf).unwrap().len(), 400);
         assert!(ElemsMsg::new("bad\0name", &[]).is_err());
-    }
-
-    #[test]
-    fn comment_tlv() {
-        assert_eq!(parse_comment(b"\x00\x03ab\x00"), Some("ab".into()));
-        assert_eq!(parse_comment(b"\x01\x01x\x00\x02c\x00"), Some("c".into()));
-        assert_eq!(parse_comment(b"\x00\x09ab"), None);
-        assert_eq!(parse_comment(b""), None);
     }
 }

@@ -8,12 +8,14 @@
 //! object, never silently dropped.
 
 use super::elem::{decode_elements, set_kind};
-use super::raw;
+use super::parse;
 use super::socket::{Msg, Socket};
 use super::wire::{self, Dump};
 use super::NetlinkError;
 use policy_compiler::counters::{Counters, RuleCounter};
-use policy_compiler::ir::{BaseChain, Chain, ChainPolicy, Hook, Rule, Ruleset, Set, TABLE_NAME};
+use policy_compiler::ir::{
+    BaseChain, Chain, ChainPolicy, Hook, Rule, Ruleset, Set, SetKind, TABLE_NAME,
+};
 use std::collections::BTreeMap;
 
 /// The answers of type NEW* to one request.
@@ -82,23 +84,15 @@ pub fn read_table(sock: &mut Socket) -> Result<Option<Ruleset>, NetlinkError> {
 }
 
 /// Chain, handle, rule and (packets, bytes) of one dumped rule.
-type DumpedRule = (String, u64, Rule, Option<(u64, u64)>);
+pub(crate) type DumpedRule = (String, u64, Rule, Option<(u64, u64)>);
 
 /// The rules of our table in kernel order, decoded, each with its counter
 /// values (the first `counter` statement's).
 fn rules(sock: &mut Socket) -> Result<Vec<DumpedRule>, NetlinkError> {
-    let dec = |object: String| move |reason: String| NetlinkError::Decode { object, reason };
     let mut out = Vec::new();
     // The kernel dumps each chain's rules in order.
     for m in dump(sock, Dump::Rules, "rules", 5)? {
-        let info = raw::parse_rule(&m).map_err(dec("a rule".into()))?;
-        if info.table != TABLE_NAME {
-            continue;
-        }
-        let object = format!("rule handle {} in chain {}", info.handle, info.chain);
-        let rule = super::expr::raise_rule(&info.exprs, raw::parse_comment(&info.userdata))
-            .map_err(dec(object))?;
-        out.push((info.chain, info.handle, rule, info.counter));
+        out.extend(decode_rule(&m)?);
     }
     Ok(out)
 }
@@ -132,8 +126,6 @@ pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters
         table_flags,
         ..Ruleset::default()
     };
-    let dec = |object: String| move |reason: String| NetlinkError::Decode { object, reason };
-
     // nftpol creates no stateful objects and no flowtables: any in its
     // table was put there by someone else.
     for (what, label, seq) in [
@@ -149,40 +141,9 @@ pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters
     }
 
     for m in dump(sock, Dump::Chains, "chains", 4)? {
-        let info = raw::parse_chain(&m).map_err(dec("a chain".into()))?;
-        // The kernel dumps the chains of every inet table: keep ours only.
-        if info.table != TABLE_NAME {
-            continue;
+        if let Some((name, chain)) = decode_chain(&m)? {
+            rs.chains.insert(name, chain);
         }
-        let base = match info.base {
-            None => None,
-            Some((hooknum, priority, policy, ty, device)) => {
-                let object = format!("chain {}", info.name);
-                if ty != "filter" {
-                    return Err(dec(object)(format!("chain type {ty:?}")));
-                }
-                let hook = decode_hook(hooknum)
-                    .ok_or_else(|| dec(object.clone())(format!("hook {hooknum}")))?;
-                let policy = match policy as i32 {
-                    libc::NF_ACCEPT => ChainPolicy::Accept,
-                    libc::NF_DROP => ChainPolicy::Drop,
-                    p => return Err(dec(object)(format!("policy {p}"))),
-                };
-                Some(BaseChain {
-                    hook,
-                    priority,
-                    policy,
-                    device,
-                })
-            }
-        };
-        rs.chains.insert(
-            info.name,
-            Chain {
-                base,
-                rules: Vec::new(),
-            },
-        );
     }
 
     let mut counted = Vec::new();
@@ -206,22 +167,92 @@ pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters
 
     let mut sets = Vec::new();
     for m in dump(sock, Dump::Sets, "sets", 6)? {
-        let (table, name, attrs) = raw::parse_set(&m).map_err(dec("a set".into()))?;
-        if table != TABLE_NAME {
-            continue;
-        }
-        let kind = set_kind(attrs).map_err(dec(format!("set {name}")))?;
-        sets.push((name, kind));
+        sets.extend(decode_set(&m)?);
     }
     for (i, (name, kind)) in sets.into_iter().enumerate() {
         let label = format!("elements of set {name}");
-        let seq = 7 + i as u32;
-        let mut raw_elems = Vec::new();
-        for m in dump(sock, Dump::Elements(&name), &label, seq)? {
-            raw_elems.extend(raw::parse_elems(&m).map_err(dec(label.clone()))?);
-        }
-        let elements = decode_elements(kind, &raw_elems).map_err(dec(label))?;
-        rs.sets.insert(name, Set { kind, elements });
+        let msgs = dump(sock, Dump::Elements(&name), &label, 7 + i as u32)?;
+        let set = decode_elements_of(&name, kind, &msgs)?;
+        rs.sets.insert(name, set);
     }
     Ok(Some((rs, Counters::from_rules(counted))))
+}
+
+fn dec(object: String) -> impl FnOnce(String) -> NetlinkError {
+    move |reason: String| NetlinkError::Decode { object, reason }
+}
+
+/// One NEWCHAIN answer: the chain's name and the chain, or `None` when
+/// it belongs to another table (chain dumps list every inet table).
+pub(crate) fn decode_chain(m: &Msg) -> Result<Option<(String, Chain)>, NetlinkError> {
+    let info = parse::parse_chain(m).map_err(dec("a chain".into()))?;
+    if info.table != TABLE_NAME {
+        return Ok(None);
+    }
+    let base = match info.base {
+        None => None,
+        Some((hooknum, priority, policy, ty, device)) => {
+            let object = format!("chain {}", info.name);
+            if ty != "filter" {
+                return Err(dec(object)(format!("chain type {ty:?}")));
+            }
+            let hook = decode_hook(hooknum)
+                .ok_or_else(|| dec(object.clone())(format!("hook {hooknum}")))?;
+            let policy = match policy as i32 {
+                libc::NF_ACCEPT => ChainPolicy::Accept,
+                libc::NF_DROP => ChainPolicy::Drop,
+                p => return Err(dec(object)(format!("policy {p}"))),
+            };
+            Some(BaseChain {
+                hook,
+                priority,
+                policy,
+                device,
+            })
+        }
+    };
+    let chain = Chain {
+        base,
+        rules: Vec::new(),
+    };
+    Ok(Some((info.name, chain)))
+}
+
+/// One NEWRULE answer: its chain, handle, the rule and its counter
+/// values, or `None` when it belongs to another table.
+pub(crate) fn decode_rule(m: &Msg) -> Result<Option<DumpedRule>, NetlinkError> {
+    let info = parse::parse_rule(m).map_err(dec("a rule".into()))?;
+    if info.table != TABLE_NAME {
+        return Ok(None);
+    }
+    let object = format!("rule handle {} in chain {}", info.handle, info.chain);
+    let rule = super::expr::raise_rule(&info.exprs, parse::parse_comment(&info.userdata))
+        .map_err(dec(object))?;
+    Ok(Some((info.chain, info.handle, rule, info.counter)))
+}
+
+/// One NEWSET answer: the set's name and kind, or `None` when it belongs
+/// to another table.
+pub(crate) fn decode_set(m: &Msg) -> Result<Option<(String, SetKind)>, NetlinkError> {
+    let (table, name, attrs) = parse::parse_set(m).map_err(dec("a set".into()))?;
+    if table != TABLE_NAME {
+        return Ok(None);
+    }
+    let kind = set_kind(attrs).map_err(dec(format!("set {name}")))?;
+    Ok(Some((name, kind)))
+}
+
+/// The NEWSETELEM answers of one set's element dump, as the IR set.
+pub(crate) fn decode_elements_of(
+    name: &str,
+    kind: SetKind,
+    msgs: &[Msg],
+) -> Result<Set, NetlinkError> {
+    let label = format!("elements of set {name}");
+    let mut raw_elems = Vec::new();
+    for m in msgs {
+        raw_elems.extend(parse::parse_elems(m).map_err(dec(label.clone()))?);
+    }
+    let elements = decode_elements(kind, &raw_elems).map_err(dec(label))?;
+    Ok(Set { kind, elements })
 }

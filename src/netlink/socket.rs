@@ -57,6 +57,21 @@ impl Msg {
             len,
         })
     }
+    /// The messages of one datagram, each checked against its length.
+    pub fn split(bytes: &[u8]) -> Result<Vec<Msg>, String> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + HDR <= bytes.len() {
+            let len =
+                u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap_or_default()) as usize;
+            if len < HDR || len > bytes.len() - off {
+                return Err(format!("malformed netlink message of length {len}"));
+            }
+            out.extend(Msg::from_bytes(&bytes[off..off + len]));
+            off = off.saturating_add((len + 3) & !3);
+        }
+        Ok(out)
+    }
     pub fn header_ptr(&self) -> *const libc::nlmsghdr {
         self.words.as_ptr().cast()
     }
@@ -102,7 +117,8 @@ impl Msg {
                 tlv = &tlv[((len + 3) & !3).min(tlv.len())..];
             }
         }
-        Some((-code, text))
+        // A code of i32::MIN has no errno; saturating keeps it an error.
+        Some((code.saturating_neg(), text))
     }
 }
 
@@ -301,19 +317,7 @@ impl Socket {
         }
         // SAFETY: the kernel wrote n bytes into the buffer.
         let bytes = unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n) };
-        let mut out = Vec::new();
-        let mut off = 0;
-        while off + HDR <= n {
-            let len =
-                u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap_or_default()) as usize;
-            if len < HDR || off + len > n {
-                return Err(NetlinkError::Receive(io::Error::other(format!(
-                    "malformed netlink message of length {len}"
-                ))));
-            }
-            out.extend(Msg::from_bytes(&bytes[off..off + len]));
-            off += (len + 3) & !3;
-        }
+        let out = Msg::split(bytes).map_err(|e| NetlinkError::Receive(io::Error::other(e)))?;
         Ok(Some(out))
     }
 
@@ -362,7 +366,7 @@ impl Socket {
                         .and_then(|b| b.try_into().ok())
                         .map_or(0, i32::from_ne_bytes);
                     if code < 0 {
-                        return Ok(Err((-code, None)));
+                        return Ok(Err((code.saturating_neg(), None)));
                     }
                     return Ok(Ok(()));
                 }
@@ -409,4 +413,39 @@ fn timed_out() -> NetlinkError {
         io::ErrorKind::TimedOut,
         "no answer from the kernel before the receive timeout",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_msg(code: i32) -> Msg {
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes());
+        b.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&code.to_ne_bytes());
+        b.extend_from_slice(&[0; 16]);
+        Msg::from_bytes(&b).expect("one message")
+    }
+
+    #[test]
+    fn error_codes_at_the_edges_do_not_overflow() {
+        assert_eq!(error_msg(-libc::ENOENT).error(), Some((libc::ENOENT, None)));
+        assert_eq!(error_msg(0).error(), Some((0, None)));
+        assert_eq!(error_msg(i32::MIN).error(), Some((i32::MAX, None)));
+    }
+
+    #[test]
+    fn a_datagram_splits_into_whole_messages_or_fails() {
+        let one = error_msg(0).bytes().to_vec();
+        let two = [one.clone(), one.clone()].concat();
+        assert_eq!(Msg::split(&two).map(|m| m.len()), Ok(2));
+        assert!(Msg::split(&two[..two.len() - 1]).is_err());
+        let mut bad = one.clone();
+        bad[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(Msg::split(&bad).is_err());
+        assert_eq!(Msg::split(&[]).map(|m| m.len()), Ok(0));
+    }
 }
