@@ -381,6 +381,34 @@ mod tests {
         }
     }
 
+    /// A counter holding values, which nftnl's safe `Counter` cannot set.
+    struct CounterWith(u64, u64);
+
+    impl nftnl::expr::Expression for CounterWith {
+        fn to_expr(&self, _rule: &nftnl::Rule) -> NonNull<sys::nftnl_expr> {
+            // SAFETY: a fresh expression from libnftnl, owned by the rule
+            // that takes it; the setters copy the values.
+            unsafe {
+                let x = alloc(sys::nftnl_expr_alloc(c"counter".as_ptr()));
+                sys::nftnl_expr_set_u64(x.as_ptr(), sys::NFTNL_EXPR_CTR_PACKETS as u16, self.0);
+                sys::nftnl_expr_set_u64(x.as_ptr(), sys::NFTNL_EXPR_CTR_BYTES as u16, self.1);
+                x
+            }
+        }
+    }
+
+    #[test]
+    fn counter_values_are_read_beside_the_rule() {
+        let table = nftnl::Table::new(c"nftpol", nftnl::ProtoFamily::Inet);
+        let chain = nftnl::Chain::new(c"ing_a_b", &table);
+        let mut r = nftnl::Rule::new(&chain);
+        r.add_expr(&CounterWith(5, 300));
+        r.add_expr(&CounterWith(7, 700));
+        let info = parse_rule(&write_msg(&r, MsgType::Add)).unwrap();
+        assert_eq!(info.exprs, [RawExpr::Counter, RawExpr::Counter]);
+        assert_eq!(info.counter, Some((5, 300)), "the first counter's values");
+    }
+
     #[test]
     fn sets_and_elements_survive_build_and_parse() {
         let kind = SetKind::Vmap {
