@@ -8,8 +8,9 @@
 //! types; sets, elements and expressions go through `raw`.
 
 use super::elem::{encode_element, set_attrs, RawElem};
-use super::raw::{self, cstring, ElemsMsg, ExprRef, SetMsg};
+use super::raw::{cstring, ExprRef};
 use super::socket::Socket;
+use super::wire::{self, ObjMsg};
 use super::NetlinkError;
 use nftnl::{Batch, MsgType, ProtoFamily};
 use policy_compiler::diff::{Op, Transaction};
@@ -130,8 +131,8 @@ fn add_elements(
     let (mut first, mut size) = (0usize, 0usize);
     let mut emit =
         |chunk: &mut Vec<RawElem>, first: usize, end: usize| -> Result<(), NetlinkError> {
-            let msg =
-                ElemsMsg::new(set, chunk).map_err(enc_err(|| format!("elements of set {set}")))?;
+            let msg = ObjMsg::elements(TABLE_NAME, set, chunk)
+                .map_err(enc_err(|| format!("elements of set {set}")))?;
             batch.add(&msg, ty);
             objects.push(MsgRef {
                 op,
@@ -145,9 +146,9 @@ fn add_elements(
         let raw = encode_element(kind_of(e), e).map_err(enc_err(|| {
             format!("element {} of set {set}", render_element(e))
         }))?;
-        let add: usize = raw.iter().map(raw::elem_size_estimate).sum();
+        let add: usize = raw.iter().map(wire::elem_size_estimate).sum();
         // An interval's start and end keys stay in one message.
-        if size + add > raw::ELEMS_MSG_BUDGET && !chunk.is_empty() {
+        if size + add > wire::ELEMS_MSG_BUDGET && !chunk.is_empty() {
             emit(&mut chunk, first, i)?;
             first = i;
             size = 0;
@@ -191,20 +192,18 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                 objects.push(one);
             }
             Op::SetTableFlags { flags } => {
-                batch.add(
-                    &super::wire::ObjMsg::table_flags(TABLE_NAME, *flags),
-                    MsgType::Add,
-                );
+                batch.add(&ObjMsg::table_flags(TABLE_NAME, *flags), MsgType::Add);
                 objects.push(one);
             }
             Op::AddSet { name, kind } => {
                 set_id += 1;
-                let msg = SetMsg::new(name, set_id, Some(set_attrs(*kind))).map_err(fail(one))?;
+                let msg = ObjMsg::set(TABLE_NAME, name, set_id, Some(set_attrs(*kind)))
+                    .map_err(fail(one))?;
                 batch.add(&msg, MsgType::Add);
                 objects.push(one);
             }
             Op::DelSet { name } => {
-                let msg = SetMsg::new(name, 0, None).map_err(fail(one))?;
+                let msg = ObjMsg::set(TABLE_NAME, name, 0, None).map_err(fail(one))?;
                 batch.add(&msg, MsgType::Del);
                 objects.push(one);
             }

@@ -10,10 +10,11 @@
 //! nftpol` table is ever named in a message, and read-back ignores every
 //! other table.
 //!
-//! Layout: `expr` and `elem` are the pure IR <-> kernel encodings, `raw`
-//! the libnftnl FFI (through nftnl-sys where nftnl's safe API stops) and
-//! the element attributes written by hand, `socket` the netlink I/O (its
-//! only `unsafe` is libc socket calls), `batch` and `read` the two
+//! Layout: `expr` and `elem` are the pure IR <-> kernel encodings,
+//! `wire` the messages written in safe Rust (sets, elements, requests),
+//! `parse` the kernel's answers read in safe Rust, `raw` every FFI call
+//! (libnftnl expressions, the copy into nftnl's batch pages, the socket
+//! calls mnl lacks), `socket` the netlink I/O, `batch` and `read` the two
 //! directions. [`Session`] reads back and diffs on every apply;
 //! [`Applier`] keeps what it committed for the agent's steady state.
 

@@ -1,46 +1,27 @@
-//! The libnftnl FFI (through nftnl-sys) for what nftnl's safe API lacks;
-//! together with the libc socket calls in `socket.rs` the only `unsafe`
-//! code of the netlink layer (docs/UNSAFE.md lists every site). It converts [`RawExpr`] and [`RawElem`]
-//! to libnftnl expressions and builds set and element messages (interval
-//! end flags, concatenated keys, verdict-map data). Reading the kernel's
-//! answers needs no FFI: that is `parse`.
+//! Every FFI call of the netlink layer, the one `unsafe` module of the
+//! shipped crate besides one `mallopt` (docs/UNSAFE.md lists each site):
+//! libnftnl expressions through nftnl-sys, which nftnl's safe API lacks
+//! (verdict-map lookups, registers); copying messages written in safe
+//! Rust (`wire`) into nftnl's batch pages; and the socket calls the mnl
+//! crate does not offer (`setsockopt`, `recv` with MSG_TRUNC). Set and
+//! element messages are built in `wire`, and the kernel's answers are
+//! parsed in `parse`: neither needs FFI.
 //!
 //! Every libnftnl object allocated here is freed by an RAII guard, so an
 //! early return cannot leak. The round trip "build with libnftnl, parse
 //! in `parse`" is tested without a kernel at the bottom of this file.
 
-use super::elem::{RawElem, SetAttrs};
 use super::expr::RawExpr;
-use super::wire::{nest_end, nest_start, put_attr, put_str};
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg};
-use std::ffi::{c_void, CStr, CString};
-use std::os::raw::c_char;
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::io;
 use std::ptr::NonNull;
-
-pub const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
 
 /// A NUL-terminated copy of an object name; names with NUL cannot exist
 /// in nftables.
 pub fn cstring(name: &str) -> Result<CString, String> {
     CString::new(name).map_err(|_| format!("name {name:?} contains a NUL byte"))
-}
-
-/// Owns one libnftnl set and frees it on drop.
-pub struct OwnedSet(NonNull<sys::nftnl_set>);
-
-impl OwnedSet {
-    fn as_ptr(&self) -> *mut sys::nftnl_set {
-        self.0.as_ptr()
-    }
-}
-
-impl Drop for OwnedSet {
-    fn drop(&mut self) {
-        // SAFETY: the pointer came from nftnl_set_alloc and is freed
-        // exactly once, here.
-        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
-    }
 }
 
 fn alloc<T>(p: *mut T) -> NonNull<T> {
@@ -152,186 +133,53 @@ impl nftnl::expr::Expression for ExprRef<'_> {
     }
 }
 
+// --------------------------------------------------------------- socket
+
+/// `setsockopt` of one value (a c_int or a timeval) on `fd`: the mnl
+/// crate exposes none of the options nftpol sets (NETLINK_CAP_ACK and
+/// EXT_ACK, SO_SNDBUFFORCE/SO_RCVBUFFORCE, NETLINK_ADD_MEMBERSHIP,
+/// SO_RCVTIMEO).
+pub fn setsockopt<T: Copy>(fd: c_int, level: c_int, opt: c_int, v: &T) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its size; the kernel
+    // only reads that many bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `recv` into `buf`; with MSG_TRUNC in `flags` the datagram's whole
+/// length comes back even when it did not fit, which is how a truncated
+/// datagram is told from a full one (`mnl::Socket::recv` cannot), and
+/// MSG_DONTWAIT drains acks without blocking.
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes, and
+    // the kernel writes at most that many.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+// SAFETY: an mnl_socket is a heap block holding a file descriptor and
+// its bound address, with no thread affinity. `Socket` stays !Sync, so
+// one thread at a time uses it; moving it to another thread (the agent's
+// reconcile thread) is sound.
+unsafe impl Send for super::socket::Socket {}
+
 // ------------------------------------------------------------- messages
 
-/// NEWSET / DELSET for one named set.
-pub struct SetMsg {
-    set: OwnedSet,
-}
-
-impl SetMsg {
-    /// `attrs: None` is enough for a delete (table and name).
-    pub fn new(name: &str, id: u32, attrs: Option<SetAttrs>) -> Result<SetMsg, String> {
-        let cname = cstring(name)?;
-        // SAFETY: fresh object, setters copy their arguments.
-        unsafe {
-            let s = OwnedSet(alloc(sys::nftnl_set_alloc()));
-            let p = s.as_ptr();
-            sys::nftnl_set_set_str(p, sys::NFTNL_SET_TABLE as u16, c"nftpol".as_ptr());
-            sys::nftnl_set_set_str(p, sys::NFTNL_SET_NAME as u16, cname.as_ptr());
-            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_INET));
-            if let Some(a) = attrs {
-                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_ID as u16, id);
-                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, a.flags);
-                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, a.key_type);
-                sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, a.key_len);
-                if let Some(d) = a.data_type {
-                    sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, d);
-                    sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, 0);
-                }
-            }
-            Ok(SetMsg { set: s })
-        }
-    }
-}
-
-/// Writes the netlink header of an `inet` add (create, exclusive) or
-/// delete message, each acked, and returns it for the payload.
-///
-/// # Safety
-/// `buf` must have room for the header and the payload that follows.
-unsafe fn add_or_del_hdr(
-    buf: *mut c_void,
-    seq: u32,
-    msg_type: MsgType,
-    new: i32,
-    del: i32,
-) -> *mut libc::nlmsghdr {
-    let (ty, flags) = match msg_type {
-        MsgType::Add => (new, libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK),
-        MsgType::Del => (del, libc::NLM_F_ACK),
-    };
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        sys::nftnl_nlmsg_build_hdr(
-            buf.cast::<c_char>(),
-            ty as u16,
-            FAMILY_INET,
-            flags as u16,
-            seq,
-        )
-    }
-}
-
-// SAFETY: writes one message into the batch buffer nftnl hands us, which
-// has room for nft_nlmsg_maxsize() bytes.
-unsafe impl NlMsg for SetMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        // EXCL: the diff only creates sets it read back as absent.
-        // SAFETY: `buf` has room for the message (the impl's contract);
-        // the set object is alive and only read.
-        unsafe {
-            let h = add_or_del_hdr(
-                buf,
-                seq,
-                msg_type,
-                libc::NFT_MSG_NEWSET,
-                libc::NFT_MSG_DELSET,
-            );
-            sys::nftnl_set_nlmsg_build_payload(h, self.set.as_ptr());
-        }
-    }
-}
-
-/// Upper bound of one element's attribute bytes, to keep every element
-/// message well under the 64 KiB a netlink attribute can hold.
-pub fn elem_size_estimate(e: &RawElem) -> usize {
-    48 + e.key.len() + e.jump.as_ref().map_or(0, |c| 24 + c.len())
-}
-
-/// Budget of element bytes in one NEWSETELEM/DELSETELEM message.
-pub const ELEMS_MSG_BUDGET: usize = 48_000;
-
-/// Netlink attribute types of element messages (linux/netfilter/nf_tables.h).
-mod attr {
-    pub const LIST_TABLE: u16 = 1;
-    pub const LIST_SET: u16 = 2;
-    pub const LIST_ELEMENTS: u16 = 3;
-    pub const LIST_ELEM: u16 = 1;
-    pub const ELEM_KEY: u16 = 1;
-    pub const ELEM_DATA: u16 = 2;
-    pub const ELEM_FLAGS: u16 = 3;
-    pub const DATA_VALUE: u16 = 1;
-    pub const DATA_VERDICT: u16 = 2;
-    pub const VERDICT_CODE: u16 = 1;
-    pub const VERDICT_CHAIN: u16 = 2;
-}
-
-/// NEWSETELEM / DELSETELEM for a chunk of elements of one set. The
-/// attributes are written here directly: going through libnftnl costs
-/// three allocations per element, which was most of the time spent
-/// building a 100k-element batch. Round-trip tested against libnftnl's
-/// parser below and against the kernel in kernel_tests.
-pub struct ElemsMsg {
-    /// Attributes after the nfgenmsg header.
-    payload: Vec<u8>,
-}
-
-impl ElemsMsg {
-    pub fn new(set_name: &str, elems: &[RawElem]) -> Result<ElemsMsg, String> {
-        cstring(set_name)?;
-        let mut b = Vec::with_capacity(64 + elems.iter().map(elem_size_estimate).sum::<usize>());
-        put_str(&mut b, attr::LIST_TABLE, "nftpol");
-        put_str(&mut b, attr::LIST_SET, set_name);
-        let list = nest_start(&mut b, attr::LIST_ELEMENTS);
-        for e in elems {
-            let el = nest_start(&mut b, attr::LIST_ELEM);
-            let key = nest_start(&mut b, attr::ELEM_KEY);
-            put_attr(&mut b, attr::DATA_VALUE, &e.key);
-            nest_end(&mut b, key)?;
-            if e.end {
-                put_attr(
-                    &mut b,
-                    attr::ELEM_FLAGS,
-                    &super::elem::ELEM_F_INTERVAL_END.to_be_bytes(),
-                );
-            }
-            if let Some(chain) = &e.jump {
-                cstring(chain)?;
-                let data = nest_start(&mut b, attr::ELEM_DATA);
-                let verdict = nest_start(&mut b, attr::DATA_VERDICT);
-                put_attr(&mut b, attr::VERDICT_CODE, &libc::NFT_JUMP.to_be_bytes());
-                put_str(&mut b, attr::VERDICT_CHAIN, chain);
-                nest_end(&mut b, verdict)?;
-                nest_end(&mut b, data)?;
-            }
-            nest_end(&mut b, el)?;
-        }
-        nest_end(&mut b, list)?;
-        Ok(ElemsMsg { payload: b })
-    }
-}
-
-// SAFETY: the batch buffer nftnl hands us has room for
-// nft_nlmsg_maxsize() bytes; the caller keeps each chunk under the
-// budget, far below that.
-unsafe impl NlMsg for ElemsMsg {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
-        // EXCL: adding an element that exists fails (EEXIST), which is
-        // how a stale read-back shows up instead of passing silently.
-        // SAFETY: `buf` has room for the header plus the payload (the
-        // impl's contract); the copy does not overlap `self.payload`.
-        unsafe {
-            let h = add_or_del_hdr(
-                buf,
-                seq,
-                msg_type,
-                libc::NFT_MSG_NEWSETELEM,
-                libc::NFT_MSG_DELSETELEM,
-            );
-            let at = (*h).nlmsg_len as usize;
-            std::ptr::copy_nonoverlapping(
-                self.payload.as_ptr(),
-                buf.cast::<u8>().add(at),
-                self.payload.len(),
-            );
-            (*h).nlmsg_len += self.payload.len() as u32;
-        }
-    }
-}
-
 // SAFETY: nftnl hands a batch page with room for nft_nlmsg_maxsize()
-// bytes; messages written this way (table flags) are a few dozen bytes.
+// bytes; messages written this way (table flags, sets, element chunks
+// under `ELEMS_MSG_BUDGET`) stay far below that.
 unsafe impl NlMsg for super::wire::ObjMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
         let bytes = self.bytes(seq, matches!(msg_type, MsgType::Add));
@@ -342,10 +190,15 @@ unsafe impl NlMsg for super::wire::ObjMsg {
 
 #[cfg(test)]
 mod tests {
+    use super::super::elem::{RawElem, SetAttrs};
     use super::super::expr::{lower_rule, raise_rule};
     use super::super::parse::{parse_comment, parse_elems, parse_rule, parse_set};
     use super::super::socket::Msg;
+    use super::super::wire::{elem_size_estimate, ObjMsg, ELEMS_MSG_BUDGET};
     use super::*;
+    use std::os::raw::c_char;
+
+    const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
     use policy_compiler::ir::{Family, SetKind};
 
     /// Writes `msg` with nftnl into a buffer and returns it, aligned.
@@ -409,6 +262,78 @@ mod tests {
         assert_eq!(info.counter, Some((5, 300)), "the first counter's values");
     }
 
+    /// The set message libnftnl writes for the same attributes.
+    fn libnftnl_set_msg(name: &CStr, id: u32, a: Option<SetAttrs>, ty: MsgType) -> Vec<u8> {
+        let mut buf = vec![0u32; nftnl::nft_nlmsg_maxsize() as usize / 4];
+        let (msg, flags) = match ty {
+            MsgType::Add => (
+                libc::NFT_MSG_NEWSET,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL | libc::NLM_F_ACK,
+            ),
+            MsgType::Del => (libc::NFT_MSG_DELSET, libc::NLM_F_ACK),
+        };
+        // SAFETY: a fresh set, freed at the end; setters copy their
+        // arguments; the buffer has the room libnftnl's writers need.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc()).as_ptr();
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, c"nftpol".as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, name.as_ptr());
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_INET));
+            if let Some(a) = a {
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, a.flags);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, a.key_type);
+                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, a.key_len);
+                if let Some(d) = a.data_type {
+                    sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, d);
+                    sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, 0);
+                }
+            }
+            let h = sys::nftnl_nlmsg_build_hdr(
+                buf.as_mut_ptr().cast::<c_char>(),
+                msg as u16,
+                FAMILY_INET,
+                flags as u16,
+                7,
+            );
+            sys::nftnl_set_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        }
+        let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let len = u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize;
+        bytes[..len].to_vec()
+    }
+
+    #[test]
+    fn set_messages_are_the_bytes_libnftnl_writes() {
+        let kinds = [
+            SetKind::Addr {
+                family: Family::Ipv4,
+                interval: false,
+            },
+            SetKind::Addr {
+                family: Family::Ipv6,
+                interval: true,
+            },
+            SetKind::Ports,
+            SetKind::AddrProtoPort {
+                family: Family::Ipv6,
+            },
+            SetKind::Vmap {
+                family: Family::Ipv4,
+            },
+        ];
+        for kind in kinds {
+            let a = super::super::elem::set_attrs(kind);
+            let ours = ObjMsg::set("nftpol", "pod4_x", 9, Some(a)).unwrap();
+            let want = libnftnl_set_msg(c"pod4_x", 9, Some(a), MsgType::Add);
+            assert_eq!(write_msg(&ours, MsgType::Add).bytes(), want, "{kind:?}");
+        }
+        let ours = ObjMsg::set("nftpol", "pod4_x", 0, None).unwrap();
+        let want = libnftnl_set_msg(c"pod4_x", 0, None, MsgType::Del);
+        assert_eq!(write_msg(&ours, MsgType::Del).bytes(), want);
+    }
+
     #[test]
     fn sets_and_elements_survive_build_and_parse() {
         let kind = SetKind::Vmap {
@@ -416,7 +341,7 @@ mod tests {
         };
         let attrs = super::super::elem::set_attrs(kind);
         let buf = write_msg(
-            &SetMsg::new("ingress_v6", 3, Some(attrs)).unwrap(),
+            &ObjMsg::set("nftpol", "ingress_v6", 3, Some(attrs)).unwrap(),
             MsgType::Add,
         );
         let (table, name, back) = parse_set(&buf).unwrap();
@@ -436,7 +361,10 @@ mod tests {
                 jump: None,
             },
         ];
-        let buf = write_msg(&ElemsMsg::new("ingress_v6", &elems).unwrap(), MsgType::Add);
+        let buf = write_msg(
+            &ObjMsg::elements("nftpol", "ingress_v6", &elems).unwrap(),
+            MsgType::Add,
+        );
         let mut back = parse_elems(&buf).unwrap();
         back.sort();
         let mut want = elems;
@@ -451,8 +379,12 @@ mod tests {
             })
             .collect();
         assert!(many.iter().map(elem_size_estimate).sum::<usize>() < ELEMS_MSG_BUDGET);
-        let buf = write_msg(&ElemsMsg::new("s", &many).unwrap(), MsgType::Del);
+        let buf = write_msg(
+            &ObjMsg::elements("nftpol", "s", &many).unwrap(),
+            MsgType::Del,
+        );
         assert_eq!(parse_elems(&buf).unwrap().len(), 400);
-        assert!(ElemsMsg::new("bad\0name", &[]).is_err());
+        assert!(ObjMsg::elements("nftpol", "bad\0name", &[]).is_err());
+        assert!(ObjMsg::set("nftpol", "bad\0name", 0, None).is_err());
     }
 }

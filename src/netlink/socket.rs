@@ -7,6 +7,7 @@
 //! ack is already queued when `send` returns: they are drained without
 //! blocking, and only the ack of the batch END means "committed".
 
+use super::raw;
 use super::NetlinkError;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -29,9 +30,8 @@ pub struct Msg {
     /// Port id of the socket that caused it (for notifications: the
     /// socket that sent the batch).
     pub pid: u32,
-    /// The whole message, header included, 4-byte aligned storage.
-    words: Vec<u32>,
-    len: usize,
+    /// The whole message, header included.
+    bytes: Vec<u8>,
 }
 
 impl Msg {
@@ -42,19 +42,12 @@ impl Msg {
         if len < HDR || len != m.len() {
             return None;
         }
-        let mut words = vec![0u32; len.div_ceil(4)];
-        for (w, chunk) in words.iter_mut().zip(m.chunks(4)) {
-            let mut b = [0u8; 4];
-            b[..chunk.len()].copy_from_slice(chunk);
-            *w = u32::from_ne_bytes(b);
-        }
         Some(Msg {
             ty: u16::from_ne_bytes([m[4], m[5]]),
             flags: u16::from_ne_bytes([m[6], m[7]]),
             seq: u32::from_ne_bytes([m[8], m[9], m[10], m[11]]),
             pid: u32::from_ne_bytes([m[12], m[13], m[14], m[15]]),
-            words,
-            len,
+            bytes: m.to_vec(),
         })
     }
     /// The messages of one datagram, each checked against its length.
@@ -72,15 +65,11 @@ impl Msg {
         }
         Ok(out)
     }
-    pub fn header_ptr(&self) -> *const libc::nlmsghdr {
-        self.words.as_ptr().cast()
-    }
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: words holds at least len bytes.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        &self.bytes
     }
     fn payload(&self) -> &[u8] {
-        &self.bytes()[HDR.min(self.len)..]
+        &self.bytes[HDR.min(self.bytes.len())..]
     }
     /// The address family of an nftables message (`nfgenmsg`).
     pub fn family(&self) -> Option<u8> {
@@ -128,7 +117,7 @@ pub type KernelError = (i32, Option<String>);
 /// An open NETLINK_NETFILTER socket.
 pub struct Socket {
     sock: mnl::Socket,
-    buf: Vec<u32>,
+    buf: Vec<u8>,
 }
 
 /// Port ids of the sockets this process has open. The kernel stamps every
@@ -159,28 +148,8 @@ fn setsockopt_int(
     opt: libc::c_int,
     v: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    raw::setsockopt(fd, level, opt, &v)
 }
-
-// SAFETY: an mnl_socket is a heap block holding a file descriptor and
-// its bound address, with no thread affinity. `Socket` stays !Sync, so
-// one thread at a time uses it; moving it to another thread (the agent's
-// reconcile thread) is sound.
-unsafe impl Send for Socket {}
 
 impl Socket {
     pub fn open() -> Result<Socket, NetlinkError> {
@@ -193,7 +162,7 @@ impl Socket {
         own_ports().push(sock.portid());
         Ok(Socket {
             sock,
-            buf: vec![0u32; RECV_BUF / 4],
+            buf: vec![0u8; RECV_BUF],
         })
     }
 
@@ -253,19 +222,13 @@ impl Socket {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: passes a pointer to a live timeval and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(NetlinkError::Socket(io::Error::last_os_error()));
-        }
+        raw::setsockopt(
+            self.sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv,
+        )
+        .map_err(NetlinkError::Socket)?;
         Ok(())
     }
 
@@ -289,19 +252,11 @@ impl Socket {
     pub fn recv(&mut self, nonblocking: bool) -> Result<Option<Vec<Msg>>, NetlinkError> {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         let n = loop {
-            // SAFETY: the buffer is ours and RECV_BUF bytes long.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len() * 4,
-                    flags | libc::MSG_TRUNC,
-                )
+            let fd = self.sock.as_raw_fd();
+            let err = match raw::recv(fd, &mut self.buf, flags | libc::MSG_TRUNC) {
+                Ok(n) => break n,
+                Err(e) => e,
             };
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => continue,
                 // Nothing queued (MSG_DONTWAIT) or the receive timeout
@@ -310,14 +265,13 @@ impl Socket {
                 _ => return Err(NetlinkError::Receive(err)),
             }
         };
-        if n > self.buf.len() * 4 {
+        if n > self.buf.len() {
             return Err(NetlinkError::Receive(io::Error::other(format!(
                 "netlink datagram of {n} bytes truncated"
             ))));
         }
-        // SAFETY: the kernel wrote n bytes into the buffer.
-        let bytes = unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n) };
-        let out = Msg::split(bytes).map_err(|e| NetlinkError::Receive(io::Error::other(e)))?;
+        let out =
+            Msg::split(&self.buf[..n]).map_err(|e| NetlinkError::Receive(io::Error::other(e)))?;
         Ok(Some(out))
     }
 
