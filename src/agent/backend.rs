@@ -9,8 +9,10 @@
 //! loop relies on "nothing changed" to detect drift.
 
 use crate::netlink::{Applier, ApplyReport, NetlinkError};
+use policy_compiler::counters::{Counters, RuleCounter};
 use policy_compiler::diff;
 use policy_compiler::ir::Ruleset;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What one apply did.
@@ -62,6 +64,12 @@ pub trait Backend: Send + 'static {
     fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
         self.apply(desired)
     }
+
+    /// The values of the table's rule counters (none by default: a backend
+    /// without a kernel counts nothing).
+    fn counters(&mut self) -> Result<Counters, BackendError> {
+        Ok(Counters::default())
+    }
 }
 
 /// The state of the in-memory kernel, shared with whoever holds a
@@ -75,6 +83,9 @@ pub struct MemoryKernel {
     pub applies: usize,
     /// Applies that sent a batch.
     pub batches: usize,
+    /// Packets per counted rule, by (chain, position): what a test says
+    /// went through (the in-memory kernel sees no packets).
+    pub hits: BTreeMap<(String, usize), u64>,
 }
 
 /// An in-memory kernel. Clones share the same state. Public on purpose,
@@ -92,6 +103,23 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn counters(&mut self) -> Result<Counters, BackendError> {
+        let k = self.state();
+        let Some(table) = &k.table else {
+            return Ok(Counters::default());
+        };
+        let mut out = Vec::new();
+        for (name, chain) in &table.chains {
+            for (i, rule) in chain.rules.iter().enumerate() {
+                if policy_compiler::counters::counts(rule) {
+                    let packets = k.hits.get(&(name.clone(), i)).copied().unwrap_or(0);
+                    out.push(RuleCounter::new(name, i, rule, packets, packets * 100));
+                }
+            }
+        }
+        Ok(Counters::from_rules(out))
+    }
+
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
         let mut k = self.state();
         k.applies += 1;
@@ -163,5 +191,9 @@ impl Backend for NetlinkBackend {
     fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
         self.applier.forget();
         Ok(Self::report(self.applier.apply(desired)?))
+    }
+
+    fn counters(&mut self) -> Result<Counters, BackendError> {
+        Ok(self.applier.session().read_counters()?)
     }
 }

@@ -38,6 +38,18 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub direction: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub kind: &'static str,
     pub event: &'static str,
@@ -126,6 +138,10 @@ pub struct Metrics {
     pub invalid_skipped: Family<KindLabels, Counter>,
     pub unvalidated_pods: Gauge,
     pub shared_addresses: Gauge,
+    /// Packets counted by the kernel on commented pod-chain rules.
+    pub rule_packets: Family<VerdictLabels, Counter>,
+    /// The same per policy (bounded: see `status::PolicyMetrics`).
+    pub policy_packets: Family<PolicyLabels, Counter>,
     pub conntrack_revoked: Counter,
     pub conntrack_revoke_failures: Counter,
     pub conntrack_revoke_seconds: Histogram,
@@ -159,6 +175,8 @@ impl Metrics {
             invalid_skipped: Family::default(),
             unvalidated_pods: Gauge::default(),
             shared_addresses: Gauge::default(),
+            rule_packets: Family::default(),
+            policy_packets: Family::default(),
             conntrack_revoked: Counter::default(),
             conntrack_revoke_failures: Counter::default(),
             conntrack_revoke_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
@@ -188,6 +206,16 @@ impl Metrics {
             "conntrack_revoke_seconds",
             "Time to dump the conntrack table, judge its entries and delete the denied ones",
             m.conntrack_revoke_seconds.clone(),
+        );
+        registry.register(
+            "rule_packets",
+            "Packets the kernel counted on policy rules and default drops, by direction and verdict",
+            m.rule_packets.clone(),
+        );
+        registry.register(
+            "policy_packets",
+            "Packets counted on behalf of each policy (its rules, and the drops of pods it isolates), by direction; see --policy-metrics",
+            m.policy_packets.clone(),
         );
         registry.register(
             "reconciles",
@@ -267,6 +295,21 @@ impl Metrics {
         self.kernel_chains.set(desired.chains.len() as i64);
         self.kernel_rules.set(desired.rule_count() as i64);
         self.kernel_elements.set(desired.element_count() as i64);
+    }
+
+    pub fn rule_hits(&self, direction: &'static str, verdict: &'static str, packets: u64) {
+        self.rule_packets
+            .get_or_create(&VerdictLabels { direction, verdict })
+            .inc_by(packets);
+    }
+
+    pub fn policy_hits(&self, policy: &str, direction: &'static str, packets: u64) {
+        self.policy_packets
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+                direction,
+            })
+            .inc_by(packets);
     }
 
     pub fn observe_error(&self, label: &'static str) {

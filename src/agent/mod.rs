@@ -14,6 +14,7 @@ pub mod files;
 pub mod kernel_watch;
 pub mod metrics;
 pub mod reconcile;
+pub mod status;
 pub mod watch;
 
 #[cfg(test)]
@@ -98,6 +99,27 @@ pub struct AgentArgs {
     /// (nftpol_conntrack_revoke_failures_total), never fatal.
     #[arg(long)]
     pub revoke_denied_connections: bool,
+    /// How often the kernel's rule counters are read (one rule dump) for
+    /// the per-policy hit metrics and the status object.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub counters_interval: Duration,
+    /// The least time between two writes of this node's
+    /// NodeNetworkPolicyStatus (written when something in it changed).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+    /// Per-policy hit counts in /metrics (nftpol_policy_packets_total):
+    /// `auto` has one series per policy while the node enforces at most
+    /// --policy-metrics-max policies and only the totals by direction and
+    /// verdict (nftpol_rule_packets_total) beyond; `per-policy` keeps the
+    /// first --policy-metrics-max by name and sums the rest as `_other`.
+    #[arg(long, value_enum, default_value_t = status::PolicyMetrics::Auto)]
+    pub policy_metrics: status::PolicyMetrics,
+    /// The cardinality bound of --policy-metrics.
+    #[arg(long, default_value_t = 100)]
+    pub policy_metrics_max: usize,
+    /// Do not write the NodeNetworkPolicyStatus object (API source only).
+    #[arg(long)]
+    pub no_status: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -179,6 +201,11 @@ impl Options {
                 source_validation: !a.no_source_validation,
                 discover_interfaces: !a.no_source_validation && a.pod_interfaces.is_none(),
                 pod_interfaces_file: a.pod_interfaces.clone(),
+                counters_interval: a.counters_interval,
+                status_interval: a.status_interval,
+                policy_metrics: a.policy_metrics,
+                policy_metrics_max: a.policy_metrics_max,
+                write_status: !a.no_status,
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),
@@ -222,6 +249,20 @@ pub async fn run_with<B: Backend>(
         tracing::info!("live connections that a policy change denies will be cut (conntrack)");
         reconciler.set_revoker(Box::new(crate::revoke::ConntrackRevoker::new()));
     }
+    // The status object: only with an API server to write it to.
+    let inventory = status::Inventory::default();
+    let status_writer = match (&source, options.settings.write_status) {
+        (Source::Kube(client), true) => {
+            let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+            reconciler.set_status(inventory.clone(), status_tx);
+            Some(tokio::spawn(status::write_status(
+                client.clone(),
+                options.settings.node.clone(),
+                status_rx,
+            )))
+        }
+        _ => None,
+    };
     let loop_thread = std::thread::Builder::new()
         .name("nftpol-reconcile".into())
         .spawn(move || reconciler.run(rx))
@@ -243,7 +284,7 @@ pub async fn run_with<B: Backend>(
     let node = options.settings.node.clone();
     let mut source_task = tokio::spawn(async move {
         match source {
-            Source::Kube(client) => watch::run(client, node, src_tx, src_metrics).await,
+            Source::Kube(client) => watch::run(client, node, src_tx, src_metrics, inventory).await,
             Source::Dir(dir) => files::run(dir, src_tx, src_metrics).await,
         }
     });
@@ -260,6 +301,9 @@ pub async fn run_with<B: Backend>(
         },
     };
     source_task.abort();
+    if let Some(w) = status_writer {
+        w.abort();
+    }
     if let Some(s) = server {
         s.abort();
     }

@@ -33,7 +33,9 @@
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
+use crate::agent::status::{HitTracker, Inventory, PolicyMetrics, StatusState};
 use crate::revoke::{Revoke, Scope};
+use nftpol_crds::status::NodeEnforcement;
 use policy_compiler::admin::AdminKind;
 use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
 use std::collections::BTreeSet;
@@ -209,6 +211,15 @@ pub struct Settings {
     /// A fixed `NAMESPACE/POD: INTERFACE` map (read at every compile)
     /// instead of discovery.
     pub pod_interfaces_file: Option<std::path::PathBuf>,
+    /// How often the rule counters are read (one rule dump).
+    pub counters_interval: Duration,
+    /// The least time between two status objects handed to the writer.
+    pub status_interval: Duration,
+    pub policy_metrics: PolicyMetrics,
+    /// Most policies with their own hit series.
+    pub policy_metrics_max: usize,
+    /// Write the NodeNetworkPolicyStatus object (with an API source).
+    pub write_status: bool,
 }
 
 impl Settings {
@@ -224,6 +235,11 @@ impl Settings {
             source_validation: true,
             discover_interfaces: false,
             pod_interfaces_file: None,
+            counters_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(5),
+            policy_metrics: PolicyMetrics::Auto,
+            policy_metrics_max: 100,
+            write_status: true,
         }
     }
 }
@@ -257,6 +273,15 @@ pub struct Reconciler<B, C = SystemClock> {
     last_warned: (Vec<String>, Vec<String>),
     /// Cuts the connections each newly applied ruleset denies, when on.
     revoker: Option<Box<dyn Revoke>>,
+    /// Hit totals across counter readings, and the next reading.
+    hits: HitTracker,
+    next_counters: Instant,
+    /// What the status object says, where it goes, and when next.
+    status: StatusState,
+    inventory: Inventory,
+    status_tx: Option<tokio::sync::watch::Sender<Option<NodeEnforcement>>>,
+    status_dirty: bool,
+    next_status: Instant,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -287,11 +312,35 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             last_applied: None,
             verify_now: None,
             revoker: None,
+            hits: HitTracker::default(),
+            next_counters: now,
+            status: StatusState::default(),
+            inventory: Inventory::default(),
+            status_tx: None,
+            status_dirty: true,
+            next_status: now,
         }
     }
 
     /// After every batch that changes the kernel table, cut the live
     /// connections the new ruleset denies through `r`.
+    /// Hands a status to `tx` at most every `status_interval` whenever it
+    /// changed, naming resourceVersions and invalid objects from
+    /// `inventory`.
+    pub fn set_status(
+        &mut self,
+        inventory: Inventory,
+        tx: tokio::sync::watch::Sender<Option<NodeEnforcement>>,
+    ) {
+        self.inventory = inventory;
+        self.status_tx = Some(tx);
+    }
+
+    /// Per-policy hit totals so far.
+    pub fn hits(&self) -> &HitTracker {
+        &self.hits
+    }
+
     pub fn set_revoker(&mut self, r: Box<dyn Revoke>) {
         self.revoker = Some(r);
     }
@@ -347,6 +396,16 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// The next instant something is due, `None` while waiting for the
     /// initial lists.
     pub fn deadline(&self) -> Option<Instant> {
+        let work = self.work_deadline()?;
+        let mut due = work.min(self.next_counters);
+        if self.status_dirty && self.status_tx.is_some() {
+            due = due.min(self.next_status);
+        }
+        Some(due)
+    }
+
+    /// [`Reconciler::deadline`] of the kernel work alone.
+    fn work_deadline(&self) -> Option<Instant> {
         if !self.all_synced() {
             return None;
         }
@@ -446,7 +505,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         // A reported tampering is repaired back to the last ruleset the
         // kernel held (counted as drift) before any new change goes in.
         let trigger = self.verify_now.take();
-        if trigger.is_some() || self.dirty_since.is_none() {
+        let drift_due = self.next_drift <= self.clock.now();
+        if trigger.is_some() || (self.dirty_since.is_none() && drift_due) {
             let trigger = trigger.as_deref().unwrap_or("periodic check");
             match self.last_applied.take() {
                 Some(last) => {
@@ -463,6 +523,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         if self.dirty_since.is_some() && self.retry_at.is_none_or(|r| r <= self.clock.now()) {
             self.reconcile();
         }
+        self.report();
     }
 
     /// The node's pod interfaces, as the settings say to learn them.
@@ -582,6 +643,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 self.metrics
                     .observe_apply(&applied, &desired, Some(now.duration_since(since)));
                 if applied.changed {
+                    self.status.generation += 1;
                     tracing::info!(
                         changes = %applied.summary,
                         messages = applied.messages,
@@ -609,6 +671,46 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         self.retry_at = None;
         self.next_drift = now + self.settings.drift_interval;
         self.metrics.health.set_last_apply_ok(true);
+        self.status.last_apply = Some(std::time::SystemTime::now());
+        self.status.last_error = None;
+        self.status_dirty = true;
+    }
+
+    /// Reads the counters and hands the status on, when each is due.
+    fn report(&mut self) {
+        let now = self.clock.now();
+        if self.next_counters <= now {
+            self.next_counters = now + self.settings.counters_interval;
+            match self.backend.counters() {
+                Ok(c) => {
+                    self.status_dirty |= self.hits.observe(&c, std::time::SystemTime::now());
+                    crate::agent::status::export_hits(
+                        &self.metrics,
+                        &self.hits,
+                        self.settings.policy_metrics,
+                        self.settings.policy_metrics_max,
+                    );
+                }
+                Err(e) => {
+                    self.metrics.observe_error(e.metric_label());
+                    tracing::debug!(error = %e, "cannot read the rule counters");
+                }
+            }
+        }
+        if !self.status_dirty || self.next_status > now {
+            return;
+        }
+        if let Some(tx) = &self.status_tx {
+            let status = self.status.build(
+                self.last_applied.as_ref(),
+                &self.hits,
+                &self.inventory,
+                std::time::SystemTime::now(),
+            );
+            tx.send_replace(Some(status));
+            self.status_dirty = false;
+            self.next_status = now + self.settings.status_interval;
+        }
     }
 
     fn failed(&mut self, e: &crate::agent::backend::BackendError) {
@@ -616,6 +718,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let exp = self.failures.saturating_sub(1).min(16);
         let delay = (self.settings.backoff_min * 2u32.pow(exp)).min(self.settings.backoff_max);
         self.retry_at = Some(self.clock.now() + delay);
+        self.status.last_error = Some(e.to_string());
+        self.status_dirty = true;
         self.metrics.observe_error(e.metric_label());
         self.metrics.health.set_last_apply_ok(false);
         tracing::warn!(
@@ -642,6 +746,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                     "the kernel table drifted from the desired ruleset (changed outside nftpol); repaired"
                 );
                 self.metrics.drift_repairs.inc();
+                self.status.generation += 1;
                 self.metrics.observe_apply(&applied, last, None);
                 self.ok(self.clock.now());
                 self.dirty_since = dirty;

@@ -947,3 +947,258 @@ fn durations_parse_with_units() {
     assert!(parse_duration("-1s").is_err());
     assert!(parse_duration("").is_err());
 }
+
+/// Fails every apply while the switch is on (the in-memory kernel is left
+/// as it was, as a rejected batch leaves the real one).
+#[derive(Clone)]
+struct Failing {
+    inner: MemoryBackend,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl super::backend::Backend for Failing {
+    fn apply(
+        &mut self,
+        desired: &Ruleset,
+    ) -> Result<super::backend::Applied, super::backend::BackendError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::netlink::NetlinkError::NotCommitted.into());
+        }
+        self.inner.apply(desired)
+    }
+    fn counters(
+        &mut self,
+    ) -> Result<policy_compiler::counters::Counters, super::backend::BackendError> {
+        self.inner.counters()
+    }
+}
+
+fn status_settings() -> Settings {
+    Settings {
+        counters_interval: Duration::from_millis(20),
+        status_interval: Duration::from_millis(50),
+        ..settings()
+    }
+}
+
+fn node_object() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}})
+}
+
+/// The status's entry for NetworkPolicy `ns/name`.
+fn enforced<'a>(st: &'a Value, ns: &str, name: &str) -> Option<&'a Value> {
+    st.pointer("/status/policies")?
+        .as_array()?
+        .iter()
+        .find(|p| p["namespace"] == ns && p["name"] == name)
+}
+
+fn condition(st: &Value, ty: &str) -> Option<String> {
+    st.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_object_follows_policy_changes_and_hits() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    fake.apply(node_object()).expect("node");
+    let agent = start(Source::Kube(fake.client()), status_settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    let web_rv = fake.resource_version().to_string();
+    let rv_of = |name: &str| -> Option<String> {
+        fake.node_status(NODE)
+            .and_then(|st| enforced(&st, "prod", name).cloned())
+            .and_then(|p| p["resourceVersion"].as_str().map(str::to_string))
+    };
+    assert!(
+        wait_for(LIMIT, || rv_of("web").is_some()).await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    let st = fake.node_status(NODE).expect("status object");
+    // Owned by the Node, so it goes with it.
+    assert_eq!(
+        st.pointer("/metadata/ownerReferences/0/kind"),
+        Some(&json!("Node"))
+    );
+    assert_eq!(
+        st.pointer("/metadata/ownerReferences/0/uid"),
+        Some(&json!(format!("uid-Node--{NODE}")))
+    );
+    assert_eq!(st.pointer("/spec/nodeName"), Some(&json!(NODE)));
+    assert_eq!(condition(&st, "Ready").as_deref(), Some("True"));
+    assert_eq!(condition(&st, "Degraded").as_deref(), Some("False"));
+    let want = expected(&fake);
+    assert_eq!(
+        st.pointer("/status/counts/rules"),
+        Some(&json!(want.rule_count()))
+    );
+    assert_eq!(st.pointer("/status/counts/podsIsolated"), Some(&json!(1)));
+    assert_eq!(
+        st.pointer("/status/rulesetHash"),
+        Some(&json!(super::status::ruleset_hash(&want)))
+    );
+    let gen0 = st.pointer("/status/rulesetGeneration").cloned();
+    assert!(
+        rv_of("web").is_some_and(|rv| rv.parse::<u64>().is_ok()),
+        "{web_rv}"
+    );
+    // No packet yet: the policy is idle.
+    assert!(st
+        .pointer("/status/idlePolicies")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|p| p["policy"] == "prod/web")));
+
+    // A second policy selecting web-0: listed with its resourceVersion,
+    // a new generation.
+    let rv2 = fake
+        .apply(policy("prod", "web2", "web", "cli", "b", json!(81)))
+        .expect("policy");
+    assert!(
+        wait_for(LIMIT, || rv_of("web2") == Some(rv2.to_string())).await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    let st = fake.node_status(NODE).expect("status object");
+    assert_ne!(st.pointer("/status/rulesetGeneration").cloned(), gen0);
+
+    // Packets on prod/web's first rule show as hits, and it is no longer idle.
+    let chain = "ing_prod_web-0".to_string();
+    agent.backend.state().hits.insert((chain, 0), 5);
+    assert!(
+        wait_for(LIMIT, || fake
+            .node_status(NODE)
+            .and_then(|st| enforced(&st, "prod", "web").cloned())
+            .is_some_and(|p| p["ingressPackets"] == 5))
+        .await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    assert!(agent
+        .metrics
+        .encode()
+        .contains(r#"nftpol_policy_packets_total{policy="prod/web",direction="ingress"} 5"#));
+
+    // Deleted: gone from the status.
+    assert!(fake.delete(ApiKind::NetworkPolicy, "prod", "web2"));
+    assert!(
+        wait_for(LIMIT, || rv_of("web2").is_none()).await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    // At most one write per status interval, plus the object's creation:
+    // the writes stay far below one per counter reading.
+    let writes = fake.status_writes();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        fake.status_writes() - writes <= 1,
+        "nothing changed, nothing written"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_object_turns_degraded_when_apply_fails() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    fake.apply(node_object()).expect("node");
+    let backend = Failing {
+        inner: MemoryBackend::default(),
+        fail: Default::default(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = Options {
+        settings: status_settings(),
+        metrics_addr: None,
+        kernel_watch: false,
+        revoke_denied_connections: false,
+    };
+    let task = tokio::spawn(run_with(
+        Source::Kube(fake.client()),
+        backend.clone(),
+        options,
+        metrics,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let state = |ty: &str| fake.node_status(NODE).and_then(|st| condition(&st, ty));
+    assert!(
+        wait_for(LIMIT, || state("Ready").as_deref() == Some("True")).await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    backend
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fake.apply(policy("prod", "web2", "web", "cli", "b", json!(81)))
+        .expect("policy");
+    assert!(
+        wait_for(LIMIT, || state("Degraded").as_deref() == Some("True")).await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    let st = fake.node_status(NODE).expect("status");
+    assert_eq!(condition(&st, "Ready").as_deref(), Some("False"));
+    let degraded = st
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(
+        degraded["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{degraded}"
+    );
+    // The last good ruleset is still what the status describes.
+    assert!(enforced(&st, "prod", "web2").is_none());
+    // It recovers.
+    backend
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wait_for(LIMIT, || state("Degraded").as_deref() == Some("False")
+            && fake
+                .node_status(NODE)
+                .is_some_and(|st| enforced(&st, "prod", "web2").is_some()))
+        .await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    let _ = stop.send(());
+    task.await.expect("agent task").expect("agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_listed_in_the_status() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let mut bad = policy("prod", "bad", "web", "cli", "a", json!(80));
+    bad["spec"]["ingress"][0]["ports"][0]["protocol"] = json!("ICMP");
+    fake.apply(bad).expect("bad policy");
+    let agent = start(Source::Kube(fake.client()), status_settings());
+    assert!(
+        wait_for(LIMIT, || fake
+            .node_status(NODE)
+            .and_then(|st| st.pointer("/status/invalidObjects/0").cloned())
+            .is_some_and(
+                |o| o["name"] == "bad" && o["kind"] == "NetworkPolicy"
+            ))
+        .await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    let st = fake.node_status(NODE).expect("status");
+    assert_eq!(st.pointer("/status/counts/invalidObjects"), Some(&json!(1)));
+    assert!(st
+        .pointer("/status/invalidObjects/0/error")
+        .and_then(Value::as_str)
+        .is_some_and(|e| e.contains("protocol")));
+    agent.stop().await;
+}

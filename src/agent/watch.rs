@@ -24,6 +24,7 @@
 
 use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
+use crate::agent::status::Inventory;
 use crate::agent::AgentError;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -50,14 +51,18 @@ pub async fn run(
     node: String,
     tx: Sender<Stamped>,
     metrics: Arc<Metrics>,
+    inventory: Inventory,
 ) -> Result<(), AgentError> {
-    let reporter = InvalidReporter(Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "nftpol".into(),
-            instance: Some(node),
-        },
-    ));
+    let reporter = InvalidReporter(
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "nftpol".into(),
+                instance: Some(node),
+            },
+        ),
+        inventory,
+    );
     let ns = watch_kind(
         Api::<DeserializeGuard<Namespace>>::all(client.clone()),
         Kind::Namespace,
@@ -168,9 +173,10 @@ fn key<K: Resource>(o: &K, kind: Kind) -> (String, String) {
     (ns, m.name.clone().unwrap_or_default())
 }
 
-/// Posts Warning Events about invalid objects.
+/// Posts Warning Events about invalid objects, and keeps the inventory
+/// of policy resourceVersions and invalid objects the status object shows.
 #[derive(Clone)]
-struct InvalidReporter(Recorder);
+struct InvalidReporter(Recorder, Inventory);
 
 impl InvalidReporter {
     /// Fire and forget: an Event that cannot be posted (no RBAC, API
@@ -208,6 +214,13 @@ fn skipped<K>(
     K: Resource<DynamicType = ()>,
 {
     metrics.invalid(kind);
+    let (ns, name) = key(o, kind);
+    reporter.1.invalid(
+        api_kind(kind),
+        &ns,
+        &name,
+        format!("{}: {}", e.field, e.message),
+    );
     tracing::warn!(
         kind = %e.kind,
         object = %e.object,
@@ -224,6 +237,28 @@ fn skipped<K>(
     if reported.insert((uid, rv)) {
         reporter.report(o.object_ref(&()), e);
     }
+}
+
+/// The API kind name of a watched kind, as the status object names it.
+fn api_kind(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Namespace => "Namespace",
+        Kind::Pod => "Pod",
+        Kind::Policy => "NetworkPolicy",
+        Kind::Node => "Node",
+        Kind::Admin(k) => k.api(),
+    }
+}
+
+/// A valid object: its resourceVersion for the status object.
+fn seen<K: Resource<DynamicType = ()>>(inventory: &Inventory, o: &DeserializeGuard<K>, kind: Kind) {
+    let (ns, name) = key(o, kind);
+    inventory.valid(
+        api_kind(kind),
+        &ns,
+        &name,
+        o.meta().resource_version.as_deref(),
+    );
 }
 
 /// Watches one kind; returns when the receiver is gone.
@@ -254,13 +289,17 @@ async fn watch_kind<K>(
         let change = match ev {
             Ok(Event::Init) => {
                 metrics.event(kind, "init");
+                reporter.1.relisting(api_kind(kind));
                 tracing::debug!(kind = kind.as_str(), "listing");
                 listing = Some(Vec::new());
                 None
             }
             Ok(Event::InitApply(o)) => {
                 match reduce(&o) {
-                    Ok(obj) => listing.get_or_insert_with(Vec::new).push(obj),
+                    Ok(obj) => {
+                        seen(&reporter.1, &o, kind);
+                        listing.get_or_insert_with(Vec::new).push(obj)
+                    }
                     Err(e) => skipped(&o, &e, kind, &metrics, &reporter, &mut reported),
                 }
                 None
@@ -277,7 +316,10 @@ async fn watch_kind<K>(
             Ok(Event::Apply(o)) => {
                 metrics.event(kind, "apply");
                 match reduce(&o) {
-                    Ok(obj) => Some(Change::Apply(obj)),
+                    Ok(obj) => {
+                        seen(&reporter.1, &o, kind);
+                        Some(Change::Apply(obj))
+                    }
                     Err(e) => {
                         skipped(&o, &e, kind, &metrics, &reporter, &mut reported);
                         Some(Change::Delete {
@@ -289,6 +331,8 @@ async fn watch_kind<K>(
             }
             Ok(Event::Delete(o)) => {
                 metrics.event(kind, "delete");
+                let (ns, name) = key(&o, kind);
+                reporter.1.deleted(api_kind(kind), &ns, &name);
                 Some(Change::Delete {
                     kind,
                     key: key(&o, kind),

@@ -18,6 +18,13 @@
 //! - `POST` of core/v1 and events.k8s.io/v1 Events and `PATCH` of the
 //!   latter (how kube's event `Recorder` counts a repeat), recorded
 //!   ([`FakeApi::events`]);
+//! - `GET` of one object by name (the agent reads its own Node), with a
+//!   `uid` stamped on every object as the apiserver does;
+//! - server-side apply (`PATCH`, `application/apply-patch+yaml`) of
+//!   `nftpol.io/v1alpha1` NodeNetworkPolicyStatus objects and of their
+//!   status subresource (404 while the object does not exist, as the
+//!   apiserver answers), recorded ([`FakeApi::node_status`],
+//!   [`FakeApi::status_writes`]);
 //! - [`FakeApi::hold_lists`] makes lists of a kind hang until released, to
 //!   test that nothing is programmed before every initial list completed;
 //! - [`FakeApi::start_outage`] answers every request with 503 (counted)
@@ -160,6 +167,9 @@ struct Inner {
     watch_requests: BTreeMap<ApiKind, usize>,
     /// The resourceVersion of the latest watch request per kind.
     last_watch_rv: BTreeMap<ApiKind, u64>,
+    /// NodeNetworkPolicyStatus objects by name, and how many writes.
+    node_statuses: BTreeMap<String, Value>,
+    status_writes: usize,
 }
 
 struct Shared {
@@ -284,6 +294,9 @@ impl FakeApi {
             String::new()
         };
         obj["apiVersion"] = json!(kind.api_version());
+        if obj.pointer("/metadata/uid").is_none() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}-{ns}-{name}", kind.kind()));
+        }
         let mut inner = self.inner();
         inner.rv += 1;
         let rv = inner.rv;
@@ -432,6 +445,17 @@ impl FakeApi {
     pub fn resource_version(&self) -> u64 {
         self.inner().rv
     }
+
+    /// The NodeNetworkPolicyStatus named `node`, as last written.
+    pub fn node_status(&self, node: &str) -> Option<Value> {
+        self.inner().node_statuses.get(node).cloned()
+    }
+
+    /// Server-side applies of NodeNetworkPolicyStatus objects and their
+    /// status so far.
+    pub fn status_writes(&self) -> usize {
+        self.inner().status_writes
+    }
 }
 
 impl Inner {
@@ -462,6 +486,12 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let outage = shared.outage.load(std::sync::atomic::Ordering::SeqCst);
+    if let Some(rest) = uri.path().strip_prefix(NODE_STATUS_PATH) {
+        if outage {
+            return status(StatusCode::SERVICE_UNAVAILABLE, "outage");
+        }
+        return node_status(&shared, &method, rest, &q, &body);
+    }
     if method == Method::POST || method == Method::PATCH {
         if outage {
             return status(StatusCode::SERVICE_UNAVAILABLE, "outage");
@@ -469,6 +499,9 @@ async fn handle(
         return post_event(&shared, &method, uri.path(), &body);
     }
     let Some(kind) = ApiKind::from_path(uri.path()) else {
+        if method == Method::GET && !outage {
+            return get_one(&shared, uri.path());
+        }
         return status(StatusCode::NOT_FOUND, "not found");
     };
     let is_watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -490,6 +523,101 @@ async fn handle(
     } else {
         list(&shared, kind, &q).await
     }
+}
+
+const NODE_STATUS_PATH: &str = "/apis/nftpol.io/v1alpha1/nodenetworkpolicystatuses/";
+
+fn json_response(v: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET <kind path>/NAME` of a cluster-scoped object.
+fn get_one(shared: &Shared, path: &str) -> Response {
+    let Some((base, name)) = path.rsplit_once('/') else {
+        return status(StatusCode::NOT_FOUND, "not found");
+    };
+    let Some(kind) = ApiKind::from_path(base).filter(|k| !k.namespaced()) else {
+        return status(StatusCode::NOT_FOUND, "not found");
+    };
+    let inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    match inner
+        .objects
+        .get(&kind)
+        .and_then(|m| m.get(&(String::new(), name.to_string())))
+    {
+        Some(o) => json_response(o),
+        None => status(StatusCode::NOT_FOUND, "no such object"),
+    }
+}
+
+/// Server-side apply of a NodeNetworkPolicyStatus (`NAME`) or of its
+/// status (`NAME/status`): the applied fields replace what was there (one
+/// field manager writes them all), and the apiserver's checks that matter
+/// to a client are kept: a field manager, the object's name, and 404 for
+/// the status of an object that does not exist.
+fn node_status(
+    shared: &Shared,
+    method: &Method,
+    rest: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
+    let (name, sub) = match rest.split_once('/') {
+        Some((n, "status")) => (n, true),
+        Some(_) => return status(StatusCode::NOT_FOUND, "not found"),
+        None => (rest, false),
+    };
+    let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    if *method == Method::GET {
+        return match inner.node_statuses.get(name) {
+            Some(o) => json_response(o),
+            None => status(StatusCode::NOT_FOUND, "no such object"),
+        };
+    }
+    if *method != Method::PATCH {
+        return status(StatusCode::METHOD_NOT_ALLOWED, "only apply patches");
+    }
+    if q.get("fieldManager").is_none_or(String::is_empty) {
+        return status(StatusCode::BAD_REQUEST, "apply needs a fieldManager");
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    if patch.pointer("/metadata/name").and_then(Value::as_str) != Some(name) && !sub {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "metadata.name differs from the URL",
+        );
+    }
+    inner.rv += 1;
+    let rv = inner.rv.to_string();
+    inner.status_writes += 1;
+    let obj = if sub {
+        let Some(obj) = inner.node_statuses.get_mut(name) else {
+            return status(StatusCode::NOT_FOUND, "no such object");
+        };
+        obj["status"] = patch.get("status").cloned().unwrap_or(Value::Null);
+        obj
+    } else {
+        let old_status = inner
+            .node_statuses
+            .get(name)
+            .and_then(|o| o.get("status").cloned());
+        let mut obj = patch;
+        obj.as_object_mut().map(|o| o.remove("status"));
+        if let Some(st) = old_status {
+            obj["status"] = st;
+        }
+        inner.node_statuses.insert(name.to_string(), obj);
+        inner.node_statuses.get_mut(name).expect("just inserted")
+    };
+    obj["metadata"]["resourceVersion"] = json!(rv);
+    json_response(obj)
 }
 
 /// `POST /api/v1/namespaces/NS/events` or

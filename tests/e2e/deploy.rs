@@ -182,6 +182,17 @@ fn grants_the_code_needs() -> Grants {
                         add(ADMIN, "clusternetworkpolicies", &["list", "watch"])
                     }
                     "CoreEvent" | "Event" => add("", "events", &["create"]),
+                    // Server-side apply of the node's status object:
+                    // authorized as patch, and as create when the object
+                    // does not exist yet; then its status subresource.
+                    "NodeNetworkPolicyStatus" => {
+                        add(
+                            "nftpol.io",
+                            "nodenetworkpolicystatuses",
+                            &["create", "patch"],
+                        );
+                        add("nftpol.io", "nodenetworkpolicystatuses/status", &["patch"]);
+                    }
                     // A generic parameter (a helper over the kinds above).
                     t if t.len() == 1 => {}
                     other => panic!(

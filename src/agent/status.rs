@@ -1,0 +1,629 @@
+//! What the agent reports about its node beyond /metrics: per-policy hit
+//! totals kept across rule rewrites ([`HitTracker`]), the
+//! `NodeNetworkPolicyStatus` content built from the last applied ruleset
+//! ([`StatusState`]), the watch-side [`Inventory`] of policy
+//! resourceVersions and invalid objects it names, and the task that writes
+//! the object to the API server ([`write_status`], server-side apply).
+//!
+//! The reconcile loop owns the backend (and so the netlink socket): it
+//! reads the counters every `counters_interval` (one rule dump) and hands
+//! a finished status to the writer at most every `status_interval`, timed
+//! by its injected clock. The writer only sends what it is given.
+
+use crate::agent::metrics::Metrics;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use nftpol_crds::status::{
+    EnforcedPolicy, EnforcementCounts, IdlePolicy, InvalidObject, NodeEnforcement,
+    NodeNetworkPolicyStatus, NodeNetworkPolicyStatusSpec,
+};
+use policy_compiler::counters::{Counters, Origin};
+use policy_compiler::ir::{Element, Ruleset};
+use policy_compiler::model::Direction;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+/// The field manager of every write the agent makes.
+pub const FIELD_MANAGER: &str = "nftpol";
+
+/// How per-policy hit counts reach /metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyMetrics {
+    /// No hit metrics (the status object and `nftpol hits` still have them).
+    Off,
+    /// Totals per direction and verdict only.
+    Aggregate,
+    /// One series per policy and direction, up to --policy-metrics-max
+    /// policies (the rest are summed under policy="_other").
+    PerPolicy,
+    /// Per policy while the node enforces at most --policy-metrics-max
+    /// policies, aggregate beyond.
+    Auto,
+}
+
+/// resourceVersions of the policies and the objects skipped as invalid,
+/// as the watches last saw them. Shared between the watch tasks (writers)
+/// and the reconcile loop (reader).
+#[derive(Clone, Debug, Default)]
+pub struct Inventory(Arc<Mutex<InventoryInner>>);
+
+#[derive(Debug, Default)]
+pub struct InventoryInner {
+    /// By policy key as rule comments name it: `ns/name`, `Kind/name`.
+    pub versions: BTreeMap<String, String>,
+    /// By (kind, namespace, name): the error.
+    pub invalid: BTreeMap<(String, String, String), String>,
+}
+
+impl Inventory {
+    pub fn lock(&self) -> MutexGuard<'_, InventoryInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key a policy's rules carry in their comments, `None` for kinds
+    /// that are not policies.
+    pub fn policy_key(kind: &str, namespace: &str, name: &str) -> Option<String> {
+        match kind {
+            "NetworkPolicy" => Some(format!("{namespace}/{name}")),
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+                Some(format!("{kind}/{name}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// A valid object was seen at `rv`.
+    pub fn valid(&self, kind: &str, namespace: &str, name: &str, rv: Option<&str>) {
+        let mut i = self.lock();
+        i.invalid
+            .remove(&(kind.into(), namespace.into(), name.into()));
+        if let (Some(key), Some(rv)) = (Self::policy_key(kind, namespace, name), rv) {
+            i.versions.insert(key, rv.to_string());
+        }
+    }
+
+    /// The object was skipped (counts as absent).
+    pub fn invalid(&self, kind: &str, namespace: &str, name: &str, error: String) {
+        let mut i = self.lock();
+        if let Some(key) = Self::policy_key(kind, namespace, name) {
+            i.versions.remove(&key);
+        }
+        i.invalid
+            .insert((kind.into(), namespace.into(), name.into()), error);
+    }
+
+    /// The object is gone.
+    pub fn deleted(&self, kind: &str, namespace: &str, name: &str) {
+        let mut i = self.lock();
+        i.invalid
+            .remove(&(kind.into(), namespace.into(), name.into()));
+        if let Some(key) = Self::policy_key(kind, namespace, name) {
+            i.versions.remove(&key);
+        }
+    }
+
+    /// A new listing of `kind` starts: forget what the last one said.
+    pub fn relisting(&self, kind: &str) {
+        let mut i = self.lock();
+        i.invalid.retain(|(k, _, _), _| k != kind);
+        let prefix = if kind == "NetworkPolicy" {
+            None
+        } else {
+            Some(format!("{kind}/"))
+        };
+        i.versions.retain(|key, _| match &prefix {
+            // NetworkPolicy keys start with a lowercase namespace.
+            None => key.starts_with(|c: char| c.is_ascii_uppercase()),
+            Some(p) => !key.starts_with(p.as_str()),
+        });
+    }
+}
+
+/// One policy direction's traffic since the agent first saw its rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyTotal {
+    pub packets: u64,
+    pub last_hit: Option<SystemTime>,
+    /// When its rules were first seen on this node by this agent.
+    pub since: SystemTime,
+}
+
+/// Per-policy totals from successive counter readings. Kernel counters
+/// start again from zero when a chain is rewritten (the rules are deleted
+/// and added anew), so each rule's reading is compared with its previous
+/// one: a smaller value means a fresh rule and counts whole. A rule
+/// rewritten and then hit more than it had counted before, between two
+/// readings, is under-counted by its old value.
+#[derive(Debug, Default)]
+pub struct HitTracker {
+    last: HashMap<(String, usize, Option<String>), u64>,
+    pub totals: BTreeMap<(String, Direction), PolicyTotal>,
+    /// Deltas of the last observation, per (policy, direction).
+    pub last_deltas: BTreeMap<(String, Direction), u64>,
+    /// Deltas of the last observation per (direction, allows).
+    pub last_verdict_deltas: BTreeMap<(Direction, bool), u64>,
+}
+
+impl HitTracker {
+    /// Folds in one reading; returns whether any total moved or a policy
+    /// appeared or went.
+    pub fn observe(&mut self, c: &Counters, now: SystemTime) -> bool {
+        let mut last = HashMap::with_capacity(c.rules.len());
+        let mut deltas: BTreeMap<(String, Direction), u64> = BTreeMap::new();
+        let mut verdict_deltas: BTreeMap<(Direction, bool), u64> = BTreeMap::new();
+        for r in &c.rules {
+            let key = (r.chain.clone(), r.index, r.comment.clone());
+            let delta = match self.last.get(&key) {
+                Some(&before) if r.packets >= before => r.packets - before,
+                _ => r.packets,
+            };
+            last.insert(key, r.packets);
+            let (policies, direction) = match r.comment.as_deref().and_then(Origin::of) {
+                Some(Origin::Rule {
+                    policy, direction, ..
+                }) => (vec![policy], direction),
+                Some(Origin::Isolation {
+                    policies,
+                    direction,
+                }) => (policies, direction),
+                None => continue,
+            };
+            *verdict_deltas.entry((direction, r.allows)).or_default() += delta;
+            for p in policies {
+                *deltas.entry((p, direction)).or_default() += delta;
+            }
+        }
+        self.last = last;
+        let before: BTreeSet<_> = self.totals.keys().cloned().collect();
+        self.totals.retain(|k, _| deltas.contains_key(k));
+        let mut moved = before.len() != self.totals.len();
+        for (k, d) in &deltas {
+            let t = self.totals.entry(k.clone()).or_insert_with(|| {
+                moved = true;
+                PolicyTotal {
+                    packets: 0,
+                    last_hit: None,
+                    since: now,
+                }
+            });
+            if *d > 0 {
+                t.packets += d;
+                t.last_hit = Some(now);
+                moved = true;
+            }
+        }
+        self.last_deltas = deltas;
+        self.last_verdict_deltas = verdict_deltas;
+        moved
+    }
+}
+
+/// Feeds the last observation into the hit metrics, bounded as `mode` and
+/// `max` say.
+pub fn export_hits(m: &Metrics, t: &HitTracker, mode: PolicyMetrics, max: usize) {
+    if mode == PolicyMetrics::Off {
+        return;
+    }
+    for ((direction, allows), d) in &t.last_verdict_deltas {
+        m.rule_hits(direction.word(), if *allows { "allow" } else { "drop" }, *d);
+    }
+    let policies: BTreeSet<&String> = t.totals.keys().map(|(p, _)| p).collect();
+    let per_policy = match mode {
+        PolicyMetrics::PerPolicy => true,
+        PolicyMetrics::Auto => policies.len() <= max,
+        _ => false,
+    };
+    // The first `max` policies by name keep their own series; a policy
+    // that went keeps its series until the process restarts (counters
+    // must not go back), which the cap bounds too.
+    let named: BTreeSet<&String> = policies.into_iter().take(max).collect();
+    for ((policy, direction), d) in &t.last_deltas {
+        let label = if per_policy && named.contains(policy) {
+            policy.as_str()
+        } else if per_policy {
+            "_other"
+        } else {
+            continue;
+        };
+        m.policy_hits(label, direction.word(), *d);
+    }
+}
+
+fn time(t: SystemTime) -> Time {
+    let ts = k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default();
+    Time(ts)
+}
+
+/// The FNV-1a 64 hash of the table as `nftpol compile` prints it.
+pub fn ruleset_hash(rs: &Ruleset) -> String {
+    format!(
+        "{:016x}",
+        policy_compiler::names::stable_hash(&policy_compiler::render::render_table(rs))
+    )
+}
+
+/// Local pods with a chain: those the verdict maps jump for.
+fn pods_isolated(rs: &Ruleset) -> usize {
+    rs.sets
+        .values()
+        .flat_map(|s| &s.elements)
+        .filter_map(|e| match e {
+            Element::VmapJump(_, chain) => chain
+                .strip_prefix("ing_")
+                .or_else(|| chain.strip_prefix("egr_")),
+            _ => None,
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// The policies with rules in `rs`, from the rule comments.
+fn policies_in(rs: &Ruleset) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in rs.chains.values().flat_map(|c| &c.rules) {
+        match r.comment.as_deref().and_then(Origin::of) {
+            Some(Origin::Rule { policy, .. }) => {
+                out.insert(policy);
+            }
+            Some(Origin::Isolation { policies, .. }) => out.extend(policies),
+            None => {}
+        }
+    }
+    out
+}
+
+/// What the loop knows that the status object shows.
+#[derive(Debug, Default)]
+pub struct StatusState {
+    pub generation: u64,
+    pub last_apply: Option<SystemTime>,
+    /// The last failure to program the kernel, cleared by a success.
+    pub last_error: Option<String>,
+    /// (type, status) -> when it last changed, so transition times stay put.
+    transitions: BTreeMap<&'static str, (bool, SystemTime)>,
+}
+
+impl StatusState {
+    fn condition(
+        &mut self,
+        ty: &'static str,
+        on: bool,
+        reason: &str,
+        message: String,
+        now: SystemTime,
+    ) -> Condition {
+        let entry = self.transitions.entry(ty).or_insert((on, now));
+        if entry.0 != on {
+            *entry = (on, now);
+        }
+        Condition {
+            type_: ty.into(),
+            status: if on { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: time(entry.1),
+            observed_generation: None,
+        }
+    }
+
+    /// The status object's content.
+    pub fn build(
+        &mut self,
+        applied: Option<&Ruleset>,
+        hits: &HitTracker,
+        inventory: &Inventory,
+        now: SystemTime,
+    ) -> NodeEnforcement {
+        let empty = Ruleset::default();
+        let rs = applied.unwrap_or(&empty);
+        let inv = inventory.lock();
+        let policies: Vec<EnforcedPolicy> = policies_in(rs)
+            .into_iter()
+            .map(|key| {
+                let (kind, namespace, name) = match key.split_once('/') {
+                    Some((k, n)) if k.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                        (k.to_string(), None, n.to_string())
+                    }
+                    Some((ns, n)) => ("NetworkPolicy".into(), Some(ns.to_string()), n.to_string()),
+                    None => ("NetworkPolicy".into(), None, key.clone()),
+                };
+                let total = |d| hits.totals.get(&(key.clone(), d));
+                let last_hit = Direction::ALL
+                    .into_iter()
+                    .filter_map(|d| total(d).and_then(|t| t.last_hit))
+                    .max();
+                EnforcedPolicy {
+                    kind,
+                    namespace,
+                    name,
+                    resource_version: inv.versions.get(&key).cloned(),
+                    ingress_packets: total(Direction::Ingress).map_or(0, |t| t.packets),
+                    egress_packets: total(Direction::Egress).map_or(0, |t| t.packets),
+                    last_hit_time: last_hit.map(time),
+                }
+            })
+            .collect();
+        let idle_policies = hits
+            .totals
+            .iter()
+            .filter(|(_, t)| t.packets == 0)
+            .map(|((policy, direction), t)| IdlePolicy {
+                policy: policy.clone(),
+                direction: direction.word().into(),
+                since: time(t.since),
+            })
+            .collect();
+        let invalid_objects: Vec<InvalidObject> = inv
+            .invalid
+            .iter()
+            .map(|((kind, ns, name), error)| InvalidObject {
+                kind: kind.clone(),
+                namespace: (!ns.is_empty()).then(|| ns.clone()),
+                name: name.clone(),
+                error: error.clone(),
+            })
+            .collect();
+        drop(inv);
+        let ready = applied.is_some() && self.last_error.is_none();
+        let conditions = vec![
+            self.condition(
+                "Ready",
+                ready,
+                if ready { "Enforcing" } else { "NotApplied" },
+                if ready {
+                    "the kernel holds the compiled ruleset".into()
+                } else {
+                    "no ruleset applied yet, or the last attempt failed".into()
+                },
+                now,
+            ),
+            self.condition(
+                "Degraded",
+                self.last_error.is_some(),
+                if self.last_error.is_some() {
+                    "ApplyFailed"
+                } else {
+                    "AsExpected"
+                },
+                self.last_error.clone().unwrap_or_default(),
+                now,
+            ),
+        ];
+        NodeEnforcement {
+            ruleset_generation: self.generation,
+            ruleset_hash: applied.map(ruleset_hash).unwrap_or_default(),
+            last_apply_time: self.last_apply.map(time),
+            counts: EnforcementCounts {
+                policies: policies.len() as u64,
+                pods_isolated: pods_isolated(rs) as u64,
+                chains: rs.chains.len() as u64,
+                rules: rs.rule_count() as u64,
+                set_elements: rs.element_count() as u64,
+                invalid_objects: invalid_objects.len() as u64,
+            },
+            policies,
+            idle_policies,
+            invalid_objects,
+            conditions,
+        }
+    }
+}
+
+/// Writes each status it receives to the node's `NodeNetworkPolicyStatus`
+/// with server-side apply: the object itself (spec and an ownerReference
+/// to the Node, so it goes with the node) once, then the status
+/// subresource. A failed write is logged and retried with the next status;
+/// the loop's rate limit bounds how often that is.
+pub async fn write_status(
+    client: kube::Client,
+    node: String,
+    mut rx: tokio::sync::watch::Receiver<Option<NodeEnforcement>>,
+) {
+    let api: Api<NodeNetworkPolicyStatus> = Api::all(client.clone());
+    // Listed by name rather than read with `get`: the agent already may
+    // list Nodes, and needs no further verb for it.
+    let nodes: Api<Node> = Api::all(client);
+    let by_name = ListParams::default().fields(&format!("metadata.name={node}"));
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut created = false;
+    while rx.changed().await.is_ok() {
+        let Some(status) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if !created {
+            let listed = nodes.list(&by_name).await;
+            let me = listed.map(|l| {
+                l.items
+                    .into_iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+            });
+            let owner = match me {
+                Ok(n) => n.and_then(|n| n.metadata.uid).map(|uid| OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: node.clone(),
+                    uid,
+                    ..OwnerReference::default()
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read this node's Node object; the status object gets no owner");
+                    None
+                }
+            };
+            let mut obj = NodeNetworkPolicyStatus::new(
+                &node,
+                NodeNetworkPolicyStatusSpec {
+                    node_name: node.clone(),
+                },
+            );
+            obj.metadata.owner_references = owner.map(|o| vec![o]);
+            match api.patch(&node, &params, &Patch::Apply(&obj)).await {
+                Ok(_) => created = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the NodeNetworkPolicyStatus object");
+                    continue;
+                }
+            }
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "nftpol.io/v1alpha1",
+            "kind": "NodeNetworkPolicyStatus",
+            "status": status,
+        });
+        if let Err(e) = api
+            .patch_status(&node, &params, &Patch::Apply(&patch))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the NodeNetworkPolicyStatus status");
+            // Deleted behind our back: create it again next time.
+            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                created = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_compiler::counters::RuleCounter;
+    use policy_compiler::ir::{Rule, Verdict};
+    use std::time::Duration;
+
+    fn reading(chain: &str, comment: &str, packets: u64) -> RuleCounter {
+        let rule = Rule {
+            matches: vec![],
+            verdict: Verdict::Accept,
+            comment: Some(comment.into()),
+        };
+        RuleCounter::new(chain, 0, &rule, packets, 0)
+    }
+
+    #[test]
+    fn totals_survive_rewritten_rules_and_policies_come_and_go() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t1 = t0 + Duration::from_secs(10);
+        let t2 = t1 + Duration::from_secs(10);
+        let mut h = HitTracker::default();
+        let c = |rules| Counters::from_rules(rules);
+        assert!(h.observe(
+            &c(vec![
+                reading("ing_a_p", "a/x ingress[0]", 5),
+                reading("ing_a_q", "a/idle ingress[0]", 0),
+            ]),
+            t0
+        ));
+        let x = ("a/x".to_string(), Direction::Ingress);
+        assert_eq!(h.totals[&x].packets, 5);
+        // The chain was rewritten: its counter restarted at 2.
+        assert!(h.observe(
+            &c(vec![
+                reading("ing_a_p", "a/x ingress[0]", 2),
+                reading("ing_a_q", "a/idle ingress[0]", 0),
+            ]),
+            t1
+        ));
+        assert_eq!(h.totals[&x].packets, 7);
+        assert_eq!(h.totals[&x].last_hit, Some(t1));
+        assert_eq!(h.last_deltas[&x], 2);
+        // Nothing moved: nothing to report.
+        assert!(!h.observe(
+            &c(vec![
+                reading("ing_a_p", "a/x ingress[0]", 2),
+                reading("ing_a_q", "a/idle ingress[0]", 0),
+            ]),
+            t2
+        ));
+        let idle = &h.totals[&("a/idle".to_string(), Direction::Ingress)];
+        assert_eq!((idle.packets, idle.since), (0, t0));
+        // a/idle's rules went away.
+        assert!(h.observe(&c(vec![reading("ing_a_p", "a/x ingress[0]", 2)]), t2));
+        assert_eq!(h.totals.len(), 1);
+    }
+
+    #[test]
+    fn inventory_follows_versions_errors_and_relists() {
+        let inv = Inventory::default();
+        inv.valid("NetworkPolicy", "prod", "web", Some("12"));
+        inv.valid("AdminNetworkPolicy", "", "sec", Some("13"));
+        inv.valid("Pod", "prod", "web-0", Some("14"));
+        inv.invalid("NetworkPolicy", "prod", "bad", "spec: nope".into());
+        {
+            let i = inv.lock();
+            assert_eq!(i.versions.len(), 2);
+            assert_eq!(i.versions["prod/web"], "12");
+            assert_eq!(i.invalid.len(), 1);
+        }
+        inv.relisting("NetworkPolicy");
+        {
+            let i = inv.lock();
+            assert_eq!(
+                i.versions.keys().collect::<Vec<_>>(),
+                ["AdminNetworkPolicy/sec"]
+            );
+            assert!(i.invalid.is_empty());
+        }
+        inv.deleted("AdminNetworkPolicy", "", "sec");
+        assert!(inv.lock().versions.is_empty());
+    }
+
+    #[test]
+    fn status_names_policies_counts_and_conditions() {
+        let loaded = policy_compiler::parse(
+            "b-from-a.yaml",
+            include_str!("../../policy-compiler/src/testdata/b-from-a.yaml"),
+        );
+        let cluster = policy_compiler::Cluster::from_objects(loaded.objects);
+        let rs = policy_compiler::compile(&cluster, "n1");
+        let inv = Inventory::default();
+        inv.valid("NetworkPolicy", "x", "b-from-a", Some("42"));
+        inv.invalid("Pod", "x", "broken", "spec.containers: missing".into());
+        let mut h = HitTracker::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000);
+        h.observe(
+            &Counters::from_rules(vec![reading("ing_x_b", "x/b-from-a ingress[0]", 3)]),
+            now,
+        );
+        let mut st = StatusState {
+            generation: 4,
+            last_apply: Some(now),
+            ..StatusState::default()
+        };
+        let s = st.build(Some(&rs), &h, &inv, now);
+        assert_eq!(s.ruleset_generation, 4);
+        assert_eq!(s.ruleset_hash, ruleset_hash(&rs));
+        assert_eq!(s.counts.rules, rs.rule_count() as u64);
+        assert_eq!(s.counts.pods_isolated, 1);
+        assert_eq!(s.policies.len(), 1);
+        let p = &s.policies[0];
+        assert_eq!(
+            (
+                p.namespace.as_deref(),
+                p.name.as_str(),
+                p.resource_version.as_deref()
+            ),
+            (Some("x"), "b-from-a", Some("42"))
+        );
+        assert_eq!(p.ingress_packets, 3);
+        assert_eq!(s.invalid_objects.len(), 1);
+        let cond = |s: &NodeEnforcement, ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| (c.status.clone(), c.last_transition_time.clone()))
+        };
+        assert_eq!(cond(&s, "Ready").map(|c| c.0).as_deref(), Some("True"));
+        assert_eq!(cond(&s, "Degraded").map(|c| c.0).as_deref(), Some("False"));
+        // A failure turns Degraded on, with a new transition time.
+        st.last_error = Some("netlink: rejected".into());
+        let later = now + Duration::from_secs(5);
+        let s2 = st.build(Some(&rs), &h, &inv, later);
+        assert_eq!(
+            cond(&s2, "Degraded"),
+            Some(("True".to_string(), time(later)))
+        );
+        assert_eq!(cond(&s2, "Ready").map(|c| c.0).as_deref(), Some("False"));
+    }
+}
