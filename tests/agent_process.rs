@@ -516,7 +516,9 @@ current-context: f\n",
 }
 
 /// Ways someone else can change the table the agent keeps, as `nft -f`
-/// scripts against the table `CLUSTER` + `POLICY` compile to.
+/// scripts against the table `CLUSTER` + `POLICY` compile to
+/// (`pod4_5cd47f554f1d5c4d` is the set of the policy's peers, pods
+/// `app: cli` of namespace prod, named by that definition's hash).
 const TAMPERINGS: [(&str, &str); 9] = [
     ("dormant flag", "add table inet nftpol { flags dormant; }"),
     (
@@ -534,11 +536,11 @@ const TAMPERINGS: [(&str, &str); 9] = [
     ),
     (
         "element added",
-        "add element inet nftpol pod4_prod_web_in0 { 10.66.6.6 }",
+        "add element inet nftpol pod4_5cd47f554f1d5c4d { 10.66.6.6 }",
     ),
     (
         "element removed",
-        "delete element inet nftpol pod4_prod_web_in0 { 10.9.2.10 }",
+        "delete element inet nftpol pod4_5cd47f554f1d5c4d { 10.9.2.10 }",
     ),
     (
         "chain deleted",

@@ -564,7 +564,7 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
     );
     let handle = listing
         .lines()
-        .find(|l| l.contains("ip saddr @pod4_default_my-app_in0"))
+        .find(|l| l.contains("ip saddr @pod4_37677fdecdbb5ff8"))
         .and_then(|l| l.rsplit_once("# handle "))
         .map(|(_, h)| h.trim().to_string())
         .unwrap_or_else(|| panic!("handle of the policy rule in {listing}"));
@@ -613,7 +613,7 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
         "{t}"
     );
     assert!(
-        t.contains("+ chain ing_default_my-app-7d9f8c6b5-x2k4p (3 rules)"),
+        t.contains("+ chain ing_default_my-app-7d9f8c6b5-x2k4p (2 rules)"),
         "{t}"
     );
     // Nothing enforced yet: untrusted-0 -> my-app becomes denied.
@@ -634,19 +634,19 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
     assert!(t.contains(&format!("~ chain {MY_APP_CHAIN}")), "{t}");
     assert!(
         t.contains(
-            "    - ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 80 counter accept"
+            "    - ip saddr @pod4_37677fdecdbb5ff8 meta l4proto tcp th dport 80 counter accept"
         ),
         "{t}"
     );
     assert!(
         t.contains(
-            "    + ip saddr @pod4_default_my-app_in0 meta l4proto tcp th dport 8080 counter accept"
+            "    + ip saddr @pod4_37677fdecdbb5ff8 meta l4proto tcp th dport 8080 counter accept"
         ),
         "{t}"
     );
     assert!(
         t.contains(
-            "~ set pod4_default_my-app_in0 (type ipv4_addr): +1 -0 elements\n    + 10.244.1.12\n"
+            "~ set pod4_37677fdecdbb5ff8 (type ipv4_addr): +1 -0 elements\n    + 10.244.1.12\n"
         ),
         "{t}"
     );

@@ -10,11 +10,19 @@
 //! Egress allows `return`, so the same packet still meets the
 //! destination's ingress chain on the same node.
 //!
-//! Peers live in named sets shared by every pod the same policy rule
-//! selects (`pod4_`/`pod6_` for selected pods, `net4_`/`net6_` interval
-//! sets for ipBlocks, `tcp_`/`udp_`/`sctp_` port sets, `nam4_`/`nam6_`
-//! concatenations for named ports resolved per destination pod), so a peer
-//! coming or going is a set element, not a chain rewrite.
+//! Peers live in named sets keyed by their definition, not by the rule
+//! that uses them: `pod4_<hash>` holds the pods one list of pod and
+//! namespace selectors selects (peers without a namespace selector count
+//! as the policy's namespace), `net4_`/`tcp_`/`udp_`/`sctp_` hold one
+//! list of ipBlock ranges or ports, and `nam4_` the named ports of one
+//! peer list resolved per destination pod. Every rule and pod with the
+//! same peers shares one set (the same namespace selector in 500 policies
+//! is one set), so a peer coming, going or changing labels is one element
+//! in each set it affects, not a chain rewrite.
+//!
+//! Rules are emitted only for the address families of the chain's own
+//! pod, and maps and dispatch only for the families of the node's pods:
+//! a chain never sees a packet of another family.
 
 use crate::admin::compile as admin_compile;
 use crate::admin::{AdminPolicy, Tier};
@@ -22,7 +30,7 @@ use crate::index::Cluster;
 use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
 use crate::model::*;
-use crate::names::{comment, ident};
+use crate::names::{comment, ident, keyed};
 use crate::srcval::NodeNet;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,7 +50,6 @@ pub fn map_name(direction: Direction, family: Family) -> String {
 /// How the compiler enforces a direction. Kept here, not on the model's
 /// `Direction`, because only the ruleset's shape depends on it.
 pub(crate) trait Enforce {
-    fn short(self) -> &'static str;
     fn chain_prefix(self) -> &'static str;
     fn peer_dir(self) -> Dir;
     fn pod_dir(self) -> Dir;
@@ -51,12 +58,6 @@ pub(crate) trait Enforce {
 }
 
 impl Enforce for Direction {
-    fn short(self) -> &'static str {
-        match self {
-            Direction::Ingress => "in",
-            Direction::Egress => "eg",
-        }
-    }
     fn chain_prefix(self) -> &'static str {
         match self {
             Direction::Ingress => "ing",
@@ -107,13 +108,16 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
 /// source validation on the interfaces `net` names.
 pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     let shared = cluster.shared_addresses();
+    let node_families = node_families(cluster, node);
     let mut b = Builder {
         cluster,
         rs: Ruleset::default(),
         shared: &shared,
+        families: BTreeSet::new(),
+        set_keys: BTreeMap::new(),
     };
     for direction in [Direction::Ingress, Direction::Egress] {
-        for family in [Family::Ipv4, Family::Ipv6] {
+        for &family in &node_families {
             b.rs.sets.insert(
                 map_name(direction, family),
                 Set {
@@ -125,13 +129,17 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     }
     b.rs.chains.insert(
         CHAIN_FORWARD.to_string(),
-        base_chain(Hook::Forward, &[Direction::Egress, Direction::Ingress]),
+        base_chain(
+            Hook::Forward,
+            &[Direction::Egress, Direction::Ingress],
+            &node_families,
+        ),
     );
     // Pod -> its own node: only the pod's egress applies; the node's own
     // traffic to pods leaves through `output`, which is never filtered.
     b.rs.chains.insert(
         CHAIN_INPUT.to_string(),
-        base_chain(Hook::Input, &[Direction::Egress]),
+        base_chain(Hook::Input, &[Direction::Egress], &node_families),
     );
 
     let local = cluster
@@ -144,6 +152,7 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
         .chain(cluster.tier_policies(Tier::Baseline))
         .collect();
     for pod in local {
+        b.families = pod.ips.iter().map(Family::of).collect();
         let selecting: Vec<&Policy> = cluster
             .policies_in(&pod.namespace)
             .filter(|pol| pol.pod_selector.matches(&pod.labels))
@@ -161,6 +170,18 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     crate::srcval::add_chains(&mut b.rs, cluster, node, net);
     crate::counters::add(&mut b.rs);
     b.rs
+}
+
+/// The address families of the node's policy pods. Packets reach a pod's
+/// chain only through the verdict maps of its own addresses, so a family
+/// no local pod has needs no map, no dispatch and no rule: an IPv4-only
+/// node gets no IPv6 twins, and its first IPv6 pod brings them.
+pub fn node_families(cluster: &Cluster, node: &str) -> BTreeSet<Family> {
+    cluster
+        .pods()
+        .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+        .flat_map(|p| p.ips.iter().map(Family::of))
+        .collect()
 }
 
 /// Whether any pod in `pods` has a chain in `direction`: isolated by a
@@ -190,7 +211,7 @@ pub fn pass_chain_name(direction: Direction, pod: &Pod) -> String {
     )
 }
 
-fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
+fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -> Chain {
     let mut rules = vec![
         Rule {
             matches: vec![Match::CtState(
@@ -204,11 +225,13 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
             verdict: Verdict::Drop,
             comment: None,
         },
-        // Neighbour discovery never crosses a router: hop limit 255 proves
-        // the packet was not routed (the forward hook sees it already
-        // decremented), so only on-link ND passes: to the node, or between
-        // pods on one bridge.
-        Rule {
+    ];
+    // Neighbour discovery never crosses a router: hop limit 255 proves
+    // the packet was not routed (the forward hook sees it already
+    // decremented), so only on-link ND passes: to the node, or between
+    // pods on one bridge. Without IPv6 pods nothing filters IPv6 anyway.
+    if families.contains(&Family::Ipv6) {
+        rules.push(Rule {
             matches: vec![
                 Match::Icmpv6Type {
                     lo: ND_TYPES.0,
@@ -218,10 +241,10 @@ fn base_chain(hook: Hook, dispatch: &[Direction]) -> Chain {
             ],
             verdict: Verdict::Accept,
             comment: Some("IPv6 neighbour discovery, on-link only".into()),
-        },
-    ];
+        });
+    }
     for &direction in dispatch {
-        for family in [Family::Ipv4, Family::Ipv6] {
+        for &family in families {
             rules.push(Rule {
                 matches: vec![],
                 verdict: Verdict::AddrVmap {
@@ -249,6 +272,12 @@ pub(crate) struct Builder<'a> {
     pub(crate) rs: Ruleset,
     /// Addresses several policy pods claim (usually none).
     shared: &'a BTreeMap<std::net::IpAddr, Vec<&'a Pod>>,
+    /// The address families of the pod whose chains are being built: its
+    /// chains only ever see packets of these, so rules naming another
+    /// family's addresses are left out.
+    families: BTreeSet<Family>,
+    /// The definition of every set made so far, by name.
+    set_keys: BTreeMap<String, String>,
 }
 
 /// The port matches of one rule, split by how they are enforced.
@@ -261,19 +290,43 @@ struct PortPlan {
 }
 
 impl Builder<'_> {
-    /// Returns the set `name`, creating it with `elements` the first time:
-    /// sets are per policy rule, so every pod that rule selects shares it.
+    /// The families rules of the current pod's chains are emitted for.
+    pub(crate) fn families(&self) -> Vec<Family> {
+        self.families.iter().copied().collect()
+    }
+
+    /// Returns the set defined by `key` (see [`keyed`]), creating it with
+    /// `elements` the first time: every rule of every pod whose peers or
+    /// ports have the same definition shares one set, so a peer pod coming,
+    /// going or changing labels is one element in each set it affects.
     pub(crate) fn shared_set(
         &mut self,
-        name: String,
+        prefix: &str,
+        key: String,
         kind: SetKind,
         elements: impl FnOnce(&Cluster) -> BTreeSet<Element>,
     ) -> String {
-        if !self.rs.sets.contains_key(&name) {
-            let elements = elements(self.cluster);
-            self.rs.sets.insert(name.clone(), Set { kind, elements });
+        let name = keyed(prefix, &key);
+        match self.set_keys.get(&name) {
+            Some(known) => debug_assert_eq!(known, &key, "set name collision"),
+            None => {
+                let elements = elements(self.cluster);
+                self.rs.sets.insert(name.clone(), Set { kind, elements });
+                self.set_keys.insert(name.clone(), key);
+            }
         }
         name
+    }
+
+    /// A set whose elements are its definition (ipBlocks, port lists).
+    pub(crate) fn content_set(
+        &mut self,
+        prefix: &str,
+        kind: SetKind,
+        elements: BTreeSet<Element>,
+    ) -> String {
+        let key = format!("{kind:?} {elements:?}");
+        self.shared_set(prefix, key, kind, |_| elements)
     }
 
     /// The pod's chain in `direction`: the admin tier, then the
@@ -417,20 +470,18 @@ impl Builder<'_> {
         index: usize,
         r: &PolicyRule,
     ) {
-        let key = format!("{}{index}", direction.short());
-        let parts = [pol.namespace.as_str(), pol.name.as_str(), key.as_str()];
         let note = Some(comment(format!(
             "{}/{} {}[{index}]",
             pol.namespace,
             pol.name,
             direction.word()
         )));
-        let ports = self.port_plan(pod, direction, r, &parts);
+        let ports = self.port_plan(pod, direction, r);
         // Only named egress ports: the concatenated set alone names peers.
         let peers = if ports.plain.is_empty() {
             Vec::new()
         } else {
-            self.peer_alternatives(direction, pol, r, &parts)
+            self.peer_alternatives(direction, pol, r)
         };
         let verdict = direction.allow();
         for peer in &peers {
@@ -443,8 +494,8 @@ impl Builder<'_> {
             }
         }
         if !ports.named.is_empty() {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                let set = self.named_port_set(family, pol, r, &ports.named, &parts);
+            for family in self.families() {
+                let set = self.named_port_set(family, pol, r, &ports.named);
                 out.push(Rule {
                     matches: vec![Match::DAddrProtoPortInSet { family, set }],
                     verdict: verdict.clone(),
@@ -461,7 +512,6 @@ impl Builder<'_> {
         direction: Direction,
         pol: &Policy,
         r: &PolicyRule,
-        parts: &[&str],
     ) -> Vec<Vec<Match>> {
         let Some(peers) = &r.peers else {
             return vec![vec![]];
@@ -471,9 +521,16 @@ impl Builder<'_> {
         let mut out = Vec::new();
         let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
         if has_pod_peer {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                out.push(
-                    self.peer_set_match("pod", family, false, dir, parts, |cluster| {
+            let key = pod_peers_key(&pol.namespace, peers);
+            for family in self.families() {
+                let set = self.shared_set(
+                    &format!("pod{}", family_digit(family)),
+                    key.clone(),
+                    SetKind::Addr {
+                        family,
+                        interval: false,
+                    },
+                    |cluster| {
                         let pods = peer_pods(cluster, pol, peers);
                         let selected: BTreeSet<(String, String)> =
                             pods.iter().map(|p| p.key()).collect();
@@ -483,11 +540,12 @@ impl Builder<'_> {
                             .filter(|ip| peer_address_ok(shared, ip, &selected))
                             .map(|ip| Element::Addr(*ip))
                             .collect()
-                    }),
+                    },
                 );
+                out.push(vec![Match::AddrInSet { family, dir, set }]);
             }
         }
-        for family in [Family::Ipv4, Family::Ipv6] {
+        for family in self.families() {
             let blocks: Vec<&Peer> = peers
                 .iter()
                 .filter(|p| matches!(p, Peer::IpBlock { cidr, .. } if Family::of(&cidr.addr()) == family))
@@ -495,49 +553,31 @@ impl Builder<'_> {
             if blocks.is_empty() {
                 continue;
             }
-            out.push(self.peer_set_match("net", family, true, dir, parts, |_| {
-                let ranges: Vec<AddrRange> = blocks
-                    .iter()
-                    .flat_map(|p| match p {
-                        Peer::IpBlock { ranges, .. } => ranges.clone(),
-                        Peer::Pods { .. } => Vec::new(),
-                    })
-                    .collect();
-                merge(ranges)
-                    .into_iter()
-                    .map(|r| Element::AddrRange(r.lo, r.hi))
-                    .collect()
-            }));
+            let ranges: Vec<AddrRange> = blocks
+                .iter()
+                .flat_map(|p| match p {
+                    Peer::IpBlock { ranges, .. } => ranges.clone(),
+                    Peer::Pods { .. } => Vec::new(),
+                })
+                .collect();
+            let elements = merge(ranges)
+                .into_iter()
+                .map(|r| Element::AddrRange(r.lo, r.hi))
+                .collect();
+            let set = self.content_set(
+                &format!("net{}", family_digit(family)),
+                SetKind::Addr {
+                    family,
+                    interval: true,
+                },
+                elements,
+            );
+            out.push(vec![Match::AddrInSet { family, dir, set }]);
         }
         out
     }
 
-    /// The match of the peer address (`dir`) against the shared address
-    /// set `<prefix><4|6>_<parts>`, created with `elements` the first time.
-    fn peer_set_match(
-        &mut self,
-        prefix: &str,
-        family: Family,
-        interval: bool,
-        dir: Dir,
-        parts: &[&str],
-        elements: impl FnOnce(&Cluster) -> BTreeSet<Element>,
-    ) -> Vec<Match> {
-        let set = self.shared_set(
-            ident(&format!("{prefix}{}", family_digit(family)), parts),
-            SetKind::Addr { family, interval },
-            elements,
-        );
-        vec![Match::AddrInSet { family, dir, set }]
-    }
-
-    fn port_plan(
-        &mut self,
-        pod: &Pod,
-        direction: Direction,
-        r: &PolicyRule,
-        parts: &[&str],
-    ) -> PortPlan {
+    fn port_plan(&mut self, pod: &Pod, direction: Direction, r: &PolicyRule) -> PortPlan {
         let Some(ports) = &r.ports else {
             return PortPlan {
                 plain: vec![vec![]],
@@ -556,7 +596,6 @@ impl Builder<'_> {
                 continue;
             }
             let mut ranges: Vec<(u16, u16)> = Vec::new();
-            let mut resolved_named = false;
             for s in &specs {
                 match &s.port {
                     PortRef::Range(lo, hi) => ranges.push((*lo, *hi)),
@@ -565,7 +604,6 @@ impl Builder<'_> {
                         Direction::Ingress => {
                             if let Some(n) = pod.resolve_port(name, proto) {
                                 ranges.push((n, n));
-                                resolved_named = true;
                             }
                         }
                         Direction::Egress => named.push((name.clone(), proto)),
@@ -581,18 +619,13 @@ impl Builder<'_> {
                     Match::DPort { lo: *lo, hi: *hi },
                 ]),
                 _ => {
-                    // Ports resolved from names on this pod make the set
-                    // this pod's own; numeric-only sets are shared.
-                    let mut p: Vec<&str> = parts.to_vec();
-                    if resolved_named {
-                        p.push(&pod.name);
-                    }
-                    let name = self.shared_set(ident(proto.lower(), &p), SetKind::Ports, |_| {
-                        ranges
-                            .iter()
-                            .map(|(lo, hi)| Element::PortRange(*lo, *hi))
-                            .collect()
-                    });
+                    // Named ports resolved on this pod are plain numbers
+                    // by now: pods that resolve them alike share the set.
+                    let elements = ranges
+                        .iter()
+                        .map(|(lo, hi)| Element::PortRange(*lo, *hi))
+                        .collect();
+                    let name = self.content_set(proto.lower(), SetKind::Ports, elements);
                     plain.push(vec![
                         Match::L4Proto(proto.number()),
                         Match::DPortInSet { set: name },
@@ -613,10 +646,16 @@ impl Builder<'_> {
         pol: &Policy,
         r: &PolicyRule,
         named: &[(String, Protocol)],
-        parts: &[&str],
     ) -> String {
-        let name = ident(&format!("nam{}", family_digit(family)), parts);
-        if self.rs.sets.contains_key(&name) {
+        let key = format!(
+            "{} named {named:?}",
+            r.peers.as_ref().map_or_else(
+                || "every peer".to_string(),
+                |p| peers_key(&pol.namespace, p)
+            )
+        );
+        let prefix = format!("nam{}", family_digit(family));
+        if let Some(name) = self.known_set(&prefix, &key) {
             return name;
         }
         let mut elements = BTreeSet::new();
@@ -661,15 +700,67 @@ impl Builder<'_> {
                 }
             }
         }
-        self.rs.sets.insert(
-            name.clone(),
-            Set {
-                kind: SetKind::AddrProtoPort { family },
-                elements,
-            },
-        );
-        name
+        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |_| {
+            elements
+        })
     }
+
+    /// The name of the set `key` defines, when it was made already.
+    fn known_set(&self, prefix: &str, key: &str) -> Option<String> {
+        let name = keyed(prefix, key);
+        self.set_keys.contains_key(&name).then_some(name)
+    }
+}
+
+/// A selector as text, the same for selectors that differ only in the
+/// order of their expressions.
+pub(crate) fn selector_key(s: &crate::selector::Selector) -> String {
+    let mut exprs = s.match_expressions.clone();
+    exprs.sort();
+    exprs.dedup();
+    format!("{:?} {exprs:?}", s.match_labels)
+}
+
+/// The definition of the pod peers of a rule of a policy in `policy_ns`:
+/// peers without a namespace selector stand for the policy's namespace,
+/// so equal peer lists of policies in different namespaces differ, and
+/// equal namespace-selector peers of any namespace's policies are one.
+fn pod_peers_key(policy_ns: &str, peers: &[Peer]) -> String {
+    let mut parts: Vec<String> = peers
+        .iter()
+        .filter_map(|p| match p {
+            Peer::Pods {
+                pod_selector,
+                namespace_selector,
+            } => Some(format!(
+                "{} / {}",
+                namespace_selector
+                    .as_ref()
+                    .map_or_else(|| format!("namespace {policy_ns:?}"), selector_key),
+                pod_selector
+                    .as_ref()
+                    .map_or_else(|| "every pod".to_string(), selector_key)
+            )),
+            Peer::IpBlock { .. } => None,
+        })
+        .collect();
+    parts.sort();
+    parts.dedup();
+    parts.join(" | ")
+}
+
+/// The definition of all peers of a rule: its pod peers and its blocks.
+fn peers_key(policy_ns: &str, peers: &[Peer]) -> String {
+    let mut blocks: Vec<&AddrRange> = peers
+        .iter()
+        .flat_map(|p| match p {
+            Peer::IpBlock { ranges, .. } => ranges.iter().collect(),
+            Peer::Pods { .. } => Vec::new(),
+        })
+        .collect();
+    blocks.sort_by_key(|r| (r.lo, r.hi));
+    blocks.dedup();
+    format!("{} blocks {blocks:?}", pod_peers_key(policy_ns, peers))
 }
 
 /// Whether `ip` may stand for a selected peer: a shared address only
@@ -781,7 +872,152 @@ mod tests {
     fn unisolated_cluster_compiles_to_skeleton_only() {
         let rs = compile(&Cluster::new(), "n");
         assert_eq!(rs.chains.len(), 2);
-        assert_eq!(rs.sets.len(), 4);
+        // No pod, no family: no maps and no dispatch.
+        assert_eq!(rs.sets.len(), 0);
+        assert_eq!(rs.rule_count(), 4);
         assert_eq!(rs.element_count(), 0);
+    }
+
+    fn cluster_of(yaml: &str) -> Cluster {
+        let loaded = crate::manifest::parse("t.yaml", yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        Cluster::from_objects(loaded.objects)
+    }
+
+    fn mentions_ipv6(rs: &Ruleset) -> Vec<String> {
+        let text = crate::render::render_script(rs);
+        text.lines()
+            .filter(|l| l.contains("ip6") || l.contains("ipv6") || l.contains("_v6"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    const TWO_PODS: &str = include_str!("testdata/b-from-a.yaml");
+    const DUAL_STACK_POD: &str = "
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: x, labels: {app: b}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
+";
+
+    /// Pods x/a, y/b (servers on n1), z/c (client on n2); x and y each
+    /// have a policy admitting namespace z's `role: client` pods, and one
+    /// admitting namespace `z` by its name, on port 80.
+    fn two_policies_same_peers(client_role: &str) -> Cluster {
+        let pod = |ns: &str, name: &str, role: &str, node: &str, ip: u8| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\n\
+                 metadata: {{name: {name}, namespace: {ns}, labels: {{role: {role}}}}}\n\
+                 spec: {{nodeName: {node}}}\nstatus: {{podIPs: [{{ip: 10.0.0.{ip}}}]}}\n"
+            )
+        };
+        let policy = |ns: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: from-z, namespace: {ns}}}\n\
+                 spec: {{podSelector: {{}}, ingress: [\
+                 {{from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: z}}}}, \
+                 podSelector: {{matchLabels: {{role: client}}}}}}], ports: [{{port: 80}}, {{port: 443}}]}}, \
+                 {{from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: z}}}}}}], \
+                 ports: [{{port: 443}}, {{port: 80}}]}}]}}\n"
+            )
+        };
+        let yaml = [
+            pod("x", "a", "server", "n1", 1),
+            pod("y", "b", "server", "n1", 2),
+            pod("z", "c", client_role, "n2", 3),
+            policy("x"),
+            policy("y"),
+        ]
+        .concat();
+        cluster_of(&yaml)
+    }
+
+    #[test]
+    fn rules_with_the_same_peers_share_one_set_across_policies_and_pods() {
+        let rs = compile(&two_policies_same_peers("client"), "n1");
+        let pod_sets: Vec<&String> = rs.sets.keys().filter(|n| n.starts_with("pod4_")).collect();
+        // Two distinct peer definitions, whatever the number of policies,
+        // rules and pods using them; the port list is one set too.
+        assert_eq!(pod_sets.len(), 2, "{:?}", rs.sets.keys());
+        assert_eq!(rs.sets.keys().filter(|n| n.starts_with("tcp_")).count(), 1);
+        for set in pod_sets {
+            assert_eq!(
+                rs.sets[set].elements,
+                [Element::Addr("10.0.0.3".parse().unwrap())].into()
+            );
+        }
+        // Each chain still names its own policy rule.
+        let comments: Vec<&str> = rs.chains["ing_y_b"]
+            .rules
+            .iter()
+            .filter_map(|r| r.comment.as_deref())
+            .collect();
+        assert_eq!(
+            comments[..2],
+            ["y/from-z ingress[0]", "y/from-z ingress[1]"]
+        );
+    }
+
+    #[test]
+    fn a_peer_label_change_touches_each_affected_set_once_and_no_chain() {
+        let before = compile(&two_policies_same_peers("client"), "n1");
+        let after = compile(&two_policies_same_peers("idle"), "n1");
+        let tx = crate::diff::diff(&after, &before);
+        let touched: Vec<&crate::diff::Op> = tx.ops.iter().collect();
+        // The role selector's set loses the client, once for both
+        // policies; the namespace-only set keeps it; no chain changes.
+        assert_eq!(touched.len(), 1, "{touched:?}");
+        assert!(
+            matches!(touched[0], crate::diff::Op::DelElements { elements, .. } if elements.len() == 1),
+            "{touched:?}"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_only_node_gets_no_ipv6_maps_sets_or_rules() {
+        let rs = compile(&cluster_of(TWO_PODS), "n1");
+        assert!(mentions_ipv6(&rs).is_empty(), "{:?}", mentions_ipv6(&rs));
+        assert!(rs.sets.contains_key("ingress_v4"));
+        // One allow rule and the drop: no IPv6 twin.
+        assert_eq!(rs.chains["ing_x_b"].rules.len(), 2);
+    }
+
+    #[test]
+    fn the_first_ipv6_pod_brings_ipv6_back_for_its_own_chains_only() {
+        let rs = compile(&cluster_of(&format!("{TWO_PODS}{DUAL_STACK_POD}")), "n1");
+        for map in ["ingress_v6", "egress_v6"] {
+            assert!(rs.sets.contains_key(map), "{map}");
+        }
+        assert!(rs.chains["forward"].rules.iter().any(|r| r
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::Icmpv6Type { .. }))));
+        let v6_rules = |chain: &str| {
+            rs.chains[chain]
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.matches.iter().any(|m| {
+                        matches!(
+                            m,
+                            Match::AddrInSet {
+                                family: Family::Ipv6,
+                                ..
+                            }
+                        )
+                    })
+                })
+                .count()
+        };
+        // x/d is dual-stack: its chain sees IPv6 packets. x/b is IPv4-only:
+        // its chain never does, so it stays without IPv6 rules.
+        assert_eq!(v6_rules("ing_x_d"), 1);
+        assert_eq!(v6_rules("ing_x_b"), 0);
+        // On a node without the dual-stack pod nothing of IPv6 appears.
+        let other = compile(&cluster_of(&format!("{TWO_PODS}{DUAL_STACK_POD}")), "n2");
+        assert!(mentions_ipv6(&other).is_empty());
     }
 }

@@ -48,6 +48,13 @@ pub fn ident(prefix: &str, parts: &[&str]) -> String {
     cut
 }
 
+/// `prefix_<16 hex digits>`: the name of a set shared by everything whose
+/// definition is `key` (a canonical text of the selectors or ranges it
+/// holds), so equal definitions get one set whoever uses them.
+pub fn keyed(prefix: &str, key: &str) -> String {
+    format!("{prefix}_{:016x}", stable_hash(key))
+}
+
 /// A rule comment, cut to what the kernel keeps.
 pub fn comment(text: String) -> String {
     if text.len() <= MAX_COMMENT {
@@ -79,6 +86,13 @@ mod tests {
         let odd = ident("ing", &["ns", "we b"]);
         assert!(odd.chars().all(plain_char), "{odd}");
         assert_ne!(odd, ident("ing", &["ns", "we_b"]));
+    }
+
+    #[test]
+    fn keyed_names_follow_the_definition_only() {
+        assert_eq!(keyed("pod4", "a"), keyed("pod4", "a"));
+        assert_ne!(keyed("pod4", "a"), keyed("pod4", "b"));
+        assert!(keyed("pod4", "x").chars().all(plain_char));
     }
 
     #[test]

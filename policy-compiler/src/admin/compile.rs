@@ -5,20 +5,21 @@
 //! destination's ingress still applies), Deny drops, and an admin-tier
 //! Pass is a `goto` to the pod's NetworkPolicy part, which skips the rest
 //! of the admin tier (a baseline Pass allows: nothing follows it but the
-//! default allow). Peers are named sets per admin rule, shared by every
-//! pod the rule's policy selects: `apod4_/apod6_` (selected pods),
-//! `anode4_/anode6_` (node addresses), `anet4_/anet6_` (networks, interval
-//! sets), `atcp_/audp_/asctp_` (several ports or ranges), `anam4_/anam6_`
-//! (egress named ports resolved per destination pod). Comments read
+//! default allow). Peers are named sets keyed by their definition, shared
+//! by every admin rule and pod with the same one: `apod4_/apod6_`
+//! (selected pods), `anode4_/anode6_` (node addresses), `anet4_/anet6_`
+//! (networks, interval sets), `atcp_/audp_/asctp_` (several ports or
+//! ranges), `anam4_/anam6_` (egress named ports resolved per destination
+//! pod). Comments read
 //! `<Kind>/<name> <direction>[<i>] <Action>`.
 
 use super::{Action, AdminPeer, AdminPolicy, AdminPort, AdminRule, Subject, Tier};
-use crate::compile::{family_digit, merge_ports, Builder, Enforce};
+use crate::compile::{family_digit, merge_ports, selector_key, Builder, Enforce};
 use crate::index::Cluster;
 use crate::ipblock::{cidr_minus, merge};
 use crate::ir::*;
 use crate::model::{Direction, Pod, Protocol};
-use crate::names::{comment, ident};
+use crate::names::comment;
 use std::collections::BTreeSet;
 
 /// Whether `pod` is a subject of `policy` (compiler's predicates).
@@ -68,17 +69,15 @@ fn rule(
     r: &AdminRule,
     verdict: Verdict,
 ) {
-    let key = format!("{}{index}", direction.short());
-    let parts = [pol.kind.short(), pol.name.as_str(), key.as_str()];
     let note = Some(comment(format!(
         "{} {}[{index}] {}",
         pol.id(),
         direction.word(),
         r.action.api(pol.kind)
     )));
-    let (plain, named) = ports(b, pod, direction, r, &parts);
+    let (plain, named) = ports(b, pod, direction, r);
     if !plain.is_empty() {
-        for peer in peers(b, direction, r, &parts) {
+        for peer in peers(b, direction, r) {
             for port in &plain {
                 out.push(Rule {
                     matches: peer.iter().chain(port.iter()).cloned().collect(),
@@ -89,8 +88,8 @@ fn rule(
         }
     }
     if !named.is_empty() {
-        for family in [Family::Ipv4, Family::Ipv6] {
-            let set = named_set(b, family, r, &named, &parts);
+        for family in b.families() {
+            let set = named_set(b, family, r, &named);
             out.push(Rule {
                 matches: vec![Match::DAddrProtoPortInSet { family, set }],
                 verdict: verdict.clone(),
@@ -140,13 +139,32 @@ fn peer_pods<'c>(cluster: &'c Cluster, r: &AdminRule) -> Vec<&'c Pod> {
     out
 }
 
+/// The definition of the pods the pod and namespace peers of `r` select
+/// (all pods when any peer is `All`).
+fn pod_peers_key(r: &AdminRule) -> String {
+    if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
+        return "every pod".into();
+    }
+    let mut parts: Vec<String> = r
+        .peers
+        .iter()
+        .filter_map(|p| match p {
+            AdminPeer::Namespaces(s) => Some(format!("{} / every pod", selector_key(s))),
+            AdminPeer::Pods { namespaces, pods } => Some(format!(
+                "{} / {}",
+                selector_key(namespaces),
+                selector_key(pods)
+            )),
+            _ => None,
+        })
+        .collect();
+    parts.sort();
+    parts.dedup();
+    parts.join(" | ")
+}
+
 /// One list of matches per way the peer is identified.
-fn peers(
-    b: &mut Builder<'_>,
-    direction: Direction,
-    r: &AdminRule,
-    parts: &[&str],
-) -> Vec<Vec<Match>> {
+fn peers(b: &mut Builder<'_>, direction: Direction, r: &AdminRule) -> Vec<Vec<Match>> {
     if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
         return vec![vec![]];
     }
@@ -172,12 +190,13 @@ fn peers(
             _ => Vec::new(),
         })
         .collect();
-    for family in [Family::Ipv4, Family::Ipv6] {
+    for family in b.families() {
         let d = family_digit(family);
         let in_family = move |ip: &std::net::IpAddr| Family::of(ip) == family;
         if has_pods {
             let set = b.shared_set(
-                ident(&format!("apod{d}"), parts),
+                &format!("apod{d}"),
+                pod_peers_key(r),
                 SetKind::Addr {
                     family,
                     interval: false,
@@ -194,8 +213,12 @@ fn peers(
             out.push(vec![Match::AddrInSet { family, dir, set }]);
         }
         if !node_sels.is_empty() {
+            let mut key: Vec<String> = node_sels.iter().map(|s| selector_key(s)).collect();
+            key.sort();
+            key.dedup();
             let set = b.shared_set(
-                ident(&format!("anode{d}"), parts),
+                &format!("anode{d}"),
+                key.join(" | "),
                 SetKind::Addr {
                     family,
                     interval: false,
@@ -217,19 +240,18 @@ fn peers(
             .filter(|n| in_family(&n.addr()))
             .collect();
         if !fam_nets.is_empty() {
-            let set = b.shared_set(
-                ident(&format!("anet{d}"), parts),
+            let ranges = fam_nets.iter().flat_map(|n| cidr_minus(n, &[])).collect();
+            let elements = merge(ranges)
+                .into_iter()
+                .map(|r| Element::AddrRange(r.lo, r.hi))
+                .collect();
+            let set = b.content_set(
+                &format!("anet{d}"),
                 SetKind::Addr {
                     family,
                     interval: true,
                 },
-                |_| {
-                    let ranges = fam_nets.iter().flat_map(|n| cidr_minus(n, &[])).collect();
-                    merge(ranges)
-                        .into_iter()
-                        .map(|r| Element::AddrRange(r.lo, r.hi))
-                        .collect()
-                },
+                elements,
             );
             out.push(vec![Match::AddrInSet { family, dir, set }]);
         }
@@ -243,14 +265,12 @@ fn ports(
     pod: &Pod,
     direction: Direction,
     r: &AdminRule,
-    parts: &[&str],
 ) -> (Vec<Vec<Match>>, Vec<String>) {
     let Some(list) = &r.ports else {
         return (vec![vec![]], Vec::new());
     };
     let mut plain = Vec::new();
     let mut named = Vec::new();
-    let mut resolved_named = false;
     let mut by_proto: [(Protocol, Vec<(u16, u16)>); 3] = Protocol::ALL.map(|p| (p, Vec::new()));
     for p in list {
         match p {
@@ -265,7 +285,6 @@ fn ports(
                     for e in by_proto.iter_mut() {
                         if let Some(n) = pod.resolve_port(name, e.0) {
                             e.1.push((n, n));
-                            resolved_named = true;
                         }
                     }
                 }
@@ -282,20 +301,12 @@ fn ports(
                 Match::DPort { lo: *lo, hi: *hi },
             ]),
             _ => {
-                let mut p: Vec<&str> = parts.to_vec();
-                if resolved_named {
-                    p.push(&pod.name);
-                }
-                let set = b.shared_set(
-                    ident(&format!("a{}", proto.lower()), &p),
-                    SetKind::Ports,
-                    |_| {
-                        ranges
-                            .iter()
-                            .map(|(lo, hi)| Element::PortRange(*lo, *hi))
-                            .collect()
-                    },
-                );
+                // Names resolved on this pod are plain numbers by now.
+                let elements = ranges
+                    .iter()
+                    .map(|(lo, hi)| Element::PortRange(*lo, *hi))
+                    .collect();
+                let set = b.content_set(&format!("a{}", proto.lower()), SetKind::Ports, elements);
                 plain.push(vec![
                     Match::L4Proto(proto.number()),
                     Match::DPortInSet { set },
@@ -310,15 +321,10 @@ fn ports(
 
 /// `anam4_/anam6_`: (pod address, protocol, port) of every peer pod that
 /// declares one of the named ports.
-fn named_set(
-    b: &mut Builder<'_>,
-    family: Family,
-    r: &AdminRule,
-    named: &[String],
-    parts: &[&str],
-) -> String {
+fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String]) -> String {
     b.shared_set(
-        ident(&format!("anam{}", family_digit(family)), parts),
+        &format!("anam{}", family_digit(family)),
+        format!("{} named {named:?}", pod_peers_key(r)),
         SetKind::AddrProtoPort { family },
         |c| {
             let mut elements = BTreeSet::new();
