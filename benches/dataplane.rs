@@ -136,7 +136,13 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
             nftpol(|c| compile_node(c, NODE, &node_net(true))),
         ));
     }
-    for &n in [sizes.first(), sizes.last()].into_iter().flatten() {
+    let mut ends: Vec<usize> = [sizes.first(), sizes.last()]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    ends.dedup();
+    for n in ends {
         v.push(
             Config::new(
                 format!("nftpol, {n} policies, no source validation"),
