@@ -9,6 +9,7 @@
 
 use nftpol::netlink::{Applier, Session};
 use policy_compiler::diff::{self, Op, Transaction};
+use policy_compiler::fixture::{allow_tcp_from, pod_chain, set};
 use policy_compiler::ir::*;
 use policy_compiler::render::{render_rule, render_script};
 use std::collections::BTreeSet;
@@ -42,7 +43,6 @@ fn ruleset(pods: usize) -> Ruleset {
             format!("tcp_p{p}"),
             format!("nam4_p{p}"),
         );
-        let set = |kind, elements: BTreeSet<Element>| Set { kind, elements };
         rs.sets.insert(
             addrs.clone(),
             set(
@@ -50,18 +50,14 @@ fn ruleset(pods: usize) -> Ruleset {
                     family: Family::Ipv4,
                     interval: false,
                 },
-                (0..60)
-                    .map(|i| Element::Addr(v4(10, 100 + i, hi, lo)))
-                    .collect(),
+                (0..60).map(|i| Element::Addr(v4(10, 100 + i, hi, lo))),
             ),
         );
         rs.sets.insert(
             ports.clone(),
             set(
                 SetKind::Ports,
-                (0..20u16)
-                    .map(|i| Element::PortRange(1000 + i * 10, 1004 + i * 10))
-                    .collect(),
+                (0..20u16).map(|i| Element::PortRange(1000 + i * 10, 1004 + i * 10)),
             ),
         );
         rs.sets.insert(
@@ -70,15 +66,13 @@ fn ruleset(pods: usize) -> Ruleset {
                 SetKind::AddrProtoPort {
                     family: Family::Ipv4,
                 },
-                (0..20u16)
-                    .map(|i| Element::AddrProtoPort(v4(10, 200, hi, lo), l4::TCP, 8000 + i))
-                    .collect(),
+                (0..20u16).map(|i| Element::AddrProtoPort(v4(10, 200, hi, lo), l4::TCP, 8000 + i)),
             ),
         );
         let from = Match::AddrInSet {
             family: Family::Ipv4,
             dir: Dir::Src,
-            set: addrs,
+            set: addrs.clone(),
         };
         let mut rules: Vec<Rule> = (0..7u16)
             .map(|k| Rule {
@@ -94,15 +88,11 @@ fn ruleset(pods: usize) -> Ruleset {
                 comment: Some(format!("bench/pol{k} ingress[0]")),
             })
             .collect();
-        rules.push(Rule {
-            matches: vec![
-                from,
-                Match::L4Proto(l4::TCP),
-                Match::DPortInSet { set: ports },
-            ],
-            verdict: Verdict::Accept,
-            comment: Some("bench/ports ingress[0]".into()),
-        });
+        rules.push(allow_tcp_from(
+            &addrs,
+            &ports,
+            Some("bench/ports ingress[0]"),
+        ));
         rules.push(Rule {
             matches: vec![Match::DAddrProtoPortInSet {
                 family: Family::Ipv4,
@@ -111,12 +101,8 @@ fn ruleset(pods: usize) -> Ruleset {
             verdict: Verdict::Accept,
             comment: Some("bench/named ingress[0]".into()),
         });
-        rules.push(Rule {
-            matches: vec![],
-            verdict: Verdict::Drop,
-            comment: Some("ingress isolated".into()),
-        });
-        rs.chains.insert(chain.clone(), Chain { base: None, rules });
+        rs.chains
+            .insert(chain.clone(), pod_chain(rules, Some("ingress isolated")));
         vmap.insert(Element::VmapJump(v4(10, 244, hi, lo), chain));
     }
     rs.sets.insert(

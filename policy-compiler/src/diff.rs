@@ -445,21 +445,10 @@ mod tests {
     use proptest::prelude::*;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    fn base(hook: Hook) -> Option<BaseChain> {
-        Some(BaseChain {
-            hook,
-            priority: 0,
-            policy: ChainPolicy::Accept,
-            device: None,
-        })
-    }
+    use crate::fixture::{allow_tcp_from, base, pod_chain, set};
 
     fn rule(matches: Vec<Match>, verdict: Verdict) -> Rule {
-        Rule {
-            matches,
-            verdict,
-            comment: None,
-        }
+        crate::fixture::rule(matches, verdict, None)
     }
 
     fn v4(a: u8, b: u8) -> IpAddr {
@@ -473,56 +462,24 @@ mod tests {
         for (ip, name) in pods {
             let chain = format!("ing_default_{name}");
             vmap.insert(Element::VmapJump(v4(1, *ip), chain.clone()));
-            rs.chains.insert(
-                chain,
-                Chain {
-                    base: None,
-                    rules: vec![
-                        Rule {
-                            matches: vec![
-                                Match::AddrInSet {
-                                    family: Family::Ipv4,
-                                    dir: Dir::Src,
-                                    set: "pod4_a".into(),
-                                },
-                                Match::L4Proto(l4::TCP),
-                                Match::DPortInSet {
-                                    set: "tcp_a".into(),
-                                },
-                            ],
-                            verdict: Verdict::Accept,
-                            comment: Some("default/a ingress[0]".into()),
-                        },
-                        rule(vec![], Verdict::Drop),
-                    ],
-                },
-            );
+            let allow = allow_tcp_from("pod4_a", "tcp_a", Some("default/a ingress[0]"));
+            rs.chains.insert(chain, pod_chain(vec![allow], None));
         }
-        rs.sets.insert(
-            "ingress_v4".into(),
-            Set {
-                kind: SetKind::Vmap {
-                    family: Family::Ipv4,
-                },
-                elements: vmap,
-            },
-        );
+        let v4_set = |interval| SetKind::Addr {
+            family: Family::Ipv4,
+            interval,
+        };
+        let vmap_kind = SetKind::Vmap {
+            family: Family::Ipv4,
+        };
+        rs.sets.insert("ingress_v4".into(), set(vmap_kind, vmap));
         rs.sets.insert(
             "pod4_a".into(),
-            Set {
-                kind: SetKind::Addr {
-                    family: Family::Ipv4,
-                    interval: false,
-                },
-                elements: [Element::Addr(v4(2, 1))].into(),
-            },
+            set(v4_set(false), [Element::Addr(v4(2, 1))]),
         );
         rs.sets.insert(
             "tcp_a".into(),
-            Set {
-                kind: SetKind::Ports,
-                elements: [Element::PortRange(80, 80)].into(),
-            },
+            set(SetKind::Ports, [Element::PortRange(80, 80)]),
         );
         rs.chains.insert(
             "forward".into(),

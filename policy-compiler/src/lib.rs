@@ -13,6 +13,8 @@ pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod fake;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixture;
 pub mod index;
 pub mod interp;
 pub mod ipblock;

@@ -338,33 +338,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL_KINDS: [SetKind; 8] = [
-        SetKind::Addr {
-            family: Family::Ipv4,
-            interval: false,
-        },
-        SetKind::Addr {
-            family: Family::Ipv6,
-            interval: true,
-        },
-        SetKind::Addr {
-            family: Family::Ipv4,
-            interval: true,
-        },
-        SetKind::Ports,
-        SetKind::AddrProtoPort {
-            family: Family::Ipv4,
-        },
-        SetKind::AddrProtoPort {
-            family: Family::Ipv6,
-        },
-        SetKind::Vmap {
-            family: Family::Ipv4,
-        },
-        SetKind::Vmap {
-            family: Family::Ipv6,
-        },
-    ];
+    use policy_compiler::fixture::SET_KINDS as ALL_KINDS;
 
     #[test]
     fn set_attrs_round_trip_and_match_nft() {

@@ -21,7 +21,7 @@ use super::parse;
 use super::read::{decode_chain, decode_elements_of, decode_rule, decode_set, table_of};
 use super::socket::Msg;
 use super::wire;
-use policy_compiler::ir::{Family, SetKind};
+use policy_compiler::fixture::SET_KINDS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::cell::Cell;
@@ -40,34 +40,6 @@ fn runner() -> TestRunner {
         ..Config::default()
     })
 }
-
-const KINDS: [SetKind; 8] = [
-    SetKind::Addr {
-        family: Family::Ipv4,
-        interval: false,
-    },
-    SetKind::Addr {
-        family: Family::Ipv6,
-        interval: true,
-    },
-    SetKind::Addr {
-        family: Family::Ipv4,
-        interval: true,
-    },
-    SetKind::Ports,
-    SetKind::AddrProtoPort {
-        family: Family::Ipv4,
-    },
-    SetKind::AddrProtoPort {
-        family: Family::Ipv6,
-    },
-    SetKind::Vmap {
-        family: Family::Ipv4,
-    },
-    SetKind::Vmap {
-        family: Family::Ipv6,
-    },
-];
 
 /// The messages of the batch creating every IR feature, batch begin and
 /// end left out.
@@ -122,7 +94,7 @@ fn decode_every_way(m: &Msg) {
     let _ = decode_chain(m);
     let _ = decode_rule(m);
     let _ = decode_set(m);
-    for kind in KINDS {
+    for kind in SET_KINDS {
         let _ = decode_elements_of("s", kind, std::slice::from_ref(m));
     }
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -453,7 +425,7 @@ fn mutated_expressions_elements_and_set_attributes_never_panic() {
             }
             let _ = raise_rule(&exprs, parse::parse_comment(&udata));
             let _ = elem::set_kind(attrs);
-            for kind in KINDS {
+            for kind in SET_KINDS {
                 let _ = decode_elements(kind, &elems);
             }
             ran.set(ran.get() + 1);

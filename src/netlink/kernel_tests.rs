@@ -7,6 +7,7 @@
 use super::{NetlinkError, Session};
 use nftpol_test_support::{require_root, Netns};
 use policy_compiler::diff::{self, Op, Transaction};
+use policy_compiler::fixture::{allow_tcp_from, base, ip, pod_chain, rule, set};
 use policy_compiler::ir::*;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -38,36 +39,11 @@ pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address")
-}
-
-fn rule(matches: Vec<Match>, verdict: Verdict, comment: Option<&str>) -> Rule {
-    Rule {
-        matches,
-        verdict,
-        comment: comment.map(str::to_string),
-    }
-}
-
-fn base(hook: Hook) -> Option<BaseChain> {
-    Some(BaseChain {
-        hook,
-        priority: 0,
-        policy: ChainPolicy::Accept,
-        device: None,
-    })
-}
-
 /// A ruleset with every IR feature, in the shapes the compiler emits,
 /// with one pod per family; `pods` extra v4 pods get chains and vmap
 /// elements (for incremental tests).
 pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
     let mut rs = Ruleset::default();
-    let set = |kind, elements: Vec<Element>| Set {
-        kind,
-        elements: elements.into_iter().collect(),
-    };
     rs.sets.insert(
         "pod4_a".into(),
         set(
@@ -152,30 +128,9 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
     for p in pods {
         let chain = format!("ing_default_p{p}");
         ing4.push(Element::VmapJump(ip(&format!("10.1.1.{p}")), chain.clone()));
-        rs.chains.insert(
-            chain,
-            Chain {
-                base: None,
-                rules: vec![
-                    rule(
-                        vec![
-                            Match::AddrInSet {
-                                family: Family::Ipv4,
-                                dir: Dir::Src,
-                                set: "pod4_a".into(),
-                            },
-                            Match::L4Proto(l4::TCP),
-                            Match::DPortInSet {
-                                set: "tcp_a".into(),
-                            },
-                        ],
-                        Verdict::Accept,
-                        Some("default/p ingress[0]"),
-                    ),
-                    rule(vec![], Verdict::Drop, Some("default/p ingress")),
-                ],
-            },
-        );
+        let allow = allow_tcp_from("pod4_a", "tcp_a", Some("default/p ingress[0]"));
+        rs.chains
+            .insert(chain, pod_chain(vec![allow], Some("default/p ingress")));
     }
     rs.sets.insert(
         "ingress_v4".into(),
@@ -218,21 +173,7 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
         Chain {
             base: None,
             rules: vec![
-                rule(
-                    vec![
-                        Match::AddrInSet {
-                            family: Family::Ipv4,
-                            dir: Dir::Src,
-                            set: "pod4_a".into(),
-                        },
-                        Match::L4Proto(l4::TCP),
-                        Match::DPortInSet {
-                            set: "tcp_a".into(),
-                        },
-                    ],
-                    Verdict::Accept,
-                    Some("default/allow ingress[0]"),
-                ),
+                allow_tcp_from("pod4_a", "tcp_a", Some("default/allow ingress[0]")),
                 rule(
                     vec![
                         Match::AddrInSet {

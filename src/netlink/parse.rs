@@ -14,8 +14,9 @@ use super::elem::{RawElem, SetAttrs, ELEM_F_INTERVAL_END};
 use super::expr::{RawExpr, REG_VERDICT};
 use super::socket::Msg;
 
-/// Attribute numbers (linux/netfilter/nf_tables.h).
-mod nfta {
+/// Attribute numbers (linux/netfilter/nf_tables.h), for the messages
+/// `wire` writes too.
+pub(crate) mod nfta {
     pub const CHAIN_TABLE: u16 = 1;
     pub const CHAIN_NAME: u16 = 3;
     pub const CHAIN_HOOK: u16 = 4;
@@ -40,7 +41,10 @@ mod nfta {
     pub const SET_KEY_TYPE: u16 = 4;
     pub const SET_KEY_LEN: u16 = 5;
     pub const SET_DATA_TYPE: u16 = 6;
+    pub const SET_DATA_LEN: u16 = 7;
+    pub const SET_ID: u16 = 10;
 
+    pub const LIST_SET: u16 = 2;
     pub const ELEM_LIST_ELEMENTS: u16 = 3;
     pub const ELEM_KEY: u16 = 1;
     pub const ELEM_DATA: u16 = 2;

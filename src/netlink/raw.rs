@@ -306,24 +306,7 @@ mod tests {
 
     #[test]
     fn set_messages_are_the_bytes_libnftnl_writes() {
-        let kinds = [
-            SetKind::Addr {
-                family: Family::Ipv4,
-                interval: false,
-            },
-            SetKind::Addr {
-                family: Family::Ipv6,
-                interval: true,
-            },
-            SetKind::Ports,
-            SetKind::AddrProtoPort {
-                family: Family::Ipv6,
-            },
-            SetKind::Vmap {
-                family: Family::Ipv4,
-            },
-        ];
-        for kind in kinds {
+        for kind in policy_compiler::fixture::SET_KINDS {
             let a = super::super::elem::set_attrs(kind);
             let ours = ObjMsg::set("nftpol", "pod4_x", 9, Some(a)).unwrap();
             let want = libnftnl_set_msg(c"pod4_x", 9, Some(a), MsgType::Add);

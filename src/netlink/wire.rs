@@ -5,6 +5,7 @@
 //! finished bytes into nftnl's batch pages.
 
 use super::elem::{RawElem, SetAttrs, ELEM_F_INTERVAL_END};
+use super::parse::nfta;
 
 /// nfnetlink subsystem of nftables, the high byte of every message type.
 pub const NFT_MSG_BASE: u16 = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
@@ -112,28 +113,6 @@ impl ObjMsg {
     }
 }
 
-/// Attribute numbers of set and element messages
-/// (linux/netfilter/nf_tables.h).
-mod nfta {
-    pub const SET_NAME: u16 = 2;
-    pub const SET_FLAGS: u16 = 3;
-    pub const SET_KEY_TYPE: u16 = 4;
-    pub const SET_KEY_LEN: u16 = 5;
-    pub const SET_DATA_TYPE: u16 = 6;
-    pub const SET_DATA_LEN: u16 = 7;
-    pub const SET_ID: u16 = 10;
-    pub const LIST_SET: u16 = 2;
-    pub const LIST_ELEMENTS: u16 = 3;
-    pub const LIST_ELEM: u16 = 1;
-    pub const ELEM_KEY: u16 = 1;
-    pub const ELEM_DATA: u16 = 2;
-    pub const ELEM_FLAGS: u16 = 3;
-    pub const DATA_VALUE: u16 = 1;
-    pub const DATA_VERDICT: u16 = 2;
-    pub const VERDICT_CODE: u16 = 1;
-    pub const VERDICT_CHAIN: u16 = 2;
-}
-
 /// Upper bound of one element's attribute bytes, to keep every element
 /// message well under the 64 KiB a netlink attribute can hold.
 pub fn elem_size_estimate(e: &RawElem) -> usize {
@@ -195,7 +174,7 @@ impl ObjMsg {
         let mut b = Vec::with_capacity(64 + elems.iter().map(elem_size_estimate).sum::<usize>());
         put_str(&mut b, ATTR_TABLE, table);
         put_str(&mut b, nfta::LIST_SET, set);
-        let list = nest_start(&mut b, nfta::LIST_ELEMENTS);
+        let list = nest_start(&mut b, nfta::ELEM_LIST_ELEMENTS);
         for e in elems {
             let el = nest_start(&mut b, nfta::LIST_ELEM);
             let key = nest_start(&mut b, nfta::ELEM_KEY);
