@@ -1,6 +1,8 @@
 //! Compile-time benchmark on a synthetic cluster of 20k pods, 2k
 //! namespaces and 5k policies (100 nodes): build the index, compile one
-//! node, render it. Run: `cargo bench -p policy-compiler --bench compile`.
+//! node, render it; then the same cluster with 100 Node objects and 500
+//! admin policies (both API generations, both tiers) on top, compiled
+//! again. Run: `cargo bench -p policy-compiler --bench compile`.
 //! Prints medians over repeated runs; results go to docs/BENCHMARKS.md.
 
 use nftpol_test_support::synth::{self, Shape};
@@ -69,4 +71,26 @@ fn main() {
         "compile all {} nodes (median): {:>10.2?} ({} rules in all)",
         shape.nodes, t_all, n
     );
+
+    let admin = if quick { 20 } else { ADMIN_POLICIES };
+    let cluster = synth::cluster_with_admin(shape, admin);
+    let (t_admin, rs) = time(runs, || policy_compiler::compile(&cluster, &node));
+    let (t_admin_render, text) = time(runs, || policy_compiler::render::render_script(&rs));
+    println!(
+        "with {admin} admin policies and {} Nodes: {} chains, {} rules, {} sets, {} elements, {} bytes",
+        shape.nodes,
+        rs.chains.len(),
+        rs.rule_count(),
+        rs.sets.len(),
+        rs.element_count(),
+        text.len()
+    );
+    println!("compile one node, admin (median): {:>10.2?}", t_admin);
+    println!(
+        "render nft text, admin (median):  {:>10.2?}",
+        t_admin_render
+    );
 }
+
+/// Admin policies on top of the NetworkPolicies.
+const ADMIN_POLICIES: usize = 500;

@@ -1,9 +1,13 @@
 //! Synthetic clusters for benchmarks: a deterministic generator of
 //! namespaces, pods and policies in realistic proportions (default-deny,
 //! same-namespace allows, namespace selectors, ipBlocks, named ports,
-//! DNS egress), so compile time and memory can be measured at scale and
+//! DNS egress), plus Nodes and admin policies of both API generations
+//! and tiers, so compile time and memory can be measured at scale and
 //! compared run to run.
 
+use policy_compiler::admin::{
+    Action, AdminKind, AdminPeer, AdminPolicy, AdminPort, AdminRule, Node, Subject, Tier,
+};
 use policy_compiler::ipblock::cidr_minus;
 use policy_compiler::model::*;
 use policy_compiler::selector::{Operator, Requirement, Selector};
@@ -201,6 +205,194 @@ pub fn cluster(shape: Shape) -> Cluster {
     c
 }
 
+/// Node `i`: zone and role labels, an IPv4 and an IPv6 address.
+pub fn node(i: usize) -> Node {
+    let mut labels = labels(&[
+        ("kubernetes.io/os", "linux".into()),
+        ("topology.kubernetes.io/zone", format!("zone-{}", i % 3)),
+    ]);
+    if i < 3 {
+        labels.insert(
+            "node-role.kubernetes.io/control-plane".into(),
+            String::new(),
+        );
+    }
+    Node {
+        name: node_name(i),
+        labels,
+        ips: vec![
+            IpAddr::V4(Ipv4Addr::new(
+                192,
+                168,
+                (i / 250) as u8,
+                (i % 250) as u8 + 1,
+            )),
+            IpAddr::V6(Ipv6Addr::from(0xfd00_0001u128 << 96 | (i as u128 + 1))),
+        ],
+    }
+}
+
+/// Admin policy number `i`, in the proportions a cluster administrator
+/// writes them: policy 0 is the one BaselineAdminNetworkPolicy
+/// (`default`); the rest alternate AdminNetworkPolicy and
+/// ClusterNetworkPolicy (one in five of those in the Baseline tier).
+/// Subjects: 1% cluster-wide (monitoring, DNS, metadata service, API
+/// server), 20% a team's namespaces, 9% some pods of one namespace, the
+/// rest one namespace. One to three rules each, actions cycling through
+/// Accept, Deny and (admin tier) Pass; peers by namespace name, team,
+/// environment and pod label, node label and CIDR networks (both
+/// families); ports none, numbers, a range or the named port `http`.
+pub fn admin_policy(shape: Shape, i: usize) -> AdminPolicy {
+    let (kind, tier, name) = match i {
+        0 => (
+            AdminKind::BaselineAdminNetworkPolicy,
+            Tier::Baseline,
+            "default".to_string(),
+        ),
+        _ if i % 2 == 1 => (
+            AdminKind::AdminNetworkPolicy,
+            Tier::Admin,
+            format!("anp-{i:04}"),
+        ),
+        _ if i % 10 == 0 => (
+            AdminKind::ClusterNetworkPolicy,
+            Tier::Baseline,
+            format!("cnp-{i:04}"),
+        ),
+        _ => (
+            AdminKind::ClusterNetworkPolicy,
+            Tier::Admin,
+            format!("cnp-{i:04}"),
+        ),
+    };
+    let ns_name = |j: usize| {
+        sel(&[(
+            NAMESPACE_NAME_LABEL,
+            format!("ns-{:04}", j % shape.namespaces),
+        )])
+    };
+    let team = |j: usize| sel(&[("team", format!("team-{}", j % 40))]);
+    let env = |j: usize| Selector {
+        match_labels: Default::default(),
+        match_expressions: vec![Requirement {
+            key: "env".into(),
+            operator: Operator::In,
+            values: [["prod", "staging", "dev"][j % 3].to_string()].into(),
+        }],
+    };
+    let tier_label = |j: usize| sel(&[("tier", ["web", "api", "db"][j % 3].to_string())]);
+    let subject = match i % 100 {
+        1..=1 => Subject::Namespaces(Selector::everything()),
+        2..=21 => Subject::Namespaces(team(i)),
+        22..=30 => Subject::Pods {
+            namespaces: ns_name(i * 7),
+            pods: tier_label(i),
+        },
+        _ => Subject::Namespaces(ns_name(i * 7)),
+    };
+    let peer = |j: usize| match j % 6 {
+        0 => AdminPeer::Namespaces(ns_name(j * 13)),
+        1 => AdminPeer::Namespaces(team(j)),
+        2 => AdminPeer::Pods {
+            namespaces: env(j),
+            pods: sel(&[("app", format!("app-{}", j % 5))]),
+        },
+        3 => AdminPeer::Nodes(sel(&[(
+            "topology.kubernetes.io/zone",
+            format!("zone-{}", j % 3),
+        )])),
+        4 => AdminPeer::Networks(vec![
+            format!("172.{}.0.0/16", 16 + j % 16)
+                .parse()
+                .expect("generated CIDR"),
+            format!("fd00:{:x}::/32", j % 4096)
+                .parse()
+                .expect("generated CIDR"),
+        ]),
+        _ => AdminPeer::Pods {
+            namespaces: ns_name(j * 3),
+            pods: tier_label(j),
+        },
+    };
+    let ports = |j: usize| match j % 5 {
+        0 => None,
+        1 => Some(vec![AdminPort::Range {
+            protocol: Protocol::Tcp,
+            lo: 443,
+            hi: 443,
+        }]),
+        2 => Some(vec![
+            AdminPort::Range {
+                protocol: Protocol::Udp,
+                lo: 53,
+                hi: 53,
+            },
+            AdminPort::Range {
+                protocol: Protocol::Tcp,
+                lo: 53,
+                hi: 53,
+            },
+        ]),
+        3 => Some(vec![AdminPort::Named("http".into())]),
+        _ => Some(vec![AdminPort::Range {
+            protocol: Protocol::Tcp,
+            lo: 8000,
+            hi: 8999,
+        }]),
+    };
+    let actions: &[Action] = match tier {
+        Tier::Admin => &[Action::Accept, Action::Deny, Action::Pass],
+        Tier::Baseline => &[Action::Accept, Action::Deny],
+    };
+    let rules = |direction: usize| -> Vec<AdminRule> {
+        (0..1 + (i + direction) % 3)
+            .map(|r| {
+                let j = i * 7 + direction * 3 + r;
+                // Node and network peers exist for egress only.
+                let mut p = peer(j);
+                if direction == 0 && matches!(p, AdminPeer::Nodes(_) | AdminPeer::Networks(_)) {
+                    p = AdminPeer::Namespaces(team(j));
+                }
+                let mut q = ports(j / 6);
+                // Named ports with node or network peers are refused.
+                if matches!(p, AdminPeer::Nodes(_) | AdminPeer::Networks(_))
+                    && matches!(q.as_deref(), Some([AdminPort::Named(_)]))
+                {
+                    q = None;
+                }
+                AdminRule {
+                    name: format!("rule-{r}"),
+                    action: actions[j % actions.len()],
+                    peers: vec![p],
+                    ports: q,
+                }
+            })
+            .collect()
+    };
+    AdminPolicy {
+        kind,
+        name,
+        tier,
+        priority: (kind != AdminKind::BaselineAdminNetworkPolicy).then_some((i % 1000) as u16),
+        subject,
+        ingress: rules(0),
+        egress: rules(1),
+    }
+}
+
+/// [`cluster`] plus a Node object per node and `admin` admin policies
+/// ([`admin_policy`]).
+pub fn cluster_with_admin(shape: Shape, admin: usize) -> Cluster {
+    let mut c = cluster(shape);
+    for i in 0..shape.nodes {
+        c.apply_node(node(i));
+    }
+    for i in 0..admin {
+        c.apply_admin_policy(admin_policy(shape, i));
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +411,39 @@ mod tests {
         let rs = policy_compiler::compile(&c, &node_name(1));
         assert!(rs.chains.len() > 10, "{} chains", rs.chains.len());
         assert!(rs.element_count() > 20);
+    }
+
+    #[test]
+    fn admin_policies_mix_kinds_tiers_actions_and_peers() {
+        let shape = Shape {
+            namespaces: 20,
+            pods: 200,
+            policies: 50,
+            nodes: 4,
+        };
+        let policies: Vec<AdminPolicy> = (0..60).map(|i| admin_policy(shape, i)).collect();
+        let kinds: std::collections::BTreeSet<_> =
+            policies.iter().map(|p| (p.kind, p.tier)).collect();
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        let rules = || {
+            policies
+                .iter()
+                .flat_map(|p| p.ingress.iter().chain(&p.egress))
+        };
+        for a in [Action::Accept, Action::Deny, Action::Pass] {
+            assert!(rules().any(|r| r.action == a), "{a:?}");
+        }
+        assert!(rules().any(|r| matches!(r.peers[0], AdminPeer::Nodes(_))));
+        assert!(rules().any(|r| matches!(r.peers[0], AdminPeer::Networks(_))));
+        assert!(rules().any(|r| matches!(r.ports.as_deref(), Some([AdminPort::Named(_)]))));
+        let c = cluster_with_admin(shape, 500);
+        let plain = policy_compiler::compile(&cluster(shape), &node_name(1));
+        let rs = policy_compiler::compile(&c, &node_name(1));
+        assert!(
+            rs.rule_count() > plain.rule_count() + 20,
+            "{} rules with admin policies, {} without",
+            rs.rule_count(),
+            plain.rule_count()
+        );
     }
 }
