@@ -39,6 +39,24 @@ pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Deletes one element of `every_feature`'s `pod4_a` and adds one it
+/// already holds: the kernel refuses the add (EEXIST), so the batch
+/// changes nothing.
+fn existing_element_tx() -> Transaction {
+    Transaction {
+        ops: vec![
+            Op::DelElements {
+                set: "pod4_a".into(),
+                elements: vec![Element::Addr(ip("10.1.0.6"))],
+            },
+            Op::AddElements {
+                set: "pod4_a".into(),
+                elements: vec![Element::Addr(ip("10.1.0.5"))],
+            },
+        ],
+    }
+}
+
 /// A ruleset with every IR feature, in the shapes the compiler emits,
 /// with one pod per family; `pods` extra v4 pods get chains and vmap
 /// elements (for incremental tests).
@@ -497,18 +515,7 @@ fn a_batch_with_one_bad_message_changes_nothing() {
         }
         assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
         // An element that already exists: EEXIST, still nothing applied.
-        let tx = Transaction {
-            ops: vec![
-                Op::DelElements {
-                    set: "pod4_a".into(),
-                    elements: vec![Element::Addr(ip("10.1.0.6"))],
-                },
-                Op::AddElements {
-                    set: "pod4_a".into(),
-                    elements: vec![Element::Addr(ip("10.1.0.5"))],
-                },
-            ],
-        };
+        let tx = existing_element_tx();
         match s.send(&tx) {
             Err(e @ NetlinkError::Rejected { .. }) => {
                 let msg = e.to_string();
@@ -531,18 +538,7 @@ fn without_per_message_acks_errors_are_still_matched() {
         s.set_ack_each(false);
         s.apply(&want).expect("apply");
         assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
-        let tx = Transaction {
-            ops: vec![
-                Op::DelElements {
-                    set: "pod4_a".into(),
-                    elements: vec![Element::Addr(ip("10.1.0.6"))],
-                },
-                Op::AddElements {
-                    set: "pod4_a".into(),
-                    elements: vec![Element::Addr(ip("10.1.0.5"))],
-                },
-            ],
-        };
+        let tx = existing_element_tx();
         match s.send(&tx) {
             Err(NetlinkError::Rejected { object, errno, .. }) => {
                 assert_eq!(object, "add element 10.1.0.5 of set pod4_a");
