@@ -14,7 +14,8 @@
 //! policy API generations, and how the tiers meet NetworkPolicy),
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
 //! `sctp` (SCTP by raw packets), `live_explain` (`explain --live` against
-//! each node's kernel, and a tampered rule),
+//! each node's kernel, and a tampered rule), `hits` (rule counters raised
+//! by real connections, per policy and in `explain --live`),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
 //! under continuous probes), `revoke` (the agent cutting open connections
 //! a policy change denies), `agent` (the long-running agent), `selftest`
@@ -40,6 +41,7 @@ mod attacker;
 mod cluster;
 mod deploy;
 mod generated;
+mod hits;
 mod host;
 mod kind_script;
 mod live_explain;
