@@ -228,28 +228,14 @@ pub fn policy(np: &net::NetworkPolicy, source: Option<&str>) -> Result<Policy, O
         }
     }
 
-    let mut ingress = Vec::with_capacity(ingress_rules.len());
-    for (i, r) in ingress_rules.iter().enumerate() {
-        let base = format!("spec.ingress[{i}]");
-        ingress.push(rule(
-            &ctx,
-            &base,
-            "from",
-            r.from.as_deref(),
-            r.ports.as_deref(),
-        )?);
-    }
-    let mut egress = Vec::with_capacity(egress_rules.len());
-    for (i, r) in egress_rules.iter().enumerate() {
-        let base = format!("spec.egress[{i}]");
-        egress.push(rule(
-            &ctx,
-            &base,
-            "to",
-            r.to.as_deref(),
-            r.ports.as_deref(),
-        )?);
-    }
+    let ing = ingress_rules
+        .iter()
+        .map(|r| (r.from.as_deref(), r.ports.as_deref()));
+    let egr = egress_rules
+        .iter()
+        .map(|r| (r.to.as_deref(), r.ports.as_deref()));
+    let ingress = rules(&ctx, "spec.ingress", "from", ing)?;
+    let egress = rules(&ctx, "spec.egress", "to", egr)?;
     Ok(Policy {
         namespace,
         name,
@@ -257,6 +243,23 @@ pub fn policy(np: &net::NetworkPolicy, source: Option<&str>) -> Result<Policy, O
         ingress: has_ingress.then_some(ingress),
         egress: has_egress.then_some(egress),
     })
+}
+
+type RawRule<'a> = (
+    Option<&'a [net::NetworkPolicyPeer]>,
+    Option<&'a [net::NetworkPolicyPort]>,
+);
+
+/// The rules of one direction; `base` is their list's field path.
+fn rules<'a>(
+    ctx: &Ctx,
+    base: &str,
+    peers_field: &str,
+    list: impl Iterator<Item = RawRule<'a>>,
+) -> Result<Vec<PolicyRule>, ObjectError> {
+    list.enumerate()
+        .map(|(i, (peers, ports))| rule(ctx, &format!("{base}[{i}]"), peers_field, peers, ports))
+        .collect()
 }
 
 fn rule(
