@@ -153,6 +153,21 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
             .versus(format!("nftpol, {n} policies")),
         );
     }
+    if let Some(&n) = sizes.last() {
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies, no rule counters"),
+                n,
+                true,
+                nftpol(|c| {
+                    let mut rs = compile_node(c, NODE, &node_net(true));
+                    policy_compiler::counters::strip(&mut rs);
+                    rs
+                }),
+            )
+            .versus(format!("nftpol, {n} policies")),
+        );
+    }
     for &n in sizes {
         v.push(
             Config::new(

@@ -33,6 +33,16 @@ pub fn add(rs: &mut Ruleset) {
     }
 }
 
+/// Removes every `counter` statement from the regular chains: the
+/// counters-off configuration the data-plane benchmark measures against.
+pub fn strip(rs: &mut Ruleset) {
+    for chain in rs.chains.values_mut().filter(|c| c.base.is_none()) {
+        for rule in &mut chain.rules {
+            rule.matches.retain(|m| *m != Match::Counter);
+        }
+    }
+}
+
 /// Whether `rule` counts its packets.
 pub fn counts(rule: &Rule) -> bool {
     rule.matches.contains(&Match::Counter)
@@ -287,6 +297,12 @@ mod tests {
         assert!(counts(&pod[0]) && !counts(&pod[1]) && counts(&pod[2]));
         assert_eq!(pod[0].matches.last(), Some(&Match::Counter));
         assert!(rs.chains["forward"].rules.iter().all(|r| !counts(r)));
+        strip(&mut rs);
+        assert!(rs
+            .chains
+            .values()
+            .flat_map(|c| &c.rules)
+            .all(|r| !counts(r)));
     }
 
     #[test]
