@@ -528,25 +528,78 @@ fn a_batch_with_one_bad_message_changes_nothing() {
     });
 }
 
+/// A batch of `before` good element messages, one that fails with
+/// EEXIST (`10.1.0.5` is already in `pod4_a`), `after` good ones, and
+/// `extra_bad` further failing ones at the end.
+fn batch_failing_in_the_middle(before: u8, after: u8, extra_bad: bool) -> Transaction {
+    let add = |set: &str, addr: String| Op::AddElements {
+        set: set.into(),
+        elements: vec![Element::Addr(ip(&addr))],
+    };
+    let mut ops: Vec<Op> = (0..before)
+        .map(|i| add("pod4_a", format!("10.7.0.{i}")))
+        .collect();
+    ops.push(add("pod4_a", "10.1.0.5".into()));
+    ops.extend((0..after).map(|i| add("pod4_a", format!("10.8.0.{i}"))));
+    if extra_bad {
+        ops.push(add("pod4_a", "10.1.0.6".into()));
+    }
+    Transaction { ops }
+}
+
 #[test]
-fn without_per_message_acks_errors_are_still_matched() {
+fn errors_in_the_middle_of_a_batch_name_their_message_in_both_ack_modes() {
     require_root!();
     let ns = Netns::create("kernel");
     ns.run(|| {
         let want = every_feature(&[1]);
-        let mut s = session();
-        s.set_ack_each(false);
-        s.apply(&want).expect("apply");
-        assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
-        let tx = existing_element_tx();
-        match s.send(&tx) {
-            Err(NetlinkError::Rejected { object, errno, .. }) => {
-                assert_eq!(object, "add element 10.1.0.5 of set pod4_a");
-                assert_eq!(errno, libc::EEXIST);
+        for ack_each in [false, true] {
+            let mut s = session();
+            s.set_ack_each(ack_each);
+            s.apply(&want).expect("apply");
+            for (before, after, extra_bad) in [(200, 200, false), (0, 250, false), (120, 3, true)] {
+                let tx = batch_failing_in_the_middle(before, after, extra_bad);
+                let case = format!(
+                    "ack_each {ack_each}, failing message {before} of {}",
+                    tx.ops.len()
+                );
+                match s.send(&tx) {
+                    Err(NetlinkError::Rejected {
+                        object,
+                        errno,
+                        more,
+                        ..
+                    }) => {
+                        assert_eq!(object, "add element 10.1.0.5 of set pod4_a", "{case}");
+                        assert_eq!(errno, libc::EEXIST, "{case}");
+                        assert_eq!(more, usize::from(extra_bad), "{case}");
+                    }
+                    other => panic!("{case}: expected a rejection, got {other:?}"),
+                }
+                assert_eq!(
+                    s.read_table().expect("read").as_ref(),
+                    Some(&want),
+                    "{case}"
+                );
             }
-            other => panic!("expected a rejection, got {other:?}"),
+            // The same session then commits a good batch: no answer of the
+            // failed one is left behind to be mistaken for this one's.
+            let good = Transaction {
+                ops: vec![Op::AddElements {
+                    set: "pod4_a".into(),
+                    elements: (0..10)
+                        .map(|i| Element::Addr(ip(&format!("10.6.0.{i}"))))
+                        .collect(),
+                }],
+            };
+            s.send(&good).expect("good batch after a rejected one");
+            let got = s.read_table().expect("read").expect("table");
+            assert_eq!(
+                got.sets["pod4_a"].elements.len(),
+                want.sets["pod4_a"].elements.len() + 10
+            );
+            s.cleanup().expect("cleanup");
         }
-        assert_eq!(s.read_table().expect("read").as_ref(), Some(&want));
     });
 }
 
