@@ -22,7 +22,7 @@ timed() { # LABEL CMD...: one run in a fresh namespace, ms appended to $work/LAB
     label=$1; shift
     ip netns add "$ns"
     t0=$(now)
-    ip netns exec "$ns" "$@" > /dev/null
+    ip netns exec "$ns" "$@" > /dev/null 2>&1
     t1=$(now)
     ip netns exec "$ns" nft list table inet nftpol | wc -l >> "$work/$label.lines"
     ip netns del "$ns"

@@ -5,8 +5,8 @@
 //! discovery, then dispatch through the verdict maps `egress_v4/v6`
 //! (source address) and `ingress_v4/v6` (destination address) to the
 //! per-pod chains `egr_<ns>_<pod>` / `ing_<ns>_<pod>` of local isolated
-//! pods. A per-pod chain holds one or a few rules per (policy, rule index)
-//! that select the pod, each with a comment naming both, then a drop.
+//! pods. A per-pod chain holds the allows of the policies selecting the
+//! pod, each commented with the policy rules it serves, then a drop.
 //! Egress allows `return`, so the same packet still meets the
 //! destination's ingress chain on the same node.
 //!
@@ -20,6 +20,14 @@
 //! is one set), so a peer coming, going or changing labels is one element
 //! in each set it affects, not a chain rewrite.
 //!
+//! The allows of a pod's NetworkPolicy part are a union, so they are
+//! grouped by port match: one rule per (port match x peer kind x family),
+//! whose set is the union of the peers of every policy rule admitting that
+//! port (defined by the sorted list of their definitions). A pod that 500
+//! policies admit on one port has one rule for them, not 500: the cost of
+//! a new connection does not grow with the number of policies. The
+//! rule's comment names the policy rules it serves.
+//!
 //! Rules are emitted only for the address families of the chain's own
 //! pod, and maps and dispatch only for the families of the node's pods:
 //! a chain never sees a packet of another family.
@@ -30,7 +38,7 @@ use crate::index::Cluster;
 use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
 use crate::model::*;
-use crate::names::{comment, ident, keyed};
+use crate::names::{comment, ident, keyed, served};
 use crate::srcval::NodeNet;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -280,6 +288,51 @@ pub(crate) struct Builder<'a> {
     set_keys: BTreeMap<String, String>,
 }
 
+/// The allows of a pod's chain that share one port match.
+#[derive(Default)]
+struct PortGroup<'p> {
+    /// A rule of the group admits every peer.
+    every_peer: bool,
+    /// (policy, peers, the rule's name) of the rules with pod peers.
+    pods: Vec<(&'p Policy, &'p [Peer], String)>,
+    /// The ipBlock ranges of every rule of the group, with the rule's name.
+    blocks: Vec<(AddrRange, String)>,
+    /// The policy rules the group serves, in chain order.
+    notes: Vec<String>,
+}
+
+impl<'p> PortGroup<'p> {
+    fn add(&mut self, pol: &'p Policy, r: &'p PolicyRule, note: &str) {
+        match &r.peers {
+            None => self.every_peer = true,
+            Some(peers) => {
+                if peers.iter().any(|p| matches!(p, Peer::Pods { .. })) {
+                    self.pods.push((pol, peers, note.to_string()));
+                }
+                for p in peers {
+                    if let Peer::IpBlock { ranges, .. } = p {
+                        self.blocks
+                            .extend(ranges.iter().map(|r| (*r, note.to_string())));
+                    }
+                }
+            }
+        }
+        if self.notes.last().map(String::as_str) != Some(note) {
+            self.notes.push(note.to_string());
+        }
+    }
+}
+
+/// A rule with egress named ports: its policy, itself, and the names.
+type NamedRule<'p> = (&'p Policy, &'p PolicyRule, Vec<(String, Protocol)>);
+
+/// The rules of a pod's chain with egress named ports.
+#[derive(Default)]
+struct NamedGroup<'p> {
+    rules: Vec<NamedRule<'p>>,
+    notes: Vec<String>,
+}
+
 /// The port matches of one rule, split by how they are enforced.
 struct PortPlan {
     /// Alternatives combined with the peer matches (each a list of matches).
@@ -389,21 +442,48 @@ impl Builder<'_> {
         }
     }
 
-    /// The NetworkPolicy part for a pod they isolate: every rule of every
-    /// isolating policy, then the drop.
+    /// The NetworkPolicy part for a pod they isolate: the allows of every
+    /// rule of every isolating policy, then the drop. The allows are a
+    /// union, so their order does not matter: rules are grouped by their
+    /// port match, and each group is one nft rule per peer kind and family
+    /// whose set holds the peers of every rule in the group. A pod that 500
+    /// policies admit on one port walks one rule, not 500.
     fn netpol_rules(
         &mut self,
         pod: &Pod,
         direction: Direction,
         isolating: &[&Policy],
     ) -> Vec<Rule> {
-        let mut rules = Vec::new();
-        for pol in isolating {
+        let mut groups: BTreeMap<Vec<Match>, PortGroup> = BTreeMap::new();
+        let mut named = NamedGroup::default();
+        for &pol in isolating {
             let Some(prules) = direction.rules(pol) else {
                 continue;
             };
             for (i, r) in prules.iter().enumerate() {
-                self.policy_rule(&mut rules, pod, direction, pol, i, r);
+                let note = format!("{}/{} {}[{i}]", pol.namespace, pol.name, direction.word());
+                let ports = self.port_plan(pod, direction, r);
+                for port in ports.plain {
+                    groups.entry(port).or_default().add(pol, r, &note);
+                }
+                if !ports.named.is_empty() {
+                    named.rules.push((pol, r, ports.named));
+                    named.notes.push(note);
+                }
+            }
+        }
+        let mut rules = Vec::new();
+        for (port, group) in &groups {
+            self.port_group_rules(&mut rules, direction, port, group);
+        }
+        if !named.rules.is_empty() {
+            for family in self.families() {
+                let set = self.named_port_set(family, &named.rules);
+                rules.push(Rule {
+                    matches: vec![Match::DAddrProtoPortInSet { family, set }],
+                    verdict: direction.allow(),
+                    comment: Some(served(&named.notes)),
+                });
             }
         }
         let names: Vec<String> = isolating
@@ -461,120 +541,98 @@ impl Builder<'_> {
         }
     }
 
-    fn policy_rule(
+    /// The rules of one port group: nothing but the port match when a rule
+    /// of the group admits every peer, else one rule per family for the
+    /// group's pod peers and one for its ipBlocks.
+    fn port_group_rules(
         &mut self,
         out: &mut Vec<Rule>,
-        pod: &Pod,
         direction: Direction,
-        pol: &Policy,
-        index: usize,
-        r: &PolicyRule,
+        port: &[Match],
+        group: &PortGroup,
     ) {
-        let note = Some(comment(format!(
-            "{}/{} {}[{index}]",
-            pol.namespace,
-            pol.name,
-            direction.word()
-        )));
-        let ports = self.port_plan(pod, direction, r);
-        // Only named egress ports: the concatenated set alone names peers.
-        let peers = if ports.plain.is_empty() {
-            Vec::new()
-        } else {
-            self.peer_alternatives(direction, pol, r)
-        };
         let verdict = direction.allow();
-        for peer in &peers {
-            for port in &ports.plain {
-                out.push(Rule {
-                    matches: peer.iter().chain(port.iter()).cloned().collect(),
-                    verdict: verdict.clone(),
-                    comment: note.clone(),
-                });
-            }
+        let rule = |peer: Option<Match>, notes: &[String]| Rule {
+            matches: peer.into_iter().chain(port.iter().cloned()).collect(),
+            verdict: verdict.clone(),
+            comment: Some(served(notes)),
+        };
+        if group.every_peer {
+            // It admits what every other rule of the group admits.
+            out.push(rule(None, &group.notes));
+            return;
         }
-        if !ports.named.is_empty() {
-            for family in self.families() {
-                let set = self.named_port_set(family, pol, r, &ports.named);
-                out.push(Rule {
-                    matches: vec![Match::DAddrProtoPortInSet { family, set }],
-                    verdict: verdict.clone(),
-                    comment: note.clone(),
-                });
+        let dir = direction.peer_dir();
+        for family in self.families() {
+            if !group.pods.is_empty() {
+                let set = self.pod_peer_set(family, &group.pods);
+                let notes: Vec<String> = group.pods.iter().map(|p| p.2.clone()).collect();
+                out.push(rule(Some(Match::AddrInSet { family, dir, set }), &notes));
+            }
+            let ranges: Vec<AddrRange> = group
+                .blocks
+                .iter()
+                .filter(|r| Family::of(&r.0.lo) == family)
+                .map(|r| r.0)
+                .collect();
+            let mut notes: Vec<String> = Vec::new();
+            for (r, note) in &group.blocks {
+                if Family::of(&r.lo) == family && !notes.contains(note) {
+                    notes.push(note.clone());
+                }
+            }
+            if !ranges.is_empty() {
+                let elements = merge(ranges)
+                    .into_iter()
+                    .map(|r| Element::AddrRange(r.lo, r.hi))
+                    .collect();
+                let set = self.content_set(
+                    &format!("net{}", family_digit(family)),
+                    SetKind::Addr {
+                        family,
+                        interval: true,
+                    },
+                    elements,
+                );
+                out.push(rule(Some(Match::AddrInSet { family, dir, set }), &notes));
             }
         }
     }
 
-    /// One list of matches per way a peer can be identified; `[[]]` when
-    /// every peer is allowed.
-    fn peer_alternatives(
-        &mut self,
-        direction: Direction,
-        pol: &Policy,
-        r: &PolicyRule,
-    ) -> Vec<Vec<Match>> {
-        let Some(peers) = &r.peers else {
-            return vec![vec![]];
-        };
-        let dir = direction.peer_dir();
+    /// `pod4_`/`pod6_`: the addresses of the pods any of `defs` (policy,
+    /// peers) selects. Its definition is the sorted list of theirs, so it
+    /// stays the same set while pods come, go and change labels.
+    fn pod_peer_set(&mut self, family: Family, defs: &[(&Policy, &[Peer], String)]) -> String {
+        let mut keyed_defs: BTreeMap<String, (&Policy, &[Peer])> = BTreeMap::new();
+        for (pol, peers, _) in defs {
+            keyed_defs.insert(pod_peers_key(&pol.namespace, peers), (*pol, *peers));
+        }
+        let key = keyed_defs.keys().cloned().collect::<Vec<_>>().join(" || ");
         let shared = self.shared;
-        let mut out = Vec::new();
-        let has_pod_peer = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
-        if has_pod_peer {
-            let key = pod_peers_key(&pol.namespace, peers);
-            for family in self.families() {
-                let set = self.shared_set(
-                    &format!("pod{}", family_digit(family)),
-                    key.clone(),
-                    SetKind::Addr {
-                        family,
-                        interval: false,
-                    },
-                    |cluster| {
-                        let pods = peer_pods(cluster, pol, peers);
-                        let selected: BTreeSet<(String, String)> =
-                            pods.iter().map(|p| p.key()).collect();
+        self.shared_set(
+            &format!("pod{}", family_digit(family)),
+            key,
+            SetKind::Addr {
+                family,
+                interval: false,
+            },
+            |cluster| {
+                let mut elements = BTreeSet::new();
+                for (pol, peers) in keyed_defs.values() {
+                    let pods = peer_pods(cluster, pol, peers);
+                    let selected: BTreeSet<(String, String)> =
+                        pods.iter().map(|p| p.key()).collect();
+                    elements.extend(
                         pods.into_iter()
                             .flat_map(|p| p.ips.iter())
                             .filter(|ip| Family::of(ip) == family)
                             .filter(|ip| peer_address_ok(shared, ip, &selected))
-                            .map(|ip| Element::Addr(*ip))
-                            .collect()
-                    },
-                );
-                out.push(vec![Match::AddrInSet { family, dir, set }]);
-            }
-        }
-        for family in self.families() {
-            let blocks: Vec<&Peer> = peers
-                .iter()
-                .filter(|p| matches!(p, Peer::IpBlock { cidr, .. } if Family::of(&cidr.addr()) == family))
-                .collect();
-            if blocks.is_empty() {
-                continue;
-            }
-            let ranges: Vec<AddrRange> = blocks
-                .iter()
-                .flat_map(|p| match p {
-                    Peer::IpBlock { ranges, .. } => ranges.clone(),
-                    Peer::Pods { .. } => Vec::new(),
-                })
-                .collect();
-            let elements = merge(ranges)
-                .into_iter()
-                .map(|r| Element::AddrRange(r.lo, r.hi))
-                .collect();
-            let set = self.content_set(
-                &format!("net{}", family_digit(family)),
-                SetKind::Addr {
-                    family,
-                    interval: true,
-                },
-                elements,
-            );
-            out.push(vec![Match::AddrInSet { family, dir, set }]);
-        }
-        out
+                            .map(|ip| Element::Addr(*ip)),
+                    );
+                }
+                elements
+            },
+        )
     }
 
     fn port_plan(&mut self, pod: &Pod, direction: Direction, r: &PolicyRule) -> PortPlan {
@@ -639,25 +697,43 @@ impl Builder<'_> {
     }
 
     /// `nam4_`/`nam6_`: (pod IP, protocol, port) for every destination pod
-    /// that is a peer of the rule and defines one of the named ports.
-    fn named_port_set(
-        &mut self,
-        family: Family,
-        pol: &Policy,
-        r: &PolicyRule,
-        named: &[(String, Protocol)],
-    ) -> String {
-        let key = format!(
-            "{} named {named:?}",
-            r.peers.as_ref().map_or_else(
-                || "every peer".to_string(),
-                |p| peers_key(&pol.namespace, p)
-            )
-        );
+    /// that is a peer of one of `rules` and defines one of its named ports.
+    fn named_port_set(&mut self, family: Family, rules: &[NamedRule]) -> String {
+        let mut keys: Vec<String> = rules
+            .iter()
+            .map(|(pol, r, named)| {
+                format!(
+                    "{} named {named:?}",
+                    r.peers.as_ref().map_or_else(
+                        || "every peer".to_string(),
+                        |p| peers_key(&pol.namespace, p)
+                    )
+                )
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let key = keys.join(" || ");
         let prefix = format!("nam{}", family_digit(family));
         if let Some(name) = self.known_set(&prefix, &key) {
             return name;
         }
+        let mut elements = BTreeSet::new();
+        for (pol, r, named) in rules {
+            elements.extend(self.named_port_elements(family, pol, r, named));
+        }
+        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |_| {
+            elements
+        })
+    }
+
+    fn named_port_elements(
+        &self,
+        family: Family,
+        pol: &Policy,
+        r: &PolicyRule,
+        named: &[(String, Protocol)],
+    ) -> BTreeSet<Element> {
         let mut elements = BTreeSet::new();
         let shared = self.shared;
         let mut add = |p: &Pod, ip: &std::net::IpAddr| {
@@ -700,9 +776,7 @@ impl Builder<'_> {
                 }
             }
         }
-        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |_| {
-            elements
-        })
+        elements
     }
 
     /// The name of the set `key` defines, when it was made already.
@@ -903,8 +977,8 @@ status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
 ";
 
     /// Pods x/a, y/b (servers on n1), z/c (client on n2); x and y each
-    /// have a policy admitting namespace z's `role: client` pods, and one
-    /// admitting namespace `z` by its name, on port 80.
+    /// have a policy admitting namespace z's `role: client` pods on 80 and
+    /// 443, and all of namespace `z` on 8443.
     fn two_policies_same_peers(client_role: &str) -> Cluster {
         let pod = |ns: &str, name: &str, role: &str, node: &str, ip: u8| {
             format!(
@@ -921,7 +995,7 @@ status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
                  {{from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: z}}}}, \
                  podSelector: {{matchLabels: {{role: client}}}}}}], ports: [{{port: 80}}, {{port: 443}}]}}, \
                  {{from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: z}}}}}}], \
-                 ports: [{{port: 443}}, {{port: 80}}]}}]}}\n"
+                 ports: [{{port: 8443}}]}}]}}\n"
             )
         };
         let yaml = [
@@ -949,15 +1023,15 @@ status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
                 [Element::Addr("10.0.0.3".parse().unwrap())].into()
             );
         }
-        // Each chain still names its own policy rule.
-        let comments: Vec<&str> = rs.chains["ing_y_b"]
+        // Each chain still names its own policy rules.
+        let comments: BTreeSet<&str> = rs.chains["ing_y_b"]
             .rules
             .iter()
             .filter_map(|r| r.comment.as_deref())
             .collect();
-        assert_eq!(
-            comments[..2],
-            ["y/from-z ingress[0]", "y/from-z ingress[1]"]
+        assert!(
+            comments.contains("y/from-z ingress[0]") && comments.contains("y/from-z ingress[1]"),
+            "{comments:?}"
         );
     }
 
@@ -974,6 +1048,86 @@ status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
             matches!(touched[0], crate::diff::Op::DelElements { elements, .. } if elements.len() == 1),
             "{touched:?}"
         );
+    }
+
+    /// Server x/s on n1 selected by `n` policies, policy i admitting the
+    /// pods `app: peer-<i>` of namespace p (on n2) on TCP 8080, and one
+    /// more policy admitting 10.1.0.0/16 on 8080.
+    fn server_of_many_policies(n: usize) -> Cluster {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: s, namespace: x, labels: {app: srv}}\n\
+             spec: {nodeName: n1}\nstatus: {podIPs: [{ip: 10.0.0.1}]}\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: net, namespace: x}\nspec: {podSelector: {}, ingress: [\
+             {from: [{ipBlock: {cidr: 10.1.0.0/16}}], ports: [{port: 8080}]}]}\n",
+        );
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\n\
+                 metadata: {{name: peer-{i}, namespace: p, labels: {{app: peer-{i}}}}}\n\
+                 spec: {{nodeName: n2}}\nstatus: {{podIPs: [{{ip: 10.0.1.{}}}]}}\n\
+                 ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: pol-{i:03}, namespace: x}}\n\
+                 spec: {{podSelector: {{matchLabels: {{app: srv}}}}, ingress: [\
+                 {{from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: peer-{i}}}}}}}], \
+                 ports: [{{port: 8080}}]}}]}}\n",
+                i + 1
+            ));
+        }
+        cluster_of(&yaml)
+    }
+
+    #[test]
+    fn the_chain_of_a_pod_does_not_grow_with_the_policies_admitting_it_on_a_port() {
+        for n in [1, 10, 100] {
+            let rs = compile(&server_of_many_policies(n), "n1");
+            let chain = &rs.chains["ing_x_s"];
+            // Pod peers, the ipBlock, the drop: whatever the policy count.
+            assert_eq!(chain.rules.len(), 3, "{n} policies: {chain:?}");
+            let pods = chain.rules.iter().find_map(|r| match r.matches.first() {
+                Some(Match::AddrInSet { set, .. }) if set.starts_with("pod4_") => Some(set),
+                _ => None,
+            });
+            let pods = pods.expect("a pod peer rule");
+            assert_eq!(rs.sets[pods].elements.len(), n);
+            let comment = chain.rules[0].comment.clone().unwrap_or_default();
+            assert!(comment.len() <= crate::names::MAX_COMMENT, "{comment}");
+            // The pod rule names the policies with pod peers only.
+            assert!(comment.starts_with("x/pol-000 ingress[0]"), "{comment}");
+            assert_eq!(chain.rules[1].comment.as_deref(), Some("x/net ingress[0]"));
+            if n > 4 {
+                assert!(comment.ends_with(" more"), "{comment}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_policy_admitting_a_pod_on_a_known_port_changes_its_rule_not_its_length() {
+        let before = compile(&server_of_many_policies(10), "n1");
+        let after = compile(&server_of_many_policies(11), "n1");
+        assert_eq!(
+            before.chains["ing_x_s"].rules.len(),
+            after.chains["ing_x_s"].rules.len()
+        );
+        // Every flow still gets the verdict the evaluator gives.
+        let c = server_of_many_policies(11);
+        for i in 0..11u8 {
+            let peer = std::net::IpAddr::from([10, 0, 1, i + 1]);
+            for (port, want) in [(8080, true), (8081, false)] {
+                let pkt = crate::interp::Packet::new_connection(
+                    peer,
+                    "10.0.0.1".parse().unwrap(),
+                    Protocol::Tcp,
+                    port,
+                );
+                assert_eq!(
+                    crate::interp::hook_accepts(&after, CHAIN_FORWARD, &pkt),
+                    want,
+                    "peer {i} port {port}"
+                );
+            }
+        }
+        assert_eq!(c.policy_count(), 12);
     }
 
     #[test]

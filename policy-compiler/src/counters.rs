@@ -11,7 +11,10 @@
 //! and the diff never rewrites a rule because its count moved.
 //!
 //! Attribution goes by the rule comment, which is what the kernel holds:
-//! `<ns>/<policy> ingress[<i>]`, `<Kind>/<name> egress[<i>] <Action>`, and
+//! `<ns>/<policy> ingress[<i>]`, `<Kind>/<name> egress[<i>] <Action>`, a
+//! rule serving several policy rules on one port `<ns>/<a> ingress[0],
+//! <ns>/<b> ingress[1] and 3 more` (its packets count for each policy it
+//! names: the kernel cannot tell which of them admitted a packet), and
 //! the default drop `ingress isolated by <ns>/<a>, <ns>/<b>`. A comment cut
 //! to the kernel's 128 bytes may lose the last policies of that list, or
 //! make a rule unattributable; such rules still count in the kernel and in
@@ -58,6 +61,14 @@ pub enum Origin {
         direction: Direction,
         index: usize,
     },
+    /// A rule serving the rules of several policies (the allows of a pod
+    /// on one port): the policies its comment names, and how many more
+    /// policy rules it serves that the comment had no room for.
+    Shared {
+        policies: Vec<String>,
+        direction: Direction,
+        unnamed: usize,
+    },
     /// The drop at the end of an isolated pod's NetworkPolicy part, on
     /// behalf of every policy named.
     Isolation {
@@ -88,6 +99,43 @@ impl Origin {
                 });
             }
         }
+        if comment.contains(", ") {
+            return Origin::shared(comment);
+        }
+        Origin::single(comment)
+    }
+
+    /// `a/x ingress[0], a/y ingress[2] and 3 more` (the count optional).
+    fn shared(comment: &str) -> Option<Origin> {
+        let (list, unnamed) = match comment.rsplit_once(" and ") {
+            Some((list, more)) => (list, more.strip_suffix(" more")?.parse().ok()?),
+            None => (comment, 0),
+        };
+        let mut policies: Vec<String> = Vec::new();
+        let mut direction = None;
+        for item in list.split(", ") {
+            match Origin::single(item)? {
+                Origin::Rule {
+                    policy,
+                    direction: d,
+                    ..
+                } if direction.is_none_or(|x| x == d) => {
+                    direction = Some(d);
+                    if !policies.contains(&policy) {
+                        policies.push(policy);
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(Origin::Shared {
+            policies,
+            direction: direction?,
+            unnamed,
+        })
+    }
+
+    fn single(comment: &str) -> Option<Origin> {
         let mut words = comment.split(' ');
         let policy = words.next().filter(|p| p.contains('/'))?;
         let (dir, index) = words.next()?.strip_suffix(']')?.split_once('[')?;
@@ -185,6 +233,17 @@ impl Counters {
                     h.matched += r.packets;
                     h.rules += 1;
                 }
+                Some(Origin::Shared {
+                    policies,
+                    direction,
+                    ..
+                }) => {
+                    for policy in policies {
+                        let h = out.entry((policy, direction)).or_default();
+                        h.matched += r.packets;
+                        h.rules += 1;
+                    }
+                }
                 Some(Origin::Isolation {
                     policies,
                     direction,
@@ -207,9 +266,11 @@ impl Counters {
         let mut out = BTreeMap::new();
         for r in &self.rules {
             let direction = match r.comment.as_deref().and_then(Origin::of) {
-                Some(Origin::Rule { direction, .. } | Origin::Isolation { direction, .. }) => {
-                    direction
-                }
+                Some(
+                    Origin::Rule { direction, .. }
+                    | Origin::Shared { direction, .. }
+                    | Origin::Isolation { direction, .. },
+                ) => direction,
                 None => continue,
             };
             *out.entry((direction, r.allows)).or_default() += r.packets;
@@ -248,7 +309,25 @@ mod tests {
                 direction: Direction::Egress
             })
         );
+        assert_eq!(
+            Origin::of("a/x ingress[0], a/y ingress[2], a/x ingress[1] and 7 more"),
+            Some(Origin::Shared {
+                policies: vec!["a/x".into(), "a/y".into()],
+                direction: Direction::Ingress,
+                unnamed: 7
+            })
+        );
+        assert_eq!(
+            Origin::of("a/x egress[0], a/y egress[0]"),
+            Some(Origin::Shared {
+                policies: vec!["a/x".into(), "a/y".into()],
+                direction: Direction::Egress,
+                unnamed: 0
+            })
+        );
         for none in [
+            "a/x ingress[0], a/y egress[0]",
+            "a/x ingress[0], a/y ingress[0] and some more",
             "end of admin tier",
             "forged source: not an address of a/b",
             "address 10.0.0.1 shared by a/b, a/c",
@@ -330,6 +409,16 @@ mod tests {
                 300,
             ),
             RuleCounter::new(
+                "ing_a_r",
+                0,
+                &rule(
+                    Some("a/x ingress[1], a/z ingress[0] and 2 more"),
+                    Verdict::Accept,
+                ),
+                4,
+                400,
+            ),
+            RuleCounter::new(
                 "dup_x",
                 0,
                 &rule(Some("address 10.0.0.1 shared by a/b, a/c"), Verdict::Drop),
@@ -344,15 +433,16 @@ mod tests {
         assert_eq!(
             p[&("a/x".to_string(), Direction::Ingress)],
             PolicyHits {
-                matched: 7,
+                matched: 11,
                 isolation_drops: 3,
-                rules: 3
+                rules: 4
             }
         );
         assert_eq!(p[&("a/y".to_string(), Direction::Ingress)].total(), 3);
-        assert_eq!(p.len(), 2);
+        assert_eq!(p[&("a/z".to_string(), Direction::Ingress)].matched, 4);
+        assert_eq!(p.len(), 3);
         let t = c.totals();
-        assert_eq!(t[&(Direction::Ingress, true)], 7);
+        assert_eq!(t[&(Direction::Ingress, true)], 11);
         assert_eq!(t[&(Direction::Ingress, false)], 3);
     }
 }

@@ -67,6 +67,33 @@ pub fn comment(text: String) -> String {
     format!("{}...", &text[..end])
 }
 
+/// The comment of a rule serving several policy rules: all their names
+/// when they fit the kernel's comment, else as many as fit and how many
+/// more there are.
+pub fn served(notes: &[String]) -> String {
+    let all = notes.join(", ");
+    if all.len() <= MAX_COMMENT {
+        return all;
+    }
+    let mut out = String::new();
+    for (i, note) in notes.iter().enumerate() {
+        let rest = format!(" and {} more", notes.len() - i);
+        let sep = if out.is_empty() { "" } else { ", " };
+        if out.len() + sep.len() + note.len() + format!(" and {} more", notes.len() - i - 1).len()
+            > MAX_COMMENT
+        {
+            if out.is_empty() {
+                return comment(all);
+            }
+            out.push_str(&rest);
+            return out;
+        }
+        out.push_str(sep);
+        out.push_str(note);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +120,24 @@ mod tests {
         assert_eq!(keyed("pod4", "a"), keyed("pod4", "a"));
         assert_ne!(keyed("pod4", "a"), keyed("pod4", "b"));
         assert!(keyed("pod4", "x").chars().all(plain_char));
+    }
+
+    #[test]
+    fn a_served_comment_names_every_rule_that_fits_and_counts_the_rest() {
+        let few: Vec<String> = (0..3).map(|i| format!("ns/p{i} ingress[0]")).collect();
+        assert_eq!(
+            served(&few),
+            "ns/p0 ingress[0], ns/p1 ingress[0], ns/p2 ingress[0]"
+        );
+        let many: Vec<String> = (0..500)
+            .map(|i| format!("ns/pol-{i:03} ingress[0]"))
+            .collect();
+        let c = served(&many);
+        assert!(c.len() <= MAX_COMMENT, "{c}");
+        let named = c.matches("ingress[0]").count();
+        assert!(named >= 4, "{c}");
+        assert!(c.ends_with(&format!(" and {} more", 500 - named)), "{c}");
+        assert!(c.starts_with("ns/pol-000 ingress[0], ns/pol-001 ingress[0]"));
     }
 
     #[test]

@@ -164,10 +164,17 @@ impl HitTracker {
                 Some(Origin::Rule {
                     policy, direction, ..
                 }) => (vec![policy], direction),
-                Some(Origin::Isolation {
-                    policies,
-                    direction,
-                }) => (policies, direction),
+                Some(
+                    Origin::Shared {
+                        policies,
+                        direction,
+                        ..
+                    }
+                    | Origin::Isolation {
+                        policies,
+                        direction,
+                    },
+                ) => (policies, direction),
                 None => continue,
             };
             *verdict_deltas.entry((direction, r.allows)).or_default() += delta;
@@ -267,7 +274,9 @@ fn policies_in(rs: &Ruleset) -> BTreeSet<String> {
             Some(Origin::Rule { policy, .. }) => {
                 out.insert(policy);
             }
-            Some(Origin::Isolation { policies, .. }) => out.extend(policies),
+            Some(Origin::Shared { policies, .. } | Origin::Isolation { policies, .. }) => {
+                out.extend(policies)
+            }
             None => {}
         }
     }
