@@ -165,13 +165,14 @@ pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
             .policies_in(&pod.namespace)
             .filter(|pol| pol.pod_selector.matches(&pod.labels))
             .collect();
+        let subject_of = admin_compile::subject_of(cluster, &admin, pod);
         for direction in [Direction::Ingress, Direction::Egress] {
             let isolating: Vec<&Policy> = selecting
                 .iter()
                 .copied()
                 .filter(|pol| direction.rules(pol).is_some())
                 .collect();
-            b.pod_chains(pod, direction, &isolating, &admin);
+            b.pod_chains(pod, direction, &isolating, &subject_of);
         }
     }
     b.shared_address_elements(node);
@@ -388,20 +389,21 @@ impl Builder<'_> {
     /// end, the default allow. A pod none of this touches gets no chain.
     /// When an admin Pass occurs the NetworkPolicy part is its own chain
     /// (`ingp_`/`egrp_`), the Pass's and the admin tier's end's `goto`
-    /// target.
+    /// target. `subject_of`: the admin and baseline policies whose subject
+    /// the pod is, in tier order.
     fn pod_chains(
         &mut self,
         pod: &Pod,
         direction: Direction,
         isolating: &[&Policy],
-        admin: &[&AdminPolicy],
+        subject_of: &[&AdminPolicy],
     ) {
         let chain_name = pod_chain_name(direction, pod);
         let pass_name = pass_chain_name(direction, pod);
         let mut rules =
-            admin_compile::tier_rules(self, admin, pod, direction, Tier::Admin, &pass_name);
+            admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Admin, &pass_name);
         let tail = if isolating.is_empty() {
-            admin_compile::tier_rules(self, admin, pod, direction, Tier::Baseline, &pass_name)
+            admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Baseline, &pass_name)
         } else {
             self.netpol_rules(pod, direction, isolating)
         };

@@ -18,34 +18,56 @@ use crate::compile::{family_digit, merge_ports, selector_key, Builder, Enforce};
 use crate::index::Cluster;
 use crate::ipblock::{cidr_minus, merge};
 use crate::ir::*;
-use crate::model::{Direction, Pod, Protocol};
+use crate::model::{Direction, Labels, Pod, Protocol};
 use crate::names::comment;
 use std::collections::BTreeSet;
 
 /// Whether `pod` is a subject of `policy` (compiler's predicates).
 pub fn selects(cluster: &Cluster, policy: &AdminPolicy, pod: &Pod) -> bool {
-    let ns = cluster.namespace_labels(&pod.namespace);
+    selects_in(&cluster.namespace_labels(&pod.namespace), policy, pod)
+}
+
+/// [`selects`] with the labels of the pod's namespace already looked up.
+fn selects_in(ns: &Labels, policy: &AdminPolicy, pod: &Pod) -> bool {
     match &policy.subject {
-        Subject::Namespaces(s) => s.matches(&ns),
-        Subject::Pods { namespaces, pods } => namespaces.matches(&ns) && pods.matches(&pod.labels),
+        Subject::Namespaces(s) => s.matches(ns),
+        Subject::Pods { namespaces, pods } => namespaces.matches(ns) && pods.matches(&pod.labels),
     }
 }
 
-/// The rules of one tier for `pod`'s chain in `direction`. `pass_to` is
-/// the chain an admin-tier Pass jumps to.
+/// The policies of `policies` (kept in order) whose subject is `pod`.
+/// Computed once per pod for both directions and tiers: with hundreds of
+/// admin policies, matching every subject again per chain was most of a
+/// node's compile time.
+pub(crate) fn subject_of<'p>(
+    cluster: &Cluster,
+    policies: &[&'p AdminPolicy],
+    pod: &Pod,
+) -> Vec<&'p AdminPolicy> {
+    if policies.is_empty() {
+        return Vec::new();
+    }
+    let ns = cluster.namespace_labels(&pod.namespace);
+    policies
+        .iter()
+        .copied()
+        .filter(|pol| selects_in(&ns, pol, pod))
+        .collect()
+}
+
+/// The rules of one tier for `pod`'s chain in `direction`, from the
+/// policies whose subject `pod` is ([`subject_of`]). `pass_to` is the
+/// chain an admin-tier Pass jumps to.
 pub(crate) fn tier_rules(
     b: &mut Builder<'_>,
-    policies: &[&AdminPolicy],
+    subject_of: &[&AdminPolicy],
     pod: &Pod,
     direction: Direction,
     tier: Tier,
     pass_to: &str,
 ) -> Vec<Rule> {
     let mut out = Vec::new();
-    for pol in policies.iter().filter(|p| p.tier == tier) {
-        if !selects(b.cluster, pol, pod) {
-            continue;
-        }
+    for pol in subject_of.iter().filter(|p| p.tier == tier) {
         for (i, r) in pol.rules(direction).iter().enumerate() {
             let verdict = match (r.action, tier) {
                 (Action::Accept, _) | (Action::Pass, Tier::Baseline) => direction.allow(),
