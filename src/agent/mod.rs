@@ -93,8 +93,9 @@ pub struct AgentArgs {
     /// table over netlink, judges each connection of a local pod as if it
     /// were opening now under the new rules, and deletes the entries those
     /// rules deny; their next packets are then dropped as new connections.
-    /// Costs one conntrack dump per changed batch (milliseconds per ten
-    /// thousand entries, see docs/BENCHMARKS.md) on the reconcile thread.
+    /// Costs one conntrack dump per changed batch on the reconcile thread
+    /// (up to about half a second for 10,000 connections on a busy
+    /// 2-core node with 1,000 isolated pods; docs/BENCHMARKS.md).
     /// A failed dump or deletion is logged and counted
     /// (nftpol_conntrack_revoke_failures_total), never fatal.
     #[arg(long)]
