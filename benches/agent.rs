@@ -5,7 +5,10 @@
 //! of event (a local pod's label change, a new policy, a peer pod added),
 //! and the resident memory of the agent process.
 //!
-//! `cargo bench --bench agent` (env `NFTPOL_BENCH_EVENTS`, default 300).
+//! `cargo bench --bench agent` (env `NFTPOL_BENCH_EVENTS`, default 300;
+//! `NFTPOL_BENCH_ROUNDS`, default 2). Each backend is measured with the
+//! incremental compile and with `--full-compile` (the whole node per
+//! event), alternating in rounds so the machine's noise hits both alike.
 //! The in-process part uses the in-memory backend; the memory part runs
 //! the real `nftpol agent --dry-run` binary against the same fake server
 //! and reads its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
@@ -17,6 +20,7 @@ use nftpol::agent::{run_with, Options, Source};
 use nftpol_test_support::fakeapi::{self, FakeApi};
 use nftpol_test_support::synth::{self, Shape};
 use nftpol_test_support::Netns;
+use policy_compiler::diff::Touched;
 use policy_compiler::Ruleset;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -32,16 +36,42 @@ struct Timed<B> {
     acks: UnboundedSender<(Instant, Duration)>,
 }
 
-impl<B: Backend> Backend for Timed<B> {
-    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+impl<B: Backend> Timed<B> {
+    fn timed(
+        &mut self,
+        f: impl FnOnce(&mut B) -> Result<Applied, BackendError>,
+    ) -> Result<Applied, BackendError> {
         let t0 = Instant::now();
-        let r = self.inner.apply(desired);
+        let r = f(&mut self.inner);
         if matches!(r, Ok(Applied { changed: true, .. })) {
             let now = Instant::now();
             let _ = self.acks.send((now, now - t0));
         }
         r
     }
+}
+
+impl<B: Backend> Backend for Timed<B> {
+    fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        self.timed(|b| b.apply(desired))
+    }
+
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &Touched,
+    ) -> Result<Applied, BackendError> {
+        self.timed(|b| b.apply_touched(desired, touched))
+    }
+}
+
+/// Latencies of one (backend, compile mode), over all rounds.
+#[derive(Default)]
+struct Samples {
+    by_kind: std::collections::BTreeMap<&'static str, Vec<Duration>>,
+    in_backend: Vec<Duration>,
+    initial: Vec<Duration>,
+    missed: usize,
 }
 
 fn pod(ns: &str, name: &str, labels: Value, node: &str, ip: &str) -> Value {
@@ -189,45 +219,61 @@ fn main() {
             );
             fake
         };
-        match &netns {
-            Some(ns) => match NetlinkBackend::new() {
-                Ok(nl) => {
-                    measure(
-                        &fresh().await,
-                        &locals,
-                        nl,
-                        events,
-                        0,
-                        &format!("netlink backend, kernel table in netns {}", ns.name()),
-                    )
-                    .await
+        let rounds: usize = std::env::var("NFTPOL_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2);
+        let per_round = events.div_ceil(rounds.max(1));
+        let modes = [("incremental", true), ("full compile", false)];
+        let mut results: std::collections::BTreeMap<(&str, &str), Samples> = Default::default();
+        for round in 0..rounds {
+            for (mode, incremental) in modes {
+                let base = round * per_round;
+                match &netns {
+                    Some(_) => match NetlinkBackend::new() {
+                        Ok(nl) => {
+                            let s = results.entry(("netlink", mode)).or_default();
+                            measure(&fresh().await, &locals, nl, per_round, base, incremental, s)
+                                .await
+                        }
+                        Err(e) => println!("netlink backend not measured: {e}\n"),
+                    },
+                    None if round == 0 && incremental => {
+                        println!("netlink backend not measured: needs root (a scratch netns)\n")
+                    }
+                    None => {}
                 }
-                Err(e) => println!("netlink backend not measured: {e}\n"),
-            },
-            None => println!("netlink backend not measured: needs root (a scratch netns)\n"),
+                let s = results.entry(("in-memory", mode)).or_default();
+                measure(
+                    &fresh().await,
+                    &locals,
+                    MemoryBackend::default(),
+                    per_round,
+                    base,
+                    incremental,
+                    s,
+                )
+                .await;
+            }
         }
-        measure(
-            &fresh().await,
-            &locals,
-            MemoryBackend::default(),
-            events,
-            0,
-            "in-memory backend",
-        )
-        .await;
+        if let Some(ns) = &netns {
+            println!("netlink backend: kernel table in netns {}", ns.name());
+        }
+        report(&results);
         let fake = fresh().await;
         rss(&fake, &locals, events.min(150)).await;
     });
 }
 
-/// Runs an in-process agent on `backend` and prints the latency table.
+/// Runs an in-process agent on `backend` and records the latencies.
 async fn measure<B: Backend>(
     fake: &FakeApi,
     locals: &[policy_compiler::model::Pod],
     backend: B,
     events: usize,
     base: usize,
-    label: &str,
+    incremental: bool,
+    out: &mut Samples,
 ) {
     let t = &locals[0];
     let (acks_tx, mut acks) = unbounded_channel();
@@ -243,6 +289,7 @@ async fn measure<B: Backend>(
         Options {
             settings: Settings {
                 drift_interval: Duration::from_secs(3600),
+                incremental,
                 ..Settings::new(NODE)
             },
             metrics_addr: None,
@@ -255,10 +302,7 @@ async fn measure<B: Backend>(
         },
     ));
     let (first, _) = ack(&mut acks).await.expect("initial sync batch");
-    println!(
-        "initial list of every kind + first batch: {}",
-        ms(first - started)
-    );
+    out.initial.push(first - started);
     // The policies the events play against.
     for obj in [
         with_labels(t, &[("bench", "p"), ("flip", "off")]),
@@ -282,57 +326,68 @@ async fn measure<B: Backend>(
         let _ = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let mut by_kind: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
-    let mut missed = 0;
-    let mut in_backend = Vec::new();
     for i in 0..events {
         let (kind, obj) = event(base + i, locals);
         let sent = Instant::now();
         fake.apply(obj).expect("apply");
         match ack(&mut acks).await {
             Some((at, backend)) => {
-                by_kind.entry(kind).or_default().push(at - sent);
-                in_backend.push(backend);
+                out.by_kind.entry(kind).or_default().push(at - sent);
+                out.in_backend.push(backend);
             }
-            None => missed += 1,
+            None => out.missed += 1,
         }
         // Quiet time, so every event is a single event.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let _ = stop.send(());
     let _ = agent.await;
-    println!("{label}:");
+}
+
+/// Prints one Markdown table of every (backend, mode), side by side.
+fn report(results: &std::collections::BTreeMap<(&str, &str), Samples>) {
     println!();
-    println!("| event | n | p50 | p99 | max |");
-    println!("| --- | --- | --- | --- | --- |");
-    let mut all = Vec::new();
-    for (kind, mut v) in by_kind {
-        v.sort();
+    println!("| backend | compile | event | n | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for ((backend, mode), s) in results {
+        let mut all = Vec::new();
+        for (kind, v) in &s.by_kind {
+            let mut v = v.clone();
+            v.sort();
+            println!(
+                "| {backend} | {mode} | {kind} | {} | {} | {} | {} |",
+                v.len(),
+                ms(pct(&v, 0.5)),
+                ms(pct(&v, 0.99)),
+                ms(*v.last().unwrap_or(&Duration::ZERO))
+            );
+            all.extend(v);
+        }
+        all.sort();
         println!(
-            "| {kind} | {} | {} | {} | {} |",
-            v.len(),
-            ms(pct(&v, 0.5)),
-            ms(pct(&v, 0.99)),
-            ms(*v.last().unwrap_or(&Duration::ZERO))
+            "| {backend} | {mode} | **all** | {} | **{}** | **{}** | {} |",
+            all.len(),
+            ms(pct(&all, 0.5)),
+            ms(pct(&all, 0.99)),
+            ms(*all.last().unwrap_or(&Duration::ZERO))
         );
-        all.extend(v);
     }
-    all.sort();
-    println!(
-        "| all | {} | {} | {} | {} |",
-        all.len(),
-        ms(pct(&all, 0.5)),
-        ms(pct(&all, 0.99)),
-        ms(*all.last().unwrap_or(&Duration::ZERO))
-    );
-    in_backend.sort();
-    println!(
-        "\nof which in the backend (diff, encode, send, kernel ack): p50 {}, p99 {}",
-        ms(pct(&in_backend, 0.5)),
-        ms(pct(&in_backend, 0.99))
-    );
-    if missed > 0 {
-        println!("({missed} events produced no batch within 10 s)");
+    println!();
+    for ((backend, mode), s) in results {
+        let mut b = s.in_backend.clone();
+        b.sort();
+        let initial: Vec<String> = s.initial.iter().map(|d| ms(*d)).collect();
+        println!(
+            "{backend}, {mode}: in the backend (diff, encode, send, kernel ack) p50 {}, p99 {}; initial list + first batch {}{}",
+            ms(pct(&b, 0.5)),
+            ms(pct(&b, 0.99)),
+            initial.join(", "),
+            if s.missed > 0 {
+                format!("; {} events produced no batch within 10 s", s.missed)
+            } else {
+                String::new()
+            }
+        );
     }
     println!();
 }

@@ -113,73 +113,73 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
 }
 
 /// The ruleset for `node`: enforcement for every pod scheduled there, and
-/// source validation on the interfaces `net` names.
+/// source validation on the interfaces `net` names. This full compile is
+/// the reference: `incr` rebuilds the same ruleset from the units below
+/// (one per local pod, the shared-address chains, source validation) and
+/// must always equal it.
 pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
     let shared = cluster.shared_addresses();
     let node_families = node_families(cluster, node);
-    let mut b = Builder {
-        cluster,
-        rs: Ruleset::default(),
-        shared: &shared,
-        families: BTreeSet::new(),
-        set_keys: BTreeMap::new(),
-    };
-    for direction in [Direction::Ingress, Direction::Egress] {
-        for &family in &node_families {
-            b.rs.sets.insert(
-                map_name(direction, family),
-                Set {
-                    kind: SetKind::Vmap { family },
-                    elements: BTreeSet::new(),
-                },
-            );
-        }
-    }
-    b.rs.chains.insert(
-        CHAIN_FORWARD.to_string(),
-        base_chain(
-            Hook::Forward,
-            &[Direction::Egress, Direction::Ingress],
-            &node_families,
-        ),
-    );
-    // Pod -> its own node: only the pod's egress applies; the node's own
-    // traffic to pods leaves through `output`, which is never filtered.
-    b.rs.chains.insert(
-        CHAIN_INPUT.to_string(),
-        base_chain(Hook::Input, &[Direction::Egress], &node_families),
-    );
-
-    let local = cluster
-        .pods()
-        .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node));
-    // Both admin tiers in the order they are checked.
-    let admin: Vec<&AdminPolicy> = cluster
-        .tier_policies(Tier::Admin)
-        .into_iter()
-        .chain(cluster.tier_policies(Tier::Baseline))
-        .collect();
-    for pod in local {
-        b.families = pod.ips.iter().map(Family::of).collect();
-        let selecting: Vec<&Policy> = cluster
-            .policies_in(&pod.namespace)
-            .filter(|pol| pol.pod_selector.matches(&pod.labels))
-            .collect();
-        let subject_of = admin_compile::subject_of(cluster, &admin, pod);
-        for direction in [Direction::Ingress, Direction::Egress] {
-            let isolating: Vec<&Policy> = selecting
-                .iter()
-                .copied()
-                .filter(|pol| direction.rules(pol).is_some())
-                .collect();
-            b.pod_chains(pod, direction, &isolating, &subject_of);
-        }
+    let fill = |_: &str| Some(cluster);
+    let mut b = Builder::new(cluster, &shared, &fill, &node_families);
+    add_base_chains(&mut b.rs, &node_families);
+    let admin = admin_policies(cluster);
+    for pod in local_pods(cluster, node) {
+        b.pod_unit(pod, &admin);
     }
     b.shared_address_elements(node);
     crate::srcval::add_chains(&mut b.rs, cluster, node, net);
     crate::counters::add(&mut b.rs);
     b.rs
 }
+
+/// The policy pods scheduled on `node`, the ones that get chains.
+pub(crate) fn local_pods<'c>(
+    cluster: &'c Cluster,
+    node: &'c str,
+) -> impl Iterator<Item = &'c Pod> + 'c {
+    cluster
+        .pods()
+        .filter(move |p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+}
+
+/// Both admin tiers in the order they are checked.
+pub(crate) fn admin_policies(cluster: &Cluster) -> Vec<&AdminPolicy> {
+    cluster
+        .tier_policies(Tier::Admin)
+        .into_iter()
+        .chain(cluster.tier_policies(Tier::Baseline))
+        .collect()
+}
+
+/// The base chains `forward` and `input`, dispatching for the node's
+/// address families.
+pub(crate) fn add_base_chains(rs: &mut Ruleset, families: &BTreeSet<Family>) {
+    rs.chains.insert(
+        CHAIN_FORWARD.to_string(),
+        base_chain(
+            Hook::Forward,
+            &[Direction::Egress, Direction::Ingress],
+            families,
+        ),
+    );
+    // Pod -> its own node: only the pod's egress applies; the node's own
+    // traffic to pods leaves through `output`, which is never filtered.
+    rs.chains.insert(
+        CHAIN_INPUT.to_string(),
+        base_chain(Hook::Input, &[Direction::Egress], families),
+    );
+}
+
+/// Addresses several policy pods claim, with their claimants.
+pub(crate) type SharedAddrs<'c> = BTreeMap<std::net::IpAddr, Vec<&'c Pod>>;
+
+/// Which cluster a set's elements are computed from, by set name: `None`
+/// leaves the set empty (the caller knows its elements already). The full
+/// compile computes every set from the whole cluster; `incr` recomputes
+/// only the sets an event can change, some of them from a cluster cut down
+/// to the objects holding the addresses the event touched.
+pub(crate) type Fill<'a> = dyn Fn(&str) -> Option<&'a Cluster> + 'a;
 
 /// The address families of the node's policy pods. Packets reach a pod's
 /// chain only through the verdict maps of its own addresses, so a family
@@ -280,7 +280,8 @@ pub(crate) struct Builder<'a> {
     pub(crate) cluster: &'a Cluster,
     pub(crate) rs: Ruleset,
     /// Addresses several policy pods claim (usually none).
-    shared: &'a BTreeMap<std::net::IpAddr, Vec<&'a Pod>>,
+    shared: &'a SharedAddrs<'a>,
+    fill: &'a Fill<'a>,
     /// The address families of the pod whose chains are being built: its
     /// chains only ever see packets of these, so rules naming another
     /// family's addresses are left out.
@@ -343,7 +344,57 @@ struct PortPlan {
     named: Vec<(String, Protocol)>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    /// A builder holding only the (empty) dispatch maps of the node's
+    /// address families.
+    pub(crate) fn new(
+        cluster: &'a Cluster,
+        shared: &'a SharedAddrs<'a>,
+        fill: &'a Fill<'a>,
+        node_families: &BTreeSet<Family>,
+    ) -> Builder<'a> {
+        let mut rs = Ruleset::default();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for &family in node_families {
+                rs.sets.insert(
+                    map_name(direction, family),
+                    Set {
+                        kind: SetKind::Vmap { family },
+                        elements: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        Builder {
+            cluster,
+            rs,
+            shared,
+            fill,
+            families: BTreeSet::new(),
+            set_keys: BTreeMap::new(),
+        }
+    }
+
+    /// A local pod's chains in both directions, the dispatch elements that
+    /// reach them and the sets they name.
+    pub(crate) fn pod_unit(&mut self, pod: &Pod, admin: &[&AdminPolicy]) {
+        self.families = pod.ips.iter().map(Family::of).collect();
+        let selecting: Vec<&Policy> = self
+            .cluster
+            .policies_in(&pod.namespace)
+            .filter(|pol| pol.pod_selector.matches(&pod.labels))
+            .collect();
+        let subject_of = admin_compile::subject_of(self.cluster, admin, pod);
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let isolating: Vec<&Policy> = selecting
+                .iter()
+                .copied()
+                .filter(|pol| direction.rules(pol).is_some())
+                .collect();
+            self.pod_chains(pod, direction, &isolating, &subject_of);
+        }
+    }
+
     /// The families rules of the current pod's chains are emitted for.
     pub(crate) fn families(&self) -> Vec<Family> {
         self.families.iter().copied().collect()
@@ -353,6 +404,14 @@ impl Builder<'_> {
     /// `elements` the first time: every rule of every pod whose peers or
     /// ports have the same definition shares one set, so a peer pod coming,
     /// going or changing labels is one element in each set it affects.
+    ///
+    /// `elements` must depend on nothing but its cluster argument (and the
+    /// shared addresses), so a set's name determines its elements, and each
+    /// element that holds one address (`Addr`, `AddrProtoPort`) must depend
+    /// only on the objects holding that address, so that computing it from
+    /// a cluster cut down to those objects gives the same element. Interval
+    /// and port sets must not depend on pods other than the chain's own.
+    /// `incr` relies on all three; its property test checks them.
     pub(crate) fn shared_set(
         &mut self,
         prefix: &str,
@@ -364,7 +423,10 @@ impl Builder<'_> {
         match self.set_keys.get(&name) {
             Some(known) => debug_assert_eq!(known, &key, "set name collision"),
             None => {
-                let elements = elements(self.cluster);
+                let elements = match (self.fill)(&name) {
+                    Some(cluster) => elements(cluster),
+                    None => BTreeSet::new(),
+                };
                 self.rs.sets.insert(name.clone(), Set { kind, elements });
                 self.set_keys.insert(name.clone(), key);
             }
@@ -508,7 +570,7 @@ impl Builder<'_> {
     /// applied to it: when a pod here claims it and any claimant is
     /// isolated in a direction, new flows in that direction are dropped
     /// (and counted) instead.
-    fn shared_address_elements(&mut self, node: &str) {
+    pub(crate) fn shared_address_elements(&mut self, node: &str) {
         for (ip, pods) in self.shared {
             if !pods.iter().any(|p| p.node_name.as_deref() == Some(node)) {
                 continue;
@@ -720,65 +782,14 @@ impl Builder<'_> {
         if let Some(name) = self.known_set(&prefix, &key) {
             return name;
         }
-        let mut elements = BTreeSet::new();
-        for (pol, r, named) in rules {
-            elements.extend(self.named_port_elements(family, pol, r, named));
-        }
-        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |_| {
+        let shared = self.shared;
+        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |cluster| {
+            let mut elements = BTreeSet::new();
+            for (pol, r, named) in rules {
+                elements.extend(named_port_elements(cluster, shared, family, pol, r, named));
+            }
             elements
         })
-    }
-
-    fn named_port_elements(
-        &self,
-        family: Family,
-        pol: &Policy,
-        r: &PolicyRule,
-        named: &[(String, Protocol)],
-    ) -> BTreeSet<Element> {
-        let mut elements = BTreeSet::new();
-        let shared = self.shared;
-        let mut add = |p: &Pod, ip: &std::net::IpAddr| {
-            // A named port on a shared address resolves on no single pod.
-            if shared.contains_key(ip) {
-                return;
-            }
-            for (port_name, proto) in named {
-                if let Some(n) = p.resolve_port(port_name, *proto) {
-                    elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
-                }
-            }
-        };
-        let in_family = |ip: &&std::net::IpAddr| Family::of(ip) == family;
-        match &r.peers {
-            None => {
-                for p in self.cluster.pods().filter(|p| p.is_policy_pod()) {
-                    p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
-                }
-            }
-            Some(peers) => {
-                for p in peer_pods(self.cluster, pol, peers) {
-                    p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
-                }
-                let blocks: Vec<&AddrRange> = peers
-                    .iter()
-                    .flat_map(|p| match p {
-                        Peer::IpBlock { ranges, .. } => ranges.iter().collect(),
-                        Peer::Pods { .. } => Vec::new(),
-                    })
-                    .collect();
-                if !blocks.is_empty() {
-                    for p in self.cluster.pods().filter(|p| p.is_policy_pod()) {
-                        for ip in p.ips.iter().filter(in_family) {
-                            if blocks.iter().any(|b| b.contains(*ip)) {
-                                add(p, ip);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        elements
     }
 
     /// The name of the set `key` defines, when it was made already.
@@ -786,6 +797,60 @@ impl Builder<'_> {
         let name = keyed(prefix, key);
         self.set_keys.contains_key(&name).then_some(name)
     }
+}
+
+/// (pod address, protocol, port) of every peer pod of `r` that declares
+/// one of the `named` ports, from `cluster`.
+fn named_port_elements(
+    cluster: &Cluster,
+    shared: &SharedAddrs<'_>,
+    family: Family,
+    pol: &Policy,
+    r: &PolicyRule,
+    named: &[(String, Protocol)],
+) -> BTreeSet<Element> {
+    let mut elements = BTreeSet::new();
+    let mut add = |p: &Pod, ip: &std::net::IpAddr| {
+        // A named port on a shared address resolves on no single pod.
+        if shared.contains_key(ip) {
+            return;
+        }
+        for (port_name, proto) in named {
+            if let Some(n) = p.resolve_port(port_name, *proto) {
+                elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
+            }
+        }
+    };
+    let in_family = |ip: &&std::net::IpAddr| Family::of(ip) == family;
+    match &r.peers {
+        None => {
+            for p in cluster.pods().filter(|p| p.is_policy_pod()) {
+                p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
+            }
+        }
+        Some(peers) => {
+            for p in peer_pods(cluster, pol, peers) {
+                p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
+            }
+            let blocks: Vec<&AddrRange> = peers
+                .iter()
+                .flat_map(|p| match p {
+                    Peer::IpBlock { ranges, .. } => ranges.iter().collect(),
+                    Peer::Pods { .. } => Vec::new(),
+                })
+                .collect();
+            if !blocks.is_empty() {
+                for p in cluster.pods().filter(|p| p.is_policy_pod()) {
+                    for ip in p.ips.iter().filter(in_family) {
+                        if blocks.iter().any(|b| b.contains(*ip)) {
+                            add(p, ip);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    elements
 }
 
 /// A selector as text, the same for selectors that differ only in the

@@ -395,6 +395,98 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
     Transaction { ops }
 }
 
+/// The chains and sets an incremental update may have changed (by name:
+/// added, changed or removed); everything else is known to be equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Anything may have changed: compare the whole ruleset.
+    pub all: bool,
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn everything() -> Touched {
+        Touched {
+            all: true,
+            ..Touched::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.chains.is_empty() && self.sets.is_empty()
+    }
+
+    /// Adds what `other` touched (changes not yet in the kernel add up).
+    pub fn extend(&mut self, other: &Touched) {
+        self.all |= other.all;
+        self.chains.extend(other.chains.iter().cloned());
+        self.sets.extend(other.sets.iter().cloned());
+    }
+
+    /// The touched objects of `rs`, alone.
+    fn pick(&self, rs: &Ruleset) -> Ruleset {
+        Ruleset {
+            table_flags: rs.table_flags,
+            chains: self
+                .chains
+                .iter()
+                .filter_map(|n| rs.chains.get(n).map(|c| (n.clone(), c.clone())))
+                .collect(),
+            sets: self
+                .sets
+                .iter()
+                .filter_map(|n| rs.sets.get(n).map(|s| (n.clone(), s.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// [`diff`] of the touched objects alone: the same transaction as the
+/// whole diff when every object outside `touched` is equal in both, at a
+/// cost that grows with the change, not with the table. Falls back to the
+/// whole diff when an object must be replaced (its kind or hook changed:
+/// whatever refers to it must let go first, touched or not).
+pub fn diff_touched(desired: &Ruleset, actual: &Ruleset, touched: &Touched) -> Transaction {
+    if touched.all || desired.table_flags != actual.table_flags {
+        return diff(desired, actual);
+    }
+    let (d, a) = (touched.pick(desired), touched.pick(actual));
+    let replaced = d
+        .sets
+        .iter()
+        .any(|(n, s)| a.sets.get(n).is_some_and(|x| x.kind != s.kind))
+        || d.chains
+            .iter()
+            .any(|(n, c)| a.chains.get(n).is_some_and(|x| x.base != c.base));
+    if replaced {
+        return diff(desired, actual);
+    }
+    diff(&d, &a)
+}
+
+/// Makes `known` equal `desired` on the touched objects (after a batch
+/// built by [`diff_touched`] went through).
+pub fn copy_touched(known: &mut Ruleset, desired: &Ruleset, touched: &Touched) {
+    if touched.all {
+        *known = desired.clone();
+        return;
+    }
+    known.table_flags = desired.table_flags;
+    for n in &touched.chains {
+        match desired.chains.get(n) {
+            Some(c) => known.chains.insert(n.clone(), c.clone()),
+            None => known.chains.remove(n),
+        };
+    }
+    for n in &touched.sets {
+        match desired.sets.get(n) {
+            Some(s) => known.sets.insert(n.clone(), s.clone()),
+            None => known.sets.remove(n),
+        };
+    }
+}
+
 /// The transaction that creates the table and fills it with `desired`
 /// (the table is absent from the kernel).
 pub fn create(desired: &Ruleset) -> Transaction {

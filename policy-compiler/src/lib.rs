@@ -15,6 +15,7 @@ pub mod eval;
 pub mod fake;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
+pub mod incr;
 pub mod index;
 pub mod interp;
 pub mod ipblock;
@@ -36,6 +37,8 @@ pub use manifest::{parse, Loaded, Object};
 pub use model::Direction;
 pub use srcval::NodeNet;
 
+#[cfg(test)]
+mod incr_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -23,15 +23,16 @@ use proptest::strategy::ValueTree;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const NODES: [&str; 2] = ["node-1", "node-2"];
-const PORTS: [u16; 5] = [80, 81, 443, 8080, 9000];
+pub(crate) const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+pub(crate) const NODES: [&str; 2] = ["node-1", "node-2"];
+pub(crate) const PORTS: [u16; 5] = [80, 81, 443, 8080, 9000];
 const LABEL_KEYS: [&str; 3] = ["app", "tier", "team"];
 const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
-const PORT_NAMES: [&str; 2] = ["http", "metrics"];
+pub(crate) const PORT_NAMES: [&str; 2] = ["http", "metrics"];
 const EXTERNAL: [&str; 3] = ["192.168.7.1", "10.0.200.1", "fd99::1"];
 /// Node addresses (IPv4, IPv6) of NODES, in order.
-const NODE_IPS: [(&str, &str); 2] = [("172.18.0.2", "fc00::2"), ("172.18.0.3", "fc00::3")];
+pub(crate) const NODE_IPS: [(&str, &str); 2] =
+    [("172.18.0.2", "fc00::2"), ("172.18.0.3", "fc00::3")];
 /// Networks for admin network peers: pods, nodes, outside.
 const ADMIN_NETS: [&str; 6] = [
     "10.0.1.0/24",
@@ -42,7 +43,7 @@ const ADMIN_NETS: [&str; 6] = [
     "192.168.0.0/16",
 ];
 
-fn labels_strategy() -> impl Strategy<Value = Labels> {
+pub(crate) fn labels_strategy() -> impl Strategy<Value = Labels> {
     proptest::collection::btree_map(
         prop::sample::select(LABEL_KEYS.to_vec()).prop_map(str::to_string),
         prop::sample::select(LABEL_VALUES.to_vec()).prop_map(str::to_string),
@@ -74,7 +75,7 @@ fn requirement_strategy() -> impl Strategy<Value = Requirement> {
         })
 }
 
-fn selector_strategy() -> impl Strategy<Value = Selector> {
+pub(crate) fn selector_strategy() -> impl Strategy<Value = Selector> {
     (
         proptest::collection::btree_map(
             prop::sample::select(LABEL_KEYS.to_vec()).prop_map(str::to_string),
@@ -150,7 +151,7 @@ fn rule_strategy() -> impl Strategy<Value = PolicyRule> {
         .prop_map(|(peers, ports)| PolicyRule { peers, ports })
 }
 
-fn policy_strategy() -> impl Strategy<Value = Policy> {
+pub(crate) fn policy_strategy() -> impl Strategy<Value = Policy> {
     (
         prop::sample::select(NAMESPACES.to_vec()),
         selector_strategy(),
@@ -289,7 +290,7 @@ fn admin_rule_strategy(egress: bool, baseline_v1: bool) -> impl Strategy<Value =
         })
 }
 
-fn admin_policy_strategy() -> impl Strategy<Value = AdminPolicy> {
+pub(crate) fn admin_policy_strategy() -> impl Strategy<Value = AdminPolicy> {
     (
         prop::sample::select(vec![
             (AdminKind::ClusterNetworkPolicy, Tier::Admin),
@@ -324,7 +325,7 @@ fn admin_policy_strategy() -> impl Strategy<Value = AdminPolicy> {
         })
 }
 
-fn cluster_strategy() -> impl Strategy<Value = Cluster> {
+pub(crate) fn cluster_strategy() -> impl Strategy<Value = Cluster> {
     (
         proptest::collection::vec(labels_strategy(), NAMESPACES.len()),
         proptest::collection::vec(pod_strategy(), 2..8),

@@ -59,6 +59,18 @@ pub trait Backend: Send + 'static {
     /// it last wrote instead of reading the table back (the hot path).
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError>;
 
+    /// Like `apply`, told that `desired` differs from the ruleset of the
+    /// last successful call only in the `touched` objects, so the batch can
+    /// be built from those alone (the incremental reconcile's hot path).
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &diff::Touched,
+    ) -> Result<Applied, BackendError> {
+        let _ = touched;
+        self.apply(desired)
+    }
+
     /// Like `apply`, but always reads the kernel back first: the drift
     /// check. `changed` then means the kernel had drifted.
     fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
@@ -121,12 +133,20 @@ impl Backend for MemoryBackend {
     }
 
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
+        self.apply_touched(desired, &diff::Touched::everything())
+    }
+
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &diff::Touched,
+    ) -> Result<Applied, BackendError> {
         let mut k = self.state();
         k.applies += 1;
         // The same diff and atomic apply the netlink applier uses, on the
         // in-memory fake kernel, so summaries and batch sizes match.
         let tx = match &k.table {
-            Some(t) => diff::diff(desired, t),
+            Some(t) => diff::diff_touched(desired, t, touched),
             None => diff::create(desired),
         };
         if tx.is_empty() {
@@ -186,6 +206,14 @@ impl NetlinkBackend {
 impl Backend for NetlinkBackend {
     fn apply(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {
         Ok(Self::report(self.applier.apply(desired)?))
+    }
+
+    fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &diff::Touched,
+    ) -> Result<Applied, BackendError> {
+        Ok(Self::report(self.applier.apply_touched(desired, touched)?))
     }
 
     fn verify(&mut self, desired: &Ruleset) -> Result<Applied, BackendError> {

@@ -121,6 +121,12 @@ pub struct AgentArgs {
     /// Do not write the NodeNetworkPolicyStatus object (API source only).
     #[arg(long)]
     pub no_status: bool,
+    /// Compile the whole node on every change instead of only the chains,
+    /// sets and elements the change feeds. The result is the same (the
+    /// whole compile is the reference the incremental one is tested
+    /// against); it is slower, and here to compare the two.
+    #[arg(long)]
+    pub full_compile: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -207,6 +213,7 @@ impl Options {
                 policy_metrics: a.policy_metrics,
                 policy_metrics_max: a.policy_metrics_max,
                 write_status: !a.no_status,
+                incremental: !a.full_compile,
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),

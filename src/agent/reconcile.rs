@@ -16,6 +16,10 @@
 //!   at one batch per `max_delay` and a burst of 1,000 events gives a
 //!   handful of batches. A change also goes after `debounce` of quiet even
 //!   if the window is longer, so the tail of a stream does not wait it out;
+//! - an event recompiles only what it feeds (`policy_compiler::incr`: the
+//!   affected pods' chains, the sets at the addresses it touched) and the
+//!   batch is built from those objects alone; a complete listing, an admin
+//!   policy or a Node recompiles the node (`--full-compile` always does);
 //! - a failed batch changes nothing in the kernel (batches are atomic), so
 //!   the last good ruleset stays enforced; it is retried with exponential
 //!   backoff;
@@ -37,6 +41,8 @@ use crate::agent::status::{HitTracker, Inventory, PolicyMetrics, StatusState};
 use crate::revoke::{Revoke, Scope};
 use nftpol_crds::status::NodeEnforcement;
 use policy_compiler::admin::AdminKind;
+use policy_compiler::diff::{self, Touched};
+use policy_compiler::incr::{Incremental, ObjectKey};
 use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
 use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -220,6 +226,8 @@ pub struct Settings {
     pub policy_metrics_max: usize,
     /// Write the NodeNetworkPolicyStatus object (with an API source).
     pub write_status: bool,
+    /// Recompile only what each change feeds (off: the whole node).
+    pub incremental: bool,
 }
 
 impl Settings {
@@ -240,6 +248,7 @@ impl Settings {
             policy_metrics: PolicyMetrics::Auto,
             policy_metrics_max: 100,
             write_status: true,
+            incremental: true,
         }
     }
 }
@@ -282,6 +291,10 @@ pub struct Reconciler<B, C = SystemClock> {
     status_tx: Option<tokio::sync::watch::Sender<Option<NodeEnforcement>>>,
     status_dirty: bool,
     next_status: Instant,
+    /// The node's ruleset, kept up to date change by change.
+    incr: Incremental,
+    /// What changed since the last successful batch.
+    pending: Touched,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -293,6 +306,7 @@ impl<B: Backend> Reconciler<B> {
 impl<B: Backend, C: Clock> Reconciler<B, C> {
     pub fn with_clock(settings: Settings, backend: B, metrics: Arc<Metrics>, clock: C) -> Self {
         let now = clock.now();
+        let incr = Incremental::new(&settings.node);
         Reconciler {
             next_drift: now + settings.drift_interval,
             last_net: NodeNet::default(),
@@ -319,6 +333,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             status_tx: None,
             status_dirty: true,
             next_status: now,
+            incr,
+            pending: Touched::default(),
         }
     }
 
@@ -452,12 +468,20 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// Applies one change to the index.
     pub fn handle(&mut self, at: Instant, change: Change) {
         let changed = match change {
-            Change::Apply(o) => self.cluster.apply(o),
-            Change::Delete { kind, key } => delete(&mut self.cluster, kind, &key),
+            Change::Apply(o) => {
+                let key = object_key(Kind::of(&o), &key_of(&o));
+                self.tracked(key, |c| c.apply(o))
+            }
+            Change::Delete { kind, key } => {
+                self.tracked(object_key(kind, &key), |c| delete(c, kind, &key))
+            }
             Change::Replace { kinds, objects } => {
                 let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
                 self.synced.extend(kinds.iter().copied());
                 let changed = replace(&mut self.cluster, &kinds, objects);
+                if changed {
+                    self.incr.invalidate();
+                }
                 if first_sync && self.all_synced() {
                     tracing::info!(
                         namespaces = self.cluster.namespaces().count(),
@@ -489,6 +513,22 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         if changed {
             self.mark_dirty(at);
         }
+    }
+
+    /// Runs `change` on the index and tells the incremental compiler what
+    /// the object fed before and feeds after, if it changed anything.
+    fn tracked(&mut self, key: ObjectKey, change: impl FnOnce(&mut Cluster) -> bool) -> bool {
+        if !self.settings.incremental {
+            return change(&mut self.cluster);
+        }
+        let before = self.incr.mark(&self.cluster, &key);
+        let changed = change(&mut self.cluster);
+        if changed {
+            self.incr.note(before);
+            let after = self.incr.mark(&self.cluster, &key);
+            self.incr.note(after);
+        }
+        changed
     }
 
     fn tick(&mut self) {
@@ -627,7 +667,22 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let t0 = Instant::now();
         let net = self.node_net();
         self.warn_about(&net);
-        let desired = policy_compiler::compile_node(&self.cluster, &self.settings.node, &net);
+        let full = if self.settings.incremental {
+            let touched = self.incr.update(&self.cluster, &net);
+            self.pending.extend(&touched);
+            if cfg!(debug_assertions) {
+                self.check_incremental(&net);
+            }
+            None
+        } else {
+            self.pending = Touched::everything();
+            Some(policy_compiler::compile_node(
+                &self.cluster,
+                &self.settings.node,
+                &net,
+            ))
+        };
+        let desired = full.as_ref().unwrap_or_else(|| self.incr.ruleset());
         self.last_net = net;
         let compile = t0.elapsed();
         self.metrics.compile_seconds.observe(compile.as_secs_f64());
@@ -635,13 +690,13 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             .last_batch
             .is_some_and(|t| since < t + self.settings.debounce);
         self.streak = if followed { self.streak + 1 } else { 0 };
-        let result = self.backend.apply(&desired);
+        let result = self.backend.apply_touched(desired, &self.pending);
         let now = self.clock.now();
         self.last_batch = Some(now);
         match result {
             Ok(applied) => {
                 self.metrics
-                    .observe_apply(&applied, &desired, Some(now.duration_since(since)));
+                    .observe_apply(&applied, desired, Some(now.duration_since(since)));
                 if applied.changed {
                     self.status.generation += 1;
                     tracing::info!(
@@ -654,13 +709,38 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 } else {
                     tracing::debug!("kernel table already up to date");
                 }
-                self.ok(now);
-                if applied.changed {
-                    self.revoke(&desired);
+                // What the kernel holds now, updated from the touched
+                // objects alone.
+                match &mut self.last_applied {
+                    Some(last) if !self.pending.all => {
+                        diff::copy_touched(last, desired, &self.pending)
+                    }
+                    last => *last = Some(desired.clone()),
                 }
-                self.last_applied = Some(desired);
+                self.pending = Touched::default();
+                self.ok(now);
+                // Revocation judges connections by what the kernel holds now.
+                if applied.changed && self.revoker.is_some() {
+                    let last = self.last_applied.take();
+                    if let Some(l) = &last {
+                        self.revoke(l);
+                    }
+                    self.last_applied = last;
+                }
             }
             Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Debug builds hold the incremental ruleset to the full compile after
+    /// every update, so every agent test checks it too.
+    fn check_incremental(&self, net: &NodeNet) {
+        let full = policy_compiler::compile_node(&self.cluster, &self.settings.node, net);
+        if &full != self.incr.ruleset() {
+            panic!(
+                "incremental compile differs from the full compile; the full one needs: {}",
+                diff::diff(&full, self.incr.ruleset()).summary()
+            );
         }
     }
 
@@ -810,6 +890,21 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 tracing::warn!(error = %e, "cutting denied connections failed; they live on until they end or the next change");
             }
         }
+    }
+}
+
+/// What the incremental compiler needs to know of an object's identity.
+fn object_key(kind: Kind, (ns, name): &Key) -> ObjectKey {
+    match kind {
+        Kind::Namespace => ObjectKey::Namespace(name.clone()),
+        Kind::Pod => ObjectKey::Pod {
+            namespace: ns.clone(),
+            name: name.clone(),
+        },
+        Kind::Policy => ObjectKey::Policy {
+            namespace: ns.clone(),
+        },
+        Kind::Node | Kind::Admin(_) => ObjectKey::Other,
     }
 }
 

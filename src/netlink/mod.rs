@@ -246,6 +246,49 @@ impl Applier {
         self.apply_owned(desired.clone())
     }
 
+    /// [`Applier::apply`] when `desired` differs from the last ruleset
+    /// this applier committed only in the `touched` objects: the batch is
+    /// built from those alone and the applier's picture of the kernel is
+    /// updated in place, so the cost follows the change, not the table.
+    /// Without a picture of the kernel (first apply, after a failure) it is
+    /// a whole apply.
+    pub fn apply_touched(
+        &mut self,
+        desired: &Ruleset,
+        touched: &diff::Touched,
+    ) -> Result<ApplyReport, NetlinkError> {
+        let mut actual = match self.known.take() {
+            Some(Some(actual)) if !touched.all => actual,
+            other => {
+                self.known = other;
+                return self.apply(desired);
+            }
+        };
+        let tx = diff::diff_touched(desired, &actual, touched);
+        match self.session.send(&tx) {
+            Ok(sent) => {
+                diff::copy_touched(&mut actual, desired, touched);
+                self.known = Some(Some(actual));
+                Ok(ApplyReport {
+                    summary: tx.summary(),
+                    batch_sent: !tx.is_empty(),
+                    messages: sent.messages,
+                    bytes: sent.bytes,
+                    replaced_foreign: false,
+                })
+            }
+            // Our picture of the kernel was stale (the failed batch changed
+            // nothing): start over from a read-back.
+            Err(NetlinkError::Rejected { .. }) => self.apply(desired),
+            Err(e) => {
+                if let Ok(s) = Session::open() {
+                    self.session = s;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// [`Applier::apply`] taking the ruleset by value, which the applier
     /// keeps as its picture of the kernel (saves a copy per reconcile).
     pub fn apply_owned(&mut self, desired: Ruleset) -> Result<ApplyReport, NetlinkError> {

@@ -1,0 +1,473 @@
+//! The incremental compile against the full one: on generated clusters,
+//! random sequences of events (pods added, deleted, relabelled, moved,
+//! readdressed onto shared addresses, their named ports changed;
+//! namespaces relabelled and deleted; NetworkPolicies, admin policies and
+//! Nodes put and deleted; the interface map changed), applied one to three
+//! at a time, must leave the incremental ruleset equal to a full compile
+//! after every update, and the transaction built from the touched objects
+//! alone must turn the previous ruleset into the new one in the fake
+//! kernel.
+
+use crate::admin::{AdminKind, AdminPolicy, Node};
+use crate::compile::compile_node;
+use crate::diff::{diff_touched, FakeKernel};
+use crate::incr::{Incremental, ObjectKey};
+use crate::index::Cluster;
+use crate::model::*;
+use crate::prop_tests::*;
+use crate::srcval::NodeNet;
+use proptest::prelude::*;
+use std::net::IpAddr;
+
+const NODE: &str = "node-1";
+
+#[derive(Clone, Debug)]
+enum Event {
+    PodLabels(usize, Labels),
+    /// A new IPv4 address from a pool of four, so addresses get shared.
+    PodAddress(usize, u8),
+    PodNode(usize, usize),
+    PodPorts(usize, Vec<(usize, Protocol, u16)>),
+    PodHostNetwork(usize),
+    PodDelete(usize),
+    PodAdd {
+        namespace: usize,
+        labels: Labels,
+        node: usize,
+        address: u8,
+    },
+    NamespaceLabels(usize, Labels),
+    NamespaceDelete(usize),
+    PolicyPut(usize, Policy),
+    PolicyDelete(usize),
+    AdminPut(usize, AdminPolicy),
+    AdminDelete(usize),
+    NodeLabels(usize, Labels),
+    /// Interfaces known for every pod, or for none.
+    Interfaces(bool),
+}
+
+fn event_strategy() -> impl Strategy<Value = Event> {
+    let idx = || 0usize..16;
+    prop_oneof![
+        3 => (idx(), labels_strategy()).prop_map(|(i, l)| Event::PodLabels(i, l)),
+        2 => (idx(), 0u8..4).prop_map(|(i, a)| Event::PodAddress(i, a)),
+        1 => (idx(), 0..NODES.len()).prop_map(|(i, n)| Event::PodNode(i, n)),
+        1 => (
+            idx(),
+            proptest::collection::vec(
+                (
+                    0..PORT_NAMES.len(),
+                    prop::sample::select(Protocol::ALL.to_vec()),
+                    prop::sample::select(PORTS.to_vec()),
+                ),
+                0..3,
+            )
+        )
+            .prop_map(|(i, p)| Event::PodPorts(i, p)),
+        1 => idx().prop_map(Event::PodHostNetwork),
+        1 => idx().prop_map(Event::PodDelete),
+        2 => (0..NAMESPACES.len(), labels_strategy(), 0..NODES.len(), 0u8..8).prop_map(
+            |(namespace, labels, node, address)| Event::PodAdd {
+                namespace,
+                labels,
+                node,
+                address
+            }
+        ),
+        2 => (0..NAMESPACES.len() + 1, labels_strategy())
+            .prop_map(|(i, l)| Event::NamespaceLabels(i, l)),
+        1 => (0..NAMESPACES.len() + 1).prop_map(Event::NamespaceDelete),
+        3 => (0usize..6, policy_strategy()).prop_map(|(i, p)| Event::PolicyPut(i, p)),
+        1 => (0usize..6).prop_map(Event::PolicyDelete),
+        1 => (0usize..3, admin_policy_strategy()).prop_map(|(i, p)| Event::AdminPut(i, p)),
+        1 => (0usize..3).prop_map(Event::AdminDelete),
+        1 => (0..NODES.len(), labels_strategy()).prop_map(|(i, l)| Event::NodeLabels(i, l)),
+        1 => any::<bool>().prop_map(Event::Interfaces),
+    ]
+}
+
+/// The namespaces events name: the generated ones and one no object
+/// describes until an event gives it labels.
+fn namespace(i: usize) -> String {
+    NAMESPACES.get(i).map_or("w".to_string(), |n| n.to_string())
+}
+
+struct World {
+    c: Cluster,
+    eng: Incremental,
+    net: NodeNet,
+    interfaces: bool,
+    added: usize,
+}
+
+impl World {
+    fn nth_pod(&self, i: usize) -> Option<Pod> {
+        let n = self.c.pod_count();
+        (n > 0).then(|| self.c.pods().nth(i % n).cloned()).flatten()
+    }
+
+    /// Applies a change the way the agent does: what the object fed
+    /// before, the change, what it feeds after.
+    fn change(&mut self, key: ObjectKey, f: impl FnOnce(&mut Cluster) -> bool) {
+        let before = self.eng.mark(&self.c, &key);
+        if f(&mut self.c) {
+            self.eng.note(before);
+            let after = self.eng.mark(&self.c, &key);
+            self.eng.note(after);
+        }
+    }
+
+    fn put_pod(&mut self, p: Pod) {
+        let key = ObjectKey::Pod {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        self.change(key, |c| c.apply_pod(p));
+    }
+
+    fn apply(&mut self, e: Event) {
+        match e {
+            Event::PodLabels(i, labels) => {
+                if let Some(mut p) = self.nth_pod(i) {
+                    p.labels = labels;
+                    self.put_pod(p);
+                }
+            }
+            Event::PodAddress(i, a) => {
+                if let Some(mut p) = self.nth_pod(i) {
+                    p.ips.retain(|ip| ip.is_ipv6());
+                    p.ips
+                        .insert(0, format!("10.0.1.{}", 200 + a).parse().expect("ip"));
+                    self.put_pod(p);
+                }
+            }
+            Event::PodNode(i, n) => {
+                if let Some(mut p) = self.nth_pod(i) {
+                    p.node_name = Some(NODES[n].to_string());
+                    self.put_pod(p);
+                }
+            }
+            Event::PodPorts(i, ports) => {
+                if let Some(mut p) = self.nth_pod(i) {
+                    let mut named: Vec<NamedPort> = ports
+                        .iter()
+                        .map(|(n, protocol, port)| NamedPort {
+                            name: PORT_NAMES[*n].to_string(),
+                            protocol: *protocol,
+                            port: *port,
+                        })
+                        .collect();
+                    named.sort();
+                    named.dedup_by(|a, b| a.name == b.name && a.protocol == b.protocol);
+                    p.named_ports = named;
+                    self.put_pod(p);
+                }
+            }
+            Event::PodHostNetwork(i) => {
+                if let Some(mut p) = self.nth_pod(i) {
+                    p.host_network = !p.host_network;
+                    self.put_pod(p);
+                }
+            }
+            Event::PodDelete(i) => {
+                if let Some(p) = self.nth_pod(i) {
+                    let key = ObjectKey::Pod {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    };
+                    self.change(key, |c| c.delete_pod(&p.namespace, &p.name));
+                }
+            }
+            Event::PodAdd {
+                namespace: ns,
+                labels,
+                node,
+                address,
+            } => {
+                self.added += 1;
+                let ip: IpAddr = format!("10.0.1.{}", 200 + address).parse().expect("ip");
+                let v6: IpAddr = format!("fd00::1{:02x}", 0x80 + self.added)
+                    .parse()
+                    .expect("ip");
+                self.put_pod(Pod {
+                    namespace: namespace(ns),
+                    name: format!("q{}", self.added),
+                    labels,
+                    node_name: Some(NODES[node].to_string()),
+                    host_network: false,
+                    ips: vec![ip, v6],
+                    named_ports: vec![NamedPort {
+                        name: PORT_NAMES[0].to_string(),
+                        protocol: Protocol::Tcp,
+                        port: PORTS[self.added % PORTS.len()],
+                    }],
+                    terminal: false,
+                });
+            }
+            Event::NamespaceLabels(i, mut labels) => {
+                let name = namespace(i);
+                labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+                self.change(ObjectKey::Namespace(name.clone()), |c| {
+                    c.apply_namespace(Namespace { name, labels })
+                });
+            }
+            Event::NamespaceDelete(i) => {
+                let name = namespace(i);
+                self.change(ObjectKey::Namespace(name.clone()), |c| {
+                    c.delete_namespace(&name)
+                });
+            }
+            Event::PolicyPut(i, mut p) => {
+                p.name = format!("pol{i}");
+                let key = ObjectKey::Policy {
+                    namespace: p.namespace.clone(),
+                };
+                self.change(key, |c| c.apply_policy(p));
+            }
+            Event::PolicyDelete(i) => {
+                let name = format!("pol{i}");
+                let nss: Vec<String> = self
+                    .c
+                    .policies()
+                    .filter(|q| q.name == name)
+                    .map(|q| q.namespace.clone())
+                    .collect();
+                for ns in nss {
+                    let key = ObjectKey::Policy {
+                        namespace: ns.clone(),
+                    };
+                    self.change(key, |c| c.delete_policy(&ns, &name));
+                }
+            }
+            Event::AdminPut(i, mut p) => {
+                p.name = if p.kind == AdminKind::BaselineAdminNetworkPolicy {
+                    "default".into()
+                } else {
+                    format!("adm{i}")
+                };
+                self.change(ObjectKey::Other, |c| c.apply_admin_policy(p));
+            }
+            Event::AdminDelete(i) => {
+                let victim = self
+                    .c
+                    .admin_policies()
+                    .nth(i)
+                    .map(|p| (p.kind, p.name.clone()));
+                if let Some((kind, name)) = victim {
+                    self.change(ObjectKey::Other, |c| c.delete_admin_policy(kind, &name));
+                }
+            }
+            Event::NodeLabels(i, labels) => {
+                let (v4, v6) = NODE_IPS[i];
+                let n = Node {
+                    name: NODES[i].to_string(),
+                    labels,
+                    ips: vec![v4.parse().expect("ip"), v6.parse().expect("ip")],
+                };
+                self.change(ObjectKey::Other, |c| c.apply_node(n));
+            }
+            Event::Interfaces(on) => {
+                self.interfaces = on;
+                self.net = net_for(&self.c, on);
+            }
+        }
+    }
+}
+
+/// An interface per pod name (pods of one name in several namespaces
+/// share it, as bridged pods share a port).
+fn net_for(c: &Cluster, on: bool) -> NodeNet {
+    let mut net = NodeNet::default();
+    if on {
+        for p in c.pods() {
+            net.pod_interfaces.insert(
+                format!("{}/{}", p.namespace, p.name),
+                format!("v{}", p.name),
+            );
+        }
+        // Pods added later have no interface until the map is relearnt.
+    }
+    net
+}
+
+fn check_sequence(c: Cluster, batches: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
+    let mut w = World {
+        net: net_for(&c, true),
+        c,
+        eng: Incremental::new(NODE),
+        interfaces: true,
+        added: 0,
+    };
+    let t = w.eng.update(&w.c, &w.net);
+    prop_assert!(t.all, "the first update compiles everything");
+    prop_assert_eq!(w.eng.ruleset(), &compile_node(&w.c, NODE, &w.net));
+    let mut kernel = FakeKernel::with(w.eng.ruleset().clone());
+    for (step, batch) in batches.into_iter().enumerate() {
+        let what = format!("{batch:?}");
+        for e in batch {
+            w.apply(e);
+        }
+        let touched = w.eng.update(&w.c, &w.net);
+        let full = compile_node(&w.c, NODE, &w.net);
+        if w.eng.ruleset() != &full {
+            let tx = crate::diff::diff(&full, w.eng.ruleset());
+            return Err(TestCaseError::fail(format!(
+                "step {step} ({what}): incremental != full; to fix it: {tx:#?}"
+            )));
+        }
+        let before = kernel.table.clone().unwrap_or_default();
+        let tx = diff_touched(w.eng.ruleset(), &before, &touched);
+        kernel
+            .apply(&tx)
+            .map_err(|e| TestCaseError::fail(format!("step {step} ({what}): {e}\n{tx:#?}")))?;
+        prop_assert_eq!(
+            kernel.table.as_ref(),
+            Some(&full),
+            "step {} ({})",
+            step,
+            what
+        );
+        prop_assert_eq!(
+            tx,
+            crate::diff::diff(&full, &before),
+            "step {} ({}): touched diff != whole diff",
+            step,
+            what
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    // A few seconds in a debug build: each case is up to 25 updates of a
+    // cluster of up to 8 pods, each checked against a full compile.
+    #![proptest_config(ProptestConfig::with_cases(150))]
+    #[test]
+    fn incremental_equals_full_compile_after_every_update(
+        c in cluster_strategy(),
+        batches in proptest::collection::vec(
+            proptest::collection::vec(event_strategy(), 1..4),
+            1..25,
+        ),
+    ) {
+        check_sequence(c, batches)?;
+    }
+}
+
+/// The touched objects of a local pod's relabel are its own chains and
+/// the sets at its address, not the table.
+#[test]
+fn a_peer_pod_touches_only_the_sets_at_its_address() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: x, labels: {app: other}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: other}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+    let loaded = crate::manifest::parse("t.yaml", text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let mut c = Cluster::from_objects(loaded.objects);
+    let net = NodeNet::default();
+    let mut eng = Incremental::new(NODE);
+    eng.update(&c, &net);
+    let key = ObjectKey::Pod {
+        namespace: "x".into(),
+        name: "client".into(),
+    };
+    let before = eng.mark(&c, &key);
+    c.apply_pod(Pod {
+        namespace: "x".into(),
+        name: "client".into(),
+        labels: [("app".to_string(), "client".to_string())].into(),
+        node_name: Some("node-2".into()),
+        host_network: false,
+        ips: vec!["10.0.0.2".parse().expect("ip")],
+        named_ports: vec![],
+        terminal: false,
+    });
+    eng.note(before);
+    let after = eng.mark(&c, &key);
+    eng.note(after);
+    let t = eng.update(&c, &net);
+    assert!(!t.all);
+    assert!(t.chains.is_empty(), "{t:?}");
+    assert_eq!(t.sets.len(), 1, "only the set selecting the client: {t:?}");
+    let set = t.sets.first().expect("one set");
+    assert_eq!(eng.ruleset(), &compile_node(&c, NODE, &net));
+    assert!(eng.ruleset().sets[set]
+        .elements
+        .contains(&crate::ir::Element::Addr("10.0.0.2".parse().expect("ip"))));
+}
+
+/// Ports named on a pod resolve into a set of that pod's own; the pod
+/// renumbering them changes the set, although its name stays.
+#[test]
+fn renumbered_named_ports_recompute_the_pods_own_port_set() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, ports: [{name: http, containerPort: 80}, {name: metrics, containerPort: 9000}]}]
+status: {podIP: 10.0.0.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}, {port: metrics}]}]
+"#;
+    let loaded = crate::manifest::parse("t.yaml", text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let mut c = Cluster::from_objects(loaded.objects);
+    let net = NodeNet::default();
+    let mut eng = Incremental::new(NODE);
+    eng.update(&c, &net);
+    let own_sets = |rs: &crate::ir::Ruleset| -> Vec<String> {
+        rs.sets
+            .keys()
+            .filter(|n| n.starts_with("tcp_"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(own_sets(eng.ruleset()).len(), 1, "{:?}", eng.ruleset().sets);
+    let key = ObjectKey::Pod {
+        namespace: "x".into(),
+        name: "web".into(),
+    };
+    let mut p = c.pod("x", "web").expect("pod").clone();
+    for np in &mut p.named_ports {
+        np.port += 1;
+    }
+    let before = eng.mark(&c, &key);
+    assert!(c.apply_pod(p));
+    eng.note(before);
+    let after = eng.mark(&c, &key);
+    eng.note(after);
+    eng.update(&c, &net);
+    assert_eq!(eng.ruleset(), &compile_node(&c, NODE, &net));
+}
