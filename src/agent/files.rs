@@ -28,6 +28,43 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// When a burst's programming latency starts: at its first event that
+/// completes a manifest file (closed after writing, renamed, removed), so
+/// an atomic save counts from its rename, not from the first event of the
+/// temporary file written before it. A burst without one (a directory
+/// created, say) counts from its first event.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Burst {
+    first: Option<Instant>,
+    completed: Option<Instant>,
+}
+
+impl Burst {
+    fn note(&mut self, event: &notify::Event, at: Instant) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let earliest = |t: Option<Instant>| Some(t.map_or(at, |t| t.min(at)));
+        self.first = earliest(self.first);
+        let completes = matches!(
+            event.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Remove(_)
+        );
+        let manifest = event.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(crate::manifests::is_manifest_name)
+        });
+        if completes && manifest {
+            self.completed = earliest(self.completed);
+        }
+    }
+
+    fn start(&self) -> Option<Instant> {
+        self.completed.or(self.first)
+    }
+}
+
 /// Quiet time after a file event before reloading.
 const SETTLE: Duration = Duration::from_millis(30);
 /// Quiet time before a file still open for writing is read anyway (a
@@ -200,31 +237,39 @@ pub async fn run(
             },
             None => nrx.recv().await,
         };
-        let Some((mut at, res)) = first else {
+        let Some((at, res)) = first else {
             return Ok(());
         };
-        handle(&mut files, res, at, &metrics);
-        // Let the burst settle; latency counts from its first event.
+        let mut burst = Burst::default();
+        handle(&mut files, &mut burst, res, at, &metrics);
+        // Let the burst settle; latency counts from the write it completes.
         loop {
             match tokio::time::timeout(SETTLE, nrx.recv()).await {
-                Ok(Some((t, res))) => {
-                    at = at.min(t);
-                    handle(&mut files, res, t, &metrics);
-                }
+                Ok(Some((t, res))) => handle(&mut files, &mut burst, res, t, &metrics),
                 Ok(None) => return Ok(()),
                 Err(_) => break,
             }
         }
         metrics.event(Kind::Policy, "file_change");
+        let at = burst.start().unwrap_or(at);
         if !send_reload(&mut files, &dir, at, &tx, &metrics) {
             return Ok(());
         }
     }
 }
 
-fn handle(files: &mut Files, res: notify::Result<notify::Event>, at: Instant, metrics: &Metrics) {
+fn handle(
+    files: &mut Files,
+    burst: &mut Burst,
+    res: notify::Result<notify::Event>,
+    at: Instant,
+    metrics: &Metrics,
+) {
     match res {
-        Ok(e) => files.note(&e, at),
+        Ok(e) => {
+            files.note(&e, at);
+            burst.note(&e, at);
+        }
         Err(e) => {
             metrics.source_error("notify");
             tracing::warn!(error = %e, "file watch error");
@@ -295,6 +340,62 @@ mod tests {
         ] {
             assert_eq!(changes_content(&kind), want, "{kind:?}");
         }
+    }
+
+    /// An atomic save (a hidden temporary file written, closed, renamed
+    /// over the manifest) counts from the rename; a file written in place
+    /// from its close; a burst that completes no manifest from its first
+    /// event.
+    #[test]
+    fn latency_starts_when_a_manifest_is_complete() {
+        let dir = Path::new("/m");
+        let (tmp, real) = (dir.join(".web.yaml.tmp"), dir.join("web.yaml"));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let burst = |events: &[(notify::Event, u64)]| {
+            let mut b = Burst::default();
+            for (e, ms) in events {
+                b.note(e, at(*ms));
+            }
+            b.start()
+        };
+        let written = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let atomic = [
+            (event(EventKind::Create(CreateKind::File), &tmp), 0),
+            (event(written, &tmp), 1),
+            (event(closed, &tmp), 7),
+            (
+                event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &tmp),
+                12,
+            ),
+            (
+                event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &real),
+                12,
+            ),
+        ];
+        assert_eq!(burst(&atomic), Some(at(12)));
+        let both = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path(tmp.clone())
+            .add_path(real.clone());
+        assert_eq!(burst(&[(event(written, &tmp), 3), (both, 9)]), Some(at(9)));
+        let in_place = [
+            (event(EventKind::Create(CreateKind::File), &real), 0),
+            (event(written, &real), 2),
+            (event(closed, &real), 5),
+        ];
+        assert_eq!(burst(&in_place), Some(at(5)));
+        let removed = [(event(EventKind::Remove(RemoveKind::File), &real), 4)];
+        assert_eq!(burst(&removed), Some(at(4)));
+        let no_manifest = [
+            (
+                event(EventKind::Create(CreateKind::Folder), &dir.join("sub")),
+                3,
+            ),
+            (event(closed, &tmp), 6),
+        ];
+        assert_eq!(burst(&no_manifest), Some(at(3)));
+        assert_eq!(Burst::default().start(), None);
     }
 
     const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n";
