@@ -34,6 +34,7 @@
 
 use crate::admin::compile as admin_compile;
 use crate::admin::{AdminPolicy, Tier};
+use crate::audit::{self, AuditOptions};
 use crate::index::Cluster;
 use crate::ipblock::{merge, AddrRange};
 use crate::ir::*;
@@ -118,10 +119,22 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
 /// (one per local pod, the shared-address chains, source validation) and
 /// must always equal it.
 pub fn compile_node(cluster: &Cluster, node: &str, net: &NodeNet) -> Ruleset {
+    compile_node_with(cluster, node, net, &AuditOptions::default())
+}
+
+/// [`compile_node`] with verdict logging for the whole node as `audit`
+/// says (policies' own `nftpol.io/log` annotations apply regardless).
+pub fn compile_node_with(
+    cluster: &Cluster,
+    node: &str,
+    net: &NodeNet,
+    audit: &AuditOptions,
+) -> Ruleset {
     let shared = cluster.shared_addresses();
     let node_families = node_families(cluster, node);
     let fill = |_: &str| Some(cluster);
     let mut b = Builder::new(cluster, &shared, &fill, &node_families);
+    b.audit = audit;
     add_base_chains(&mut b.rs, &node_families);
     let admin = admin_policies(cluster);
     for pod in local_pods(cluster, node) {
@@ -198,18 +211,29 @@ pub fn node_families(cluster: &Cluster, node: &str) -> BTreeSet<Family> {
 /// with rules in that direction.
 pub fn any_isolated(cluster: &Cluster, pods: &[&Pod], direction: Direction) -> bool {
     pods.iter().any(|pod| {
-        cluster
-            .policies_in(&pod.namespace)
-            .any(|pol| pol.pod_selector.matches(&pod.labels) && direction.rules(pol).is_some())
-            || cluster.admin_policies().any(|pol| {
-                !pol.rules(direction).is_empty() && admin_compile::selects(cluster, pol, pod)
-            })
+        cluster.policies_in(&pod.namespace).any(|pol| {
+            !pol.audit.staged
+                && pol.pod_selector.matches(&pod.labels)
+                && direction.rules(pol).is_some()
+        }) || cluster.admin_policies().any(|pol| {
+            !pol.rules(direction).is_empty() && admin_compile::selects(cluster, pol, pod)
+        })
     })
 }
 
 /// Name of the chain that drops new flows to or from a shared address.
 pub fn shared_chain_name(ip: &std::net::IpAddr) -> String {
     ident("dup", &[&ip.to_string().replace(':', "-")])
+}
+
+/// The staged chain of `pod` (see [`audit`]), and the staged
+/// NetworkPolicy part an admin Pass in it goes to.
+pub fn staged_chain_names(direction: Direction, pod: &Pod) -> (String, String) {
+    let p = direction.chain_prefix();
+    (
+        ident(&format!("{p}s"), &[&pod.namespace, &pod.name]),
+        ident(&format!("{p}sp"), &[&pod.namespace, &pod.name]),
+    )
 }
 
 /// The chain an admin Pass of `pod` goes to: its NetworkPolicy part.
@@ -276,6 +300,15 @@ fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -
     }
 }
 
+/// No node-wide logging: what the incremental compiler and `compile_node`
+/// build with.
+static NO_AUDIT: AuditOptions = AuditOptions {
+    log: LogMode::Off,
+    group: audit::DEFAULT_GROUP,
+    rate: audit::DEFAULT_RATE,
+    burst: audit::DEFAULT_BURST,
+};
+
 pub(crate) struct Builder<'a> {
     pub(crate) cluster: &'a Cluster,
     pub(crate) rs: Ruleset,
@@ -288,6 +321,10 @@ pub(crate) struct Builder<'a> {
     families: BTreeSet<Family>,
     /// The definition of every set made so far, by name.
     set_keys: BTreeMap<String, String>,
+    pub(crate) audit: &'a AuditOptions,
+    /// Compiling a staged chain: verdicts are not logged there (the
+    /// enforced chain logs them), only what would be denied.
+    pub(crate) staging: bool,
 }
 
 /// The allows of a pod's chain that share one port match.
@@ -372,6 +409,8 @@ impl<'a> Builder<'a> {
             fill,
             families: BTreeSet::new(),
             set_keys: BTreeMap::new(),
+            audit: &NO_AUDIT,
+            staging: false,
         }
     }
 
@@ -386,12 +425,12 @@ impl<'a> Builder<'a> {
             .collect();
         let subject_of = admin_compile::subject_of(self.cluster, admin, pod);
         for direction in [Direction::Ingress, Direction::Egress] {
-            let isolating: Vec<&Policy> = selecting
+            let (staged, isolating): (Vec<&Policy>, Vec<&Policy>) = selecting
                 .iter()
                 .copied()
                 .filter(|pol| direction.rules(pol).is_some())
-                .collect();
-            self.pod_chains(pod, direction, &isolating, &subject_of);
+                .partition(|pol| pol.audit.staged);
+            self.pod_chains(pod, direction, &isolating, &staged, &subject_of);
         }
     }
 
@@ -453,15 +492,23 @@ impl<'a> Builder<'a> {
     /// (`ingp_`/`egrp_`), the Pass's and the admin tier's end's `goto`
     /// target. `subject_of`: the admin and baseline policies whose subject
     /// the pod is, in tier order.
+    ///
+    /// Staged policies isolating the pod get a staged chain, jumped to
+    /// first, only while no enforced policy isolates it: enforced
+    /// policies already deny everything the staged ones could add to, so
+    /// nothing more would be denied.
     fn pod_chains(
         &mut self,
         pod: &Pod,
         direction: Direction,
         isolating: &[&Policy],
+        staged: &[&Policy],
         subject_of: &[&AdminPolicy],
     ) {
         let chain_name = pod_chain_name(direction, pod);
         let pass_name = pass_chain_name(direction, pod);
+        let staged_jump = (isolating.is_empty() && !staged.is_empty())
+            .then(|| self.staged_chain(pod, direction, staged, subject_of));
         let mut rules =
             admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Admin, &pass_name);
         let tail = if isolating.is_empty() {
@@ -469,8 +516,18 @@ impl<'a> Builder<'a> {
         } else {
             self.netpol_rules(pod, direction, isolating)
         };
-        if rules.is_empty() && tail.is_empty() {
+        if rules.is_empty() && tail.is_empty() && staged_jump.is_none() {
             return;
+        }
+        if let Some(staged_chain) = staged_jump {
+            rules.insert(
+                0,
+                Rule {
+                    matches: vec![],
+                    verdict: Verdict::Jump(staged_chain),
+                    comment: Some("staged policies (audit only)".into()),
+                },
+            );
         }
         if rules
             .iter()
@@ -504,6 +561,52 @@ impl<'a> Builder<'a> {
                     .insert(Element::VmapJump(*ip, chain_name.clone()));
             }
         }
+    }
+
+    /// The staged chain of a pod: its admin tier and the staged
+    /// policies' rules, compiled as if they were enforced, every verdict
+    /// turned into a `return` and the default drop into a `would-deny`
+    /// log. Returns its name.
+    fn staged_chain(
+        &mut self,
+        pod: &Pod,
+        direction: Direction,
+        staged: &[&Policy],
+        subject_of: &[&AdminPolicy],
+    ) -> String {
+        let (name, pass) = staged_chain_names(direction, pod);
+        self.staging = true;
+        let mut rules =
+            admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Admin, &pass);
+        let mut tail = self.netpol_rules(pod, direction, staged);
+        self.staging = false;
+        audit::stage(&mut rules, |c| c.to_string());
+        audit::stage(&mut tail, |c| c.to_string());
+        tail.pop();
+        tail.extend(self.audit.would_deny(direction, staged));
+        if rules
+            .iter()
+            .any(|r| r.verdict == Verdict::Goto(pass.clone()))
+        {
+            rules.push(Rule {
+                matches: vec![],
+                verdict: Verdict::Goto(pass.clone()),
+                comment: Some("end of admin tier".into()),
+            });
+            self.rs.chains.insert(
+                pass,
+                Chain {
+                    base: None,
+                    rules: tail,
+                },
+            );
+        } else {
+            rules.extend(tail);
+        }
+        self.rs
+            .chains
+            .insert(name.clone(), Chain { base: None, rules });
+        name
     }
 
     /// The NetworkPolicy part for a pod they isolate: the allows of every
@@ -550,11 +653,22 @@ impl<'a> Builder<'a> {
                 });
             }
         }
+        // Allows are grouped across policies, so an allow rule is logged
+        // when any policy isolating the pod logs all, with the rules it
+        // serves (its comment) as prefix.
+        if isolating.iter().any(|p| self.audit.mode(p) == LogMode::All) && !self.staging {
+            let allows = std::mem::take(&mut rules);
+            for r in allows {
+                let prefix = format!("{} allow", r.comment.as_deref().unwrap_or_default());
+                rules.push(self.audit.log_before(&r, prefix));
+                rules.push(r);
+            }
+        }
         let names: Vec<String> = isolating
             .iter()
             .map(|p| format!("{}/{}", p.namespace, p.name))
             .collect();
-        rules.push(Rule {
+        let drop = Rule {
             matches: vec![],
             verdict: Verdict::Drop,
             comment: Some(comment(format!(
@@ -562,7 +676,17 @@ impl<'a> Builder<'a> {
                 direction.word(),
                 names.join(", ")
             ))),
-        });
+        };
+        let logged = isolating
+            .iter()
+            .any(|p| self.audit.mode(p) >= LogMode::Deny);
+        if logged && !self.staging {
+            rules.push(
+                self.audit
+                    .log_before(&drop, audit::default_deny_prefix(pod)),
+            );
+        }
+        rules.push(drop);
         rules
     }
 
@@ -660,6 +784,15 @@ impl<'a> Builder<'a> {
                 );
                 out.push(rule(Some(Match::AddrInSet { family, dir, set }), &notes));
             }
+        }
+    }
+
+    /// Puts a log rule before each rule of `out` from `start` on.
+    pub(crate) fn log_each(&self, out: &mut Vec<Rule>, start: usize, prefix: &str) {
+        let rules = out.split_off(start);
+        for r in rules {
+            out.push(self.audit.log_before(&r, prefix.to_string()));
+            out.push(r);
         }
     }
 

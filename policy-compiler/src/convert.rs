@@ -242,6 +242,7 @@ pub fn policy(np: &net::NetworkPolicy, source: Option<&str>) -> Result<Policy, O
         pod_selector,
         ingress: has_ingress.then_some(ingress),
         egress: has_egress.then_some(egress),
+        audit: audit(&ctx, np.metadata.annotations.as_ref())?,
     })
 }
 
@@ -260,6 +261,45 @@ fn rules<'a>(
     list.enumerate()
         .map(|(i, (peers, ports))| rule(ctx, &format!("{base}[{i}]"), peers_field, peers, ports))
         .collect()
+}
+
+/// Annotation naming how a policy's verdicts are logged.
+pub const LOG_ANNOTATION: &str = "nftpol.io/log";
+/// Annotation that stages a policy (`audit`) instead of enforcing it.
+pub const ENFORCEMENT_ANNOTATION: &str = "nftpol.io/enforcement";
+
+/// The policy's audit settings. An unknown value is an error like any
+/// invalid field: guessing what a typo meant is how a policy ends up
+/// enforced when it was meant to be staged.
+fn audit(
+    ctx: &Ctx,
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Audit, ObjectError> {
+    let mut out = Audit::default();
+    let Some(a) = annotations else {
+        return Ok(out);
+    };
+    if let Some(v) = a.get(LOG_ANNOTATION) {
+        out.log = LogMode::parse(v).ok_or_else(|| {
+            ctx.err(
+                format!("metadata.annotations[{LOG_ANNOTATION:?}]"),
+                format!("unsupported value {v:?} (want deny, all or off)"),
+            )
+        })?;
+    }
+    if let Some(v) = a.get(ENFORCEMENT_ANNOTATION) {
+        out.staged = match v.as_str() {
+            "audit" => true,
+            "enforce" => false,
+            _ => {
+                return Err(ctx.err(
+                    format!("metadata.annotations[{ENFORCEMENT_ANNOTATION:?}]"),
+                    format!("unsupported value {v:?} (want audit or enforce)"),
+                ))
+            }
+        };
+    }
+    Ok(out)
 }
 
 fn rule(

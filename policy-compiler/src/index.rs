@@ -153,6 +153,20 @@ impl Cluster {
         true
     }
 
+    /// The cluster as it would be with every staged policy
+    /// (`nftpol.io/enforcement: audit`) enforced: what `explain` and
+    /// `matrix` judge the staged verdict on. `None` when nothing is staged.
+    pub fn with_staged_enforced(&self) -> Option<Cluster> {
+        if !self.policies.values().any(|p| p.audit.staged) {
+            return None;
+        }
+        let mut c = self.clone();
+        for p in c.policies.values_mut() {
+            p.audit.staged = false;
+        }
+        Some(c)
+    }
+
     pub fn delete_policy(&mut self, namespace: &str, name: &str) -> bool {
         self.policies
             .remove(&(namespace.to_string(), name.to_string()))

@@ -47,6 +47,24 @@ pub struct Trace {
     /// Every rule that acted, outermost first; the last one decided when
     /// its verdict is accept or drop, else the base chain's policy did.
     pub steps: Vec<Step>,
+    /// The log rules the packet met, in order (their rate limit taken as
+    /// not reached). They have no verdict and are not in `steps`.
+    pub logged: Vec<Step>,
+}
+
+impl Trace {
+    /// The prefixes the packet is logged with.
+    pub fn log_prefixes(&self) -> Vec<&str> {
+        self.logged
+            .iter()
+            .flat_map(|s| {
+                s.rule.matches.iter().filter_map(|m| match m {
+                    Match::Log { prefix, .. } => Some(prefix.as_str()),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
 }
 
 impl Trace {
@@ -73,19 +91,25 @@ pub fn hook_accepts(rs: &Ruleset, chain: &str, pkt: &Packet) -> bool {
 /// table (its base chains are unhooked).
 pub fn trace(rs: &Ruleset, chain: &str, pkt: &Packet) -> Trace {
     let mut steps = Vec::new();
+    let mut logged = Vec::new();
     let hooked = rs.table_flags & TABLE_F_DORMANT == 0;
     let Some(c) = rs.chains.get(chain).filter(|_| hooked) else {
         return Trace {
             accepted: true,
             steps,
+            logged,
         };
     };
-    let accepted = match run(rs, chain, c, pkt, 0, &mut steps) {
+    let accepted = match run(rs, chain, c, pkt, 0, &mut steps, &mut logged) {
         Outcome::Accept => true,
         Outcome::Drop => false,
         Outcome::Continue => !matches!(c.base.as_ref().map(|b| b.policy), Some(ChainPolicy::Drop)),
     };
-    Trace { accepted, steps }
+    Trace {
+        accepted,
+        steps,
+        logged,
+    }
 }
 
 /// Whether the `ingress` chains bound to interface `dev` let a packet the
@@ -99,7 +123,7 @@ pub fn ingress_accepts(rs: &Ruleset, dev: &str, pkt: &Packet) -> bool {
                 .is_some_and(|b| b.hook == Hook::Ingress && b.device.as_deref() == Some(dev))
         })
         .all(
-            |(name, c)| match run(rs, name, c, pkt, 0, &mut Vec::new()) {
+            |(name, c)| match run(rs, name, c, pkt, 0, &mut Vec::new(), &mut Vec::new()) {
                 Outcome::Accept => true,
                 Outcome::Drop => false,
                 Outcome::Continue => {
@@ -116,6 +140,7 @@ fn run(
     pkt: &Packet,
     depth: usize,
     steps: &mut Vec<Step>,
+    logged: &mut Vec<Step>,
 ) -> Outcome {
     if depth > MAX_DEPTH {
         return Outcome::Drop;
@@ -143,12 +168,18 @@ fn run(
                 return Outcome::Continue;
             }
             Verdict::Jump(c) => Some(c.clone()),
+            Verdict::Continue => {
+                if rule.matches.iter().any(|m| matches!(m, Match::Log { .. })) {
+                    logged.push(step());
+                }
+                None
+            }
             // No return address: whatever the target decides, or its
             // falling off the end, is this chain's outcome.
             Verdict::Goto(c) => {
                 steps.push(step());
                 return match rs.chains.get(c) {
-                    Some(next) => run(rs, c, next, pkt, depth + 1, steps),
+                    Some(next) => run(rs, c, next, pkt, depth + 1, steps, logged),
                     None => Outcome::Drop,
                 };
             }
@@ -171,7 +202,7 @@ fn run(
             let Some(next) = rs.chains.get(&next_name) else {
                 return Outcome::Drop;
             };
-            match run(rs, &next_name, next, pkt, depth + 1, steps) {
+            match run(rs, &next_name, next, pkt, depth + 1, steps, logged) {
                 Outcome::Continue => {}
                 decided => return decided,
             }
@@ -222,7 +253,9 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
             Family::of(&a) == *family && net.contains(&a)
         }
         Match::Ip6HopLimit(n) => pkt.saddr.is_ipv6() && pkt.hoplimit == *n,
-        Match::Counter => true,
+        // Statements, always true; a limit is taken as under its rate
+        // (it can only matter to a rule without a verdict).
+        Match::Counter | Match::Limit { .. } | Match::Log { .. } => true,
         Match::Icmpv6Type { lo, hi } => {
             pkt.proto == l4::ICMPV6
                 && pkt.saddr.is_ipv6()

@@ -250,6 +250,14 @@ pub enum Match {
     /// The `counter` statement (always true); it counts the packets that
     /// reached it, so it goes after the matches it should count.
     Counter,
+    /// `limit rate N/second burst B packets`: true while the rule's own
+    /// token bucket has a token. A match, so a rule holding it must carry
+    /// no verdict that matters ([`Verdict::Continue`]): above the rate it
+    /// stops matching.
+    Limit { per_second: u32, burst: u32 },
+    /// `log prefix "..." group G`: hands the packet to the nflog group
+    /// (always true).
+    Log { group: u16, prefix: String },
 }
 
 /// The verdict of a rule.
@@ -271,6 +279,10 @@ pub enum Verdict {
         dir: Dir,
         map: String,
     },
+    /// No verdict: the packet goes on to the next rule whether or not the
+    /// rule matched. Log rules have it, which is what makes logging unable
+    /// to change a verdict.
+    Continue,
 }
 
 /// A named set or verdict map.

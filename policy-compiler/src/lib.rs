@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod apisyntax;
+pub mod audit;
 pub mod compile;
 pub mod convert;
 pub mod counters;
@@ -28,7 +29,7 @@ pub mod render;
 pub mod selector;
 pub mod srcval;
 
-pub use compile::{compile, compile_node};
+pub use compile::{compile, compile_node, compile_node_with};
 pub use error::{Error, ObjectError};
 pub use eval::{allowed, Decision, Endpoint};
 pub use index::Cluster;

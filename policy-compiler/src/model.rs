@@ -139,6 +139,48 @@ pub struct Policy {
     /// after defaulting), with the rules that then apply.
     pub ingress: Option<Vec<PolicyRule>>,
     pub egress: Option<Vec<PolicyRule>>,
+    /// Verdict logging and staging, from the policy's annotations.
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+/// What the verdict log records for a policy (`nftpol.io/log`), or for
+/// every policy (the agent's and `compile`'s `--log`). Ordered: a policy
+/// logs the most of its own mode and the global one.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    #[default]
+    Off,
+    /// The default drop of the pods the policy isolates.
+    Deny,
+    /// That, and every packet one of its rules allows.
+    All,
+}
+
+impl LogMode {
+    pub fn parse(s: &str) -> Option<LogMode> {
+        match s {
+            "off" => Some(LogMode::Off),
+            "deny" => Some(LogMode::Deny),
+            "all" => Some(LogMode::All),
+            _ => None,
+        }
+    }
+}
+
+/// How a policy is audited (its `nftpol.io/*` annotations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Audit {
+    /// `nftpol.io/log: deny|all`.
+    #[serde(default)]
+    pub log: LogMode,
+    /// `nftpol.io/enforcement: audit`: evaluated and logged as
+    /// `would-deny`, never enforced.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// One entry of `spec.ingress` or `spec.egress`.

@@ -9,7 +9,8 @@
 //! hundred thousand.
 
 use crate::admin::*;
-use crate::compile::compile;
+use crate::audit::{AuditOptions, DEFAULT_DENY, WOULD_DENY};
+use crate::compile::{compile, compile_node_with};
 use crate::eval::{allowed, Endpoint};
 use crate::index::Cluster;
 use crate::interp::{cluster_accepts, Packet};
@@ -157,13 +158,20 @@ pub(crate) fn policy_strategy() -> impl Strategy<Value = Policy> {
         selector_strategy(),
         proptest::option::of(proptest::collection::vec(rule_strategy(), 0..3)),
         proptest::option::of(proptest::collection::vec(rule_strategy(), 0..3)),
+        prop::sample::select(vec![LogMode::Off, LogMode::Deny, LogMode::All]),
+        // One policy in four is staged.
+        0u8..4,
     )
-        .prop_map(|(ns, pod_selector, ingress, egress)| Policy {
+        .prop_map(|(ns, pod_selector, ingress, egress, log, stage)| Policy {
             namespace: ns.to_string(),
             name: String::new(),
             pod_selector,
             ingress,
             egress,
+            audit: Audit {
+                log,
+                staged: stage == 0,
+            },
         })
 }
 
@@ -450,12 +458,24 @@ fn has_admin_pod_peers(c: &Cluster) -> bool {
     })
 }
 
-/// Checks every flow; returns how many were checked.
+/// Checks every flow; returns how many were checked. The rulesets log
+/// (every policy's own mode, and a node-wide mode that varies with the
+/// case) and hold staged policies, and still must decide exactly as the
+/// evaluator does without them; what they log must be what the
+/// evaluator says the staged policies would deny.
 fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
+    let opts = AuditOptions {
+        log: [LogMode::Off, LogMode::Deny, LogMode::All][c.pod_count() % 3],
+        ..AuditOptions::default()
+    };
     let rulesets: BTreeMap<String, Ruleset> = NODES
         .iter()
-        .map(|n| (n.to_string(), compile(c, n)))
+        .map(|n| {
+            let rs = compile_node_with(c, n, &crate::NodeNet::default(), &opts);
+            (n.to_string(), rs)
+        })
         .collect();
+    let as_if = c.with_staged_enforced();
     let eps = endpoints(c);
     // Admin pod and namespace peers do not yet apply the shared-address
     // rule (the kernel's sets hold an address when any claimant is
@@ -491,6 +511,7 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                             hoplimit: 64,
                         };
                         let got = cluster_accepts(c, &rulesets, &pkt);
+                        check_logs(c, as_if.as_ref(), &rulesets, (src, dst), &pkt, &want)?;
                         prop_assert_eq!(
                             got,
                             want.allowed,
@@ -512,6 +533,80 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
         }
     }
     Ok(checked)
+}
+
+/// What the log rules report for one flow, on the destination pod's node
+/// (where the flow meets the ingress chain, after the source's egress
+/// chain when the source is local too): a `would-deny` of ingress exactly
+/// when the staged policies would deny it and no enforced one isolates
+/// the pod; a `default-deny` only for a packet the ruleset drops.
+fn check_logs(
+    c: &Cluster,
+    as_if: Option<&Cluster>,
+    rulesets: &BTreeMap<String, Ruleset>,
+    (src, dst): (&Endpoint, &Endpoint),
+    pkt: &Packet,
+    want: &crate::eval::Decision,
+) -> Result<(), TestCaseError> {
+    use crate::eval::SideVerdict;
+    let Endpoint::Pod { namespace, name } = dst else {
+        return Ok(());
+    };
+    let Some(node) = c.pod(namespace, name).and_then(|p| p.node_name.clone()) else {
+        return Ok(());
+    };
+    if c.claimants(pkt.daddr).len() > 1 || c.claimants(pkt.saddr).len() > 1 {
+        return Ok(());
+    }
+    let t = crate::interp::trace(&rulesets[&node], crate::compile::CHAIN_FORWARD, pkt);
+    let prefixes = t.log_prefixes();
+    if prefixes.iter().any(|p| p.ends_with(DEFAULT_DENY)) {
+        prop_assert!(
+            !t.accepted,
+            "default-deny logged for an accepted packet: {t:?}"
+        );
+    }
+    let logged = prefixes
+        .iter()
+        .any(|p| p.ends_with(&format!("ingress {WOULD_DENY}")));
+    let src_local = match src {
+        Endpoint::Pod { namespace, name } => c
+            .pod(namespace, name)
+            .is_some_and(|p| p.node_name.as_deref() == Some(node.as_str())),
+        Endpoint::Ip(_) => false,
+    };
+    let reaches_ingress = !src_local || want.egress.allows();
+    let expected = match as_if {
+        None => false,
+        Some(as_if) => {
+            let staged = allowed(
+                as_if,
+                src,
+                dst,
+                Family::of(&pkt.saddr),
+                Protocol::from_number(pkt.proto).expect("proto"),
+                pkt.dport,
+            )
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            reaches_ingress
+                && matches!(staged.ingress, SideVerdict::Denied { .. })
+                && !matches!(
+                    want.ingress,
+                    SideVerdict::Denied { .. } | SideVerdict::Allowed { .. }
+                )
+                && !matches!(staged.ingress, SideVerdict::Tier { .. })
+        }
+    };
+    prop_assert_eq!(
+        logged,
+        expected,
+        "would-deny of ingress {} -> {}: {:?} {:?}",
+        src,
+        dst,
+        t,
+        want
+    );
+    Ok(())
 }
 
 proptest! {

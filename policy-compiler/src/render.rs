@@ -167,7 +167,9 @@ fn render_chain(out: &mut String, name: &str, chain: &Chain) {
 /// One rule as nft writes it (without indentation).
 pub fn render_rule(r: &Rule) -> String {
     let mut parts: Vec<String> = r.matches.iter().map(render_match).collect();
-    parts.push(render_verdict(&r.verdict));
+    if r.verdict != Verdict::Continue {
+        parts.push(render_verdict(&r.verdict));
+    }
     if let Some(c) = &r.comment {
         parts.push(format!("comment \"{}\"", escape_comment(c)));
     }
@@ -216,6 +218,12 @@ fn render_match(m: &Match) -> String {
         }
         Match::Ip6HopLimit(n) => format!("ip6 hoplimit {n}"),
         Match::Counter => "counter".into(),
+        Match::Limit { per_second, burst } => {
+            format!("limit rate {per_second}/second burst {burst} packets")
+        }
+        Match::Log { group, prefix } => {
+            format!("log prefix \"{}\" group {group}", escape_comment(prefix))
+        }
     }
 }
 
@@ -231,5 +239,6 @@ fn render_verdict(v: &Verdict) -> String {
             family.payload_keyword(),
             dir.addr_keyword()
         ),
+        Verdict::Continue => String::new(),
     }
 }

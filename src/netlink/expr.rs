@@ -35,6 +35,8 @@ pub const V_DROP: i32 = libc::NF_DROP;
 pub const V_RETURN: i32 = libc::NFT_RETURN;
 pub const V_JUMP: i32 = libc::NFT_JUMP;
 pub const V_GOTO: i32 = libc::NFT_GOTO;
+/// `NFT_LIMIT_PKTS`: a limit counting packets, not bytes.
+pub const LIMIT_PKTS: u32 = 0;
 
 /// One kernel expression, reduced to the attributes nftpol uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +75,24 @@ pub enum RawExpr {
     },
     /// The `counter` statement (its values are not compared).
     Counter,
+    /// `limit rate N/<unit seconds> burst B`; `kind` 0 counts packets.
+    Limit {
+        rate: u64,
+        unit: u64,
+        burst: u32,
+        kind: u32,
+        flags: u32,
+    },
+    /// `log prefix ... group G` (nflog); snaplen 0 leaves the copy range
+    /// to the listener.
+    Log {
+        prefix: String,
+        group: Option<u16>,
+        snaplen: u32,
+        qthreshold: u16,
+        /// A syslog level or flags: a log nftpol never writes.
+        other: bool,
+    },
     /// An `immediate` to the verdict register.
     Verdict {
         code: i32,
@@ -346,6 +366,20 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
                 });
             }
             Match::Counter => l.out.push(RawExpr::Counter),
+            Match::Limit { per_second, burst } => l.out.push(RawExpr::Limit {
+                rate: u64::from(*per_second),
+                unit: 1,
+                burst: *burst,
+                kind: LIMIT_PKTS,
+                flags: 0,
+            }),
+            Match::Log { group, prefix } => l.out.push(RawExpr::Log {
+                prefix: prefix.clone(),
+                group: Some(*group),
+                snaplen: 0,
+                qthreshold: 0,
+                other: false,
+            }),
             Match::Icmpv6Type { lo, hi } => {
                 l.guard(Family::Ipv6);
                 l.l4proto(ICMPV6);
@@ -384,6 +418,7 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
             l.addr(*family, *dir, 0);
             l.lookup(map, Some(REG_VERDICT));
         }
+        Verdict::Continue => {}
     }
     l.out
 }
@@ -612,6 +647,33 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 matches.push(Match::Counter);
                 i += 1;
             }
+            E::Limit {
+                rate,
+                unit: 1,
+                burst,
+                kind: LIMIT_PKTS,
+                flags: 0,
+            } => {
+                let per_second = u32::try_from(*rate).map_err(|_| format!("limit rate {rate}"))?;
+                matches.push(Match::Limit {
+                    per_second,
+                    burst: *burst,
+                });
+                i += 1;
+            }
+            E::Log {
+                prefix,
+                group: Some(group),
+                snaplen: 0,
+                qthreshold: 0,
+                other: false,
+            } => {
+                matches.push(Match::Log {
+                    group: *group,
+                    prefix: prefix.clone(),
+                });
+                i += 1;
+            }
             E::Payload {
                 base: BASE_TRANSPORT,
                 offset: 2,
@@ -651,7 +713,13 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
             other => return Err(format!("unsupported expression {other:?}")),
         }
     }
-    let verdict = verdict.ok_or("rule without a verdict")?;
+    // Only a log rule goes without a verdict; a rule that merely matches
+    // would be a foreign no-op.
+    let verdict = match verdict {
+        Some(v) => v,
+        None if matches.iter().any(|m| matches!(m, Match::Log { .. })) => Verdict::Continue,
+        None => return Err("rule without a verdict".into()),
+    };
     Ok(Rule {
         matches,
         verdict,
@@ -755,6 +823,39 @@ pub(crate) mod tests {
                 }],
                 Verdict::Accept,
             ),
+            // A log rule: the matches of the rule it reports, then the
+            // rate limit and the nflog statement, and no verdict.
+            r(
+                vec![
+                    Match::AddrInSet {
+                        family: Family::Ipv4,
+                        dir: Dir::Src,
+                        set: "pod4_x".into(),
+                    },
+                    Match::Limit {
+                        per_second: 10,
+                        burst: 5,
+                    },
+                    Match::Log {
+                        group: 2,
+                        prefix: "ns/policy ingress[0] allow".into(),
+                    },
+                ],
+                Verdict::Continue,
+            ),
+            r(
+                vec![
+                    Match::Limit {
+                        per_second: 3,
+                        burst: 1,
+                    },
+                    Match::Log {
+                        group: 65535,
+                        prefix: "ns/pod default-deny".into(),
+                    },
+                ],
+                Verdict::Continue,
+            ),
             r(vec![], Verdict::Jump("ing_default_a".into())),
             r(vec![], Verdict::Goto("ing_default_a".into())),
             r(vec![], Verdict::Return),
@@ -812,6 +913,51 @@ pub(crate) mod tests {
     fn foreign_rules_are_rejected() {
         assert!(raise_rule(&[RawExpr::Other("counter".into())], None).is_err());
         assert!(raise_rule(&[], None).is_err());
+        // A limit alone (no log) is no rule nftpol writes, nor is a log
+        // to syslog, a byte limit or a limit per minute.
+        let limit = RawExpr::Limit {
+            rate: 10,
+            unit: 1,
+            burst: 5,
+            kind: LIMIT_PKTS,
+            flags: 0,
+        };
+        assert!(raise_rule(std::slice::from_ref(&limit), None).is_err());
+        let log = |group, other| RawExpr::Log {
+            prefix: "x".into(),
+            group,
+            snaplen: 0,
+            qthreshold: 0,
+            other,
+        };
+        assert!(raise_rule(&[limit.clone(), log(None, false)], None).is_err());
+        assert!(raise_rule(&[limit.clone(), log(Some(2), true)], None).is_err());
+        assert!(raise_rule(&[limit.clone(), log(Some(2), false)], None).is_ok());
+        for bad in [
+            RawExpr::Limit {
+                rate: 10,
+                unit: 60,
+                burst: 5,
+                kind: LIMIT_PKTS,
+                flags: 0,
+            },
+            RawExpr::Limit {
+                rate: 10,
+                unit: 1,
+                burst: 5,
+                kind: 1,
+                flags: 0,
+            },
+            RawExpr::Limit {
+                rate: 10,
+                unit: 1,
+                burst: 5,
+                kind: LIMIT_PKTS,
+                flags: 1, // inverted: matches above the rate
+            },
+        ] {
+            assert!(raise_rule(&[bad, log(Some(2), false)], None).is_err());
+        }
         let mut raw = lower_rule(&r(vec![], Verdict::Accept));
         raw.push(RawExpr::Verdict {
             code: V_DROP,

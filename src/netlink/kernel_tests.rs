@@ -191,6 +191,31 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
         Chain {
             base: None,
             rules: vec![
+                // A verdict log: the rule's matches, rate limit, nflog,
+                // no verdict.
+                rule(
+                    vec![
+                        Match::AddrInSet {
+                            family: Family::Ipv4,
+                            dir: Dir::Src,
+                            set: "pod4_a".into(),
+                        },
+                        Match::L4Proto(l4::TCP),
+                        Match::DPortInSet {
+                            set: "tcp_a".into(),
+                        },
+                        Match::Limit {
+                            per_second: 10,
+                            burst: 5,
+                        },
+                        Match::Log {
+                            group: 2,
+                            prefix: "default/allow ingress[0] allow".into(),
+                        },
+                    ],
+                    Verdict::Continue,
+                    None,
+                ),
                 allow_tcp_from("pod4_a", "tcp_a", Some("default/allow ingress[0]")),
                 rule(
                     vec![
@@ -364,6 +389,7 @@ fn longest_compiled_comments_fit_netlink() {
             pod_selector: Default::default(),
             ingress: Some(vec![]),
             egress: None,
+            audit: Default::default(),
         });
     }
     let want = policy_compiler::compile(&c, "n");

@@ -81,6 +81,17 @@ pub(crate) mod nfta {
     pub const IMMEDIATE_DATA: u16 = 2;
     pub const COUNTER_BYTES: u16 = 1;
     pub const COUNTER_PACKETS: u16 = 2;
+    pub const LIMIT_RATE: u16 = 1;
+    pub const LIMIT_UNIT: u16 = 2;
+    pub const LIMIT_BURST: u16 = 3;
+    pub const LIMIT_TYPE: u16 = 4;
+    pub const LIMIT_FLAGS: u16 = 5;
+    pub const LOG_GROUP: u16 = 1;
+    pub const LOG_PREFIX: u16 = 2;
+    pub const LOG_SNAPLEN: u16 = 3;
+    pub const LOG_QTHRESHOLD: u16 = 4;
+    pub const LOG_LEVEL: u16 = 5;
+    pub const LOG_FLAGS: u16 = 6;
 }
 
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -144,6 +155,20 @@ impl<'a> Attrs<'a> {
     /// A number that reads as 0 when absent.
     fn u32_or_0(&self, ty: u16) -> Result<u32, String> {
         Ok(self.u32(ty)?.unwrap_or(0))
+    }
+
+    fn u16(&self, ty: u16) -> Result<Option<u16>, String> {
+        self.get(ty)
+            .map(|v| {
+                <[u8; 2]>::try_from(v).map(u16::from_be_bytes).map_err(|_| {
+                    format!(
+                        "{}: attribute {ty} has {} bytes, want 2",
+                        self.what,
+                        v.len()
+                    )
+                })
+            })
+            .transpose()
     }
 
     fn u64(&self, ty: u16) -> Result<Option<u64>, String> {
@@ -302,6 +327,20 @@ fn parse_expr(elem: &[u8]) -> Result<(RawExpr, Option<(u64, u64)>), String> {
                 None => RawExpr::Other(name),
             }
         }
+        "limit" => RawExpr::Limit {
+            rate: d.u64(LIMIT_RATE)?.unwrap_or(0),
+            unit: d.u64(LIMIT_UNIT)?.unwrap_or(0),
+            burst: d.u32_or_0(LIMIT_BURST)?,
+            kind: d.u32_or_0(LIMIT_TYPE)?,
+            flags: d.u32_or_0(LIMIT_FLAGS)?,
+        },
+        "log" => RawExpr::Log {
+            prefix: d.string(LOG_PREFIX)?.unwrap_or_default(),
+            group: d.u16(LOG_GROUP)?,
+            snaplen: d.u32_or_0(LOG_SNAPLEN)?,
+            qthreshold: d.u16(LOG_QTHRESHOLD)?.unwrap_or(0),
+            other: d.has(LOG_LEVEL) || d.has(LOG_FLAGS),
+        },
         _ => RawExpr::Other(name),
     };
     Ok((expr, None))

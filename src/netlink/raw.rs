@@ -46,6 +46,8 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         RawExpr::Lookup { .. } => c"lookup",
         RawExpr::Verdict { .. } => c"immediate",
         RawExpr::Counter => c"counter",
+        RawExpr::Limit { .. } => c"limit",
+        RawExpr::Log { .. } => c"log",
         // Never produced by the encoder; an empty counter keeps this total.
         RawExpr::Other(_) => c"counter",
     };
@@ -116,6 +118,50 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
                 let c = CString::new(c.as_str()).unwrap_or_default();
                 // SAFETY: `p` is live; libnftnl copies the NUL-terminated name.
                 unsafe { sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_IMM_CHAIN as u16, c.as_ptr()) };
+            }
+        }
+        RawExpr::Limit {
+            rate,
+            unit,
+            burst,
+            kind,
+            flags,
+        } => {
+            // SAFETY: `p` is live; the setters copy the value.
+            unsafe {
+                sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_RATE as u16, *rate);
+                sys::nftnl_expr_set_u64(p, sys::NFTNL_EXPR_LIMIT_UNIT as u16, *unit);
+            }
+            set_u32(sys::NFTNL_EXPR_LIMIT_BURST, *burst);
+            set_u32(sys::NFTNL_EXPR_LIMIT_TYPE, *kind);
+            set_u32(sys::NFTNL_EXPR_LIMIT_FLAGS, *flags);
+        }
+        RawExpr::Log {
+            prefix,
+            group,
+            snaplen,
+            qthreshold,
+            other: _,
+        } => {
+            let prefix = CString::new(prefix.as_str()).unwrap_or_default();
+            // SAFETY: `p` is live; libnftnl copies the NUL-terminated
+            // prefix and the values.
+            unsafe {
+                sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOG_PREFIX as u16, prefix.as_ptr());
+                if let Some(g) = group {
+                    sys::nftnl_expr_set_u16(p, sys::NFTNL_EXPR_LOG_GROUP as u16, *g);
+                }
+            }
+            // Set only when non-zero, as nft does: a zero snaplen sent
+            // still reads back as `snaplen 0`, a different statement.
+            if *snaplen != 0 {
+                set_u32(sys::NFTNL_EXPR_LOG_SNAPLEN, *snaplen);
+            }
+            if *qthreshold != 0 {
+                // SAFETY: as above.
+                unsafe {
+                    sys::nftnl_expr_set_u16(p, sys::NFTNL_EXPR_LOG_QTHRESHOLD as u16, *qthreshold)
+                };
             }
         }
         RawExpr::Counter | RawExpr::Other(_) => {}

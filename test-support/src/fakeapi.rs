@@ -865,8 +865,16 @@ pub fn to_api(o: &policy_compiler::Object) -> Value {
                 spec["egress"] = json!(rules.iter().map(|r| rule(r, "to")).collect::<Vec<_>>());
             }
             spec["policyTypes"] = json!(types);
+            let mut annotations = serde_json::Map::new();
+            if p.audit.log != policy_compiler::model::LogMode::Off {
+                annotations.insert("nftpol.io/log".into(), json!(p.audit.log));
+            }
+            if p.audit.staged {
+                annotations.insert("nftpol.io/enforcement".into(), json!("audit"));
+            }
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                "metadata": {"name": p.name, "namespace": p.namespace}, "spec": spec})
+                "metadata": {"name": p.name, "namespace": p.namespace, "annotations": annotations},
+                "spec": spec})
         }
         Object::Node(n) => {
             let addresses: Vec<Value> = n

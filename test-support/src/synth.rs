@@ -179,6 +179,7 @@ pub fn policy(shape: Shape, i: usize) -> Policy {
         pod_selector,
         ingress,
         egress,
+        audit: Default::default(),
     }
 }
 

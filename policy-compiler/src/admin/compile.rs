@@ -18,7 +18,7 @@ use crate::compile::{family_digit, merge_ports, selector_key, Builder, Enforce};
 use crate::index::Cluster;
 use crate::ipblock::{cidr_minus, merge};
 use crate::ir::*;
-use crate::model::{Direction, Labels, Pod, Protocol};
+use crate::model::{Direction, Labels, LogMode, Pod, Protocol};
 use crate::names::comment;
 use std::collections::BTreeSet;
 
@@ -97,6 +97,7 @@ fn rule(
         direction.word(),
         r.action.api(pol.kind)
     )));
+    let start = out.len();
     let (plain, named) = ports(b, pod, direction, r);
     if !plain.is_empty() {
         for peer in peers(b, direction, r) {
@@ -118,6 +119,18 @@ fn rule(
                 comment: note.clone(),
             });
         }
+    }
+    // Admin policies log by the node's mode alone: a Deny counts as a
+    // deny, Accept and Pass as allows.
+    let mode = b.audit.log;
+    let logged = match r.action {
+        Action::Deny => mode >= LogMode::Deny,
+        Action::Accept | Action::Pass => mode == LogMode::All,
+    };
+    if logged && !b.staging {
+        let prefix =
+            crate::audit::admin_prefix(&pol.id(), direction, index, r.action.api(pol.kind));
+        b.log_each(out, start, &prefix);
     }
 }
 

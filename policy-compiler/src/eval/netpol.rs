@@ -33,6 +33,7 @@ pub(super) fn side(
     let mut rules = Vec::new();
     let selecting = cluster
         .policies()
+        .filter(|p| !p.audit.staged)
         .filter(|p| p.namespace == pod.namespace && spec::selects(&p.pod_selector, &pod.labels));
     for pol in selecting {
         let Some(prules) = rules_of(pol, direction) else {
@@ -81,7 +82,8 @@ pub(super) fn shared(cluster: &Cluster, ip: IpAddr, direction: Direction) -> Opt
     // in this direction whose subject holds it.
     let isolated = claimants.iter().any(|pod| {
         cluster.policies().any(|p| {
-            p.namespace == pod.namespace
+            !p.audit.staged
+                && p.namespace == pod.namespace
                 && spec::selects(&p.pod_selector, &pod.labels)
                 && rules_of(p, direction).is_some()
         }) || cluster.admin_policies().any(|p| {
