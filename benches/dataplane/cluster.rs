@@ -117,6 +117,7 @@ pub fn cluster(policies: usize) -> Cluster {
                 ports: ports.clone(),
             }]),
             egress: None,
+            audit: Default::default(),
         });
     }
     c
