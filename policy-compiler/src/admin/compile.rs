@@ -364,7 +364,13 @@ fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String
         |c| {
             let mut elements = BTreeSet::new();
             for p in peer_pods(c, r) {
-                for ip in p.ips.iter().filter(|ip| Family::of(ip) == family) {
+                // A named port on a shared address resolves on no single
+                // pod (as for NetworkPolicy named ports).
+                for ip in p
+                    .ips
+                    .iter()
+                    .filter(|ip| Family::of(ip) == family && c.claimants(**ip).len() < 2)
+                {
                     for name in named {
                         for proto in Protocol::ALL {
                             if let Some(n) = p.resolve_port(name, proto) {
