@@ -406,7 +406,8 @@ impl FakeApi {
         self.shared.held.send_modify(BTreeSet::clear);
     }
 
-    /// List requests per kind so far (served, or refused in an outage).
+    /// Whole-kind list requests per kind so far (served, or refused in an
+    /// outage); lookups by field selector are not counted.
     pub fn list_count(&self, kind: ApiKind) -> usize {
         self.inner().lists.get(&kind).copied().unwrap_or(0)
     }
@@ -507,12 +508,11 @@ async fn handle(
     let is_watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     if outage {
         let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let count = if is_watch {
-            &mut inner.watch_requests
-        } else {
-            &mut inner.lists
-        };
-        *count.entry(kind).or_default() += 1;
+        if is_watch {
+            *inner.watch_requests.entry(kind).or_default() += 1;
+        } else if is_whole_kind(&q) {
+            *inner.lists.entry(kind).or_default() += 1;
+        }
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
             "the fake API server is down",
@@ -678,12 +678,21 @@ fn post_event(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Resp
         .into_response()
 }
 
+/// A list of every object of a kind, as a watcher's (re)list asks for;
+/// a lookup by field selector (the status writer finding its Node) is not
+/// one, so [`FakeApi::list_count`] leaves it out.
+fn is_whole_kind(q: &HashMap<String, String>) -> bool {
+    !q.contains_key("fieldSelector")
+}
+
 async fn list(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Response {
     let mut held = shared.held.subscribe();
     // Hangs while the kind is held (the client sees a slow apiserver).
     let _ = held.wait_for(|h| !h.contains(&kind)).await;
     let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
-    *inner.lists.entry(kind).or_default() += 1;
+    if is_whole_kind(q) {
+        *inner.lists.entry(kind).or_default() += 1;
+    }
     let (offset, rv) = match q.get("continue").and_then(|c| c.split_once('/')) {
         Some((o, r)) => (o.parse().unwrap_or(0), r.to_string()),
         None => (0usize, inner.rv.to_string()),
