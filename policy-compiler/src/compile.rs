@@ -529,28 +529,7 @@ impl<'a> Builder<'a> {
                 },
             );
         }
-        if rules
-            .iter()
-            .any(|r| r.verdict == Verdict::Goto(pass_name.clone()))
-        {
-            rules.push(Rule {
-                matches: vec![],
-                verdict: Verdict::Goto(pass_name.clone()),
-                comment: Some("end of admin tier".into()),
-            });
-            self.rs.chains.insert(
-                pass_name,
-                Chain {
-                    base: None,
-                    rules: tail,
-                },
-            );
-        } else {
-            rules.extend(tail);
-        }
-        self.rs
-            .chains
-            .insert(chain_name.clone(), Chain { base: None, rules });
+        self.insert_tiered_chain(chain_name.clone(), pass_name, rules, tail);
         for ip in &pod.ips {
             // A shared address gets its own chain (shared_address_elements).
             if self.shared.contains_key(ip) {
@@ -584,6 +563,21 @@ impl<'a> Builder<'a> {
         audit::stage(&mut tail, |c| c.to_string());
         tail.pop();
         tail.extend(self.audit.would_deny(direction, staged));
+        self.insert_tiered_chain(name.clone(), pass, rules, tail);
+        name
+    }
+
+    /// Inserts the chain `name`: the admin-tier `rules`, then `tail` (the
+    /// NetworkPolicy part and what follows it). When an admin Pass jumps
+    /// past the rest of the admin tier, `tail` is its own chain `pass`,
+    /// the goto target, and the admin tier ends in a goto to it.
+    fn insert_tiered_chain(
+        &mut self,
+        name: String,
+        pass: String,
+        mut rules: Vec<Rule>,
+        tail: Vec<Rule>,
+    ) {
         if rules
             .iter()
             .any(|r| r.verdict == Verdict::Goto(pass.clone()))
@@ -603,10 +597,7 @@ impl<'a> Builder<'a> {
         } else {
             rules.extend(tail);
         }
-        self.rs
-            .chains
-            .insert(name.clone(), Chain { base: None, rules });
-        name
+        self.rs.chains.insert(name, Chain { base: None, rules });
     }
 
     /// The NetworkPolicy part for a pod they isolate: the allows of every
