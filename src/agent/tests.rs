@@ -443,8 +443,7 @@ async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
     // namespace watcher's next watch must resume from the bookmark.
     fake.apply(pod("ops", "noise", json!({}), "node-b", "10.1.1.77"))
         .expect("apply");
-    fake.bookmark();
-    let bookmark = fake.resource_version();
+    let bookmark = fake.bookmark();
     tokio::time::sleep(Duration::from_millis(100)).await;
     fake.drop_connections();
     // A change made while the client reconnects is replayed from history.

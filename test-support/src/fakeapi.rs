@@ -363,9 +363,12 @@ impl FakeApi {
     }
 
     /// Sends a BOOKMARK with the current resourceVersion to every watch.
-    pub fn bookmark(&self) {
+    /// Returns the resourceVersion the bookmarks carry: other writes (the
+    /// agent's status object) may move the server's on at any moment.
+    pub fn bookmark(&self) -> u64 {
         let mut inner = self.inner();
-        let rv = inner.rv.to_string();
+        let sent = inner.rv;
+        let rv = sent.to_string();
         inner.watches.retain(|w| {
             let ev = json!({"type": "BOOKMARK", "object": {
                 "kind": w.kind.kind(), "apiVersion": w.kind.api_version(),
@@ -373,6 +376,7 @@ impl FakeApi {
             }});
             w.tx.send(line(&ev)).is_ok()
         });
+        sent
     }
 
     /// Compacts the history and sends 410 Gone to every open watch, so
