@@ -474,6 +474,37 @@ impl<'a> Builder<'a> {
     }
 
     /// A set whose elements are its definition (ipBlocks, port lists).
+    /// The match of one protocol's ports: nothing for no ports, a plain
+    /// range for one merged range, else a port set shared by content
+    /// (named ports resolved on this pod are plain numbers by now, so pods
+    /// that resolve them alike share it). `prefix` keeps the admin tier's
+    /// sets apart from NetworkPolicy's.
+    pub(crate) fn ports_match(
+        &mut self,
+        prefix: &str,
+        proto: Protocol,
+        ranges: Vec<(u16, u16)>,
+    ) -> Option<Vec<Match>> {
+        let ranges = merge_ports(ranges);
+        let port = match ranges.as_slice() {
+            [] => return None,
+            [(lo, hi)] => Match::DPort { lo: *lo, hi: *hi },
+            _ => {
+                let elements = ranges
+                    .iter()
+                    .map(|(lo, hi)| Element::PortRange(*lo, *hi))
+                    .collect();
+                let set = self.content_set(
+                    &format!("{prefix}{}", proto.lower()),
+                    SetKind::Ports,
+                    elements,
+                );
+                Match::DPortInSet { set }
+            }
+        };
+        Some(vec![Match::L4Proto(proto.number()), port])
+    }
+
     pub(crate) fn content_set(
         &mut self,
         prefix: &str,
@@ -857,27 +888,7 @@ impl<'a> Builder<'a> {
                     PortRef::Any => {}
                 }
             }
-            let ranges = merge_ports(ranges);
-            match ranges.as_slice() {
-                [] => {}
-                [(lo, hi)] => plain.push(vec![
-                    Match::L4Proto(proto.number()),
-                    Match::DPort { lo: *lo, hi: *hi },
-                ]),
-                _ => {
-                    // Named ports resolved on this pod are plain numbers
-                    // by now: pods that resolve them alike share the set.
-                    let elements = ranges
-                        .iter()
-                        .map(|(lo, hi)| Element::PortRange(*lo, *hi))
-                        .collect();
-                    let name = self.content_set(proto.lower(), SetKind::Ports, elements);
-                    plain.push(vec![
-                        Match::L4Proto(proto.number()),
-                        Match::DPortInSet { set: name },
-                    ]);
-                }
-            }
+            plain.extend(self.ports_match("", proto, ranges));
         }
         named.sort();
         named.dedup();

@@ -14,7 +14,7 @@
 //! `<Kind>/<name> <direction>[<i>] <Action>`.
 
 use super::{Action, AdminPeer, AdminPolicy, AdminPort, AdminRule, Subject, Tier};
-use crate::compile::{family_digit, merge_ports, selector_key, Builder, Enforce};
+use crate::compile::{family_digit, selector_key, Builder, Enforce};
 use crate::index::Cluster;
 use crate::ipblock::{cidr_minus, merge};
 use crate::ir::*;
@@ -328,26 +328,7 @@ fn ports(
         }
     }
     for (proto, ranges) in by_proto {
-        let ranges = merge_ports(ranges);
-        match ranges.as_slice() {
-            [] => {}
-            [(lo, hi)] => plain.push(vec![
-                Match::L4Proto(proto.number()),
-                Match::DPort { lo: *lo, hi: *hi },
-            ]),
-            _ => {
-                // Names resolved on this pod are plain numbers by now.
-                let elements = ranges
-                    .iter()
-                    .map(|(lo, hi)| Element::PortRange(*lo, *hi))
-                    .collect();
-                let set = b.content_set(&format!("a{}", proto.lower()), SetKind::Ports, elements);
-                plain.push(vec![
-                    Match::L4Proto(proto.number()),
-                    Match::DPortInSet { set },
-                ]);
-            }
-        }
+        plain.extend(b.ports_match("a", proto, ranges));
     }
     named.sort();
     named.dedup();
