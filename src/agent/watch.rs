@@ -45,6 +45,81 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One watched kind: where its objects go in the index and how they are
+/// reduced to the compiler's model. One impl a kind and one generic
+/// [`watch`] for all of them, so every kind is listed, applied, deleted and
+/// skipped by the same code.
+trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static
+{
+    const KIND: Kind;
+    /// A CRD the API server may not serve (not installed).
+    const CRD: bool = false;
+    fn reduce(&self) -> Result<Object, ObjectError>;
+}
+
+impl Watched for Namespace {
+    const KIND: Kind = Kind::Namespace;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        convert::namespace(self, None).map(Object::Namespace)
+    }
+}
+
+impl Watched for Pod {
+    const KIND: Kind = Kind::Pod;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        convert::pod(self, None).map(Object::Pod)
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: Kind = Kind::Policy;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        convert::policy(self, None).map(Object::Policy)
+    }
+}
+
+impl Watched for Node {
+    const KIND: Kind = Kind::Node;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        admin::node(self, None).map(Object::Node)
+    }
+}
+
+impl Watched for ClusterNetworkPolicy {
+    const KIND: Kind = Kind::Admin(AdminKind::ClusterNetworkPolicy);
+    const CRD: bool = true;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        admin::cluster_network_policy(self, None).map(Object::AdminPolicy)
+    }
+}
+
+impl Watched for AdminNetworkPolicy {
+    const KIND: Kind = Kind::Admin(AdminKind::AdminNetworkPolicy);
+    const CRD: bool = true;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        admin::admin_network_policy(self, None).map(Object::AdminPolicy)
+    }
+}
+
+impl Watched for BaselineAdminNetworkPolicy {
+    const KIND: Kind = Kind::Admin(AdminKind::BaselineAdminNetworkPolicy);
+    const CRD: bool = true;
+    fn reduce(&self) -> Result<Object, ObjectError> {
+        admin::baseline_admin_network_policy(self, None).map(Object::AdminPolicy)
+    }
+}
+
+/// Where every watch sends its changes, counts its events and reports
+/// the objects it skips.
+#[derive(Clone)]
+struct Sink {
+    client: kube::Client,
+    tx: Sender<Stamped>,
+    metrics: Arc<Metrics>,
+    reporter: InvalidReporter,
+}
+
 /// Watches every kind until the reconcile loop goes away.
 pub async fn run(
     client: kube::Client,
@@ -63,99 +138,49 @@ pub async fn run(
         ),
         inventory,
     );
-    let ns = watch_kind(
-        Api::<DeserializeGuard<Namespace>>::all(client.clone()),
-        Kind::Namespace,
-        |o| convert::namespace(o, None).map(Object::Namespace),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let pods = watch_kind(
-        Api::<DeserializeGuard<Pod>>::all(client.clone()),
-        Kind::Pod,
-        |o| convert::pod(o, None).map(Object::Pod),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let pols = watch_kind(
-        Api::<DeserializeGuard<NetworkPolicy>>::all(client.clone()),
-        Kind::Policy,
-        |o| convert::policy(o, None).map(Object::Policy),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let nodes = watch_kind(
-        Api::<DeserializeGuard<Node>>::all(client.clone()),
-        Kind::Node,
-        |o| admin::node(o, None).map(Object::Node),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let cnp = watch_crd(
-        Api::<DeserializeGuard<ClusterNetworkPolicy>>::all(client.clone()),
-        Kind::Admin(AdminKind::ClusterNetworkPolicy),
-        |o| admin::cluster_network_policy(o, None).map(Object::AdminPolicy),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let anp = watch_crd(
-        Api::<DeserializeGuard<AdminNetworkPolicy>>::all(client.clone()),
-        Kind::Admin(AdminKind::AdminNetworkPolicy),
-        |o| admin::admin_network_policy(o, None).map(Object::AdminPolicy),
-        tx.clone(),
-        metrics.clone(),
-        reporter.clone(),
-    );
-    let banp = watch_crd(
-        Api::<DeserializeGuard<BaselineAdminNetworkPolicy>>::all(client),
-        Kind::Admin(AdminKind::BaselineAdminNetworkPolicy),
-        |o| admin::baseline_admin_network_policy(o, None).map(Object::AdminPolicy),
+    let sink = Sink {
+        client,
         tx,
         metrics,
         reporter,
+    };
+    futures::join!(
+        watch::<Namespace>(sink.clone()),
+        watch::<Pod>(sink.clone()),
+        watch::<NetworkPolicy>(sink.clone()),
+        watch::<Node>(sink.clone()),
+        watch::<ClusterNetworkPolicy>(sink.clone()),
+        watch::<AdminNetworkPolicy>(sink.clone()),
+        watch::<BaselineAdminNetworkPolicy>(sink),
     );
-    futures::join!(ns, pods, pols, nodes, cnp, anp, banp);
     Ok(())
 }
 
-/// Watches a CRD kind, or, when the API server does not serve it (the CRD
-/// is not installed: 404), reports it as listed and empty and stops.
-async fn watch_crd<K>(
-    api: Api<DeserializeGuard<K>>,
-    kind: Kind,
-    reduce: fn(&K) -> Result<Object, ObjectError>,
-    tx: Sender<Stamped>,
-    metrics: Arc<Metrics>,
-    reporter: InvalidReporter,
-) where
-    K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
-{
+/// Whether the API server serves the kind; a CRD that is not installed
+/// (404) is reported as listed and empty instead.
+async fn served<K: Watched>(api: &Api<DeserializeGuard<K>>, sink: &Sink) -> bool {
     let probe = api
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await;
-    if let Err(kube::Error::Api(status)) = &probe {
-        if status.code == 404 {
-            tracing::warn!(
-                kind = kind.as_str(),
-                "CRD not installed: no such policies to enforce (restart the agent after installing it; `nftpol crds` prints it)"
-            );
-            metrics.event(kind, "listed");
-            let _ = tx.send((
-                Instant::now(),
-                Change::Replace {
-                    kinds: vec![kind],
-                    objects: Vec::new(),
-                },
-            ));
-            return;
-        }
+    let Err(kube::Error::Api(status)) = &probe else {
+        return true;
+    };
+    if status.code != 404 {
+        return true;
     }
-    watch_kind(api, kind, reduce, tx, metrics, reporter).await;
+    tracing::warn!(
+        kind = K::KIND.as_str(),
+        "CRD not installed: no such policies to enforce (restart the agent after installing it; `nftpol crds` prints it)"
+    );
+    sink.metrics.event(K::KIND, "listed");
+    let _ = sink.tx.send((
+        Instant::now(),
+        Change::Replace {
+            kinds: vec![K::KIND],
+            objects: Vec::new(),
+        },
+    ));
+    false
 }
 
 /// The object's key as the index stores it (a namespaced object without a
@@ -201,44 +226,6 @@ impl InvalidReporter {
     }
 }
 
-/// Logs, counts and reports one skipped object (reported once per
-/// resourceVersion, so relists do not repeat the Event).
-fn skipped<K>(
-    o: &K,
-    e: &ObjectError,
-    kind: Kind,
-    metrics: &Metrics,
-    reporter: &InvalidReporter,
-    reported: &mut HashSet<(String, String)>,
-) where
-    K: Resource<DynamicType = ()>,
-{
-    metrics.invalid(kind);
-    let (ns, name) = key(o, kind);
-    reporter.1.invalid(
-        api_kind(kind),
-        &ns,
-        &name,
-        format!("{}: {}", e.field, e.message),
-    );
-    tracing::warn!(
-        kind = %e.kind,
-        object = %e.object,
-        field = %e.field,
-        "invalid object skipped: {e}"
-    );
-    let uid = o.meta().uid.clone().unwrap_or_else(|| e.object.clone());
-    let rv = o.meta().resource_version.clone().unwrap_or_default();
-    // Bounded: an object rewritten forever must not grow this forever (at
-    // worst an Event is posted again after the reset).
-    if reported.len() >= 10_000 {
-        reported.clear();
-    }
-    if reported.insert((uid, rv)) {
-        reporter.report(o.object_ref(&()), e);
-    }
-}
-
 /// The API kind name of a watched kind, as the status object names it.
 fn api_kind(kind: Kind) -> &'static str {
     match kind {
@@ -250,38 +237,81 @@ fn api_kind(kind: Kind) -> &'static str {
     }
 }
 
-/// A valid object: its resourceVersion for the status object.
-fn seen<K: Resource<DynamicType = ()>>(inventory: &Inventory, o: &DeserializeGuard<K>, kind: Kind) {
-    let (ns, name) = key(o, kind);
-    inventory.valid(
-        api_kind(kind),
-        &ns,
-        &name,
-        o.meta().resource_version.as_deref(),
-    );
+impl Sink {
+    /// Reduces one listed or applied object. A valid one is recorded
+    /// with its resourceVersion for the status object. An invalid one,
+    /// or one the guard could not deserialize, is logged, counted and
+    /// reported (once per resourceVersion, so relists do not repeat the
+    /// Event) and comes back as `None`: skipped, never an error that
+    /// would stop the watch.
+    fn accept<K: Watched>(
+        &self,
+        o: &DeserializeGuard<K>,
+        reported: &mut HashSet<(String, String)>,
+    ) -> Option<Object> {
+        let kind = K::KIND;
+        let (ns, name) = key(o, kind);
+        let reduced = match &o.0 {
+            Ok(obj) => obj.reduce(),
+            Err(bad) => Err(undecodable(kind, o, &bad.error)),
+        };
+        let e = match reduced {
+            Ok(obj) => {
+                self.reporter.1.valid(
+                    api_kind(kind),
+                    &ns,
+                    &name,
+                    o.meta().resource_version.as_deref(),
+                );
+                return Some(obj);
+            }
+            Err(e) => e,
+        };
+        self.metrics.invalid(kind);
+        self.reporter.1.invalid(
+            api_kind(kind),
+            &ns,
+            &name,
+            format!("{}: {}", e.field, e.message),
+        );
+        tracing::warn!(
+            kind = %e.kind,
+            object = %e.object,
+            field = %e.field,
+            "invalid object skipped: {e}"
+        );
+        let uid = o.meta().uid.clone().unwrap_or_else(|| e.object.clone());
+        let rv = o.meta().resource_version.clone().unwrap_or_default();
+        // Bounded: an object rewritten forever must not grow this forever (at
+        // worst an Event is posted again after the reset).
+        if reported.len() >= 10_000 {
+            reported.clear();
+        }
+        if reported.insert((uid, rv)) {
+            self.reporter.report(o.object_ref(&()), &e);
+        }
+        None
+    }
 }
 
 /// Watches one kind; returns when the receiver is gone.
-async fn watch_kind<K>(
-    api: Api<DeserializeGuard<K>>,
-    kind: Kind,
-    reduce: fn(&K) -> Result<Object, ObjectError>,
-    tx: Sender<Stamped>,
-    metrics: Arc<Metrics>,
-    reporter: InvalidReporter,
-) where
-    K: Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static,
-{
+async fn watch<K: Watched>(sink: Sink) {
+    let kind = K::KIND;
+    let api = Api::<DeserializeGuard<K>>::all(sink.client.clone());
+    if K::CRD && !served(&api, &sink).await {
+        return;
+    }
+    let Sink {
+        tx,
+        metrics,
+        reporter,
+        ..
+    } = &sink;
     let mut reported = HashSet::new();
     let config = watcher::Config::default().page_size(500);
     let mut stream = watcher(api, config)
         .backoff(WatchBackoff::default())
         .boxed();
-    // What the guard could not deserialize becomes an invalid object.
-    let reduce = |g: &DeserializeGuard<K>| match &g.0 {
-        Ok(o) => reduce(o),
-        Err(bad) => Err(undecodable(kind, g, &bad.error)),
-    };
     // Reduced objects of a listing in progress.
     let mut listing: Option<Vec<Object>> = None;
     while let Some(ev) = stream.next().await {
@@ -295,12 +325,8 @@ async fn watch_kind<K>(
                 None
             }
             Ok(Event::InitApply(o)) => {
-                match reduce(&o) {
-                    Ok(obj) => {
-                        seen(&reporter.1, &o, kind);
-                        listing.get_or_insert_with(Vec::new).push(obj)
-                    }
-                    Err(e) => skipped(&o, &e, kind, &metrics, &reporter, &mut reported),
+                if let Some(obj) = sink.accept(&o, &mut reported) {
+                    listing.get_or_insert_with(Vec::new).push(obj);
                 }
                 None
             }
@@ -315,28 +341,21 @@ async fn watch_kind<K>(
             }
             Ok(Event::Apply(o)) => {
                 metrics.event(kind, "apply");
-                match reduce(&o) {
-                    Ok(obj) => {
-                        seen(&reporter.1, &o, kind);
-                        Some(Change::Apply(obj))
-                    }
-                    Err(e) => {
-                        skipped(&o, &e, kind, &metrics, &reporter, &mut reported);
-                        Some(Change::Delete {
-                            kind,
-                            key: key(&o, kind),
-                        })
-                    }
-                }
+                // An object that turned invalid is removed, not kept
+                // enforced in its last valid form.
+                Some(match sink.accept(&o, &mut reported) {
+                    Some(obj) => Change::Apply(obj),
+                    None => Change::Delete {
+                        kind,
+                        key: key(&o, kind),
+                    },
+                })
             }
             Ok(Event::Delete(o)) => {
                 metrics.event(kind, "delete");
-                let (ns, name) = key(&o, kind);
-                reporter.1.deleted(api_kind(kind), &ns, &name);
-                Some(Change::Delete {
-                    kind,
-                    key: key(&o, kind),
-                })
+                let key = key(&o, kind);
+                reporter.1.deleted(api_kind(kind), &key.0, &key.1);
+                Some(Change::Delete { kind, key })
             }
             Err(e) => {
                 // The watcher recovers by itself (relisting after 410
