@@ -12,6 +12,8 @@
 
 pub mod compile;
 pub mod convert;
+#[cfg(test)]
+mod convert_tests;
 
 use crate::model::{Direction, Protocol};
 use crate::selector::Selector;
