@@ -74,10 +74,10 @@ fn sel(c: &Ctx, field: &str, s: &LabelSelector) -> Result<Selector, ObjectError>
 
 fn subject(
     c: &Ctx,
-    namespaces: Option<&LabelSelector>,
-    pods: Option<(&LabelSelector, &LabelSelector)>,
+    namespaces: &Option<LabelSelector>,
+    pods: &Option<impl PodSelectors>,
 ) -> Result<Subject, ObjectError> {
-    match (namespaces, pods) {
+    match (namespaces, pods.as_ref().map(PodSelectors::selectors)) {
         (Some(ns), None) => Ok(Subject::Namespaces(sel(c, "spec.subject.namespaces", ns)?)),
         (None, Some((ns, p))) => Ok(Subject::Pods {
             namespaces: sel(c, "spec.subject.pods.namespaceSelector", ns)?,
@@ -97,6 +97,100 @@ struct RawPeer<'a> {
     nodes: Option<&'a LabelSelector>,
     networks: Option<Vec<&'a str>>,
     domain_names: bool,
+}
+
+/// A namespace selector and a pod selector, as both API generations'
+/// `NamespacedPod` hold them.
+trait PodSelectors {
+    fn selectors(&self) -> (&LabelSelector, &LabelSelector);
+}
+
+impl PodSelectors for v1alpha1::NamespacedPod {
+    fn selectors(&self) -> (&LabelSelector, &LabelSelector) {
+        (&self.namespace_selector, &self.pod_selector)
+    }
+}
+
+impl PodSelectors for v1alpha2::NamespacedPod {
+    fn selectors(&self) -> (&LabelSelector, &LabelSelector) {
+        (&self.namespace_selector, &self.pod_selector)
+    }
+}
+
+impl<'a> RawPeer<'a> {
+    /// The namespaces-or-pods peer every kind has in both directions.
+    fn new(namespaces: &'a Option<LabelSelector>, pods: &'a Option<impl PodSelectors>) -> Self {
+        RawPeer {
+            namespaces: namespaces.as_ref(),
+            pods: pods.as_ref().map(PodSelectors::selectors),
+            nodes: None,
+            networks: None,
+            domain_names: false,
+        }
+    }
+
+    /// What egress peers add: nodes, networks, and domainNames where the
+    /// kind has them.
+    fn egress(
+        self,
+        nodes: &'a Option<LabelSelector>,
+        networks: &'a Option<Vec<impl AsRef<str>>>,
+        domain_names: bool,
+    ) -> Self {
+        RawPeer {
+            nodes: nodes.as_ref(),
+            networks: strs(networks),
+            domain_names,
+            ..self
+        }
+    }
+}
+
+/// A rule's ports as its API generation spells them.
+enum RawPorts<'a> {
+    V1(&'a Option<Vec<v1alpha1::AdminNetworkPolicyPort>>),
+    V2(&'a Option<Vec<v1alpha2::ClusterNetworkPolicyProtocol>>),
+}
+
+/// One rule of any kind, generation and direction, before validation.
+struct RawRule<'a> {
+    name: &'a String,
+    action: Action,
+    peers: Vec<RawPeer<'a>>,
+    ports: RawPorts<'a>,
+}
+
+/// The rules of one direction of any admin policy: `lower` gives each
+/// rule's parts, `peer_field` names its peers (`from`, or `to`, whose
+/// rules also have their named ports checked).
+fn rules<'r, R>(
+    c: &Ctx,
+    field: &str,
+    peer_field: &str,
+    rules: &'r [R],
+    lower: impl Fn(&'r R) -> RawRule<'r>,
+) -> Result<Vec<AdminRule>, ObjectError> {
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let raw = lower(r);
+        let (action, peers) = peers(c, &format!("{f}.{peer_field}"), raw.action, raw.peers)?;
+        let ports = match raw.ports {
+            RawPorts::V1(ps) => port_list(c, &format!("{f}.ports"), ps, v1_port)?,
+            RawPorts::V2(ps) => port_list(c, &format!("{f}.protocols"), ps, v2_port)?,
+        };
+        let rule = AdminRule {
+            name: raw.name.clone(),
+            action,
+            peers,
+            ports,
+        };
+        if peer_field == "to" {
+            check_named_ports(c, &f, &rule)?;
+        }
+        out.push(rule);
+    }
+    Ok(out)
 }
 
 fn peers(
@@ -224,10 +318,14 @@ fn check_named_ports(c: &Ctx, field: &str, r: &AdminRule) -> Result<(), ObjectEr
     Ok(())
 }
 
-fn v2_ports(
+/// A rule's port list in either generation: unset is `None` (every
+/// port), set but empty is invalid, and `each` converts one entry given
+/// its field path.
+fn port_list<P>(
     c: &Ctx,
     field: &str,
-    ps: &Option<Vec<v1alpha2::ClusterNetworkPolicyProtocol>>,
+    ps: &Option<Vec<P>>,
+    each: fn(&Ctx, &str, &P) -> Result<AdminPort, ObjectError>,
 ) -> Result<Option<Vec<AdminPort>>, ObjectError> {
     let Some(list) = ps else { return Ok(None) };
     if list.is_empty() {
@@ -235,76 +333,106 @@ fn v2_ports(
     }
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let by_proto = [
-            (
-                Protocol::Tcp,
-                "tcp",
-                p.tcp.as_ref().map(|x| &x.destination_port),
-            ),
-            (
-                Protocol::Udp,
-                "udp",
-                p.udp.as_ref().map(|x| &x.destination_port),
-            ),
-            (
-                Protocol::Sctp,
-                "sctp",
-                p.sctp.as_ref().map(|x| &x.destination_port),
-            ),
-        ];
-        let count = by_proto.iter().filter(|x| x.2.is_some()).count()
-            + usize::from(!p.destination_named_port.is_empty());
-        if count != 1 {
-            return Err(c.err(
-                f,
-                "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
-            ));
-        }
-        if !p.destination_named_port.is_empty() {
-            out.push(named(
-                c,
-                &format!("{f}.destinationNamedPort"),
-                &p.destination_named_port,
-            )?);
-            continue;
-        }
-        for (proto, key, port) in by_proto {
-            let Some(port) = port else { continue };
-            let pf = format!("{f}.{key}.destinationPort");
-            out.push(match port {
-                None => AdminPort::Range {
-                    protocol: proto,
-                    lo: 1,
-                    hi: u16::MAX,
-                },
-                Some(v1alpha2::Port {
-                    number: Some(n),
-                    range: None,
-                }) => {
-                    let n = port_number(c, &format!("{pf}.number"), *n)?;
-                    AdminPort::Range {
-                        protocol: proto,
-                        lo: n,
-                        hi: n,
-                    }
-                }
-                Some(v1alpha2::Port {
-                    number: None,
-                    range: Some(r),
-                }) => range(c, &format!("{pf}.range"), proto, r.start, r.end)?,
-                Some(_) => return Err(c.err(pf, "exactly one of number or range must be set")),
-            });
-        }
+        out.push(each(c, &format!("{field}[{i}]"), p)?);
     }
     Ok(Some(out))
 }
 
-fn v2_action(a: v1alpha2::ClusterNetworkPolicyRuleAction) -> Action {
-    match a {
-        v1alpha2::ClusterNetworkPolicyRuleAction::Accept => Action::Accept,
-        v1alpha2::ClusterNetworkPolicyRuleAction::Deny => Action::Deny,
-        v1alpha2::ClusterNetworkPolicyRuleAction::Pass => Action::Pass,
+fn v2_port(
+    c: &Ctx,
+    f: &str,
+    p: &v1alpha2::ClusterNetworkPolicyProtocol,
+) -> Result<AdminPort, ObjectError> {
+    let by_proto = [
+        (
+            Protocol::Tcp,
+            "tcp",
+            p.tcp.as_ref().map(|x| &x.destination_port),
+        ),
+        (
+            Protocol::Udp,
+            "udp",
+            p.udp.as_ref().map(|x| &x.destination_port),
+        ),
+        (
+            Protocol::Sctp,
+            "sctp",
+            p.sctp.as_ref().map(|x| &x.destination_port),
+        ),
+    ];
+    let count = by_proto.iter().filter(|x| x.2.is_some()).count()
+        + usize::from(!p.destination_named_port.is_empty());
+    let one = by_proto
+        .into_iter()
+        .find_map(|(proto, key, port)| Some((proto, key, port?)));
+    let (proto, key, port) = match one {
+        _ if count != 1 => {
+            return Err(c.err(
+                f,
+                "exactly one of tcp, udp, sctp or destinationNamedPort must be set",
+            ))
+        }
+        None => {
+            return named(
+                c,
+                &format!("{f}.destinationNamedPort"),
+                &p.destination_named_port,
+            )
+        }
+        Some(one) => one,
+    };
+    let pf = format!("{f}.{key}.destinationPort");
+    match port {
+        None => Ok(AdminPort::Range {
+            protocol: proto,
+            lo: 1,
+            hi: u16::MAX,
+        }),
+        Some(v1alpha2::Port {
+            number: Some(n),
+            range: None,
+        }) => {
+            let n = port_number(c, &format!("{pf}.number"), *n)?;
+            Ok(AdminPort::Range {
+                protocol: proto,
+                lo: n,
+                hi: n,
+            })
+        }
+        Some(v1alpha2::Port {
+            number: None,
+            range: Some(r),
+        }) => range(c, &format!("{pf}.range"), proto, r.start, r.end),
+        Some(_) => Err(c.err(pf, "exactly one of number or range must be set")),
+    }
+}
+
+impl From<v1alpha2::ClusterNetworkPolicyRuleAction> for Action {
+    fn from(a: v1alpha2::ClusterNetworkPolicyRuleAction) -> Self {
+        match a {
+            v1alpha2::ClusterNetworkPolicyRuleAction::Accept => Action::Accept,
+            v1alpha2::ClusterNetworkPolicyRuleAction::Deny => Action::Deny,
+            v1alpha2::ClusterNetworkPolicyRuleAction::Pass => Action::Pass,
+        }
+    }
+}
+
+impl From<v1alpha1::AdminNetworkPolicyRuleAction> for Action {
+    fn from(a: v1alpha1::AdminNetworkPolicyRuleAction) -> Self {
+        match a {
+            v1alpha1::AdminNetworkPolicyRuleAction::Allow => Action::Accept,
+            v1alpha1::AdminNetworkPolicyRuleAction::Deny => Action::Deny,
+            v1alpha1::AdminNetworkPolicyRuleAction::Pass => Action::Pass,
+        }
+    }
+}
+
+impl From<v1alpha1::BaselineAdminNetworkPolicyRuleAction> for Action {
+    fn from(a: v1alpha1::BaselineAdminNetworkPolicyRuleAction) -> Self {
+        match a {
+            v1alpha1::BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
+            v1alpha1::BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
+        }
     }
 }
 
@@ -318,65 +446,33 @@ pub fn cluster_network_policy(
 ) -> Result<AdminPolicy, ObjectError> {
     let (c, name) = ctx("ClusterNetworkPolicy", source, &p.metadata)?;
     let s = &p.spec;
-    let subject = subject(
-        &c,
-        s.subject.namespaces.as_ref(),
-        s.subject
-            .pods
-            .as_ref()
-            .map(|x| (&x.namespace_selector, &x.pod_selector)),
-    )?;
-    let mut ingress = Vec::new();
-    for (i, r) in s.ingress.iter().enumerate() {
-        let f = format!("spec.ingress[{i}]");
-        let raw = r
+    let subject = subject(&c, &s.subject.namespaces, &s.subject.pods)?;
+    let ingress = rules(&c, "spec.ingress", "from", &s.ingress, |r| RawRule {
+        name: &r.name,
+        action: r.action.into(),
+        peers: r
             .from
             .iter()
-            .map(|p| RawPeer {
-                namespaces: p.namespaces.as_ref(),
-                pods: p
-                    .pods
-                    .as_ref()
-                    .map(|x| (&x.namespace_selector, &x.pod_selector)),
-                nodes: None,
-                networks: None,
-                domain_names: false,
+            .map(|p| RawPeer::new(&p.namespaces, &p.pods))
+            .collect(),
+        ports: RawPorts::V2(&r.protocols),
+    })?;
+    let egress = rules(&c, "spec.egress", "to", &s.egress, |r| RawRule {
+        name: &r.name,
+        action: r.action.into(),
+        peers: r
+            .to
+            .iter()
+            .map(|p| {
+                RawPeer::new(&p.namespaces, &p.pods).egress(
+                    &p.nodes,
+                    &p.networks,
+                    p.domain_names.is_some(),
+                )
             })
-            .collect();
-        let (action, peers) = peers(&c, &format!("{f}.from"), v2_action(r.action), raw)?;
-        ingress.push(AdminRule {
-            name: r.name.clone(),
-            action,
-            peers,
-            ports: v2_ports(&c, &format!("{f}.protocols"), &r.protocols)?,
-        });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in s.egress.iter().enumerate() {
-        let f = format!("spec.egress[{i}]");
-        let raw =
-            r.to.iter()
-                .map(|p| RawPeer {
-                    namespaces: p.namespaces.as_ref(),
-                    pods: p
-                        .pods
-                        .as_ref()
-                        .map(|x| (&x.namespace_selector, &x.pod_selector)),
-                    nodes: p.nodes.as_ref(),
-                    networks: strs(&p.networks),
-                    domain_names: p.domain_names.is_some(),
-                })
-                .collect();
-        let (action, peers) = peers(&c, &format!("{f}.to"), v2_action(r.action), raw)?;
-        let rule = AdminRule {
-            name: r.name.clone(),
-            action,
-            peers,
-            ports: v2_ports(&c, &format!("{f}.protocols"), &r.protocols)?,
-        };
-        check_named_ports(&c, &f, &rule)?;
-        egress.push(rule);
-    }
+            .collect(),
+        ports: RawPorts::V2(&r.protocols),
+    })?;
     Ok(AdminPolicy {
         kind: AdminKind::ClusterNetworkPolicy,
         name,
@@ -391,102 +487,64 @@ pub fn cluster_network_policy(
     })
 }
 
-fn v1_ports(
+fn v1_port(
     c: &Ctx,
-    field: &str,
-    ps: &Option<Vec<v1alpha1::AdminNetworkPolicyPort>>,
-) -> Result<Option<Vec<AdminPort>>, ObjectError> {
-    let Some(list) = ps else { return Ok(None) };
-    if list.is_empty() {
-        return Err(c.err(field, "must hold at least one entry when set"));
+    f: &str,
+    p: &v1alpha1::AdminNetworkPolicyPort,
+) -> Result<AdminPort, ObjectError> {
+    match (&p.port_number, &p.named_port, &p.port_range) {
+        (Some(n), None, None) => {
+            let proto = protocol(c, &format!("{f}.portNumber.protocol"), &n.protocol)?;
+            let port = port_number(c, &format!("{f}.portNumber.port"), n.port)?;
+            Ok(AdminPort::Range {
+                protocol: proto,
+                lo: port,
+                hi: port,
+            })
+        }
+        (None, Some(name), None) => named(c, &format!("{f}.namedPort"), name),
+        (None, None, Some(r)) => {
+            let proto = protocol(c, &format!("{f}.portRange.protocol"), &r.protocol)?;
+            range(c, &format!("{f}.portRange"), proto, r.start, r.end)
+        }
+        _ => Err(c.err(
+            f,
+            "exactly one of portNumber, namedPort or portRange must be set",
+        )),
     }
-    let mut out = Vec::new();
-    for (i, p) in list.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        out.push(match (&p.port_number, &p.named_port, &p.port_range) {
-            (Some(n), None, None) => {
-                let proto = protocol(c, &format!("{f}.portNumber.protocol"), &n.protocol)?;
-                let port = port_number(c, &format!("{f}.portNumber.port"), n.port)?;
-                AdminPort::Range {
-                    protocol: proto,
-                    lo: port,
-                    hi: port,
-                }
-            }
-            (None, Some(name), None) => named(c, &format!("{f}.namedPort"), name)?,
-            (None, None, Some(r)) => {
-                let proto = protocol(c, &format!("{f}.portRange.protocol"), &r.protocol)?;
-                range(c, &format!("{f}.portRange"), proto, r.start, r.end)?
-            }
-            _ => {
-                return Err(c.err(
-                    f,
-                    "exactly one of portNumber, namedPort or portRange must be set",
-                ))
-            }
-        });
-    }
-    Ok(Some(out))
 }
 
-/// The rules of one direction of a v1alpha1 policy, whichever kind:
-/// `lower` gives each rule's name, action, peer field (`from`/`to`), raw
-/// peers and ports. Egress rules (`to`) also have their named ports checked.
+/// The v1alpha1 rules of one direction of either kind: `lower` gives a
+/// rule's name, action, peers and ports (the kinds' rules differ only in
+/// their action type and, for egress, domainNames).
 fn v1_rules<'r, R>(
     c: &Ctx,
     field: &str,
-    rules: &'r [R],
+    peer_field: &str,
+    rs: &'r [R],
     lower: impl Fn(
         &'r R,
     ) -> (
         &'r String,
         Action,
-        &'static str,
         Vec<RawPeer<'r>>,
         &'r Option<Vec<v1alpha1::AdminNetworkPolicyPort>>,
     ),
 ) -> Result<Vec<AdminRule>, ObjectError> {
-    let mut out = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let (name, action, peer_field, raw, ports) = lower(r);
-        let (action, peers) = peers(c, &format!("{f}.{peer_field}"), action, raw)?;
-        let rule = AdminRule {
-            name: name.clone(),
+    rules(c, field, peer_field, rs, |r| {
+        let (name, action, peers, ports) = lower(r);
+        RawRule {
+            name,
             action,
             peers,
-            ports: v1_ports(c, &format!("{f}.ports"), ports)?,
-        };
-        if peer_field == "to" {
-            check_named_ports(c, &f, &rule)?;
+            ports: RawPorts::V1(ports),
         }
-        out.push(rule);
-    }
-    Ok(out)
-}
-
-fn v1_subject(c: &Ctx, s: &v1alpha1::AdminNetworkPolicySubject) -> Result<Subject, ObjectError> {
-    subject(
-        c,
-        s.namespaces.as_ref(),
-        s.pods
-            .as_ref()
-            .map(|x| (&x.namespace_selector, &x.pod_selector)),
-    )
+    })
 }
 
 fn v1_ingress_peers(from: &[v1alpha1::AdminNetworkPolicyIngressPeer]) -> Vec<RawPeer<'_>> {
     from.iter()
-        .map(|p| RawPeer {
-            namespaces: p.namespaces.as_ref(),
-            pods: p
-                .pods
-                .as_ref()
-                .map(|x| (&x.namespace_selector, &x.pod_selector)),
-            nodes: None,
-            networks: None,
-            domain_names: false,
-        })
+        .map(|p| RawPeer::new(&p.namespaces, &p.pods))
         .collect()
 }
 
@@ -496,37 +554,30 @@ pub fn admin_network_policy(
 ) -> Result<AdminPolicy, ObjectError> {
     let (c, name) = ctx("AdminNetworkPolicy", source, &p.metadata)?;
     let s = &p.spec;
-    let action = |a: v1alpha1::AdminNetworkPolicyRuleAction| match a {
-        v1alpha1::AdminNetworkPolicyRuleAction::Allow => Action::Accept,
-        v1alpha1::AdminNetworkPolicyRuleAction::Deny => Action::Deny,
-        v1alpha1::AdminNetworkPolicyRuleAction::Pass => Action::Pass,
-    };
-    let ingress = v1_rules(&c, "spec.ingress", &s.ingress, |r| {
-        let raw = v1_ingress_peers(&r.from);
-        (&r.name, action(r.action), "from", raw, &r.ports)
+    let ingress = v1_rules(&c, "spec.ingress", "from", &s.ingress, |r| {
+        (
+            &r.name,
+            r.action.into(),
+            v1_ingress_peers(&r.from),
+            &r.ports,
+        )
     })?;
-    let egress = v1_rules(&c, "spec.egress", &s.egress, |r| {
-        let raw =
-            r.to.iter()
-                .map(|p| RawPeer {
-                    namespaces: p.namespaces.as_ref(),
-                    pods: p
-                        .pods
-                        .as_ref()
-                        .map(|x| (&x.namespace_selector, &x.pod_selector)),
-                    nodes: p.nodes.as_ref(),
-                    networks: strs(&p.networks),
-                    domain_names: p.domain_names.is_some(),
-                })
-                .collect();
-        (&r.name, action(r.action), "to", raw, &r.ports)
+    let egress = v1_rules(&c, "spec.egress", "to", &s.egress, |r| {
+        let peers = r.to.iter().map(|p| {
+            RawPeer::new(&p.namespaces, &p.pods).egress(
+                &p.nodes,
+                &p.networks,
+                p.domain_names.is_some(),
+            )
+        });
+        (&r.name, r.action.into(), peers.collect(), &r.ports)
     })?;
     Ok(AdminPolicy {
         kind: AdminKind::AdminNetworkPolicy,
         name,
         tier: Tier::Admin,
         priority: Some(priority(&c, s.priority)?),
-        subject: v1_subject(&c, &s.subject)?,
+        subject: subject(&c, &s.subject.namespaces, &s.subject.pods)?,
         ingress,
         egress,
     })
@@ -544,36 +595,26 @@ pub fn baseline_admin_network_policy(
         ));
     }
     let s = &p.spec;
-    let action = |a: v1alpha1::BaselineAdminNetworkPolicyRuleAction| match a {
-        v1alpha1::BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
-        v1alpha1::BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
-    };
-    let ingress = v1_rules(&c, "spec.ingress", &s.ingress, |r| {
-        let raw = v1_ingress_peers(&r.from);
-        (&r.name, action(r.action), "from", raw, &r.ports)
+    let ingress = v1_rules(&c, "spec.ingress", "from", &s.ingress, |r| {
+        (
+            &r.name,
+            r.action.into(),
+            v1_ingress_peers(&r.from),
+            &r.ports,
+        )
     })?;
-    let egress = v1_rules(&c, "spec.egress", &s.egress, |r| {
-        let raw =
+    let egress = v1_rules(&c, "spec.egress", "to", &s.egress, |r| {
+        let peers =
             r.to.iter()
-                .map(|p| RawPeer {
-                    namespaces: p.namespaces.as_ref(),
-                    pods: p
-                        .pods
-                        .as_ref()
-                        .map(|x| (&x.namespace_selector, &x.pod_selector)),
-                    nodes: p.nodes.as_ref(),
-                    networks: strs(&p.networks),
-                    domain_names: false,
-                })
-                .collect();
-        (&r.name, action(r.action), "to", raw, &r.ports)
+                .map(|p| RawPeer::new(&p.namespaces, &p.pods).egress(&p.nodes, &p.networks, false));
+        (&r.name, r.action.into(), peers.collect(), &r.ports)
     })?;
     Ok(AdminPolicy {
         kind: AdminKind::BaselineAdminNetworkPolicy,
         name,
         tier: Tier::Baseline,
         priority: None,
-        subject: v1_subject(&c, &s.subject)?,
+        subject: subject(&c, &s.subject.namespaces, &s.subject.pods)?,
         ingress,
         egress,
     })
