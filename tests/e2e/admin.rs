@@ -205,7 +205,7 @@ pub struct Scenario {
     /// The test function's name (the same in both API modules).
     pub test: &'static str,
     pub probes: Probes,
-    pub steps: &'static [Step],
+    pub steps: Vec<Step>,
 }
 
 /// A namespace peer or subject by its name label.
@@ -1045,21 +1045,21 @@ impl LiveProbes {
 /// Builds the house model and runs scenario `test` in `api`.
 fn run(api: Api, test: &str) {
     require_root!();
-    let scenario = SCENARIOS
-        .iter()
+    let scenario = scenarios()
+        .into_iter()
         .find(|s| s.test == test)
-        .unwrap_or_else(|| panic!("no scenario {test} in SCENARIOS"));
+        .unwrap_or_else(|| panic!("no scenario {test} in scenarios()"));
     let t0 = Instant::now();
     let c = house_cluster(scenario.probes.nodes);
     eprintln!("{test} ({api:?}): cluster built in {:.1?}", t0.elapsed());
     let mut run = Run {
         c,
         api,
-        scenario,
+        scenario: &scenario,
         docs: BTreeMap::new(),
         programmed: None,
     };
-    for step in scenario.steps {
+    for step in &scenario.steps {
         run.step(step);
     }
 }
@@ -1331,15 +1331,6 @@ spec:
     to:
     - networks: [0.0.0.0/0, "::/0"]
 "#;
-const CIDR_STEPS_TAIL: [Step; 7] = [
-    Check("slytherin's pods only", CIDR_START),
-    NamespaceLabels(SL, &[("conformance-house", "denied-namespace-label")]),
-    Check("slytherin relabelled: no longer a peer", CIDR_RELABELLED),
-    NamespaceLabels(SL, &[("conformance-house", SL)]),
-    Check("slytherin labelled back", CIDR_LABEL_BACK),
-    AcceptAddressesFirst("networks-as-peers", &[R0, H0]),
-    Check("two pods' addresses accepted first", CIDR_ADDRESSES),
-];
 
 // Node peers: the admin tier accepts one TCP port on the nodes, passes
 // one UDP port (nothing below decides, so allowed), denies the rest of
@@ -1640,155 +1631,182 @@ spec:
     from: [{namespaces: {matchLabels: {conformance-house: gryffindor}}}]
 "#;
 
+/// A per-protocol ladder scenario (see [`Rungs`]): the verdicts with the
+/// rules in order, then with rules 0 and 1 swapped (Deny first); in the
+/// admin tier also after swapping 0 and 2 (Pass first: nothing below
+/// decides, so allowed) and then 3 and 4 (a Pass before the Deny of the
+/// same port); last, optionally, after one rule's ports are replaced by a
+/// named port.
+struct Ladder {
+    test: &'static str,
+    probes: Probes,
+    /// A [`Doc::Ladder`]; a ladder in both directions swaps both.
+    policy: Doc,
+    ordered: &'static [Poke],
+    swapped: &'static [Poke],
+    /// Admin tier: the verdicts after the 0/2 swap and the 3/4 swap.
+    passes: Option<(&'static [Poke], &'static [Poke])>,
+    /// Rule, port name, and the verdicts after (one direction only).
+    named_port: Option<(usize, &'static str, &'static [Poke])>,
+}
+
+impl Ladder {
+    fn scenario(self) -> Scenario {
+        let Doc::Ladder {
+            name,
+            ingress,
+            egress,
+            ..
+        } = self.policy
+        else {
+            panic!("{}: the policy of a Ladder is a Doc::Ladder", self.test)
+        };
+        let dir = match (ingress, egress) {
+            (Some(_), None) => Some(Dir::In),
+            (None, Some(_)) => Some(Dir::Out),
+            _ => None,
+        };
+        let swap = |a, b| match dir {
+            Some(dir) => Swap(name, dir, a, b),
+            None => SwapBoth(name, a, b),
+        };
+        let mut steps = vec![
+            Put(self.policy),
+            Check("rules in order", self.ordered),
+            swap(0, 1),
+            Check("deny first", self.swapped),
+        ];
+        if let Some((pass_first, pass_on_ports_first)) = self.passes {
+            steps.extend([
+                swap(0, 2),
+                Check("pass first", pass_first),
+                swap(3, 4),
+                Check("pass on the ports first", pass_on_ports_first),
+            ]);
+        }
+        if let Some((rule, port, pokes)) = self.named_port {
+            let dir = dir.unwrap_or_else(|| panic!("{}: a named port in one direction", self.test));
+            steps.extend([
+                NamedPort(name, dir, rule, port),
+                Check("accept on the named port", pokes),
+            ]);
+        }
+        Scenario {
+            test: self.test,
+            probes: self.probes,
+            steps,
+        }
+    }
+}
+
+/// The networks scenario after its policy (named `name`): slytherin's
+/// pods accepted, every address denied; slytherin relabelled and back;
+/// then two pods' addresses accepted first.
+fn networks_steps(policy: &'static str, name: &'static str) -> Vec<Step> {
+    vec![
+        Put(Doc::Yaml(policy)),
+        Check("slytherin's pods only", CIDR_START),
+        NamespaceLabels(SL, &[("conformance-house", "denied-namespace-label")]),
+        Check("slytherin relabelled: no longer a peer", CIDR_RELABELLED),
+        NamespaceLabels(SL, &[("conformance-house", SL)]),
+        Check("slytherin labelled back", CIDR_LABEL_BACK),
+        AcceptAddressesFirst(name, &[R0, H0]),
+        Check("two pods' addresses accepted first", CIDR_ADDRESSES),
+    ]
+}
+
 /// Every scenario; each is a test in both API modules (`admin_tests!`).
-pub const SCENARIOS: &[Scenario] = &[
-    // --- The admin tier, one protocol at a time, ingress then egress:
-    // rule order (Accept, Deny, Pass on the same peers) and ports, with
-    // rules swapped in place: 0 and 1 (Deny first), then 0 and 2 (Pass
-    // first: nothing below decides, so allowed), then 3 and 4 (a Pass
-    // before the Deny of the same port).
-    Scenario {
-        test: "admin_ingress_tcp",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(ladder(A, "ingress-tcp", 3, GR, IN_TCP, None)),
-            Check("rules in order", IN_TCP_ORDERED),
-            Swap("ingress-tcp", Dir::In, 0, 1),
-            Check("deny first", IN_TCP_SWAPPED),
-            Swap("ingress-tcp", Dir::In, 0, 2),
-            Check(
-                "pass first",
+pub fn scenarios() -> Vec<Scenario> {
+    // --- The admin tier, one protocol at a time, ingress then egress,
+    // and both directions with all three protocols in one policy.
+    let admin = [
+        Ladder {
+            test: "admin_ingress_tcp",
+            probes: TCP_ONLY,
+            policy: ladder(A, "ingress-tcp", 3, GR, IN_TCP, None),
+            ordered: IN_TCP_ORDERED,
+            swapped: IN_TCP_SWAPPED,
+            passes: Some((
                 &[(R0, G0, Tcp, 80, true), (R1, G0, Tcp, 8080, true)],
-            ),
-            Swap("ingress-tcp", Dir::In, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(S0, G0, Tcp, 80, true), (S1, G0, Tcp, 8080, true)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_ingress_udp",
-        probes: UDP_ONLY,
-        steps: &[
-            Put(ladder(A, "ingress-udp", 4, HU, IN_UDP, None)),
-            Check("rules in order", IN_UDP_ORDERED),
-            Swap("ingress-udp", Dir::In, 0, 1),
-            Check("deny first", IN_UDP_SWAPPED),
-            Swap("ingress-udp", Dir::In, 0, 2),
-            Check(
-                "pass first",
+            )),
+            named_port: None,
+        },
+        Ladder {
+            test: "admin_ingress_udp",
+            probes: UDP_ONLY,
+            policy: ladder(A, "ingress-udp", 4, HU, IN_UDP, None),
+            ordered: IN_UDP_ORDERED,
+            swapped: IN_UDP_SWAPPED,
+            passes: Some((
                 &[(R0, H1, Udp, 5353, true), (R1, H1, Udp, 53, true)],
-            ),
-            Swap("ingress-udp", Dir::In, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(S0, H0, Udp, 5353, true), (S1, H0, Udp, 53, true)],
-            ),
-            NamedPort("ingress-udp", Dir::In, 5, "dns"),
-            Check(
-                "accept on the named port dns",
+            )),
+            named_port: Some((
+                5,
+                "dns",
                 &[(G0, H1, Udp, 53, true), (G1, H1, Udp, 5353, false)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_ingress_sctp",
-        probes: SCTP_ONLY,
-        steps: &[
-            Put(ladder(A, "ingress-sctp", 5, RA, IN_SCTP, None)),
-            Check("rules in order", IN_SCTP_ORDERED),
-            Swap("ingress-sctp", Dir::In, 0, 1),
-            Check("deny first", IN_SCTP_SWAPPED),
-            Swap("ingress-sctp", Dir::In, 0, 2),
-            Check(
-                "pass first",
+            )),
+        },
+        Ladder {
+            test: "admin_ingress_sctp",
+            probes: SCTP_ONLY,
+            policy: ladder(A, "ingress-sctp", 5, RA, IN_SCTP, None),
+            ordered: IN_SCTP_ORDERED,
+            swapped: IN_SCTP_SWAPPED,
+            passes: Some((
                 &[(G0, R1, Sctp, 9003, true), (G1, R1, Sctp, 9005, true)],
-            ),
-            Swap("ingress-sctp", Dir::In, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(S0, R0, Sctp, 9003, true), (S1, R0, Sctp, 9005, true)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_egress_tcp",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(ladder(A, "egress-tcp", 6, GR, None, OUT_TCP)),
-            Check("rules in order", OUT_TCP_ORDERED),
-            Swap("egress-tcp", Dir::Out, 0, 1),
-            Check("deny first", OUT_TCP_SWAPPED),
-            Swap("egress-tcp", Dir::Out, 0, 2),
-            Check(
-                "pass first",
+            )),
+            named_port: None,
+        },
+        Ladder {
+            test: "admin_egress_tcp",
+            probes: TCP_ONLY,
+            policy: ladder(A, "egress-tcp", 6, GR, None, OUT_TCP),
+            ordered: OUT_TCP_ORDERED,
+            swapped: OUT_TCP_SWAPPED,
+            passes: Some((
                 &[(G0, R0, Tcp, 80, true), (G1, R0, Tcp, 8080, true)],
-            ),
-            Swap("egress-tcp", Dir::Out, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(G0, S0, Tcp, 80, true), (G1, S0, Tcp, 8080, true)],
-            ),
-            NamedPort("egress-tcp", Dir::Out, 5, "web"),
-            Check(
-                "accept on the named port web",
+            )),
+            named_port: Some((
+                5,
+                "web",
                 &[(G0, H1, Tcp, 80, true), (G1, H1, Tcp, 8080, false)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_egress_udp",
-        probes: UDP_ONLY,
-        steps: &[
-            Put(ladder(A, "egress-udp", 7, HU, None, OUT_UDP)),
-            Check("rules in order", OUT_UDP_ORDERED),
-            Swap("egress-udp", Dir::Out, 0, 1),
-            Check("deny first", OUT_UDP_SWAPPED),
-            Swap("egress-udp", Dir::Out, 0, 2),
-            Check(
-                "pass first",
+            )),
+        },
+        Ladder {
+            test: "admin_egress_udp",
+            probes: UDP_ONLY,
+            policy: ladder(A, "egress-udp", 7, HU, None, OUT_UDP),
+            ordered: OUT_UDP_ORDERED,
+            swapped: OUT_UDP_SWAPPED,
+            passes: Some((
                 &[(H0, R1, Udp, 5353, true), (H1, R1, Udp, 53, true)],
-            ),
-            Swap("egress-udp", Dir::Out, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(H0, S0, Udp, 5353, true), (H1, S0, Udp, 53, true)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_egress_sctp",
-        probes: SCTP_ONLY,
-        steps: &[
-            Put(ladder(A, "egress-sctp", 8, RA, None, OUT_SCTP)),
-            Check("rules in order", OUT_SCTP_ORDERED),
-            Swap("egress-sctp", Dir::Out, 0, 1),
-            Check("deny first", OUT_SCTP_SWAPPED),
-            Swap("egress-sctp", Dir::Out, 0, 2),
-            Check(
-                "pass first",
+            )),
+            named_port: None,
+        },
+        Ladder {
+            test: "admin_egress_sctp",
+            probes: SCTP_ONLY,
+            policy: ladder(A, "egress-sctp", 8, RA, None, OUT_SCTP),
+            ordered: OUT_SCTP_ORDERED,
+            swapped: OUT_SCTP_SWAPPED,
+            passes: Some((
                 &[(R0, G1, Sctp, 9003, true), (R1, G1, Sctp, 9005, true)],
-            ),
-            Swap("egress-sctp", Dir::Out, 3, 4),
-            Check(
-                "pass on the port first",
                 &[(R0, S0, Sctp, 9003, true), (R1, S0, Sctp, 9005, true)],
-            ),
-        ],
-    },
-    // Both directions and all three protocols in one policy.
-    Scenario {
-        test: "admin_both_directions",
-        probes: ALL_PODS,
-        steps: &[
-            Put(ladder(A, "gress-rules", 15, GR, IN_MIXED, OUT_MIXED)),
-            Check("rules in order", MIXED_ORDERED),
-            SwapBoth("gress-rules", 0, 1),
-            Check("deny first", MIXED_SWAPPED),
-            SwapBoth("gress-rules", 0, 2),
-            Check(
-                "pass first",
+            )),
+            named_port: None,
+        },
+        Ladder {
+            test: "admin_both_directions",
+            probes: ALL_PODS,
+            policy: ladder(A, "gress-rules", 15, GR, IN_MIXED, OUT_MIXED),
+            ordered: MIXED_ORDERED,
+            swapped: MIXED_SWAPPED,
+            passes: Some((
                 &[
                     (G0, R0, Tcp, 80, true),
                     (G0, R0, Udp, 5353, true),
@@ -1797,10 +1815,6 @@ pub const SCENARIOS: &[Scenario] = &[
                     (R1, G0, Udp, 53, true),
                     (R1, G0, Sctp, 9003, true),
                 ],
-            ),
-            SwapBoth("gress-rules", 3, 4),
-            Check(
-                "pass on the ports first",
                 &[
                     (G0, S0, Tcp, 80, true),
                     (G1, S0, Tcp, 8080, true),
@@ -1815,287 +1829,280 @@ pub const SCENARIOS: &[Scenario] = &[
                     (S0, G0, Sctp, 9003, true),
                     (S1, G0, Sctp, 9005, true),
                 ],
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_egress_networks",
-        probes: ALL_AND_NODES,
-        steps: &[
-            Put(Doc::Yaml(CIDR_ADMIN)),
-            CIDR_STEPS_TAIL[0],
-            CIDR_STEPS_TAIL[1],
-            CIDR_STEPS_TAIL[2],
-            CIDR_STEPS_TAIL[3],
-            CIDR_STEPS_TAIL[4],
-            CIDR_STEPS_TAIL[5],
-            CIDR_STEPS_TAIL[6],
-        ],
-    },
-    Scenario {
-        test: "admin_priority",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(PRIORITY_DENY)),
-            Put(Doc::Yaml(PRIORITY_PASS)),
-            Put(Doc::Yaml(PRIORITY_BASELINE)),
-            Check("deny at 50 before pass at 60", SLYTHERIN_GRYFFINDOR_DENIED),
-            Priority("pass-at-60-then-40", 40),
-            Check(
-                "pass at 40 first: baseline accepts",
-                SLYTHERIN_GRYFFINDOR_ALLOWED,
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_networkpolicy_baseline",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(TIERS_ADMIN)),
-            Put(Doc::Yaml(TIERS_NETPOL)),
-            Put(Doc::Yaml(TIERS_BASELINE)),
-            Check(
-                "admin deny over the NetworkPolicy",
-                SLYTHERIN_GRYFFINDOR_DENIED,
-            ),
-            Action("deny-then-pass", Dir::In, 0, "Pass"),
-            Check(
-                "ingress passed: the NetworkPolicy allows",
-                &[
-                    (S0, G0, Tcp, 80, true),
-                    (S1, G0, Tcp, 8080, true),
-                    (G0, S0, Tcp, 80, false),
-                ],
-            ),
-            Action("deny-then-pass", Dir::Out, 0, "Pass"),
-            Check(
-                "egress passed: the NetworkPolicy allows",
-                &[(G0, S0, Tcp, 80, true), (G1, S0, Tcp, 8080, true)],
-            ),
-            Delete("gryffindor/with-slytherin"),
-            Check(
-                "NetworkPolicy deleted: the baseline denies",
-                SLYTHERIN_GRYFFINDOR_DENIED,
-            ),
-        ],
-    },
-    Scenario {
-        test: "admin_egress_nodes",
-        probes: ALL_AND_NODES,
-        steps: &[
-            Put(Doc::Yaml(NODES_ADMIN)),
-            Check(
-                "accept, pass and deny toward nodes",
-                &[
-                    (G1, C1, Tcp, 36363, true),
-                    (G1, C1, Udp, 34345, true),
-                    (G1, C1, Tcp, 36364, false),
-                    (G1, C1, Udp, 34346, false),
-                    (G1, C1, Sctp, 9003, false),
-                ],
-            ),
-        ],
-    },
+            )),
+            named_port: None,
+        },
+    ];
     // --- The baseline tier: the same ladders without Pass.
-    Scenario {
-        test: "baseline_ingress_tcp",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, GR, IN_TCP, None)),
-            Check("rules in order", IN_TCP_ORDERED),
-            Swap("default", Dir::In, 0, 1),
-            Check("deny first", IN_TCP_SWAPPED),
-            NamedPort("default", Dir::In, 3, "web"),
-            Check(
-                "accept on the named port web",
+    let baseline =
+        |test, probes, subject, ingress, egress, verdicts: [&'static [Poke]; 2]| Ladder {
+            test,
+            probes,
+            policy: ladder(B, "default", 10, subject, ingress, egress),
+            ordered: verdicts[0],
+            swapped: verdicts[1],
+            passes: None,
+            named_port: None,
+        };
+    let baseline = [
+        Ladder {
+            named_port: Some((
+                3,
+                "web",
                 &[(H0, G1, Tcp, 80, true), (H1, G1, Tcp, 8080, false)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "baseline_ingress_udp",
-        probes: UDP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, HU, IN_UDP, None)),
-            Check("rules in order", IN_UDP_ORDERED),
-            Swap("default", Dir::In, 0, 1),
-            Check("deny first", IN_UDP_SWAPPED),
-        ],
-    },
-    Scenario {
-        test: "baseline_ingress_sctp",
-        probes: SCTP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, RA, IN_SCTP, None)),
-            Check("rules in order", IN_SCTP_ORDERED),
-            Swap("default", Dir::In, 0, 1),
-            Check("deny first", IN_SCTP_SWAPPED),
-        ],
-    },
-    Scenario {
-        test: "baseline_egress_tcp",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, GR, None, OUT_TCP)),
-            Check("rules in order", OUT_TCP_ORDERED),
-            Swap("default", Dir::Out, 0, 1),
-            Check("deny first", OUT_TCP_SWAPPED),
-        ],
-    },
-    Scenario {
-        test: "baseline_egress_udp",
-        probes: UDP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, HU, None, OUT_UDP)),
-            Check("rules in order", OUT_UDP_ORDERED),
-            Swap("default", Dir::Out, 0, 1),
-            Check("deny first", OUT_UDP_SWAPPED),
-            NamedPort("default", Dir::Out, 3, "dns"),
-            Check(
-                "accept on the named port dns",
+            )),
+            ..baseline(
+                "baseline_ingress_tcp",
+                TCP_ONLY,
+                GR,
+                IN_TCP,
+                None,
+                [IN_TCP_ORDERED, IN_TCP_SWAPPED],
+            )
+        },
+        baseline(
+            "baseline_ingress_udp",
+            UDP_ONLY,
+            HU,
+            IN_UDP,
+            None,
+            [IN_UDP_ORDERED, IN_UDP_SWAPPED],
+        ),
+        baseline(
+            "baseline_ingress_sctp",
+            SCTP_ONLY,
+            RA,
+            IN_SCTP,
+            None,
+            [IN_SCTP_ORDERED, IN_SCTP_SWAPPED],
+        ),
+        baseline(
+            "baseline_egress_tcp",
+            TCP_ONLY,
+            GR,
+            None,
+            OUT_TCP,
+            [OUT_TCP_ORDERED, OUT_TCP_SWAPPED],
+        ),
+        Ladder {
+            named_port: Some((
+                3,
+                "dns",
                 &[(H0, G1, Udp, 53, true), (H1, G1, Udp, 5353, false)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "baseline_egress_sctp",
-        probes: SCTP_ONLY,
-        steps: &[
-            Put(ladder(B, "default", 10, RA, None, OUT_SCTP)),
-            Check("rules in order", OUT_SCTP_ORDERED),
-            Swap("default", Dir::Out, 0, 1),
-            Check("deny first", OUT_SCTP_SWAPPED),
-        ],
-    },
-    Scenario {
-        test: "baseline_both_directions",
-        probes: ALL_PODS,
-        steps: &[
-            Put(ladder(B, "default", 10, GR, IN_MIXED, OUT_MIXED)),
-            Check("rules in order", MIXED_ORDERED),
-            SwapBoth("default", 0, 1),
-            Check("deny first", MIXED_SWAPPED),
-        ],
-    },
-    Scenario {
-        test: "baseline_egress_networks",
-        probes: ALL_AND_NODES,
-        steps: &[
-            Put(Doc::Yaml(CIDR_BASELINE)),
-            CIDR_STEPS_TAIL[0],
-            CIDR_STEPS_TAIL[1],
-            CIDR_STEPS_TAIL[2],
-            CIDR_STEPS_TAIL[3],
-            CIDR_STEPS_TAIL[4],
-            AcceptAddressesFirst("default", &[R0, H0]),
-            CIDR_STEPS_TAIL[6],
-        ],
-    },
-    Scenario {
-        test: "baseline_egress_nodes",
-        probes: ALL_AND_NODES,
-        steps: &[
-            Put(Doc::Yaml(NODES_BASELINE)),
-            Check(
-                "a port range toward nodes, the rest denied",
-                &[
-                    (G0, C1, Tcp, 36363, true),
-                    (G1, C1, Tcp, 36364, true),
-                    (G1, C1, Udp, 34346, false),
-                    (G1, C1, Sctp, 9003, false),
-                ],
-            ),
-        ],
-    },
-    // --- How the tiers meet NetworkPolicy.
-    Scenario {
-        test: "tiers_admin_deny_beats_networkpolicy_allow",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(NP_RAVENCLAW_FROM_GR_HU)),
-            Check(
-                "the NetworkPolicy alone",
-                &[
-                    (G0, R0, Tcp, 80, true),
-                    (H0, R1, Tcp, 80, true),
-                    (S0, R0, Tcp, 80, false),
-                ],
-            ),
-            Put(Doc::Yaml(DENY_GR_TO_RA)),
-            Check(
-                "the admin Deny wins over the allow",
-                &[
-                    (G0, R0, Tcp, 80, false),
-                    (G1, R1, Tcp, 8080, false),
-                    (H0, R1, Tcp, 80, true),
-                    (S0, R0, Tcp, 80, false),
-                ],
-            ),
-        ],
-    },
-    Scenario {
-        test: "tiers_admin_pass_hands_over_to_networkpolicy",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(PASS_GR_DENY_REST)),
-            Check(
-                "passed with no NetworkPolicy: allowed; the rest denied",
-                &[(G0, R0, Tcp, 8080, true), (H0, R0, Tcp, 80, false)],
-            ),
-            Put(Doc::Yaml(NP_RAVENCLAW_GR_WEB)),
-            Check(
-                "passed: the NetworkPolicy decides",
-                &[
-                    (G0, R0, Tcp, 80, true),
-                    (G1, R1, Tcp, 8080, false),
-                    (H0, R0, Tcp, 80, false),
-                ],
-            ),
-        ],
-    },
-    Scenario {
-        test: "tiers_baseline_deny_only_where_no_networkpolicy",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(BASELINE_DENY_INTO_RA)),
-            Put(Doc::Yaml(NP_R0_FROM_GR)),
-            Check(
-                "luna-0 by its NetworkPolicy, luna-1 by the baseline",
-                &[
-                    (G0, R0, Tcp, 80, true),
-                    (H0, R0, Tcp, 80, false),
-                    (G0, R1, Tcp, 80, false),
-                    (H1, R1, Tcp, 8080, false),
-                ],
-            ),
-            Delete("ravenclaw/luna-0-from-gryffindor"),
-            Check(
-                "NetworkPolicy deleted: the baseline denies both",
-                &[(G0, R0, Tcp, 80, false), (G0, R1, Tcp, 80, false)],
-            ),
-        ],
-    },
-    Scenario {
-        test: "tiers_admin_accept_opens_isolated_pod",
-        probes: TCP_ONLY,
-        steps: &[
-            Put(Doc::Yaml(NP_RAVENCLAW_DENY_INGRESS)),
-            Check(
-                "isolated",
-                &[(G0, R0, Tcp, 80, false), (S0, R1, Tcp, 8080, false)],
-            ),
-            Put(Doc::Yaml(ACCEPT_GR_INTO_RA)),
-            Check(
-                "the admin Accept opens it to gryffindor alone",
-                &[
-                    (G0, R0, Tcp, 80, true),
-                    (G1, R1, Tcp, 8080, true),
-                    (S0, R1, Tcp, 8080, false),
-                ],
-            ),
-        ],
-    },
-];
+            )),
+            ..baseline(
+                "baseline_egress_udp",
+                UDP_ONLY,
+                HU,
+                None,
+                OUT_UDP,
+                [OUT_UDP_ORDERED, OUT_UDP_SWAPPED],
+            )
+        },
+        baseline(
+            "baseline_egress_sctp",
+            SCTP_ONLY,
+            RA,
+            None,
+            OUT_SCTP,
+            [OUT_SCTP_ORDERED, OUT_SCTP_SWAPPED],
+        ),
+        baseline(
+            "baseline_both_directions",
+            ALL_PODS,
+            GR,
+            IN_MIXED,
+            OUT_MIXED,
+            [MIXED_ORDERED, MIXED_SWAPPED],
+        ),
+    ];
+    let mut all: Vec<Scenario> = admin
+        .into_iter()
+        .chain(baseline)
+        .map(Ladder::scenario)
+        .collect();
+    all.extend([
+        Scenario {
+            test: "admin_egress_networks",
+            probes: ALL_AND_NODES,
+            steps: networks_steps(CIDR_ADMIN, "networks-as-peers"),
+        },
+        Scenario {
+            test: "admin_priority",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(PRIORITY_DENY)),
+                Put(Doc::Yaml(PRIORITY_PASS)),
+                Put(Doc::Yaml(PRIORITY_BASELINE)),
+                Check("deny at 50 before pass at 60", SLYTHERIN_GRYFFINDOR_DENIED),
+                Priority("pass-at-60-then-40", 40),
+                Check(
+                    "pass at 40 first: baseline accepts",
+                    SLYTHERIN_GRYFFINDOR_ALLOWED,
+                ),
+            ],
+        },
+        Scenario {
+            test: "admin_networkpolicy_baseline",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(TIERS_ADMIN)),
+                Put(Doc::Yaml(TIERS_NETPOL)),
+                Put(Doc::Yaml(TIERS_BASELINE)),
+                Check(
+                    "admin deny over the NetworkPolicy",
+                    SLYTHERIN_GRYFFINDOR_DENIED,
+                ),
+                Action("deny-then-pass", Dir::In, 0, "Pass"),
+                Check(
+                    "ingress passed: the NetworkPolicy allows",
+                    &[
+                        (S0, G0, Tcp, 80, true),
+                        (S1, G0, Tcp, 8080, true),
+                        (G0, S0, Tcp, 80, false),
+                    ],
+                ),
+                Action("deny-then-pass", Dir::Out, 0, "Pass"),
+                Check(
+                    "egress passed: the NetworkPolicy allows",
+                    &[(G0, S0, Tcp, 80, true), (G1, S0, Tcp, 8080, true)],
+                ),
+                Delete("gryffindor/with-slytherin"),
+                Check(
+                    "NetworkPolicy deleted: the baseline denies",
+                    SLYTHERIN_GRYFFINDOR_DENIED,
+                ),
+            ],
+        },
+        Scenario {
+            test: "admin_egress_nodes",
+            probes: ALL_AND_NODES,
+            steps: vec![
+                Put(Doc::Yaml(NODES_ADMIN)),
+                Check(
+                    "accept, pass and deny toward nodes",
+                    &[
+                        (G1, C1, Tcp, 36363, true),
+                        (G1, C1, Udp, 34345, true),
+                        (G1, C1, Tcp, 36364, false),
+                        (G1, C1, Udp, 34346, false),
+                        (G1, C1, Sctp, 9003, false),
+                    ],
+                ),
+            ],
+        },
+        Scenario {
+            test: "baseline_egress_networks",
+            probes: ALL_AND_NODES,
+            steps: networks_steps(CIDR_BASELINE, "default"),
+        },
+        Scenario {
+            test: "baseline_egress_nodes",
+            probes: ALL_AND_NODES,
+            steps: vec![
+                Put(Doc::Yaml(NODES_BASELINE)),
+                Check(
+                    "a port range toward nodes, the rest denied",
+                    &[
+                        (G0, C1, Tcp, 36363, true),
+                        (G1, C1, Tcp, 36364, true),
+                        (G1, C1, Udp, 34346, false),
+                        (G1, C1, Sctp, 9003, false),
+                    ],
+                ),
+            ],
+        },
+        // --- How the tiers meet NetworkPolicy.
+        Scenario {
+            test: "tiers_admin_deny_beats_networkpolicy_allow",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(NP_RAVENCLAW_FROM_GR_HU)),
+                Check(
+                    "the NetworkPolicy alone",
+                    &[
+                        (G0, R0, Tcp, 80, true),
+                        (H0, R1, Tcp, 80, true),
+                        (S0, R0, Tcp, 80, false),
+                    ],
+                ),
+                Put(Doc::Yaml(DENY_GR_TO_RA)),
+                Check(
+                    "the admin Deny wins over the allow",
+                    &[
+                        (G0, R0, Tcp, 80, false),
+                        (G1, R1, Tcp, 8080, false),
+                        (H0, R1, Tcp, 80, true),
+                        (S0, R0, Tcp, 80, false),
+                    ],
+                ),
+            ],
+        },
+        Scenario {
+            test: "tiers_admin_pass_hands_over_to_networkpolicy",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(PASS_GR_DENY_REST)),
+                Check(
+                    "passed with no NetworkPolicy: allowed; the rest denied",
+                    &[(G0, R0, Tcp, 8080, true), (H0, R0, Tcp, 80, false)],
+                ),
+                Put(Doc::Yaml(NP_RAVENCLAW_GR_WEB)),
+                Check(
+                    "passed: the NetworkPolicy decides",
+                    &[
+                        (G0, R0, Tcp, 80, true),
+                        (G1, R1, Tcp, 8080, false),
+                        (H0, R0, Tcp, 80, false),
+                    ],
+                ),
+            ],
+        },
+        Scenario {
+            test: "tiers_baseline_deny_only_where_no_networkpolicy",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(BASELINE_DENY_INTO_RA)),
+                Put(Doc::Yaml(NP_R0_FROM_GR)),
+                Check(
+                    "luna-0 by its NetworkPolicy, luna-1 by the baseline",
+                    &[
+                        (G0, R0, Tcp, 80, true),
+                        (H0, R0, Tcp, 80, false),
+                        (G0, R1, Tcp, 80, false),
+                        (H1, R1, Tcp, 8080, false),
+                    ],
+                ),
+                Delete("ravenclaw/luna-0-from-gryffindor"),
+                Check(
+                    "NetworkPolicy deleted: the baseline denies both",
+                    &[(G0, R0, Tcp, 80, false), (G0, R1, Tcp, 80, false)],
+                ),
+            ],
+        },
+        Scenario {
+            test: "tiers_admin_accept_opens_isolated_pod",
+            probes: TCP_ONLY,
+            steps: vec![
+                Put(Doc::Yaml(NP_RAVENCLAW_DENY_INGRESS)),
+                Check(
+                    "isolated",
+                    &[(G0, R0, Tcp, 80, false), (S0, R1, Tcp, 8080, false)],
+                ),
+                Put(Doc::Yaml(ACCEPT_GR_INTO_RA)),
+                Check(
+                    "the admin Accept opens it to gryffindor alone",
+                    &[
+                        (G0, R0, Tcp, 80, true),
+                        (G1, R1, Tcp, 8080, true),
+                        (S0, R1, Tcp, 8080, false),
+                    ],
+                ),
+            ],
+        },
+    ]);
+    all
+}
 
 /// One `#[test]` per scenario: the conformance ones in both API modules,
 /// the tier cases (whose admin side the conformance scenarios already
@@ -2163,7 +2170,7 @@ admin_tests!(
 
 #[test]
 fn every_scenario_is_a_test() {
-    let mut table: Vec<&str> = SCENARIOS.iter().map(|s| s.test).collect();
+    let mut table: Vec<&str> = scenarios().iter().map(|s| s.test).collect();
     let mut tests = TESTS.to_vec();
     table.sort();
     tests.sort();
@@ -2176,8 +2183,8 @@ fn every_scenario_is_a_test() {
 #[test]
 fn every_document_renders_in_both_generations() {
     let mut n = 0;
-    for s in SCENARIOS {
-        for step in s.steps {
+    for s in scenarios() {
+        for step in &s.steps {
             let Put(doc) = step else { continue };
             let v = doc.to_value();
             for api in [Api::V1alpha2, Api::V1alpha1] {
