@@ -540,14 +540,25 @@ impl<'a> Builder<'a> {
         let pass_name = pass_chain_name(direction, pod);
         let staged_jump = (isolating.is_empty() && !staged.is_empty())
             .then(|| self.staged_chain(pod, direction, staged, subject_of));
+        let guard = admin_compile::shared_peer_rules(self, subject_of, direction, Tier::Admin);
         let mut rules =
             admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Admin, &pass_name);
         let tail = if isolating.is_empty() {
-            admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Baseline, &pass_name)
+            let mut tail =
+                admin_compile::shared_peer_rules(self, subject_of, direction, Tier::Baseline);
+            tail.extend(admin_compile::tier_rules(
+                self,
+                subject_of,
+                pod,
+                direction,
+                Tier::Baseline,
+                &pass_name,
+            ));
+            tail
         } else {
             self.netpol_rules(pod, direction, isolating)
         };
-        if rules.is_empty() && tail.is_empty() && staged_jump.is_none() {
+        if rules.is_empty() && tail.is_empty() && staged_jump.is_none() && guard.is_empty() {
             return;
         }
         if let Some(staged_chain) = staged_jump {
@@ -560,6 +571,9 @@ impl<'a> Builder<'a> {
                 },
             );
         }
+        // First of all: the staged chain then judges only what the
+        // enforced chain may let through.
+        rules.splice(0..0, guard);
         self.insert_tiered_chain(chain_name.clone(), pass_name, rules, tail);
         for ip in &pod.ips {
             // A shared address gets its own chain (shared_address_elements).

@@ -477,14 +477,6 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
         .collect();
     let as_if = c.with_staged_enforced();
     let eps = endpoints(c);
-    // Admin pod and namespace peers do not yet apply the shared-address
-    // rule (the kernel's sets hold an address when any claimant is
-    // selected, the evaluator judges the one pod it was given): flows
-    // from or to a shared address are left out while any admin policy
-    // has such peers. Shared addresses as the judged pod's own, and as
-    // NetworkPolicy peers, are checked.
-    let shared = c.shared_addresses();
-    let admin_pod_peers = has_admin_pod_peers(c);
     let mut checked = 0;
     for src in &eps {
         for dst in &eps {
@@ -495,9 +487,6 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                 let (Some(s), Some(d)) = (address(c, src, family), address(c, dst, family)) else {
                     continue;
                 };
-                if admin_pod_peers && (shared.contains_key(&s) || shared.contains_key(&d)) {
-                    continue;
-                }
                 for proto in Protocol::ALL {
                     for port in PORTS {
                         let want = allowed(c, src, dst, family, proto, port)
@@ -663,17 +652,24 @@ fn generated_cases_check_many_flows() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut total = 0;
     let mut shared = 0;
+    let mut shared_admin = 0;
     for _ in 0..20 {
         let c = cluster_strategy()
             .new_tree(&mut runner)
             .expect("generate")
             .current();
         total += check_cluster(&c).expect("agree");
-        shared += usize::from(!c.shared_addresses().is_empty() && !has_admin_pod_peers(&c));
+        let has_shared = !c.shared_addresses().is_empty();
+        shared += usize::from(has_shared);
+        shared_admin += usize::from(has_shared && has_admin_pod_peers(&c));
     }
     assert!(total > 2000, "only {total} flows checked");
     assert!(
         shared > 0,
         "no generated cluster had two live pods sharing an address whose flows were checked"
+    );
+    assert!(
+        shared_admin > 0,
+        "no generated cluster had a shared address next to admin pod or namespace peers"
     );
 }

@@ -36,6 +36,11 @@ pub fn describe_side(side: &SideVerdict) -> String {
              policies can apply)",
             claimed_by.join(", ")
         ),
+        SideVerdict::SharedPeer { claimed_by, rule } => format!(
+            "denied: the peer's address is shared by {}, which {rule} tells apart \
+             (the packet may come from either)",
+            claimed_by.join(", ")
+        ),
         SideVerdict::Tier { rule } => {
             let outcome = match rule.action {
                 policy_compiler::admin::Action::Deny => "denied",

@@ -12,6 +12,11 @@
 //! ranges), `anam4_/anam6_` (egress named ports resolved per destination
 //! pod). Comments read
 //! `<Kind>/<name> <direction>[<i>] <Action>`.
+//!
+//! A peer address two live pods claim ([`shared_peer_rules`]) fails
+//! closed: each tier first drops flows whose peer is a shared address its
+//! rules tell apart, since no set choice keeps Accept and Pass sound for
+//! the claimant that is not meant.
 
 use super::{Action, AdminPeer, AdminPolicy, AdminPort, AdminRule, Subject, Tier};
 use crate::compile::{family_digit, selector_key, Builder, Enforce};
@@ -132,6 +137,127 @@ fn rule(
             crate::audit::admin_prefix(&pol.id(), direction, index, r.action.api(pol.kind));
         b.log_each(out, start, &prefix);
     }
+}
+
+/// Comment of the rule dropping flows whose peer is an address the
+/// chain's admin peers tell apart.
+pub const SHARED_PEER_COMMENT: &str = "peer address shared by pods admin peers tell apart";
+
+/// Whether `r`'s verdict can depend on which claimant of a shared peer
+/// address a packet came from: its pod and namespace peers, and in egress
+/// its named ports (they resolve per destination pod). `All` selects every
+/// claimant alike, networks and nodes match by address.
+fn tells_pods_apart(r: &AdminRule, direction: Direction) -> bool {
+    let named = direction == Direction::Egress && has_named(r);
+    r.peers.iter().any(|p| match p {
+        AdminPeer::Namespaces(_) | AdminPeer::Pods { .. } => true,
+        AdminPeer::All => named,
+        AdminPeer::Nodes(_) | AdminPeer::Networks(_) => false,
+    })
+}
+
+fn has_named(r: &AdminRule) -> bool {
+    r.ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, AdminPort::Named(_)))
+}
+
+/// Whether a pod or namespace peer of `r` (or `All`) selects `pod`.
+fn pod_peer_selects(cluster: &Cluster, r: &AdminRule, pod: &Pod) -> bool {
+    let ns = cluster.namespace_labels(&pod.namespace);
+    r.peers.iter().any(|p| match p {
+        AdminPeer::All => true,
+        AdminPeer::Namespaces(s) => s.matches(&ns),
+        AdminPeer::Pods { namespaces, pods } => {
+            namespaces.matches(&ns) && pods.matches(&pod.labels)
+        }
+        AdminPeer::Nodes(_) | AdminPeer::Networks(_) => false,
+    })
+}
+
+/// Whether `r` tells the pods claiming one address apart: its peers
+/// select some of them but not all, or (egress named ports, which resolve
+/// on each pod) any of them.
+fn splits(cluster: &Cluster, r: &AdminRule, direction: Direction, claimants: &[&Pod]) -> bool {
+    let selected = claimants
+        .iter()
+        .filter(|p| pod_peer_selects(cluster, r, p))
+        .count();
+    let named = direction == Direction::Egress && has_named(r);
+    selected > 0 && (named || selected < claimants.len())
+}
+
+/// The drop that opens `tier` in `pod`'s chain in `direction`: an admin
+/// set holds a shared address as soon as any claimant is selected, which
+/// fails closed for Deny but lets Accept or Pass (then NetworkPolicy or
+/// the default allow) decide for the claimant the rule does not select.
+/// With Pass in play no per-rule choice of the set is sound, so new flows
+/// whose peer is a shared address that any rule of the tier (of the
+/// policies in `subject_of`) tells apart are dropped before the tier's
+/// first rule. Below it, every rule of the tier judges all claimants of
+/// a shared peer alike, and NetworkPolicy admits a shared peer only when
+/// it selects every claimant, so each tier stays sound on its own. The
+/// set `adup4_/adup6_` is keyed by those rules' peer definitions; its
+/// element at an address depends only on the address's claimants and
+/// their namespaces, as `shared_set` requires. `eval::admin::shared_peer`
+/// states the same rule.
+pub(crate) fn shared_peer_rules(
+    b: &mut Builder<'_>,
+    subject_of: &[&AdminPolicy],
+    direction: Direction,
+    tier: Tier,
+) -> Vec<Rule> {
+    let rules: Vec<&AdminRule> = subject_of
+        .iter()
+        .filter(|pol| pol.tier == tier)
+        .flat_map(|pol| pol.rules(direction))
+        .filter(|r| tells_pods_apart(r, direction))
+        .collect();
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let mut key: Vec<String> = rules
+        .iter()
+        .map(|r| match direction == Direction::Egress && has_named(r) {
+            true => format!("{} with named ports", pod_peers_key(r)),
+            false => pod_peers_key(r),
+        })
+        .collect();
+    key.sort();
+    key.dedup();
+    let key = key.join(" || ");
+    let mut out = Vec::new();
+    for family in b.families() {
+        let set = b.shared_set(
+            &format!("adup{}", family_digit(family)),
+            key.clone(),
+            SetKind::Addr {
+                family,
+                interval: false,
+            },
+            |c| {
+                c.shared_addresses()
+                    .into_iter()
+                    .filter(|(ip, claimants)| {
+                        Family::of(ip) == family
+                            && rules.iter().any(|r| splits(c, r, direction, claimants))
+                    })
+                    .map(|(ip, _)| Element::Addr(ip))
+                    .collect()
+            },
+        );
+        out.push(Rule {
+            matches: vec![Match::AddrInSet {
+                family,
+                dir: direction.peer_dir(),
+                set,
+            }],
+            verdict: Verdict::Drop,
+            comment: Some(SHARED_PEER_COMMENT.into()),
+        });
+    }
+    out
 }
 
 /// Pods any pods/namespaces peer of `r` selects, in namespace/name order.
@@ -364,4 +490,123 @@ fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String
             elements
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::eval::{allowed, Endpoint, SideVerdict};
+    use crate::index::Cluster;
+    use crate::interp::{hook_accepts, Packet};
+    use crate::ir::Family;
+    use crate::model::Protocol;
+
+    /// prod/api-0 on node-1, isolated for ingress by a NetworkPolicy that
+    /// admits nothing; dev/ci-0 and dev/tool-0 (labels `app: ci` and
+    /// `tool_label`) both claim 10.244.2.3. The admin policy `rules` are
+    /// the ingress rules of an AdminNetworkPolicy whose subject is prod.
+    fn cluster(tool_label: &str, rules: &str) -> Cluster {
+        let pod = |ns: &str, name: &str, app: &str, node: &str, ip: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\n\
+                 metadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\n\
+                 spec: {{nodeName: {node}}}\nstatus: {{podIPs: [{{ip: {ip}}}]}}\n"
+            )
+        };
+        let yaml = [
+            pod("prod", "api-0", "api", "node-1", "10.244.1.2"),
+            pod("dev", "ci-0", "ci", "node-2", "10.244.2.3"),
+            pod("dev", "tool-0", tool_label, "node-2", "10.244.2.3"),
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: closed, namespace: prod}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress]}\n"
+                .to_string(),
+            format!(
+                "---\napiVersion: policy.networking.k8s.io/v1alpha1\n\
+                 kind: AdminNetworkPolicy\nmetadata: {{name: dev}}\n\
+                 spec:\n  priority: 20\n  subject:\n    namespaces: \
+                 {{matchLabels: {{kubernetes.io/metadata.name: prod}}}}\n  ingress:\n{rules}"
+            ),
+        ]
+        .concat();
+        let loaded = crate::manifest::parse("t.yaml", &yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        Cluster::from_objects(loaded.objects)
+    }
+
+    const CI: &str = "      pods:\n        namespaceSelector: \
+                      {matchLabels: {kubernetes.io/metadata.name: dev}}\n        \
+                      podSelector: {matchLabels: {app: ci}}\n";
+    const DEV: &str = "      namespaces: {matchLabels: {kubernetes.io/metadata.name: dev}}\n";
+
+    /// One ingress rule of the admin policy, with one peer.
+    fn rule(name: &str, action: &str, peer: &str) -> String {
+        format!("  - name: {name}\n    action: {action}\n    from:\n    -\n{peer}")
+    }
+
+    fn kernel_accepts(c: &Cluster) -> bool {
+        let rs = crate::compile::compile(c, "node-1");
+        let pkt = Packet::new_connection(
+            "10.244.2.3".parse().unwrap(),
+            "10.244.1.2".parse().unwrap(),
+            Protocol::Tcp,
+            80,
+        );
+        hook_accepts(&rs, crate::compile::CHAIN_FORWARD, &pkt)
+    }
+
+    fn decide(c: &Cluster, from: &str) -> crate::eval::Decision {
+        let dst = Endpoint::pod("prod", "api-0");
+        allowed(
+            c,
+            &Endpoint::pod("dev", from),
+            &dst,
+            Family::Ipv4,
+            Protocol::Tcp,
+            80,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_shared_peer_address_that_admin_peers_tell_apart_fails_closed() {
+        // Pass for ci-0 (then the NetworkPolicy denies), Accept for the
+        // rest of dev: a set choice per rule would accept tool-0's
+        // packets and ci-0's alike, since they carry one address.
+        let rules = rule("ci", "Pass", CI) + &rule("rest", "Allow", DEV);
+        let c = cluster("tool", &rules);
+        assert!(!kernel_accepts(&c));
+        for from in ["ci-0", "tool-0"] {
+            let d = decide(&c, from);
+            assert!(!d.allowed, "{from}: {d:?}");
+            match &d.ingress {
+                SideVerdict::SharedPeer { claimed_by, rule } => {
+                    assert_eq!(claimed_by, &["dev/ci-0", "dev/tool-0"]);
+                    assert_eq!(rule.index, 0, "{rule}");
+                }
+                other => panic!("{from}: {other:?}"),
+            }
+        }
+        let rs = crate::compile::compile(&c, "node-1");
+        let text = crate::render::render_script(&rs);
+        assert!(text.contains(super::SHARED_PEER_COMMENT), "{text}");
+    }
+
+    #[test]
+    fn a_shared_peer_address_every_rule_judges_alike_is_judged_as_usual() {
+        // Both claimants are `app: ci` now: the Pass selects both, so the
+        // NetworkPolicy decides for either (and denies).
+        let rules = rule("ci", "Pass", CI) + &rule("rest", "Allow", DEV);
+        let c = cluster("ci", &rules);
+        assert!(!kernel_accepts(&c));
+        assert!(matches!(
+            decide(&c, "tool-0").ingress,
+            SideVerdict::Denied { .. }
+        ));
+        // Only the namespace-wide Allow: it selects both, and admits both.
+        let c = cluster("tool", &rule("rest", "Allow", DEV));
+        assert!(kernel_accepts(&c));
+        for from in ["ci-0", "tool-0"] {
+            assert!(decide(&c, from).allowed, "{from}");
+        }
+    }
 }

@@ -2,6 +2,11 @@
 //! baseline) rule, in policy order then rule order, whose peers and ports
 //! match. Stated on the model with the evaluator's own predicates
 //! (`spec.rs`), independent of the compiler.
+//!
+//! A peer address several live pods claim is judged before each tier
+//! ([`shared_peer`]): when the tier's rules would judge its claimants
+//! differently, no one claimant's verdict can stand for the packet, so
+//! the flow is denied (fails closed).
 
 use super::spec;
 use crate::admin::{Action, AdminPeer, AdminPolicy, AdminPort, Subject, Tier};
@@ -84,6 +89,79 @@ fn port_matches(p: &AdminPort, protocol: Protocol, port: u16, dst: Option<&Pod>)
     }
 }
 
+/// The policies of `tier` whose subject holds `pod`, in the order they
+/// are checked: priority, then kind, then name (the order nftpol gives equal priorities, which
+/// upstream leaves to the implementation).
+fn policies_of<'c>(cluster: &'c Cluster, tier: Tier, pod: &Pod) -> Vec<&'c AdminPolicy> {
+    let mut policies: Vec<&AdminPolicy> = cluster
+        .admin_policies()
+        .filter(|p| p.tier == tier && subject_selects(cluster, &p.subject, pod))
+        .collect();
+    policies.sort_by_key(|p| (p.priority.unwrap_or(u16::MAX), p.kind, p.name.clone()));
+    policies
+}
+
+fn rule_ref(pol: &AdminPolicy, tier: Tier, direction: Direction, index: usize) -> AdminRuleRef {
+    let r = &pol.rules(direction)[index];
+    AdminRuleRef {
+        tier,
+        policy: pol.id(),
+        direction,
+        index,
+        rule_name: r.name.clone(),
+        action: r.action,
+        action_word: r.action.api(pol.kind),
+    }
+}
+
+/// When the peer address `peer_ip` is claimed by several live pods, the
+/// first rule of `tier` for `pod` (whatever its action) that tells them
+/// apart: its pod or namespace peers select some claimants but not all,
+/// or it has egress named ports (they resolve per pod) and selects any.
+/// Such a flow is denied before the tier is consulted: a packet from (to)
+/// that address may belong to either claimant, and which one decides the
+/// verdict.
+pub(super) fn shared_peer(
+    cluster: &Cluster,
+    tier: Tier,
+    pod: &Pod,
+    direction: Direction,
+    peer_ip: IpAddr,
+) -> Option<(Vec<String>, AdminRuleRef)> {
+    let claimants = spec::claimants(cluster, peer_ip);
+    if claimants.len() < 2 {
+        return None;
+    }
+    for pol in policies_of(cluster, tier, pod) {
+        for (index, r) in pol.rules(direction).iter().enumerate() {
+            let selected = claimants
+                .iter()
+                .filter(|c| {
+                    r.peers.iter().any(|p| {
+                        matches!(
+                            p,
+                            AdminPeer::All | AdminPeer::Namespaces(_) | AdminPeer::Pods { .. }
+                        ) && peer_matches(cluster, p, peer_ip, Some(c))
+                    })
+                })
+                .count();
+            let named = direction == Direction::Egress
+                && r.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p, AdminPort::Named(_)));
+            if selected > 0 && (named || selected < claimants.len()) {
+                let names = claimants
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
+                return Some((names, rule_ref(pol, tier, direction, index)));
+            }
+        }
+    }
+    None
+}
+
 /// The first rule of `tier` that matches `pod`'s side of the flow.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn first_match(
@@ -96,13 +174,7 @@ pub(super) fn first_match(
     protocol: Protocol,
     port: u16,
 ) -> Option<AdminRuleRef> {
-    let mut policies: Vec<&AdminPolicy> = cluster
-        .admin_policies()
-        .filter(|p| p.tier == tier && subject_selects(cluster, &p.subject, pod))
-        .collect();
-    // Priority, then kind, then name: the order nftpol gives equal
-    // priorities, which upstream leaves to the implementation.
-    policies.sort_by_key(|p| (p.priority.unwrap_or(u16::MAX), p.kind, p.name.clone()));
+    let policies = policies_of(cluster, tier, pod);
     for pol in policies {
         for (index, r) in pol.rules(direction).iter().enumerate() {
             let peer_ok = r
@@ -114,15 +186,7 @@ pub(super) fn first_match(
                     .any(|p| port_matches(p, protocol, port, port_owner))
             });
             if peer_ok && port_ok {
-                return Some(AdminRuleRef {
-                    tier,
-                    policy: pol.id(),
-                    direction,
-                    index,
-                    rule_name: r.name.clone(),
-                    action: r.action,
-                    action_word: r.action.api(pol.kind),
-                });
+                return Some(rule_ref(pol, tier, direction, index));
             }
         }
     }

@@ -105,6 +105,14 @@ pub enum SideVerdict {
     SharedAddress {
         claimed_by: Vec<String>,
     },
+    /// The peer's address is claimed by several live pods and an admin
+    /// or baseline rule of this pod (`rule`) would judge them differently:
+    /// no single claimant's verdict can apply, so the flow is denied
+    /// (fails closed), whatever the tiers would say of any one claimant.
+    SharedPeer {
+        claimed_by: Vec<String>,
+        rule: admin::AdminRuleRef,
+    },
     /// An admin or baseline rule decided (Accept/Allow or Deny; a
     /// baseline Pass leaves the flow to the default allow).
     Tier {
@@ -115,14 +123,18 @@ pub enum SideVerdict {
 impl SideVerdict {
     pub fn allows(&self) -> bool {
         match self {
-            SideVerdict::Denied { .. } | SideVerdict::SharedAddress { .. } => false,
+            SideVerdict::Denied { .. }
+            | SideVerdict::SharedAddress { .. }
+            | SideVerdict::SharedPeer { .. } => false,
             SideVerdict::Tier { rule } => rule.action != crate::admin::Action::Deny,
             _ => true,
         }
     }
 }
 
-/// One side through every tier: an admin Accept or Deny decides; a Pass
+/// One side through every tier: a shared peer address the tier's rules
+/// tell apart is denied before each admin tier; an admin Accept or Deny
+/// decides; a Pass
 /// (or no match) leaves it to NetworkPolicy; NetworkPolicy decides for
 /// pods it isolates; otherwise the baseline tier; otherwise allowed.
 fn side(
@@ -140,6 +152,13 @@ fn side(
             cluster, tier, pod, direction, peer, port_owner, protocol, port,
         )
     };
+    let shared_peer = |tier| {
+        admin::shared_peer(cluster, tier, pod, direction, peer.0)
+            .map(|(claimed_by, rule)| SideVerdict::SharedPeer { claimed_by, rule })
+    };
+    if let Some(v) = shared_peer(Tier::Admin) {
+        return v;
+    }
     if let Some(rule) = first(Tier::Admin) {
         if rule.action != Action::Pass {
             return SideVerdict::Tier { rule };
@@ -148,6 +167,9 @@ fn side(
     let np = netpol::side(cluster, pod, direction, peer, port_owner, protocol, port);
     if np != SideVerdict::NotIsolated {
         return np;
+    }
+    if let Some(v) = shared_peer(Tier::Baseline) {
+        return v;
     }
     match first(Tier::Baseline) {
         Some(rule) => SideVerdict::Tier { rule },
