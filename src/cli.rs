@@ -136,6 +136,8 @@ pub struct CompileArgs {
     pub format: Format,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +166,75 @@ pub struct ApplyArgs {
     pub node_name: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Node-wide verdict logging, on top of each policy's own
+/// `nftpol.io/log` annotation (a policy logs the more of the two).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Verdict logging")]
+pub struct LogArgs {
+    /// Log verdicts for every policy on the node: `deny` logs the default
+    /// drop of every isolated pod (nflog prefix `<ns>/<pod>
+    /// default-deny`) and admin Deny rules; `all` also logs every packet a
+    /// policy rule admits (prefix `<ns>/<policy> <direction>[<i>] allow`).
+    /// Policies annotated `nftpol.io/log: deny|all` log regardless, and
+    /// staged policies (`nftpol.io/enforcement: audit`) always log what
+    /// they would deny. Logging never changes a verdict: each log is a
+    /// rule of its own, without one. The agent prints one line per logged
+    /// packet; elsewhere read the group with ulogd or `tcpdump -i nflog:N`.
+    #[arg(long = "log", value_enum, default_value_t = LogArg::None, value_name = "MODE")]
+    pub log: LogArg,
+    /// The nflog group the log rules send to (the agent reads it).
+    #[arg(long, value_name = "N", default_value_t = policy_compiler::audit::DEFAULT_GROUP)]
+    pub log_group: u16,
+    /// Packets per second each log rule may log, enforced in the kernel
+    /// (`limit rate R/second burst 5 packets`): a flood of denied packets
+    /// costs at most this many log messages per rule, and is still
+    /// dropped in full.
+    #[arg(long, value_name = "R", default_value_t = policy_compiler::audit::DEFAULT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_rate: u32,
+}
+
+/// `--log`: what every policy logs at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogArg {
+    /// Only what policies' own annotations ask for.
+    #[value(alias = "off")]
+    None,
+    /// Denied packets.
+    Deny,
+    /// Denied and allowed packets.
+    All,
+}
+
+impl LogArgs {
+    /// The compiler's options for these flags.
+    pub fn audit(&self) -> policy_compiler::audit::AuditOptions {
+        use policy_compiler::model::LogMode;
+        policy_compiler::audit::AuditOptions {
+            log: match self.log {
+                LogArg::None => LogMode::Off,
+                LogArg::Deny => LogMode::Deny,
+                LogArg::All => LogMode::All,
+            },
+            group: self.log_group,
+            rate: self.log_rate,
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        LogArgs {
+            log: LogArg::None,
+            log_group: policy_compiler::audit::DEFAULT_GROUP,
+            log_rate: policy_compiler::audit::DEFAULT_RATE,
+        }
+    }
 }
 
 /// Source validation: which interface each local pod sends through.
@@ -254,6 +325,9 @@ pub struct DiffArgs {
     /// (or given here), so source validation chains compare equal.
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Give the agent's --log flags too, so its log rules compare equal.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -395,7 +469,7 @@ pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let (cluster, skipped) = load_cluster(&args.input)?;
     let node = resolve_node(&cluster, args.node_name.as_deref())?;
     let net = node_net(&args.source, &cluster, &node, false)?;
-    let rs = policy_compiler::compile_node(&cluster, &node, &net);
+    let rs = policy_compiler::compile_node_with(&cluster, &node, &net, &args.log.audit());
     let text = match args.format {
         Format::Nft => render::render_script(&rs),
         Format::Json => pretty_json(&rs)?,
@@ -409,7 +483,7 @@ pub fn apply(args: &ApplyArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let (cluster, skipped) = load_cluster(&args.input)?;
     let node = resolve_node(&cluster, args.node_name.as_deref())?;
     let net = node_net(&args.source, &cluster, &node, true)?;
-    let rs = policy_compiler::compile_node(&cluster, &node, &net);
+    let rs = policy_compiler::compile_node_with(&cluster, &node, &net, &args.log.audit());
     let report = crate::netlink::apply(&rs)?;
     write_out(out, &format!("{}\n", report.summary))?;
     Ok(exit_status(skipped))
@@ -613,7 +687,8 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<i32, Error> {
         &node,
         args.against_manifests.is_empty(),
     )?;
-    let after = policy_compiler::compile_node(&cluster, &node, &net);
+    let audit = args.log.audit();
+    let after = policy_compiler::compile_node_with(&cluster, &node, &net, &audit);
     let after_label = format!("manifests {} for node {node}", paths(&args.input.manifests));
     let mut text = String::new();
     let mut skipped = skipped;
@@ -650,7 +725,7 @@ pub fn diff(args: &DiffArgs, out: &mut dyn Write) -> Result<i32, Error> {
         };
         let (old_cluster, old_skipped) = load_cluster(&old_input)?;
         skipped += old_skipped;
-        let before = policy_compiler::compile_node(&old_cluster, &node, &net);
+        let before = policy_compiler::compile_node_with(&old_cluster, &node, &net, &audit);
         text.push_str(&report::changes::ruleset_changes(
             Some(&before),
             &after,

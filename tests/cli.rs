@@ -750,3 +750,69 @@ fn explain_names_the_admin_tier_rule_that_decided() {
         "{t}"
     );
 }
+
+/// `--log`, `--log-group` and `--log-rate` reach the compiled ruleset:
+/// every isolated pod's default drop gets a rate-limited log rule before
+/// it, in the group asked for; without them nothing logs.
+#[test]
+fn log_flags_add_rate_limited_log_rules() {
+    let m = "examples/policies/02-default-deny-ingress.yaml";
+    let plain = nftpol(&["compile", "-m", m]);
+    assert_eq!(plain.status.code(), Some(0), "{}", text(&plain.stderr));
+    assert!(
+        !text(&plain.stdout).contains(" log "),
+        "{}",
+        text(&plain.stdout)
+    );
+    let none = nftpol(&["compile", "-m", m, "--log", "none"]);
+    assert_eq!(none.stdout, plain.stdout);
+
+    let out = nftpol(&[
+        "compile",
+        "-m",
+        m,
+        "--log",
+        "deny",
+        "--log-group",
+        "9",
+        "--log-rate",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    for pod in ["prod/api-0", "prod/db-0"] {
+        let line = format!(
+            "limit rate 3/second burst 5 packets log prefix \"{pod} default-deny\" group 9"
+        );
+        assert!(script.contains(&line), "{line} missing:\n{script}");
+    }
+    assert!(!script.contains("dev/tool-0"), "{script}");
+    assert!(!script.contains(" allow\""), "deny logs no allow: {script}");
+
+    let all = text(&nftpol(&["compile", "-m", m, "--log", "all"]).stdout);
+    assert!(all.contains("group 2"), "default group: {all}");
+    assert!(all.contains("limit rate 10/second"), "default rate: {all}");
+
+    for bad in [
+        &["--log", "loud"][..],
+        &["--log-rate", "0"],
+        &["--log-group", "70000"],
+    ] {
+        let mut args = vec!["compile", "-m", m];
+        args.extend_from_slice(bad);
+        let out = nftpol(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: clap usage error");
+        assert!(text(&out.stderr).contains(bad[0]), "{}", text(&out.stderr));
+    }
+    for cmd in ["compile", "apply", "agent", "diff"] {
+        let help = text(&nftpol(&[cmd, "--help"]).stdout);
+        for flag in [
+            "--log <MODE>",
+            "--log-group <N>",
+            "--log-rate <R>",
+            "default-deny",
+        ] {
+            assert!(help.contains(flag), "{cmd} --help lacks {flag}:\n{help}");
+        }
+    }
+}

@@ -133,8 +133,7 @@ pub fn compile_node_with(
     let shared = cluster.shared_addresses();
     let node_families = node_families(cluster, node);
     let fill = |_: &str| Some(cluster);
-    let mut b = Builder::new(cluster, &shared, &fill, &node_families);
-    b.audit = audit;
+    let mut b = Builder::new(cluster, &shared, &fill, &node_families, audit);
     add_base_chains(&mut b.rs, &node_families);
     let admin = admin_policies(cluster);
     for pod in local_pods(cluster, node) {
@@ -300,15 +299,6 @@ fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -
     }
 }
 
-/// No node-wide logging: what the incremental compiler and `compile_node`
-/// build with.
-static NO_AUDIT: AuditOptions = AuditOptions {
-    log: LogMode::Off,
-    group: audit::DEFAULT_GROUP,
-    rate: audit::DEFAULT_RATE,
-    burst: audit::DEFAULT_BURST,
-};
-
 pub(crate) struct Builder<'a> {
     pub(crate) cluster: &'a Cluster,
     pub(crate) rs: Ruleset,
@@ -383,12 +373,13 @@ struct PortPlan {
 
 impl<'a> Builder<'a> {
     /// A builder holding only the (empty) dispatch maps of the node's
-    /// address families.
+    /// address families, logging as `audit` says.
     pub(crate) fn new(
         cluster: &'a Cluster,
         shared: &'a SharedAddrs<'a>,
         fill: &'a Fill<'a>,
         node_families: &BTreeSet<Family>,
+        audit: &'a AuditOptions,
     ) -> Builder<'a> {
         let mut rs = Ruleset::default();
         for direction in [Direction::Ingress, Direction::Egress] {
@@ -409,7 +400,7 @@ impl<'a> Builder<'a> {
             fill,
             families: BTreeSet::new(),
             set_keys: BTreeMap::new(),
-            audit: &NO_AUDIT,
+            audit,
             staging: false,
         }
     }

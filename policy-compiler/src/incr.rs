@@ -23,6 +23,7 @@
 //! Admin policies and Node objects are rare events that feed every unit,
 //! so they rebuild the whole node; so does a complete relisting.
 
+use crate::audit::AuditOptions;
 use crate::compile::{self, Builder};
 use crate::diff::Touched;
 use crate::index::Cluster;
@@ -94,6 +95,8 @@ struct UnitOut {
 pub struct Incremental {
     node: String,
     net: NodeNet,
+    /// Node-wide verdict logging, as the full compile is given it.
+    audit: AuditOptions,
     rs: Ruleset,
     units: BTreeMap<Key, UnitOut>,
     /// Which units name each set; a set nobody names goes.
@@ -112,9 +115,16 @@ impl Incremental {
     /// An engine for `node` that has compiled nothing yet: the first
     /// update compiles the whole node.
     pub fn new(node: &str) -> Incremental {
+        Incremental::with_audit(node, AuditOptions::default())
+    }
+
+    /// [`Incremental::new`] whose ruleset equals
+    /// [`crate::compile_node_with`] under `audit`.
+    pub fn with_audit(node: &str, audit: AuditOptions) -> Incremental {
         Incremental {
             node: node.to_string(),
             net: NodeNet::default(),
+            audit,
             rs: Ruleset::default(),
             units: BTreeMap::new(),
             set_users: BTreeMap::new(),
@@ -263,7 +273,7 @@ impl Incremental {
                         None
                     }
                 };
-                let mut b = Builder::new(cluster, &shared_now, &fill, &fams);
+                let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
                 b.pod_unit(pod, &admin);
                 b.rs
             };
@@ -296,7 +306,7 @@ impl Incremental {
             let old = mem::take(&mut self.shared_out);
             self.remove_out(&old, &(String::new(), String::new()), &mut touched);
             let fill = |_: &str| -> Option<&Cluster> { None };
-            let mut b = Builder::new(cluster, &shared_now, &fill, &fams);
+            let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
             b.shared_address_elements(&self.node);
             self.shared_out = self.add_out(
                 &(String::new(), String::new()),
@@ -453,7 +463,7 @@ impl Incremental {
                 let fill = |name: &str| -> Option<&Cluster> {
                     (wanted.contains(name) && !done.contains_key(name)).then_some(&sub)
                 };
-                let mut b = Builder::new(cluster, shared_now, &fill, &self.families);
+                let mut b = Builder::new(cluster, shared_now, &fill, &self.families, &self.audit);
                 b.pod_unit(pod, admin);
                 b.rs
             };
@@ -489,14 +499,15 @@ impl Incremental {
     fn rebuild(&mut self, cluster: &Cluster) {
         let node = mem::take(&mut self.node);
         let net = mem::take(&mut self.net);
-        *self = Incremental::new(&node);
+        let audit = mem::take(&mut self.audit);
+        *self = Incremental::with_audit(&node, audit);
         self.dirty = Dirty::default();
         self.net = net;
         let fams = compile::node_families(cluster, &node);
         let shared_now = cluster.shared_addresses();
         {
             let fill = |_: &str| -> Option<&Cluster> { None };
-            let b = Builder::new(cluster, &shared_now, &fill, &fams);
+            let b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
             self.rs = b.rs;
         }
         compile::add_base_chains(&mut self.rs, &fams);
@@ -512,7 +523,7 @@ impl Incremental {
                         cluster
                     })
                 };
-                let mut b = Builder::new(cluster, &shared_now, &fill, &fams);
+                let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
                 b.pod_unit(pod, &admin);
                 b.rs
             };
@@ -524,7 +535,7 @@ impl Incremental {
             .map(|(ip, pods)| (*ip, pods.iter().map(|p| p.key()).collect()))
             .collect();
         let fill = |_: &str| -> Option<&Cluster> { None };
-        let mut b = Builder::new(cluster, &shared_now, &fill, &fams);
+        let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
         b.shared_address_elements(&node);
         self.shared_out = self.add_out(
             &(String::new(), String::new()),

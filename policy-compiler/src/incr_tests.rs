@@ -4,12 +4,13 @@
 //! namespaces relabelled and deleted; NetworkPolicies, admin policies and
 //! Nodes put and deleted; the interface map changed), applied one to three
 //! at a time, must leave the incremental ruleset equal to a full compile
-//! after every update, and the transaction built from the touched objects
+//! under the same node-wide logging options after every update, and the transaction built from the touched objects
 //! alone must turn the previous ruleset into the new one in the fake
 //! kernel.
 
 use crate::admin::{AdminKind, AdminPolicy, Node};
-use crate::compile::compile_node;
+use crate::audit::AuditOptions;
+use crate::compile::{compile_node, compile_node_with};
 use crate::diff::{diff_touched, FakeKernel};
 use crate::incr::{Incremental, ObjectKey};
 use crate::index::Cluster;
@@ -291,11 +292,33 @@ fn net_for(c: &Cluster, on: bool) -> NodeNet {
     net
 }
 
-fn check_sequence(c: Cluster, batches: Vec<Vec<Event>>) -> Result<(), TestCaseError> {
+/// Node-wide logging as the agent's `--log`, `--log-group` and
+/// `--log-rate` give it (policies carry their own annotations too).
+fn audit_strategy() -> impl Strategy<Value = AuditOptions> {
+    (
+        prop::sample::select(vec![LogMode::Off, LogMode::Deny, LogMode::All]),
+        prop::sample::select(vec![crate::audit::DEFAULT_GROUP, 7, u16::MAX]),
+        prop::sample::select(vec![crate::audit::DEFAULT_RATE, 1, 1000]),
+    )
+        .prop_map(|(log, group, rate)| AuditOptions {
+            log,
+            group,
+            rate,
+            ..AuditOptions::default()
+        })
+}
+
+fn check_sequence(
+    c: Cluster,
+    batches: Vec<Vec<Event>>,
+    audit: AuditOptions,
+) -> Result<(), TestCaseError> {
+    let compile_node =
+        |c: &Cluster, node: &str, net: &NodeNet| compile_node_with(c, node, net, &audit);
     let mut w = World {
         net: net_for(&c, true),
         c,
-        eng: Incremental::new(NODE),
+        eng: Incremental::with_audit(NODE, audit.clone()),
         interfaces: true,
         added: 0,
     };
@@ -350,8 +373,9 @@ proptest! {
             proptest::collection::vec(event_strategy(), 1..4),
             1..25,
         ),
+        audit in audit_strategy(),
     ) {
-        check_sequence(c, batches)?;
+        check_sequence(c, batches, audit)?;
     }
 }
 

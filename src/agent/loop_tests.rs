@@ -586,3 +586,52 @@ fn revocation_follows_every_changed_batch_and_its_failure_is_not_fatal() {
     l.run_for(Duration::from_secs(5));
     assert_eq!(l.batches(), batches, "nothing is retried because of it");
 }
+
+/// The agent's `--log` options shape what it programs, incrementally and
+/// on a whole compile alike (debug builds also hold the incremental
+/// ruleset to a whole compile under them after every reconcile).
+#[test]
+fn node_wide_log_options_reach_the_kernel_table() {
+    use policy_compiler::audit::AuditOptions;
+    use policy_compiler::ir::Match;
+    use policy_compiler::model::LogMode;
+    for incremental in [true, false] {
+        let audit = AuditOptions {
+            log: LogMode::Deny,
+            group: 9,
+            rate: 3,
+            ..AuditOptions::default()
+        };
+        let mut l = Loop::synced(Settings {
+            audit,
+            incremental,
+            ..settings()
+        });
+        l.change(Change::Apply(pod(1)));
+        l.run_for(Duration::from_secs(1));
+        let state = l.kernel.mem.state();
+        let table = state.table.as_ref().expect("table");
+        let chain = &table.chains["ing_prod_p1"];
+        let log = chain
+            .rules
+            .iter()
+            .flat_map(|r| &r.matches)
+            .find_map(|m| match m {
+                Match::Log { group, prefix } => Some((*group, prefix.clone())),
+                _ => None,
+            });
+        assert_eq!(
+            log,
+            Some((9, "prod/p1 default-deny".to_string())),
+            "incremental={incremental}: {chain:?}"
+        );
+        assert!(
+            chain
+                .rules
+                .iter()
+                .flat_map(|r| &r.matches)
+                .any(|m| matches!(m, Match::Limit { per_second: 3, .. })),
+            "{chain:?}"
+        );
+    }
+}

@@ -127,6 +127,8 @@ pub struct AgentArgs {
     /// against); it is slower, and here to compare the two.
     #[arg(long)]
     pub full_compile: bool,
+    #[command(flatten)]
+    pub log: crate::cli::LogArgs,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -214,6 +216,7 @@ impl Options {
                 policy_metrics_max: a.policy_metrics_max,
                 write_status: !a.no_status,
                 incremental: !a.full_compile,
+                audit: a.log.audit(),
                 ..Settings::new(&a.node_name)
             },
             metrics_addr: Some(a.metrics_addr),

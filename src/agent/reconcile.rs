@@ -41,6 +41,7 @@ use crate::agent::status::{HitTracker, Inventory, PolicyMetrics, StatusState};
 use crate::revoke::{Revoke, Scope};
 use nftpol_crds::status::NodeEnforcement;
 use policy_compiler::admin::AdminKind;
+use policy_compiler::audit::AuditOptions;
 use policy_compiler::diff::{self, Touched};
 use policy_compiler::incr::{Incremental, ObjectKey};
 use policy_compiler::{Cluster, NodeNet, Object, Ruleset};
@@ -228,6 +229,8 @@ pub struct Settings {
     pub write_status: bool,
     /// Recompile only what each change feeds (off: the whole node).
     pub incremental: bool,
+    /// Node-wide verdict logging (`--log`, `--log-group`, `--log-rate`).
+    pub audit: AuditOptions,
 }
 
 impl Settings {
@@ -249,6 +252,7 @@ impl Settings {
             policy_metrics_max: 100,
             write_status: true,
             incremental: true,
+            audit: AuditOptions::default(),
         }
     }
 }
@@ -306,7 +310,7 @@ impl<B: Backend> Reconciler<B> {
 impl<B: Backend, C: Clock> Reconciler<B, C> {
     pub fn with_clock(settings: Settings, backend: B, metrics: Arc<Metrics>, clock: C) -> Self {
         let now = clock.now();
-        let incr = Incremental::new(&settings.node);
+        let incr = Incremental::with_audit(&settings.node, settings.audit.clone());
         Reconciler {
             next_drift: now + settings.drift_interval,
             last_net: NodeNet::default(),
@@ -676,10 +680,11 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             None
         } else {
             self.pending = Touched::everything();
-            Some(policy_compiler::compile_node(
+            Some(policy_compiler::compile_node_with(
                 &self.cluster,
                 &self.settings.node,
                 &net,
+                &self.settings.audit,
             ))
         };
         let desired = full.as_ref().unwrap_or_else(|| self.incr.ruleset());
@@ -735,7 +740,12 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// Debug builds hold the incremental ruleset to the full compile after
     /// every update, so every agent test checks it too.
     fn check_incremental(&self, net: &NodeNet) {
-        let full = policy_compiler::compile_node(&self.cluster, &self.settings.node, net);
+        let full = policy_compiler::compile_node_with(
+            &self.cluster,
+            &self.settings.node,
+            net,
+            &self.settings.audit,
+        );
         if &full != self.incr.ruleset() {
             panic!(
                 "incremental compile differs from the full compile; the full one needs: {}",

@@ -85,6 +85,7 @@ fn compile_cli(fake: &FakeApi) -> String {
         node_name: Some(NODE.into()),
         format: crate::cli::Format::Nft,
         source: Default::default(),
+        log: Default::default(),
     };
     let mut out = Vec::new();
     crate::cli::compile(&args, &mut out).expect("compile");
