@@ -635,3 +635,68 @@ fn node_wide_log_options_reach_the_kernel_table() {
         );
     }
 }
+
+/// Whether a status was handed to the writer since the last look.
+fn status_sent(
+    rx: &mut tokio::sync::watch::Receiver<Option<nftpol_crds::status::NodeEnforcement>>,
+) -> bool {
+    let sent = rx.has_changed().expect("the loop holds the sender");
+    rx.mark_unchanged();
+    sent
+}
+
+#[test]
+fn the_status_goes_out_after_a_change_at_most_every_interval_and_never_when_nothing_changed() {
+    let mut l = Loop::synced(Settings {
+        counters_interval: Duration::from_secs(1),
+        status_interval: Duration::from_secs(5),
+        // A passing drift check refreshes lastApplyTime, which is news
+        // too; these hours test the counters and changes alone.
+        drift_interval: Duration::from_secs(86_400),
+        ..settings()
+    });
+    l.change(Change::Apply(pod(1)));
+    l.run_for(Duration::from_secs(1));
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    l.r.set_status(super::status::Inventory::default(), tx);
+    l.poll();
+    assert!(status_sent(&mut rx), "the first status goes out at once");
+    // An hour of counter readings with no new packets and no change:
+    // nothing to tell.
+    l.run_for(Duration::from_secs(3600));
+    assert!(!status_sent(&mut rx), "nothing changed, nothing sent");
+    // A counted rule of the node's ruleset gets packets every second:
+    // the status follows every 5 s, not every reading.
+    let counted = {
+        let mut k = l.kernel.mem.clone();
+        let c = k.counters().expect("counters");
+        let r = c
+            .rules
+            .first()
+            .expect("the isolating policy counts its drops");
+        (r.chain.clone(), r.index)
+    };
+    let mut sent_at = Vec::new();
+    for i in 1..=20 {
+        l.kernel.mem.state().hits.insert(counted.clone(), i);
+        l.run_for(Duration::from_secs(1));
+        if status_sent(&mut rx) {
+            sent_at.push(l.now());
+        }
+    }
+    let gaps: Vec<Duration> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(sent_at.len(), 4, "20 s of new packets: {sent_at:?}");
+    assert!(
+        gaps.iter().all(|g| *g == Duration::from_secs(5)),
+        "{sent_at:?}"
+    );
+    // Quiet again: the last readings' news goes out once, then nothing.
+    l.run_for(Duration::from_secs(5));
+    status_sent(&mut rx);
+    l.run_for(Duration::from_secs(600));
+    assert!(!status_sent(&mut rx), "nothing changed, nothing sent");
+    // A batch is news.
+    l.change(Change::Apply(pod(2)));
+    l.run_for(Duration::from_secs(5));
+    assert!(status_sent(&mut rx), "the batch adding pod 2");
+}
