@@ -97,7 +97,9 @@ impl ApiKind {
             _ => "v1",
         }
     }
-    fn kind(self) -> &'static str {
+
+    /// The API kind name (`Namespace`, `NetworkPolicy`, ...).
+    pub fn kind(self) -> &'static str {
         match self {
             ApiKind::Namespace => "Namespace",
             ApiKind::Pod => "Pod",

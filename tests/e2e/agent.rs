@@ -73,6 +73,29 @@ impl Agent {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (bounded) until the agent has reconciled once, whether or
+    /// not that changed the table; panics with its log if it exits first
+    /// or never gets there.
+    pub fn wait_reconciled(&mut self) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(log) = self.exited() {
+                panic!("an agent exited at start:\n{log}");
+            }
+            let log = self.log_text();
+            if log.contains("kernel table updated")
+                || log.contains("kernel table already up to date")
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < CONVERGE,
+                "the agent did not reconcile within {CONVERGE:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -202,11 +225,9 @@ fn agent_enforces_changes_in_a_watched_directory() {
             )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Each has taken over the table before the first change is written.
     for a in agents.iter_mut() {
-        if let Some(log) = a.exited() {
-            panic!("an agent exited at start:\n{log}");
-        }
+        a.wait_reconciled();
     }
     type Step = Box<dyn Fn(&mut SimCluster)>;
     let steps: Vec<(&str, Step)> = vec![
