@@ -27,6 +27,19 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// dropped packet (TCP retransmits its SYN after 1 s).
 pub const RETRY_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// x/a open to namespace y on TCP 80: what the counter and live explain
+/// tests enforce.
+pub const X_A_FROM_Y: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: 80}]
+"#;
+
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -500,6 +513,44 @@ impl SimCluster {
             }
         }
         dir
+    }
+
+    /// `nftpol ARGS` run in `node`'s namespace.
+    pub fn nftpol(&self, node: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.topo.node(node).netns, nftpol_bin()])
+            .args(args)
+            .output()
+            .expect("run nftpol")
+    }
+
+    /// `nftpol explain --live` of TCP 80 from `from` to `to` (pods as
+    /// `namespace/name`) in `node`'s namespace, against the manifests in
+    /// `dir`.
+    pub fn explain_live(
+        &self,
+        node: &str,
+        dir: &str,
+        from: &str,
+        to: &str,
+    ) -> std::process::Output {
+        self.nftpol(
+            node,
+            &[
+                "explain",
+                "--live",
+                "--manifests",
+                dir,
+                "--node-name",
+                node,
+                "--from",
+                from,
+                "--to",
+                to,
+                "--port",
+                "80/TCP",
+            ],
+        )
     }
 
     /// `nft list table inet nftpol` of one node (for failure reports).

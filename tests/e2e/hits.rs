@@ -3,21 +3,17 @@
 //! that refused them, on the node that decided, read back per policy by
 //! `nftpol hits`; `explain --live` shows the deciding rule's count.
 
-use crate::cluster::{nftpol_bin, SimCluster};
+use crate::cluster::{SimCluster, X_A_FROM_Y};
 use crate::probe::{Probe, Proto};
 use serde_json::Value;
-use std::process::Command;
+use std::process::Output;
 
-fn nftpol_on(c: &SimCluster, node: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &c.topo.node(node).netns, nftpol_bin()])
-        .args(args)
-        .output()
-        .expect("run nftpol");
+/// The standard output of a run that must succeed.
+fn success(out: Output, what: &str) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "nftpol {args:?} on {node}: {text}{}",
+        "{what}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     text
@@ -25,8 +21,8 @@ fn nftpol_on(c: &SimCluster, node: &str, args: &[&str]) -> String {
 
 /// (matched, isolation drops) of one policy direction on `node`.
 fn hits(c: &SimCluster, node: &str, policy: &str, direction: &str) -> (u64, u64) {
-    let v: Value = serde_json::from_str(&nftpol_on(c, node, &["hits", "--format", "json"]))
-        .expect("hits JSON");
+    let out = c.nftpol(node, &["hits", "--format", "json"]);
+    let v: Value = serde_json::from_str(&success(out, "nftpol hits")).expect("hits JSON");
     v.as_array()
         .and_then(|rows| {
             rows.iter()
@@ -45,18 +41,7 @@ fn hits(c: &SimCluster, node: &str, policy: &str, direction: &str) -> (u64, u64)
 fn allowed_probes_raise_their_policy_counters() {
     require_root!();
     let mut c = SimCluster::upstream_model();
-    c.put_policy(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: a-from-y, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  ingress:
-  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
-    ports: [{port: 80}]
-"#,
-    );
+    c.put_policy(X_A_FROM_Y);
     let dir = c.program();
     let dir = dir.to_str().expect("utf-8 dir").to_string();
     let xa = c.pod_index("x", "a");
@@ -87,44 +72,10 @@ spec:
     assert!(drops >= 2, "refused connections on {node}: {drops}");
 
     // explain --live names the deciding rule with its count.
-    let t = nftpol_on(
-        &c,
-        &node,
-        &[
-            "explain",
-            "--live",
-            "-m",
-            &dir,
-            "--node-name",
-            &node,
-            "--from",
-            "y/a",
-            "--to",
-            "x/a",
-            "--port",
-            "80/TCP",
-        ],
-    );
+    let t = success(c.explain_live(&node, &dir, "y/a", "x/a"), "explain y/a");
     assert!(t.contains(r#"comment "x/a-from-y ingress[0]""#), "{t}");
     assert!(t.contains("hits: 3 packets"), "{t}");
-    let t = nftpol_on(
-        &c,
-        &node,
-        &[
-            "explain",
-            "--live",
-            "-m",
-            &dir,
-            "--node-name",
-            &node,
-            "--from",
-            "z/b",
-            "--to",
-            "x/a",
-            "--port",
-            "80/TCP",
-        ],
-    );
+    let t = success(c.explain_live(&node, &dir, "z/b", "x/a"), "explain z/b");
     assert!(t.contains("ingress isolated by x/a-from-y"), "{t}");
     assert!(t.contains(&format!("hits: {drops} packets")), "{t}");
 }

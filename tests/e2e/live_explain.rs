@@ -4,34 +4,14 @@
 //! end sits on), and a rule inserted by hand into one node's table is
 //! reported as a mismatch on that node only.
 
-use crate::cluster::{nftpol_bin, SimCluster};
-use std::process::{Command, Output};
-
-fn explain_live(c: &SimCluster, node: &str, dir: &str, from: &str, to: &str) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", &c.topo.node(node).netns, nftpol_bin()])
-        .args(["explain", "--live", "--manifests", dir, "--node-name", node])
-        .args(["--from", from, "--to", to, "--port", "80/TCP"])
-        .output()
-        .expect("run nftpol explain --live")
-}
+use crate::cluster::{SimCluster, X_A_FROM_Y};
+use std::process::Command;
 
 #[test]
 fn live_explain_agrees_on_every_pair_and_reports_a_tampered_rule() {
     require_root!();
     let mut c = SimCluster::upstream_model();
-    c.put_policy(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: a-from-y, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: a}}
-  ingress:
-  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
-    ports: [{port: 80}]
-"#,
-    );
+    c.put_policy(X_A_FROM_Y);
     c.put_policy(
         r#"
 apiVersion: networking.k8s.io/v1
@@ -54,7 +34,7 @@ spec:
             let mut nodes = vec![c.topo.pods[s].node.clone(), c.topo.pods[d].node.clone()];
             nodes.dedup();
             for node in nodes {
-                let out = explain_live(&c, &node, &dir, &from, &to);
+                let out = c.explain_live(&node, &dir, &from, &to);
                 let t = String::from_utf8_lossy(&out.stdout);
                 assert_eq!(
                     out.status.code(),
@@ -83,7 +63,7 @@ spec:
         "{}",
         String::from_utf8_lossy(&ins.stderr)
     );
-    let out = explain_live(&c, &node, &dir, "z/c", "x/a");
+    let out = c.explain_live(&node, &dir, "z/c", "x/a");
     let t = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{t}");
     assert!(
@@ -98,7 +78,7 @@ spec:
         .map(|n| n.name.clone())
         .find(|n| *n != node)
         .expect("two nodes");
-    let out = explain_live(&c, &other, &dir, "z/c", "x/a");
+    let out = c.explain_live(&other, &dir, "z/c", "x/a");
     assert_eq!(
         out.status.code(),
         Some(0),
