@@ -382,8 +382,21 @@ impl Conntrack {
     }
 }
 
+/// A tuple from addresses as text, for tests.
+#[cfg(test)]
+pub(crate) fn tuple(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Tuple {
+    Tuple {
+        src: src.parse().expect("test address"),
+        dst: dst.parse().expect("test address"),
+        proto,
+        sport,
+        dport,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::tuple as t;
     use super::*;
     use proptest::prelude::*;
 
@@ -399,16 +412,6 @@ mod tests {
         wire::put_attr(&mut b, 3, &0x0eu32.to_be_bytes()); // CTA_STATUS
         wire::put_attr(&mut b, CTA_ID, &77u32.to_be_bytes());
         b
-    }
-
-    fn t(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Tuple {
-        Tuple {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            proto,
-            sport,
-            dport,
-        }
     }
 
     #[test]

@@ -53,13 +53,7 @@ fn seeds() -> Vec<Vec<u8>> {
         .map(|m| m.bytes().to_vec())
         .collect();
     assert!(out.len() > 20, "{} seed messages", out.len());
-    let tuple = |src: &str, dst: &str, sport, dport| conntrack::Tuple {
-        src: src.parse().expect("ip"),
-        dst: dst.parse().expect("ip"),
-        proto: 6,
-        sport,
-        dport,
-    };
+    let tuple = |src, dst, sport, dport| conntrack::tuple(src, dst, 6, sport, dport);
     let ct = [
         conntrack::Entry::new(
             tuple("10.0.0.1", "10.0.0.2", 40000, 80),

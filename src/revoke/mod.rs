@@ -249,17 +249,7 @@ mod kernel_tests;
 mod tests {
     use super::*;
 
-    use crate::netlink::conntrack::{Entry, Tuple};
-
-    fn t(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> Tuple {
-        Tuple {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            proto,
-            sport,
-            dport,
-        }
-    }
+    use crate::netlink::conntrack::{tuple as t, Entry, Tuple};
 
     #[test]
     fn entries_are_judged_as_the_filter_hooks_saw_their_first_packet() {
