@@ -24,8 +24,9 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The size the targets name: 20k pods, 2k namespaces, 5k
-    /// policies, on 100 nodes.
+    /// The cluster the compiler and agent benchmarks measure
+    /// (docs/BENCHMARKS.md): 20k pods, 2k namespaces, 5k policies, on 100
+    /// nodes.
     pub const LARGE: Shape = Shape {
         namespaces: 2000,
         pods: 20_000,
