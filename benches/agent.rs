@@ -295,6 +295,7 @@ async fn measure<B: Backend>(
             metrics_addr: None,
             kernel_watch: false,
             revoke_denied_connections: false,
+            verdict_log: None,
         },
         Arc::new(Metrics::new()),
         async move {

@@ -145,6 +145,20 @@ pub struct Metrics {
     pub conntrack_revoked: Counter,
     pub conntrack_revoke_failures: Counter,
     pub conntrack_revoke_seconds: Histogram,
+    /// Packets the verdict log reported, by verdict (a fixed set).
+    pub verdict_logs: Family<VerdictOnlyLabels, Counter>,
+    /// Log messages lost or unreadable, by reason (a fixed set).
+    pub verdict_log_lost: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictOnlyLabels {
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -180,8 +194,20 @@ impl Metrics {
             conntrack_revoked: Counter::default(),
             conntrack_revoke_failures: Counter::default(),
             conntrack_revoke_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
+            verdict_logs: Family::default(),
+            verdict_log_lost: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "verdict_logs",
+            "Packets the verdict log reported (one log line each), by verdict: allow, deny, would-deny, admin",
+            m.verdict_logs.clone(),
+        );
+        registry.register(
+            "verdict_logs_lost",
+            "Verdict log messages lost: overrun (the kernel dropped them, the reader fell behind) or malformed (skipped)",
+            m.verdict_log_lost.clone(),
+        );
         registry.register(
             "unvalidated_pods",
             "Local pods whose host interface is unknown, so their source addresses are not validated",

@@ -15,6 +15,7 @@ pub mod kernel_watch;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod verdict_log;
 pub mod watch;
 
 #[cfg(test)]
@@ -129,6 +130,14 @@ pub struct AgentArgs {
     pub full_compile: bool,
     #[command(flatten)]
     pub log: crate::cli::LogArgs,
+    /// Do not read the verdict log. By default the agent reads nflog group
+    /// --log-group and prints one line per logged packet (target
+    /// `nftpol::verdict`: time, both pods by name and address, protocol,
+    /// port, verdict, policy) and counts them (nftpol_verdict_logs_total).
+    /// Turn it off to leave the group to another reader (ulogd): only one
+    /// socket can bind a group.
+    #[arg(long)]
+    pub no_verdict_log: bool,
 }
 
 /// `30s`, `500ms`, `2m`, `1h30m` (humantime's syntax).
@@ -197,6 +206,9 @@ pub struct Options {
     /// Delete the conntrack entries of connections each new ruleset denies
     /// (netlink backend only).
     pub revoke_denied_connections: bool,
+    /// Read this nflog group and print the verdict log (netlink backend
+    /// only).
+    pub verdict_log: Option<u16>,
 }
 
 impl Options {
@@ -222,6 +234,7 @@ impl Options {
             metrics_addr: Some(a.metrics_addr),
             kernel_watch: !a.no_kernel_watch && !a.dry_run,
             revoke_denied_connections: a.revoke_denied_connections && !a.dry_run,
+            verdict_log: (!a.no_verdict_log && !a.dry_run).then_some(a.log.log_group),
         }
     }
 }
@@ -256,6 +269,10 @@ pub async fn run_with<B: Backend>(
 ) -> Result<B, AgentError> {
     let (tx, rx) = std::sync::mpsc::channel::<Stamped>();
     let mut reconciler = Reconciler::new(options.settings.clone(), backend, metrics.clone());
+    let directory = Arc::new(verdict_log::Directory::default());
+    if options.verdict_log.is_some() {
+        reconciler.set_directory(directory.clone());
+    }
     if options.revoke_denied_connections {
         tracing::info!("live connections that a policy change denies will be cut (conntrack)");
         reconciler.set_revoker(Box::new(crate::revoke::ConntrackRevoker::new()));
@@ -284,6 +301,12 @@ pub async fn run_with<B: Backend>(
     } else {
         None
     };
+    // Never fatal: the rules log and enforce whether or not anyone reads.
+    let verdict_log = options.verdict_log.and_then(|group| {
+        verdict_log::VerdictLog::spawn(group, directory.clone(), metrics.clone())
+            .inspect_err(|e| tracing::warn!(group, error = %e, "not reading the verdict log"))
+            .ok()
+    });
 
     let server = match options.metrics_addr {
         Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
@@ -320,6 +343,9 @@ pub async fn run_with<B: Backend>(
     }
     if let Some(w) = watcher {
         w.stop();
+    }
+    if let Some(v) = verdict_log {
+        v.stop();
     }
     // The loop finishes the batch in flight (batches are atomic anyway).
     let _ = tx.send((Instant::now(), Change::Shutdown));

@@ -299,6 +299,8 @@ pub struct Reconciler<B, C = SystemClock> {
     incr: Incremental,
     /// What changed since the last successful batch.
     pending: Touched,
+    /// Pod names and isolating policies for the verdict log, when on.
+    directory: Option<Arc<crate::agent::verdict_log::Directory>>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -330,6 +332,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             last_applied: None,
             verify_now: None,
             revoker: None,
+            directory: None,
             hits: HitTracker::default(),
             next_counters: now,
             status: StatusState::default(),
@@ -363,6 +366,12 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
 
     pub fn set_revoker(&mut self, r: Box<dyn Revoke>) {
         self.revoker = Some(r);
+    }
+
+    /// Keeps `dir` up to date for the verdict log's lines.
+    pub fn set_directory(&mut self, dir: Arc<crate::agent::verdict_log::Directory>) {
+        dir.rebuild(&self.cluster);
+        self.directory = Some(dir);
     }
 
     pub fn into_backend(self) -> B {
@@ -471,6 +480,23 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
 
     /// Applies one change to the index.
     pub fn handle(&mut self, at: Instant, change: Change) {
+        // The verdict log names pods by address: what a pod held before.
+        let pod_before = match (&self.directory, &change) {
+            (Some(_), Change::Apply(o)) if Kind::of(o) == Kind::Pod => Some(key_of(o)),
+            (
+                Some(_),
+                Change::Delete {
+                    kind: Kind::Pod,
+                    key,
+                },
+            ) => Some(key.clone()),
+            _ => None,
+        }
+        .map(|k| {
+            let ips = self.cluster.pod(&k.0, &k.1).map(|p| p.ips.clone());
+            (k, ips.unwrap_or_default())
+        });
+        let relist = matches!(&change, Change::Replace { kinds, .. } if kinds.contains(&Kind::Pod));
         let changed = match change {
             Change::Apply(o) => {
                 let key = object_key(Kind::of(&o), &key_of(&o));
@@ -514,6 +540,13 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             }
             Change::Shutdown => false,
         };
+        if let (Some(dir), true) = (&self.directory, changed) {
+            if relist {
+                dir.rebuild(&self.cluster);
+            } else if let Some(((ns, name), old)) = &pod_before {
+                dir.note_pod(&self.cluster, ns, name, old);
+            }
+        }
         if changed {
             self.mark_dirty(at);
         }
@@ -716,6 +749,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 }
                 // What the kernel holds now, updated from the touched
                 // objects alone.
+                if let Some(dir) = &self.directory {
+                    dir.note_chains(desired, &self.pending);
+                }
                 match &mut self.last_applied {
                     Some(last) if !self.pending.all => {
                         diff::copy_touched(last, desired, &self.pending)

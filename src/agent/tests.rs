@@ -136,6 +136,7 @@ fn start_on(backend: MemoryBackend, source: Source, settings: Settings) -> Runni
         metrics_addr: None,
         kernel_watch: false,
         revoke_denied_connections: false,
+        verdict_log: None,
     };
     let task = tokio::spawn(run_with(
         source,
@@ -1112,6 +1113,7 @@ async fn status_object_turns_degraded_when_apply_fails() {
         metrics_addr: None,
         kernel_watch: false,
         revoke_denied_connections: false,
+        verdict_log: None,
     };
     let task = tokio::spawn(run_with(
         Source::Kube(fake.client()),

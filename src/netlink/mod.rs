@@ -22,6 +22,7 @@ pub mod batch;
 pub mod conntrack;
 pub mod elem;
 pub mod expr;
+pub mod nflog;
 pub mod notify;
 mod parse;
 mod raw;

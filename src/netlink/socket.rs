@@ -250,6 +250,20 @@ impl Socket {
     /// Receives one datagram of messages; `Ok(None)` when `nonblocking`
     /// and nothing is queued.
     pub fn recv(&mut self, nonblocking: bool) -> Result<Option<Vec<Msg>>, NetlinkError> {
+        let Some(bytes) = self.recv_bytes(nonblocking)? else {
+            return Ok(None);
+        };
+        let out = Msg::split(bytes).map_err(|e| NetlinkError::Receive(io::Error::other(e)))?;
+        Ok(Some(out))
+    }
+
+    /// Waits for one datagram (at most the receive timeout) and returns
+    /// its bytes unsplit, for readers that decode each message on its own.
+    pub fn recv_datagram(&mut self) -> Result<Option<&[u8]>, NetlinkError> {
+        self.recv_bytes(false)
+    }
+
+    fn recv_bytes(&mut self, nonblocking: bool) -> Result<Option<&[u8]>, NetlinkError> {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         let n = loop {
             let fd = self.sock.as_raw_fd();
@@ -270,9 +284,7 @@ impl Socket {
                 "netlink datagram of {n} bytes truncated"
             ))));
         }
-        let out =
-            Msg::split(&self.buf[..n]).map_err(|e| NetlinkError::Receive(io::Error::other(e)))?;
-        Ok(Some(out))
+        Ok(Some(&self.buf[..n]))
     }
 
     /// Sends a request and collects the data messages of its answer until

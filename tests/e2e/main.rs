@@ -18,7 +18,9 @@
 //! by real connections, per policy and in `explain --live`),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
 //! under continuous probes), `revoke` (the agent cutting open connections
-//! a policy change denies), `agent` (the long-running agent), `selftest`
+//! a policy change denies), `agent` (the long-running agent),
+//! `verdict_log` (the agents' nflog reader under real denied, flooded and
+//! staged probes), `selftest`
 //! (the harness catches what it must), `deploy` (what deploy/ gives a
 //! cluster: types, RBAC, DaemonSet fields; no root needed but for the
 //! listen test), `kind_script` (the kind e2e script against stub tools;
@@ -53,6 +55,7 @@ mod revoke;
 mod scenarios;
 mod sctp;
 mod selftest;
+mod verdict_log;
 
 use cluster::SimCluster;
 
