@@ -12,7 +12,9 @@ use crate::selector::{Operator, Requirement, Selector};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -539,6 +541,16 @@ fn labels(
     Ok(())
 }
 
+/// Each of a selector's matchExpressions with its field path.
+fn expressions<'s>(
+    field: &str,
+    s: &'s LabelSelector,
+) -> impl Iterator<Item = (String, &'s LabelSelectorRequirement)> + use<'s> {
+    let field = field.to_owned();
+    let all = s.match_expressions.iter().flatten().enumerate();
+    all.map(move |(i, e)| (format!("{field}.matchExpressions[{i}]"), e))
+}
+
 /// The syntax the apiserver demands of a NetworkPolicy's label selectors:
 /// label keys and values, expression keys, and expression values.
 /// `selector` checks the operators and the shape of each expression.
@@ -548,14 +560,7 @@ fn selector_syntax(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<(), Obje
         &format!("{field}.matchLabels"),
         s.match_labels.as_ref(),
     )?;
-    for (i, e) in s
-        .match_expressions
-        .as_deref()
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
-        let ef = format!("{field}.matchExpressions[{i}]");
+    for (ef, e) in expressions(field, s) {
         apisyntax::qualified_name(&e.key)
             .map_err(|m| ctx.err(format!("{ef}.key"), format!("{:?}: {m}", e.key)))?;
         for (j, v) in e.values.as_deref().unwrap_or(&[]).iter().enumerate() {
@@ -574,14 +579,7 @@ pub(crate) fn selector(ctx: &Ctx, field: &str, s: &LabelSelector) -> Result<Sele
         .into_iter()
         .collect();
     let mut match_expressions = Vec::new();
-    for (i, e) in s
-        .match_expressions
-        .as_deref()
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
-        let ef = format!("{field}.matchExpressions[{i}]");
+    for (ef, e) in expressions(field, s) {
         let operator = Operator::parse(&e.operator).ok_or_else(|| {
             ctx.err(
                 format!("{ef}.operator"),
