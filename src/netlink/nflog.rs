@@ -198,7 +198,8 @@ pub struct Reader {
 
 impl Reader {
     /// Binds `group` (CAP_NET_ADMIN; one socket per group in a network
-    /// namespace). Each receive waits at most `tick`.
+    /// namespace: a second bind is refused). Each receive waits at most
+    /// `tick`.
     pub fn open(group: u16, tick: Duration) -> Result<Reader, NetlinkError> {
         let mut sock = Socket::open()?;
         sock.set_recv_timeout(Duration::from_secs(2))?;
@@ -207,19 +208,22 @@ impl Reader {
         // kernel unbinds a closed socket), so no unbind first.
         match sock.request(&config_request(group, true, 1), 1)? {
             Ok(_) => {}
-            Err((libc::EPERM, _)) => {
-                return Err(NetlinkError::PermissionDenied { during: during() })
-            }
             Err((errno, text)) => {
                 return Err(NetlinkError::Rejected {
                     seq: 1,
                     object: during(),
                     errno,
+                    // The kernel answers EPERM both without CAP_NET_ADMIN
+                    // and when another socket has bound the group.
                     detail: text.or_else(|| {
-                        (errno == libc::EBUSY).then(|| "another socket has bound the group".into())
+                        (errno == libc::EPERM).then(|| {
+                            "another process reads this group (one socket per group), \
+                             or CAP_NET_ADMIN is missing"
+                                .into()
+                        })
                     }),
                     more: 0,
-                })
+                });
             }
         }
         // Room for bursts: each message is a few hundred bytes.
