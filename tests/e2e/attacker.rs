@@ -31,8 +31,12 @@ const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 /// Destination ports of the raw probes; the source port is the case id.
 const DPORT: u16 = 47_000;
-/// How long receivers keep listening after the last packet was sent.
+/// How long receivers keep listening after the last packet was sent, at
+/// the least: what must not arrive has had this long to.
 const SETTLE: Duration = Duration::from_millis(400);
+/// How long receivers wait for what must arrive, at the most: a bound
+/// only a wrong drop reaches, so a slow machine cannot fail a good run.
+const ARRIVAL_LIMIT: Duration = Duration::from_secs(5);
 
 fn sum16(data: &[u8]) -> u32 {
     data.chunks(2)
@@ -367,7 +371,19 @@ fn check_cases(c: &SimCluster, from: &[(&str, Vec<Case>)], hops: u8, icmp: u8) -
             .join()
             .expect("sender");
     }
-    std::thread::sleep(SETTLE);
+    let sent = Instant::now();
+    let all_arrived = || {
+        from.iter().flat_map(|(_, cases)| cases).all(|k| {
+            !k.arrives
+                || seen_by.iter().any(|(ips, seen, _)| {
+                    ips.contains(&k.dst)
+                        && seen.lock().expect("lock").contains(&(k.proto, k.src, k.id))
+                })
+        })
+    };
+    while sent.elapsed() < SETTLE || (!all_arrived() && sent.elapsed() < ARRIVAL_LIMIT) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, Ordering::Relaxed);
     let mut seen_all: Vec<(Vec<IpAddr>, Arrivals)> = Vec::new();
     for (ips, seen, h) in seen_by {
