@@ -65,11 +65,55 @@ impl<B: Backend> Backend for Timed<B> {
     }
 }
 
+/// What the agent's "kernel table updated" log says of one batch: the
+/// latency from the watcher's stamp to the ack, and the compile's part.
+#[derive(Clone, Copy, Debug, Default)]
+struct Logged {
+    latency_ms: f64,
+    compile_ms: f64,
+}
+
+/// Hands the bench the timings of every batch the agent logs, so each
+/// event's latency splits into the watch path (API server write to the
+/// watcher's stamp), the loop (index update, wake-up), the compile and the
+/// backend without instrumenting the product beyond its own log line.
+struct Capture(std::sync::mpsc::Sender<Logged>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct V(Logged, bool);
+        impl tracing::field::Visit for V {
+            fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+                match f.name() {
+                    "latency_ms" => self.0.latency_ms = v,
+                    "compile_ms" => self.0.compile_ms = v,
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" && format!("{v:?}") == "kernel table updated" {
+                    self.1 = true;
+                }
+            }
+        }
+        let mut v = V(Logged::default(), false);
+        e.record(&mut v);
+        if v.1 {
+            let _ = self.0.send(v.0);
+        }
+    }
+}
+
 /// Latencies of one (backend, compile mode), over all rounds.
 #[derive(Default)]
 struct Samples {
     by_kind: std::collections::BTreeMap<&'static str, Vec<Duration>>,
     in_backend: Vec<Duration>,
+    /// Per event: API server write -> the watcher's stamp.
+    watch: Vec<Duration>,
+    /// Per event: stamp -> ack, less the compile and the backend.
+    in_loop: Vec<Duration>,
+    compile: Vec<Duration>,
     initial: Vec<Duration>,
     missed: usize,
 }
@@ -190,7 +234,23 @@ fn main() {
         );
         return;
     }
-    nftpol::cli::init_logging(nftpol::cli::LogFormat::Text);
+    let (logged_tx, logged) = std::sync::mpsc::channel();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .with(Capture(logged_tx).with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .init();
+    }
+    let logged = std::sync::Mutex::new(logged);
     let netns = enter_scratch_netns();
     let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")
         .ok()
@@ -233,8 +293,17 @@ fn main() {
                     Some(_) => match NetlinkBackend::new() {
                         Ok(nl) => {
                             let s = results.entry(("netlink", mode)).or_default();
-                            measure(&fresh().await, &locals, nl, per_round, base, incremental, s)
-                                .await
+                            measure(
+                                &fresh().await,
+                                &locals,
+                                nl,
+                                per_round,
+                                base,
+                                incremental,
+                                s,
+                                &logged,
+                            )
+                            .await
                         }
                         Err(e) => println!("netlink backend not measured: {e}\n"),
                     },
@@ -252,6 +321,7 @@ fn main() {
                     base,
                     incremental,
                     s,
+                    &logged,
                 )
                 .await;
             }
@@ -266,6 +336,7 @@ fn main() {
 }
 
 /// Runs an in-process agent on `backend` and records the latencies.
+#[allow(clippy::too_many_arguments)]
 async fn measure<B: Backend>(
     fake: &FakeApi,
     locals: &[policy_compiler::model::Pod],
@@ -274,7 +345,12 @@ async fn measure<B: Backend>(
     base: usize,
     incremental: bool,
     out: &mut Samples,
+    logged: &std::sync::Mutex<std::sync::mpsc::Receiver<Logged>>,
 ) {
+    let drain = || -> Option<Logged> {
+        let rx = logged.lock().ok()?;
+        rx.try_iter().last()
+    };
     let t = &locals[0];
     let (acks_tx, mut acks) = unbounded_channel();
     let backend = Timed {
@@ -329,17 +405,29 @@ async fn measure<B: Backend>(
     }
     for i in 0..events {
         let (kind, obj) = event(base + i, locals);
+        drain();
         let sent = Instant::now();
         fake.apply(obj).expect("apply");
-        match ack(&mut acks).await {
+        let acked = ack(&mut acks).await;
+        // Quiet time, so every event is a single event (and its batch's
+        // log line is out).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        match acked {
             Some((at, backend)) => {
-                out.by_kind.entry(kind).or_default().push(at - sent);
+                let total = at - sent;
+                out.by_kind.entry(kind).or_default().push(total);
                 out.in_backend.push(backend);
+                if let Some(l) = drain() {
+                    let since_stamp = Duration::from_secs_f64(l.latency_ms / 1000.0);
+                    let compile = Duration::from_secs_f64(l.compile_ms / 1000.0);
+                    out.watch.push(total.saturating_sub(since_stamp));
+                    out.compile.push(compile);
+                    out.in_loop
+                        .push(since_stamp.saturating_sub(compile).saturating_sub(backend));
+                }
             }
             None => out.missed += 1,
         }
-        // Quiet time, so every event is a single event.
-        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let _ = stop.send(());
     let _ = agent.await;
@@ -371,6 +459,25 @@ fn report(results: &std::collections::BTreeMap<(&str, &str), Samples>) {
             ms(pct(&all, 0.5)),
             ms(pct(&all, 0.99)),
             ms(*all.last().unwrap_or(&Duration::ZERO))
+        );
+    }
+    println!();
+    println!("Where each event's time goes (p50 / p99 over the events):");
+    println!();
+    println!("| backend | compile | watch path | loop | compile | backend |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for ((backend, mode), s) in results {
+        let cell = |v: &[Duration]| {
+            let mut v = v.to_vec();
+            v.sort();
+            format!("{} / {}", ms(pct(&v, 0.5)), ms(pct(&v, 0.99)))
+        };
+        println!(
+            "| {backend} | {mode} | {} | {} | {} | {} |",
+            cell(&s.watch),
+            cell(&s.in_loop),
+            cell(&s.compile),
+            cell(&s.in_backend)
         );
     }
     println!();

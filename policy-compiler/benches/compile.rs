@@ -2,10 +2,16 @@
 //! namespaces and 5k policies (100 nodes): build the index, compile one
 //! node, render it; then the same cluster with 100 Node objects and 500
 //! admin policies (both API generations, both tiers) on top, compiled
-//! again. Run: `cargo bench -p policy-compiler --bench compile`.
+//! again; then the incremental update (`policy_compiler::incr`) of that
+//! node after one event of each kind, against the full compile.
+//! Run: `cargo bench -p policy-compiler --bench compile`.
 //! Prints medians over repeated runs; results go to docs/BENCHMARKS.md.
 
 use nftpol_test_support::synth::{self, Shape};
+use policy_compiler::incr::{Incremental, ObjectKey};
+use policy_compiler::model::Pod;
+use policy_compiler::{Cluster, NodeNet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -90,6 +96,110 @@ fn main() {
         "render nft text, admin (median):  {:>10.2?}",
         t_admin_render
     );
+
+    let events = if quick { 6 } else { 60 };
+    incremental(shape, &node, synth::cluster(shape), events, "");
+    incremental(shape, &node, cluster, events, ", admin");
+}
+
+/// One change to the cluster, as the agent applies it: the incremental
+/// engine is told what the object fed before and feeds after.
+fn change(
+    eng: &mut Incremental,
+    c: &mut Cluster,
+    key: ObjectKey,
+    f: impl FnOnce(&mut Cluster) -> bool,
+) {
+    let before = eng.mark(c, &key);
+    if f(c) {
+        eng.note(before);
+        let after = eng.mark(c, &key);
+        eng.note(after);
+    }
+}
+
+fn pod_key(p: &Pod) -> ObjectKey {
+    ObjectKey::Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+    }
+}
+
+/// Median and largest time of `mark` + change + `update` on `node` per
+/// event kind (`events` of each, round robin), and a full compile of the
+/// same node in the same run for scale.
+fn incremental(shape: Shape, node: &str, mut c: Cluster, events: usize, what: &str) {
+    let net = NodeNet::default();
+    let mut eng = Incremental::new(node);
+    eng.update(&c, &net);
+    let locals: Vec<Pod> = c
+        .pods()
+        .filter(|p| p.node_name.as_deref() == Some(node) && p.is_policy_pod())
+        .cloned()
+        .collect();
+    let admin = c.admin_policies().count();
+    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for i in 0..events * 5 {
+        let t = Instant::now();
+        let kind = match i % 5 {
+            0 => {
+                let mut p = locals[i / 5 % locals.len()].clone();
+                p.labels
+                    .insert("bench-flip".into(), format!("{}", i / 5 % 2));
+                change(&mut eng, &mut c, pod_key(&p), |c| c.apply_pod(p.clone()));
+                "local pod relabelled"
+            }
+            1 => {
+                let target = &locals[i / 5 % locals.len()];
+                let mut p = synth::policy(shape, i);
+                p.namespace = target.namespace.clone();
+                p.name = format!("bench-{i}");
+                let key = ObjectKey::Policy {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                };
+                change(&mut eng, &mut c, key, |c| c.apply_policy(p));
+                "new policy"
+            }
+            2 => {
+                let mut p = synth::pod(shape, shape.pods + i);
+                p.node_name = Some(synth::node_name(0));
+                change(&mut eng, &mut c, pod_key(&p), |c| c.apply_pod(p.clone()));
+                "peer pod added"
+            }
+            3 if admin > 0 => {
+                let p = synth::admin_policy(shape, admin + i);
+                let key = ObjectKey::Admin {
+                    kind: p.kind,
+                    name: p.name.clone(),
+                };
+                change(&mut eng, &mut c, key, |c| c.apply_admin_policy(p));
+                "admin policy added"
+            }
+            4 if admin > 0 => {
+                let mut n = synth::node(i / 5 % shape.nodes);
+                n.labels.insert("bench-flip".into(), format!("{}", i % 2));
+                change(&mut eng, &mut c, ObjectKey::Node(n.name.clone()), |c| {
+                    c.apply_node(n)
+                });
+                "Node relabelled"
+            }
+            _ => continue,
+        };
+        eng.update(&c, &net);
+        times.entry(kind).or_default().push(t.elapsed());
+    }
+    let (t_full, _) = time(5, || policy_compiler::compile(&c, node));
+    for (kind, mut v) in times {
+        v.sort();
+        println!(
+            "incremental update{what}, {kind} (median, max of {}): {:>10.2?} {:>10.2?}",
+            v.len(),
+            v[v.len() / 2],
+            v[v.len() - 1]
+        );
+    }
+    println!("full compile{what} of the same node (median): {t_full:>10.2?}");
 }
 
 /// Admin policies on top of the NetworkPolicies.

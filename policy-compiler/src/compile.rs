@@ -186,6 +186,13 @@ pub(crate) fn add_base_chains(rs: &mut Ruleset, families: &BTreeSet<Family>) {
 /// Addresses several policy pods claim, with their claimants.
 pub(crate) type SharedAddrs<'c> = BTreeMap<std::net::IpAddr, Vec<&'c Pod>>;
 
+/// How a set's elements are computed from a cluster (and the shared
+/// addresses), owning what it needs: `incr` keeps it for each set, so the
+/// elements at a few addresses are recomputed by calling it on a cluster
+/// cut down to them, without compiling a pod's chains.
+pub(crate) type Recipe =
+    std::sync::Arc<dyn Fn(&Cluster, &SharedAddrs<'_>) -> BTreeSet<Element> + Send + Sync>;
+
 /// Which cluster a set's elements are computed from, by set name: `None`
 /// leaves the set empty (the caller knows its elements already). The full
 /// compile computes every set from the whole cluster; `incr` recomputes
@@ -315,6 +322,8 @@ pub(crate) struct Builder<'a> {
     /// Compiling a staged chain: verdicts are not logged there (the
     /// enforced chain logs them), only what would be denied.
     pub(crate) staging: bool,
+    /// When kept (`incr` does), the recipe of every set made, by name.
+    pub(crate) recipes: Option<BTreeMap<String, Recipe>>,
 }
 
 /// The allows of a pod's chain that share one port match.
@@ -354,6 +363,10 @@ impl<'p> PortGroup<'p> {
 
 /// A rule with egress named ports: its policy, itself, and the names.
 type NamedRule<'p> = (&'p Policy, &'p PolicyRule, Vec<(String, Protocol)>);
+
+/// What a named-port set's recipe keeps of a [`NamedRule`]: the policy's
+/// namespace, the rule's peers and the names.
+type OwnedNamedRule = (String, Option<Vec<Peer>>, Vec<(String, Protocol)>);
 
 /// The rules of a pod's chain with egress named ports.
 #[derive(Default)]
@@ -402,6 +415,7 @@ impl<'a> Builder<'a> {
             set_keys: BTreeMap::new(),
             audit,
             staging: false,
+            recipes: None,
         }
     }
 
@@ -435,8 +449,8 @@ impl<'a> Builder<'a> {
     /// ports have the same definition shares one set, so a peer pod coming,
     /// going or changing labels is one element in each set it affects.
     ///
-    /// `elements` must depend on nothing but its cluster argument (and the
-    /// shared addresses), so a set's name determines its elements, and each
+    /// `elements` must depend on nothing but its arguments (the cluster and
+    /// the shared addresses), so a set's name determines its elements, and each
     /// element that holds one address (`Addr`, `AddrProtoPort`) must depend
     /// only on the objects holding that address, so that computing it from
     /// a cluster cut down to those objects gives the same element. Interval
@@ -447,18 +461,27 @@ impl<'a> Builder<'a> {
         prefix: &str,
         key: String,
         kind: SetKind,
-        elements: impl FnOnce(&Cluster) -> BTreeSet<Element>,
+        elements: impl Fn(&Cluster, &SharedAddrs<'_>) -> BTreeSet<Element> + Send + Sync + 'static,
     ) -> String {
         let name = keyed(prefix, &key);
         match self.set_keys.get(&name) {
             Some(known) => debug_assert_eq!(known, &key, "set name collision"),
             None => {
-                let elements = match (self.fill)(&name) {
-                    Some(cluster) => elements(cluster),
+                let computed = match (self.fill)(&name) {
+                    Some(cluster) => elements(cluster, self.shared),
                     None => BTreeSet::new(),
                 };
-                self.rs.sets.insert(name.clone(), Set { kind, elements });
+                self.rs.sets.insert(
+                    name.clone(),
+                    Set {
+                        kind,
+                        elements: computed,
+                    },
+                );
                 self.set_keys.insert(name.clone(), key);
+                if let Some(r) = &mut self.recipes {
+                    r.insert(name.clone(), std::sync::Arc::new(elements));
+                }
             }
         }
         name
@@ -503,7 +526,7 @@ impl<'a> Builder<'a> {
         elements: BTreeSet<Element>,
     ) -> String {
         let key = format!("{kind:?} {elements:?}");
-        self.shared_set(prefix, key, kind, |_| elements)
+        self.shared_set(prefix, key, kind, move |_, _| elements.clone())
     }
 
     /// The pod's chain in `direction`: the admin tier, then the
@@ -832,7 +855,10 @@ impl<'a> Builder<'a> {
             keyed_defs.insert(pod_peers_key(&pol.namespace, peers), (*pol, *peers));
         }
         let key = keyed_defs.keys().cloned().collect::<Vec<_>>().join(" || ");
-        let shared = self.shared;
+        let defs: Vec<(String, Vec<Peer>)> = keyed_defs
+            .values()
+            .map(|(pol, peers)| (pol.namespace.clone(), peers.to_vec()))
+            .collect();
         self.shared_set(
             &format!("pod{}", family_digit(family)),
             key,
@@ -840,10 +866,10 @@ impl<'a> Builder<'a> {
                 family,
                 interval: false,
             },
-            |cluster| {
+            move |cluster, shared| {
                 let mut elements = BTreeSet::new();
-                for (pol, peers) in keyed_defs.values() {
-                    let pods = peer_pods(cluster, pol, peers);
+                for (ns, peers) in &defs {
+                    let pods = peer_pods(cluster, ns, peers);
                     let selected: BTreeSet<(String, String)> =
                         pods.iter().map(|p| p.key()).collect();
                     elements.extend(
@@ -922,14 +948,29 @@ impl<'a> Builder<'a> {
         if let Some(name) = self.known_set(&prefix, &key) {
             return name;
         }
-        let shared = self.shared;
-        self.shared_set(&prefix, key, SetKind::AddrProtoPort { family }, |cluster| {
-            let mut elements = BTreeSet::new();
-            for (pol, r, named) in rules {
-                elements.extend(named_port_elements(cluster, shared, family, pol, r, named));
-            }
-            elements
-        })
+        let rules: Vec<OwnedNamedRule> = rules
+            .iter()
+            .map(|(pol, r, named)| (pol.namespace.clone(), r.peers.clone(), named.clone()))
+            .collect();
+        self.shared_set(
+            &prefix,
+            key,
+            SetKind::AddrProtoPort { family },
+            move |cluster, shared| {
+                let mut elements = BTreeSet::new();
+                for (ns, peers, named) in &rules {
+                    elements.extend(named_port_elements(
+                        cluster,
+                        shared,
+                        family,
+                        ns,
+                        peers.as_deref(),
+                        named,
+                    ));
+                }
+                elements
+            },
+        )
     }
 
     /// The name of the set `key` defines, when it was made already.
@@ -939,14 +980,15 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// (pod address, protocol, port) of every peer pod of `r` that declares
-/// one of the `named` ports, from `cluster`.
+/// (pod address, protocol, port) of every pod among `peers` (of a rule
+/// of a policy in `policy_ns`; `None`: every pod) that declares one of
+/// the `named` ports, from `cluster`.
 fn named_port_elements(
     cluster: &Cluster,
     shared: &SharedAddrs<'_>,
     family: Family,
-    pol: &Policy,
-    r: &PolicyRule,
+    policy_ns: &str,
+    peers: Option<&[Peer]>,
     named: &[(String, Protocol)],
 ) -> BTreeSet<Element> {
     let mut elements = BTreeSet::new();
@@ -962,14 +1004,14 @@ fn named_port_elements(
         }
     };
     let in_family = |ip: &&std::net::IpAddr| Family::of(ip) == family;
-    match &r.peers {
+    match peers {
         None => {
             for p in cluster.pods().filter(|p| p.is_policy_pod()) {
                 p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
             }
         }
         Some(peers) => {
-            for p in peer_pods(cluster, pol, peers) {
+            for p in peer_pods(cluster, policy_ns, peers) {
                 p.ips.iter().filter(in_family).for_each(|ip| add(p, ip));
             }
             let blocks: Vec<&AddrRange> = peers
@@ -1058,18 +1100,33 @@ fn peer_address_ok(
     }
 }
 
-/// Pods any of `peers` selects (pod peers only), each once, in
-/// namespace/name order.
-fn peer_pods<'c>(cluster: &'c Cluster, pol: &Policy, peers: &[Peer]) -> Vec<&'c Pod> {
+/// Pods any of `peers` (of a policy in `policy_ns`) selects (pod peers
+/// only), each once, in namespace/name order.
+fn peer_pods<'c>(cluster: &'c Cluster, policy_ns: &str, peers: &[Peer]) -> Vec<&'c Pod> {
     let mut seen: BTreeMap<(&str, &str), &'c Pod> = BTreeMap::new();
-    for peer in peers.iter().filter(|p| matches!(p, Peer::Pods { .. })) {
-        for ns in cluster.namespaces_with_pods() {
-            if !peer_selects_namespace(cluster, &pol.namespace, peer, ns) {
-                continue;
+    let mut add = |ns: &'c str, peer: &Peer| {
+        for p in cluster.pods_in(ns) {
+            if p.is_policy_pod() && peer_selects_pod_in(peer, p) {
+                seen.insert((p.namespace.as_str(), p.name.as_str()), p);
             }
-            for p in cluster.pods_in(ns) {
-                if p.is_policy_pod() && peer_selects_pod_in(peer, p) {
-                    seen.insert((p.namespace.as_str(), p.name.as_str()), p);
+        }
+    };
+    for peer in peers.iter().filter(|p| matches!(p, Peer::Pods { .. })) {
+        match peer {
+            // The policy's own namespace: no need to look at the others.
+            Peer::Pods {
+                namespace_selector: None,
+                ..
+            } => {
+                if let Some(ns) = cluster.namespace_with_pods(policy_ns) {
+                    add(ns, peer);
+                }
+            }
+            _ => {
+                for ns in cluster.namespaces_with_pods() {
+                    if peer_selects_namespace(cluster, policy_ns, peer, ns) {
+                        add(ns, peer);
+                    }
                 }
             }
         }

@@ -9,22 +9,30 @@
 //! Units and what feeds them:
 //! - a local policy pod's chains (both directions, the admin tiers and the
 //!   NetworkPolicy part) and its dispatch elements: the pod itself, the
-//!   policies of its namespace, its namespace's labels (admin subjects),
-//!   the admin policies, and whether its addresses are shared;
-//! - a set's elements: a function of the set's name and the cluster. An
-//!   element that holds one address depends only on the objects holding
-//!   that address (see `Builder::shared_set`), so a pod, or a namespace's
-//!   pods, changing recomputes each set only at their addresses, from a
-//!   cluster cut down to the objects holding them; a policy changing
-//!   recomputes whole the sets of the pods in its namespace;
+//!   policies of its namespace that select it, its namespace's labels
+//!   (admin subjects), the admin policies whose subject it is, and whether
+//!   its addresses are shared;
+//! - a set's elements: a function of the set's name and the cluster (its
+//!   name is a hash of its definition). An element that holds one address
+//!   depends only on the objects holding that address (see
+//!   `Builder::shared_set`), so a pod, a namespace's pods or a Node
+//!   changing recomputes each set only at their addresses, from a cluster
+//!   cut down to the objects holding them. A policy changing never changes
+//!   the elements of a set that exists: what it changes are the chains of
+//!   the pods it selects (before or after), and a definition it brings is
+//!   a new set, computed whole;
 //! - the shared-address chains: recomputed whenever any address is shared;
 //! - source validation chains: local pods and the interface map.
 //!
-//! Admin policies and Node objects are rare events that feed every unit,
-//! so they rebuild the whole node; so does a complete relisting.
+//! So a NetworkPolicy recompiles the local pods it selects or selected, an
+//! admin policy the local pods that are or were its subjects, and a Node
+//! the set elements at its addresses. A complete relisting is marked
+//! object by object (see [`Incremental::mark`]). Only a change of the
+//! local pods' address families rebuilds the node.
 
+use crate::admin::AdminKind;
 use crate::audit::AuditOptions;
-use crate::compile::{self, Builder};
+use crate::compile::{self, Builder, Recipe};
 use crate::diff::Touched;
 use crate::index::Cluster;
 use crate::ir::*;
@@ -41,16 +49,10 @@ type Key = (String, String);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ObjectKey {
     Namespace(String),
-    Pod {
-        namespace: String,
-        name: String,
-    },
-    /// A NetworkPolicy of this namespace.
-    Policy {
-        namespace: String,
-    },
-    /// A Node object or an admin policy: everything is recomputed.
-    Other,
+    Pod { namespace: String, name: String },
+    Policy { namespace: String, name: String },
+    Admin { kind: AdminKind, name: String },
+    Node(String),
 }
 
 /// What must be recomputed at the next update.
@@ -63,8 +65,6 @@ pub struct Dirty {
     ips: BTreeSet<IpAddr>,
     /// Namespaces whose labels changed.
     namespaces: BTreeSet<String>,
-    /// Namespaces where a NetworkPolicy changed.
-    policy_namespaces: BTreeSet<String>,
     /// A local pod changed: source validation chains are recomputed.
     srcval: bool,
 }
@@ -72,10 +72,17 @@ pub struct Dirty {
 impl Dirty {
     fn merge(&mut self, o: Dirty) {
         self.all |= o.all;
+        if self.all {
+            // A rebuild recomputes everything anyway.
+            *self = Dirty {
+                all: true,
+                ..Dirty::default()
+            };
+            return;
+        }
         self.pods.extend(o.pods);
         self.ips.extend(o.ips);
         self.namespaces.extend(o.namespaces);
-        self.policy_namespaces.extend(o.policy_namespaces);
         self.srcval |= o.srcval;
     }
 }
@@ -90,6 +97,16 @@ struct UnitOut {
     sets: BTreeSet<String>,
 }
 
+/// How each set's elements are computed (see [`Recipe`]), by set name.
+#[derive(Clone, Default)]
+struct Recipes(BTreeMap<String, Recipe>);
+
+impl std::fmt::Debug for Recipes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// One node's ruleset, kept up to date change by change.
 #[derive(Clone, Debug)]
 pub struct Incremental {
@@ -101,6 +118,8 @@ pub struct Incremental {
     units: BTreeMap<Key, UnitOut>,
     /// Which units name each set; a set nobody names goes.
     set_users: BTreeMap<String, BTreeSet<Key>>,
+    /// The recipe of every set of `rs` but the dispatch maps.
+    recipes: Recipes,
     /// Claimants of every shared address at the last update.
     shared: BTreeMap<IpAddr, Vec<Key>>,
     shared_out: UnitOut,
@@ -128,6 +147,7 @@ impl Incremental {
             rs: Ruleset::default(),
             units: BTreeMap::new(),
             set_users: BTreeMap::new(),
+            recipes: Recipes::default(),
             shared: BTreeMap::new(),
             shared_out: UnitOut::default(),
             src_chains: Vec::new(),
@@ -146,7 +166,16 @@ impl Incremental {
 
     /// The next update recompiles the whole node.
     pub fn invalidate(&mut self) {
-        self.dirty.all = true;
+        self.dirty.merge(Dirty {
+            all: true,
+            ..Dirty::default()
+        });
+    }
+
+    /// Whether the next update recompiles the whole node anyway, so
+    /// marking changes is wasted work (the first listing).
+    pub fn rebuilding(&self) -> bool {
+        self.dirty.all
     }
 
     /// What `obj` feeds in `cluster` as it is now. Take it before a change
@@ -168,12 +197,43 @@ impl Incremental {
                     }
                 }
             }
-            ObjectKey::Policy { namespace } => {
-                d.policy_namespaces.insert(namespace.clone());
+            ObjectKey::Policy { namespace, name } => {
+                if let Some(pol) = cluster.policies_in(namespace).find(|p| &p.name == name) {
+                    d.pods.extend(
+                        cluster
+                            .pods_in(namespace)
+                            .filter(|p| self.is_local(p) && pol.pod_selector.matches(&p.labels))
+                            .map(Pod::key),
+                    );
+                }
             }
-            ObjectKey::Other => d.all = true,
+            ObjectKey::Admin { kind, name } => {
+                let found = cluster
+                    .admin_policies()
+                    .find(|p| p.kind == *kind && &p.name == name);
+                if let Some(pol) = found {
+                    // Every local policy pod is a unit, or was marked by
+                    // its own change since the last update.
+                    d.pods.extend(
+                        self.units
+                            .keys()
+                            .filter_map(|(ns, name)| cluster.pod(ns, name))
+                            .filter(|p| crate::admin::compile::selects(cluster, pol, p))
+                            .map(Pod::key),
+                    );
+                }
+            }
+            ObjectKey::Node(name) => {
+                if let Some(n) = cluster.node_objects().find(|n| &n.name == name) {
+                    d.ips.extend(n.ips.iter().copied());
+                }
+            }
         }
         d
+    }
+
+    fn is_local(&self, p: &Pod) -> bool {
+        p.is_policy_pod() && p.node_name.as_deref() == Some(self.node.as_str())
     }
 
     pub fn note(&mut self, d: Dirty) {
@@ -223,7 +283,6 @@ impl Incremental {
         let shared_dirty = !shared_keys.is_empty() || shared_keys != self.shared;
         self.shared = shared_keys;
 
-        let mut full_pods: BTreeSet<Key> = BTreeSet::new();
         for ns in &dirty.namespaces {
             for p in cluster.pods_in(ns) {
                 dirty.ips.extend(p.ips.iter().copied());
@@ -233,40 +292,31 @@ impl Incremental {
             }
             dirty.pods.extend(self.unit_keys_in(ns));
         }
-        for ns in &dirty.policy_namespaces {
-            full_pods.extend(cluster.pods_in(ns).filter(|p| is_local(p)).map(Pod::key));
-            full_pods.extend(self.unit_keys_in(ns));
-        }
 
         let mut touched = Touched::default();
         let admin = compile::admin_policies(cluster);
         // Sets computed from the whole cluster in this update.
         let mut whole: BTreeSet<String> = BTreeSet::new();
         let mut released: BTreeSet<String> = BTreeSet::new();
-        let unit_keys: BTreeSet<Key> = dirty.pods.iter().chain(&full_pods).cloned().collect();
-        for key in &unit_keys {
+        for key in &dirty.pods {
             let old = self.units.remove(key).unwrap_or_default();
             released.extend(old.sets.iter().cloned());
             self.remove_out(&old, key, &mut touched);
             let Some(pod) = cluster.pod(&key.0, &key.1).filter(|p| is_local(p)) else {
                 continue;
             };
-            let full = full_pods.contains(key);
             let computed = RefCell::new(BTreeSet::new());
             let frag = {
                 let rs = &self.rs;
-                let users = &self.set_users;
-                // A set is computed whole when it is new, when the policies
-                // of this pod's namespace changed, or when only this pod
-                // names it (its elements may come from the pod itself:
-                // ports named on it).
+                // A set is computed whole only when it is new: the
+                // elements of one already there are kept current at every
+                // address a change touches (`recompute_at`).
                 let done = &whole;
                 let fill = |name: &str| -> Option<&Cluster> {
                     if done.contains(name) {
                         return None;
                     }
-                    let alone = users.get(name).is_none_or(BTreeSet::is_empty);
-                    if full || alone || !rs.sets.contains_key(name) {
+                    if !rs.sets.contains_key(name) {
                         computed.borrow_mut().insert(name.to_string());
                         Some(cluster)
                     } else {
@@ -274,7 +324,9 @@ impl Incremental {
                     }
                 };
                 let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
+                b.recipes = Some(BTreeMap::new());
                 b.pod_unit(pod, &admin);
+                self.recipes.0.extend(b.recipes.take().unwrap_or_default());
                 b.rs
             };
             let computed = computed.into_inner();
@@ -285,6 +337,7 @@ impl Incremental {
         for name in released {
             if self.set_users.get(&name).is_none_or(BTreeSet::is_empty) {
                 self.set_users.remove(&name);
+                self.recipes.0.remove(&name);
                 if self.rs.sets.remove(&name).is_some() {
                     touched.sets.insert(name);
                 }
@@ -292,14 +345,7 @@ impl Incremental {
         }
 
         if !dirty.ips.is_empty() {
-            self.recompute_at(
-                cluster,
-                &shared_now,
-                &admin,
-                &dirty.ips,
-                &whole,
-                &mut touched,
-            );
+            self.recompute_at(cluster, &shared_now, &dirty.ips, &whole, &mut touched);
         }
 
         if shared_dirty {
@@ -408,89 +454,44 @@ impl Incremental {
     }
 
     /// Recomputes every address-keyed set at `ips` (except those just
-    /// computed whole), from a cluster holding only the pods and nodes at
-    /// those addresses.
+    /// computed whole) by its recipe, from a cluster holding only the
+    /// pods and nodes at those addresses: a few small calls per set, no
+    /// chain compiled.
     fn recompute_at(
         &mut self,
         cluster: &Cluster,
         shared_now: &compile::SharedAddrs<'_>,
-        admin: &[&crate::admin::AdminPolicy],
         ips: &BTreeSet<IpAddr>,
         whole: &BTreeSet<String>,
         touched: &mut Touched,
     ) {
         let sub = cut_down(cluster, ips);
-        let wanted: BTreeSet<String> = self
-            .rs
-            .sets
-            .iter()
-            .filter(|(name, s)| {
-                matches!(
-                    s.kind,
-                    SetKind::Addr {
-                        interval: false,
-                        ..
-                    } | SetKind::AddrProtoPort { .. }
-                ) && !whole.contains(*name)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        // A set's elements are computed while compiling a unit that names
-        // it; a few units cover every set.
-        let mut left = wanted.clone();
-        let mut plan: Vec<Key> = Vec::new();
-        for name in &wanted {
-            if !left.contains(name) {
-                continue;
-            }
-            let Some(user) = self.set_users.get(name).and_then(|u| u.first()) else {
-                continue;
-            };
-            if let Some(u) = self.units.get(user) {
-                for s in &u.sets {
-                    left.remove(s);
-                }
-            }
-            plan.push(user.clone());
-        }
-        let mut fresh: BTreeMap<String, Set> = BTreeMap::new();
-        for key in plan {
-            let Some(pod) = cluster.pod(&key.0, &key.1) else {
-                continue;
-            };
-            let frag = {
-                let done = &fresh;
-                let fill = |name: &str| -> Option<&Cluster> {
-                    (wanted.contains(name) && !done.contains_key(name)).then_some(&sub)
-                };
-                let mut b = Builder::new(cluster, shared_now, &fill, &self.families, &self.audit);
-                b.pod_unit(pod, admin);
-                b.rs
-            };
-            for (name, set) in frag.sets {
-                if wanted.contains(&name) && !fresh.contains_key(&name) {
-                    fresh.insert(name, set);
-                }
-            }
-        }
         let at = |e: &Element| match e {
-            Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) | Element::VmapJump(ip, _) => {
-                ips.contains(ip)
-            }
-            Element::AddrRange(..) | Element::PortRange(..) => false,
+            Element::Addr(ip) | Element::AddrProtoPort(ip, _, _) => ips.contains(ip),
+            Element::VmapJump(..) | Element::AddrRange(..) | Element::PortRange(..) => false,
         };
-        for (name, set) in fresh {
-            let Some(cur) = self.rs.sets.get_mut(&name) else {
+        for (name, cur) in self.rs.sets.iter_mut() {
+            let keyed_by_address = matches!(
+                cur.kind,
+                SetKind::Addr {
+                    interval: false,
+                    ..
+                } | SetKind::AddrProtoPort { .. }
+            );
+            if !keyed_by_address || whole.contains(name) {
+                continue;
+            }
+            let Some(recipe) = self.recipes.0.get(name) else {
                 continue;
             };
-            let old: Vec<Element> = cur.elements.iter().filter(|e| at(e)).cloned().collect();
-            let new: Vec<Element> = set.elements.into_iter().filter(|e| at(e)).collect();
+            let new: BTreeSet<Element> = recipe(&sub, shared_now).into_iter().filter(at).collect();
+            let old = elements_at(&cur.elements, ips);
             if old != new {
                 for e in &old {
                     cur.elements.remove(e);
                 }
                 cur.elements.extend(new);
-                touched.sets.insert(name);
+                touched.sets.insert(name.clone());
             }
         }
     }
@@ -524,7 +525,9 @@ impl Incremental {
                     })
                 };
                 let mut b = Builder::new(cluster, &shared_now, &fill, &fams, &self.audit);
+                b.recipes = Some(BTreeMap::new());
                 b.pod_unit(pod, &admin);
+                self.recipes.0.extend(b.recipes.take().unwrap_or_default());
                 b.rs
             };
             let out = self.add_out(&pod.key(), frag, &computed.into_inner(), &mut touched);
@@ -572,4 +575,19 @@ fn cut_down(cluster: &Cluster, ips: &BTreeSet<IpAddr>) -> Cluster {
         }
     }
     sub
+}
+
+/// The elements of an address-keyed set at `ips`, looked up by address
+/// rather than by walking the set.
+fn elements_at(elements: &BTreeSet<Element>, ips: &BTreeSet<IpAddr>) -> BTreeSet<Element> {
+    let mut out = BTreeSet::new();
+    for ip in ips {
+        if let Some(e) = elements.get(&Element::Addr(*ip)) {
+            out.insert(e.clone());
+        }
+        let lo = Element::AddrProtoPort(*ip, 0, 0);
+        let hi = Element::AddrProtoPort(*ip, u8::MAX, u16::MAX);
+        out.extend(elements.range(lo..=hi).cloned());
+    }
+    out
 }

@@ -2,7 +2,8 @@
 //! random sequences of events (pods added, deleted, relabelled, moved,
 //! readdressed onto shared addresses, their named ports changed;
 //! namespaces relabelled and deleted; NetworkPolicies, admin policies and
-//! Nodes put and deleted; the interface map changed), applied one to three
+//! Nodes put and deleted, Nodes readdressed onto pod addresses; the
+//! interface map changed), applied one to three
 //! at a time, must leave the incremental ruleset equal to a full compile
 //! under the same node-wide logging options after every update, and the transaction built from the touched objects
 //! alone must turn the previous ruleset into the new one in the fake
@@ -44,6 +45,9 @@ enum Event {
     AdminPut(usize, AdminPolicy),
     AdminDelete(usize),
     NodeLabels(usize, Labels),
+    /// The node's IPv4 address becomes one of the pool pods use.
+    NodeAddress(usize, u8),
+    NodeDelete(usize),
     /// Interfaces known for every pod, or for none.
     Interfaces(bool),
 }
@@ -84,6 +88,8 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => (0usize..3, admin_policy_strategy()).prop_map(|(i, p)| Event::AdminPut(i, p)),
         1 => (0usize..3).prop_map(Event::AdminDelete),
         1 => (0..NODES.len(), labels_strategy()).prop_map(|(i, l)| Event::NodeLabels(i, l)),
+        1 => (0..NODES.len(), 0u8..4).prop_map(|(i, a)| Event::NodeAddress(i, a)),
+        1 => (0..NODES.len()).prop_map(Event::NodeDelete),
         1 => any::<bool>().prop_map(Event::Interfaces),
     ]
 }
@@ -223,6 +229,7 @@ impl World {
                 p.name = format!("pol{i}");
                 let key = ObjectKey::Policy {
                     namespace: p.namespace.clone(),
+                    name: p.name.clone(),
                 };
                 self.change(key, |c| c.apply_policy(p));
             }
@@ -237,6 +244,7 @@ impl World {
                 for ns in nss {
                     let key = ObjectKey::Policy {
                         namespace: ns.clone(),
+                        name: name.clone(),
                     };
                     self.change(key, |c| c.delete_policy(&ns, &name));
                 }
@@ -247,7 +255,11 @@ impl World {
                 } else {
                     format!("adm{i}")
                 };
-                self.change(ObjectKey::Other, |c| c.apply_admin_policy(p));
+                let key = ObjectKey::Admin {
+                    kind: p.kind,
+                    name: p.name.clone(),
+                };
+                self.change(key, |c| c.apply_admin_policy(p));
             }
             Event::AdminDelete(i) => {
                 let victim = self
@@ -256,7 +268,11 @@ impl World {
                     .nth(i)
                     .map(|p| (p.kind, p.name.clone()));
                 if let Some((kind, name)) = victim {
-                    self.change(ObjectKey::Other, |c| c.delete_admin_policy(kind, &name));
+                    let key = ObjectKey::Admin {
+                        kind,
+                        name: name.clone(),
+                    };
+                    self.change(key, |c| c.delete_admin_policy(kind, &name));
                 }
             }
             Event::NodeLabels(i, labels) => {
@@ -266,7 +282,28 @@ impl World {
                     labels,
                     ips: vec![v4.parse().expect("ip"), v6.parse().expect("ip")],
                 };
-                self.change(ObjectKey::Other, |c| c.apply_node(n));
+                self.change(ObjectKey::Node(n.name.clone()), |c| c.apply_node(n));
+            }
+            Event::NodeAddress(i, a) => {
+                let labels = self
+                    .c
+                    .node_objects()
+                    .find(|n| n.name == NODES[i])
+                    .map(|n| n.labels.clone())
+                    .unwrap_or_default();
+                let n = Node {
+                    name: NODES[i].to_string(),
+                    labels,
+                    ips: vec![
+                        format!("10.0.1.{}", 200 + a).parse().expect("ip"),
+                        NODE_IPS[i].1.parse().expect("ip"),
+                    ],
+                };
+                self.change(ObjectKey::Node(n.name.clone()), |c| c.apply_node(n));
+            }
+            Event::NodeDelete(i) => {
+                let name = NODES[i].to_string();
+                self.change(ObjectKey::Node(name.clone()), |c| c.delete_node(&name));
             }
             Event::Interfaces(on) => {
                 self.interfaces = on;
@@ -494,4 +531,163 @@ spec:
     eng.note(after);
     eng.update(&c, &net);
     assert_eq!(eng.ruleset(), &compile_node(&c, NODE, &net));
+}
+
+/// Four local pods in two namespaces, NetworkPolicies selecting two of
+/// them, an admin policy whose subject is one namespace, and two Nodes
+/// (one an admin peer).
+const NARROW: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: cache, namespace: x, labels: {app: cache}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.4}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: cache, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: cache}}
+  ingress: [{from: [{podSelector: {}}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: x, labels: {app: web}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: x, labels: {app: db}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: y, labels: {app: api}}
+spec: {nodeName: node-1}
+status: {podIP: 10.0.0.3}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: y-to-nodes}
+spec:
+  priority: 5
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}
+  egress:
+  - {action: Allow, to: [{nodes: {matchLabels: {zone: a}}}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1, labels: {zone: a}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2, labels: {zone: b}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.3}]}
+"#;
+
+/// Applies `change` as the agent does and returns what the update
+/// touched, after checking the result against the full compile.
+fn narrow_step(
+    c: &mut Cluster,
+    eng: &mut Incremental,
+    key: ObjectKey,
+    change: impl FnOnce(&mut Cluster) -> bool,
+) -> crate::diff::Touched {
+    let before = eng.mark(c, &key);
+    assert!(change(c), "the step changes the cluster");
+    eng.note(before);
+    let after = eng.mark(c, &key);
+    eng.note(after);
+    let net = NodeNet::default();
+    let t = eng.update(c, &net);
+    assert_eq!(eng.ruleset(), &compile_node(c, NODE, &net));
+    assert!(!t.all, "{t:?}");
+    t
+}
+
+fn narrow_cluster() -> (Cluster, Incremental) {
+    let loaded = crate::manifest::parse("t.yaml", NARROW);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let c = Cluster::from_objects(loaded.objects);
+    let mut eng = Incremental::new(NODE);
+    eng.update(&c, &NodeNet::default());
+    (c, eng)
+}
+
+/// A NetworkPolicy recompiles the pods it selects, before and after the
+/// change, and not the other pods of its namespace.
+#[test]
+fn a_policy_touches_only_the_chains_of_the_pods_it_selects() {
+    let (mut c, mut eng) = narrow_cluster();
+    let mut pol = c
+        .policies_in("x")
+        .find(|p| p.name == "db")
+        .expect("policy")
+        .clone();
+    pol.pod_selector = crate::selector::Selector {
+        match_labels: [("app".to_string(), "web".to_string())].into(),
+        match_expressions: vec![],
+    };
+    let key = ObjectKey::Policy {
+        namespace: "x".into(),
+        name: "db".into(),
+    };
+    let t = narrow_step(&mut c, &mut eng, key.clone(), |c| c.apply_policy(pol));
+    assert!(
+        t.chains.contains("ing_x_db") && t.chains.contains("ing_x_web"),
+        "{t:?}"
+    );
+    assert!(
+        t.chains
+            .iter()
+            .all(|n| n.ends_with("_x_db") || n.ends_with("_x_web")),
+        "{t:?}"
+    );
+    let t = narrow_step(&mut c, &mut eng, key, |c| c.delete_policy("x", "db"));
+    assert!(t.chains.iter().all(|n| n.ends_with("_x_web")), "{t:?}");
+}
+
+/// An admin policy recompiles its subjects' chains only; a Node changes
+/// the elements at its addresses and no chain.
+#[test]
+fn admin_policies_and_nodes_touch_only_what_depends_on_them() {
+    let (mut c, mut eng) = narrow_cluster();
+    let mut adm = c.admin_policies().next().expect("admin policy").clone();
+    adm.priority = Some(6);
+    let key = ObjectKey::Admin {
+        kind: adm.kind,
+        name: adm.name.clone(),
+    };
+    let t = narrow_step(&mut c, &mut eng, key, |c| c.apply_admin_policy(adm));
+    assert!(t.chains.contains("egr_y_api"), "{t:?}");
+    assert!(t.chains.iter().all(|n| n.ends_with("_y_api")), "{t:?}");
+
+    let node = |zone: &str| Node {
+        name: "n2".into(),
+        labels: [("zone".to_string(), zone.to_string())].into(),
+        ips: vec!["172.18.0.3".parse().expect("ip")],
+    };
+    let t = narrow_step(&mut c, &mut eng, ObjectKey::Node("n2".into()), |c| {
+        c.apply_node(node("a"))
+    });
+    assert!(t.chains.is_empty(), "{t:?}");
+    assert_eq!(t.sets.len(), 1, "the node peer set: {t:?}");
+    let set = t.sets.first().expect("set");
+    assert!(eng.ruleset().sets[set]
+        .elements
+        .contains(&crate::ir::Element::Addr("172.18.0.3".parse().expect("ip"))));
+    let t = narrow_step(&mut c, &mut eng, ObjectKey::Node("n2".into()), |c| {
+        c.delete_node("n2")
+    });
+    assert!(t.chains.is_empty() && t.sets.len() == 1, "{t:?}");
 }

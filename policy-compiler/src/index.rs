@@ -25,6 +25,10 @@ pub struct Cluster {
     pod_namespaces: BTreeMap<String, usize>,
     /// Pods by address (any pod listing it, policy pod or not).
     by_ip: BTreeMap<IpAddr, BTreeSet<Key>>,
+    /// The addresses of `by_ip` that several pods list: every reconcile
+    /// asks for the shared addresses, and walking all of `by_ip` for the
+    /// few there are cost a pass over the cluster per event.
+    multi_ip: BTreeSet<IpAddr>,
     /// Cluster-scoped admin policies by (kind, name).
     admin: BTreeMap<(AdminKind, String), AdminPolicy>,
     /// Node objects (for node peers) by name.
@@ -227,6 +231,13 @@ impl Cluster {
         }
     }
 
+    /// `name` as the index holds it, when that namespace holds pods.
+    pub fn namespace_with_pods(&self, name: &str) -> Option<&str> {
+        self.pod_namespaces
+            .get_key_value(name)
+            .map(|(k, _)| k.as_str())
+    }
+
     /// Namespaces that hold at least one pod.
     pub fn namespaces_with_pods(&self) -> impl Iterator<Item = &str> {
         self.pod_namespaces.keys().map(String::as_str)
@@ -263,10 +274,9 @@ impl Cluster {
 
     /// Addresses that several policy pods claim, with their claimants.
     pub fn shared_addresses(&self) -> BTreeMap<IpAddr, Vec<&Pod>> {
-        self.by_ip
+        self.multi_ip
             .iter()
-            .filter(|(_, keys)| keys.len() > 1)
-            .map(|(ip, _)| (*ip, self.claimants(*ip)))
+            .map(|ip| (*ip, self.claimants(*ip)))
             .filter(|(_, pods)| pods.len() > 1)
             .collect()
     }
@@ -274,9 +284,16 @@ impl Cluster {
     fn index_ips(&mut self, key: &Key, ips: &[IpAddr], add: bool) {
         for ip in ips {
             if add {
-                self.by_ip.entry(*ip).or_default().insert(key.clone());
+                let keys = self.by_ip.entry(*ip).or_default();
+                keys.insert(key.clone());
+                if keys.len() > 1 {
+                    self.multi_ip.insert(*ip);
+                }
             } else if let Some(keys) = self.by_ip.get_mut(ip) {
                 keys.remove(key);
+                if keys.len() < 2 {
+                    self.multi_ip.remove(ip);
+                }
                 if keys.is_empty() {
                     self.by_ip.remove(ip);
                 }

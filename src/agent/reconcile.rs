@@ -18,8 +18,9 @@
 //!   if the window is longer, so the tail of a stream does not wait it out;
 //! - an event recompiles only what it feeds (`policy_compiler::incr`: the
 //!   affected pods' chains, the sets at the addresses it touched) and the
-//!   batch is built from those objects alone; a complete listing, an admin
-//!   policy or a Node recompiles the node (`--full-compile` always does);
+//!   batch is built from those objects alone; a complete listing marks
+//!   each object that changed the same way (`--full-compile` compiles the
+//!   node every time);
 //! - a failed batch changes nothing in the kernel (batches are atomic), so
 //!   the last good ruleset stays enforced; it is retried with exponential
 //!   backoff;
@@ -508,10 +509,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             Change::Replace { kinds, objects } => {
                 let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
                 self.synced.extend(kinds.iter().copied());
-                let changed = replace(&mut self.cluster, &kinds, objects);
-                if changed {
-                    self.incr.invalidate();
-                }
+                let changed = self.replace(&kinds, objects);
                 if first_sync && self.all_synced() {
                     tracing::info!(
                         namespaces = self.cluster.namespaces().count(),
@@ -552,10 +550,37 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
     }
 
+    /// Makes the objects of `kinds` exactly `objects` (a complete
+    /// listing); returns whether anything changed. Objects not listed are
+    /// deleted (they went away while the source was not watching). Each
+    /// object that changed is marked on its own, as a watch event would
+    /// be, so a relist after a short outage recompiles what changed
+    /// during it, not the node.
+    fn replace(&mut self, kinds: &[Kind], objects: Vec<Object>) -> bool {
+        let listed: BTreeSet<(Kind, Key)> =
+            objects.iter().map(|o| (Kind::of(o), key_of(o))).collect();
+        let mut changed = false;
+        for &kind in kinds {
+            for key in keys(&self.cluster, kind) {
+                if !listed.contains(&(kind, key.clone())) {
+                    changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
+                }
+            }
+        }
+        for o in objects {
+            let kind = Kind::of(&o);
+            if kinds.contains(&kind) {
+                let key = object_key(kind, &key_of(&o));
+                changed |= self.tracked(key, |c| c.apply(o));
+            }
+        }
+        changed
+    }
+
     /// Runs `change` on the index and tells the incremental compiler what
     /// the object fed before and feeds after, if it changed anything.
     fn tracked(&mut self, key: ObjectKey, change: impl FnOnce(&mut Cluster) -> bool) -> bool {
-        if !self.settings.incremental {
+        if !self.settings.incremental || self.incr.rebuilding() {
             return change(&mut self.cluster);
         }
         let before = self.incr.mark(&self.cluster, &key);
@@ -949,8 +974,13 @@ fn object_key(kind: Kind, (ns, name): &Key) -> ObjectKey {
         },
         Kind::Policy => ObjectKey::Policy {
             namespace: ns.clone(),
+            name: name.clone(),
         },
-        Kind::Node | Kind::Admin(_) => ObjectKey::Other,
+        Kind::Node => ObjectKey::Node(name.clone()),
+        Kind::Admin(kind) => ObjectKey::Admin {
+            kind,
+            name: name.clone(),
+        },
     }
 }
 
@@ -985,25 +1015,4 @@ fn keys(c: &Cluster, kind: Kind) -> Vec<Key> {
             .map(|p| (String::new(), p.name.clone()))
             .collect(),
     }
-}
-
-/// Makes the objects of `kinds` in `c` exactly `objects`; returns whether
-/// anything changed. Objects not listed are deleted (they went away while
-/// the source was not watching).
-pub fn replace(c: &mut Cluster, kinds: &[Kind], objects: Vec<Object>) -> bool {
-    let listed: BTreeSet<(Kind, Key)> = objects.iter().map(|o| (Kind::of(o), key_of(o))).collect();
-    let mut changed = false;
-    for &kind in kinds {
-        for key in keys(c, kind) {
-            if !listed.contains(&(kind, key.clone())) {
-                changed |= delete(c, kind, &key);
-            }
-        }
-    }
-    for o in objects {
-        if kinds.contains(&Kind::of(&o)) {
-            changed |= c.apply(o);
-        }
-    }
-    changed
 }

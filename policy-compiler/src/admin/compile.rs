@@ -236,15 +236,18 @@ pub(crate) fn shared_peer_rules(
                 family,
                 interval: false,
             },
-            |c| {
-                c.shared_addresses()
-                    .into_iter()
-                    .filter(|(ip, claimants)| {
-                        Family::of(ip) == family
-                            && rules.iter().any(|r| splits(c, r, direction, claimants))
-                    })
-                    .map(|(ip, _)| Element::Addr(ip))
-                    .collect()
+            {
+                let rules: Vec<AdminRule> = rules.iter().map(|r| (*r).clone()).collect();
+                move |c, _| {
+                    c.shared_addresses()
+                        .into_iter()
+                        .filter(|(ip, claimants)| {
+                            Family::of(ip) == family
+                                && rules.iter().any(|r| splits(c, r, direction, claimants))
+                        })
+                        .map(|(ip, _)| Element::Addr(ip))
+                        .collect()
+                }
             },
         );
         out.push(Rule {
@@ -362,13 +365,16 @@ fn peers(b: &mut Builder<'_>, direction: Direction, r: &AdminRule) -> Vec<Vec<Ma
                     family,
                     interval: false,
                 },
-                |c| {
-                    peer_pods(c, r)
-                        .into_iter()
-                        .flat_map(|p| p.ips.iter().copied())
-                        .filter(in_family)
-                        .map(Element::Addr)
-                        .collect()
+                {
+                    let r = r.clone();
+                    move |c, _| {
+                        peer_pods(c, &r)
+                            .into_iter()
+                            .flat_map(|p| p.ips.iter().copied())
+                            .filter(in_family)
+                            .map(Element::Addr)
+                            .collect()
+                    }
                 },
             );
             out.push(vec![Match::AddrInSet { family, dir, set }]);
@@ -384,13 +390,17 @@ fn peers(b: &mut Builder<'_>, direction: Direction, r: &AdminRule) -> Vec<Vec<Ma
                     family,
                     interval: false,
                 },
-                |c| {
-                    c.node_objects()
-                        .filter(|n| node_sels.iter().any(|s| s.matches(&n.labels)))
-                        .flat_map(|n| n.ips.iter().copied())
-                        .filter(in_family)
-                        .map(Element::Addr)
-                        .collect()
+                {
+                    let sels: Vec<crate::selector::Selector> =
+                        node_sels.iter().map(|s| (*s).clone()).collect();
+                    move |c, _| {
+                        c.node_objects()
+                            .filter(|n| sels.iter().any(|s| s.matches(&n.labels)))
+                            .flat_map(|n| n.ips.iter().copied())
+                            .filter(in_family)
+                            .map(Element::Addr)
+                            .collect()
+                    }
                 },
             );
             out.push(vec![Match::AddrInSet { family, dir, set }]);
@@ -468,28 +478,39 @@ fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String
         &format!("anam{}", family_digit(family)),
         format!("{} named {named:?}", pod_peers_key(r)),
         SetKind::AddrProtoPort { family },
-        |c| {
-            let mut elements = BTreeSet::new();
-            for p in peer_pods(c, r) {
-                // A named port on a shared address resolves on no single
-                // pod (as for NetworkPolicy named ports).
-                for ip in p
-                    .ips
-                    .iter()
-                    .filter(|ip| Family::of(ip) == family && c.claimants(**ip).len() < 2)
-                {
-                    for name in named {
-                        for proto in Protocol::ALL {
-                            if let Some(n) = p.resolve_port(name, proto) {
-                                elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
-                            }
-                        }
+        {
+            let (r, named) = (r.clone(), named.to_vec());
+            move |c, _| named_elements(c, family, &r, &named)
+        },
+    )
+}
+
+/// The elements of [`named_set`] from `c`.
+fn named_elements(
+    c: &Cluster,
+    family: Family,
+    r: &AdminRule,
+    named: &[String],
+) -> BTreeSet<Element> {
+    let mut elements = BTreeSet::new();
+    for p in peer_pods(c, r) {
+        // A named port on a shared address resolves on no single pod (as
+        // for NetworkPolicy named ports).
+        for ip in p
+            .ips
+            .iter()
+            .filter(|ip| Family::of(ip) == family && c.claimants(**ip).len() < 2)
+        {
+            for name in named {
+                for proto in Protocol::ALL {
+                    if let Some(n) = p.resolve_port(name, proto) {
+                        elements.insert(Element::AddrProtoPort(*ip, proto.number(), n));
                     }
                 }
             }
-            elements
-        },
-    )
+        }
+    }
+    elements
 }
 
 #[cfg(test)]
