@@ -135,7 +135,7 @@ const ADMIN: &str = "policy.networking.k8s.io";
 type Grants = BTreeSet<(String, String, String)>;
 
 /// What the agent's code calls, read from its source: every `Api<T>` it
-/// builds, with the verbs that use implies (watchers list and watch; Events
+/// builds (and every kind its generic watch is given), with the verbs that use implies (watchers list and watch; Events
 /// are created). Test-only files are left out. An unknown `T` fails the
 /// test so that whoever adds a watch adds its RBAC here and in
 /// deploy/clusterrole.yaml together.
@@ -158,7 +158,9 @@ fn grants_the_code_needs() -> Grants {
             // patches them when the same event repeats.
             add("events.k8s.io", "events", &["create", "patch"]);
         }
-        for pat in ["Api::<", "Api<"] {
+        // The generic watch builds `Api<K>` for every kind that
+        // implements `Watched`: each such kind is listed and watched.
+        for pat in ["Api::<", "Api<", "impl Watched for "] {
             for (i, _) in code.match_indices(pat) {
                 let rest = &code[i + pat.len()..];
                 // A guarded watch reads the same kind.
