@@ -250,6 +250,40 @@ pub fn pass_chain_name(direction: Direction, pod: &Pod) -> String {
     )
 }
 
+/// Destinations that name no pod, which `forward` meets only between pods
+/// on one bridge (no router forwards them): IPv6 link-local unicast,
+/// multicast, broadcast. A pod accepts such packets (a link-local address
+/// is its own, broadcast and all-hosts groups reach every socket bound to
+/// the port) although the ingress verdict maps, keyed by pod addresses,
+/// never judge them; so they would pass every ingress isolation on the
+/// bridge. They are dropped for all pods, isolated or not: a bridge
+/// floods them to every port, and on-link neighbour discovery, accepted
+/// above, is the one such traffic pods need.
+fn no_pod_destinations(families: &BTreeSet<Family>) -> Vec<Rule> {
+    let prefix = |family, net: &str| Match::AddrPrefix {
+        family,
+        dir: Dir::Dst,
+        net: net.parse().expect("a valid literal prefix"),
+    };
+    let mut rules = Vec::new();
+    let mut drop = |m: Match, what: &str| {
+        rules.push(Rule {
+            matches: vec![m, Match::Counter],
+            verdict: Verdict::Drop,
+            comment: Some(format!("{what}: no pod to judge it for")),
+        })
+    };
+    if families.contains(&Family::Ipv4) {
+        drop(prefix(Family::Ipv4, "224.0.0.0/4"), "IPv4 multicast");
+        drop(Match::DaddrBroadcast, "IPv4 broadcast");
+    }
+    if families.contains(&Family::Ipv6) {
+        drop(prefix(Family::Ipv6, "ff00::/8"), "IPv6 multicast");
+        drop(prefix(Family::Ipv6, "fe80::/10"), "IPv6 link-local");
+    }
+    rules
+}
+
 fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -> Chain {
     let mut rules = vec![
         Rule {
@@ -283,6 +317,9 @@ fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -
         });
     }
     for &direction in dispatch {
+        if direction == Direction::Ingress {
+            rules.extend(no_pod_destinations(families));
+        }
         for &family in families {
             rules.push(Rule {
                 matches: vec![],

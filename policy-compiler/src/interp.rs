@@ -253,6 +253,9 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
             Family::of(&a) == *family && net.contains(&a)
         }
         Match::Ip6HopLimit(n) => pkt.saddr.is_ipv6() && pkt.hoplimit == *n,
+        // The limited broadcast; a subnet-directed one depends on the
+        // node's addresses, which no ruleset holds, and is never a pod's.
+        Match::DaddrBroadcast => pkt.daddr == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
         // Statements, always true; a limit is taken as under its rate
         // (it can only matter to a rule without a verdict).
         Match::Counter | Match::Limit { .. } | Match::Log { .. } => true,

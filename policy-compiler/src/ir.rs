@@ -244,6 +244,10 @@ pub enum Match {
         dir: Dir,
         net: ipnet::IpNet,
     },
+    /// `fib daddr type broadcast`: the node's routes call the destination
+    /// a broadcast address (limited, or directed to a subnet the node is
+    /// on). Never true for IPv6.
+    DaddrBroadcast,
     /// `ip6 hoplimit N`: 255 proves a packet was not routed (a router
     /// decrements it before the forward hook).
     Ip6HopLimit(u8),

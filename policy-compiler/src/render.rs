@@ -206,6 +206,7 @@ fn render_match(m: &Match) -> String {
             "{} daddr . meta l4proto . th dport @{set}",
             family.payload_keyword()
         ),
+        Match::DaddrBroadcast => "fib daddr type broadcast".to_string(),
         Match::Icmpv6Type { lo, hi } if lo == hi => format!("icmpv6 type {lo}"),
         Match::Icmpv6Type { lo, hi } => format!("icmpv6 type {lo}-{hi}"),
         Match::AddrPrefix { family, dir, net } => {

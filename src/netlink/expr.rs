@@ -24,6 +24,11 @@ pub const CMP_LTE: u32 = libc::NFT_CMP_LTE as u32;
 pub const CMP_GTE: u32 = libc::NFT_CMP_GTE as u32;
 pub const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 pub const REG_1: u32 = libc::NFT_REG_1 as u32;
+/// `fib daddr type`: look the destination up, return its route type
+/// (`NFTA_FIB_F_DADDR`, `NFT_FIB_RESULT_ADDRTYPE`; libc has neither).
+pub const FIB_F_DADDR: u32 = 1 << 1;
+pub const FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const RTN_BROADCAST: u32 = libc::RTN_BROADCAST as u32;
 const REG32_00: u32 = libc::NFT_REG32_00 as u32;
 const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
 const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
@@ -92,6 +97,12 @@ pub enum RawExpr {
         qthreshold: u16,
         /// A syslog level or flags: a log nftpol never writes.
         other: bool,
+    },
+    /// `fib <flags> <result>` into `dreg`.
+    Fib {
+        flags: u32,
+        result: u32,
+        dreg: u32,
     },
     /// An `immediate` to the verdict register.
     Verdict {
@@ -167,6 +178,18 @@ fn prefix_of(family: Family, mask: Option<&[u8]>, data: &[u8]) -> Option<ipnet::
     };
     let net = ipnet::IpNet::new(addr, len).ok()?;
     (net.network() == addr).then_some(net)
+}
+
+/// A load of the first `len` bytes (fewer than all) of an address field:
+/// its family, direction and whole length.
+fn truncated_addr_load(offset: u32, len: u32) -> Option<(Family, Dir, usize)> {
+    [Family::Ipv4, Family::Ipv6]
+        .into_iter()
+        .flat_map(|f| [(f, Dir::Src), (f, Dir::Dst)])
+        .find_map(|(f, d)| {
+            let (at, full) = addr_field(f, d);
+            (at == offset && 0 < len && len < full).then_some((f, d, full as usize))
+        })
 }
 
 /// (offset, len) of an address in the network header.
@@ -365,6 +388,18 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
                     data: vec![*n],
                 });
             }
+            Match::DaddrBroadcast => {
+                l.out.push(RawExpr::Fib {
+                    flags: FIB_F_DADDR,
+                    result: FIB_RESULT_ADDRTYPE,
+                    dreg: REG_1,
+                });
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: RTN_BROADCAST.to_ne_bytes().to_vec(),
+                });
+            }
             Match::Counter => l.out.push(RawExpr::Counter),
             Match::Limit { per_second, burst } => l.out.push(RawExpr::Limit {
                 rate: u64::from(*per_second),
@@ -523,6 +558,17 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 matches.push(Match::CtState(states));
                 i += 3;
             }
+            E::Fib {
+                flags: FIB_F_DADDR,
+                result: FIB_RESULT_ADDRTYPE,
+                dreg: REG_1,
+            } => {
+                if cmp1(exprs.get(i + 1), CMP_EQ) != Some(RTN_BROADCAST.to_ne_bytes().to_vec()) {
+                    return Err("fib daddr type without a broadcast compare".into());
+                }
+                matches.push(Match::DaddrBroadcast);
+                i += 2;
+            }
             E::Payload {
                 base: BASE_NETWORK,
                 offset: IP6_HOPLIMIT_OFFSET,
@@ -536,6 +582,46 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 };
                 matches.push(Match::Ip6HopLimit(n));
                 i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
+                offset,
+                len,
+                dreg: REG_1,
+            } if truncated_addr_load(*offset, *len).is_some() => {
+                // nft loads only the bytes a byte-aligned prefix covers
+                // (`ip6 daddr ff00::/8` reads one byte): the same prefix.
+                let Some((family, dir, full)) = truncated_addr_load(*offset, *len) else {
+                    return Err(format!("payload at network header +{offset} len {len}"));
+                };
+                let pad = |b: &[u8]| {
+                    let mut v = b.to_vec();
+                    v.resize(full, 0);
+                    v
+                };
+                let (mask, data, used) = match (exprs.get(i + 1), exprs.get(i + 2)) {
+                    (
+                        Some(E::Bitwise { mask, xor, .. }),
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_EQ,
+                            data,
+                        }),
+                    ) if xor.iter().all(|b| *b == 0) => (pad(mask), pad(data), 3),
+                    (
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_EQ,
+                            data,
+                        }),
+                        _,
+                    ) => (pad(&vec![0xff; data.len()]), pad(data), 2),
+                    _ => return Err(format!("unsupported use of {e:?}")),
+                };
+                let net = prefix_of(family, Some(&mask), &data)
+                    .ok_or_else(|| format!("address mask {mask:?} compare {data:?}"))?;
+                matches.push(Match::AddrPrefix { family, dir, net });
+                i += used;
             }
             E::Payload {
                 base: BASE_NETWORK,
@@ -762,6 +848,7 @@ pub(crate) mod tests {
                 vec![Match::Icmpv6Type { lo: 128, hi: 128 }],
                 Verdict::Accept,
             ),
+            r(vec![Match::DaddrBroadcast, Match::Counter], Verdict::Drop),
             r(
                 vec![],
                 Verdict::AddrVmap {
@@ -865,6 +952,53 @@ pub(crate) mod tests {
                 comment: Some("ns/policy ingress".into()),
             },
         ]
+    }
+
+    #[test]
+    fn truncated_address_loads_read_back_as_prefixes() {
+        // What nft -f loads for `ip6 daddr ff00::/8` and `ip daddr 224.0.0.0/4`.
+        let load = |offset, len| RawExpr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: REG_1,
+        };
+        let cmp = |data: &[u8]| RawExpr::Cmp {
+            sreg: REG_1,
+            op: CMP_EQ,
+            data: data.to_vec(),
+        };
+        let v6 = [load(24, 1), cmp(&[0xff])];
+        let v4 = [
+            load(16, 1),
+            RawExpr::Bitwise {
+                sreg: REG_1,
+                dreg: REG_1,
+                len: 1,
+                mask: vec![0xf0],
+                xor: vec![0],
+            },
+            cmp(&[0xe0]),
+        ];
+        for (raw, family, net) in [
+            (&v6[..], Family::Ipv6, "ff00::/8"),
+            (&v4[..], Family::Ipv4, "224.0.0.0/4"),
+        ] {
+            let mut raw = raw.to_vec();
+            raw.push(RawExpr::Verdict {
+                code: V_DROP,
+                chain: None,
+            });
+            let rule = raise_rule(&raw, None).expect("raises");
+            assert_eq!(
+                rule.matches,
+                [Match::AddrPrefix {
+                    family,
+                    dir: Dir::Dst,
+                    net: net.parse().unwrap()
+                }]
+            );
+        }
     }
 
     #[test]

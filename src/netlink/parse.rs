@@ -92,6 +92,9 @@ pub(crate) mod nfta {
     pub const LOG_QTHRESHOLD: u16 = 4;
     pub const LOG_LEVEL: u16 = 5;
     pub const LOG_FLAGS: u16 = 6;
+    pub const FIB_DREG: u16 = 1;
+    pub const FIB_RESULT: u16 = 2;
+    pub const FIB_FLAGS: u16 = 3;
 }
 
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -327,6 +330,11 @@ fn parse_expr(elem: &[u8]) -> Result<(RawExpr, Option<(u64, u64)>), String> {
                 None => RawExpr::Other(name),
             }
         }
+        "fib" if d.has(FIB_DREG) => RawExpr::Fib {
+            flags: d.u32_or_0(FIB_FLAGS)?,
+            result: d.u32_or_0(FIB_RESULT)?,
+            dreg: d.u32_or_0(FIB_DREG)?,
+        },
         "limit" => RawExpr::Limit {
             rate: d.u64(LIMIT_RATE)?.unwrap_or(0),
             unit: d.u64(LIMIT_UNIT)?.unwrap_or(0),

@@ -45,6 +45,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         RawExpr::Bitwise { .. } => c"bitwise",
         RawExpr::Lookup { .. } => c"lookup",
         RawExpr::Verdict { .. } => c"immediate",
+        RawExpr::Fib { .. } => c"fib",
         RawExpr::Counter => c"counter",
         RawExpr::Limit { .. } => c"limit",
         RawExpr::Log { .. } => c"log",
@@ -110,6 +111,15 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
             // SAFETY: `p` is live; libnftnl copies the NUL-terminated name.
             unsafe { sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr()) };
             set_u32(sys::NFTNL_EXPR_LOOKUP_SET_ID, 0);
+        }
+        RawExpr::Fib {
+            flags,
+            result,
+            dreg,
+        } => {
+            set_u32(sys::NFTNL_EXPR_FIB_DREG, *dreg);
+            set_u32(sys::NFTNL_EXPR_FIB_RESULT, *result);
+            set_u32(sys::NFTNL_EXPR_FIB_FLAGS, *flags);
         }
         RawExpr::Verdict { code, chain } => {
             set_u32(sys::NFTNL_EXPR_IMM_DREG, super::expr::REG_VERDICT);

@@ -27,16 +27,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(crate) const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 /// Destination ports of the raw probes; the source port is the case id.
 const DPORT: u16 = 47_000;
 /// How long receivers keep listening after the last packet was sent, at
 /// the least: what must not arrive has had this long to.
-const SETTLE: Duration = Duration::from_millis(400);
+pub(crate) const SETTLE: Duration = Duration::from_millis(400);
 /// How long receivers wait for what must arrive, at the most: a bound
 /// only a wrong drop reaches, so a slow machine cannot fail a good run.
-const ARRIVAL_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const ARRIVAL_LIMIT: Duration = Duration::from_secs(5);
 
 fn sum16(data: &[u8]) -> u32 {
     data.chunks(2)
@@ -111,7 +111,14 @@ fn segment(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, icmp: u8) -> Vec<u8>
 }
 
 /// A whole IP packet with source `src` (any address: that is the attack).
-fn packet(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, icmp: u8, hops: u8) -> Vec<u8> {
+pub(crate) fn packet(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    icmp: u8,
+    hops: u8,
+) -> Vec<u8> {
     let l4 = segment(proto, src, dst, sport, icmp);
     let mut p = Vec::new();
     match (src, dst) {
@@ -187,12 +194,12 @@ fn send_raw(packets: &[(IpAddr, Vec<u8>)]) {
 
 /// What arrived in one pod: (protocol, source, id), the id being the
 /// source port (TCP/UDP) or the ICMPv6 identifier field.
-type Arrivals = BTreeSet<(u8, IpAddr, u16)>;
-type Seen = Arc<Mutex<Arrivals>>;
+pub(crate) type Arrivals = BTreeSet<(u8, IpAddr, u16)>;
+pub(crate) type Seen = Arc<Mutex<Arrivals>>;
 
 /// Raw TCP, UDP (both families) and ICMPv6 sockets in `netns`, recording
 /// every probe of this test until `stop` is set.
-fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<()>) {
+pub(crate) fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<()>) {
     let seen: Seen = Arc::default();
     let out = seen.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -286,22 +293,20 @@ struct Case {
     arrives: bool,
 }
 
-fn v4(c: &SimCluster, pod: &str) -> IpAddr {
+pub(crate) fn v4(c: &SimCluster, pod: &str) -> IpAddr {
     IpAddr::V4(c.topo.pods[c.pod_index("x", pod)].v4)
 }
 
-fn v6(c: &SimCluster, pod: &str) -> IpAddr {
+pub(crate) fn v6(c: &SimCluster, pod: &str) -> IpAddr {
     IpAddr::V6(c.topo.pods[c.pod_index("x", pod)].v6)
 }
 
-fn netns(c: &SimCluster, pod: &str) -> String {
+pub(crate) fn netns(c: &SimCluster, pod: &str) -> String {
     c.topo.pods[c.pod_index("x", pod)].netns.clone()
 }
 
-/// The five pods, the policies, and the nodes programmed by `apply` with
-/// interface discovery (bridged pods first talk to their gateway, which
-/// is how a node's ARP table learns them).
-fn attack_cluster(bridged: bool) -> SimCluster {
+/// The five pods, the policies, and the nodes programmed ([`program_nodes`]).
+pub(crate) fn attack_cluster(bridged: bool) -> SimCluster {
     let mut c = SimCluster::new(bridged);
     c.add_namespace("x", labels(&[("ns", "x")]));
     for (pod, node) in [
@@ -325,6 +330,14 @@ fn attack_cluster(bridged: bool) -> SimCluster {
         "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
          egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
     ));
+    program_nodes(&mut c, bridged);
+    c
+}
+
+/// Brings the links up and programs both nodes with `nftpol apply`
+/// learning the pod interfaces itself; bridged pods first talk to their
+/// gateway, which is how a node's ARP table learns them.
+pub(crate) fn program_nodes(c: &mut SimCluster, bridged: bool) {
     c.topo.wait_links_up();
     if bridged {
         for i in 0..c.pods.len() {
@@ -350,7 +363,6 @@ fn attack_cluster(bridged: bool) -> SimCluster {
             .args(["--node-name", node]));
         eprintln!("apply {node}: {}", out.trim());
     }
-    c
 }
 
 /// Runs `cases` from the pod each one is sent from, then reports every

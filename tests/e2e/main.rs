@@ -13,7 +13,8 @@
 //! `admin` (the network-policy-api conformance scenarios for both admin
 //! policy API generations, and how the tiers meet NetworkPolicy),
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
-//! `sctp` (SCTP by raw packets), `live_explain` (`explain --live` against
+//! `sctp` (SCTP by raw packets), `attacker` and `l2` (hostile pods: forged
+//! sources, ND shapes, hand-built frames on a bridge), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule), `hits` (rule counters raised
 //! by real connections, per policy and in `explain --live`),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
@@ -46,6 +47,7 @@ mod generated;
 mod hits;
 mod host;
 mod kind_script;
+mod l2;
 mod live_explain;
 mod netns;
 mod oracle;

@@ -1,0 +1,356 @@
+//! Pods on one Linux bridge reach each other at layer 2, so a hostile pod
+//! (CAP_NET_RAW) can hand-build Ethernet frames: an 802.1Q priority tag
+//! br_netfilter does not pass to the inet hooks, and destinations that a
+//! pod accepts although no verdict map names them: its IPv6 link-local
+//! address, broadcast (limited and subnet-directed, also in a frame sent
+//! to the victim's own MAC), and IPv4/IPv6 all-hosts multicast.
+//!
+//! Cluster (namespace `x`, all on node1's bridge): `mallory` (no policy),
+//! `attacker` (egress only to `remote`), `victim` (admits only `friend`),
+//! `bystander` (no policy; receives the controls), `friend`, and
+//! `remote` on node2. Every frame is a UDP datagram with the sender's own
+//! source address (source validation passes it), sent on an `AF_PACKET`
+//! socket; unicast frames to `bystander`'s own addresses are the controls
+//! that must arrive.
+
+use crate::attacker::{netns, packet, program_nodes, receiver, v4, v6, Arrivals, SETTLE, UDP};
+use crate::cluster::{labels, SimCluster};
+use crate::netns::run;
+use crate::probe::spawn_in;
+use crate::scenarios::np;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Mac = [u8; 6];
+
+fn mac_of(ns: &str) -> Mac {
+    let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", "eth0"]));
+    let text = out
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {out}"));
+    let mut mac = [0u8; 6];
+    for (i, b) in text.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(b, 16).expect("hex");
+    }
+    mac
+}
+
+/// The pod's IPv6 link-local address, once duplicate address detection
+/// is done with it (a tentative address receives nothing); bounded.
+fn link_local_of(ns: &str) -> Ipv6Addr {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = run(Command::new("ip").args([
+            "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ]));
+        if !out.contains("tentative") {
+            if let Some(a) = out
+                .split("inet6 ")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .and_then(|a| a.parse().ok())
+            {
+                return a;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no usable link-local address: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Frame {
+    name: String,
+    from: &'static str,
+    dst_mac: Mac,
+    src: IpAddr,
+    dst: IpAddr,
+    id: u16,
+    /// The pod whose receiver is watched, and whether it must get it.
+    to: &'static str,
+    arrives: bool,
+}
+
+/// Sends whole Ethernet frames out of the calling thread's `eth0`.
+fn send_frames(frames: &[Vec<u8>]) {
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new("eth0").expect("name");
+    // SAFETY: a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex > 0, "no eth0");
+    for f in frames {
+        // SAFETY: sockaddr_ll is plain data, fully initialised here; the
+        // frame buffer outlives the call.
+        let rc = unsafe {
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_ifindex = ifindex as i32;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&f[..6]);
+            libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        assert!(rc >= 0, "send frame: {err}");
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
+fn frame(k: &Frame, src_mac: Mac) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&k.dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(if k.src.is_ipv4() {
+        &[0x08, 0x00]
+    } else {
+        &[0x86, 0xdd]
+    });
+    f.extend_from_slice(&packet(UDP, k.src, k.dst, k.id, 0, 64));
+    f
+}
+
+fn l2_cluster() -> SimCluster {
+    let mut c = SimCluster::new(true);
+    c.add_namespace("x", labels(&[("ns", "x")]));
+    for (pod, node) in [
+        ("mallory", "node1"),
+        ("attacker", "node1"),
+        ("victim", "node1"),
+        ("bystander", "node1"),
+        ("friend", "node1"),
+        ("remote", "node2"),
+    ] {
+        c.add_pod("x", pod, node, labels(&[("pod", pod)]));
+    }
+    c.put_policy(&np(
+        "x",
+        "victim-admits-friend",
+        "podSelector: {matchLabels: {pod: victim}}\n\
+         ingress:\n- from: [{podSelector: {matchLabels: {pod: friend}}}]",
+    ));
+    c.put_policy(&np(
+        "x",
+        "attacker-to-remote-only",
+        "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
+         egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
+    ));
+    program_nodes(&mut c, true);
+    c
+}
+
+#[test]
+fn bridged_layer2_tricks_reach_no_isolated_pod() {
+    require_root!();
+    if !crate::netns::br_netfilter_available() {
+        eprintln!("SKIP: br_netfilter not loaded");
+        return;
+    }
+    let c = l2_cluster();
+    let victim_mac = mac_of(&netns(&c, "victim"));
+    let bystander_mac = mac_of(&netns(&c, "bystander"));
+    let victim_ll = IpAddr::V6(link_local_of(&netns(&c, "victim")));
+    let bcast: Mac = [0xff; 6];
+    let mcast4: Mac = [0x01, 0x00, 0x5e, 0, 0, 1];
+    let mcast6: Mac = [0x33, 0x33, 0, 0, 0, 1];
+    let limited = IpAddr::V4(Ipv4Addr::BROADCAST);
+    let directed = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 255));
+    let all4 = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1));
+    let all6 = IpAddr::V6("ff02::1".parse().expect("v6"));
+    let mut frames = Vec::new();
+    let mut id = 3000u16;
+    let mut add = |name: &str,
+                   from: &'static str,
+                   dst_mac: Mac,
+                   src: IpAddr,
+                   dst: IpAddr,
+                   to: &'static str,
+                   arrives: bool| {
+        id += 1;
+        frames.push(Frame {
+            name: format!("{from}: {name}"),
+            from,
+            dst_mac,
+            src,
+            dst,
+            id,
+            to,
+            arrives,
+        });
+    };
+    for from in ["mallory", "attacker"] {
+        let (s4, s6) = (v4(&c, from), v6(&c, from));
+        if from == "mallory" {
+            // Controls: the frame crafting works, and unisolated pods
+            // still get unicast from their bridge neighbours.
+            add(
+                "IPv4 unicast to bystander (control)",
+                from,
+                bystander_mac,
+                s4,
+                v4(&c, "bystander"),
+                "bystander",
+                true,
+            );
+            add(
+                "IPv6 unicast to bystander (control)",
+                from,
+                bystander_mac,
+                s6,
+                v6(&c, "bystander"),
+                "bystander",
+                true,
+            );
+            add(
+                "IPv4 unicast to victim",
+                from,
+                victim_mac,
+                s4,
+                v4(&c, "victim"),
+                "victim",
+                false,
+            );
+        }
+        add(
+            "IPv6 to victim's link-local address",
+            from,
+            victim_mac,
+            s6,
+            victim_ll,
+            "victim",
+            false,
+        );
+        add(
+            "IPv4 limited broadcast",
+            from,
+            bcast,
+            s4,
+            limited,
+            "victim",
+            false,
+        );
+        add(
+            "IPv4 subnet broadcast",
+            from,
+            bcast,
+            s4,
+            directed,
+            "victim",
+            false,
+        );
+        add(
+            "IPv4 subnet broadcast in a frame to victim's MAC",
+            from,
+            victim_mac,
+            s4,
+            directed,
+            "victim",
+            false,
+        );
+        add(
+            "IPv4 limited broadcast in a frame to victim's MAC",
+            from,
+            victim_mac,
+            s4,
+            limited,
+            "victim",
+            false,
+        );
+        add(
+            "IPv4 all-hosts multicast",
+            from,
+            mcast4,
+            s4,
+            all4,
+            "victim",
+            false,
+        );
+        add(
+            "IPv6 all-nodes multicast",
+            from,
+            mcast6,
+            s6,
+            all6,
+            "victim",
+            false,
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    for p in ["victim", "bystander"] {
+        let (seen, h) = receiver(&netns(&c, p), stop.clone());
+        receivers.push((p, seen, h));
+    }
+    let t0 = Instant::now();
+    for from in ["mallory", "attacker"] {
+        let src_mac = mac_of(&netns(&c, from));
+        let bytes: Vec<Vec<u8>> = frames
+            .iter()
+            .filter(|k| k.from == from)
+            .map(|k| frame(k, src_mac))
+            .collect();
+        spawn_in(&netns(&c, from), move || send_frames(&bytes))
+            .join()
+            .expect("sender");
+    }
+    let sent = Instant::now();
+    let all_arrived = || {
+        frames.iter().filter(|k| k.arrives).all(|k| {
+            receivers.iter().any(|(p, seen, _)| {
+                *p == k.to && seen.lock().expect("lock").contains(&(UDP, k.src, k.id))
+            })
+        })
+    };
+    while sent.elapsed() < SETTLE || (!all_arrived() && sent.elapsed() < ARRIVAL_LIMIT) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen: Vec<(&str, Arrivals)> = Vec::new();
+    for (p, s, h) in receivers {
+        h.join().expect("receiver");
+        seen.push((p, s.lock().expect("lock").clone()));
+    }
+    let wrong: Vec<String> = frames
+        .iter()
+        .filter(|k| {
+            let got = seen
+                .iter()
+                .any(|(p, s)| *p == k.to && s.contains(&(UDP, k.src, k.id)));
+            got != k.arrives
+        })
+        .map(|k| {
+            format!(
+                "{} (must {}arrive at {})",
+                k.name,
+                if k.arrives { "" } else { "not " },
+                k.to
+            )
+        })
+        .collect();
+    eprintln!("{} frames, {:?}", frames.len(), t0.elapsed());
+    assert!(
+        wrong.is_empty(),
+        "{}\nnode1:\n{}",
+        wrong.join("\n"),
+        c.ruleset("node1")
+    );
+}
