@@ -13,7 +13,9 @@
 //! socket; unicast frames to `bystander`'s own addresses are the controls
 //! that must arrive.
 
-use crate::attacker::{netns, packet, program_nodes, receiver, v4, v6, Arrivals, SETTLE, UDP};
+use crate::attacker::{
+    netns, packet, program_nodes, receiver, v4, v6, Arrivals, ARRIVAL_LIMIT, SETTLE, UDP,
+};
 use crate::cluster::{labels, SimCluster};
 use crate::netns::run;
 use crate::probe::spawn_in;
