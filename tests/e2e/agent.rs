@@ -75,24 +75,25 @@ impl Agent {
     }
 
     /// Waits (bounded) until the agent has reconciled once, whether or
-    /// not that changed the table; panics with its log if it exits first
-    /// or never gets there.
-    pub fn wait_reconciled(&mut self) {
+    /// not that changed the table, and returns its log; `Err` with the log
+    /// if it exits first or never gets there.
+    pub fn wait_reconciled(&mut self) -> Result<String, String> {
         let t0 = Instant::now();
         loop {
             if let Some(log) = self.exited() {
-                panic!("an agent exited at start:\n{log}");
+                return Err(format!("the agent exited at start: {log}"));
             }
             let log = self.log_text();
             if log.contains("kernel table updated")
                 || log.contains("kernel table already up to date")
             {
-                return;
+                return Ok(log);
             }
-            assert!(
-                t0.elapsed() < CONVERGE,
-                "the agent did not reconcile within {CONVERGE:?}:\n{log}"
-            );
+            if t0.elapsed() > CONVERGE {
+                return Err(format!(
+                    "the agent did not reconcile within {CONVERGE:?}:\n{log}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -227,7 +228,9 @@ fn agent_enforces_changes_in_a_watched_directory() {
         .collect();
     // Each has taken over the table before the first change is written.
     for a in agents.iter_mut() {
-        a.wait_reconciled();
+        if let Err(e) = a.wait_reconciled() {
+            panic!("{e}");
+        }
     }
     type Step = Box<dyn Fn(&mut SimCluster)>;
     let steps: Vec<(&str, Step)> = vec![

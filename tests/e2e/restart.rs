@@ -341,16 +341,8 @@ fn agent_restarts(c: &mut SimCluster, set: &[String], flows: &[(Probe, bool)]) -
                 let log = c.dir.join(format!("restart-{}-{i}.log", n.name));
                 running.push(Agent::start(&n.netns, &n.name, &dir, log));
             }
-            // Long enough to list the files, read the kernel back and decide.
-            std::thread::sleep(Duration::from_millis(300));
-            let mut logs = Vec::new();
-            for a in running.iter_mut() {
-                if let Some(log) = a.exited() {
-                    return Err(log);
-                }
-                logs.push(a.log_text());
-            }
-            Ok(logs)
+            // Each has listed the files, read the kernel back and decided.
+            running.iter_mut().map(Agent::wait_reconciled).collect()
         },
     );
     drop(running);
