@@ -29,7 +29,7 @@
 use crate::cluster::{labels, observe_between_within, ServedPort, SimCluster};
 use crate::oracle;
 use crate::probe::{self, spawn_in, Probe, Proto};
-use crate::sctp::{send_inits, InitCell};
+use crate::sctp::{send_inits, send_inits_tagged, InitCell};
 use policy_compiler::model::Protocol;
 use policy_compiler::Endpoint;
 use serde_json::{json, Value};
@@ -582,10 +582,7 @@ impl Run<'_> {
         self.check_pokes_against_evaluator(&model, &what, pokes);
         match self.programmed.take() {
             Some(before) => {
-                let before = oracle::Model::load(&before);
-                let live = LiveProbes::start(self, &before, &model);
-                self.c.program();
-                let wrong = live.finish();
+                let wrong = self.program_probed(&before, &model);
                 assert!(
                     wrong.is_empty(),
                     "{what}: flows whose verdict the change keeps flipped while the nodes were reprogrammed:\n{}",
@@ -611,6 +608,20 @@ impl Run<'_> {
                 );
             }
         }
+    }
+
+    /// Programs both nodes while [`LiveProbes`] probe the flows that the
+    /// change from `before` (manifests) to `after` keeps; returns the flows
+    /// that had a wrong sample.
+    fn program_probed(
+        &mut self,
+        before: &[(String, String)],
+        after: &oracle::Model,
+    ) -> Vec<String> {
+        let before = oracle::Model::load(before);
+        let live = LiveProbes::start(self, &before, after);
+        self.c.program();
+        live.finish()
     }
 
     /// Upstream's verdicts against the evaluator: the independent check
@@ -914,6 +925,9 @@ const LIVE_ALLOWED_TIMEOUT: Duration = Duration::from_millis(900);
 const LIVE_DENIED_TIMEOUT: Duration = Duration::from_millis(200);
 /// Pause between two samples of one flow.
 const LIVE_PACE: Duration = Duration::from_millis(5);
+/// How long a round of live SCTP INITs is watched for after its last
+/// send (INITs expected to arrive are waited for longer).
+const LIVE_SCTP_WINDOW: Duration = Duration::from_millis(30);
 /// Probing goes on this long after the last node is programmed.
 const LIVE_AFTER: Duration = Duration::from_millis(50);
 
@@ -972,6 +986,11 @@ impl LiveProbes {
         let (netns, ips) = c.netns_and_ips();
         let mut threads = Vec::new();
         let mut tallies = Vec::new();
+        if p.sctp {
+            let (thread, mut sctp) = Self::start_sctp(run, before, after, stop.clone());
+            threads.push(thread);
+            tallies.append(&mut sctp);
+        }
         for ((allowed, ..), _, p) in candidates {
             let samples = Arc::new(AtomicUsize::new(0));
             let wrong = Arc::new(AtomicUsize::new(0));
@@ -1020,6 +1039,96 @@ impl LiveProbes {
         }
     }
 
+    /// SCTP the same way, by raw INITs: one flow per (verdict, family,
+    /// same or cross node), sent round after round by one thread. An
+    /// INIT gets no answer, so conntrack never calls the flow established
+    /// and every round is judged by the rules as a new association.
+    #[allow(clippy::type_complexity)]
+    fn start_sctp(
+        run: &Run,
+        before: &oracle::Model,
+        after: &oracle::Model,
+        stop: Arc<AtomicBool>,
+    ) -> (
+        std::thread::JoinHandle<()>,
+        Vec<(String, Arc<AtomicUsize>, Arc<AtomicUsize>)>,
+    ) {
+        let c = &run.c;
+        let n = c.pods.len();
+        let mut candidates = Vec::new();
+        for v6 in [false, true] {
+            for port in SCTP_PORTS {
+                for src in 0..n {
+                    for dst in (0..n).filter(|&d| d != src) {
+                        let ep = run.endpoint(Target::Pod(dst), v6);
+                        let a = before.decide(&c.pods[src], &ep, v6, Sctp, port);
+                        let b = after.decide(&c.pods[src], &ep, v6, Sctp, port);
+                        if a.egress.allows() != b.egress.allows()
+                            || a.ingress.allows() != b.ingress.allows()
+                        {
+                            continue;
+                        }
+                        let tiered =
+                            matches!(b.egress, policy_compiler::eval::SideVerdict::Tier { .. })
+                                || matches!(
+                                    b.ingress,
+                                    policy_compiler::eval::SideVerdict::Tier { .. }
+                                );
+                        let cross = c.topo.pods[src].node != c.topo.pods[dst].node;
+                        candidates.push(((b.allowed, v6, cross), !tiered, (src, dst, port)));
+                    }
+                }
+            }
+        }
+        candidates.sort();
+        candidates.dedup_by_key(|(class, _, _)| *class);
+        let mut tallies = Vec::new();
+        let mut cells = Vec::new();
+        let mut expected = Vec::new();
+        for ((allowed, v6, _), _, (src, dst, port)) in candidates {
+            tallies.push((
+                format!(
+                    "{} -> {} SCTP/{port} {} (stays {})",
+                    c.label(src),
+                    c.label(dst),
+                    if v6 { "IPv6" } else { "IPv4" },
+                    verdict(allowed)
+                ),
+                Arc::new(AtomicUsize::new(0)),
+                Arc::new(AtomicUsize::new(0)),
+            ));
+            cells.push(InitCell {
+                from: c.topo.pods[src].netns.clone(),
+                to_netns: c.topo.pods[dst].netns.clone(),
+                to: run.address(Target::Pod(dst), v6),
+                port,
+            });
+            expected.push(allowed);
+        }
+        let counts: Vec<(Arc<AtomicUsize>, Arc<AtomicUsize>)> = tallies
+            .iter()
+            .map(|(_, samples, wrong)| (samples.clone(), wrong.clone()))
+            .collect();
+        let thread = std::thread::spawn(move || {
+            // Bounded in count as well as by the stop flag; each round has
+            // tags of its own, so a late INIT is never taken for a newer one.
+            for round in 0..2_000u32 {
+                let first_tag = 1 + round * cells.len() as u32;
+                let got = send_inits_tagged(&cells, LIVE_SCTP_WINDOW, first_tag, Some(&expected));
+                for (i, (samples, wrong)) in counts.iter().enumerate() {
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    if got[i] != expected[i] {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        });
+        (thread, tallies)
+    }
+
     /// Stops the probes (after [`LIVE_AFTER`]) and lists flows that had a
     /// wrong sample.
     fn finish(self) -> Vec<String> {
@@ -1045,6 +1154,11 @@ impl LiveProbes {
 /// Builds the house model and runs scenario `test` in `api`.
 fn run(api: Api, test: &str) {
     require_root!();
+    run_then(api, test, |_| ());
+}
+
+/// [`run`], then `then` on the run as the scenario left it.
+fn run_then(api: Api, test: &str, then: impl FnOnce(&mut Run)) {
     let scenario = scenarios()
         .into_iter()
         .find(|s| s.test == test)
@@ -1062,6 +1176,28 @@ fn run(api: Api, test: &str) {
     for step in &scenario.steps {
         run.step(step);
     }
+    then(&mut run);
+}
+
+/// The live probes themselves, for SCTP: re-programming the nodes of an
+/// SCTP scenario with the same policies, by a programmer that deletes the
+/// table and loads it again 200 ms later (not atomic), must show SCTP
+/// INITs that stay denied getting through.
+#[test]
+fn live_sctp_probes_catch_a_gap() {
+    require_root!();
+    run_then(Api::V1alpha2, "admin_ingress_sctp", |run| {
+        run.c.programmer = crate::cluster::Programmer::GappyForSelfTest;
+        let manifests = run.c.manifests();
+        let model = oracle::Model::load(&manifests);
+        let wrong = run.program_probed(&manifests, &model);
+        assert!(
+            wrong
+                .iter()
+                .any(|w| w.contains(" SCTP/") && w.contains("stays denied")),
+            "a 200 ms unfiltered window per node went unnoticed by the live SCTP probes: {wrong:?}"
+        );
+    });
 }
 
 // ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ use crate::probe::{spawn_in, PORTS};
 use crate::scenarios::np;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,8 +103,10 @@ fn send_to(fd: i32, dst: IpAddr, packet: &[u8]) -> bool {
     rc == packet.len() as isize
 }
 
-/// Receives on `fd` until `until`, recording the initiate tags of INITs.
-fn collect(fd: i32, v6: bool, until: Instant, seen: &Mutex<BTreeSet<u32>>) {
+/// Receives on `fd`, recording the initiate tags of INITs, until `done`
+/// is set and the socket's queue is empty (what arrived while this thread
+/// waited for the CPU is still read).
+fn collect(fd: i32, v6: bool, done: &AtomicBool, seen: &Mutex<BTreeSet<u32>>) {
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 20_000,
@@ -119,10 +122,23 @@ fn collect(fd: i32, v6: bool, until: Instant, seen: &Mutex<BTreeSet<u32>>) {
         );
     }
     let mut buf = [0u8; 2048];
-    while Instant::now() < until {
+    // Bounded: the queue is finite and the caller sets `done` after at
+    // most its window and cap; the count only guards against a bug.
+    for _ in 0..1_000_000 {
+        let finishing = done.load(Ordering::Relaxed);
         // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                if finishing { libc::MSG_DONTWAIT } else { 0 },
+            )
+        };
         if n <= 0 {
+            if finishing {
+                return;
+            }
             continue;
         }
         let pkt = &buf[..n as usize];
@@ -185,10 +201,26 @@ fn sctp_matrix(c: &SimCluster) -> Vec<(Cell, bool)> {
 
 /// Sends one INIT per cell (twice, so one lost packet is not a verdict)
 /// and reports, per cell, whether it arrived in its destination
-/// namespace within `window`.
+/// namespace within `window` of the last send.
 pub fn send_inits(cells: &[InitCell], window: Duration) -> Vec<bool> {
-    let until = Instant::now() + window;
+    send_inits_tagged(cells, window, 1, None)
+}
+
+/// [`send_inits`] with initiate tags counted from `first_tag` (callers
+/// sending round after round keep their rounds apart), and, when
+/// `expected` says which cells should arrive, waiting past `window` (up
+/// to [`ARRIVAL_CAP`]) until those have: what a receiver that the load
+/// kept off the CPU reads late is then still counted, so a cell reads as
+/// dropped only when it was.
+pub fn send_inits_tagged(
+    cells: &[InitCell],
+    window: Duration,
+    first_tag: u32,
+    expected: Option<&[bool]>,
+) -> Vec<bool> {
+    let tag_of = |i: usize| first_tag.wrapping_add(i as u32).max(1);
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
     let mut listeners: Vec<(String, bool)> = cells
         .iter()
         .map(|c| (c.to_netns.clone(), c.to.is_ipv6()))
@@ -199,11 +231,11 @@ pub fn send_inits(cells: &[InitCell], window: Duration) -> Vec<bool> {
     let ready = Arc::new(std::sync::Barrier::new(listeners.len() + 1));
     let mut receivers = Vec::new();
     for (ns, v6) in listeners {
-        let (seen, ready) = (seen.clone(), ready.clone());
+        let (seen, ready, done) = (seen.clone(), ready.clone(), done.clone());
         receivers.push(spawn_in(&ns, move || {
             let fd = raw_socket(v6);
             ready.wait();
-            collect(fd, v6, until, &seen);
+            collect(fd, v6, &done, &seen);
             // SAFETY: closing the fd this thread opened.
             unsafe { libc::close(fd) };
         }));
@@ -212,14 +244,13 @@ pub fn send_inits(cells: &[InitCell], window: Duration) -> Vec<bool> {
     let mut sources: Vec<&str> = cells.iter().map(|c| c.from.as_str()).collect();
     sources.sort();
     sources.dedup();
-    // Tag = 1 + cell index: unique within this batch and never 0.
     let mut senders = Vec::new();
     for src in sources {
         let mine: Vec<(u32, IpAddr, u16)> = cells
             .iter()
             .enumerate()
             .filter(|(_, c)| c.from == src)
-            .map(|(i, c)| (i as u32 + 1, c.to, c.port))
+            .map(|(i, c)| (tag_of(i), c.to, c.port))
             .collect();
         senders.push(spawn_in(src, move || {
             let (fd4, fd6) = (raw_socket(false), raw_socket(true));
@@ -243,14 +274,34 @@ pub fn send_inits(cells: &[InitCell], window: Duration) -> Vec<bool> {
     for s in senders {
         s.join().expect("SCTP sender");
     }
+    // The window starts once everything is sent: a sender the load held
+    // back does not eat into it.
+    std::thread::sleep(window);
+    if let Some(expected) = expected {
+        let cap = Instant::now() + ARRIVAL_CAP;
+        while Instant::now() < cap {
+            let got = seen.lock().expect("seen lock");
+            let all = (0..cells.len()).all(|i| !expected[i] || got.contains(&tag_of(i)));
+            drop(got);
+            if all {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    done.store(true, Ordering::Relaxed);
     for r in receivers {
         r.join().expect("SCTP receiver");
     }
     let seen = seen.lock().expect("seen lock");
     (0..cells.len())
-        .map(|i| seen.contains(&(i as u32 + 1)))
+        .map(|i| seen.contains(&tag_of(i)))
         .collect()
 }
+
+/// How long [`send_inits_tagged`] waits at most for INITs expected to
+/// arrive.
+const ARRIVAL_CAP: Duration = Duration::from_secs(2);
 
 /// Programs the nodes, sends the SCTP matrix and compares with the
 /// evaluator.
