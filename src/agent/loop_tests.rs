@@ -689,8 +689,9 @@ fn the_status_goes_out_after_a_change_at_most_every_interval_and_never_when_noth
         let c = k.counters().expect("counters");
         let r = c
             .rules
-            .first()
-            .expect("the isolating policy counts its drops");
+            .iter()
+            .find(|r| r.chain == "ing_prod_p1")
+            .expect("the isolating policy counts pod 1's drops");
         (r.chain.clone(), r.index)
     };
     let mut sent_at = Vec::new();
