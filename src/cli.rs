@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::report;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use policy_compiler::eval::{self, Endpoint, SideVerdict};
+use policy_compiler::flowaudit::{Auditor, FlowAudit};
 use policy_compiler::ir::Family;
 use policy_compiler::matrix::{self as pmatrix, Probe};
 use policy_compiler::model::Protocol;
@@ -380,6 +381,10 @@ pub struct ExplainArgs {
     /// with. Optional when every pod sits on one node.
     #[arg(long, env = "NODE_NAME", requires = "live")]
     pub node_name: Option<String>,
+    /// The node-wide logging the flow's log rules are compiled with (with
+    /// --live: give the agent's, so its log rules compare equal).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Args, Debug)]
@@ -405,6 +410,9 @@ pub struct MatrixArgs {
     /// pair of namespaces); with csv, one row per namespace pair.
     #[arg(long)]
     pub summary: bool,
+    /// The node-wide logging each flow's log rules are compiled with.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -552,6 +560,16 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, Error> {
     }
 }
 
+/// `explain --format json`: the enforced decision's fields, then
+/// `staged` (when a policy is staged) and `logged`.
+#[derive(serde::Serialize)]
+struct Explained<'a> {
+    #[serde(flatten)]
+    decision: &'a eval::Decision,
+    #[serde(flatten)]
+    audit: &'a FlowAudit,
+}
+
 fn describe_side(side: &SideVerdict, what: &str) -> String {
     format!("{what}: {}", report::describe_side(side))
 }
@@ -566,28 +584,40 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write) -> Result<i32, Error> {
         None => eval::common_family(&cluster, &src, &dst)?,
     };
     let d = eval::allowed(&cluster, &src, &dst, family, proto, port)?;
+    let opts = args.log.audit();
+    let mut auditor = Auditor::new(&cluster, &opts);
+    let audit = auditor.flow((&src, &dst), &d, proto, port)?;
     if args.live {
         return explain_live(
             args,
             &cluster,
             (&src, &dst),
-            &d,
+            (&d, &audit),
             (proto, port),
             out,
             skipped,
         );
     }
     let text = if args.format == Format::Json {
-        pretty_json(&d)?
+        pretty_json(&Explained {
+            decision: &d,
+            audit: &audit,
+        })?
     } else {
         format!(
-            "{} {src} ({}) -> {dst} ({}) {port}/{}\n  {}\n  {}\n",
+            "{} {src} ({}) -> {dst} ({}) {port}/{}\n  {}\n  {}\n{}",
             if d.allowed { "ALLOWED" } else { "DENIED" },
             d.src_ip,
             d.dst_ip,
             proto.api(),
             describe_side(&d.egress, &format!("egress of {src}")),
             describe_side(&d.ingress, &format!("ingress of {dst}")),
+            report::flowaudit::explain_lines(
+                &audit,
+                auditor.logs_anything(),
+                &src.to_string(),
+                &dst.to_string()
+            ),
         )
     };
     write_out(out, &text)?;
@@ -599,7 +629,7 @@ fn explain_live(
     args: &ExplainArgs,
     cluster: &Cluster,
     (src, dst): (&Endpoint, &Endpoint),
-    d: &eval::Decision,
+    (d, audit): (&eval::Decision, &FlowAudit),
     (proto, port): (Protocol, u16),
     out: &mut dyn Write,
     skipped: usize,
@@ -624,7 +654,7 @@ fn explain_live(
     };
     let live = report::live::LiveExplain::run(
         cluster,
-        &node,
+        (&node, &args.log.audit()),
         kernel.as_ref(),
         (d.src_ip, d.dst_ip),
         proto,
@@ -650,14 +680,29 @@ fn explain_live(
                 "accepted": live.kernel.accepted,
                 "deciding": step(&live.kernel),
                 "hits": live.hits.as_ref().map(|h| serde_json::json!({"packets": h.packets, "bytes": h.bytes})),
+                "logged": live.kernel_logs(),
             },
-            "compiler": { "accepted": live.intended.accepted, "deciding": step(&live.intended) },
+            "compiler": {
+                "accepted": live.intended.accepted,
+                "deciding": step(&live.intended),
+                "logged": live.intended_logs(),
+            },
             "policies": d,
+            "staged": audit.staged,
         });
         pretty_json(&v)?
     } else {
+        let staged = match &audit.staged {
+            Some(st) => format!(
+                "  staged policies (cluster-wide, if they were enforced): {}\n    {}\n    {}\n",
+                report::flowaudit::staged_short(st),
+                describe_side(&st.egress, &format!("egress of {src}")),
+                describe_side(&st.ingress, &format!("ingress of {dst}")),
+            ),
+            None => String::new(),
+        };
         format!(
-            "{}  policies (cluster-wide): {}\n    {}\n    {}\n",
+            "{}  policies (cluster-wide): {}\n    {}\n    {}\n{staged}",
             report::live::render(&live, src, dst, proto),
             report::verdict_word(d),
             describe_side(&d.egress, &format!("egress of {src}")),
@@ -792,7 +837,8 @@ pub fn matrix(args: &MatrixArgs, out: &mut dyn Write) -> Result<i32, Error> {
         None => pmatrix::default_family(&cluster),
     };
     let pods = pmatrix::pods(&cluster, family, &args.namespace);
-    let m = pmatrix::build(&cluster, family, pods, &probes)?;
+    let m =
+        pmatrix::build(&cluster, family, pods, &probes)?.audited(&cluster, &args.log.audit())?;
     let text = match args.format {
         MatrixFormat::Text => report::matrix::text(&m, args.summary),
         MatrixFormat::Csv => report::matrix::csv(&m, args.summary)

@@ -130,6 +130,190 @@ fn explain_names_the_deciding_rules() {
     assert_eq!(v["ingress"]["rules"][0]["policy"], "edge/gateway-cidrs");
 }
 
+const STAGED: &str = "examples/policies/25-staged-policy.yaml";
+const LOGGING: &str = "examples/policies/24-verdict-logging.yaml";
+
+fn explain_out(manifests: &str, from: &str, to: &str, port: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "explain", "-m", manifests, "--from", from, "--to", to, "--port", port,
+    ];
+    args.extend_from_slice(extra);
+    let out = nftpol(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// `explain` gives the enforced verdict, the verdict if the staged
+/// policies were enforced (naming the one that would deny), and the log
+/// rule the packet meets with its nflog prefix, in text and JSON.
+#[test]
+fn explain_shows_the_staged_verdict_and_the_log() {
+    let t = explain_out(STAGED, "dev/tool-0", "shop/api-0", "80/TCP", &[]);
+    assert!(t.starts_with("ALLOWED dev/tool-0"), "{t}");
+    assert!(
+        t.contains(
+            "staged (if the staged policies were enforced): DENIED by staged shop/api-lockdown"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("ingress of shop/api-0: denied: isolated by shop/api-lockdown"),
+        "{t}"
+    );
+    assert!(
+        t.contains(r#"logged: "shop/api-lockdown ingress would-deny" (nflog group 2) by chain ings_shop_api-0"#),
+        "{t}"
+    );
+    // Admitted by the staged policy: allowed both ways, nothing logged.
+    let t = explain_out(STAGED, "shop/cart-0", "shop/api-0", "8080/TCP", &[]);
+    assert!(
+        t.contains("staged (if the staged policies were enforced): ALLOWED\n"),
+        "{t}"
+    );
+    assert!(t.contains("logged: no"), "{t}");
+
+    let v: serde_json::Value = serde_json::from_str(&explain_out(
+        STAGED,
+        "dev/tool-0",
+        "shop/api-0",
+        "80/TCP",
+        &["--format", "json"],
+    ))
+    .expect("json");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(v["staged"]["allowed"], false, "{v}");
+    assert_eq!(v["staged"]["would_deny"][0], "shop/api-lockdown", "{v}");
+    assert_eq!(
+        v["logged"][0]["prefix"], "shop/api-lockdown ingress would-deny",
+        "{v}"
+    );
+    assert_eq!(v["logged"][0]["group"], 2, "{v}");
+
+    // Logging without staging: no staged verdict, the allow's log.
+    let t = explain_out(LOGGING, "prod/web-0", "prod/db-0", "5432/TCP", &[]);
+    assert!(!t.contains("staged"), "{t}");
+    assert!(
+        t.contains(r#"logged: "prod/db-from-web ingress[0] allow" (nflog group 2) by chain ing_prod_db-0 rule #0 on node node-1"#),
+        "{t}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&explain_out(
+        LOGGING,
+        "prod/web-0",
+        "prod/db-0",
+        "80/TCP",
+        &["--format", "json"],
+    ))
+    .expect("json");
+    assert!(v.get("staged").is_none(), "{v}");
+    assert_eq!(v["logged"][0]["prefix"], "prod/db-0 default-deny", "{v}");
+    // Nothing logs and nothing is staged: no audit lines at all; with
+    // the node-wide --log all the allow is logged.
+    let t = explain_out(WEB, "default/trusted-app-0", MY_APP, "80/TCP", &[]);
+    assert!(!t.contains("staged") && !t.contains("logged"), "{t}");
+    let t = explain_out(
+        WEB,
+        "default/trusted-app-0",
+        MY_APP,
+        "80/TCP",
+        &["--log", "all", "--log-group", "7"],
+    );
+    assert!(
+        t.contains(r#"logged: "default/my-app ingress[0] allow" (nflog group 7)"#),
+        "{t}"
+    );
+}
+
+/// Every matrix format shows each flow's staged verdict and whether it is
+/// logged.
+#[test]
+fn matrix_shows_staged_verdicts_and_logs() {
+    let out = nftpol(&["matrix", "-m", STAGED, "--port", "80/TCP"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    let row = |from: &str| -> Vec<String> {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{from} ")))
+            .unwrap_or_else(|| panic!("row {from}: {t}"))
+            .split_whitespace()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    // Columns: dev/tool-0, shop/api-0, shop/cart-0.
+    assert_eq!(row("dev/tool-0"), vec![".", ".!*", "X+"], "{t}");
+    assert!(
+        t.contains(
+            "dev/tool-0 -> shop/api-0: ALLOWED now, would be DENIED by staged shop/api-lockdown"
+        ),
+        "{t}"
+    );
+
+    let out = nftpol(&[
+        "matrix", "-m", STAGED, "--port", "80/TCP", "--format", "csv",
+    ]);
+    let t = text(&out.stdout);
+    let mut r = csv::Reader::from_reader(t.as_bytes());
+    let headers = r.headers().expect("header").clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.expect("record")).collect();
+    let flow = |from: &str, to: &str| {
+        rows.iter()
+            .find(|x| &x[col("from")] == from && &x[col("to")] == to)
+            .unwrap_or_else(|| panic!("{from} -> {to}: {t}"))
+    };
+    let f = flow("dev/tool-0", "shop/api-0");
+    assert_eq!(
+        &f[col("staged")],
+        "DENIED by staged shop/api-lockdown",
+        "{t}"
+    );
+    assert_eq!(
+        &f[col("logged")],
+        "shop/api-lockdown ingress would-deny (node-1)",
+        "{t}"
+    );
+    let f = flow("shop/api-0", "shop/cart-0");
+    assert_eq!(
+        (&f[col("staged")], &f[col("logged")]),
+        ("ALLOWED", ""),
+        "{t}"
+    );
+
+    let out = nftpol(&[
+        "matrix", "-m", STAGED, "--port", "80/TCP", "--format", "markdown",
+    ]);
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("| **dev/tool-0** | allow | allow (staged: **DENY**) (logged) | **DENY** (staged: allow) |"),
+        "{t}"
+    );
+
+    let out = nftpol(&[
+        "matrix", "-m", STAGED, "--port", "80/TCP", "--format", "svg",
+    ]);
+    let t = text(&out.stdout);
+    let doc = roxmltree::Document::parse(&t).expect("well-formed XML");
+    let outlined: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("stroke-dasharray").is_some())
+        .collect();
+    // tool->api, cart->api (would be denied), tool->cart (would be allowed).
+    assert_eq!(outlined.len(), 3, "{t}");
+    let tip = outlined
+        .iter()
+        .filter_map(|n| n.children().find(|c| c.has_tag_name("title"))?.text())
+        .find(|s| s.contains("from: dev/tool-0") && s.contains("to: shop/api-0"))
+        .unwrap_or_else(|| panic!("tooltip: {t}"));
+    assert!(
+        tip.contains("staged: DENIED by staged shop/api-lockdown"),
+        "{tip}"
+    );
+    assert!(
+        tip.contains("logged: shop/api-lockdown ingress would-deny"),
+        "{tip}"
+    );
+}
+
 #[test]
 fn explain_rejects_bad_endpoints_and_ports() {
     let out = nftpol(&[
@@ -587,6 +771,85 @@ fn explain_live_agrees_with_the_compiler_and_reports_tampering() {
     assert!(
         t.contains(r#"accept comment "default/my-app ingress[0]""#),
         "{t}"
+    );
+}
+
+/// `explain --live` on a table with a staged policy and logging: the
+/// kernel's log rules on the flow's path are shown with their prefixes,
+/// the staged verdict beside the enforced one, and a log rule deleted by
+/// hand is a mismatch (exit status 3) though the verdict is unchanged.
+#[test]
+fn explain_live_shows_the_kernel_logs_and_a_missing_log_is_a_mismatch() {
+    nftpol_test_support::require_root!();
+    let ns = Netns::create("cli-livelog");
+    let applied = nftpol_in(&ns, &["apply", "-m", STAGED, "--node-name", "node-1"]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let live = |format: &str| {
+        nftpol_in(
+            &ns,
+            &[
+                "explain",
+                "--live",
+                "-m",
+                STAGED,
+                "--node-name",
+                "node-1",
+                "--from",
+                "dev/tool-0",
+                "--to",
+                "shop/api-0",
+                "--port",
+                "80/TCP",
+                "--format",
+                format,
+            ],
+        )
+    };
+    let out = live("nft");
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{t}{}", text(&out.stderr));
+    assert!(t.starts_with("LIVE ALLOWED on node node-1"), "{t}");
+    assert!(
+        t.contains(r#"logged: "shop/api-lockdown ingress would-deny" (nflog group 2) by chain ings_shop_api-0 rule #1"#),
+        "{t}"
+    );
+    assert!(
+        t.contains("staged policies (cluster-wide, if they were enforced): DENIED by staged shop/api-lockdown"),
+        "{t}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&live("json").stdout).expect("JSON");
+    assert_eq!(v["agrees"], true, "{v}");
+    assert_eq!(
+        v["kernel"]["logged"][0]["prefix"], "shop/api-lockdown ingress would-deny",
+        "{v}"
+    );
+    assert_eq!(v["staged"]["would_deny"][0], "shop/api-lockdown", "{v}");
+
+    let chain = "ings_shop_api-0";
+    let listing = nft_in(&ns, &["-a", "list", "chain", "inet", "nftpol", chain]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("would-deny"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, h)| h.trim().to_string())
+        .unwrap_or_else(|| panic!("handle of the would-deny log in {listing}"));
+    nft_in(
+        &ns,
+        &["delete", "rule", "inet", "nftpol", chain, "handle", &handle],
+    );
+    let out = live("nft");
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("as the compiler intends, but does not log it as the compiler intends"),
+        "{t}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&live("json").stdout).expect("JSON");
+    assert_eq!(v["agrees"], false, "{v}");
+    assert_eq!(v["kernel"]["logged"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["compiler"]["logged"][0]["prefix"], "shop/api-lockdown ingress would-deny",
+        "{v}"
     );
 }
 

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod fake;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
+pub mod flowaudit;
 pub mod incr;
 pub mod index;
 pub mod interp;

@@ -1,9 +1,12 @@
 //! The reachability matrix as data: the semantic evaluator's decision for
 //! every ordered pair of pods, per probed port, plus the per-namespace
-//! summary. Output formats live with the CLI; change review compares two
-//! matrices here.
+//! summary, and on request each flow's staged verdict and logs
+//! ([`Matrix::audited`]). Output formats live with the CLI; change review
+//! compares two matrices here.
 
+use crate::audit::AuditOptions;
 use crate::eval::{self, Decision, Endpoint, EvalError};
+use crate::flowaudit::{Auditor, FlowAudit};
 use crate::index::Cluster;
 use crate::ir::Family;
 use crate::model::Protocol;
@@ -28,6 +31,9 @@ impl std::fmt::Display for Probe {
 pub struct Grid {
     pub probe: Probe,
     pub cells: Vec<Vec<Decision>>,
+    /// Each cell's staged verdict and logs, laid out as `cells`; `None`
+    /// until [`Matrix::audited`] fills it.
+    pub audit: Option<Vec<Vec<FlowAudit>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,7 +106,11 @@ pub fn build(
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        grids.push(Grid { probe, cells });
+        grids.push(Grid {
+            probe,
+            cells,
+            audit: None,
+        });
     }
     Ok(Matrix {
         family,
@@ -118,6 +128,26 @@ pub fn namespace_of(e: &Endpoint) -> &str {
 }
 
 impl Matrix {
+    /// The matrix with every cell's staged verdict (when a policy is
+    /// staged) and logs (rulesets compiled with `opts`) filled in.
+    pub fn audited(mut self, cluster: &Cluster, opts: &AuditOptions) -> Result<Matrix, EvalError> {
+        let mut auditor = Auditor::new(cluster, opts);
+        for g in &mut self.grids {
+            let mut rows = Vec::with_capacity(g.cells.len());
+            for (src, row) in self.pods.iter().zip(&g.cells) {
+                let audits = self
+                    .pods
+                    .iter()
+                    .zip(row)
+                    .map(|(dst, d)| auditor.flow((src, dst), d, g.probe.protocol, g.probe.port))
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.push(audits);
+            }
+            g.audit = Some(rows);
+        }
+        Ok(self)
+    }
+
     /// The namespaces of the pods, in row order, each once.
     pub fn namespaces(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.pods.iter().map(namespace_of).collect();

@@ -3,12 +3,17 @@
 //! for the node, side by side. Both runs use the IR interpreter, so a
 //! difference is a difference of the tables, never of two evaluators: the
 //! verdict or the deciding rule differing is drift, a hand edit or a bug,
-//! and is reported as a mismatch. The kernel's deciding rule is shown
-//! with its hit count, read back in the same dump as the table.
+//! and is reported as a mismatch. So is a difference in the log rules
+//! the packet meets (a verdict log or a staged policy's `would-deny`
+//! removed or altered in the kernel is an audit gap). The kernel's
+//! deciding rule is shown with its hit count, read back in the same dump
+//! as the table.
 
+use policy_compiler::audit::AuditOptions;
 use policy_compiler::compile::CHAIN_FORWARD;
 use policy_compiler::counters::{Counters, RuleCounter};
 use policy_compiler::eval::Endpoint;
+use policy_compiler::flowaudit::LogLine;
 use policy_compiler::interp::{self, Packet, Step, Trace};
 use policy_compiler::ir::{Ruleset, TABLE_F_DORMANT};
 use policy_compiler::model::Protocol;
@@ -43,18 +48,23 @@ fn decider(t: &Trace) -> Option<(&str, &policy_compiler::ir::Rule)> {
 
 impl LiveExplain {
     /// Runs the new connection `src -> dst` (addresses already resolved)
-    /// through `kernel` (`None`: no table) and through the compiled
-    /// ruleset of `node`.
+    /// through `kernel` (`None`: no table) and through the ruleset
+    /// compiled for `node` with the node-wide logging options `opts`.
     pub fn run(
         cluster: &Cluster,
-        node: &str,
+        (node, opts): (&str, &AuditOptions),
         kernel: Option<&Ruleset>,
         (src, dst): (std::net::IpAddr, std::net::IpAddr),
         protocol: Protocol,
         port: u16,
     ) -> LiveExplain {
         let packet = Packet::new_connection(src, dst, protocol, port);
-        let intended_rs = policy_compiler::compile(cluster, node);
+        let intended_rs = policy_compiler::compile_node_with(
+            cluster,
+            node,
+            &policy_compiler::NodeNet::default(),
+            opts,
+        );
         let empty = Ruleset::default();
         let local = [src, dst].iter().any(|ip| {
             cluster
@@ -85,10 +95,26 @@ impl LiveExplain {
     }
 
     /// Whether the kernel decides as the compiler intends, by the same
-    /// rule.
+    /// rule, and logs the packet by the same rules.
     pub fn agrees(&self) -> bool {
         self.kernel.accepted == self.intended.accepted
             && decider(&self.kernel) == decider(&self.intended)
+            && self.logs_agree()
+    }
+
+    /// The log rules the packet meets in the kernel's table.
+    pub fn kernel_logs(&self) -> Vec<LogLine> {
+        LogLine::of_trace(&self.node, &self.kernel)
+    }
+
+    /// The log rules the packet meets in the compiled ruleset.
+    pub fn intended_logs(&self) -> Vec<LogLine> {
+        LogLine::of_trace(&self.node, &self.intended)
+    }
+
+    /// Whether the kernel logs the packet as the compiler intends.
+    pub fn logs_agree(&self) -> bool {
+        self.kernel_logs() == self.intended_logs()
     }
 }
 
@@ -113,6 +139,16 @@ fn decided_line(t: &Trace) -> String {
     match t.deciding() {
         Some(s) => format!("decided by {}", step_line(s)),
         None => "no rule decided: the forward chain's policy (accept)".to_string(),
+    }
+}
+
+fn log_lines(s: &mut String, logs: &[LogLine]) {
+    for l in logs {
+        let _ = writeln!(
+            s,
+            "    logged: \"{}\" (nflog group {}) by chain {} rule #{}",
+            l.prefix, l.group, l.chain, l.index
+        );
     }
 }
 
@@ -148,11 +184,19 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
             word(e.kernel.accepted),
             word(e.intended.accepted)
         );
-    } else {
+    } else if decider(&e.kernel) != decider(&e.intended) {
         let _ = writeln!(
             s,
             "MISMATCH on node {}: the kernel {} {flow} as the compiler intends, but by a \
              different rule",
+            e.node,
+            word(e.kernel.accepted),
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "MISMATCH on node {}: the kernel {} {flow} as the compiler intends, but does not \
+             log it as the compiler intends",
             e.node,
             word(e.kernel.accepted),
         );
@@ -188,6 +232,7 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
     for step in &e.kernel.steps {
         let _ = writeln!(s, "    path: {}", step_line(step));
     }
+    log_lines(&mut s, &e.kernel_logs());
     if e.agrees() {
         return s;
     }
@@ -195,6 +240,7 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
     for step in &e.intended.steps {
         let _ = writeln!(s, "    path: {}", step_line(step));
     }
+    log_lines(&mut s, &e.intended_logs());
     let _ = writeln!(
         s,
         "  the kernel's table differs from what nftpol compiles for node {} (drift, a hand \
@@ -240,7 +286,14 @@ mod tests {
     fn an_equal_table_agrees_and_names_the_policy_rule() {
         let c = cluster();
         let kernel = policy_compiler::compile(&c, "n1");
-        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            Some(&kernel),
+            ips(),
+            Protocol::Tcp,
+            80,
+        );
         assert!(e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(text.starts_with("LIVE ALLOWED on node n1"), "{text}");
@@ -265,6 +318,58 @@ mod tests {
     }
 
     #[test]
+    fn a_log_rule_missing_from_the_kernel_is_a_mismatch() {
+        let loaded = policy_compiler::parse(
+            "24-verdict-logging.yaml",
+            include_str!("../../examples/policies/24-verdict-logging.yaml"),
+        );
+        assert!(loaded.errors.is_empty());
+        let c = Cluster::from_objects(loaded.objects);
+        let web_db: (IpAddr, IpAddr) = (
+            "10.244.1.10".parse().expect("ip"),
+            "10.244.1.11".parse().expect("ip"),
+        );
+        let node = ("node-1", &AuditOptions::default());
+        let show = |e: &LiveExplain| {
+            render(
+                e,
+                &Endpoint::pod("prod", "web-0"),
+                &Endpoint::pod("prod", "db-0"),
+                Protocol::Tcp,
+            )
+        };
+        let mut kernel = policy_compiler::compile(&c, "node-1");
+        let e = LiveExplain::run(&c, node, Some(&kernel), web_db, Protocol::Tcp, 5432);
+        assert!(e.agrees());
+        let text = show(&e);
+        assert!(
+            text.contains(
+                r#"logged: "prod/db-from-web ingress[0] allow" (nflog group 2) by chain ing_prod_db-0 rule #0"#
+            ),
+            "{text}"
+        );
+        // The log rule removed by hand: same verdict, same deciding rule,
+        // but the flow is no longer logged.
+        let chain = kernel.chains.get_mut("ing_prod_db-0").expect("db chain");
+        assert_eq!(chain.rules[0].verdict, Verdict::Continue);
+        chain.rules.remove(0);
+        let e = LiveExplain::run(&c, node, Some(&kernel), web_db, Protocol::Tcp, 5432);
+        assert!(e.kernel.accepted && e.intended.accepted && !e.logs_agree());
+        assert!(!e.agrees());
+        let text = show(&e);
+        assert!(
+            text.contains("as the compiler intends, but does not log it as the compiler intends"),
+            "{text}"
+        );
+        // The compiler's side names the log the kernel lacks.
+        let compiler = text.split_once("  compiler:").expect("compiler part").1;
+        assert!(
+            compiler.contains(r#"logged: "prod/db-from-web ingress[0] allow""#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_tampered_rule_is_a_mismatch() {
         let c = cluster();
         let mut kernel = policy_compiler::compile(&c, "n1");
@@ -278,7 +383,14 @@ mod tests {
             },
         );
         // Port 81 should be dropped; the inserted accept lets it in.
-        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 81);
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            Some(&kernel),
+            ips(),
+            Protocol::Tcp,
+            81,
+        );
         assert!(!e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(
@@ -287,7 +399,14 @@ mod tests {
         );
         assert!(text.contains("compiled ruleset DROPS"), "{text}");
         // Port 80 is accepted either way, but by the wrong rule.
-        let e = LiveExplain::run(&c, "n1", Some(&kernel), ips(), Protocol::Tcp, 80);
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            Some(&kernel),
+            ips(),
+            Protocol::Tcp,
+            80,
+        );
         assert!(e.kernel.accepted && e.intended.accepted && !e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(
@@ -295,7 +414,14 @@ mod tests {
             "{text}"
         );
         // No table at all: the drop the compiler intends is missing.
-        let e = LiveExplain::run(&c, "n1", None, ips(), Protocol::Tcp, 81);
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            None,
+            ips(),
+            Protocol::Tcp,
+            81,
+        );
         assert!(!e.agrees());
         assert!(render(
             &e,
@@ -307,7 +433,14 @@ mod tests {
         // A dormant table enforces nothing either.
         let mut dormant = policy_compiler::compile(&c, "n1");
         dormant.table_flags = TABLE_F_DORMANT;
-        let e = LiveExplain::run(&c, "n1", Some(&dormant), ips(), Protocol::Tcp, 81);
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            Some(&dormant),
+            ips(),
+            Protocol::Tcp,
+            81,
+        );
         assert!(!e.agrees() && e.kernel.accepted);
         let text = render(
             &e,

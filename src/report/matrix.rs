@@ -1,10 +1,13 @@
 //! The reachability matrix as text, CSV and Markdown, each with the
-//! per-namespace summary. The flow columns of the CSV (and the cell
+//! per-namespace summary; each flow with its staged verdict and logs when
+//! the matrix is audited (marks in the grids, columns in the CSV). The flow columns of the CSV (and the cell
 //! tooltips of the SVG) come from one table, [`FLOW_COLUMNS`], so a new
 //! per-flow fact is one entry there.
 
+use super::flowaudit::{logged_short, staged_short};
 use super::{describe_side, verdict_word};
 use policy_compiler::eval::Decision;
+use policy_compiler::flowaudit::FlowAudit;
 use policy_compiler::ir::Family;
 use policy_compiler::matrix::{Grid, Matrix, Tally};
 
@@ -15,6 +18,35 @@ pub struct Flow<'a> {
     pub from: String,
     pub to: String,
     pub decision: &'a Decision,
+    /// The staged verdict and logs, when the matrix is audited.
+    pub audit: Option<&'a FlowAudit>,
+}
+
+impl Flow<'_> {
+    /// Whether staging the staged policies would change the verdict.
+    pub fn staged_differs(&self) -> bool {
+        self.audit
+            .and_then(|a| a.staged.as_ref())
+            .is_some_and(|s| s.allowed != self.decision.allowed)
+    }
+
+    pub fn logged(&self) -> bool {
+        self.audit.is_some_and(|a| !a.logged.is_empty())
+    }
+
+    /// The grid mark: `.` allowed or `X` denied, then `!` when the staged
+    /// policies would deny it or `+` when they would allow it, then `*`
+    /// when it is logged.
+    pub fn mark(&self) -> String {
+        let mut m = String::from(if self.decision.allowed { "." } else { "X" });
+        if self.staged_differs() {
+            m.push(if self.decision.allowed { '!' } else { '+' });
+        }
+        if self.logged() {
+            m.push('*');
+        }
+        m
+    }
 }
 
 /// A named per-flow column: header and value.
@@ -31,6 +63,15 @@ pub const FLOW_COLUMNS: &[FlowColumn] = &[
     ("to_ip", |f| f.decision.dst_ip.to_string()),
     ("egress", |f| describe_side(&f.decision.egress)),
     ("ingress", |f| describe_side(&f.decision.ingress)),
+    ("staged", |f| {
+        f.audit
+            .and_then(|a| a.staged.as_ref())
+            .map(staged_short)
+            .unwrap_or_default()
+    }),
+    ("logged", |f| {
+        f.audit.map(|a| logged_short(&a.logged)).unwrap_or_default()
+    }),
 ];
 
 /// The per-namespace summary columns (`--summary` CSV).
@@ -53,15 +94,69 @@ pub fn family_name(f: Family) -> &'static str {
 
 /// Every flow of a grid, row by row.
 pub fn flows<'a>(m: &'a Matrix, grid: &'a Grid) -> impl Iterator<Item = Flow<'a>> + 'a {
-    m.pods.iter().zip(&grid.cells).flat_map(move |(src, row)| {
-        m.pods.iter().zip(row).map(move |(dst, d)| Flow {
-            grid,
-            family: m.family,
-            from: src.to_string(),
-            to: dst.to_string(),
-            decision: d,
+    m.pods
+        .iter()
+        .zip(&grid.cells)
+        .enumerate()
+        .flat_map(move |(r, (src, row))| {
+            m.pods
+                .iter()
+                .zip(row)
+                .enumerate()
+                .map(move |(c, (dst, d))| Flow {
+                    grid,
+                    family: m.family,
+                    from: src.to_string(),
+                    to: dst.to_string(),
+                    decision: d,
+                    audit: grid.audit.as_ref().and_then(|a| a.get(r)?.get(c)),
+                })
         })
-    })
+}
+
+/// What the marks after `.`/`X` mean, for the grids that use them.
+fn legend(m: &Matrix, grid: &Grid) -> String {
+    let all: Vec<Flow<'_>> = flows(m, grid).collect();
+    let mut s = String::new();
+    if all
+        .iter()
+        .any(|f| f.audit.is_some_and(|a| a.staged.is_some()))
+    {
+        s.push_str("; ! the staged policies would deny it, + they would allow it");
+    }
+    if all.iter().any(Flow::logged) {
+        s.push_str("; * logged");
+    }
+    s
+}
+
+/// The flows whose verdict the staged policies would change, one line
+/// each (empty when none).
+fn staged_changes(m: &Matrix, grid: &Grid) -> String {
+    let mut s = String::new();
+    for f in flows(m, grid).filter(Flow::staged_differs) {
+        let Some(st) = f.audit.and_then(|a| a.staged.as_ref()) else {
+            continue;
+        };
+        s.push_str(&format!(
+            "  {} -> {}: {} now, would be {}\n",
+            f.from,
+            f.to,
+            verdict_word(f.decision),
+            staged_short(st)
+        ));
+    }
+    if !s.is_empty() {
+        s.insert_str(
+            0,
+            &format!(
+                "{} {:?}: flows the staged policies would change\n",
+                grid.probe, m.family
+            ),
+        );
+        s.push('\n');
+    }
+    s
 }
 
 fn tally_text(t: Tally) -> String {
@@ -122,22 +217,20 @@ pub fn text(m: &Matrix, summary_only: bool) -> String {
     for g in &m.grids {
         if !summary_only {
             s.push_str(&format!(
-                "{} {:?} (rows: from, columns: to; . allowed, X denied)\n",
-                g.probe, m.family
+                "{} {:?} (rows: from, columns: to; . allowed, X denied{})\n",
+                g.probe,
+                m.family,
+                legend(m, g)
             ));
+            let marks: Vec<String> = flows(m, g).map(|f| f.mark()).collect();
             let rows: Vec<(String, Vec<String>)> = names
                 .iter()
-                .zip(&g.cells)
-                .map(|(n, row)| {
-                    let marks = row
-                        .iter()
-                        .map(|d| if d.allowed { "." } else { "X" }.to_string())
-                        .collect();
-                    (n.clone(), marks)
-                })
+                .zip(marks.chunks(names.len().max(1)))
+                .map(|(n, row)| (n.clone(), row.to_vec()))
                 .collect();
             s.push_str(&text_table("", &names, &rows));
             s.push('\n');
+            s.push_str(&staged_changes(m, g));
         }
         s.push_str(&format!(
             "{} {:?} by namespace (rows: from, columns: to; allowed/total flows)\n",
@@ -201,6 +294,27 @@ fn md_table(corner: &str, cols: &[String], rows: &[(String, Vec<String>)]) -> St
     s
 }
 
+/// A Markdown pod cell: `allow` or `**DENY**`, then what the staged
+/// policies would make of it when that differs, then `(logged)`.
+fn md_cell(f: &Flow<'_>) -> String {
+    let mut c = String::from(if f.decision.allowed {
+        "allow"
+    } else {
+        "**DENY**"
+    });
+    if f.staged_differs() {
+        c.push_str(if f.decision.allowed {
+            " (staged: **DENY**)"
+        } else {
+            " (staged: allow)"
+        });
+    }
+    if f.logged() {
+        c.push_str(" (logged)");
+    }
+    c
+}
+
 /// Markdown: per probe a heading, the pod table (allow / **DENY**) and the
 /// namespace summary table.
 pub fn markdown(m: &Matrix, summary_only: bool) -> String {
@@ -209,16 +323,11 @@ pub fn markdown(m: &Matrix, summary_only: bool) -> String {
     for g in &m.grids {
         s.push_str(&format!("## {} {}\n\n", g.probe, family_name(m.family)));
         if !summary_only {
+            let cells: Vec<String> = flows(m, g).map(|f| md_cell(&f)).collect();
             let rows: Vec<(String, Vec<String>)> = names
                 .iter()
-                .zip(&g.cells)
-                .map(|(n, row)| {
-                    let cells = row
-                        .iter()
-                        .map(|d| if d.allowed { "allow" } else { "**DENY**" }.to_string())
-                        .collect();
-                    (n.clone(), cells)
-                })
+                .zip(cells.chunks(names.len().max(1)))
+                .map(|(n, row)| (n.clone(), row.to_vec()))
                 .collect();
             s.push_str(&md_table("from \\ to", &names, &rows));
             s.push('\n');

@@ -1,11 +1,13 @@
 //! What the audit commands print: the reachability matrix in its formats
 //! (text, CSV, Markdown, SVG heat map), readable ruleset diffs with the
 //! flows that change verdict, and the live explanation of a flow in the
-//! kernel, per-policy hit counts. Everything here turns data
+//! kernel, per-policy hit counts, and each flow's staged verdict and
+//! logs. Everything here turns data
 //! computed elsewhere (evaluator, compiler, interpreter, read-back) into
 //! text; nothing here decides a verdict.
 
 pub mod changes;
+pub mod flowaudit;
 pub mod hits;
 pub mod live;
 pub mod matrix;

@@ -1,6 +1,7 @@
 //! The matrix as an SVG heat map for reviewers to open in a browser: per
-//! probe the pod grid (green allowed, red denied; hovering a cell shows
-//! the decision with the deciding rules) and the namespace summary
+//! probe the pod grid (green allowed, red denied, outlined when the
+//! staged policies would change the verdict; hovering a cell shows the
+//! decision with the deciding rules, the staged verdict and the logs) and the namespace summary
 //! (shaded by the share of allowed flows). Plain SVG 1.1, no script, no
 //! external resources, so any browser or viewer shows it as it is.
 
@@ -16,6 +17,8 @@ const CHAR_W: usize = 7;
 const FONT: &str = "DejaVu Sans Mono, monospace";
 pub const ALLOWED_COLOR: &str = "#2e9d4f";
 pub const DENIED_COLOR: &str = "#d7303a";
+/// Outline of a cell whose verdict the staged policies would change.
+pub const STAGED_OUTLINE: &str = "#1f1f1f";
 
 /// Red (none allowed) through yellow to green (all allowed).
 fn ratio_color(t: Tally) -> String {
@@ -54,12 +57,11 @@ fn heading(y: usize, text: String) -> Text {
         .set("font-weight", "bold")
 }
 
+/// One heat cell: fill, tooltip, class, and whether it is outlined.
+type Cell = (String, String, &'static str, bool);
+
 /// A labelled heat grid; returns the group and its (width, height).
-fn heat_grid(
-    labels: &[String],
-    cells: &[Vec<(String, String, &'static str)>],
-    class: &str,
-) -> (Group, usize, usize) {
+fn heat_grid(labels: &[String], cells: &[Vec<Cell>], class: &str) -> (Group, usize, usize) {
     let margin = labels.iter().map(String::len).max().unwrap_or(0) * CHAR_W + 10;
     let mut g = Group::new().set("class", class);
     for (i, l) in labels.iter().enumerate() {
@@ -72,8 +74,8 @@ fn heat_grid(
         g = g.add(label(margin - 6, margin + i * CELL + CELL / 2, l, "end"));
     }
     for (r, row) in cells.iter().enumerate() {
-        for (c, (fill, tip, kind)) in row.iter().enumerate() {
-            let rect = Rectangle::new()
+        for (c, (fill, tip, kind, outlined)) in row.iter().enumerate() {
+            let mut rect = Rectangle::new()
                 .set("x", margin + c * CELL)
                 .set("y", margin + r * CELL)
                 .set("width", CELL - 2)
@@ -81,6 +83,12 @@ fn heat_grid(
                 .set("fill", fill.as_str())
                 .set("class", *kind)
                 .add(Title::new(tip.as_str()));
+            if *outlined {
+                rect = rect
+                    .set("stroke", STAGED_OUTLINE)
+                    .set("stroke-width", 2)
+                    .set("stroke-dasharray", "3 2");
+            }
             g = g.add(rect);
         }
     }
@@ -99,14 +107,14 @@ pub fn render(m: &Matrix) -> String {
         body = body.add(heading(
             y,
             format!(
-                "{} {} — rows: from, columns: to (green allowed, red denied)",
+                "{} {} — rows: from, columns: to (green allowed, red denied, dashed: the staged policies would change it)",
                 g.probe,
                 family_name(m.family)
             ),
         ));
         y += 30;
         let all: Vec<_> = flows(m, g).collect();
-        let cells: Vec<Vec<(String, String, &'static str)>> = all
+        let cells: Vec<Vec<Cell>> = all
             .chunks(m.pods.len().max(1))
             .map(|row| {
                 row.iter()
@@ -121,7 +129,7 @@ pub fn render(m: &Matrix) -> String {
                         } else {
                             (DENIED_COLOR, "denied")
                         };
-                        (fill.to_string(), tip, kind)
+                        (fill.to_string(), tip, kind, f.staged_differs())
                     })
                     .collect()
             })
@@ -141,7 +149,7 @@ pub fn render(m: &Matrix) -> String {
         ));
         y += 30;
         let sum = m.namespace_summary(g);
-        let cells: Vec<Vec<(String, String, &'static str)>> = nss
+        let cells: Vec<Vec<Cell>> = nss
             .iter()
             .map(|a| {
                 nss.iter()
@@ -154,7 +162,7 @@ pub fn render(m: &Matrix) -> String {
                             "{a} -> {b} {}: {} of {} flows allowed",
                             g.probe, t.allowed, t.total
                         );
-                        (ratio_color(t), tip, "namespace")
+                        (ratio_color(t), tip, "namespace", false)
                     })
                     .collect()
             })
