@@ -665,4 +665,38 @@ fn shared_address_fails_closed_and_matches_the_evaluator() {
     c.check("a's address also claimed by a stale pod");
     let rs = c.ruleset("node1");
     assert!(rs.contains("shared by x/a, x/stale"), "{rs}");
+    // As an admin peer: x/c (node2), closed by its NetworkPolicy, passes
+    // x/a to it and accepts the rest of x. Per claimant that is a deny
+    // for x/a and an accept for x/stale; packets from the shared address
+    // may be either, so they are dropped, as the evaluator says.
+    c.put_policy(&np(
+        "x",
+        "c-closed",
+        "podSelector: {matchLabels: {pod: c}}\npolicyTypes: [Ingress]",
+    ));
+    c.extra_objects.push(
+        [
+            "apiVersion: policy.networking.k8s.io/v1alpha1",
+            "kind: AdminNetworkPolicy",
+            "metadata: {name: to-c}",
+            "spec:",
+            "  priority: 5",
+            "  subject:",
+            "    pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: c}}}",
+            "  ingress:",
+            "  - name: a-to-owners",
+            "    action: Pass",
+            "    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}}]",
+            "  - name: rest",
+            "    action: Allow",
+            "    from: [{namespaces: {matchLabels: {ns: x}}}]",
+        ]
+        .join("\n"),
+    );
+    c.check("the shared address told apart by an admin policy");
+    let rs = c.ruleset("node2");
+    assert!(
+        rs.contains("peer address shared by pods admin peers tell apart"),
+        "{rs}"
+    );
 }
