@@ -52,6 +52,10 @@ pub const BASE_PRIORITY: i32 = 0;
 /// pod to its node through policy.
 pub const ND_TYPES: (u8, u8) = (135, 136);
 
+/// The comment of the `forward` rule dropping new TCP connections that
+/// do not start with a SYN.
+pub const TCP_NO_SYN_COMMENT: &str = "new TCP connection without SYN: no mid-stream pick-up";
+
 pub fn map_name(direction: Direction, family: Family) -> String {
     format!("{}_{}", direction.word(), family.suffix())
 }
@@ -299,6 +303,21 @@ fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -
             comment: None,
         },
     ];
+    // A connection whose conntrack entry is gone (cut by revocation, or
+    // flushed) would be picked up mid-stream as a new one in whichever
+    // direction its next segment goes (the kernel's default
+    // nf_conntrack_tcp_loose): a server that may open connections to its
+    // client would revive a cut connection, its client's packets passing
+    // as replies. A TCP connection through the node starts with a SYN.
+    // Not in `input`: there the other end is the node, which `output`
+    // (never filtered) lets pick up such a connection anyway.
+    if hook == Hook::Forward {
+        rules.push(Rule {
+            matches: vec![Match::CtState([CtState::New].into()), Match::TcpNotSyn],
+            verdict: Verdict::Drop,
+            comment: Some(TCP_NO_SYN_COMMENT.into()),
+        });
+    }
     // Neighbour discovery never crosses a router: hop limit 255 proves
     // the packet was not routed (the forward hook sees it already
     // decremented), so only on-link ND passes: to the node, or between
@@ -1249,7 +1268,8 @@ mod tests {
         assert_eq!(rs.chains.len(), 2);
         // No pod, no family: no maps and no dispatch.
         assert_eq!(rs.sets.len(), 0);
-        assert_eq!(rs.rule_count(), 4);
+        // established, invalid, no mid-stream TCP (forward only).
+        assert_eq!(rs.rule_count(), 5);
         assert_eq!(rs.element_count(), 0);
     }
 

@@ -256,6 +256,9 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
         // The limited broadcast; a subnet-directed one depends on the
         // node's addresses, which no ruleset holds, and is never a pod's.
         Match::DaddrBroadcast => pkt.daddr == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
+        // A packet here opens its connection: for TCP, a SYN. Segments
+        // from the middle of a stream are the kernel's business only.
+        Match::TcpNotSyn => false,
         // Statements, always true; a limit is taken as under its rate
         // (it can only matter to a rule without a verdict).
         Match::Counter | Match::Limit { .. } | Match::Log { .. } => true,

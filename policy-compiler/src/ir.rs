@@ -251,6 +251,9 @@ pub enum Match {
     /// `ip6 hoplimit N`: 255 proves a packet was not routed (a router
     /// decrements it before the forward hook).
     Ip6HopLimit(u8),
+    /// `tcp flags & (fin | syn | rst | ack) != syn`: a TCP segment that
+    /// cannot open a connection (implies `meta l4proto tcp`).
+    TcpNotSyn,
     /// The `counter` statement (always true); it counts the packets that
     /// reached it, so it goes after the matches it should count.
     Counter,

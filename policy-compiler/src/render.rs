@@ -218,6 +218,7 @@ fn render_match(m: &Match) -> String {
             format!("{} {} {addr}", family.payload_keyword(), dir.addr_keyword())
         }
         Match::Ip6HopLimit(n) => format!("ip6 hoplimit {n}"),
+        Match::TcpNotSyn => "tcp flags & (fin | syn | rst | ack) != syn".into(),
         Match::Counter => "counter".into(),
         Match::Limit { per_second, burst } => {
             format!("limit rate {per_second}/second burst {burst} packets")

@@ -123,6 +123,9 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         let mut own: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
         own.sort();
         own.dedup();
+        // Neighbour discovery and MLD serve only pods that speak IPv6: an
+        // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
+        let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
         for ip in own {
             rules.push(Rule {
                 matches: vec![Match::AddrPrefix {
@@ -137,7 +140,12 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         let link_local = IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10)
             .expect("fe80::/10 is a valid prefix");
         let unspecified = IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        for (net6, what) in [(link_local, "link-local"), (unspecified, "unspecified")] {
+        let exempt = if speaks_v6 {
+            vec![(link_local, "link-local"), (unspecified, "unspecified")]
+        } else {
+            Vec::new()
+        };
+        for (net6, what) in exempt {
             let src = Match::AddrPrefix {
                 family: Family::Ipv6,
                 dir: Dir::Src,
@@ -202,5 +210,80 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert!(parse_interface_map("").expect("empty").is_empty());
         assert!(parse_interface_map("- a\n").is_err());
+    }
+
+    fn chain_of(yaml: &str, net: &NodeNet) -> Chain {
+        let loaded = crate::manifest::parse("t.yaml", yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let cluster = Cluster::from_objects(loaded.objects);
+        let mut rs = Ruleset::default();
+        add_chains(&mut rs, &cluster, "n1", net);
+        assert_eq!(rs.chains.len(), 1, "{:?}", rs.chains.keys());
+        rs.chains.into_values().next().expect("one chain")
+    }
+
+    fn pod(name: &str, ips: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x}}\n\
+             spec: {{nodeName: n1}}\nstatus: {{podIPs: [{ips}]}}\n"
+        )
+    }
+
+    fn accepts(chain: &Chain, saddr: &str, icmp_type: u8, hoplimit: u8) -> bool {
+        let mut rs = Ruleset::default();
+        rs.chains.insert("src".into(), chain.clone());
+        let pkt = crate::interp::Packet {
+            saddr: saddr.parse().unwrap(),
+            daddr: "ff02::1".parse().unwrap(),
+            proto: crate::ir::l4::ICMPV6,
+            dport: u16::from(icmp_type),
+            ct: CtState::New,
+            hoplimit,
+        };
+        crate::interp::hook_accepts(&rs, "src", &pkt)
+    }
+
+    #[test]
+    fn an_ipv4_only_pod_gets_no_ipv6_exemption() {
+        let net = |pods: &[&str]| NodeNet {
+            pod_interfaces: pods
+                .iter()
+                .map(|p| (format!("x/{p}"), "veth0".into()))
+                .collect(),
+            source_validation: true,
+        };
+        let v4 = chain_of(&pod("a", "{ip: 10.0.0.1}"), &net(&["a"]));
+        let dual = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net(&["d"]));
+        for (saddr, icmp_type, hoplimit) in
+            [("fe80::1", 135, 255), ("::", 135, 255), ("fe80::1", 143, 1)]
+        {
+            assert!(
+                !accepts(&v4, saddr, icmp_type, hoplimit),
+                "{saddr} type {icmp_type}: {v4:?}"
+            );
+            assert!(
+                accepts(&dual, saddr, icmp_type, hoplimit),
+                "{saddr} type {icmp_type}: {dual:?}"
+            );
+        }
+        let v6_rules = |c: &Chain| {
+            c.rules
+                .iter()
+                .filter(|r| {
+                    r.matches
+                        .iter()
+                        .any(|m| matches!(m, Match::Icmpv6Type { .. }))
+                })
+                .count()
+        };
+        assert_eq!(v6_rules(&v4), 0, "{v4:?}");
+        assert_eq!(v6_rules(&dual), 4, "{dual:?}");
+        // Pods sharing one interface (one chain): exempt while any of
+        // them speaks IPv6.
+        let shared = chain_of(
+            &(pod("a", "{ip: 10.0.0.1}") + &pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}")),
+            &net(&["a", "d"]),
+        );
+        assert_eq!(v6_rules(&shared), 4, "{shared:?}");
     }
 }

@@ -33,6 +33,12 @@ const REG32_00: u32 = libc::NFT_REG32_00 as u32;
 const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
 const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
 const ICMPV6: u8 = policy_compiler::ir::l4::ICMPV6;
+const TCP: u8 = policy_compiler::ir::l4::TCP;
+/// The flags byte of the TCP header, and the flags that decide whether a
+/// segment can open a connection (fin, syn, rst, ack).
+const TCP_FLAGS_OFFSET: u32 = 13;
+const TCP_OPENING_FLAGS: u8 = 0x17;
+const TCP_SYN: u8 = 0x02;
 
 /// Verdict codes of an `immediate` to the verdict register.
 pub const V_ACCEPT: i32 = libc::NF_ACCEPT;
@@ -415,6 +421,27 @@ pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
                 qthreshold: 0,
                 other: false,
             }),
+            Match::TcpNotSyn => {
+                l.l4proto(TCP);
+                l.out.push(RawExpr::Payload {
+                    base: BASE_TRANSPORT,
+                    offset: TCP_FLAGS_OFFSET,
+                    len: 1,
+                    dreg: REG_1,
+                });
+                l.out.push(RawExpr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    len: 1,
+                    mask: vec![TCP_OPENING_FLAGS],
+                    xor: vec![0],
+                });
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_NEQ,
+                    data: vec![TCP_SYN],
+                });
+            }
             Match::Icmpv6Type { lo, hi } => {
                 l.guard(Family::Ipv6);
                 l.l4proto(ICMPV6);
@@ -523,6 +550,27 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                         _ => return Err("icmpv6 type compare width".into()),
                     }
                     i += 3 + n;
+                } else if p == TCP
+                    && matches!(
+                        exprs.get(i + 2),
+                        Some(E::Payload {
+                            base: BASE_TRANSPORT,
+                            offset: TCP_FLAGS_OFFSET,
+                            len: 1,
+                            dreg: REG_1
+                        })
+                    )
+                {
+                    let opening = matches!(
+                        exprs.get(i + 3),
+                        Some(E::Bitwise { sreg: REG_1, dreg: REG_1, len: 1, mask, xor })
+                            if mask[..] == [TCP_OPENING_FLAGS] && xor[..] == [0]
+                    );
+                    if !opening || cmp1(exprs.get(i + 4), CMP_NEQ).as_deref() != Some(&[TCP_SYN]) {
+                        return Err("tcp flags other than `& (fin|syn|rst|ack) != syn`".into());
+                    }
+                    matches.push(Match::TcpNotSyn);
+                    i += 5;
                 } else {
                     matches.push(Match::L4Proto(p));
                     i += 2;
@@ -849,6 +897,15 @@ pub(crate) mod tests {
                 Verdict::Accept,
             ),
             r(vec![Match::DaddrBroadcast, Match::Counter], Verdict::Drop),
+            Rule {
+                matches: vec![
+                    Match::CtState([CtState::New].into()),
+                    Match::TcpNotSyn,
+                    Match::Counter,
+                ],
+                verdict: Verdict::Drop,
+                comment: Some("new TCP without SYN".into()),
+            },
             r(
                 vec![],
                 Verdict::AddrVmap {

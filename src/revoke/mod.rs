@@ -244,6 +244,8 @@ pub fn revoke_with(
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod revival_tests;
 
 #[cfg(test)]
 mod tests {
