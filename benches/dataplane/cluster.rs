@@ -34,7 +34,7 @@ fn labels(kv: &[(&str, &str)]) -> Labels {
 
 fn select(kv: &[(&str, &str)]) -> Selector {
     Selector {
-        match_labels: labels(kv),
+        match_labels: labels(kv).into_iter().collect(),
         match_expressions: vec![],
     }
 }

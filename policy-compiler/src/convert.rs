@@ -71,12 +71,15 @@ fn object_name(
 
 pub fn namespace(ns: &core::Namespace, source: Option<&str>) -> Result<Namespace, ObjectError> {
     let (_, name) = object_name("Namespace", source, &ns.metadata, false)?;
-    let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
     // The apiserver always sets this label; offline input may lack it.
     labels
         .entry(NAMESPACE_NAME_LABEL.to_string())
         .or_insert_with(|| name.clone());
-    Ok(Namespace { name, labels })
+    Ok(Namespace {
+        name,
+        labels: labels.into(),
+    })
 }
 
 pub fn pod(p: &core::Pod, source: Option<&str>) -> Result<Pod, ObjectError> {
@@ -164,7 +167,7 @@ pub fn pod(p: &core::Pod, source: Option<&str>) -> Result<Pod, ObjectError> {
     Ok(Pod {
         namespace,
         name,
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default().into(),
         node_name: spec
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty()),

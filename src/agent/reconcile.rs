@@ -112,6 +112,17 @@ const DRAIN_MAX: usize = 4096;
 /// `(namespace, name)`; the namespace is empty for Namespaces.
 pub type Key = (String, String);
 
+/// [`key_of`] without copying (cluster-scoped objects: an empty namespace).
+fn key_ref(o: &Object) -> (&str, &str) {
+    match o {
+        Object::Namespace(n) => ("", &n.name),
+        Object::Pod(p) => (&p.namespace, &p.name),
+        Object::Policy(p) => (&p.namespace, &p.name),
+        Object::Node(n) => ("", &n.name),
+        Object::AdminPolicy(p) => ("", &p.name),
+    }
+}
+
 fn key_of(o: &Object) -> Key {
     match o {
         Object::Namespace(n) => (String::new(), n.name.clone()),
@@ -557,15 +568,27 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     /// be, so a relist after a short outage recompiles what changed
     /// during it, not the node.
     fn replace(&mut self, kinds: &[Kind], objects: Vec<Object>) -> bool {
-        let listed: BTreeSet<(Kind, Key)> =
-            objects.iter().map(|o| (Kind::of(o), key_of(o))).collect();
+        // Borrowed keys: a listing of 150,000 pods must not be copied.
+        let listed: BTreeSet<(Kind, &str, &str)> = objects
+            .iter()
+            .map(|o| {
+                let (ns, name) = key_ref(o);
+                (Kind::of(o), ns, name)
+            })
+            .collect();
+        let gone: Vec<(Kind, Key)> = kinds
+            .iter()
+            .flat_map(|&kind| {
+                keys(&self.cluster, kind)
+                    .into_iter()
+                    .map(move |k| (kind, k))
+            })
+            .filter(|(kind, (ns, name))| !listed.contains(&(*kind, ns.as_str(), name.as_str())))
+            .collect();
+        drop(listed);
         let mut changed = false;
-        for &kind in kinds {
-            for key in keys(&self.cluster, kind) {
-                if !listed.contains(&(kind, key.clone())) {
-                    changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
-                }
-            }
+        for (kind, key) in gone {
+            changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
         }
         for o in objects {
             let kind = Kind::of(&o);

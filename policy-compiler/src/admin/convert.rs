@@ -56,7 +56,7 @@ pub fn node(n: &core::Node, source: Option<&str>) -> Result<Node, ObjectError> {
     }
     Ok(Node {
         name,
-        labels: n.metadata.labels.clone().unwrap_or_default(),
+        labels: n.metadata.labels.clone().unwrap_or_default().into(),
         ips: ips.into_iter().collect(),
     })
 }
