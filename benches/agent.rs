@@ -3,15 +3,24 @@
 //! namespaces, 5k policies, 100 nodes), the time from one event reaching
 //! the API server to the node's batch being acknowledged, for three kinds
 //! of event (a local pod's label change, a new policy, a peer pod added),
-//! and the resident memory of the agent process.
+//! the bytes the agent receives, and the resident memory of the agent
+//! process.
 //!
 //! `cargo bench --bench agent` (env `NFTPOL_BENCH_EVENTS`, default 300;
-//! `NFTPOL_BENCH_ROUNDS`, default 2). Each backend is measured with the
+//! `NFTPOL_BENCH_ROUNDS`, default 2; `NFTPOL_BENCH_MODES`, default
+//! `incremental,full`). Each backend is measured with the
 //! incremental compile and with `--full-compile` (the whole node per
 //! event), alternating in rounds so the machine's noise hits both alike.
 //! The in-process part uses the in-memory backend; the memory part runs
-//! the real `nftpol agent --dry-run` binary against the same fake server
-//! and reads its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
+//! the real `nftpol agent` binary against the same fake server (as root
+//! programming the scratch namespace's kernel, else `--dry-run`) and reads
+//! its VmRSS / VmHWM. Printed as Markdown for docs/BENCHMARKS.md.
+//!
+//! `NFTPOL_BENCH_SHAPE=limits` runs the Kubernetes scalability limits
+//! instead (`Shape::LIMITS`: 150k pods, 10k namespaces, 20k policies, 5k
+//! nodes, 110 pods on the measured node), with every pod served as the
+//! API server serves a Deployment's pod (`fakeapi::as_served_pod`, about
+//! 5 KB), so the wire bytes and the decoding cost are a real cluster's.
 
 use nftpol::agent::backend::{Applied, Backend, BackendError, MemoryBackend, NetlinkBackend};
 use nftpol::agent::metrics::Metrics;
@@ -28,6 +37,97 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 const NODE: &str = "node-007";
+
+/// The cluster measured, and how the fake serves its pods.
+#[derive(Clone, Copy)]
+struct Bench {
+    shape: Shape,
+    /// Pods dressed as the API server serves them.
+    served: bool,
+}
+
+impl Bench {
+    fn from_env() -> Bench {
+        match std::env::var("NFTPOL_BENCH_SHAPE").as_deref() {
+            Ok("limits") => Bench {
+                shape: Shape::LIMITS,
+                served: true,
+            },
+            _ => Bench {
+                shape: Shape::LARGE,
+                served: false,
+            },
+        }
+    }
+
+    /// The synthetic cluster; at the limits, the measured node holds 110
+    /// pods (the kubelet's default maximum), not the average 30.
+    fn cluster(self) -> policy_compiler::Cluster {
+        let mut c = synth::cluster(self.shape);
+        if self.served {
+            let mut on_node = c
+                .pods()
+                .filter(|p| p.node_name.as_deref() == Some(NODE))
+                .count();
+            let moved: Vec<_> = c
+                .pods()
+                .filter(|p| p.node_name.as_deref() != Some(NODE))
+                .step_by(997)
+                .take(110usize.saturating_sub(on_node))
+                .cloned()
+                .collect();
+            for mut p in moved {
+                p.node_name = Some(NODE.into());
+                c.apply_pod(p);
+                on_node += 1;
+            }
+            assert_eq!(on_node, 110);
+        }
+        c
+    }
+
+    /// An object as the fake serves it.
+    fn api(self, obj: Value) -> Value {
+        if self.served && obj["kind"] == "Pod" {
+            fakeapi::as_served_pod(obj)
+        } else {
+            obj
+        }
+    }
+
+    /// A fresh fake holding `model`, with no watch history to replay.
+    async fn fake(self, model: &policy_compiler::Cluster) -> FakeApi {
+        use policy_compiler::Object;
+        let t0 = Instant::now();
+        let fake = FakeApi::start().await.expect("fake api");
+        let objects = model
+            .namespaces()
+            .cloned()
+            .map(Object::Namespace)
+            .chain(model.pods().cloned().map(Object::Pod))
+            .chain(model.policies().cloned().map(Object::Policy));
+        for o in objects {
+            fake.apply(self.api(fakeapi::to_api(&o))).expect("load");
+        }
+        fake.expire_watches();
+        println!(
+            "fake cluster: {} namespaces, {} pods, {} policies loaded in {}",
+            model.namespaces().count(),
+            model.pod_count(),
+            model.policy_count(),
+            ms(t0.elapsed())
+        );
+        fake
+    }
+}
+
+/// Payload bytes the fake has served, over every kind.
+fn served_bytes(fake: &FakeApi) -> (u64, u64) {
+    fakeapi::ApiKind::ALL
+        .into_iter()
+        .map(|k| fake.sent(k))
+        .fold((0, 0), |(l, w), s| (l + s.list_bytes, w + s.watch_bytes))
+}
 
 /// Reports the instant each batch was acknowledged, and how long the
 /// backend's part took (diff, encode, send, kernel).
@@ -115,6 +215,10 @@ struct Samples {
     in_loop: Vec<Duration>,
     compile: Vec<Duration>,
     initial: Vec<Duration>,
+    /// Watch bytes received per event kind: (bytes, events).
+    wire: std::collections::BTreeMap<&'static str, (u64, u64)>,
+    /// List bytes of the initial sync.
+    listed: u64,
     missed: usize,
 }
 
@@ -172,8 +276,13 @@ fn with_labels(p: &policy_compiler::model::Pod, extra: &[(&str, &str)]) -> Value
     fakeapi::to_api(&policy_compiler::Object::Pod(p))
 }
 
-/// The `i`th event of kind `i % 3`.
-fn event(i: usize, locals: &[policy_compiler::model::Pod]) -> (&'static str, Value) {
+/// The `i`th event of kind `i % 3`, as the fake serves it.
+fn event(bench: Bench, i: usize, locals: &[policy_compiler::model::Pod]) -> (&'static str, Value) {
+    let (kind, obj) = raw_event(i, locals);
+    (kind, bench.api(obj))
+}
+
+fn raw_event(i: usize, locals: &[policy_compiler::model::Pod]) -> (&'static str, Value) {
     let t = &locals[0];
     match i % 3 {
         0 => (
@@ -262,48 +371,38 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let shape = Shape::LARGE;
-        let model = synth::cluster(shape);
+        let bench = Bench::from_env();
+        let model = bench.cluster();
         let locals = local_pods(&model);
+        println!("measured node {NODE}: {} policy pods", locals.len());
         // Every run starts from a fresh fake holding the same cluster.
-        let fresh = || async {
-            let t0 = Instant::now();
-            let fake = FakeApi::start().await.expect("fake api");
-            fakeapi::load_cluster(&fake, &model).expect("load");
-            println!(
-                "fake cluster: {} namespaces, {} pods, {} policies loaded in {}",
-                shape.namespaces,
-                shape.pods,
-                shape.policies,
-                ms(t0.elapsed())
-            );
-            fake
-        };
+        let fresh = || bench.fake(&model);
         let rounds: usize = std::env::var("NFTPOL_BENCH_ROUNDS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(2);
         let per_round = events.div_ceil(rounds.max(1));
-        let modes = [("incremental", true), ("full compile", false)];
+        let wanted =
+            std::env::var("NFTPOL_BENCH_MODES").unwrap_or_else(|_| "incremental,full".into());
+        let modes: Vec<(&str, bool)> = [("incremental", true), ("full compile", false)]
+            .into_iter()
+            .filter(|(m, _)| wanted.split(',').any(|w| m.starts_with(w.trim())))
+            .collect();
         let mut results: std::collections::BTreeMap<(&str, &str), Samples> = Default::default();
         for round in 0..rounds {
-            for (mode, incremental) in modes {
+            for &(mode, incremental) in &modes {
                 let base = round * per_round;
                 match &netns {
                     Some(_) => match NetlinkBackend::new() {
                         Ok(nl) => {
                             let s = results.entry(("netlink", mode)).or_default();
-                            measure(
-                                &fresh().await,
-                                &locals,
-                                nl,
-                                per_round,
-                                base,
-                                incremental,
-                                s,
-                                &logged,
-                            )
-                            .await
+                            let fake = fresh().await;
+                            let run = Run {
+                                bench,
+                                fake: &fake,
+                                locals: &locals,
+                            };
+                            measure(run, nl, per_round, base, incremental, s, &logged).await
                         }
                         Err(e) => println!("netlink backend not measured: {e}\n"),
                     },
@@ -313,9 +412,14 @@ fn main() {
                     None => {}
                 }
                 let s = results.entry(("in-memory", mode)).or_default();
+                let fake = fresh().await;
+                let run = Run {
+                    bench,
+                    fake: &fake,
+                    locals: &locals,
+                };
                 measure(
-                    &fresh().await,
-                    &locals,
+                    run,
                     MemoryBackend::default(),
                     per_round,
                     base,
@@ -331,15 +435,31 @@ fn main() {
         }
         report(&results);
         let fake = fresh().await;
-        rss(&fake, &locals, events.min(150)).await;
+        let run = Run {
+            bench,
+            fake: &fake,
+            locals: &locals,
+        };
+        rss(run, netns.is_some(), events.min(150)).await;
     });
+}
+
+/// One measured run: the cluster, its fake and the measured node's pods.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    bench: Bench,
+    fake: &'a FakeApi,
+    locals: &'a [policy_compiler::model::Pod],
 }
 
 /// Runs an in-process agent on `backend` and records the latencies.
 #[allow(clippy::too_many_arguments)]
 async fn measure<B: Backend>(
-    fake: &FakeApi,
-    locals: &[policy_compiler::model::Pod],
+    Run {
+        bench,
+        fake,
+        locals,
+    }: Run<'_>,
     backend: B,
     events: usize,
     base: usize,
@@ -380,6 +500,7 @@ async fn measure<B: Backend>(
     ));
     let (first, _) = ack(&mut acks).await.expect("initial sync batch");
     out.initial.push(first - started);
+    out.listed = served_bytes(fake).0;
     // The policies the events play against.
     for obj in [
         with_labels(t, &[("bench", "p"), ("flip", "off")]),
@@ -398,14 +519,15 @@ async fn measure<B: Backend>(
             7777,
         ),
     ] {
-        fake.apply(obj).expect("apply");
+        fake.apply(bench.api(obj)).expect("apply");
         // The relabel alone changes no ruleset: no batch to wait for.
         let _ = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     for i in 0..events {
-        let (kind, obj) = event(base + i, locals);
+        let (kind, obj) = event(bench, base + i, locals);
         drain();
+        let wire = served_bytes(fake).1;
         let sent = Instant::now();
         fake.apply(obj).expect("apply");
         let acked = ack(&mut acks).await;
@@ -425,6 +547,9 @@ async fn measure<B: Backend>(
                     out.in_loop
                         .push(since_stamp.saturating_sub(compile).saturating_sub(backend));
                 }
+                let w = out.wire.entry(kind).or_default();
+                w.0 += served_bytes(fake).1 - wire;
+                w.1 += 1;
             }
             None => out.missed += 1,
         }
@@ -485,11 +610,18 @@ fn report(results: &std::collections::BTreeMap<(&str, &str), Samples>) {
         let mut b = s.in_backend.clone();
         b.sort();
         let initial: Vec<String> = s.initial.iter().map(|d| ms(*d)).collect();
+        let wire: Vec<String> = s
+            .wire
+            .iter()
+            .map(|(k, (b, n))| format!("{k} {} B", b / (*n).max(1)))
+            .collect();
         println!(
-            "{backend}, {mode}: in the backend (diff, encode, send, kernel ack) p50 {}, p99 {}; initial list + first batch {}{}",
+            "{backend}, {mode}: in the backend (diff, encode, send, kernel ack) p50 {}, p99 {}; initial list + first batch {} ({:.1} MB listed); watch bytes per event: {}{}",
             ms(pct(&b, 0.5)),
             ms(pct(&b, 0.99)),
             initial.join(", "),
+            s.listed as f64 / 1e6,
+            wire.join(", "),
             if s.missed > 0 {
                 format!("; {} events produced no batch within 10 s", s.missed)
             } else {
@@ -500,8 +632,18 @@ fn report(results: &std::collections::BTreeMap<(&str, &str), Samples>) {
     println!();
 }
 
-/// Runs the agent binary against the fake and reports its memory.
-async fn rss(fake: &FakeApi, locals: &[policy_compiler::model::Pod], events: usize) {
+/// Runs the agent binary against the fake and reports its memory; with a
+/// kernel (root, in the scratch namespace) it programs the kernel, so
+/// ready is the first batch acknowledged.
+async fn rss(
+    Run {
+        bench,
+        fake,
+        locals,
+    }: Run<'_>,
+    kernel: bool,
+    events: usize,
+) {
     let dir = std::env::temp_dir().join(format!("nftpol-bench-agent-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let kubeconfig = dir.join("kubeconfig");
@@ -517,8 +659,13 @@ current-context: fake\n",
         .expect("free port")
         .port();
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nftpol"))
-        .args(["agent", "--dry-run", "--node-name", NODE, "--kubeconfig"])
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nftpol"));
+    agent.arg("agent");
+    if !kernel {
+        agent.arg("--dry-run");
+    }
+    let mut child = agent
+        .args(["--node-name", NODE, "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
@@ -533,25 +680,27 @@ current-context: fake\n",
         if http_get(port, "/readyz").await.starts_with("HTTP/1.0 200") {
             break true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let ready_after = started.elapsed();
-    for i in 0..events {
-        let (_, obj) = event(200_000 + i, locals);
-        let _ = fake.apply(obj);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with(name))
             .map(|l| l[name.len()..].trim().to_string())
             .unwrap_or_else(|| "?".into())
     };
+    let (rss_ready, hwm_ready) = (field("VmRSS:"), field("VmHWM:"));
+    for i in 0..events {
+        let (_, obj) = event(bench, 200_000 + i, locals);
+        let _ = fake.apply(obj);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "agent process (`nftpol agent --dry-run`): {} {} after start; after {events} more events: VmRSS {}, VmHWM (peak) {}",
+        "agent process (`nftpol agent{}`): {} {} after start (VmRSS {rss_ready}, VmHWM {hwm_ready}); after {events} more events: VmRSS {}, VmHWM (peak) {}",
+        if kernel { "`, kernel" } else { " --dry-run`" },
         if ready { "ready" } else { "NOT ready" },
         ms(ready_after),
         field("VmRSS:"),

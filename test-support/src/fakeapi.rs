@@ -31,7 +31,13 @@
 //!   until [`FakeApi::end_outage`], as an API server that is down;
 //! - [`FakeApi::client_in_process`]: a client that calls the server as a
 //!   tower service, with no socket, so tests on tokio's paused clock run
-//!   without real I/O moving time under them.
+//!   without real I/O moving time under them;
+//! - [`FakeApi::sent`]: the bytes of lists and watch events served per
+//!   kind, what a client pays on the wire.
+//!
+//! Objects are kept as their JSON text, shared by the store and the watch
+//! history, so a cluster at the Kubernetes scalability limits (150,000
+//! pods of several kilobytes each) fits in memory once.
 //!
 //! The agent's unit tests, the agent process tests and the agent benchmark
 //! drive it.
@@ -154,12 +160,23 @@ struct Watch {
 
 type Key = (String, String);
 
+/// What the server has sent of one kind so far: payload bytes (JSON
+/// bodies and event lines, without HTTP framing) and watch events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub list_bytes: u64,
+    pub watch_bytes: u64,
+    pub watch_events: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    objects: BTreeMap<ApiKind, BTreeMap<Key, Value>>,
+    /// Each object's JSON text.
+    objects: BTreeMap<ApiKind, BTreeMap<Key, Bytes>>,
     /// (resourceVersion, kind, event type, object) in order.
-    history: Vec<(u64, ApiKind, &'static str, Value)>,
+    history: Vec<(u64, ApiKind, &'static str, Bytes)>,
+    sent: BTreeMap<ApiKind, Sent>,
     /// Watches from before this resourceVersion get 410 Gone.
     compacted: u64,
     watches: Vec<Watch>,
@@ -198,6 +215,30 @@ fn line(v: &Value) -> Frame {
     let mut b = serde_json::to_vec(v).unwrap_or_default();
     b.push(b'\n');
     Frame::Data(Bytes::from(b))
+}
+
+/// A watch event line around an object's JSON text.
+fn event_line(ty: &str, obj: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(obj.len() + 32);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(ty.as_bytes());
+    b.extend_from_slice(b"\",\"object\":");
+    b.extend_from_slice(obj);
+    b.extend_from_slice(b"}\n");
+    Bytes::from(b)
+}
+
+/// `[a,b,...]` of JSON texts.
+fn json_array<'a>(items: impl Iterator<Item = &'a Bytes>) -> Vec<u8> {
+    let mut b = vec![b'['];
+    for (i, o) in items.enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(o);
+    }
+    b.push(b']');
+    b
 }
 
 fn gone() -> Value {
@@ -303,13 +344,14 @@ impl FakeApi {
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let text = Bytes::from(obj.to_string());
         let old = inner
             .objects
             .entry(kind)
             .or_default()
-            .insert((ns, name), obj.clone());
+            .insert((ns, name), text.clone());
         let ty = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        inner.publish(rv, kind, ty, obj);
+        inner.publish(rv, kind, ty, text);
         Ok(rv)
     }
 
@@ -324,13 +366,14 @@ impl FakeApi {
             },
             name.to_string(),
         );
-        let Some(mut obj) = inner.objects.entry(kind).or_default().remove(&key) else {
+        let Some(text) = inner.objects.entry(kind).or_default().remove(&key) else {
             return false;
         };
         inner.rv += 1;
         let rv = inner.rv;
+        let mut obj: Value = serde_json::from_slice(&text).unwrap_or_default();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.publish(rv, kind, "DELETED", obj);
+        inner.publish(rv, kind, "DELETED", Bytes::from(obj.to_string()));
         true
     }
 
@@ -440,8 +483,16 @@ impl FakeApi {
     /// them: what `nftpol compile` reads.
     pub fn dump(&self) -> String {
         let inner = self.inner();
-        let items: Vec<&Value> = inner.objects.values().flat_map(|m| m.values()).collect();
-        json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+        let items = json_array(inner.objects.values().flat_map(|m| m.values()));
+        format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":{}}}",
+            String::from_utf8_lossy(&items)
+        )
+    }
+
+    /// Bytes and events served for `kind` so far.
+    pub fn sent(&self, kind: ApiKind) -> Sent {
+        self.inner().sent.get(&kind).copied().unwrap_or_default()
     }
 
     /// The Events clients created (core/v1 JSON), in order.
@@ -466,11 +517,22 @@ impl FakeApi {
 }
 
 impl Inner {
-    fn publish(&mut self, rv: u64, kind: ApiKind, ty: &'static str, obj: Value) {
-        let ev = json!({"type": ty, "object": obj});
-        self.watches
-            .retain(|w| w.kind != kind || w.tx.send(line(&ev)).is_ok());
+    fn publish(&mut self, rv: u64, kind: ApiKind, ty: &'static str, obj: Bytes) {
+        let ev = event_line(ty, &obj);
+        let mut delivered = 0;
+        self.watches.retain(|w| {
+            let open = w.kind != kind || w.tx.send(Frame::Data(ev.clone())).is_ok();
+            delivered += u64::from(open && w.kind == kind);
+            open
+        });
+        self.count_events(kind, delivered, ev.len());
         self.history.push((rv, kind, ty, obj));
+    }
+
+    fn count_events(&mut self, kind: ApiKind, events: u64, len: usize) {
+        let s = self.sent.entry(kind).or_default();
+        s.watch_events += events;
+        s.watch_bytes += events * len as u64;
     }
 }
 
@@ -556,7 +618,12 @@ fn get_one(shared: &Shared, path: &str) -> Response {
         .get(&kind)
         .and_then(|m| m.get(&(String::new(), name.to_string())))
     {
-        Some(o) => json_response(o),
+        Some(o) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            o.clone(),
+        )
+            .into_response(),
         None => status(StatusCode::NOT_FOUND, "no such object"),
     }
 }
@@ -709,24 +776,27 @@ async fn list(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Re
         .filter(|l| *l > 0)
         .unwrap_or(usize::MAX);
     let all = inner.objects.entry(kind).or_default();
-    let items: Vec<Value> = all.values().skip(offset).take(limit).cloned().collect();
-    let next = offset.saturating_add(items.len());
+    let total = all.len();
+    let page: Vec<&Bytes> = all.values().skip(offset).take(limit).collect();
+    let next = offset.saturating_add(page.len());
     let mut metadata = json!({ "resourceVersion": rv });
-    if next < all.len() {
+    if next < total {
         metadata["continue"] = json!(format!("{next}/{rv}"));
     }
-    let body = json!({
+    let head = json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.kind()),
         "metadata": metadata,
-        "items": items,
-    });
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    })
+    .to_string();
+    // The head object with `"items":[...]` spliced in before its `}`.
+    let mut body = head.into_bytes();
+    body.pop();
+    body.extend_from_slice(b",\"items\":");
+    body.extend_from_slice(&json_array(page.into_iter()));
+    body.push(b'}');
+    inner.sent.entry(kind).or_default().list_bytes += body.len() as u64;
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
 fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Response {
@@ -744,10 +814,15 @@ fn watch(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Respons
             let _ = tx.send(line(&gone()));
             drop(tx);
         } else {
-            for (rv, k, ty, obj) in &inner.history {
-                if *k == kind && *rv > from {
-                    let _ = tx.send(line(&json!({"type": ty, "object": obj})));
-                }
+            let replay: Vec<Bytes> = inner
+                .history
+                .iter()
+                .filter(|(rv, k, _, _)| *k == kind && *rv > from)
+                .map(|(_, _, ty, obj)| event_line(ty, obj))
+                .collect();
+            for ev in replay {
+                inner.count_events(kind, 1, ev.len());
+                let _ = tx.send(Frame::Data(ev));
             }
             inner.watches.push(Watch { kind, tx });
         }
@@ -905,6 +980,128 @@ pub fn to_api(o: &policy_compiler::Object) -> Value {
     }
 }
 
+/// A Pod from [`to_api`] dressed as the API server serves a Deployment's
+/// pod: owner reference, pod-template-hash label, the kubelet's and the
+/// controller's managedFields, a container with resources, env, probes and
+/// the service-account volume, status conditions and a container status.
+/// About 5 KB of JSON, so benchmarks pay a realistic price on the wire and
+/// in decoding; nothing added changes what the pod converts to.
+pub fn as_served_pod(mut pod: Value) -> Value {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let hash = format!(
+        "{:010x}",
+        name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        }) & 0xff_ffff_ffff
+    );
+    let uid = format!("{}-4c1e-9a7b-{hash}00", &hash[..8]);
+    let t = "2026-11-30T09:12:44Z";
+    let ports = pod
+        .pointer("/spec/containers/0/ports")
+        .cloned()
+        .unwrap_or(json!([]));
+    let ip = pod.pointer("/status/podIP").cloned().unwrap_or(Value::Null);
+    let meta = &mut pod["metadata"];
+    meta["generateName"] = json!(format!("{name}-"));
+    meta["uid"] = json!(uid);
+    meta["creationTimestamp"] = json!(t);
+    meta["annotations"] = json!({"kubectl.kubernetes.io/restartedAt": t,
+        "prometheus.io/scrape": "true", "prometheus.io/port": "9090"});
+    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": format!("{name}-rs"), "uid": format!("{uid}-rs"), "controller": true,
+        "blockOwnerDeletion": true}]);
+    meta["managedFields"] = json!([
+        {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": t,
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {},
+            "f:app": {}, "f:pod-template-hash": {}, "f:tier": {}}, "f:ownerReferences": {".": {},
+            format!("k:{{\"uid\":\"{uid}-rs\"}}"): {}}}, "f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {
+            ".": {}, "f:env": {".": {}, "k:{\"name\":\"LOG_LEVEL\"}": {".": {}, "f:name": {}, "f:value": {}}},
+            "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:ports": {".": {}},
+            "f:readinessProbe": {".": {}, "f:httpGet": {".": {}, "f:path": {}, "f:port": {}}},
+            "f:resources": {".": {}, "f:limits": {".": {}, "f:memory": {}}, "f:requests": {".": {},
+            "f:cpu": {}, "f:memory": {}}}, "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}}},
+            "f:dnsPolicy": {}, "f:enableServiceLinks": {}, "f:restartPolicy": {}, "f:schedulerName": {},
+            "f:securityContext": {}, "f:terminationGracePeriodSeconds": {}}}},
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": t,
+         "fieldsType": "FieldsV1", "subresource": "status", "fieldsV1": {"f:status": {"f:conditions": {
+            "k:{\"type\":\"ContainersReady\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}},
+            "k:{\"type\":\"Initialized\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}},
+            "k:{\"type\":\"PodReadyToStartContainers\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}},
+            "k:{\"type\":\"Ready\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
+            "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {}, "f:podIP": {},
+            "f:podIPs": {".": {}, format!("k:{{\"ip\":{ip}}}"): {".": {}, "f:ip": {}}}, "f:startTime": {}}}}
+    ]);
+    if let Some(labels) = meta["labels"].as_object_mut() {
+        labels.insert("pod-template-hash".into(), json!(hash));
+    }
+    let c = &mut pod["spec"]["containers"][0];
+    c["image"] = json!("registry.example.com/team/web:1.27.3");
+    c["imagePullPolicy"] = json!("IfNotPresent");
+    c["ports"] = ports;
+    c["env"] = json!([{"name": "LOG_LEVEL", "value": "info"}]);
+    c["resources"] =
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}});
+    c["readinessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"},
+        "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3});
+    c["terminationMessagePath"] = json!("/dev/termination-log");
+    c["terminationMessagePolicy"] = json!("File");
+    c["volumeMounts"] = json!([{"name": format!("kube-api-access-{}", &hash[..5]), "readOnly": true,
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]);
+    let spec = &mut pod["spec"];
+    for (k, v) in [
+        ("restartPolicy", json!("Always")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("serviceAccountName", json!("default")),
+        ("serviceAccount", json!("default")),
+        ("securityContext", json!({})),
+        ("schedulerName", json!("default-scheduler")),
+        ("priority", json!(0)),
+        ("enableServiceLinks", json!(true)),
+        ("preemptionPolicy", json!("PreemptLowerPriority")),
+        (
+            "tolerations",
+            json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]),
+        ),
+        (
+            "volumes",
+            json!([{"name": format!("kube-api-access-{}", &hash[..5]), "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}],
+            "defaultMode": 420}}]),
+        ),
+    ] {
+        spec[k] = v;
+    }
+    let st = &mut pod["status"];
+    let cond = |ty: &str| json!({"type": ty, "status": "True", "lastProbeTime": null, "lastTransitionTime": t});
+    st["conditions"] = json!([
+        cond("PodReadyToStartContainers"),
+        cond("Initialized"),
+        cond("Ready"),
+        cond("ContainersReady"),
+        cond("PodScheduled")
+    ]);
+    st["hostIP"] = json!("192.168.7.21");
+    st["hostIPs"] = json!([{"ip": "192.168.7.21"}]);
+    st["startTime"] = json!(t);
+    st["qosClass"] = json!("Burstable");
+    st["containerStatuses"] = json!([{"name": "c", "state": {"running": {"startedAt": t}}, "lastState": {},
+        "ready": true, "restartCount": 0, "image": "registry.example.com/team/web:1.27.3",
+        "imageID": "registry.example.com/team/web@sha256:4f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f",
+        "containerID": format!("containerd://{hash}{hash}{hash}{hash}{hash}{hash}abcd"), "started": true,
+        "volumeMounts": [{"name": format!("kube-api-access-{}", &hash[..5]),
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true, "recursiveReadOnly": "Disabled"}]}]);
+    pod
+}
+
 /// The API object an admin policy came from (inverse of its conversion).
 fn admin_to_api(
     p: &policy_compiler::admin::AdminPolicy,
@@ -1008,4 +1205,95 @@ pub fn load_cluster(fake: &FakeApi, c: &policy_compiler::Cluster) -> Result<(), 
         fake.apply(to_api(&Object::AdminPolicy(p.clone())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    fn pod(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns", "labels": {"app": "a"}},
+            "spec": {"nodeName": "n1"}, "status": {"podIP": "10.0.0.1"}})
+    }
+
+    /// Sends `GET path` and returns the connection after the headers.
+    async fn get(fake: &FakeApi, path: &str) -> BufReader<tokio::net::TcpStream> {
+        let mut s = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut l = String::new();
+        while r.read_line(&mut l).await.unwrap() > 2 {
+            l.clear();
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn sent_counts_the_bytes_of_lists_and_watch_events_served() {
+        let fake = FakeApi::start().await.unwrap();
+        let first = fake.apply(pod("a")).unwrap();
+        fake.apply(pod("b")).unwrap();
+        assert_eq!(
+            fake.sent(ApiKind::Pod),
+            Sent::default(),
+            "nothing served yet"
+        );
+
+        let mut body = Vec::new();
+        get(&fake, "/api/v1/pods")
+            .await
+            .read_to_end(&mut body)
+            .await
+            .unwrap();
+        let list: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+        assert_eq!(fake.sent(ApiKind::Pod).list_bytes, body.len() as u64);
+
+        // A watch from the first pod's version replays the second one.
+        let mut w = get(
+            &fake,
+            &format!("/api/v1/pods?watch=true&resourceVersion={first}"),
+        )
+        .await;
+        let mut replayed = String::new();
+        w.read_line(&mut replayed).await.unwrap();
+        let mut live = String::new();
+        fake.apply(pod("c")).unwrap();
+        w.read_line(&mut live).await.unwrap();
+        let ev: Value = serde_json::from_str(&live).unwrap();
+        assert_eq!(ev["type"], "ADDED");
+        assert_eq!(ev["object"]["metadata"]["name"], "c");
+        let sent = fake.sent(ApiKind::Pod);
+        assert_eq!(sent.watch_events, 2);
+        assert_eq!(sent.watch_bytes, (replayed.len() + live.len()) as u64);
+        assert_eq!(sent.list_bytes, body.len() as u64, "a watch is not a list");
+        assert_eq!(fake.sent(ApiKind::Namespace), Sent::default());
+    }
+
+    #[test]
+    fn a_pod_as_served_converts_to_the_same_pod_but_for_its_template_hash() {
+        use policy_compiler::{convert, Object};
+        let shape = crate::synth::Shape {
+            namespaces: 3,
+            pods: 30,
+            policies: 0,
+            nodes: 2,
+        };
+        for k in [0, 1, 10] {
+            let model = crate::synth::pod(shape, k);
+            let plain = to_api(&Object::Pod(model.clone()));
+            let served = as_served_pod(plain.clone());
+            let text = served.to_string();
+            assert!(text.len() > 4 * plain.to_string().len(), "{}", text.len());
+            let api: k8s_openapi::api::core::v1::Pod = serde_json::from_str(&text).unwrap();
+            let mut back = convert::pod(&api, None).unwrap();
+            let hash = back.labels.remove("pod-template-hash");
+            assert!(hash.is_some_and(|h| h.len() == 10));
+            assert_eq!(back, model);
+        }
+    }
 }

@@ -33,6 +33,15 @@ impl Shape {
         policies: 5000,
         nodes: 100,
     };
+
+    /// The Kubernetes scalability limits: 150k pods on 5k nodes, with
+    /// 10k namespaces and 20k policies.
+    pub const LIMITS: Shape = Shape {
+        namespaces: 10_000,
+        pods: 150_000,
+        policies: 20_000,
+        nodes: 5000,
+    };
 }
 
 pub fn node_name(i: usize) -> String {
