@@ -422,9 +422,13 @@ impl StatusState {
 
 /// Writes each status it receives to the node's `NodeNetworkPolicyStatus`
 /// with server-side apply: the object itself (spec and an ownerReference
-/// to the Node, so it goes with the node) once, then the status
-/// subresource. A failed write is logged and retried with the next status;
-/// the loop's rate limit bounds how often that is.
+/// to the Node, so it goes with the node), then the status subresource.
+/// The object is applied again with each status until it has its owner:
+/// a Node not found or not listable at first (a transient error, or the
+/// agent started before its Node was registered) must not leave an object
+/// the garbage collector never deletes. A failed write is logged and
+/// retried with the next status; the loop's rate limit bounds how often
+/// that is.
 pub async fn write_status(
     client: kube::Client,
     node: String,
@@ -437,11 +441,12 @@ pub async fn write_status(
     let by_name = ListParams::default().fields(&format!("metadata.name={node}"));
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut created = false;
+    let mut owned = false;
     while rx.changed().await.is_ok() {
         let Some(status) = rx.borrow_and_update().clone() else {
             continue;
         };
-        if !created {
+        if !created || !owned {
             let listed = nodes.list(&by_name).await;
             let me = listed.map(|l| {
                 l.items
@@ -467,9 +472,16 @@ pub async fn write_status(
                     node_name: node.clone(),
                 },
             );
+            if owner.is_none() && !created {
+                tracing::warn!("this node's Node object is not found yet; the status object gets its owner once it is");
+            }
+            let has_owner = owner.is_some();
             obj.metadata.owner_references = owner.map(|o| vec![o]);
             match api.patch(&node, &params, &Patch::Apply(&obj)).await {
-                Ok(_) => created = true,
+                Ok(_) => {
+                    created = true;
+                    owned = has_owner;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot write the NodeNetworkPolicyStatus object");
                     continue;

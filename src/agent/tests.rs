@@ -1097,6 +1097,39 @@ async fn status_object_follows_policy_changes_and_hits() {
     agent.stop().await;
 }
 
+/// The agent may start before its Node is registered (or fail to list
+/// it): the status object is written without an owner then, and gets its
+/// ownerReference with a later status, so the garbage collector still
+/// deletes it with the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_object_gets_its_owner_once_the_node_appears() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), status_settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(
+        wait_for(LIMIT, || fake.node_status(NODE).is_some()).await,
+        "no status object"
+    );
+    let owner = || {
+        fake.node_status(NODE)
+            .and_then(|st| st.pointer("/metadata/ownerReferences/0/uid").cloned())
+    };
+    assert_eq!(owner(), None, "{:?}", fake.node_status(NODE));
+    fake.apply(node_object()).expect("node");
+    // A change gives the loop a new status to write.
+    fake.apply(policy("prod", "web2", "web", "cli", "b", json!(81)))
+        .expect("policy");
+    assert!(
+        wait_for(LIMIT, || owner()
+            == Some(json!(format!("uid-Node--{NODE}"))))
+        .await,
+        "{:?}",
+        fake.node_status(NODE)
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_object_turns_degraded_when_apply_fails() {
     let fake = FakeApi::start().await.expect("fake api");
