@@ -49,7 +49,9 @@ pub struct NodeEnforcement {
     /// compile` prints its table: equal hashes, equal rulesets.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ruleset_hash: String,
-    /// When the kernel last accepted a ruleset (or confirmed it unchanged).
+    /// When the kernel last accepted a change to the ruleset (a policy
+    /// change or a drift repair); a drift check that finds nothing to do
+    /// leaves it, so a quiet node does not rewrite its status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_apply_time: Option<Time>,
     /// Sizes of the enforced ruleset.

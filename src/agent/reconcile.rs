@@ -807,7 +807,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                     last => *last = Some(desired.clone()),
                 }
                 self.pending = Touched::default();
-                self.ok(now);
+                self.ok(now, applied.changed);
                 // Revocation judges connections by what the kernel holds now.
                 if applied.changed && self.revoker.is_some() {
                     let last = self.last_applied.take();
@@ -838,16 +838,23 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
     }
 
-    fn ok(&mut self, now: Instant) {
+    /// Records a success. `changed` says whether the kernel took a batch;
+    /// a drift check that only confirmed the table is no news for the
+    /// status object unless it ends a failure: refreshing `lastApplyTime`
+    /// on every check would make every node write its status once per
+    /// drift interval, a cluster-wide heartbeat the API server pays for.
+    fn ok(&mut self, now: Instant, changed: bool) {
         self.metrics.health.set_tampered(false);
         self.dirty_since = None;
         self.failures = 0;
         self.retry_at = None;
         self.next_drift = now + self.settings.drift_interval;
         self.metrics.health.set_last_apply_ok(true);
-        self.status.last_apply = Some(std::time::SystemTime::now());
-        self.status.last_error = None;
-        self.status_dirty = true;
+        if changed || self.status.last_error.is_some() || self.status.last_apply.is_none() {
+            self.status.last_apply = Some(std::time::SystemTime::now());
+            self.status.last_error = None;
+            self.status_dirty = true;
+        }
     }
 
     /// Reads the counters and hands the status on, when each is due.
@@ -910,7 +917,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let dirty = self.dirty_since;
         match self.backend.verify(last) {
             Ok(Applied { changed: false, .. }) => {
-                self.ok(self.clock.now());
+                self.ok(self.clock.now(), false);
                 self.dirty_since = dirty;
             }
             Ok(applied) => {
@@ -922,7 +929,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 self.metrics.drift_repairs.inc();
                 self.status.generation += 1;
                 self.metrics.observe_apply(&applied, last, None);
-                self.ok(self.clock.now());
+                self.ok(self.clock.now(), true);
                 self.dirty_since = dirty;
                 // Whatever the tampering let in may still be connected.
                 self.revoke(last);
