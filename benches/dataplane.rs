@@ -45,6 +45,9 @@ struct Config {
     name: String,
     /// Policies in the cluster (see `cluster::cluster`).
     policies: usize,
+    /// Admin policies on top, whose subject is the server (see
+    /// `cluster::with_admin`).
+    admin: usize,
     /// Whether the configuration drops what no policy admits (checked
     /// before measuring).
     enforces: bool,
@@ -59,10 +62,15 @@ impl Config {
         Config {
             name: name.into(),
             policies,
+            admin: 0,
             enforces,
             program,
             versus: None,
         }
+    }
+    fn admin(mut self, admin: usize) -> Config {
+        self.admin = admin;
+        self
     }
     fn versus(mut self, other: impl Into<String>) -> Config {
         self.versus = Some(other.into());
@@ -168,6 +176,34 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
             .versus(format!("nftpol, {n} policies")),
         );
     }
+    // The admin tier: the server is the subject of ADMIN admin policies
+    // whose rules the client matches none of, so its new flows walk them
+    // all before the NetworkPolicy part; in the shared chain the node
+    // gets, and inlined into the server's chain as nftpol compiled it
+    // before the admin tier was shared.
+    if let Some(&n) = sizes.first() {
+        let shared = format!("nftpol, {n} policies, {ADMIN} admin policies");
+        v.push(
+            Config::new(
+                shared.clone(),
+                n,
+                true,
+                nftpol(|c| compile_node(c, NODE, &node_net(true))),
+            )
+            .admin(ADMIN)
+            .versus(format!("nftpol, {n} policies")),
+        );
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies, {ADMIN} admin policies inlined per pod"),
+                n,
+                true,
+                nftpol(|c| cluster::inline_admin_tier(compile_node(c, NODE, &node_net(true)))),
+            )
+            .admin(ADMIN)
+            .versus(shared),
+        );
+    }
     for &n in sizes {
         v.push(
             Config::new(
@@ -192,6 +228,9 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
     }
     v
 }
+
+/// Admin policies selecting the server in the admin configurations.
+const ADMIN: usize = 100;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -287,13 +326,13 @@ fn main() {
     let load_before = loadavg();
     let started = Instant::now();
 
-    let mut clusters: BTreeMap<usize, Cluster> = BTreeMap::new();
+    let mut clusters: BTreeMap<(usize, usize), Cluster> = BTreeMap::new();
     let mut sites = Vec::new();
     let mut setup = Vec::new();
     for (i, cfg) in configs.iter().enumerate() {
         let cluster = clusters
-            .entry(cfg.policies)
-            .or_insert_with(|| cluster::cluster(cfg.policies));
+            .entry((cfg.policies, cfg.admin))
+            .or_insert_with(|| cluster::with_admin(cfg.policies, cfg.admin));
         let site = match net::Site::build(&format!("dp{i}"), clients) {
             Ok(s) => s,
             Err(e) => panic!("{}: building the namespaces: {e}", cfg.name),

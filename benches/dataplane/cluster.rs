@@ -9,6 +9,8 @@
 //! addresses of the client and the server are the ones the benchmark's
 //! network namespaces use.
 
+use policy_compiler::admin::{Action, AdminKind, AdminPeer, AdminPolicy, AdminRule, Subject, Tier};
+use policy_compiler::ir::{Ruleset, Verdict};
 use policy_compiler::model::*;
 use policy_compiler::selector::Selector;
 use policy_compiler::Cluster;
@@ -121,4 +123,88 @@ pub fn cluster(policies: usize) -> Cluster {
         });
     }
     c
+}
+
+/// [`cluster`] plus `admin` ClusterNetworkPolicies of the admin tier whose
+/// subject is the server: each denies ingress from the pods of its own
+/// peer label, which the client does not carry, so the client's new flows
+/// walk every admin rule and go on to the NetworkPolicy part.
+pub fn with_admin(policies: usize, admin: usize) -> Cluster {
+    let mut c = cluster(policies);
+    for i in 0..admin {
+        c.apply_admin_policy(AdminPolicy {
+            kind: AdminKind::ClusterNetworkPolicy,
+            name: format!("admin-{i:04}"),
+            tier: Tier::Admin,
+            priority: Some(i as u16),
+            subject: Subject::Pods {
+                namespaces: select(&[(NAMESPACE_NAME_LABEL, SERVER.0)]),
+                pods: select(&[("app", "srv")]),
+            },
+            ingress: vec![AdminRule {
+                name: String::new(),
+                action: Action::Deny,
+                peers: vec![AdminPeer::Pods {
+                    namespaces: Selector::everything(),
+                    pods: select(&[("app", &format!("peer-{i}"))]),
+                }],
+                ports: None,
+            }],
+            egress: vec![],
+        });
+    }
+    c
+}
+
+/// The layout nftpol compiled before admin tiers were shared chains, for
+/// comparison: each pod chain's `goto` to its shared admin chain replaced
+/// by that chain's rules, a Pass and the tier's end going straight to the
+/// pod's own NetworkPolicy part (or returning: the default allow).
+pub fn inline_admin_tier(mut rs: Ruleset) -> Ruleset {
+    let shared: std::collections::BTreeMap<String, Vec<policy_compiler::ir::Rule>> = rs
+        .chains
+        .iter()
+        .filter(|(name, _)| policy_compiler::admin::compile::is_tier_chain(name))
+        .map(|(name, c)| (name.clone(), c.rules.clone()))
+        .collect();
+    let passes = [Direction::Ingress, Direction::Egress]
+        .map(policy_compiler::admin::compile::tier_pass_chain);
+    let pod_chains: Vec<String> = rs
+        .chains
+        .keys()
+        .filter(|n| n.starts_with("ing_") || n.starts_with("egr_"))
+        .cloned()
+        .collect();
+    for name in pod_chains {
+        let part = format!("{}p_{}", &name[..3], &name[4..]);
+        let to_part = if rs.chains.contains_key(&part) {
+            Verdict::Goto(part)
+        } else {
+            Verdict::Return
+        };
+        let chain = rs.chains.get_mut(&name).expect("listed chain");
+        let mut rules = Vec::new();
+        for r in chain.rules.drain(..) {
+            match &r.verdict {
+                Verdict::Goto(t) if shared.contains_key(t) && !passes.contains(t) => {
+                    for mut a in shared[t].clone() {
+                        if matches!(&a.verdict, Verdict::Goto(p) if passes.contains(p)) {
+                            a.verdict = to_part.clone();
+                        }
+                        rules.push(a);
+                    }
+                }
+                _ => rules.push(r),
+            }
+        }
+        chain.rules = rules;
+    }
+    for name in shared.keys() {
+        rs.chains.remove(name);
+    }
+    for p in &passes {
+        rs.chains.remove(p);
+    }
+    rs.sets.retain(|name, _| !name.contains("_pass_"));
+    rs
 }

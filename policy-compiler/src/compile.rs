@@ -140,6 +140,7 @@ pub fn compile_node_with(
     let mut b = Builder::new(cluster, &shared, &fill, &node_families, audit);
     add_base_chains(&mut b.rs, &node_families);
     let admin = admin_policies(cluster);
+    add_pass_chains(&mut b.rs, cluster, &node_families);
     for pod in local_pods(cluster, node) {
         b.pod_unit(pod, &admin);
     }
@@ -185,6 +186,41 @@ pub(crate) fn add_base_chains(rs: &mut Ruleset, families: &BTreeSet<Family>) {
         CHAIN_INPUT.to_string(),
         base_chain(Hook::Input, &[Direction::Egress], families),
     );
+}
+
+/// Whether any admin policy is of the admin tier: then the node's
+/// shared admin chains need the `<direction>_pass` chains and maps.
+/// Decided on the cluster, not the node's pods, so that only admin
+/// policies (which recompile the node) change it.
+pub(crate) fn has_admin_tier(cluster: &Cluster) -> bool {
+    cluster.admin_policies().any(|p| p.tier == Tier::Admin)
+}
+
+/// The `ingress_pass`/`egress_pass` chains (see
+/// [`admin_compile::tier_pass_chain`]), when the cluster has an admin
+/// tier.
+pub(crate) fn add_pass_chains(rs: &mut Ruleset, cluster: &Cluster, families: &BTreeSet<Family>) {
+    if !has_admin_tier(cluster) {
+        return;
+    }
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let rules = families
+            .iter()
+            .map(|&family| Rule {
+                matches: vec![],
+                verdict: Verdict::AddrVmap {
+                    family,
+                    dir: direction.pod_dir(),
+                    map: admin_compile::tier_pass_map(direction, family),
+                },
+                comment: None,
+            })
+            .collect();
+        rs.chains.insert(
+            admin_compile::tier_pass_chain(direction),
+            Chain { base: None, rules },
+        );
+    }
 }
 
 /// Addresses several policy pods claim, with their claimants.
@@ -374,6 +410,8 @@ pub(crate) struct Builder<'a> {
     families: BTreeSet<Family>,
     /// The definition of every set made so far, by name.
     set_keys: BTreeMap<String, String>,
+    /// The definition of every shared tier chain made so far, by name.
+    chain_keys: BTreeMap<String, String>,
     pub(crate) audit: &'a AuditOptions,
     /// Compiling a staged chain: verdicts are not logged there (the
     /// enforced chain logs them), only what would be denied.
@@ -451,15 +489,22 @@ impl<'a> Builder<'a> {
         audit: &'a AuditOptions,
     ) -> Builder<'a> {
         let mut rs = Ruleset::default();
+        let passes = has_admin_tier(cluster);
         for direction in [Direction::Ingress, Direction::Egress] {
             for &family in node_families {
-                rs.sets.insert(
-                    map_name(direction, family),
-                    Set {
-                        kind: SetKind::Vmap { family },
-                        elements: BTreeSet::new(),
-                    },
-                );
+                let mut maps = vec![map_name(direction, family)];
+                if passes {
+                    maps.push(admin_compile::tier_pass_map(direction, family));
+                }
+                for name in maps {
+                    rs.sets.insert(
+                        name,
+                        Set {
+                            kind: SetKind::Vmap { family },
+                            elements: BTreeSet::new(),
+                        },
+                    );
+                }
             }
         }
         Builder {
@@ -469,6 +514,7 @@ impl<'a> Builder<'a> {
             fill,
             families: BTreeSet::new(),
             set_keys: BTreeMap::new(),
+            chain_keys: BTreeMap::new(),
             audit,
             staging: false,
             recipes: None,
@@ -543,6 +589,26 @@ impl<'a> Builder<'a> {
         name
     }
 
+    /// Whether this builder has built the shared chain `name`, defined by
+    /// `key`, already.
+    pub(crate) fn has_chain(&self, name: &str, key: &str) -> bool {
+        match self.chain_keys.get(name) {
+            Some(known) => {
+                debug_assert_eq!(known, key, "chain name collision");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds the shared chain `name`, defined by `key`.
+    pub(crate) fn add_chain(&mut self, name: String, key: String, rules: Vec<Rule>) {
+        self.rs
+            .chains
+            .insert(name.clone(), Chain { base: None, rules });
+        self.chain_keys.insert(name, key);
+    }
+
     /// A set whose elements are its definition (ipBlocks, port lists).
     /// The match of one protocol's ports: nothing for no ports, a plain
     /// range for one merged range, else a port set shared by content
@@ -589,10 +655,11 @@ impl<'a> Builder<'a> {
     /// NetworkPolicy part (the NetworkPolicies' rules and drop when they
     /// isolate the pod, else the baseline tier), then, by falling off the
     /// end, the default allow. A pod none of this touches gets no chain.
-    /// When an admin Pass occurs the NetworkPolicy part is its own chain
-    /// (`ingp_`/`egrp_`), the Pass's and the admin tier's end's `goto`
-    /// target. `subject_of`: the admin and baseline policies whose subject
-    /// the pod is, in tier order.
+    /// The tiers are shared chains entered by `goto`
+    /// ([`admin_compile::tier_chain`]); with an admin tier the
+    /// NetworkPolicy part is a chain of its own (`ingp_`/`egrp_`) that the
+    /// pass map leads to by the pod's address. `subject_of`: the admin and
+    /// baseline policies whose subject the pod is, in tier order.
     ///
     /// Staged policies isolating the pod get a staged chain, jumped to
     /// first, only while no enforced policy isolates it: enforced
@@ -607,52 +674,89 @@ impl<'a> Builder<'a> {
         subject_of: &[&AdminPolicy],
     ) {
         let chain_name = pod_chain_name(direction, pod);
-        let pass_name = pass_chain_name(direction, pod);
         let staged_jump = (isolating.is_empty() && !staged.is_empty())
             .then(|| self.staged_chain(pod, direction, staged, subject_of));
-        let guard = admin_compile::shared_peer_rules(self, subject_of, direction, Tier::Admin);
-        let mut rules =
-            admin_compile::tier_rules(self, subject_of, pod, direction, Tier::Admin, &pass_name);
+        let admin = admin_compile::tier_chain(self, subject_of, pod, direction, Tier::Admin);
         let tail = if isolating.is_empty() {
-            let mut tail =
-                admin_compile::shared_peer_rules(self, subject_of, direction, Tier::Baseline);
-            tail.extend(admin_compile::tier_rules(
-                self,
-                subject_of,
-                pod,
-                direction,
-                Tier::Baseline,
-                &pass_name,
-            ));
-            tail
+            admin_compile::tier_chain(self, subject_of, pod, direction, Tier::Baseline)
+                .map(|baseline| {
+                    vec![Rule {
+                        matches: vec![],
+                        verdict: Verdict::Goto(baseline),
+                        comment: Some("baseline tier".into()),
+                    }]
+                })
+                .unwrap_or_default()
         } else {
             self.netpol_rules(pod, direction, isolating)
         };
-        if rules.is_empty() && tail.is_empty() && staged_jump.is_none() && guard.is_empty() {
+        if admin.is_none() && tail.is_empty() && staged_jump.is_none() {
             return;
         }
+        let mut rules = Vec::new();
         if let Some(staged_chain) = staged_jump {
-            rules.insert(
-                0,
-                Rule {
-                    matches: vec![],
-                    verdict: Verdict::Jump(staged_chain),
-                    comment: Some("staged policies (audit only)".into()),
-                },
-            );
+            // The admin tier's shared-peer drop first (the shared chain
+            // opens with it too): the staged chain then judges only what
+            // the enforced chain may let through.
+            rules.extend(admin_compile::shared_peer_rules(
+                self,
+                subject_of,
+                direction,
+                Tier::Admin,
+            ));
+            rules.push(Rule {
+                matches: vec![],
+                verdict: Verdict::Jump(staged_chain),
+                comment: Some("staged policies (audit only)".into()),
+            });
         }
-        // First of all: the staged chain then judges only what the
-        // enforced chain may let through.
-        rules.splice(0..0, guard);
-        self.insert_tiered_chain(chain_name.clone(), pass_name, rules, tail);
+        // With an admin tier, the pod's NetworkPolicy part is a chain of
+        // its own that the shared admin chain reaches by the pod's address
+        // (a Pass, or its end); a pod with nothing there needs none.
+        let pass = match admin {
+            Some(admin) => {
+                rules.push(Rule {
+                    matches: vec![],
+                    verdict: Verdict::Goto(admin),
+                    comment: Some("admin tier".into()),
+                });
+                let pass = pass_chain_name(direction, pod);
+                if tail.is_empty() {
+                    None
+                } else {
+                    self.rs.chains.insert(
+                        pass.clone(),
+                        Chain {
+                            base: None,
+                            rules: tail,
+                        },
+                    );
+                    Some(pass)
+                }
+            }
+            None => {
+                rules.extend(tail);
+                None
+            }
+        };
+        self.rs
+            .chains
+            .insert(chain_name.clone(), Chain { base: None, rules });
         for ip in &pod.ips {
             // A shared address gets its own chain (shared_address_elements).
             if self.shared.contains_key(ip) {
                 continue;
             }
-            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, Family::of(ip))) {
+            let family = Family::of(ip);
+            if let Some(map) = self.rs.sets.get_mut(&map_name(direction, family)) {
                 map.elements
                     .insert(Element::VmapJump(*ip, chain_name.clone()));
+            }
+            if let Some(pass) = &pass {
+                let name = admin_compile::tier_pass_map(direction, family);
+                if let Some(map) = self.rs.sets.get_mut(&name) {
+                    map.elements.insert(Element::VmapJump(*ip, pass.clone()));
+                }
             }
         }
     }
@@ -1374,6 +1478,102 @@ status: {podIPs: [{ip: 10.0.0.4}, {ip: 'fd00::4'}]}
     /// Server x/s on n1 selected by `n` policies, policy i admitting the
     /// pods `app: peer-<i>` of namespace p (on n2) on TCP 8080, and one
     /// more policy admitting 10.1.0.0/16 on 8080.
+    /// `pods` pods in namespace x (every third labelled `tier: db`) on
+    /// node n1, under two admin policies (one for every pod of x, one for
+    /// its db pods, with a Pass) and a baseline one.
+    fn admin_subjects(pods: usize) -> Cluster {
+        let mut yaml = String::from(
+            r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: all-x}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {matchLabels: {team: red}}}]}
+  - {action: Pass, from: [{namespaces: {matchLabels: {team: blue}}}]}
+  egress:
+  - {action: Accept, to: [{networks: [10.9.0.0/16]}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: db}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {tier: db}}}}
+  ingress:
+  - {action: Accept, from: [{namespaces: {matchLabels: {team: green}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: base}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {}}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {tier: web}}
+  ingress: [{ports: [{port: 80}]}]
+"#,
+        );
+        for i in 0..pods {
+            let tier = if i % 3 == 0 { "db" } else { "web" };
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\n\
+                 metadata: {{name: p{i}, namespace: x, labels: {{tier: {tier}}}}}\n\
+                 spec: {{nodeName: n1}}\nstatus: {{podIPs: [{{ip: 10.0.0.{}}}]}}\n",
+                i + 1
+            ));
+        }
+        cluster_of(&yaml)
+    }
+
+    #[test]
+    fn pods_whose_admin_tier_reads_alike_share_one_chain_built_once() {
+        let rs = compile(&admin_subjects(30), "n1");
+        let shared: Vec<&String> = rs
+            .chains
+            .keys()
+            .filter(|n| admin_compile::is_tier_chain(n))
+            .collect();
+        // Admin ingress: all-x alone (web pods) and all-x then db (db
+        // pods); admin egress: all-x; baseline ingress: base. No more,
+        // however many pods.
+        assert_eq!(shared.len(), 4, "{shared:?}");
+        assert_eq!(
+            rs.rule_count(),
+            compile(&admin_subjects(60), "n1").rule_count()
+                - 30 * 2 // a pod chain per direction, one `goto` each
+                - 20 * 2 // the web pods' NetworkPolicy parts: an allow and a drop
+                - 10, // the db pods' baseline `goto`
+            "the admin rules are not copied per pod"
+        );
+        // The pod chain enters the tier by goto, and the NetworkPolicy part
+        // is reached by the pod's address.
+        let web = &rs.chains["ing_x_p1"].rules;
+        assert!(
+            matches!(&web[..], [Rule { verdict: Verdict::Goto(t), .. }] if t.starts_with("aing_"))
+        );
+        let pass = &rs.sets[&admin_compile::tier_pass_map(Direction::Ingress, Family::Ipv4)];
+        assert!(pass.elements.contains(&Element::VmapJump(
+            "10.0.0.2".parse().unwrap(),
+            "ingp_x_p1".into()
+        )));
+        let db = &rs.chains["ingp_x_p0"].rules;
+        assert!(
+            matches!(&db[..], [Rule { verdict: Verdict::Goto(t), .. }] if t.starts_with("bing_"))
+        );
+    }
+
     fn server_of_many_policies(n: usize) -> Cluster {
         let mut yaml = String::from(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: s, namespace: x, labels: {app: srv}}\n\

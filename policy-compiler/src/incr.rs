@@ -30,6 +30,7 @@
 //! object by object (see [`Incremental::mark`]). Only a change of the
 //! local pods' address families rebuilds the node.
 
+use crate::admin::compile as admin_compile;
 use crate::admin::AdminKind;
 use crate::audit::AuditOptions;
 use crate::compile::{self, Builder, Recipe};
@@ -93,8 +94,11 @@ struct UnitOut {
     chains: Vec<String>,
     /// Dispatch map elements, by map.
     vmap: Vec<(String, Element)>,
-    /// Sets its rules name.
+    /// Sets its rules name (those of the shared tier chains it goes to
+    /// included).
     sets: BTreeSet<String>,
+    /// The shared tier chains its chains go to.
+    tier_chains: BTreeSet<String>,
 }
 
 /// How each set's elements are computed (see [`Recipe`]), by set name.
@@ -120,6 +124,8 @@ pub struct Incremental {
     set_users: BTreeMap<String, BTreeSet<Key>>,
     /// The recipe of every set of `rs` but the dispatch maps.
     recipes: Recipes,
+    /// Which units go to each shared tier chain; a chain nobody uses goes.
+    chain_users: BTreeMap<String, BTreeSet<Key>>,
     /// Claimants of every shared address at the last update.
     shared: BTreeMap<IpAddr, Vec<Key>>,
     shared_out: UnitOut,
@@ -127,6 +133,9 @@ pub struct Incremental {
     /// The address families of the local pods: they shape the dispatch
     /// maps and base chains, so a change rebuilds the node.
     families: BTreeSet<Family>,
+    /// Whether the cluster has admin-tier policies: the pass chains and
+    /// maps exist then, so a change rebuilds the node.
+    admin_tier: bool,
     dirty: Dirty,
 }
 
@@ -148,10 +157,12 @@ impl Incremental {
             units: BTreeMap::new(),
             set_users: BTreeMap::new(),
             recipes: Recipes::default(),
+            chain_users: BTreeMap::new(),
             shared: BTreeMap::new(),
             shared_out: UnitOut::default(),
             src_chains: Vec::new(),
             families: BTreeSet::new(),
+            admin_tier: false,
             dirty: Dirty {
                 all: true,
                 ..Dirty::default()
@@ -259,7 +270,10 @@ impl Incremental {
             .filter(|p| is_local(p))
             .flat_map(|p| p.ips.iter().map(Family::of))
             .collect();
-        if dirty.all || families != self.families {
+        if dirty.all
+            || families != self.families
+            || compile::has_admin_tier(cluster) != self.admin_tier
+        {
             self.rebuild(cluster);
             return Touched::everything();
         }
@@ -406,6 +420,17 @@ impl Incremental {
                 u.remove(key);
             }
         }
+        for name in &old.tier_chains {
+            let Some(u) = self.chain_users.get_mut(name) else {
+                continue;
+            };
+            u.remove(key);
+            if u.is_empty() {
+                self.chain_users.remove(name);
+                self.rs.chains.remove(name);
+                touched.chains.insert(name.clone());
+            }
+        }
     }
 
     /// Puts a unit's fragment into the ruleset: its chains, its dispatch
@@ -423,11 +448,49 @@ impl Incremental {
         // The full compile's last pass, rule by rule: the unit's own rules
         // are all it looks at.
         crate::counters::add(&mut frag);
+        // The shared tier chains the unit goes to: built in `frag` when
+        // new, else already here (then their sets are used through them).
+        let tier_chains: BTreeSet<String> = frag
+            .chains
+            .values()
+            .flat_map(|c| &c.rules)
+            .filter_map(crate::diff::rule_chain_ref)
+            .filter(|c| admin_compile::is_tier_chain(c))
+            .map(str::to_string)
+            .collect();
+        for name in &tier_chains {
+            self.chain_users
+                .entry(name.clone())
+                .or_default()
+                .insert(key.clone());
+            if frag.chains.contains_key(name) {
+                continue;
+            }
+            if let Some(chain) = self.rs.chains.get(name) {
+                for set in chain.rules.iter().flat_map(crate::diff::rule_set_refs) {
+                    self.set_users
+                        .entry(set.to_string())
+                        .or_default()
+                        .insert(key.clone());
+                    out.sets.insert(set.to_string());
+                }
+            }
+        }
         for (name, chain) in frag.chains {
+            if tier_chains.contains(&name) {
+                if let std::collections::btree_map::Entry::Vacant(e) =
+                    self.rs.chains.entry(name.clone())
+                {
+                    touched.chains.insert(name);
+                    e.insert(chain);
+                }
+                continue;
+            }
             touched.chains.insert(name.clone());
             out.chains.push(name.clone());
             self.rs.chains.insert(name, chain);
         }
+        out.tier_chains = tier_chains;
         for (name, set) in frag.sets {
             if let SetKind::Vmap { .. } = set.kind {
                 let Some(map) = self.rs.sets.get_mut(&name) else {
@@ -512,6 +575,7 @@ impl Incremental {
             self.rs = b.rs;
         }
         compile::add_base_chains(&mut self.rs, &fams);
+        compile::add_pass_chains(&mut self.rs, cluster, &fams);
         let admin = compile::admin_policies(cluster);
         let mut touched = Touched::default();
         for pod in compile::local_pods(cluster, &node) {
@@ -553,6 +617,7 @@ impl Incremental {
             self.rs.chains.insert(name, chain);
         }
         self.families = fams;
+        self.admin_tier = compile::has_admin_tier(cluster);
         self.node = node;
     }
 }

@@ -225,8 +225,14 @@ pub fn render(e: &LiveExplain, src: &Endpoint, dst: &Endpoint, protocol: Protoco
     if let Some(h) = &e.hits {
         let _ = writeln!(
             s,
-            "    hits: {} packets, {} bytes on this rule since it was last written",
-            h.packets, h.bytes
+            "    hits: {} packets, {} bytes on this rule since it was last written{}",
+            h.packets,
+            h.bytes,
+            if policy_compiler::admin::compile::is_tier_chain(&h.chain) {
+                " (a shared tier chain: counted for every pod that goes to it)"
+            } else {
+                ""
+            }
         );
     }
     for step in &e.kernel.steps {
@@ -365,6 +371,57 @@ mod tests {
         let compiler = text.split_once("  compiler:").expect("compiler part").1;
         assert!(
             compiler.contains(r#"logged: "prod/db-from-web ingress[0] allow""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_count_of_a_shared_admin_chain_says_it_is_shared() {
+        let admin = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: deny-a}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - action: Deny
+    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}]
+"#;
+        let loaded = policy_compiler::parse("admin.yaml", admin);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let mut objects = policy_compiler::parse(
+            "b-from-a.yaml",
+            include_str!("../../policy-compiler/src/testdata/b-from-a.yaml"),
+        )
+        .objects;
+        objects.extend(loaded.objects);
+        let c = Cluster::from_objects(objects);
+        let kernel = policy_compiler::compile(&c, "n1");
+        let e = LiveExplain::run(
+            &c,
+            ("n1", &AuditOptions::default()),
+            Some(&kernel),
+            ips(),
+            Protocol::Tcp,
+            80,
+        );
+        let step = e.kernel.deciding().expect("the admin Deny decides").clone();
+        assert!(
+            policy_compiler::admin::compile::is_tier_chain(&step.chain),
+            "{step:?}"
+        );
+        let counters = Counters::from_rules(vec![RuleCounter::new(
+            &step.chain,
+            step.index,
+            &step.rule,
+            5,
+            300,
+        )]);
+        let text = render_xa_to_xb(&e.with_counters(&counters));
+        assert!(
+            text.contains("hits: 5 packets, 300 bytes on this rule since it was last written (a shared tier chain"),
             "{text}"
         );
     }

@@ -1,11 +1,19 @@
-//! Admin and baseline rules -> nft rules of a pod's chain, in tier order
-//! (priority, kind, name, then rule order). Each admin rule becomes one nft
-//! rule per (peer kind x family) x protocol, all with the rule's verdict:
-//! Accept allows (`accept` on ingress, `return` on egress so the
-//! destination's ingress still applies), Deny drops, and an admin-tier
-//! Pass is a `goto` to the pod's NetworkPolicy part, which skips the rest
-//! of the admin tier (a baseline Pass allows: nothing follows it but the
-//! default allow). Peers are named sets keyed by their definition, shared
+//! Admin and baseline rules -> nft rules, in tier order (priority, kind,
+//! name, then rule order). Each admin rule becomes one nft rule per (peer
+//! kind x family) x protocol, all with the rule's verdict: Accept allows
+//! (`accept` on ingress, `return` on egress so the destination's ingress
+//! still applies), Deny drops, and an admin-tier Pass is a `goto` past the
+//! rest of the admin tier into the pod's NetworkPolicy part (a baseline
+//! Pass allows: nothing follows it but the default allow).
+//!
+//! A tier's rules for a pod go into a chain shared by every pod whose tier
+//! reads alike ([`tier_chain`]), which the pod's chain enters by `goto`:
+//! a tier is built once per distinct selection of policies instead of
+//! once per pod. Being entered by `goto`, its `return` leaves the pod's
+//! chain, as an egress Accept must. A Pass and the admin chain's end go to
+//! [`tier_pass_chain`], which finds the pod's NetworkPolicy part by the
+//! pod's address. Staged chains still inline the tier (`tier_rules`).
+//! Peers are named sets keyed by their definition, shared
 //! by every admin rule and pod with the same one: `apod4_/apod6_`
 //! (selected pods), `anode4_/anode6_` (node addresses), `anet4_/anet6_`
 //! (networks, interval sets), `atcp_/audp_/asctp_` (several ports or
@@ -58,6 +66,101 @@ pub(crate) fn subject_of<'p>(
         .copied()
         .filter(|pol| selects_in(&ns, pol, pod))
         .collect()
+}
+
+/// The shared chain of one tier for `pod` in `direction` (see the module
+/// comment), built the first time a pod needs it; `None` when the tier
+/// has no rule for the pod. Its name is a hash of everything its rules
+/// depend on: the direction, the tier's policies whose subject the pod is
+/// (in order), the pod's address families and, for ingress named ports,
+/// how the pod resolves them. So pods whose admin tier reads alike share
+/// one chain, and a name determines its rules.
+pub(crate) fn tier_chain(
+    b: &mut Builder<'_>,
+    subject_of: &[&AdminPolicy],
+    pod: &Pod,
+    direction: Direction,
+    tier: Tier,
+) -> Option<String> {
+    let pols: Vec<&AdminPolicy> = subject_of
+        .iter()
+        .copied()
+        .filter(|p| p.tier == tier && !p.rules(direction).is_empty())
+        .collect();
+    if pols.is_empty() {
+        return None;
+    }
+    let mut key = format!("{} {:?}", direction.word(), b.families());
+    // The rules themselves, not only the names: an admin policy changing
+    // recompiles only its subjects, which then name a new chain.
+    for pol in &pols {
+        key.push_str(&format!(" {} {:?}", pol.id(), pol.rules(direction)));
+    }
+    if direction == Direction::Ingress {
+        let mut names: Vec<&str> = pols
+            .iter()
+            .flat_map(|p| p.rules(direction))
+            .flat_map(|r| r.ports.iter().flatten())
+            .filter_map(|p| match p {
+                AdminPort::Named(n) => Some(n.as_str()),
+                AdminPort::Range { .. } => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        for n in names {
+            let resolved = Protocol::ALL.map(|proto| pod.resolve_port(n, proto));
+            key.push_str(&format!(" {n}={resolved:?}"));
+        }
+    }
+    let prefix = format!(
+        "{}{}",
+        match tier {
+            Tier::Admin => "a",
+            Tier::Baseline => "b",
+        },
+        direction.chain_prefix()
+    );
+    let name = crate::names::keyed(&prefix, &key);
+    if b.has_chain(&name, &key) {
+        return Some(name);
+    }
+    let pass = tier_pass_chain(direction);
+    let mut rules = shared_peer_rules(b, &pols, direction, tier);
+    rules.extend(tier_rules(b, &pols, pod, direction, tier, &pass));
+    if rules.is_empty() {
+        return None;
+    }
+    if tier == Tier::Admin {
+        rules.push(Rule {
+            matches: vec![],
+            verdict: Verdict::Goto(pass),
+            comment: Some("end of admin tier".into()),
+        });
+    }
+    b.add_chain(name.clone(), key, rules);
+    Some(name)
+}
+
+/// Whether `name` is a shared tier chain ([`tier_chain`]).
+pub fn is_tier_chain(name: &str) -> bool {
+    ["aing_", "aegr_", "bing_", "begr_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// The chain an admin Pass, and the end of a shared admin chain, go to:
+/// it sends the packet on to the NetworkPolicy part of the pod it is
+/// about, by that pod's address (the `<direction>_pass_v4/v6` maps),
+/// and without an element falls off the end: the default allow.
+pub fn tier_pass_chain(direction: Direction) -> String {
+    format!("{}_pass", direction.word())
+}
+
+/// The map from a pod's address to its NetworkPolicy part, for
+/// [`tier_pass_chain`].
+pub fn tier_pass_map(direction: Direction, family: Family) -> String {
+    format!("{}_pass_{}", direction.word(), family.suffix())
 }
 
 /// The rules of one tier for `pod`'s chain in `direction`, from the
