@@ -18,6 +18,10 @@
 //! default `10,500,5000`), `NFTPOL_BENCH_ONLY` (comma-separated parts of
 //! configuration names to run; `no table` always runs).
 //!
+//! `logging all` configurations annotate every policy `nftpol.io/log:
+//! all` (rate-limited log rules before each allow and each default drop)
+//! and are compared with the same cluster without logging.
+//!
 //! To add a configuration, add a [`Config`] in [`configs`]: a name, the
 //! cluster size, whether it enforces, and how it programs the node.
 
@@ -32,7 +36,8 @@ use cluster::{CLIENT, NODE, SERVER};
 use nftpol::netlink::Session;
 use nftpol_test_support::Netns;
 use policy_compiler::compile::pod_chain_name;
-use policy_compiler::ir::Ruleset;
+use policy_compiler::ir::{Match, Ruleset};
+use policy_compiler::model::LogMode;
 use policy_compiler::{compile_node, Cluster, Direction, NodeNet};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -100,8 +105,14 @@ fn nftpol(compile: impl Fn(&Cluster) -> Ruleset + 'static) -> Program {
         let n = rs.chains.get(&chain).map_or(0, |ch| ch.rules.len());
         ns.run(|| Session::open().and_then(|mut s| s.apply(&rs)))
             .map_err(|e| e.to_string())?;
+        let logs = rs
+            .chains
+            .values()
+            .flat_map(|ch| &ch.rules)
+            .filter(|r| r.matches.iter().any(|m| matches!(m, Match::Log { .. })))
+            .count();
         Ok(format!(
-            "{n} rules in the server's chain; {} chains, {} rules, {} sets, {} elements",
+            "{n} rules in the server's chain; {} chains, {} rules ({logs} of them log), {} sets, {} elements",
             rs.chains.len(),
             rs.rule_count(),
             rs.sets.len(),
@@ -128,6 +139,30 @@ fn iptables(restore: &'static str) -> Program {
     })
 }
 
+/// The smallest and the largest cluster size (once when equal).
+fn ends_of(sizes: &[usize]) -> Vec<usize> {
+    let mut ends: Vec<usize> = [sizes.first(), sizes.last()]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    ends.dedup();
+    ends
+}
+
+/// The cluster with every policy annotated `nftpol.io/log: all`: each
+/// allow and each isolated pod's default drop gets its rate-limited log
+/// rule (the compiler's default rate and nflog group).
+fn logging_all(c: &Cluster) -> Cluster {
+    let mut c = c.clone();
+    let policies: Vec<_> = c.policies().cloned().collect();
+    for mut p in policies {
+        p.audit.log = LogMode::All;
+        c.apply_policy(p);
+    }
+    c
+}
+
 /// Every configuration, in the order of the report.
 fn configs(sizes: &[usize]) -> Vec<Config> {
     let mut v = vec![Config::new(
@@ -144,19 +179,24 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
             nftpol(|c| compile_node(c, NODE, &node_net(true))),
         ));
     }
-    let mut ends: Vec<usize> = [sizes.first(), sizes.last()]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
-    ends.dedup();
-    for n in ends {
+    for n in ends_of(sizes) {
         v.push(
             Config::new(
                 format!("nftpol, {n} policies, no source validation"),
                 n,
                 true,
                 nftpol(|c| compile_node(c, NODE, &node_net(false))),
+            )
+            .versus(format!("nftpol, {n} policies")),
+        );
+    }
+    for n in ends_of(sizes) {
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies, logging all"),
+                n,
+                true,
+                nftpol(|c| compile_node(&logging_all(c), NODE, &node_net(true))),
             )
             .versus(format!("nftpol, {n} policies")),
         );
