@@ -157,17 +157,7 @@ impl World {
             }
             Event::PodPorts(i, ports) => {
                 if let Some(mut p) = self.nth_pod(i) {
-                    let mut named: Vec<NamedPort> = ports
-                        .iter()
-                        .map(|(n, protocol, port)| NamedPort {
-                            name: PORT_NAMES[*n].to_string(),
-                            protocol: *protocol,
-                            port: *port,
-                        })
-                        .collect();
-                    named.sort();
-                    named.dedup_by(|a, b| a.name == b.name && a.protocol == b.protocol);
-                    p.named_ports = named;
+                    p.named_ports = named_ports(&ports);
                     self.put_pod(p);
                 }
             }

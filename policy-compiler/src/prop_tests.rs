@@ -30,6 +30,21 @@ pub(crate) const PORTS: [u16; 5] = [80, 81, 443, 8080, 9000];
 const LABEL_KEYS: [&str; 3] = ["app", "tier", "team"];
 const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
 pub(crate) const PORT_NAMES: [&str; 2] = ["http", "metrics"];
+/// A generated pod's named ports: (index into PORT_NAMES, protocol,
+/// number), sorted, one port per name and protocol as in a valid pod.
+pub(crate) fn named_ports(ports: &[(usize, Protocol, u16)]) -> Vec<NamedPort> {
+    let mut named: Vec<NamedPort> = ports
+        .iter()
+        .map(|(n, protocol, port)| NamedPort {
+            name: PORT_NAMES[*n].to_string(),
+            protocol: *protocol,
+            port: *port,
+        })
+        .collect();
+    named.sort();
+    named.dedup_by(|a, b| a.name == b.name && a.protocol == b.protocol);
+    named
+}
 const EXTERNAL: [&str; 3] = ["192.168.7.1", "10.0.200.1", "fd99::1"];
 /// Node addresses (IPv4, IPv6) of NODES, in order.
 pub(crate) const NODE_IPS: [(&str, &str); 2] =
@@ -376,18 +391,7 @@ pub(crate) fn cluster_strategy() -> impl Strategy<Value = Cluster> {
                             .expect("ip"),
                     );
                 }
-                let mut named_ports: Vec<NamedPort> = g
-                    .ports
-                    .iter()
-                    .map(|(n, protocol, port)| NamedPort {
-                        name: PORT_NAMES[*n].to_string(),
-                        protocol: *protocol,
-                        port: *port,
-                    })
-                    .collect();
-                named_ports.sort();
-                // A name maps to one port per protocol, as in a valid pod.
-                named_ports.dedup_by(|a, b| a.name == b.name && a.protocol == b.protocol);
+                let named_ports = named_ports(&g.ports);
                 c.apply_pod(Pod {
                     namespace: g.namespace.to_string(),
                     name: format!("p{i}"),
