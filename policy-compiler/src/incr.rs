@@ -9,9 +9,10 @@
 //! Units and what feeds them:
 //! - a local policy pod's chains (both directions, the admin tiers and the
 //!   NetworkPolicy part) and its dispatch elements: the pod itself, the
-//!   policies of its namespace that select it, its namespace's labels
-//!   (admin subjects), the admin policies whose subject it is, and whether
-//!   its addresses are shared;
+//!   policies of its namespace that select it, the admin policies whose
+//!   subject it is (the only part its namespace's labels feed: peers
+//!   selected by namespace labels are set elements), and whether its
+//!   addresses are shared;
 //! - a set's elements: a function of the set's name and the cluster (its
 //!   name is a hash of its definition). An element that holds one address
 //!   depends only on the objects holding that address (see
@@ -99,6 +100,10 @@ struct UnitOut {
     sets: BTreeSet<String>,
     /// The shared tier chains its chains go to.
     tier_chains: BTreeSet<String>,
+    /// The admin policies whose subject the pod was, in tier order: the
+    /// one thing its chains take from its namespace's labels, so a
+    /// namespace relabel recompiles only the pods where this changes.
+    subjects: Vec<String>,
 }
 
 /// How each set's elements are computed (see [`Recipe`]), by set name.
@@ -297,18 +302,31 @@ impl Incremental {
         let shared_dirty = !shared_keys.is_empty() || shared_keys != self.shared;
         self.shared = shared_keys;
 
+        let admin = compile::admin_policies(cluster);
+        // A namespace's labels reach its pods' chains through the admin
+        // subjects alone: only pods whose subjects changed are recompiled.
+        // Its pods' elements in every set (peers selected by namespace
+        // labels) are recomputed at their addresses.
         for ns in &dirty.namespaces {
             for p in cluster.pods_in(ns) {
                 dirty.ips.extend(p.ips.iter().copied());
-                if is_local(p) {
+                let unchanged = self
+                    .units
+                    .get(&p.key())
+                    .is_some_and(|u| u.subjects == subject_ids(cluster, &admin, p));
+                if is_local(p) && !unchanged {
                     dirty.pods.insert(p.key());
                 }
             }
-            dirty.pods.extend(self.unit_keys_in(ns));
+            // Units of pods gone from the namespace or from the node.
+            dirty.pods.extend(
+                self.unit_keys_in(ns)
+                    .into_iter()
+                    .filter(|(ns, name)| !cluster.pod(ns, name).is_some_and(&is_local)),
+            );
         }
 
         let mut touched = Touched::default();
-        let admin = compile::admin_policies(cluster);
         // Sets computed from the whole cluster in this update.
         let mut whole: BTreeSet<String> = BTreeSet::new();
         let mut released: BTreeSet<String> = BTreeSet::new();
@@ -344,7 +362,8 @@ impl Incremental {
                 b.rs
             };
             let computed = computed.into_inner();
-            let out = self.add_out(key, frag, &computed, &mut touched);
+            let mut out = self.add_out(key, frag, &computed, &mut touched);
+            out.subjects = subject_ids(cluster, &admin, pod);
             whole.extend(computed);
             self.units.insert(key.clone(), out);
         }
@@ -594,7 +613,8 @@ impl Incremental {
                 self.recipes.0.extend(b.recipes.take().unwrap_or_default());
                 b.rs
             };
-            let out = self.add_out(&pod.key(), frag, &computed.into_inner(), &mut touched);
+            let mut out = self.add_out(&pod.key(), frag, &computed.into_inner(), &mut touched);
+            out.subjects = subject_ids(cluster, &admin, pod);
             self.units.insert(pod.key(), out);
         }
         self.shared = shared_now
@@ -620,6 +640,15 @@ impl Incremental {
         self.admin_tier = compile::has_admin_tier(cluster);
         self.node = node;
     }
+}
+
+/// The admin policies whose subject `pod` is, as [`UnitOut::subjects`]
+/// keeps them.
+fn subject_ids(cluster: &Cluster, admin: &[&crate::admin::AdminPolicy], pod: &Pod) -> Vec<String> {
+    admin_compile::subject_of(cluster, admin, pod)
+        .iter()
+        .map(|p| p.id())
+        .collect()
 }
 
 /// The pods claiming `ips` (with their namespaces) and the nodes holding

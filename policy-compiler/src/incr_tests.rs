@@ -524,8 +524,9 @@ spec:
 }
 
 /// Four local pods in two namespaces, NetworkPolicies selecting two of
-/// them, an admin policy whose subject is one namespace, and two Nodes
-/// (one an admin peer).
+/// them, an admin policy whose subject is one namespace, one whose
+/// subject is the namespaces labelled `team: blue` (none yet), and two
+/// Nodes (one an admin peer).
 const NARROW: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -573,6 +574,15 @@ spec:
   subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}
   egress:
   - {action: Allow, to: [{nodes: {matchLabels: {zone: a}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: blue-from-red}
+spec:
+  priority: 7
+  subject: {namespaces: {matchLabels: {team: blue}}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {matchLabels: {team: red}}}]}
 ---
 apiVersion: v1
 kind: Node
@@ -652,7 +662,11 @@ fn a_policy_touches_only_the_chains_of_the_pods_it_selects() {
 #[test]
 fn admin_policies_and_nodes_touch_only_what_depends_on_them() {
     let (mut c, mut eng) = narrow_cluster();
-    let mut adm = c.admin_policies().next().expect("admin policy").clone();
+    let mut adm = c
+        .admin_policies()
+        .find(|p| p.name == "y-to-nodes")
+        .expect("admin policy")
+        .clone();
     adm.priority = Some(6);
     let key = ObjectKey::Admin {
         kind: adm.kind,
@@ -686,4 +700,47 @@ fn admin_policies_and_nodes_touch_only_what_depends_on_them() {
         c.delete_node("n2")
     });
     assert!(t.chains.is_empty() && t.sets.len() == 1, "{t:?}");
+}
+
+/// A namespace relabel recompiles only the local pods whose admin
+/// subjects change; as a peer it changes set elements, not chains.
+#[test]
+fn a_namespace_relabel_touches_only_the_chains_whose_admin_subjects_change() {
+    let (mut c, mut eng) = narrow_cluster();
+    let relabel = |name: &str, team: &str| {
+        let ns = Namespace {
+            name: name.to_string(),
+            labels: [
+                ("kubernetes.io/metadata.name".to_string(), name.to_string()),
+                ("team".to_string(), team.to_string()),
+            ]
+            .into(),
+        };
+        move |c: &mut Cluster| c.apply_namespace(ns)
+    };
+    let key = |name: &str| ObjectKey::Namespace(name.to_string());
+    // No admin subject selects x either way: no chain is recompiled.
+    let t = narrow_step(&mut c, &mut eng, key("x"), relabel("x", "green"));
+    assert!(t.chains.is_empty(), "{t:?}");
+    // x's pods become subjects of blue-from-red; y's pod is untouched.
+    let t = narrow_step(&mut c, &mut eng, key("x"), relabel("x", "blue"));
+    for pod in ["web", "db", "cache"] {
+        assert!(t.chains.contains(&format!("ing_x_{pod}")), "{pod}: {t:?}");
+    }
+    assert!(
+        t.chains
+            .iter()
+            .all(|n| n.contains("_x_") || crate::admin::compile::is_tier_chain(n)),
+        "{t:?}"
+    );
+    // y as a peer of blue-from-red: its pod's address enters the peer set;
+    // y's own subject (by name) is unchanged, so no chain is recompiled.
+    let t = narrow_step(&mut c, &mut eng, key("y"), relabel("y", "red"));
+    assert!(t.chains.is_empty(), "{t:?}");
+    assert!(
+        t.sets.iter().any(|s| eng.ruleset().sets[s]
+            .elements
+            .contains(&crate::ir::Element::Addr("10.0.0.3".parse().expect("ip")))),
+        "{t:?}"
+    );
 }
