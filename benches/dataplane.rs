@@ -16,11 +16,16 @@
 //! and UDP phases take half of it each), `NFTPOL_BENCH_CLIENTS` (parallel
 //! connecting clients, default 4), `NFTPOL_BENCH_POLICIES` (cluster sizes,
 //! default `10,500,5000`), `NFTPOL_BENCH_ONLY` (comma-separated parts of
-//! configuration names to run; `no table` always runs).
+//! configuration names to run; `no table` always runs, and so does every
+//! configuration a selected one is compared with).
 //!
-//! `logging all` configurations annotate every policy `nftpol.io/log:
-//! all` (rate-limited log rules before each allow and each default drop)
-//! and are compared with the same cluster without logging.
+//! `conntrack only` holds nothing but the conntrack rules every stateful
+//! enforcer starts with, the floor under any of them. `logging all`
+//! configurations annotate every policy `nftpol.io/log: all` (rate-limited
+//! log rules before each allow and each default drop), `no non-SYN or
+//! no-pod drops` leaves those drops out of the forward chain; each is
+//! compared with the same cluster as compiled. The report gives every
+//! ratio round by round as well as its median.
 //!
 //! To add a configuration, add a [`Config`] in [`configs`]: a name, the
 //! cluster size, whether it enforces, and how it programs the node.
@@ -35,8 +40,10 @@ mod net;
 use cluster::{CLIENT, NODE, SERVER};
 use nftpol::netlink::Session;
 use nftpol_test_support::Netns;
-use policy_compiler::compile::pod_chain_name;
-use policy_compiler::ir::{Match, Ruleset};
+use policy_compiler::compile::{pod_chain_name, BASE_PRIORITY, CHAIN_FORWARD};
+use policy_compiler::ir::{
+    BaseChain, Chain, ChainPolicy, CtState, Dir, Hook, Match, Rule, Ruleset, Verdict,
+};
 use policy_compiler::model::LogMode;
 use policy_compiler::{compile_node, Cluster, Direction, NodeNet};
 use std::collections::BTreeMap;
@@ -163,14 +170,87 @@ fn logging_all(c: &Cluster) -> Cluster {
     c
 }
 
+/// The floor every stateful enforcer pays: a forward base chain holding
+/// only `ct state established,related accept` and `ct state invalid drop`
+/// (instantiating conntrack in the node, which "no table" never does).
+fn conntrack_only() -> Ruleset {
+    let rule = |state: CtState, also: Option<CtState>, verdict: Verdict| Rule {
+        matches: vec![Match::CtState(std::iter::once(state).chain(also).collect())],
+        verdict,
+        comment: None,
+    };
+    let mut rs = Ruleset::default();
+    rs.chains.insert(
+        CHAIN_FORWARD.to_string(),
+        Chain {
+            base: Some(BaseChain {
+                hook: Hook::Forward,
+                priority: BASE_PRIORITY,
+                policy: ChainPolicy::Accept,
+                device: None,
+            }),
+            rules: vec![
+                rule(
+                    CtState::Established,
+                    Some(CtState::Related),
+                    Verdict::Accept,
+                ),
+                rule(CtState::Invalid, None, Verdict::Drop),
+            ],
+        },
+    );
+    rs
+}
+
+/// Removes from the forward base chain the drops that came after the
+/// conntrack rules and before dispatch: new TCP without SYN, and
+/// destinations that name no pod (multicast, broadcast, IPv6
+/// link-local). Returns how many rules went.
+fn strip_forward_drops(rs: &mut Ruleset) -> usize {
+    let mut removed = 0;
+    for chain in rs.chains.values_mut() {
+        if chain.base.as_ref().is_none_or(|b| b.hook != Hook::Forward) {
+            continue;
+        }
+        let before = chain.rules.len();
+        chain.rules.retain(|r| {
+            r.verdict != Verdict::Drop
+                || !r.matches.iter().any(|m| {
+                    matches!(
+                        m,
+                        Match::TcpNotSyn
+                            | Match::DaddrBroadcast
+                            | Match::AddrPrefix { dir: Dir::Dst, .. }
+                    )
+                })
+        });
+        removed += before - chain.rules.len();
+    }
+    removed
+}
+
 /// Every configuration, in the order of the report.
 fn configs(sizes: &[usize]) -> Vec<Config> {
-    let mut v = vec![Config::new(
-        "no table",
-        0,
-        false,
-        Box::new(|_, _| Ok("nothing loaded".into())),
-    )];
+    let mut v = vec![
+        Config::new(
+            "no table",
+            0,
+            false,
+            Box::new(|_, _| Ok("nothing loaded".into())),
+        ),
+        Config::new(
+            "conntrack only",
+            0,
+            false,
+            Box::new(|_, ns| {
+                let rs = conntrack_only();
+                ns.run(|| Session::open().and_then(|mut s| s.apply(&rs)))
+                    .map_err(|e| e.to_string())?;
+                Ok(format!("{} rules in a forward base chain", rs.rule_count()))
+            }),
+        )
+        .versus("no table"),
+    ];
     for &n in sizes {
         v.push(Config::new(
             format!("nftpol, {n} policies"),
@@ -178,6 +258,25 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
             true,
             nftpol(|c| compile_node(c, NODE, &node_net(true))),
         ));
+    }
+    for n in ends_of(sizes) {
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies, no non-SYN or no-pod drops"),
+                n,
+                true,
+                nftpol(|c| {
+                    let mut rs = compile_node(c, NODE, &node_net(true));
+                    // An empty strip would measure nftpol against itself.
+                    assert!(
+                        strip_forward_drops(&mut rs) > 0,
+                        "the forward chain holds no non-SYN or no-pod drop"
+                    );
+                    rs
+                }),
+            )
+            .versus(format!("nftpol, {n} policies")),
+        );
     }
     for n in ends_of(sizes) {
         v.push(
@@ -293,6 +392,8 @@ struct Figures {
     conn: Vec<f64>,
     udp: Vec<f64>,
     connect: Vec<Duration>,
+    /// The median connect time of each round.
+    connect_p50: Vec<Duration>,
     /// Connections that failed.
     failed: usize,
     /// UDP requests that went unanswered.
@@ -316,10 +417,23 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// `a[round] / b[round]` for every round.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
 /// Median over rounds of `a[round] / b[round]`.
 fn ratio(a: &[f64], b: &[f64]) -> f64 {
-    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    median(&r)
+    median(&ratios(a, b))
+}
+
+/// The round-by-round ratios, in round order.
+fn rounds_of(a: &[f64], b: &[f64]) -> String {
+    ratios(a, b)
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn loadavg() -> String {
@@ -328,8 +442,82 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// The configurations `only` asks for (parts of their names; all when
+/// empty), "no table", and every configuration one of those is compared
+/// with, in the order of the report.
+fn select(all: Vec<Config>, only: &[String]) -> Vec<Config> {
+    let mut keep: Vec<bool> = all
+        .iter()
+        .map(|c| {
+            c.name == "no table"
+                || only.is_empty()
+                || only.iter().any(|o| c.name.contains(o.as_str()))
+        })
+        .collect();
+    // Comparisons chain (inlined -> shared -> plain): follow them all.
+    loop {
+        let wanted: Vec<&str> = all
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .filter_map(|(c, _)| c.versus.as_deref())
+            .collect();
+        let mut grew = false;
+        for (c, k) in all.iter().zip(keep.iter_mut()) {
+            if !*k && wanted.contains(&c.name.as_str()) {
+                *k = true;
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    all.into_iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect()
+}
+
+/// What the bench can check without root, in the smoke run `cargo test
+/// --all-targets` makes: every shape of `NFTPOL_BENCH_POLICIES` and
+/// `NFTPOL_BENCH_ONLY` gives a well-formed selection, the report's
+/// arithmetic survives empty and zero figures, and the rulesets the
+/// configurations derive from the compiler's still have what they strip.
+fn smoke() {
+    for sizes in [&[][..], &[10], &[10, 10], &[10, 5000], &[0]] {
+        for only in [
+            &[][..],
+            &["nftpol"],
+            &["admin"],
+            &["conntrack"],
+            &["no such"],
+        ] {
+            let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+            let picked = select(configs(sizes), &only);
+            assert_eq!(picked[0].name, "no table");
+            let names: Vec<&str> = picked.iter().map(|c| c.name.as_str()).collect();
+            for c in &picked {
+                if let Some(v) = &c.versus {
+                    assert!(names.contains(&v.as_str()), "{}: {v} not selected", c.name);
+                }
+            }
+        }
+    }
+    let report = rounds_of(&[0.0, 1.0], &[0.0, 0.0]);
+    assert_eq!(report, "NaN inf");
+    assert!(median(&[]).is_nan() && percentile(&[], 0.99) == Duration::ZERO);
+    assert_eq!(conntrack_only().rule_count(), 2);
+    let mut rs = compile_node(&cluster::cluster(10), NODE, &node_net(true));
+    let rules = rs.rule_count();
+    let removed = strip_forward_drops(&mut rs);
+    assert!(removed >= 2, "the forward chain's non-SYN and no-pod drops");
+    assert_eq!(rs.rule_count(), rules - removed);
+}
+
 fn main() {
     if !nftpol_test_support::run_by_cargo_bench() {
+        smoke();
         eprintln!("root and minutes of work: run with `cargo bench --bench dataplane`");
         return;
     }
@@ -351,14 +539,7 @@ fn main() {
         .map(String::from)
         .collect();
     let iptables_ok = have("ipset") && have("iptables-legacy-restore");
-    let mut configs: Vec<Config> = configs(&sizes)
-        .into_iter()
-        .filter(|c| {
-            c.name == "no table"
-                || only.is_empty()
-                || only.iter().any(|o| c.name.contains(o.as_str()))
-        })
-        .collect();
+    let mut configs = select(configs(&sizes), &only);
     if !iptables_ok {
         eprintln!("iptables or ipset missing (apt-get install -y iptables ipset): iptables configurations left out");
         configs.retain(|c| !c.name.starts_with("iptables"));
@@ -398,7 +579,9 @@ fn main() {
             let (rate, failed) = site.tcp_rate(clients, phase, 1_000_000);
             f.conn.push(rate);
             f.failed += failed;
-            f.connect.extend(site.connect_latency(phase / 2, 100_000));
+            let connect = site.connect_latency(phase / 2, 100_000);
+            f.connect_p50.push(percentile(&connect, 0.5));
+            f.connect.extend(connect);
             let (udp, lost) = site.udp_rate(phase / 2, 10_000_000);
             f.udp.push(udp);
             f.lost += lost;
@@ -443,12 +626,29 @@ fn main() {
         };
         let g = &figures[*j];
         println!(
-            "- {} vs {}: conn/s {:.2}, UDP rr/s {:.2}, connect p50 {:+.0} µs",
+            "- {} vs {}: conn/s {:.2} (rounds: {}), UDP rr/s {:.2}, connect p50 {:+.0} µs",
             c.name,
             configs[*j].name,
             ratio(&f.conn, &g.conn),
+            rounds_of(&f.conn, &g.conn),
             ratio(&f.udp, &g.udp),
             us(percentile(&f.connect, 0.5)) - us(percentile(&g.connect, 0.5)),
+        );
+    }
+    println!();
+    println!("Round by round, in round order (each round starts one further along the table):\n");
+    println!("| configuration | conn/s vs no table | connect p50 a round |");
+    println!("| --- | --- | --- |");
+    for (c, f) in configs.iter().zip(&figures) {
+        println!(
+            "| {} | {} | {} |",
+            c.name,
+            rounds_of(&f.conn, &none.conn),
+            f.connect_p50
+                .iter()
+                .map(|d| format!("{:.0}", us(*d)))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!();
