@@ -140,7 +140,7 @@ pub struct Metrics {
     pub shared_addresses: Gauge,
     /// Packets counted by the kernel on commented pod-chain rules.
     pub rule_packets: Family<VerdictLabels, Counter>,
-    /// The same per policy (bounded: see `status::PolicyMetrics`).
+    /// The same per policy (bounded: see `status::HitExport`).
     pub policy_packets: Family<PolicyLabels, Counter>,
     pub conntrack_revoked: Counter,
     pub conntrack_revoke_failures: Counter,
@@ -336,6 +336,15 @@ impl Metrics {
                 direction,
             })
             .inc_by(packets);
+    }
+
+    /// Removes a policy's series (its rules left the node, or it lost its
+    /// place under the cardinality cap).
+    pub fn forget_policy(&self, policy: &str, direction: &'static str) {
+        self.policy_packets.remove(&PolicyLabels {
+            policy: policy.to_string(),
+            direction,
+        });
     }
 
     pub fn observe_error(&self, label: &'static str) {

@@ -114,6 +114,9 @@ pub struct AgentArgs {
     /// --policy-metrics-max policies and only the totals by direction and
     /// verdict (nftpol_rule_packets_total) beyond; `per-policy` keeps the
     /// first --policy-metrics-max by name and sums the rest as `_other`.
+    /// A policy's series goes when its rules leave the node (the policy
+    /// was deleted or selects no local pod any more) or it loses its
+    /// place under the cap, so policies that come and go never pile up.
     #[arg(long, value_enum, default_value_t = status::PolicyMetrics::Auto)]
     pub policy_metrics: status::PolicyMetrics,
     /// The cardinality bound of --policy-metrics.

@@ -38,7 +38,7 @@
 
 use crate::agent::backend::{Applied, Backend};
 use crate::agent::metrics::Metrics;
-use crate::agent::status::{HitTracker, Inventory, PolicyMetrics, StatusState};
+use crate::agent::status::{HitExport, HitTracker, Inventory, PolicyMetrics, StatusState};
 use crate::revoke::{Revoke, Scope};
 use nftpol_crds::status::NodeEnforcement;
 use policy_compiler::admin::AdminKind;
@@ -300,6 +300,8 @@ pub struct Reconciler<B, C = SystemClock> {
     revoker: Option<Box<dyn Revoke>>,
     /// Hit totals across counter readings, and the next reading.
     hits: HitTracker,
+    /// Which policies have a series of their own in /metrics.
+    hit_export: HitExport,
     next_counters: Instant,
     /// What the status object says, where it goes, and when next.
     status: StatusState,
@@ -325,7 +327,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     pub fn with_clock(settings: Settings, backend: B, metrics: Arc<Metrics>, clock: C) -> Self {
         let now = clock.now();
         let incr = Incremental::with_audit(&settings.node, settings.audit.clone());
+        let hit_export = HitExport::new(settings.policy_metrics, settings.policy_metrics_max);
         Reconciler {
+            hit_export,
             next_drift: now + settings.drift_interval,
             last_net: NodeNet::default(),
             last_warned: Default::default(),
@@ -865,12 +869,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             match self.backend.counters() {
                 Ok(c) => {
                     self.status_dirty |= self.hits.observe(&c, std::time::SystemTime::now());
-                    crate::agent::status::export_hits(
-                        &self.metrics,
-                        &self.hits,
-                        self.settings.policy_metrics,
-                        self.settings.policy_metrics_max,
-                    );
+                    self.hit_export.export(&self.metrics, &self.hits);
                 }
                 Err(e) => {
                     self.metrics.observe_error(e.metric_label());

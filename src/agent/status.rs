@@ -35,11 +35,12 @@ pub enum PolicyMetrics {
     Off,
     /// Totals per direction and verdict only.
     Aggregate,
-    /// One series per policy and direction, up to --policy-metrics-max
-    /// policies (the rest are summed under policy="_other").
+    /// One series per policy and direction for the first
+    /// --policy-metrics-max policies by name (the rest are summed under
+    /// policy="_other").
     PerPolicy,
     /// Per policy while the node enforces at most --policy-metrics-max
-    /// policies, aggregate beyond.
+    /// policies, aggregate beyond (no series per policy, no `_other`).
     Auto,
 }
 
@@ -207,34 +208,80 @@ impl HitTracker {
     }
 }
 
-/// Feeds the last observation into the hit metrics, bounded as `mode` and
-/// `max` say.
-pub fn export_hits(m: &Metrics, t: &HitTracker, mode: PolicyMetrics, max: usize) {
-    if mode == PolicyMetrics::Off {
-        return;
+/// The per-policy series of `nftpol_policy_packets_total` that exist
+/// now, so that a series goes when its policy's rules leave the node
+/// (deleted, or no longer selecting a local pod) or it loses its place
+/// under the cap: /metrics never holds more than `max` policies (plus
+/// `_other` per direction), however many policies come and go over the
+/// agent's life.
+#[derive(Debug)]
+pub struct HitExport {
+    mode: PolicyMetrics,
+    max: usize,
+    named: BTreeSet<(String, Direction)>,
+}
+
+/// The series that sums the policies beyond the cap.
+pub const OTHER_POLICIES: &str = "_other";
+
+impl HitExport {
+    pub fn new(mode: PolicyMetrics, max: usize) -> HitExport {
+        HitExport {
+            mode,
+            max,
+            named: BTreeSet::new(),
+        }
     }
-    for ((direction, allows), d) in &t.last_verdict_deltas {
-        m.rule_hits(direction.word(), if *allows { "allow" } else { "drop" }, *d);
+
+    /// The policies that have a series of their own after the last export.
+    pub fn named(&self) -> impl Iterator<Item = &(String, Direction)> {
+        self.named.iter()
     }
-    let policies: BTreeSet<&String> = t.totals.keys().map(|(p, _)| p).collect();
-    let per_policy = match mode {
-        PolicyMetrics::PerPolicy => true,
-        PolicyMetrics::Auto => policies.len() <= max,
-        _ => false,
-    };
-    // The first `max` policies by name keep their own series; a policy
-    // that went keeps its series until the process restarts (counters
-    // must not go back), which the cap bounds too.
-    let named: BTreeSet<&String> = policies.into_iter().take(max).collect();
-    for ((policy, direction), d) in &t.last_deltas {
-        let label = if per_policy && named.contains(policy) {
-            policy.as_str()
-        } else if per_policy {
-            "_other"
-        } else {
-            continue;
+
+    /// Feeds the last observation into the hit metrics. A policy's
+    /// series counts its packets from when it got the series; `_other`
+    /// counts the packets of every policy without a series of its own at
+    /// the time they were counted, and is never removed (a counter must
+    /// not go back). So per direction the increments of all series add up
+    /// to the packets counted on behalf of each policy, whichever series
+    /// they landed in.
+    pub fn export(&mut self, m: &Metrics, t: &HitTracker) {
+        if self.mode == PolicyMetrics::Off {
+            return;
+        }
+        for ((direction, allows), d) in &t.last_verdict_deltas {
+            m.rule_hits(direction.word(), if *allows { "allow" } else { "drop" }, *d);
+        }
+        let policies: BTreeSet<&String> = t.totals.keys().map(|(p, _)| p).collect();
+        let per_policy = match self.mode {
+            PolicyMetrics::PerPolicy => true,
+            PolicyMetrics::Auto => policies.len() <= self.max,
+            PolicyMetrics::Off | PolicyMetrics::Aggregate => false,
         };
-        m.policy_hits(label, direction.word(), *d);
+        // The first `max` policies by name, so every node and every
+        // restart picks the same ones.
+        let named: BTreeSet<&String> = if per_policy {
+            policies.into_iter().take(self.max).collect()
+        } else {
+            BTreeSet::new()
+        };
+        let now: BTreeSet<(String, Direction)> = t
+            .totals
+            .keys()
+            .filter(|(p, _)| named.contains(p))
+            .cloned()
+            .collect();
+        for (policy, direction) in self.named.difference(&now) {
+            m.forget_policy(policy, direction.word());
+        }
+        for ((policy, direction), d) in &t.last_deltas {
+            if named.contains(policy) {
+                m.policy_hits(policy, direction.word(), *d);
+            } else if per_policy {
+                m.policy_hits(OTHER_POLICIES, direction.word(), *d);
+            }
+        }
+        self.named = now;
     }
 }
 
@@ -562,6 +609,147 @@ mod tests {
         // a/idle's rules went away.
         assert!(h.observe(&c(vec![reading("ing_a_p", "a/x ingress[0]", 2)]), t2));
         assert_eq!(h.totals.len(), 1);
+    }
+
+    /// The `nftpol_policy_packets_total` series in /metrics.
+    fn policy_series(m: &Metrics) -> BTreeMap<(String, String), u64> {
+        m.encode()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("nftpol_policy_packets_total{policy=\"")?;
+                let (policy, rest) = rest.split_once("\",direction=\"")?;
+                let (direction, value) = rest.split_once("\"} ")?;
+                Some(((policy.into(), direction.into()), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn rule_packets(m: &Metrics, direction: &str) -> u64 {
+        let prefix = format!("nftpol_rule_packets_total{{direction=\"{direction}\",");
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// One reading: policy `ns/<name>` counted `packets` on its ingress
+    /// rule (each policy on a pod chain of its own).
+    fn policies(hits: &[(&str, u64)]) -> Counters {
+        Counters::from_rules(
+            hits.iter()
+                .map(|(p, n)| reading(&format!("ing_{p}"), &format!("ns/{p} ingress[0]"), *n))
+                .collect(),
+        )
+    }
+
+    fn series<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<(String, String), u64> {
+        pairs
+            .into_iter()
+            .map(|(p, n)| ((p.to_string(), "ingress".to_string()), n))
+            .collect()
+    }
+
+    #[test]
+    fn auto_above_its_cap_keeps_the_totals_only_and_comes_back_below_it() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let m = Metrics::new();
+        let mut h = HitTracker::default();
+        let mut e = HitExport::new(PolicyMetrics::Auto, 2);
+        h.observe(&policies(&[("a", 3), ("b", 4)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([("ns/a", 3), ("ns/b", 4)]));
+        // A third policy: above the cap, so no series per policy at all
+        // (not even `_other`), and the totals go on.
+        h.observe(&policies(&[("a", 5), ("b", 4), ("c", 7)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([]));
+        assert_eq!(rule_packets(&m, "ingress"), 3 + 4 + 2 + 7);
+        // Back at the cap: each policy has its series again, counting
+        // from then on.
+        h.observe(&policies(&[("a", 6), ("b", 4)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([("ns/a", 1), ("ns/b", 0)]));
+        assert_eq!(rule_packets(&m, "ingress"), 3 + 4 + 2 + 7 + 1);
+    }
+
+    #[test]
+    fn policies_beyond_the_cap_sum_into_other_and_every_packet_counts_once() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let m = Metrics::new();
+        let mut h = HitTracker::default();
+        let mut e = HitExport::new(PolicyMetrics::PerPolicy, 2);
+        // The first two by name have a series, the rest sum into _other,
+        // by direction.
+        let c = Counters::from_rules(vec![
+            reading("ing_b", "ns/b ingress[0]", 2),
+            reading("ing_d", "ns/d ingress[0]", 10),
+            reading("egr_d", "ns/d egress[0]", 100),
+            reading("ing_a", "ns/a ingress[0]", 1),
+            reading("ing_c", "ns/c ingress[0]", 5),
+            // One rule serving two policies counts for each.
+            reading("ing_x", "ns/a ingress[1], ns/c ingress[1]", 1000),
+        ]);
+        h.observe(&c, t0);
+        e.export(&m, &h);
+        let mut want = series([("ns/a", 1001), ("ns/b", 2), ("_other", 1015)]);
+        want.insert(("_other".into(), "egress".into()), 100);
+        assert_eq!(policy_series(&m), want);
+        // A policy that sorts first takes a place: ns/b's series goes, and
+        // its packets from now on count in _other.
+        let c = Counters::from_rules(vec![
+            reading("ing_0", "ns/0 ingress[0]", 7),
+            reading("ing_a", "ns/a ingress[0]", 1),
+            reading("ing_b", "ns/b ingress[0]", 2 + 20),
+            reading("ing_c", "ns/c ingress[0]", 5),
+        ]);
+        h.observe(&c, t0);
+        e.export(&m, &h);
+        let mut want = series([("ns/0", 7), ("ns/a", 1001), ("_other", 1015 + 20)]);
+        want.insert(("_other".into(), "egress".into()), 100);
+        assert_eq!(policy_series(&m), want);
+        // Every packet counted on behalf of a policy is in exactly one
+        // series' increase, whichever: 1001 + 2 + 1015 before, 7 + 20 since.
+        let shown: u64 = policy_series(&m)
+            .iter()
+            .filter(|((_, d), _)| d == "ingress")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            shown + 2,
+            1001 + 2 + 1015 + 7 + 20,
+            "ns/b's 2 left with its series"
+        );
+    }
+
+    #[test]
+    fn a_policy_series_goes_with_its_rules_and_churn_stays_bounded() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let m = Metrics::new();
+        let mut h = HitTracker::default();
+        let mut e = HitExport::new(PolicyMetrics::PerPolicy, 3);
+        h.observe(&policies(&[("keep", 1), ("gone", 2)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([("ns/gone", 2), ("ns/keep", 1)]));
+        // ns/gone was deleted (or selects no local pod any more): its rules
+        // left the table, and so does its series.
+        h.observe(&policies(&[("keep", 1)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([("ns/keep", 1)]));
+        // An API server creating and deleting policies without end: the
+        // series come and go with them and never exceed the cap.
+        let mut most = 0;
+        for i in 0..500 {
+            let a = format!("flap-{i}");
+            let b = format!("flap-{}", i + 1);
+            h.observe(&policies(&[("keep", 1), (&a, 1), (&b, 0)]), t0);
+            e.export(&m, &h);
+            most = most.max(policy_series(&m).len());
+        }
+        assert_eq!(most, 3);
+        h.observe(&policies(&[("keep", 1)]), t0);
+        e.export(&m, &h);
+        assert_eq!(policy_series(&m), series([("ns/keep", 1)]));
     }
 
     #[test]

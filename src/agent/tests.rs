@@ -1085,12 +1085,20 @@ async fn status_object_follows_policy_changes_and_hits() {
         .encode()
         .contains(r#"nftpol_policy_packets_total{policy="prod/web",direction="ingress"} 5"#));
 
-    // Deleted: gone from the status.
+    let web2_series = r#"nftpol_policy_packets_total{policy="prod/web2",direction="ingress"}"#;
+    assert!(agent.metrics.encode().contains(web2_series));
+
+    // Deleted: gone from the status, and its series from /metrics.
     assert!(fake.delete(ApiKind::NetworkPolicy, "prod", "web2"));
     assert!(
         wait_for(LIMIT, || rv_of("web2").is_none()).await,
         "{:?}",
         fake.node_status(NODE)
+    );
+    assert!(
+        wait_for(LIMIT, || !agent.metrics.encode().contains(web2_series)).await,
+        "{}",
+        agent.metrics.encode()
     );
     // How often a status goes out (never while nothing changes, at most
     // once a status interval) is asserted on virtual time in `loop_tests`.
@@ -1229,5 +1237,147 @@ async fn invalid_objects_are_listed_in_the_status() {
         .pointer("/status/invalidObjects/0/error")
         .and_then(Value::as_str)
         .is_some_and(|e| e.contains("protocol")));
+    agent.stop().await;
+}
+
+/// `nftpol_policy_packets_total` as /metrics shows it: (policy,
+/// direction) -> packets.
+fn policy_series(m: &Metrics) -> std::collections::BTreeMap<(String, String), u64> {
+    m.encode()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("nftpol_policy_packets_total{policy=\"")?;
+            let (policy, rest) = rest.split_once("\",direction=\"")?;
+            let (direction, value) = rest.split_once("\"} ")?;
+            Some(((policy.into(), direction.into()), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Lets `packets` go through the kernel rule of `chain` whose comment
+/// starts with `comment`.
+fn hit(agent: &Running, chain: &str, comment: &str, packets: u64) {
+    let table = agent.table().expect("a table");
+    let index = table.chains[chain]
+        .rules
+        .iter()
+        .position(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(comment)))
+        .unwrap_or_else(|| panic!("no rule {comment:?} in {chain}"));
+    agent
+        .backend
+        .state()
+        .hits
+        .insert((chain.to_string(), index), packets);
+}
+
+/// `--policy-metrics auto` with a cap of one policy, fed by the watch:
+/// one series while the node enforces one policy, none (the totals only)
+/// once a second policy arrives, and the first one's again when that
+/// second one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_policy_metrics_drop_to_the_totals_above_the_cap_and_come_back() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let settings = Settings {
+        policy_metrics_max: 1,
+        write_status: false,
+        ..status_settings()
+    };
+    let agent = start(Source::Kube(fake.client()), settings);
+    agent.converges(&expected(&fake), LIMIT).await;
+    hit(&agent, "ing_prod_web-0", "prod/web ingress[0]", 3);
+    let only_web = || {
+        let s = policy_series(&agent.metrics);
+        s.keys().all(|(p, _)| p == "prod/web")
+            && s.get(&("prod/web".into(), "ingress".into())) == Some(&3)
+    };
+    assert!(
+        wait_for(LIMIT, only_web).await,
+        "{}",
+        agent.metrics.encode()
+    );
+
+    fake.apply(policy("prod", "web2", "web", "cli", "b", json!(81)))
+        .expect("policy");
+    agent.converges(&expected(&fake), LIMIT).await;
+    hit(&agent, "ing_prod_web-0", "prod/web2 ingress[0]", 4);
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics).is_empty()).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    // The totals still count every packet.
+    assert!(
+        wait_for(LIMIT, || agent.metrics.encode().contains(
+            r#"nftpol_rule_packets_total{direction="ingress",verdict="allow"} 7"#
+        ))
+        .await,
+        "{}",
+        agent.metrics.encode()
+    );
+
+    assert!(fake.delete(ApiKind::NetworkPolicy, "prod", "web2"));
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(
+        wait_for(LIMIT, || {
+            let s = policy_series(&agent.metrics);
+            s.len() == 1 && s.contains_key(&("prod/web".into(), "ingress".into()))
+        })
+        .await,
+        "{}",
+        agent.metrics.encode()
+    );
+    agent.stop().await;
+}
+
+/// `--policy-metrics per-policy` with a cap of one: the first policy by
+/// name keeps its series, the other one's packets go to `_other`, which
+/// outlives the policy (a counter never goes back) while the policy's own
+/// place is taken by nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_policy_metrics_sum_policies_beyond_the_cap_into_other() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    fake.apply(policy("prod", "web2", "web", "cli", "b", json!(81)))
+        .expect("policy");
+    let settings = Settings {
+        policy_metrics: super::status::PolicyMetrics::PerPolicy,
+        policy_metrics_max: 1,
+        write_status: false,
+        ..status_settings()
+    };
+    let agent = start(Source::Kube(fake.client()), settings);
+    agent.converges(&expected(&fake), LIMIT).await;
+    hit(&agent, "ing_prod_web-0", "prod/web ingress[0]", 3);
+    hit(&agent, "ing_prod_web-0", "prod/web2 ingress[0]", 4);
+    let want = |other: u64| {
+        [
+            (("_other".to_string(), "ingress".to_string()), other),
+            (("prod/web".to_string(), "ingress".to_string()), 3),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics) == want(4)).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    hit(&agent, "ing_prod_web-0", "prod/web2 ingress[0]", 4 + 5);
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics) == want(9)).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    // The delete rewrites the chain, and the kernel's counters of the
+    // rewritten rules start from zero (cleared first: a reading between
+    // the two must not see the old counts at the new positions).
+    agent.backend.state().hits.clear();
+    assert!(fake.delete(ApiKind::NetworkPolicy, "prod", "web2"));
+    agent.converges(&expected(&fake), LIMIT).await;
+    // Give the loop a few counter readings after the delete: nothing moves.
+    let readings_later = Instant::now() + Duration::from_millis(200);
+    tokio::time::sleep_until(readings_later.into()).await;
+    assert_eq!(policy_series(&agent.metrics), want(9));
     agent.stop().await;
 }
