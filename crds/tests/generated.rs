@@ -66,16 +66,92 @@ fn node_status_has_a_status_subresource_and_columns() {
         .find(|d| d.contains("nodenetworkpolicystatuses.nftpol.io"))
         .expect("the status CRD");
     assert!(doc.contains("status: {}"), "status subresource: {doc}");
-    for column in [
-        "Ready",
-        "Degraded",
-        "Generation",
-        "Isolated",
-        "Rules",
-        "Applied",
-    ] {
-        assert!(doc.contains(&format!("name: {column}")), "column {column}");
-    }
-    assert!(doc.contains("rulesetHash"));
     assert!(doc.contains("resourceVersion"));
+}
+
+/// Every column `kubectl get nnps` prints, with its type and the field it
+/// reads, and that field in the schema with a type that fits the column.
+/// (That the agent's status object fills each one in is checked on the
+/// object it writes to the fake API server, in the agent tests.)
+#[test]
+fn node_status_printer_columns_read_fields_of_the_schema() {
+    use kube::CustomResourceExt;
+    let want = [
+        (
+            "Ready",
+            "string",
+            r#".status.conditions[?(@.type=="Ready")].status"#,
+            None,
+        ),
+        (
+            "Degraded",
+            "string",
+            r#".status.conditions[?(@.type=="Degraded")].status"#,
+            None,
+        ),
+        ("Generation", "integer", ".status.rulesetGeneration", None),
+        ("Policies", "integer", ".status.counts.policies", None),
+        ("Isolated", "integer", ".status.counts.podsIsolated", None),
+        ("Rules", "integer", ".status.counts.rules", None),
+        ("Invalid", "integer", ".status.counts.invalidObjects", None),
+        ("Applied", "date", ".status.lastApplyTime", None),
+        ("Hash", "string", ".status.rulesetHash", Some(1)),
+    ];
+    let crd = nftpol_crds::status::NodeNetworkPolicyStatus::crd();
+    let version = &crd.spec.versions[0];
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.type_.as_str(),
+                c.json_path.as_str(),
+                c.priority,
+            )
+        })
+        .collect();
+    assert_eq!(columns, want);
+    let schema = serde_json::to_value(
+        version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("a schema"),
+    )
+    .expect("schema as JSON");
+    for (name, ty, path, _) in want {
+        let field = schema_at(&schema, path)
+            .unwrap_or_else(|| panic!("column {name}: {path} is not in the schema"));
+        let fits = match ty {
+            "integer" => field["type"] == "integer",
+            "string" => field["type"] == "string",
+            "date" => field["type"] == "string" && field["format"] == "date-time",
+            _ => false,
+        };
+        assert!(fits, "column {name} ({ty}): {path} is {field}");
+    }
+}
+
+/// The schema of the field a printer column's path reads: `.a.b` steps
+/// into properties, `[?(@.key=="v")]` into the items of an array whose
+/// items have `key`.
+fn schema_at<'a>(schema: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    let mut at = schema;
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(filter) = rest.strip_prefix("[?(@.") {
+            let (key, after) = filter.split_once("==")?;
+            rest = &after[after.find(")]")? + 2..];
+            at = &at["items"];
+            at["properties"].get(key)?;
+        } else {
+            let field = rest.strip_prefix('.')?;
+            let end = field.find(['.', '[']).unwrap_or(field.len());
+            at = at["properties"].get(&field[..end])?;
+            rest = &field[end..];
+        }
+    }
+    Some(at)
 }

@@ -1045,6 +1045,7 @@ async fn status_object_follows_policy_changes_and_hits() {
         Some(&json!(super::status::ruleset_hash(&want)))
     );
     let gen0 = st.pointer("/status/rulesetGeneration").cloned();
+    every_printer_column_has_its_value(&st);
     assert!(
         rv_of("web").is_some_and(|rv| rv.parse::<u64>().is_ok()),
         "{web_rv}"
@@ -1103,6 +1104,45 @@ async fn status_object_follows_policy_changes_and_hits() {
     // How often a status goes out (never while nothing changes, at most
     // once a status interval) is asserted on virtual time in `loop_tests`.
     agent.stop().await;
+}
+
+/// Each of the CRD's printer columns (`kubectl get nnps`), evaluated as
+/// kubectl does on the object the agent wrote, finds exactly one value of
+/// the column's type: a column naming a field the status never sets
+/// would show `<none>` on every node.
+fn every_printer_column_has_its_value(st: &Value) {
+    use jsonpath_rust::JsonPath;
+    use kube::CustomResourceExt;
+    let crd = nftpol_crds::status::NodeNetworkPolicyStatus::crd();
+    let columns = crd.spec.versions[0]
+        .additional_printer_columns
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(columns.len(), 9, "{columns:?}");
+    for c in columns {
+        let found = st
+            .query(&format!("${}", c.json_path))
+            .unwrap_or_else(|e| panic!("column {}: {}: {e}", c.name, c.json_path));
+        let [value] = found.as_slice() else {
+            panic!(
+                "column {} ({}) finds {found:?} in the status object: {st}",
+                c.name, c.json_path
+            );
+        };
+        let typed = match c.type_.as_str() {
+            "integer" => value.is_u64(),
+            "string" => value.as_str().is_some_and(|s| !s.is_empty()),
+            "date" => value
+                .as_str()
+                .is_some_and(|s| s.parse::<k8s_openapi::jiff::Timestamp>().is_ok()),
+            other => panic!("column {}: type {other} not checked", c.name),
+        };
+        assert!(
+            typed,
+            "column {} ({}): {value} is not a {}",
+            c.name, c.json_path, c.type_
+        );
+    }
 }
 
 /// The agent may start before its Node is registered (or fail to list
