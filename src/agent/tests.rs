@@ -1421,3 +1421,49 @@ async fn per_policy_metrics_sum_policies_beyond_the_cap_into_other() {
     assert_eq!(policy_series(&agent.metrics), want(9));
     agent.stop().await;
 }
+
+/// Series are born when a policy's rules reach the node, so they go when
+/// it stops selecting any local pod (here: its one local pod is
+/// relabelled), and come back when it selects one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_series_goes_when_the_policy_selects_no_local_pod() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    let agent = start(Source::Kube(fake.client()), status_settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    let web = ("prod/web".to_string(), "ingress".to_string());
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics).contains_key(&web)).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    fake.apply(pod(
+        "prod",
+        "web-0",
+        json!({"app": "other"}),
+        NODE,
+        "10.1.0.10",
+    ))
+    .expect("pod");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics).is_empty()).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    fake.apply(pod(
+        "prod",
+        "web-0",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.10",
+    ))
+    .expect("pod");
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(
+        wait_for(LIMIT, || policy_series(&agent.metrics).contains_key(&web)).await,
+        "{}",
+        agent.metrics.encode()
+    );
+    agent.stop().await;
+}
