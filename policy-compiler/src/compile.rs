@@ -324,6 +324,37 @@ fn no_pod_destinations(families: &BTreeSet<Family>) -> Vec<Rule> {
     rules
 }
 
+/// IPv6 sources that name no pod, which `forward` meets only between
+/// pods on one bridge (the kernel never routes them): link-local and
+/// unspecified. Source validation lets them out of a pod for neighbour
+/// discovery and MLD, and the egress verdict maps, keyed by pod
+/// addresses, never judge them; so a pod could send router solicitations
+/// and advertisements or MLD reports past its own egress policy to a
+/// neighbour's global address, and an advertisement makes the sender
+/// that neighbour's default router. On-link NS/NA, accepted above, is
+/// the only such traffic pods exchange; the rest is dropped for all pods,
+/// as for destinations that name no pod.
+fn no_pod_sources() -> Vec<Rule> {
+    [
+        ("fe80::/10", "IPv6 link-local source"),
+        ("::/128", "IPv6 unspecified source"),
+    ]
+    .into_iter()
+    .map(|(net, what)| Rule {
+        matches: vec![
+            Match::AddrPrefix {
+                family: Family::Ipv6,
+                dir: Dir::Src,
+                net: net.parse().expect("a valid literal prefix"),
+            },
+            Match::Counter,
+        ],
+        verdict: Verdict::Drop,
+        comment: Some(format!("{what}: no pod's egress to judge it")),
+    })
+    .collect()
+}
+
 fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -> Chain {
     let mut rules = vec![
         Rule {
@@ -370,6 +401,9 @@ fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -
             verdict: Verdict::Accept,
             comment: Some("IPv6 neighbour discovery, on-link only".into()),
         });
+        if hook == Hook::Forward {
+            rules.extend(no_pod_sources());
+        }
     }
     for &direction in dispatch {
         if direction == Direction::Ingress {
@@ -1658,6 +1692,54 @@ spec:
         assert!(rs.sets.contains_key("ingress_v4"));
         // One allow rule and the drop: no IPv6 twin.
         assert_eq!(rs.chains["ing_x_b"].rules.len(), 2);
+    }
+
+    #[test]
+    fn forward_judges_link_local_and_unspecified_sources_only_as_on_link_nd() {
+        // x/e is isolated by nothing: only the base chain can drop.
+        let open_pod = DUAL_STACK_POD
+            .replace("name: d", "name: e")
+            .replace("app: b", "app: open")
+            .replace("10.0.0.4", "10.0.0.5")
+            .replace("fd00::4", "fd00::5");
+        let rs = compile(
+            &cluster_of(&format!("{TWO_PODS}{DUAL_STACK_POD}{open_pod}")),
+            "n1",
+        );
+        let to_pod = |saddr: &str, icmp: u16, hoplimit: u8| {
+            let pkt = crate::interp::Packet {
+                saddr: saddr.parse().unwrap(),
+                daddr: "fd00::5".parse().unwrap(),
+                proto: 58,
+                dport: icmp,
+                ct: CtState::New,
+                hoplimit,
+            };
+            crate::interp::hook_accepts(&rs, CHAIN_FORWARD, &pkt)
+        };
+        // What source validation lets out for ND and MLD reaches no
+        // neighbour but as on-link NS/NA: no egress chain would judge it.
+        for src in ["fe80::1", "::"] {
+            for (icmp, hoplimit) in [(133, 255), (134, 255), (143, 1)] {
+                assert!(!to_pod(src, icmp, hoplimit), "{src} type {icmp}");
+            }
+            for icmp in [135, 136] {
+                assert!(to_pod(src, icmp, 255), "{src} type {icmp}");
+            }
+        }
+        // Any other source goes on to the policies.
+        assert!(to_pod("fd00::4", 134, 255));
+        let pkt = crate::interp::Packet {
+            saddr: "fd00::5".parse().unwrap(),
+            daddr: "fd00::4".parse().unwrap(),
+            proto: 58,
+            dport: 134,
+            ct: CtState::New,
+            hoplimit: 255,
+        };
+        let trace = crate::interp::trace(&rs, CHAIN_FORWARD, &pkt);
+        let last = trace.steps.last().expect("a deciding rule");
+        assert!(last.chain.starts_with("ing_"), "{last:?}");
     }
 
     #[test]

@@ -38,13 +38,13 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(400);
 /// only a wrong drop reaches, so a slow machine cannot fail a good run.
 pub(crate) const ARRIVAL_LIMIT: Duration = Duration::from_secs(5);
 
-fn sum16(data: &[u8]) -> u32 {
+pub(crate) fn sum16(data: &[u8]) -> u32 {
     data.chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
         .sum()
 }
 
-fn fold(mut s: u32) -> u16 {
+pub(crate) fn fold(mut s: u32) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -145,7 +145,7 @@ pub(crate) fn packet(
 }
 
 /// Sends complete IP packets from the calling thread's namespace.
-fn send_raw(packets: &[(IpAddr, Vec<u8>)]) {
+pub(crate) fn send_raw(packets: &[(IpAddr, Vec<u8>)]) {
     for (dst, p) in packets {
         let v6 = dst.is_ipv6();
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };

@@ -43,6 +43,7 @@ mod agent;
 mod attacker;
 mod cluster;
 mod deploy;
+mod evasion;
 mod generated;
 mod hits;
 mod host;
