@@ -1,7 +1,8 @@
 //! The verdict log on the simulated cluster: the agents read the nflog
 //! group while real probes run. A denied probe is logged naming the
 //! policy and both pods; a flood of denied packets is logged only at the
-//! rate the kernel lets through, and dropped in full; a staged policy
+//! rate the kernel lets through, and dropped in full, and the agent's
+//! per-policy metric counts every dropped packet; a staged policy
 //! drops nothing and logs `would-deny`, and enforces once its annotation
 //! goes; the whole matrix matches the evaluator with logging on.
 
@@ -101,7 +102,7 @@ fn denied_and_staged_verdicts_are_logged_rate_limited_and_change_nothing() {
                 &n.name,
                 &dir,
                 c.dir.join(format!("agent-{}.log", n.name)),
-                &["--log-rate", &rate],
+                &["--log-rate", &rate, "--counters-interval", "200ms"],
             )
         })
         .collect();
@@ -204,6 +205,24 @@ fn denied_and_staged_verdicts_are_logged_rate_limited_and_change_nothing() {
     assert!(
         counted >= logged as u64 && counted <= logged as u64 + 10,
         "metric {counted} vs {logged} lines"
+    );
+
+    // The agent's per-policy metric follows the kernel's counters: every
+    // packet counted on behalf of x/deny-a (its chain was written once,
+    // after the agent started, and no traffic goes to x/a any more).
+    let kernel = isolation_drops(&c, &na, "x/deny-a");
+    let series = r#"nftpol_policy_packets_total{policy="x/deny-a",direction="ingress"}"#;
+    let mut exported = metric(&c, &na, series);
+    for _ in 0..50 {
+        if exported == kernel {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        exported = metric(&c, &na, series);
+    }
+    assert_eq!(
+        exported, kernel,
+        "{series} on {na} vs the kernel's counters"
     );
 
     // 3. A staged policy on x/b drops nothing and logs what it would deny.
