@@ -29,10 +29,11 @@ const FOLLOW: Duration = Duration::from_secs(30);
 /// between a fresh `nft -f` and incremental batches), or `None` when the
 /// table is absent.
 fn table(ns: &Netns) -> Option<String> {
-    let out = ns.nft(&["list", "table", "inet", "nftpol"]);
-    out.status
-        .success()
-        .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
+    // The whole ruleset: `inet nftpol` and the `netdev nftpol` guard are
+    // all a scratch namespace holds.
+    let out = ns.nft(&["list", "ruleset"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    (out.status.success() && text.contains("table inet nftpol")).then(|| normalize(&text))
 }
 
 /// `nft args…` in `ns`, which must succeed.
@@ -109,9 +110,15 @@ fn start_agent(ns: &Netns, dir: &Path, drift: &str) -> Agent {
 /// What the kernel holds after `nft -f` of `nftpol compile DIR`, listed
 /// from a scratch namespace.
 fn reference(dir: &Path) -> String {
+    reference_with(dir, &[])
+}
+
+/// [`reference`] compiled with `extra` arguments (`--pod-interfaces`).
+fn reference_with(dir: &Path, extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(["compile", "--node-name", "node-1", "--manifests"])
         .arg(dir)
+        .args(extra)
         .output()
         .expect("nftpol compile");
     assert!(out.status.success(), "compile failed");
@@ -537,7 +544,7 @@ current-context: f\n",
 /// scripts against the table `CLUSTER` + `POLICY` compile to
 /// (`pod4_5cd47f554f1d5c4d` is the set of the policy's peers, pods
 /// `app: cli` of namespace prod, named by that definition's hash).
-const TAMPERINGS: [(&str, &str); 9] = [
+const TAMPERINGS: [(&str, &str); 13] = [
     ("dormant flag", "add table inet nftpol { flags dormant; }"),
     (
         "base chain policy",
@@ -568,7 +575,25 @@ const TAMPERINGS: [(&str, &str); 9] = [
     ),
     ("table deleted", "delete table inet nftpol"),
     ("foreign object", "add counter inet nftpol evil"),
+    // The guard of web-0's interface (`GUARD_INTERFACES`).
+    ("guard table deleted", "delete table netdev nftpol"),
+    (
+        "guard dormant flag",
+        "add table netdev nftpol { flags dormant; }",
+    ),
+    (
+        "guard chain deleted",
+        "delete chain netdev nftpol l2_prod_web-0",
+    ),
+    (
+        "guard rule inserted",
+        "insert rule netdev nftpol l2_prod_web-0 accept",
+    ),
 ];
+
+/// The interface map the tampering agent is given, so that it keeps a
+/// guard table (the device need not exist).
+const GUARD_INTERFACES: &str = "prod/web-0: vpweb0\n";
 
 /// Runs `script` with `nft -f` inside `ns`.
 fn nft_script(ns: &Netns, script: &str) {
@@ -592,7 +617,7 @@ fn nft_script(ns: &Netns, script: &str) {
 fn raw_table(ns: &Netns) -> String {
     let out = ns
         .cmd("nft")
-        .args(["list", "table", "inet", "nftpol"])
+        .args(["list", "ruleset"])
         .output()
         .expect("run nft");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -639,10 +664,17 @@ fn agent_repairs_every_tampering(tag: &str, extra: &[&str]) {
     let dir = temp_dir(tag);
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
     std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
+    let ifdir = temp_dir(&format!("{tag}-if"));
+    let ifmap = ifdir.path().join("interfaces.yaml");
+    std::fs::write(&ifmap, GUARD_INTERFACES).expect("write");
+    let ifmap = ifmap.to_str().expect("utf-8 path");
     let ns = Netns::create(tag);
     let log = dir.path().join("agent.log");
-    let _agent = start_logged_agent(&ns, dir.path(), extra, &log);
-    let want = reference(dir.path());
+    let mut args = vec!["--pod-interfaces", ifmap];
+    args.extend_from_slice(extra);
+    let _agent = start_logged_agent(&ns, dir.path(), &args, &log);
+    let want = reference_with(dir.path(), &["--pod-interfaces", ifmap]);
+    assert!(want.contains("l2_prod_web-0"), "no guard chain: {want}");
     follows(&ns, &want, FOLLOW);
     for (what, script) in TAMPERINGS {
         nft_script(&ns, script);

@@ -146,6 +146,7 @@ pub fn compile_node_with(
     }
     b.shared_address_elements(node);
     crate::srcval::add_chains(&mut b.rs, cluster, node, net);
+    b.rs.guard = crate::srcval::guard(cluster, node, net);
     crate::counters::add(&mut b.rs);
     b.rs
 }

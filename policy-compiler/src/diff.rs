@@ -17,7 +17,9 @@
 //! 5. replace objects whose type changed (delete + add under the same name);
 //! 6. add set elements, then the rules of new and changed chains;
 //! 7. delete chains, then sets, that are no longer wanted;
-//! 8. set the table's flags when they differ (a dormant table is woken).
+//! 8. set the table's flags when they differ (a dormant table is woken);
+//! 9. the `netdev nftpol` guard table ([`GuardOp`]): it names nothing in
+//!    `inet nftpol`, so its changes simply follow, in the same batch.
 
 use crate::ir::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +57,38 @@ pub enum Op {
     AddElements { set: String, elements: Vec<Element> },
     /// Delete elements from a set (each must be present).
     DelElements { set: String, elements: Vec<Element> },
+    /// A change to the `netdev nftpol` guard table.
+    Guard(GuardOp),
+}
+
+/// One operation on the `netdev nftpol` table (chains only, no sets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuardOp {
+    /// Create the table.
+    AddTable,
+    /// Delete the table with its chains.
+    DelTable,
+    /// Delete the table if it exists, whatever it holds: its state is
+    /// unknown (the `inet` table is being created or replaced whole).
+    /// An add that finds the table (no `NLM_F_EXCL`) and a delete.
+    Reset,
+    SetFlags {
+        flags: u32,
+    },
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
+    DelChain {
+        name: String,
+    },
+    FlushChain {
+        name: String,
+    },
+    AddRules {
+        chain: String,
+        rules: Vec<Rule>,
+    },
 }
 
 /// An ordered list of operations applied as one atomic unit.
@@ -103,15 +137,24 @@ impl Transaction {
                 Op::AddElements { elements, .. } => s.elements_added += elements.len(),
                 Op::DelElements { elements, .. } => s.elements_deleted += elements.len(),
                 Op::AddChain { .. } | Op::DelChain { .. } => {}
+                Op::Guard(g) => match g {
+                    GuardOp::AddTable => s.tables_added += 1,
+                    GuardOp::DelTable => s.tables_deleted += 1,
+                    GuardOp::SetFlags { .. } => s.tables_changed += 1,
+                    GuardOp::AddChain { .. } => s.chains_added += 1,
+                    GuardOp::DelChain { .. } => s.chains_deleted += 1,
+                    GuardOp::FlushChain { .. } => s.chains_changed += 1,
+                    GuardOp::Reset | GuardOp::AddRules { .. } => {}
+                },
             }
         }
         // A chain deleted and re-added under the same name (its base
         // changed) is a change, not an add plus a delete.
         let replaced: BTreeSet<&str> = added.intersection(&deleted).copied().collect();
-        s.chains_added = added.len() - replaced.len();
-        s.chains_deleted = deleted.len() - replaced.len();
+        s.chains_added += added.len() - replaced.len();
+        s.chains_deleted += deleted.len() - replaced.len();
         changed.extend(replaced.iter().copied());
-        s.chains_changed = changed
+        s.chains_changed += changed
             .iter()
             .filter(|c| !added.contains(*c) || replaced.contains(*c))
             .filter(|c| !deleted.contains(*c) || replaced.contains(*c))
@@ -392,7 +435,59 @@ pub fn diff(desired: &Ruleset, actual: &Ruleset) -> Transaction {
         });
     }
 
+    ops.extend(diff_guard(desired.guard.as_ref(), actual.guard.as_ref()));
     Transaction { ops }
+}
+
+/// The guard table's part of a transaction: chain by chain (a chain
+/// whose hook or device changed is replaced), its flags last.
+pub fn diff_guard(desired: Option<&Guard>, actual: Option<&Guard>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let empty = Guard::default();
+    let actual = match (desired, actual) {
+        (None, None) => return ops,
+        (None, Some(_)) => return vec![Op::Guard(GuardOp::DelTable)],
+        (Some(_), None) => {
+            ops.push(Op::Guard(GuardOp::AddTable));
+            &empty
+        }
+        (Some(_), Some(a)) => a,
+    };
+    let desired = desired.unwrap_or(&empty);
+    for (name, ac) in &actual.chains {
+        if desired.chains.get(name).is_none_or(|dc| dc.base != ac.base) {
+            ops.push(Op::Guard(GuardOp::DelChain { name: name.clone() }));
+        }
+    }
+    for (name, dc) in &desired.chains {
+        let fresh = actual.chains.get(name).is_none_or(|ac| ac.base != dc.base);
+        if fresh {
+            ops.push(Op::Guard(GuardOp::AddChain {
+                name: name.clone(),
+                base: dc.base.clone(),
+            }));
+        } else if actual
+            .chains
+            .get(name)
+            .is_some_and(|ac| ac.rules != dc.rules)
+        {
+            ops.push(Op::Guard(GuardOp::FlushChain { name: name.clone() }));
+        } else {
+            continue;
+        }
+        if !dc.rules.is_empty() {
+            ops.push(Op::Guard(GuardOp::AddRules {
+                chain: name.clone(),
+                rules: dc.rules.clone(),
+            }));
+        }
+    }
+    if desired.flags != actual.flags {
+        ops.push(Op::Guard(GuardOp::SetFlags {
+            flags: desired.flags,
+        }));
+    }
+    ops
 }
 
 /// The chains and sets an incremental update may have changed (by name:
@@ -403,6 +498,9 @@ pub struct Touched {
     pub all: bool,
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+    /// The guard table may have changed (it is diffed whole: one chain per
+    /// local pod interface).
+    pub guard: bool,
 }
 
 impl Touched {
@@ -414,12 +512,13 @@ impl Touched {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.all && self.chains.is_empty() && self.sets.is_empty()
+        !self.all && !self.guard && self.chains.is_empty() && self.sets.is_empty()
     }
 
     /// Adds what `other` touched (changes not yet in the kernel add up).
     pub fn extend(&mut self, other: &Touched) {
         self.all |= other.all;
+        self.guard |= other.guard;
         self.chains.extend(other.chains.iter().cloned());
         self.sets.extend(other.sets.iter().cloned());
     }
@@ -428,6 +527,7 @@ impl Touched {
     fn pick(&self, rs: &Ruleset) -> Ruleset {
         Ruleset {
             table_flags: rs.table_flags,
+            guard: if self.guard { rs.guard.clone() } else { None },
             chains: self
                 .chains
                 .iter()
@@ -473,6 +573,9 @@ pub fn copy_touched(known: &mut Ruleset, desired: &Ruleset, touched: &Touched) {
         return;
     }
     known.table_flags = desired.table_flags;
+    if touched.guard {
+        known.guard = desired.guard.clone();
+    }
     for n in &touched.chains {
         match desired.chains.get(n) {
             Some(c) => known.chains.insert(n.clone(), c.clone()),
@@ -489,9 +592,12 @@ pub fn copy_touched(known: &mut Ruleset, desired: &Ruleset, touched: &Touched) {
 
 /// The transaction that creates the table and fills it with `desired`
 /// (the table is absent from the kernel).
+/// The guard table is reset first: the kernel may hold one nonetheless
+/// (only the `inet` table was deleted).
 pub fn create(desired: &Ruleset) -> Transaction {
     let mut tx = diff(desired, &Ruleset::default());
     tx.ops.insert(0, Op::AddTable);
+    tx.ops.insert(1, Op::Guard(GuardOp::Reset));
     tx
 }
 

@@ -9,7 +9,7 @@
 //! the compiler can check a transaction without root. It carries no test
 //! hooks; failures are injected by wrapping it.
 
-use crate::diff::{element_fits, rule_chain_ref, rule_set_refs, Op, Transaction};
+use crate::diff::{element_fits, rule_chain_ref, rule_set_refs, GuardOp, Op, Transaction};
 use crate::ir::*;
 use std::collections::BTreeSet;
 
@@ -96,6 +96,62 @@ fn apply_op(table: &mut Option<Ruleset>, index: usize, op: &Op) -> Result<(), Fa
                 return Err(busy(format!("set {name} (used by chain {chain})")));
             }
             rs.sets.remove(name);
+        }
+        Op::Guard(g) => {
+            let guard = &mut rs.guard;
+            fn chains(
+                guard: &mut Option<Guard>,
+                index: usize,
+            ) -> Result<&mut std::collections::BTreeMap<String, Chain>, FakeError> {
+                match guard {
+                    Some(g) => Ok(&mut g.chains),
+                    None => Err(FakeError::NotFound {
+                        index,
+                        what: "table netdev nftpol".into(),
+                    }),
+                }
+            }
+            match g {
+                GuardOp::AddTable if guard.is_some() => {
+                    return Err(exists("table netdev nftpol".into()))
+                }
+                GuardOp::AddTable => *guard = Some(Guard::default()),
+                GuardOp::DelTable if guard.is_none() => {
+                    return Err(not_found("table netdev nftpol".into()))
+                }
+                GuardOp::DelTable | GuardOp::Reset => *guard = None,
+                GuardOp::SetFlags { flags } => match guard {
+                    Some(g) => g.flags = *flags,
+                    None => return Err(not_found("table netdev nftpol".into())),
+                },
+                GuardOp::AddChain { name, base } => {
+                    let chains = chains(guard, index)?;
+                    if chains.contains_key(name) {
+                        return Err(exists(format!("chain {name} of table netdev nftpol")));
+                    }
+                    chains.insert(
+                        name.clone(),
+                        Chain {
+                            base: base.clone(),
+                            rules: Vec::new(),
+                        },
+                    );
+                }
+                GuardOp::DelChain { name } => {
+                    if chains(guard, index)?.remove(name).is_none() {
+                        return Err(not_found(format!("chain {name} of table netdev nftpol")));
+                    }
+                }
+                GuardOp::FlushChain { name: chain } | GuardOp::AddRules { chain, .. } => {
+                    let Some(c) = chains(guard, index)?.get_mut(chain) else {
+                        return Err(not_found(format!("chain {chain} of table netdev nftpol")));
+                    };
+                    match g {
+                        GuardOp::AddRules { rules, .. } => c.rules.extend(rules.iter().cloned()),
+                        _ => c.rules.clear(),
+                    }
+                }
+            }
         }
         Op::AddChain { name, base } => {
             if rs.chains.contains_key(name) {

@@ -408,6 +408,8 @@ impl Incremental {
                 self.src_chains.push(name.clone());
                 self.rs.chains.insert(name, chain);
             }
+            self.rs.guard = crate::srcval::guard(cluster, &self.node, &self.net);
+            touched.guard = true;
         }
         touched
     }
@@ -636,6 +638,7 @@ impl Incremental {
             self.src_chains.push(name.clone());
             self.rs.chains.insert(name, chain);
         }
+        self.rs.guard = crate::srcval::guard(cluster, &node, &self.net);
         self.families = fams;
         self.admin_tier = compile::has_admin_tier(cluster);
         self.node = node;

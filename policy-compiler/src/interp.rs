@@ -220,6 +220,16 @@ fn pick(pkt: &Packet, dir: Dir) -> IpAddr {
 
 fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
     match m {
+        Match::EtherType { ty, negate } => {
+            let own = match Family::of(&pkt.saddr) {
+                Family::Ipv4 => crate::srcval::ETH_P_IP,
+                Family::Ipv6 => crate::srcval::ETH_P_IPV6,
+            };
+            (own == *ty) != *negate
+        }
+        // The packets modelled here are IP packets without an ND target:
+        // never ARP, and no advertisement to judge.
+        Match::ArpNotEthIpv4 | Match::ArpSenderIpNot(_) | Match::NdTargetNot(_) => false,
         Match::CtState(states) => states.contains(&pkt.ct),
         Match::L4Proto(p) => pkt.proto == *p,
         Match::AddrInSet { family, dir, set } => {

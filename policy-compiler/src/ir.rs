@@ -18,6 +18,8 @@ use std::net::IpAddr;
 pub const TABLE_FAMILY: &str = "inet";
 /// Name of the only table nftpol owns.
 pub const TABLE_NAME: &str = "nftpol";
+/// Address family of the L2 guard table nftpol owns beside it.
+pub const GUARD_FAMILY: &str = "netdev";
 /// `NFT_TABLE_F_DORMANT`: the table stays but none of its chains sees a packet.
 pub const TABLE_F_DORMANT: u32 = 1;
 
@@ -38,6 +40,22 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
     /// Named sets and verdict maps by name.
     pub sets: BTreeMap<String, Set>,
+    /// The `netdev nftpol` table (per pod interface: what no `inet` chain
+    /// sees, such as VLAN-tagged frames and ARP); `None` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+}
+
+/// The `netdev nftpol` table: one `ingress` base chain per local pod
+/// interface, no sets. It lives and is diffed beside `inet nftpol` and
+/// goes to the kernel in the same batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The table's flags; never compiled, read back when someone made
+    /// it dormant.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flags: u32,
+    pub chains: BTreeMap<String, Chain>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +283,23 @@ pub enum Match {
     /// `log prefix "..." group G`: hands the packet to the nflog group
     /// (always true).
     Log { group: u16, prefix: String },
+    /// `ether type 8021q` / `ether type != arp` (netdev table only). The
+    /// kernel moves a frame's outer VLAN tag out of the data before the
+    /// hook; the kernel's payload load puts it back, so this sees the
+    /// tag as sent.
+    EtherType { ty: u16, negate: bool },
+    /// `arp htype . arp ptype . arp hlen . arp plen != 1 . ip . 6 . 4`:
+    /// an ARP packet whose fields sit elsewhere than Ethernet/IPv4
+    /// ARP's (netdev table, after `ether type arp`).
+    ArpNotEthIpv4,
+    /// `arp saddr ip != A` (netdev table, after `ether type arp` and
+    /// [`Match::ArpNotEthIpv4`] has dropped other layouts).
+    ArpSenderIpNot(std::net::Ipv4Addr),
+    /// `icmpv6 type nd-neighbor-advert` target `!= A` / `!= fe80::/10`
+    /// (`@th,64,128`): the address a neighbour advertisement claims
+    /// (netdev table, after `ether type ip6`; implies `meta l4proto
+    /// ipv6-icmp`).
+    NdTargetNot(ipnet::Ipv6Net),
 }
 
 /// The verdict of a rule.
@@ -329,9 +364,15 @@ pub enum Element {
 }
 
 impl Ruleset {
-    /// Number of rules across all chains.
+    /// Number of rules across all chains (the guard table's too).
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|c| c.rules.len()).sum()
+        let guard: usize = self
+            .guard
+            .iter()
+            .flat_map(|g| g.chains.values())
+            .map(|c| c.rules.len())
+            .sum();
+        self.chains.values().map(|c| c.rules.len()).sum::<usize>() + guard
     }
     /// Number of set and map elements across all sets.
     pub fn element_count(&self) -> usize {

@@ -1,7 +1,12 @@
 //! Source validation: which host-side interface each local pod sends
 //! through (the node's network view, an input of the compiler like the
-//! cluster), and the per-pod `ingress` base chain bound to that interface
-//! that lets through only the pod's own addresses.
+//! cluster), and the per-pod `ingress` base chains bound to that
+//! interface: in `inet nftpol`, one that lets through only the pod's own
+//! addresses; in `netdev nftpol` (the guard), one for what the `inet`
+//! family never sees (it runs only for IPv4/IPv6 frames, after the
+//! kernel took one VLAN tag off): VLAN-tagged frames, ethertypes a pod
+//! never needs, and ARP or neighbour advertisements claiming an address
+//! that is not the pod's.
 //!
 //! The check sits on the `ingress` hook, per interface, before bridging,
 //! routing and conntrack. That is the one place that still knows the port
@@ -24,6 +29,16 @@ use std::net::{IpAddr, Ipv6Addr};
 /// Ahead of everything else on the interface (the netdev `ingress`
 /// priorities of other tools are usually 0 or above).
 pub const SRC_PRIORITY: i32 = -500;
+/// The guard runs before the `inet` chain on the same interface.
+pub const GUARD_PRIORITY: i32 = -600;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// ICMPv6 neighbour advertisement: its target address is what it claims.
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 /// Neighbour discovery (router/neighbour solicitation and advertisement).
 /// Redirect (137) is left out: pods are not routers.
@@ -104,16 +119,7 @@ pub fn src_chain_name(pod: &Pod) -> String {
 /// dropping the others' sources, so such interfaces get one chain for all
 /// of them.
 pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet) {
-    if !net.source_validation {
-        return;
-    }
-    let mut by_if: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-    for pod in local_pods(cluster, node) {
-        if let Some(dev) = net.interface_of(pod) {
-            by_if.entry(dev).or_default().push(pod);
-        }
-    }
-    for (dev, pods) in by_if {
+    for (dev, pods) in by_interface(cluster, node, net) {
         let first = pods[0];
         let names: Vec<String> = pods
             .iter()
@@ -196,6 +202,130 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
                 rules,
             },
         );
+    }
+}
+
+/// Local pods by the interface they send through (validation on only).
+fn by_interface<'c>(
+    cluster: &'c Cluster,
+    node: &'c str,
+    net: &'c NodeNet,
+) -> BTreeMap<&'c str, Vec<&'c Pod>> {
+    let mut by_if: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    if !net.source_validation {
+        return by_if;
+    }
+    for pod in local_pods(cluster, node) {
+        if let Some(dev) = net.interface_of(pod) {
+            by_if.entry(dev).or_default().push(pod);
+        }
+    }
+    by_if
+}
+
+pub fn guard_chain_name(pod: &Pod) -> String {
+    ident("l2", &[&pod.namespace, &pod.name])
+}
+
+/// The `netdev nftpol` table: one chain per interface of
+/// [`add_chains`], or `None` when there is none.
+pub fn guard(cluster: &Cluster, node: &str, net: &NodeNet) -> Option<Guard> {
+    let chains: BTreeMap<String, Chain> = by_interface(cluster, node, net)
+        .into_iter()
+        .map(|(dev, pods)| (guard_chain_name(pods[0]), guard_chain(dev, &pods)))
+        .collect();
+    (!chains.is_empty()).then_some(Guard { flags: 0, chains })
+}
+
+/// The guard chain of the pods sending through `dev`.
+pub fn guard_chain(dev: &str, pods: &[&Pod]) -> Chain {
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    let names = names.join(", ");
+    let mut own: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+    own.sort();
+    own.dedup();
+    let ether = |ty: u16, negate: bool| Match::EtherType { ty, negate };
+    let drop = |mut matches: Vec<Match>, why: String| {
+        matches.push(Match::Counter);
+        Rule {
+            matches,
+            verdict: Verdict::Drop,
+            comment: Some(comment(why)),
+        }
+    };
+    let mut rules = vec![
+        drop(
+            vec![ether(ETH_P_8021Q, false)],
+            "VLAN tag (802.1Q): pods send untagged frames".into(),
+        ),
+        drop(
+            vec![ether(ETH_P_8021AD, false)],
+            "VLAN tag (802.1ad): pods send untagged frames".into(),
+        ),
+        drop(
+            vec![
+                ether(ETH_P_IP, true),
+                ether(ETH_P_IPV6, true),
+                ether(ETH_P_ARP, true),
+            ],
+            "ethertype other than IPv4, IPv6 and ARP".into(),
+        ),
+        // The checks below read ARP fields at Ethernet/IPv4 offsets.
+        drop(
+            vec![ether(ETH_P_ARP, false), Match::ArpNotEthIpv4],
+            "ARP that is not Ethernet/IPv4".into(),
+        ),
+    ];
+    // A probe (RFC 5227) has the unspecified sender address.
+    let mut arp = vec![ether(ETH_P_ARP, false)];
+    arp.extend(
+        own.iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .chain([std::net::Ipv4Addr::UNSPECIFIED])
+            .map(Match::ArpSenderIpNot),
+    );
+    rules.push(drop(arp, format!("ARP sender address not of {names}")));
+    let own6: Vec<Ipv6Addr> = own
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    // An IPv4-only pod sends no IPv6 past its `inet` chain at all.
+    if !own6.is_empty() {
+        let mut na = vec![Match::Icmpv6Type {
+            lo: ND_NEIGHBOR_ADVERT,
+            hi: ND_NEIGHBOR_ADVERT,
+        }];
+        na.extend(
+            own6.iter()
+                .map(|a| ipnet::Ipv6Net::from(*a))
+                .chain([
+                    ipnet::Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)
+                        .expect("fe80::/10 is a valid prefix"),
+                ])
+                .map(Match::NdTargetNot),
+        );
+        rules.push(drop(
+            na,
+            format!("neighbour advertisement for an address not of {names}"),
+        ));
+    }
+    Chain {
+        base: Some(BaseChain {
+            hook: Hook::Ingress,
+            priority: GUARD_PRIORITY,
+            policy: ChainPolicy::Accept,
+            device: Some(dev.to_string()),
+        }),
+        rules,
     }
 }
 

@@ -13,7 +13,7 @@ use super::socket::Socket;
 use super::wire::{self, ObjMsg};
 use super::NetlinkError;
 use nftnl::{Batch, MsgType, ProtoFamily};
-use policy_compiler::diff::{Op, Transaction};
+use policy_compiler::diff::{GuardOp, Op, Transaction};
 use policy_compiler::ir::{ChainPolicy, Element, Family, Hook, SetKind, TABLE_NAME};
 use policy_compiler::render::{render_element, render_rule};
 
@@ -76,6 +76,25 @@ pub fn describe(tx: &Transaction, r: MsgRef) -> String {
         },
         Op::AddElements { set, elements } => elems("add", set, elements),
         Op::DelElements { set, elements } => elems("delete", set, elements),
+        Op::Guard(g) => match g {
+            GuardOp::AddTable => format!("add table netdev {TABLE_NAME}"),
+            GuardOp::DelTable => format!("delete table netdev {TABLE_NAME}"),
+            GuardOp::Reset => format!("reset table netdev {TABLE_NAME}"),
+            GuardOp::SetFlags { flags } => {
+                format!("set flags {flags:#x} of table netdev {TABLE_NAME}")
+            }
+            GuardOp::AddChain { name, .. } => format!("add chain {name} of table netdev"),
+            GuardOp::DelChain { name } => format!("delete chain {name} of table netdev"),
+            GuardOp::FlushChain { name } => format!("flush chain {name} of table netdev"),
+            GuardOp::AddRules { chain, rules } => match rules.get(r.first) {
+                Some(rule) => format!(
+                    "add rule {} of chain {chain} of table netdev: {}",
+                    r.first,
+                    render_rule(rule)
+                ),
+                None => format!("add rule {} of chain {chain} of table netdev", r.first),
+            },
+        },
     }
 }
 
@@ -95,6 +114,16 @@ fn kind_of(e: &Element) -> SetKind {
         Element::PortRange(..) => SetKind::Ports,
         Element::AddrProtoPort(a, ..) => SetKind::AddrProtoPort { family: fam(a) },
         Element::VmapJump(a, _) => SetKind::Vmap { family: fam(a) },
+    }
+}
+
+/// The hook number of a chain in `family`: the netdev family numbers its
+/// hooks apart (`NF_NETDEV_INGRESS` is 0), and nftnl's `Hook` carries the
+/// number only, so the variant of the same value stands for it.
+fn hook_in(netdev: bool, h: Hook) -> nftnl::Hook {
+    match (netdev, h) {
+        (true, Hook::Ingress) => nftnl::Hook::PreRouting,
+        _ => hook(h),
     }
 }
 
@@ -162,9 +191,33 @@ fn add_elements(
     Ok(())
 }
 
+/// An add message for a chain of `table`.
+fn chain_msg<'t>(
+    table: &'t nftnl::Table,
+    netdev: bool,
+    name: &str,
+    base: Option<&policy_compiler::ir::BaseChain>,
+) -> Result<nftnl::Chain<'t>, String> {
+    let cname = cstring(name)?;
+    let mut chain = nftnl::Chain::new(&cname, table);
+    if let Some(b) = base {
+        chain.set_hook(hook_in(netdev, b.hook), b.priority);
+        if let Some(dev) = &b.device {
+            chain.set_device(cstring(dev)?);
+        }
+        chain.set_type(nftnl::ChainType::Filter);
+        chain.set_policy(match b.policy {
+            ChainPolicy::Accept => nftnl::Policy::Accept,
+            ChainPolicy::Drop => nftnl::Policy::Drop,
+        });
+    }
+    Ok(chain)
+}
+
 /// Encodes `tx` into one batch buffer.
 pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
     let table = nftnl::Table::new(c"nftpol", ProtoFamily::Inet);
+    let guard = nftnl::Table::new(c"nftpol", ProtoFamily::NetDev);
     let mut batch = Batch::new();
     let mut objects: Vec<MsgRef> = Vec::new();
     let mut set_id = 0u32;
@@ -207,20 +260,62 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                 batch.add(&msg, MsgType::Del);
                 objects.push(one);
             }
-            Op::AddChain { name, base } => {
-                let cname = cstring(name).map_err(fail(one))?;
-                let mut chain = nftnl::Chain::new(&cname, &table);
-                if let Some(b) = base {
-                    chain.set_hook(hook(b.hook), b.priority);
-                    if let Some(dev) = &b.device {
-                        chain.set_device(cstring(dev).map_err(fail(one))?);
+            Op::Guard(g) => match g {
+                GuardOp::AddTable | GuardOp::DelTable | GuardOp::Reset => {
+                    if !matches!(g, GuardOp::DelTable) {
+                        // Without NLM_F_EXCL: creates, or leaves it be.
+                        batch.add(&guard, MsgType::Add);
+                        objects.push(one);
                     }
-                    chain.set_type(nftnl::ChainType::Filter);
-                    chain.set_policy(match b.policy {
-                        ChainPolicy::Accept => nftnl::Policy::Accept,
-                        ChainPolicy::Drop => nftnl::Policy::Drop,
-                    });
+                    if !matches!(g, GuardOp::AddTable) {
+                        batch.add(&guard, MsgType::Del);
+                        objects.push(one);
+                    }
                 }
+                GuardOp::SetFlags { flags } => {
+                    let msg = ObjMsg::table_flags_in(wire::FAMILY_NETDEV, TABLE_NAME, *flags);
+                    batch.add(&msg, MsgType::Add);
+                    objects.push(one);
+                }
+                GuardOp::AddChain { name, base } => {
+                    let chain = chain_msg(&guard, true, name, base.as_ref()).map_err(fail(one))?;
+                    batch.add(&chain, MsgType::Add);
+                    objects.push(one);
+                }
+                GuardOp::DelChain { name } | GuardOp::FlushChain { name } => {
+                    let cname = cstring(name).map_err(fail(one))?;
+                    let chain = nftnl::Chain::new(&cname, &guard);
+                    if matches!(g, GuardOp::FlushChain { .. }) {
+                        batch.add(&nftnl::Rule::new(&chain), MsgType::Del);
+                    } else {
+                        batch.add(&chain, MsgType::Del);
+                    }
+                    objects.push(one);
+                }
+                GuardOp::AddRules { chain, rules } => {
+                    let cname = cstring(chain).map_err(fail(one))?;
+                    let nchain = nftnl::Chain::new(&cname, &guard);
+                    for (i, rule) in rules.iter().enumerate() {
+                        let this = MsgRef {
+                            op: op_i,
+                            first: i,
+                            count: 1,
+                        };
+                        let mut r = nftnl::Rule::new(&nchain);
+                        for e in super::expr::lower_guard_rule(rule) {
+                            r.add_expr(&ExprRef(&e));
+                        }
+                        if let Some(c) = &rule.comment {
+                            let c = cstring(c).map_err(fail(this))?;
+                            r.set_comment(c).map_err(|e| fail(this)(e.to_string()))?;
+                        }
+                        batch.add(&r, MsgType::Add);
+                        objects.push(this);
+                    }
+                }
+            },
+            Op::AddChain { name, base } => {
+                let chain = chain_msg(&table, false, name, base.as_ref()).map_err(fail(one))?;
                 batch.add(&chain, MsgType::Add);
                 objects.push(one);
             }

@@ -15,6 +15,22 @@ use std::collections::BTreeSet;
 
 pub const META_NFPROTO: u32 = libc::NFT_META_NFPROTO as u32;
 pub const META_L4PROTO: u32 = libc::NFT_META_L4PROTO as u32;
+/// `meta protocol` (the frame's ethertype, network order): the family
+/// guard of the netdev table, where `meta nfproto` is always netdev.
+pub const META_PROTOCOL: u32 = libc::NFT_META_PROTOCOL as u32;
+/// `meta iiftype`: nft's dependency of an `ether` match.
+pub const META_IIFTYPE: u32 = libc::NFT_META_IIFTYPE as u32;
+pub const BASE_LINK: u32 = libc::NFT_PAYLOAD_LL_HEADER as u32;
+/// `ARPHRD_ETHER`, as `meta iiftype` loads it (two bytes, host order).
+const ARPHRD_ETHER: u16 = libc::ARPHRD_ETHER;
+/// Offset of the ethertype in the Ethernet header.
+const ETHER_TYPE_OFFSET: u32 = 12;
+/// ARP's hardware type, protocol type, and their lengths for Ethernet/IPv4.
+const ARP_ETH_IPV4: [u8; 6] = [0, 1, 8, 0, 6, 4];
+/// Offset of the sender protocol address in Ethernet/IPv4 ARP.
+const ARP_SPA_OFFSET: u32 = 14;
+/// Offset of the target address in a neighbour solicitation/advertisement.
+const ND_TARGET_OFFSET: u32 = 8;
 pub const CT_STATE: u32 = libc::NFT_CT_STATE as u32;
 pub const BASE_NETWORK: u32 = libc::NFT_PAYLOAD_NETWORK_HEADER as u32;
 pub const BASE_TRANSPORT: u32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32;
@@ -223,22 +239,47 @@ fn addr_from_field(offset: u32, len: u32) -> Option<(Family, Dir)> {
 struct Lowering {
     out: Vec<RawExpr>,
     family: Option<Family>,
+    /// In the netdev guard table: the family guard is `meta protocol`.
+    netdev: bool,
+    /// `meta iiftype ether` emitted already.
+    iiftype: bool,
 }
 
 impl Lowering {
     fn guard(&mut self, f: Family) {
         if self.family != Some(f) {
-            self.out.push(RawExpr::Meta {
-                key: META_NFPROTO,
-                dreg: REG_1,
-            });
+            let (key, data) = if self.netdev {
+                let ty = match f {
+                    Family::Ipv4 => policy_compiler::srcval::ETH_P_IP,
+                    Family::Ipv6 => policy_compiler::srcval::ETH_P_IPV6,
+                };
+                (META_PROTOCOL, ty.to_be_bytes().to_vec())
+            } else {
+                (META_NFPROTO, vec![nfproto(f)])
+            };
+            self.out.push(RawExpr::Meta { key, dreg: REG_1 });
             self.out.push(RawExpr::Cmp {
                 sreg: REG_1,
                 op: CMP_EQ,
-                data: vec![nfproto(f)],
+                data,
             });
             self.family = Some(f);
         }
+    }
+
+    /// A load of `len` bytes at `offset` from `base`, then one compare.
+    fn load_cmp(&mut self, base: u32, offset: u32, op: u32, data: Vec<u8>) {
+        self.out.push(RawExpr::Payload {
+            base,
+            offset,
+            len: data.len() as u32,
+            dreg: REG_1,
+        });
+        self.out.push(RawExpr::Cmp {
+            sreg: REG_1,
+            op,
+            data,
+        });
     }
 
     fn addr(&mut self, f: Family, d: Dir, slot: u32) {
@@ -306,12 +347,70 @@ impl Lowering {
 /// The kernel expressions of a rule (its comment travels separately, as
 /// rule userdata).
 pub fn lower_rule(rule: &Rule) -> Vec<RawExpr> {
+    lower(rule, false)
+}
+
+/// [`lower_rule`] for a rule of the `netdev nftpol` guard table.
+pub fn lower_guard_rule(rule: &Rule) -> Vec<RawExpr> {
+    lower(rule, true)
+}
+
+fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
     let mut l = Lowering {
         out: Vec::new(),
         family: None,
+        netdev,
+        iiftype: false,
     };
     for m in &rule.matches {
         match m {
+            Match::EtherType { ty, negate } => {
+                if !l.iiftype {
+                    l.out.push(RawExpr::Meta {
+                        key: META_IIFTYPE,
+                        dreg: REG_1,
+                    });
+                    l.out.push(RawExpr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_EQ,
+                        data: ARPHRD_ETHER.to_ne_bytes().to_vec(),
+                    });
+                    l.iiftype = true;
+                }
+                let op = if *negate { CMP_NEQ } else { CMP_EQ };
+                l.load_cmp(BASE_LINK, ETHER_TYPE_OFFSET, op, ty.to_be_bytes().to_vec());
+            }
+            Match::ArpNotEthIpv4 => l.load_cmp(BASE_NETWORK, 0, CMP_NEQ, ARP_ETH_IPV4.to_vec()),
+            Match::ArpSenderIpNot(a) => {
+                l.load_cmp(BASE_NETWORK, ARP_SPA_OFFSET, CMP_NEQ, a.octets().to_vec())
+            }
+            Match::NdTargetNot(net) => {
+                // The bytes the prefix covers, masked when it ends mid-byte
+                // (nft's own encoding of a raw `@th,64,LEN` compare).
+                let n = usize::from(net.prefix_len()).div_ceil(8);
+                let mask = net.netmask().octets()[..n].to_vec();
+                let data = net.network().octets()[..n].to_vec();
+                l.out.push(RawExpr::Payload {
+                    base: BASE_TRANSPORT,
+                    offset: ND_TARGET_OFFSET,
+                    len: n as u32,
+                    dreg: REG_1,
+                });
+                if mask.iter().any(|b| *b != 0xff) {
+                    l.out.push(RawExpr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        len: n as u32,
+                        mask,
+                        xor: vec![0; n],
+                    });
+                }
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_NEQ,
+                    data,
+                });
+            }
             Match::CtState(states) => {
                 let mask: u32 = states.iter().map(|s| s.bit()).fold(0, |a, b| a | b);
                 l.out.push(RawExpr::Ct {
@@ -514,7 +613,103 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
             return Err(format!("expression after the verdict: {:?}", exprs[i]));
         }
         let e = &exprs[i];
+        // A compare of either sense right after `e`.
+        let cmp_any = || {
+            cmp1(exprs.get(i + 1), CMP_EQ)
+                .map(|d| (d, false))
+                .or_else(|| cmp1(exprs.get(i + 1), CMP_NEQ).map(|d| (d, true)))
+        };
         match e {
+            E::Meta {
+                key: META_IIFTYPE,
+                dreg: REG_1,
+            } if cmp1(exprs.get(i + 1), CMP_EQ) == Some(ARPHRD_ETHER.to_ne_bytes().to_vec()) => {
+                // nft's dependency of the `ether type` match after it.
+                i += 2;
+            }
+            E::Meta {
+                key: META_PROTOCOL,
+                dreg: REG_1,
+            } if cmp1(exprs.get(i + 1), CMP_EQ).is_some() => {
+                // The netdev family guard: implied by the match after it.
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_LINK,
+                offset: ETHER_TYPE_OFFSET,
+                len: 2,
+                dreg: REG_1,
+            } => {
+                let Some((Some(ty), negate)) = cmp_any().map(|(d, n)| (u16_of(&d), n)) else {
+                    return Err("ether type without a two-byte compare".into());
+                };
+                matches.push(Match::EtherType { ty, negate });
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
+                offset: 0,
+                len: 6,
+                dreg: REG_1,
+            } if cmp1(exprs.get(i + 1), CMP_NEQ).as_deref() == Some(&ARP_ETH_IPV4[..]) => {
+                matches.push(Match::ArpNotEthIpv4);
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
+                offset: ARP_SPA_OFFSET,
+                len: 4,
+                dreg: REG_1,
+            } => {
+                let Some(Ok(a)) = cmp1(exprs.get(i + 1), CMP_NEQ).map(|d| <[u8; 4]>::try_from(d))
+                else {
+                    return Err("arp saddr ip without a != compare".into());
+                };
+                matches.push(Match::ArpSenderIpNot(a.into()));
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_TRANSPORT,
+                offset: ND_TARGET_OFFSET,
+                len,
+                dreg: REG_1,
+            } if (1..=16).contains(len) => {
+                let n = *len as usize;
+                let (mask, data, used) = match (exprs.get(i + 1), exprs.get(i + 2)) {
+                    (
+                        Some(E::Bitwise { mask, xor, .. }),
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_NEQ,
+                            data,
+                        }),
+                    ) if xor.iter().all(|b| *b == 0) => (mask.clone(), data.clone(), 3),
+                    (
+                        Some(E::Cmp {
+                            sreg: REG_1,
+                            op: CMP_NEQ,
+                            data,
+                        }),
+                        _,
+                    ) => (vec![0xff; data.len()], data.clone(), 2),
+                    _ => return Err("nd target without a != compare".into()),
+                };
+                let pad = |b: &[u8]| {
+                    let mut v = b.to_vec();
+                    v.resize(16, 0);
+                    v
+                };
+                if mask.len() != n || data.len() != n {
+                    return Err(format!("nd target compare of {} bytes", data.len()));
+                }
+                let Some(ipnet::IpNet::V6(net)) =
+                    prefix_of(Family::Ipv6, Some(&pad(&mask)), &pad(&data))
+                else {
+                    return Err(format!("nd target mask {mask:?} compare {data:?}"));
+                };
+                matches.push(Match::NdTargetNot(net));
+                i += used;
+            }
             E::Meta {
                 key: META_NFPROTO,
                 dreg: REG_1,

@@ -354,7 +354,37 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
             },
         );
     }
+    rs.guard = Some(guard_of(&[
+        ("vp0", &["10.1.0.7", "fd00::7"]),
+        ("vp1", &["10.1.0.8"]),
+    ]));
     rs
+}
+
+/// A guard table as the compiler writes it: one chain per (interface,
+/// pod addresses). The interfaces need not exist.
+pub(crate) fn guard_of(ports: &[(&str, &[&str])]) -> Guard {
+    let chains = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (dev, ips))| {
+            let pod = policy_compiler::model::Pod {
+                namespace: "default".into(),
+                name: format!("p{i}"),
+                labels: Default::default(),
+                node_name: Some("n".into()),
+                host_network: false,
+                ips: ips.iter().map(|a| ip(a)).collect(),
+                named_ports: vec![],
+                terminal: false,
+            };
+            (
+                policy_compiler::srcval::guard_chain_name(&pod),
+                policy_compiler::srcval::guard_chain(dev, &[&pod]),
+            )
+        })
+        .collect();
+    Guard { flags: 0, chains }
 }
 
 pub(crate) fn session() -> Session {
@@ -477,7 +507,7 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
             s.cleanup().expect("cleanup");
             s.apply(&want).unwrap_or_else(|e| panic!("{name}: {e}"));
             let got = s.read_table().expect("read");
-            (got, nft(&["list", "table", "inet", "nftpol"], None))
+            (got, nft(&["list", "ruleset"], None))
         });
         let (via_nft, text_b) = b.run(|| {
             nft(
@@ -485,7 +515,7 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
                 Some(&policy_compiler::render::render_script(&want)),
             );
             let got = session().read_table().expect("read");
-            (got, nft(&["list", "table", "inet", "nftpol"], None))
+            (got, nft(&["list", "ruleset"], None))
         });
         assert_eq!(
             via_netlink.as_ref(),

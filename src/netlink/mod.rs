@@ -1,5 +1,6 @@
-//! The netlink applier: makes the kernel's `inet nftpol` table equal a
-//! desired [`Ruleset`] without ever shelling out to `nft`.
+//! The netlink applier: makes the kernel's `inet nftpol` table (and the
+//! `netdev nftpol` guard beside it) equal a desired [`Ruleset`] without
+//! ever shelling out to `nft`.
 //!
 //! `apply` reads the table back into the IR ([`read`]), diffs it against
 //! the desired ruleset (`policy_compiler::diff`), encodes the transaction
@@ -7,8 +8,8 @@
 //! ([`socket`]). The kernel commits the whole batch or none of it, and
 //! processes it inside that one `sendmsg`, so a failure or a kill at any
 //! moment leaves either the old or the new ruleset. Only the `inet
-//! nftpol` table is ever named in a message, and read-back ignores every
-//! other table.
+//! nftpol` and `netdev nftpol` tables are ever named in a message, and
+//! read-back ignores every other table.
 //!
 //! Layout: `expr` and `elem` are the pure IR <-> kernel encodings,
 //! `wire` the messages written in safe Rust (sets, elements, requests),
@@ -204,14 +205,20 @@ impl Session {
         })
     }
 
-    /// Deletes the table; `false` if it was not there.
+    /// Deletes the table and the guard table; `false` if neither was
+    /// there.
     pub fn cleanup(&mut self) -> Result<bool, NetlinkError> {
-        if !read::table_exists(&mut self.sock)? {
+        let mut ops = Vec::new();
+        if read::table_exists(&mut self.sock)? {
+            ops.push(Op::DelTable);
+        }
+        if read::table_flags_in(&mut self.sock, wire::FAMILY_NETDEV)?.is_some() {
+            ops.push(Op::Guard(diff::GuardOp::DelTable));
+        }
+        if ops.is_empty() {
             return Ok(false);
         }
-        self.send(&Transaction {
-            ops: vec![Op::DelTable],
-        })?;
+        self.send(&Transaction { ops })?;
         Ok(true)
     }
 }
@@ -367,7 +374,14 @@ pub fn enforcement_state() -> Result<(), String> {
             "table inet {} is dormant (flags dormant): nothing is enforced",
             policy_compiler::ir::TABLE_NAME
         )),
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(_)) => match read::table_flags_in(&mut s.sock, wire::FAMILY_NETDEV) {
+            Ok(Some(f)) if f & policy_compiler::ir::TABLE_F_DORMANT != 0 => Err(format!(
+                "table netdev {} is dormant (flags dormant): VLAN and ARP are not guarded",
+                policy_compiler::ir::TABLE_NAME
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
         Err(e) => Err(e.to_string()),
     }
 }

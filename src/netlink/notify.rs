@@ -63,11 +63,14 @@ impl Watcher {
     }
 }
 
-/// The change `m` announces, when it concerns `inet nftpol` and did not
-/// come from this process.
+/// The change `m` announces, when it concerns `inet nftpol` or the
+/// `netdev nftpol` guard and did not come from this process.
 pub fn foreign_change(m: &Msg) -> Option<Seen> {
     if m.ty >> 8 != wire::NFT_MSG_BASE >> 8
-        || m.family() != Some(wire::FAMILY_INET)
+        || !matches!(
+            m.family(),
+            Some(wire::FAMILY_INET) | Some(wire::FAMILY_NETDEV)
+        )
         || table_of(m) != Some(TABLE_NAME)
         || is_own_port(m.pid)
     {

@@ -1,4 +1,5 @@
-//! Read-back of the `inet nftpol` table into the IR: one dump each for
+//! Read-back of the `inet nftpol` table (and the `netdev nftpol` guard
+//! beside it) into the IR: one dump each for
 //! chains, rules and sets, then one element dump per set (the kernel
 //! dumps elements per set only). Counter values come back beside the IR,
 //! never in it, and alone from one rule dump. The requests name our table, but the
@@ -14,7 +15,7 @@ use super::wire::{self, Dump};
 use super::NetlinkError;
 use policy_compiler::counters::{Counters, RuleCounter};
 use policy_compiler::ir::{
-    BaseChain, Chain, ChainPolicy, Hook, Rule, Ruleset, Set, SetKind, TABLE_NAME,
+    BaseChain, Chain, ChainPolicy, Guard, Hook, Rule, Ruleset, Set, SetKind, TABLE_NAME,
 };
 use std::collections::BTreeMap;
 
@@ -25,7 +26,18 @@ fn dump(
     label: &str,
     seq: u32,
 ) -> Result<Vec<Msg>, NetlinkError> {
-    let req = what.request(TABLE_NAME, seq);
+    dump_in(sock, wire::FAMILY_INET, what, label, seq)
+}
+
+/// [`dump`] of the `nftpol` table of `family`.
+fn dump_in(
+    sock: &mut Socket,
+    family: u8,
+    what: Dump<'_>,
+    label: &str,
+    seq: u32,
+) -> Result<Vec<Msg>, NetlinkError> {
+    let req = what.request_in(family, TABLE_NAME, seq);
     let want = wire::NFT_MSG_BASE | what.types().1 as u16;
     match sock.request(&req, seq)? {
         Ok(msgs) => Ok(msgs.into_iter().filter(|m| m.ty == want).collect()),
@@ -41,7 +53,17 @@ fn dump(
 
 /// The flags of the `inet nftpol` table, or `None` when it does not exist.
 pub fn table_flags(sock: &mut Socket) -> Result<Option<u32>, NetlinkError> {
-    match dump(sock, Dump::Table, "table inet nftpol", 1) {
+    table_flags_in(sock, wire::FAMILY_INET)
+}
+
+/// The flags of the `nftpol` table of `family`, or `None` when absent.
+pub fn table_flags_in(sock: &mut Socket, family: u8) -> Result<Option<u32>, NetlinkError> {
+    let label = if family == wire::FAMILY_NETDEV {
+        "table netdev nftpol"
+    } else {
+        "table inet nftpol"
+    };
+    match dump_in(sock, family, Dump::Table, label, 1) {
         Ok(msgs) => Ok(Some(
             msgs.iter()
                 .flat_map(|m| wire::attrs(m.body()))
@@ -165,6 +187,8 @@ pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters
         chain.rules.push(rule);
     }
 
+    rs.guard = read_guard(sock)?;
+
     let mut sets = Vec::new();
     for m in dump(sock, Dump::Sets, "sets", 6)? {
         sets.extend(decode_set(&m)?);
@@ -178,6 +202,50 @@ pub fn read_table_counted(sock: &mut Socket) -> Result<Option<(Ruleset, Counters
     Ok(Some((rs, Counters::from_rules(counted))))
 }
 
+/// The `netdev nftpol` guard table, or `None` when absent. It holds base
+/// chains and their rules only: a set, stateful object or flowtable in
+/// it is foreign.
+pub fn read_guard(sock: &mut Socket) -> Result<Option<Guard>, NetlinkError> {
+    const NETDEV: u8 = wire::FAMILY_NETDEV;
+    let Some(flags) = table_flags_in(sock, NETDEV)? else {
+        return Ok(None);
+    };
+    let mut guard = Guard {
+        flags,
+        chains: BTreeMap::new(),
+    };
+    for (what, label, seq) in [
+        (Dump::Objects, "stateful objects", 12),
+        (Dump::Flowtables, "flowtables", 13),
+        (Dump::Sets, "sets", 14),
+    ] {
+        let msgs = dump_in(sock, NETDEV, what, label, seq)?;
+        if msgs.iter().any(|m| table_of(m) == Some(TABLE_NAME)) {
+            return Err(dec(format!("table netdev {TABLE_NAME}"))(format!(
+                "it holds {label}, which nftpol never creates there"
+            )));
+        }
+    }
+    for m in dump_in(sock, NETDEV, Dump::Chains, "netdev chains", 15)? {
+        if let Some((name, chain)) = decode_chain_in(&m, true)? {
+            guard.chains.insert(name, chain);
+        }
+    }
+    for m in dump_in(sock, NETDEV, Dump::Rules, "netdev rules", 16)? {
+        let Some((chain_name, handle, rule, _)) = decode_rule(&m)? else {
+            continue;
+        };
+        let object = format!("rule handle {handle} in chain {chain_name} of table netdev");
+        guard
+            .chains
+            .get_mut(&chain_name)
+            .ok_or_else(|| dec(object)("its chain was not listed".into()))?
+            .rules
+            .push(rule);
+    }
+    Ok(Some(guard))
+}
+
 fn dec(object: String) -> impl FnOnce(String) -> NetlinkError {
     move |reason: String| NetlinkError::Decode { object, reason }
 }
@@ -185,6 +253,12 @@ fn dec(object: String) -> impl FnOnce(String) -> NetlinkError {
 /// One NEWCHAIN answer: the chain's name and the chain, or `None` when
 /// it belongs to another table (chain dumps list every inet table).
 pub(crate) fn decode_chain(m: &Msg) -> Result<Option<(String, Chain)>, NetlinkError> {
+    decode_chain_in(m, false)
+}
+
+/// [`decode_chain`] of the inet table or (`netdev`) the guard table,
+/// whose family numbers its hooks apart (`NF_NETDEV_INGRESS` is 0).
+fn decode_chain_in(m: &Msg, netdev: bool) -> Result<Option<(String, Chain)>, NetlinkError> {
     let info = parse::parse_chain(m).map_err(dec("a chain".into()))?;
     if info.table != TABLE_NAME {
         return Ok(None);
@@ -196,8 +270,12 @@ pub(crate) fn decode_chain(m: &Msg) -> Result<Option<(String, Chain)>, NetlinkEr
             if ty != "filter" {
                 return Err(dec(object)(format!("chain type {ty:?}")));
             }
-            let hook = decode_hook(hooknum)
-                .ok_or_else(|| dec(object.clone())(format!("hook {hooknum}")))?;
+            let hook = if netdev {
+                (hooknum == libc::NF_NETDEV_INGRESS as u32).then_some(Hook::Ingress)
+            } else {
+                decode_hook(hooknum)
+            }
+            .ok_or_else(|| dec(object.clone())(format!("hook {hooknum}")))?;
             let policy = match policy as i32 {
                 libc::NF_ACCEPT => ChainPolicy::Accept,
                 libc::NF_DROP => ChainPolicy::Drop,

@@ -1,6 +1,7 @@
 //! Kernel tests of tamper repair by `apply`: one test per way someone
 //! else can change the `inet nftpol` table (flags, base chains, rules,
-//! elements, chains, the table itself, foreign objects). Each loads a
+//! elements, chains, the table itself, foreign objects) or the `netdev
+//! nftpol` guard beside it. Each loads a
 //! ruleset with every feature, tampers with `nft` inside a scratch
 //! namespace, checks the read-back shows it (or refuses to decode it),
 //! and checks one `apply` makes the table exactly the desired one again.
@@ -43,6 +44,10 @@ fn repaired_by_apply(script: &str) {
         );
         let listing = nft(&["list", "table", "inet", "nftpol"], None);
         for word in ["dormant", "evil", "flowtable", "counter"] {
+            assert!(!listing.contains(word), "{script}: {word} left:\n{listing}");
+        }
+        let listing = nft(&["list", "table", "netdev", "nftpol"], None);
+        for word in ["dormant", "evil", "vpx", "accept\n"] {
             assert!(!listing.contains(word), "{script}: {word} left:\n{listing}");
         }
         let again = s.apply(&want).expect("second apply");
@@ -147,6 +152,52 @@ fn foreign_stateful_object_is_removed() {
     repaired_by_apply("add counter inet nftpol evil");
 }
 
+#[test]
+fn deleted_guard_table_is_restored() {
+    repaired_by_apply("delete table netdev nftpol");
+}
+
+#[test]
+fn flushed_guard_table_is_restored() {
+    repaired_by_apply("flush table netdev nftpol");
+}
+
+#[test]
+fn dormant_guard_table_is_woken() {
+    repaired_by_apply("add table netdev nftpol { flags dormant; }");
+}
+
+#[test]
+fn deleted_guard_chain_is_restored() {
+    repaired_by_apply("delete chain netdev nftpol l2_default_p0");
+}
+
+#[test]
+fn guard_chain_priority_and_device_are_restored() {
+    repaired_by_apply(
+        "delete chain netdev nftpol l2_default_p1\n\
+         add chain netdev nftpol l2_default_p1 \
+         { type filter hook ingress device \"vpx\" priority 10; policy accept; }",
+    );
+}
+
+#[test]
+fn inserted_guard_accept_rule_is_removed() {
+    repaired_by_apply("insert rule netdev nftpol l2_default_p0 accept");
+}
+
+#[test]
+fn deleted_guard_rules_are_restored() {
+    repaired_by_apply("flush chain netdev nftpol l2_default_p0");
+}
+
+#[test]
+fn foreign_objects_in_the_guard_table_are_removed() {
+    repaired_by_apply(
+        "add chain netdev nftpol evil\nadd set netdev nftpol evil_set { type ipv4_addr; }",
+    );
+}
+
 /// Every foreign change queued on the watcher (the kernel queues a
 /// batch's notifications before the sender's `send` returns, so a short
 /// tick with nothing more means all have been read).
@@ -182,6 +233,12 @@ fn watcher_reports_foreign_changes_and_skips_our_batches() {
         assert!(
             matches!(seen.first(), Some(Seen::Foreign { what, .. }) if what.starts_with("add table")),
             "{seen:?}"
+        );
+        nft(&["flush", "chain", "netdev", "nftpol", "l2_default_p0"], None);
+        let seen = drain(&mut w);
+        assert!(
+            matches!(seen.first(), Some(Seen::Foreign { what, .. }) if what == "delete rule"),
+            "the guard table is watched too: {seen:?}"
         );
         nft(&["delete", "element", "inet", "nftpol", "pod4_a", "{ 10.1.0.5 }"], None);
         let seen = drain(&mut w);

@@ -10,6 +10,8 @@ use super::parse::nfta;
 /// nfnetlink subsystem of nftables, the high byte of every message type.
 pub const NFT_MSG_BASE: u16 = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
 pub const FAMILY_INET: u8 = libc::NFPROTO_INET as u8;
+/// The family of the guard table.
+pub const FAMILY_NETDEV: u8 = libc::NFPROTO_NETDEV as u8;
 /// `struct nlmsghdr`.
 pub const NLMSG_HDR: usize = 16;
 /// `struct nfgenmsg` (family, version, resource id).
@@ -86,6 +88,9 @@ pub fn nfnl_message(ty: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> 
 /// `raw` copies [`ObjMsg::bytes`] into nftnl's batch pages.
 #[derive(Clone, Debug)]
 pub struct ObjMsg {
+    /// The table family the message is for (`inet` but for the guard's
+    /// table flags).
+    pub family: u8,
     pub new: (i32, u16),
     pub del: (i32, u16),
     pub attrs: Vec<u8>,
@@ -95,11 +100,17 @@ impl ObjMsg {
     /// NEWTABLE of the existing table with new flags (an update: no
     /// NLM_F_EXCL).
     pub fn table_flags(table: &str, flags: u32) -> ObjMsg {
+        Self::table_flags_in(FAMILY_INET, table, flags)
+    }
+
+    /// [`ObjMsg::table_flags`] of a table of `family`.
+    pub fn table_flags_in(family: u8, table: &str, flags: u32) -> ObjMsg {
         let mut attrs = Vec::with_capacity(32);
         put_str(&mut attrs, ATTR_TABLE, table);
         put_attr(&mut attrs, TABLE_ATTR_FLAGS, &flags.to_be_bytes());
         let ack = libc::NLM_F_ACK as u16;
         ObjMsg {
+            family,
             new: (libc::NFT_MSG_NEWTABLE, ack),
             del: (libc::NFT_MSG_DELTABLE, ack),
             attrs,
@@ -109,7 +120,14 @@ impl ObjMsg {
     /// The whole message as the add (`true`) or the delete.
     pub fn bytes(&self, seq: u32, add: bool) -> Vec<u8> {
         let (ty, flags) = if add { self.new } else { self.del };
-        message(ty, libc::NLM_F_REQUEST as u16 | flags, seq, &self.attrs)
+        let flags = libc::NLM_F_REQUEST as u16 | flags;
+        nfnl_message(
+            NFT_MSG_BASE | ty as u16,
+            flags,
+            seq,
+            self.family,
+            &self.attrs,
+        )
     }
 }
 
@@ -159,6 +177,7 @@ impl ObjMsg {
             put_attr(&mut b, nfta::SET_ID, &id.to_be_bytes());
         }
         Ok(ObjMsg {
+            family: FAMILY_INET,
             new: (libc::NFT_MSG_NEWSET, ADD_FLAGS),
             del: (libc::NFT_MSG_DELSET, DEL_FLAGS),
             attrs: b,
@@ -196,6 +215,7 @@ impl ObjMsg {
         }
         nest_end(&mut b, list)?;
         Ok(ObjMsg {
+            family: FAMILY_INET,
             new: (libc::NFT_MSG_NEWSETELEM, ADD_FLAGS),
             del: (libc::NFT_MSG_DELSETELEM, DEL_FLAGS),
             attrs: b,
@@ -237,6 +257,11 @@ impl Dump<'_> {
 
     /// The request message.
     pub fn request(self, table: &str, seq: u32) -> Vec<u8> {
+        self.request_in(FAMILY_INET, table, seq)
+    }
+
+    /// [`Dump::request`] for a table of `family`.
+    pub fn request_in(self, family: u8, table: &str, seq: u32) -> Vec<u8> {
         let mut attrs = Vec::with_capacity(64);
         put_str(&mut attrs, ATTR_TABLE, table);
         if let Dump::Elements(set) = self {
@@ -246,7 +271,13 @@ impl Dump<'_> {
             Dump::Table => libc::NLM_F_REQUEST | libc::NLM_F_ACK,
             _ => libc::NLM_F_REQUEST | libc::NLM_F_DUMP,
         };
-        message(self.types().0, flags as u16, seq, &attrs)
+        nfnl_message(
+            NFT_MSG_BASE | self.types().0 as u16,
+            flags as u16,
+            seq,
+            family,
+            &attrs,
+        )
     }
 }
 

@@ -74,9 +74,12 @@ fn segment(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, icmp: u8) -> Vec<u8>
         }
         _ => {
             // NS/NA-sized body: type, code, checksum, reserved, target.
+            // A solicitation asks about the destination; an advertisement
+            // claims the sender's own address (the guard drops any other).
             let mut m = vec![0u8; 24];
             m[0] = icmp;
-            m[8..24].copy_from_slice(&match dst {
+            let target = if icmp == 136 { src } else { dst };
+            m[8..24].copy_from_slice(&match target {
                 IpAddr::V6(a) => a.octets(),
                 IpAddr::V4(_) => [0; 16],
             });

@@ -1,9 +1,13 @@
 //! Pods on one Linux bridge reach each other at layer 2, so a hostile pod
-//! (CAP_NET_RAW) can hand-build Ethernet frames: an 802.1Q priority tag
-//! br_netfilter does not pass to the inet hooks, and destinations that a
+//! (CAP_NET_RAW) can hand-build Ethernet frames: destinations that a
 //! pod accepts although no verdict map names them: its IPv6 link-local
 //! address, broadcast (limited and subnet-directed, also in a frame sent
 //! to the victim's own MAC), and IPv4/IPv6 all-hosts multicast.
+//!
+//! Also VLAN priority tags, in both layouts: one tag on a bridge skips
+//! br_netfilter, two tags skip the `inet` ingress hook (the kernel takes
+//! the first off before the hook and the second after it). The guard
+//! table drops them at the pod's interface.
 //!
 //! Cluster (namespace `x`, all on node1's bridge): `mallory` (no policy),
 //! `attacker` (egress only to `remote`), `victim` (admits only `friend`),
@@ -29,7 +33,12 @@ use std::time::{Duration, Instant};
 type Mac = [u8; 6];
 
 fn mac_of(ns: &str) -> Mac {
-    let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", "eth0"]));
+    mac_in(ns, "eth0")
+}
+
+/// The MAC of interface `dev` in namespace `ns`.
+fn mac_in(ns: &str, dev: &str) -> Mac {
+    let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show", dev]));
     let text = out
         .split("link/ether ")
         .nth(1)
@@ -78,6 +87,8 @@ struct Frame {
     /// The pod whose receiver is watched, and whether it must get it.
     to: &'static str,
     arrives: bool,
+    /// VLAN-id-0 (priority) 802.1Q tags in front of the IP header.
+    tags: u8,
 }
 
 /// Sends whole Ethernet frames out of the calling thread's `eth0`.
@@ -122,6 +133,9 @@ fn frame(k: &Frame, src_mac: Mac) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&k.dst_mac);
     f.extend_from_slice(&src_mac);
+    for _ in 0..k.tags {
+        f.extend_from_slice(&[0x81, 0x00, 0x00, 0x00]);
+    }
     f.extend_from_slice(if k.src.is_ipv4() {
         &[0x08, 0x00]
     } else {
@@ -197,6 +211,7 @@ fn bridged_layer2_tricks_reach_no_isolated_pod() {
             id,
             to,
             arrives,
+            tags: 0,
         });
     };
     for from in ["mallory", "attacker"] {
@@ -296,21 +311,36 @@ fn bridged_layer2_tricks_reach_no_isolated_pod() {
             false,
         );
     }
+    let t0 = Instant::now();
+    let wrong = deliver(&c, &frames, &["victim", "bystander"]);
+    eprintln!("{} frames, {:?}", frames.len(), t0.elapsed());
+    assert!(
+        wrong.is_empty(),
+        "{}\nnode1:\n{}",
+        wrong.join("\n"),
+        c.ruleset("node1")
+    );
+}
+
+/// Sends every frame from its pod, watches the receivers of `pods`, and
+/// names each frame whose arrival is wrong.
+fn deliver(c: &SimCluster, frames: &[Frame], pods: &[&'static str]) -> Vec<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
-    for p in ["victim", "bystander"] {
-        let (seen, h) = receiver(&netns(&c, p), stop.clone());
-        receivers.push((p, seen, h));
+    for p in pods {
+        let (seen, h) = receiver(&netns(c, p), stop.clone());
+        receivers.push((*p, seen, h));
     }
-    let t0 = Instant::now();
-    for from in ["mallory", "attacker"] {
-        let src_mac = mac_of(&netns(&c, from));
+    let mut senders: Vec<&str> = frames.iter().map(|k| k.from).collect();
+    senders.dedup();
+    for from in senders {
+        let src_mac = mac_of(&netns(c, from));
         let bytes: Vec<Vec<u8>> = frames
             .iter()
             .filter(|k| k.from == from)
             .map(|k| frame(k, src_mac))
             .collect();
-        spawn_in(&netns(&c, from), move || send_frames(&bytes))
+        spawn_in(&netns(c, from), move || send_frames(&bytes))
             .join()
             .expect("sender");
     }
@@ -331,7 +361,7 @@ fn bridged_layer2_tricks_reach_no_isolated_pod() {
         h.join().expect("receiver");
         seen.push((p, s.lock().expect("lock").clone()));
     }
-    let wrong: Vec<String> = frames
+    frames
         .iter()
         .filter(|k| {
             let got = seen
@@ -347,12 +377,140 @@ fn bridged_layer2_tricks_reach_no_isolated_pod() {
                 k.to
             )
         })
-        .collect();
-    eprintln!("{} frames, {:?}", frames.len(), t0.elapsed());
+        .collect()
+}
+
+/// The packet counter of the guard rule whose comment holds `what`, on
+/// `node`, summed over its chains.
+fn guard_drops(c: &SimCluster, node: &str, what: &str) -> u64 {
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &c.topo.node(node).netns,
+        "nft",
+        "list",
+        "table",
+        "netdev",
+        "nftpol",
+    ]));
+    out.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// VLAN-id-0 tagged frames from `attacker`: two tags with `friend`'s
+/// address (which both victims admit) to a victim on its own node and
+/// one on the other node, and, on a bridge, one tag straight to the
+/// victim's MAC with the attacker's own address. An untagged frame to
+/// `remote` (which the attacker's egress allows) is the control.
+fn vlan_tags_are_dropped(bridged: bool) {
+    let c = crate::attacker::attack_cluster(bridged);
+    let node1 = c.topo.node("node1").netns.clone();
+    // The next hop of a routed frame: the attacker's host-side veth, or
+    // the bridge (the pods' gateway).
+    let gw_mac = if bridged {
+        let out =
+            run(Command::new("ip").args(["-n", &node1, "-o", "link", "show", "type", "bridge"]));
+        let dev = out
+            .split(": ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no bridge on node1: {out}"));
+        mac_in(&node1, dev)
+    } else {
+        mac_in(&node1, &format!("vp{}", c.pod_index("x", "attacker")))
+    };
+    let victim_mac = mac_of(&netns(&c, "victim"));
+    let mut frames = Vec::new();
+    let mut id = 5000u16;
+    for v6fam in [false, true] {
+        let pick = |p: &str| if v6fam { v6(&c, p) } else { v4(&c, p) };
+        let fam = if v6fam { "IPv6" } else { "IPv4" };
+        let mut add =
+            |name: String, dst_mac: Mac, src: IpAddr, to: &'static str, arrives: bool, tags: u8| {
+                id += 1;
+                frames.push(Frame {
+                    name: format!("attacker: {fam} {name}"),
+                    from: "attacker",
+                    dst_mac,
+                    src,
+                    dst: pick(to),
+                    id,
+                    to,
+                    arrives,
+                    tags,
+                });
+            };
+        add(
+            "untagged to remote (control)".into(),
+            gw_mac,
+            pick("attacker"),
+            "remote",
+            true,
+            0,
+        );
+        for to in ["victim", "victim2"] {
+            let mac = if bridged && to == "victim" {
+                victim_mac
+            } else {
+                gw_mac
+            };
+            add(
+                format!("two VLAN-0 tags, forged as friend, to {to}"),
+                mac,
+                pick("friend"),
+                to,
+                false,
+                2,
+            );
+        }
+        if bridged {
+            add(
+                "one VLAN-0 tag to victim's MAC".into(),
+                victim_mac,
+                pick("attacker"),
+                "victim",
+                false,
+                1,
+            );
+        }
+    }
+    let t0 = Instant::now();
+    let wrong = deliver(&c, &frames, &["victim", "victim2", "remote"]);
+    eprintln!(
+        "{} frames ({}), {:?}",
+        frames.len(),
+        if bridged { "bridged" } else { "routed" },
+        t0.elapsed()
+    );
     assert!(
         wrong.is_empty(),
         "{}\nnode1:\n{}",
         wrong.join("\n"),
         c.ruleset("node1")
     );
+    assert!(
+        guard_drops(&c, "node1", "VLAN tag (802.1Q)") > 0,
+        "tagged frames were not counted"
+    );
+}
+
+#[test]
+fn vlan_tags_are_dropped_routed() {
+    require_root!();
+    vlan_tags_are_dropped(false);
+}
+
+#[test]
+fn vlan_tags_are_dropped_bridged() {
+    require_root!();
+    if !crate::netns::br_netfilter_available() {
+        eprintln!("SKIP: br_netfilter not loaded");
+        return;
+    }
+    vlan_tags_are_dropped(true);
 }
