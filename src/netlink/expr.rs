@@ -661,8 +661,7 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 len: 4,
                 dreg: REG_1,
             } => {
-                let Some(Ok(a)) = cmp1(exprs.get(i + 1), CMP_NEQ).map(|d| <[u8; 4]>::try_from(d))
-                else {
+                let Some(Ok(a)) = cmp1(exprs.get(i + 1), CMP_NEQ).map(<[u8; 4]>::try_from) else {
                     return Err("arp saddr ip without a != compare".into());
                 };
                 matches.push(Match::ArpSenderIpNot(a.into()));
