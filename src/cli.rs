@@ -278,7 +278,13 @@ pub fn node_net(
             }
         }
         None if discover => {
-            crate::ifmap::discover(cluster, node, validation).map_err(|e| Error::Io {
+            // What an earlier apply learned stays bound (a later ARP claim
+            // does not move it): the devices of the kernel's `src_` chains.
+            let previous = match crate::netlink::read_table() {
+                Ok(Some(rs)) => policy_compiler::srcval::bindings_in(&rs, cluster, node),
+                _ => Default::default(),
+            };
+            crate::ifmap::discover(cluster, node, validation, &previous).map_err(|e| Error::Io {
                 path: "/proc/net/route".into(),
                 source: e,
             })?

@@ -8,6 +8,16 @@
 //!   node's ARP entry gives the pod's MAC and the bridge's forwarding
 //!   database the port that MAC was learned on.
 //!
+//! Learning trusts what it learned first. A pod can send ARP claiming a
+//! neighbour's address (the guard table drops that on every learned
+//! port, but not on a port nftpol has not learned yet), so a later,
+//! conflicting claim never moves a binding: a pod stays on the interface
+//! it was learned on while that interface exists (the agent's last map,
+//! or for `apply` the devices of the `src_` chains in the kernel). An
+//! interface already bound to one pod is refused to any other, and one
+//! that two newly learned pods claim goes to neither (each is reported as
+//! unvalidated rather than one validated on the other's port).
+//!
 //! Read from `/proc/net/{route,ipv6_route,arp}` and
 //! `/sys/class/net/<bridge>/{brforward,brif}` of the caller's network
 //! namespace. Parsing is pure and tested on captured text; only
@@ -17,7 +27,7 @@
 
 use policy_compiler::model::Pod;
 use policy_compiler::{Cluster, NodeNet};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -127,6 +137,8 @@ pub struct Snapshot {
     pub arp: BTreeMap<(Ipv4Addr, String), [u8; 6]>,
     /// Bridge name -> (MAC -> port interface name).
     pub bridges: BTreeMap<String, BTreeMap<[u8; 6], String>>,
+    /// Every interface of the namespace, by name.
+    pub interfaces: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -162,16 +174,58 @@ impl Snapshot {
         found
     }
 
-    /// The map for every local policy pod the snapshot places.
-    pub fn node_net(&self, cluster: &Cluster, node: &str, source_validation: bool) -> NodeNet {
-        let pod_interfaces = cluster
+    /// The map for every local policy pod the snapshot places, keeping
+    /// each binding of `previous` (`namespace/name` -> interface) whose
+    /// interface still exists, and refusing conflicting claims (module
+    /// comment).
+    pub fn node_net(
+        &self,
+        cluster: &Cluster,
+        node: &str,
+        source_validation: bool,
+        previous: &BTreeMap<String, String>,
+    ) -> NodeNet {
+        let local: Vec<&Pod> = cluster
             .pods()
             .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
-            .filter_map(|p| {
-                self.interface_of(p)
-                    .map(|d| (format!("{}/{}", p.namespace, p.name), d))
-            })
             .collect();
+        let key = |p: &Pod| format!("{}/{}", p.namespace, p.name);
+        let mut pod_interfaces: BTreeMap<String, String> = BTreeMap::new();
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for p in &local {
+            let k = key(p);
+            let kept = previous.get(&k).filter(|d| self.interfaces.contains(*d));
+            if let Some(dev) = kept.filter(|d| !owner.contains_key(*d)) {
+                owner.insert(dev.clone(), k.clone());
+                pod_interfaces.insert(k, dev.clone());
+            }
+        }
+        let mut fresh: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in &local {
+            let k = key(p);
+            if pod_interfaces.contains_key(&k) {
+                continue;
+            }
+            let Some(dev) = self.interface_of(p) else {
+                continue;
+            };
+            match owner.get(&dev) {
+                Some(other) => {
+                    tracing::warn!(pod = %k, interface = %dev, owner = %other, "the node's ARP and bridge tables place this pod on an interface already bound to another pod; not validated (a spoofed ARP claim, or a reused address)")
+                }
+                None => fresh.entry(dev).or_default().push(k),
+            }
+        }
+        for (dev, pods) in fresh {
+            match &pods[..] {
+                [k] => {
+                    pod_interfaces.insert(k.clone(), dev);
+                }
+                _ => {
+                    tracing::warn!(interface = %dev, pods = %pods.join(", "), "several pods claim one interface; none is validated")
+                }
+            }
+        }
         NodeNet {
             pod_interfaces,
             source_validation,
@@ -212,18 +266,25 @@ pub fn snapshot() -> std::io::Result<Snapshot> {
             .collect();
         bridges.insert(entry.file_name().to_string_lossy().into_owned(), ports);
     }
+    let interfaces = std::fs::read_dir(net)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     Ok(Snapshot {
         routes,
         arp,
         bridges,
+        interfaces,
     })
 }
 
-/// The interface map of `node` from the kernel state of this namespace.
+/// The interface map of `node` from the kernel state of this namespace,
+/// keeping the bindings of `previous` (see the module comment).
 pub fn discover(
     cluster: &Cluster,
     node: &str,
     source_validation: bool,
+    previous: &BTreeMap<String, String>,
 ) -> std::io::Result<NodeNet> {
     if !source_validation {
         return Ok(NodeNet {
@@ -231,7 +292,7 @@ pub fn discover(
             source_validation,
         });
     }
-    Ok(snapshot()?.node_net(cluster, node, source_validation))
+    Ok(snapshot()?.node_net(cluster, node, source_validation, previous))
 }
 
 #[cfg(test)]
@@ -299,6 +360,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
                 fdb.into_keys().map(|m| (m, "vp7".to_string())).collect(),
             )]
             .into(),
+            interfaces: BTreeSet::new(),
         };
         assert_eq!(
             snap.interface_of(&pod(&["10.244.1.10", "fd00:10:244:1::a"]))
@@ -317,6 +379,75 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
         assert_eq!(
             snap.interface_of(&pod(&["10.244.1.10", "10.244.1.11"])),
             None
+        );
+    }
+
+    /// Node state after `attacker` sent ARP claiming `victim`'s address
+    /// with its own MAC (what a port without a guard chain lets through).
+    fn poisoned() -> (Snapshot, Cluster) {
+        let (m_att, m_vic) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
+        let ip = |s: &str| -> Ipv4Addr { s.parse().expect("ip") };
+        let snap = Snapshot {
+            routes: parse_route4(ROUTE4),
+            arp: [
+                ((ip("10.244.1.11"), "cbr0".to_string()), m_att),
+                ((ip("10.244.1.12"), "cbr0".to_string()), m_att),
+            ]
+            .into(),
+            bridges: [(
+                "cbr0".to_string(),
+                [(m_att, "vpatt".to_string()), (m_vic, "vpvic".to_string())].into(),
+            )]
+            .into(),
+            interfaces: ["cbr0", "vpatt", "vpvic"].map(String::from).into(),
+        };
+        let named = |name: &str, ip: &str| Pod {
+            name: name.into(),
+            ..pod(&[ip])
+        };
+        let cluster = Cluster::from_objects([
+            policy_compiler::Object::Pod(named("victim", "10.244.1.11")),
+            policy_compiler::Object::Pod(named("attacker", "10.244.1.12")),
+        ]);
+        (snap, cluster)
+    }
+
+    fn learned(previous: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let (snap, cluster) = poisoned();
+        let previous = previous
+            .iter()
+            .map(|(p, d)| (format!("x/{p}"), d.to_string()))
+            .collect();
+        snap.node_net(&cluster, "n", true, &previous).pod_interfaces
+    }
+
+    #[test]
+    fn a_later_arp_claim_never_moves_a_binding_and_conflicts_fail_closed() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(p, d)| (format!("x/{p}"), d.to_string()))
+                .collect()
+        };
+        // Victim learned first: it stays on its port; the attacker is
+        // learned on its own.
+        assert_eq!(
+            learned(&[("victim", "vpvic")]),
+            map(&[("victim", "vpvic"), ("attacker", "vpatt")])
+        );
+        // Attacker learned first: the victim is not placed on the
+        // attacker's port (so the attacker's chain never admits it).
+        assert_eq!(
+            learned(&[("attacker", "vpatt")]),
+            map(&[("attacker", "vpatt")])
+        );
+        // Neither learned yet: both claim one port, neither gets it.
+        assert_eq!(learned(&[]), map(&[]));
+        // A binding to an interface that is gone (a restarted pod, an
+        // address reused) is learned afresh.
+        assert_eq!(
+            learned(&[("victim", "vpgone"), ("attacker", "vpatt")]),
+            map(&[("attacker", "vpatt")])
         );
     }
 }

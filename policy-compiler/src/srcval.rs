@@ -223,6 +223,23 @@ fn by_interface<'c>(
     by_if
 }
 
+/// The interface each local pod's `src_` chain in `rs` is bound to:
+/// what an earlier apply learned (`namespace/name` -> interface).
+pub fn bindings_in(rs: &Ruleset, cluster: &Cluster, node: &str) -> BTreeMap<String, String> {
+    local_pods(cluster, node)
+        .filter_map(|p| {
+            let dev = rs
+                .chains
+                .get(&src_chain_name(p))?
+                .base
+                .as_ref()?
+                .device
+                .clone()?;
+            Some((format!("{}/{}", p.namespace, p.name), dev))
+        })
+        .collect()
+}
+
 pub fn guard_chain_name(pod: &Pod) -> String {
     ident("l2", &[&pod.namespace, &pod.name])
 }

@@ -679,7 +679,17 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 ..NodeNet::default()
             };
         }
-        match crate::ifmap::discover(&self.cluster, &s.node, s.source_validation) {
+        // What was learned before stays (a later ARP claim does not move
+        // it); after a restart, the kernel's chains say what that was.
+        let previous = if self.last_net.pod_interfaces.is_empty() {
+            self.last_applied
+                .as_ref()
+                .map(|rs| policy_compiler::srcval::bindings_in(rs, &self.cluster, &s.node))
+                .unwrap_or_default()
+        } else {
+            self.last_net.pod_interfaces.clone()
+        };
+        match crate::ifmap::discover(&self.cluster, &s.node, s.source_validation, &previous) {
             Ok(net) => net,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the node's routes and bridges; no source validation this round");

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 const TCP: u8 = 6;
 pub(crate) const UDP: u8 = 17;
-const ICMPV6: u8 = 58;
+pub(crate) const ICMPV6: u8 = 58;
 /// Destination ports of the raw probes; the source port is the case id.
 const DPORT: u16 = 47_000;
 /// How long receivers keep listening after the last packet was sent, at
@@ -111,6 +111,21 @@ fn segment(proto: u8, src: IpAddr, dst: IpAddr, sport: u16, icmp: u8) -> Vec<u8>
     };
     l4[at..at + 2].copy_from_slice(&ck.to_be_bytes());
     l4
+}
+
+/// The ICMPv6 checksum of `body` (its checksum field zeroed first).
+pub(crate) fn icmp6_checksum(src: IpAddr, dst: IpAddr, body: &[u8]) -> u16 {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        panic!("ICMPv6 between IPv6 addresses");
+    };
+    let mut b = body.to_vec();
+    b[2..4].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.octets());
+    pseudo.extend_from_slice(&d.octets());
+    pseudo.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
+    fold(sum16(&pseudo) + sum16(&b))
 }
 
 /// A whole IP packet with source `src` (any address: that is the attack).

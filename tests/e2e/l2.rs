@@ -20,7 +20,7 @@
 use crate::attacker::{
     netns, packet, program_nodes, receiver, v4, v6, Arrivals, ARRIVAL_LIMIT, SETTLE, UDP,
 };
-use crate::cluster::{labels, SimCluster};
+use crate::cluster::{labels, nftpol_bin, SimCluster};
 use crate::netns::run;
 use crate::probe::spawn_in;
 use crate::scenarios::np;
@@ -513,4 +513,190 @@ fn vlan_tags_are_dropped_bridged() {
         return;
     }
     vlan_tags_are_dropped(true);
+}
+
+/// An Ethernet/IPv4 ARP frame (broadcast request, or a gratuitous
+/// reply when `reply`) from `mac` claiming `spa`.
+fn arp_frame(mac: Mac, spa: Ipv4Addr, tpa: Ipv4Addr, reply: bool) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[
+        0x08,
+        0x06,
+        0,
+        1,
+        0x08,
+        0x00,
+        6,
+        4,
+        0,
+        if reply { 2 } else { 1 },
+    ]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// The MAC of the node's neighbour entry for `ip` (any state), if any.
+fn node_neigh(c: &SimCluster, ip: IpAddr) -> Option<String> {
+    let out = run(Command::new("ip").args([
+        "-n",
+        &c.topo.node("node1").netns,
+        "neigh",
+        "show",
+        &ip.to_string(),
+    ]));
+    out.split("lladdr ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// `pod`'s `src_` chain on node1, as `nft` lists it.
+fn src_chain(c: &SimCluster, pod: &str) -> String {
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &c.topo.node("node1").netns,
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "nftpol",
+        &format!("src_x_{pod}"),
+    ]))
+}
+
+fn apply_node1(c: &mut SimCluster) -> String {
+    let dir = c.write_manifests();
+    run(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.topo.node("node1").netns,
+            nftpol_bin(),
+            "apply",
+        ])
+        .arg("--manifests")
+        .arg(&dir)
+        .args(["--node-name", "node1"]))
+}
+
+/// On a bridge, `attacker` claims `victim`'s IPv4 address in ARP (a
+/// request to the gateway and a gratuitous reply) and its IPv6 address in
+/// a neighbour advertisement: the guard drops and counts them, the
+/// node's ARP entry for the victim keeps the victim's MAC, and the next
+/// `apply` keeps every binding. Then the node's entry is poisoned
+/// directly (as a claim from a port nftpol has not learned would do):
+/// `apply` still keeps the victim on its own port and the attacker's
+/// chain never admits the victim's address.
+#[test]
+fn arp_spoofing_moves_no_binding() {
+    require_root!();
+    if !crate::netns::br_netfilter_available() {
+        eprintln!("SKIP: br_netfilter not loaded");
+        return;
+    }
+    let mut c = crate::attacker::attack_cluster(true);
+    let (IpAddr::V4(victim4), IpAddr::V6(victim6)) = (v4(&c, "victim"), v6(&c, "victim")) else {
+        panic!("pod addresses");
+    };
+    let victim_mac = mac_of(&netns(&c, "victim"));
+    let attacker_mac = mac_of(&netns(&c, "attacker"));
+    let hex = |m: Mac| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    assert_eq!(
+        node_neigh(&c, v4(&c, "victim")),
+        Some(hex(victim_mac)),
+        "warm-up taught the node the victim"
+    );
+    let victim_chain = src_chain(&c, "victim");
+    let gw = Ipv4Addr::new(10, 244, 1, 1);
+    let mut frames = vec![
+        arp_frame(attacker_mac, victim4, gw, false),
+        arp_frame(attacker_mac, victim4, victim4, true),
+    ];
+    // An unsolicited advertisement (override flag) for the victim's
+    // address, from the attacker's link-local address, hop limit 255.
+    let ll = IpAddr::V6(link_local_of(&netns(&c, "attacker")));
+    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
+    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
+    let body = 40;
+    na[body + 4] = 0x20; // override
+    na[body + 8..body + 24].copy_from_slice(&victim6.octets());
+    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
+    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&attacker_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&na);
+    frames.push(f);
+    spawn_in(&netns(&c, "attacker"), move || send_frames(&frames))
+        .join()
+        .expect("sender");
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        node_neigh(&c, v4(&c, "victim")),
+        Some(hex(victim_mac)),
+        "the ARP claim reached the node"
+    );
+    assert!(
+        guard_drops(&c, "node1", "ARP sender address") >= 2,
+        "ARP claims were not counted"
+    );
+    assert!(
+        guard_drops(&c, "node1", "neighbour advertisement") >= 1,
+        "the advertisement was not counted"
+    );
+    let out = apply_node1(&mut c);
+    assert!(
+        out.contains("no changes"),
+        "apply after the claims changed something: {out}"
+    );
+    // A claim the guard never saw: the node's entry now names the
+    // attacker's MAC, and its bridge port.
+    run(Command::new("ip").args([
+        "-n",
+        &c.topo.node("node1").netns,
+        "neigh",
+        "replace",
+        &victim4.to_string(),
+        "lladdr",
+        &hex(attacker_mac),
+        "dev",
+        crate::netns::BRIDGE,
+        "nud",
+        "reachable",
+    ]));
+    let out = apply_node1(&mut c);
+    assert_eq!(
+        src_chain(&c, "victim"),
+        victim_chain,
+        "the victim's binding moved: {out}"
+    );
+    let attacker_chain = src_chain(&c, "attacker");
+    assert!(
+        !attacker_chain.contains(&victim4.to_string()),
+        "the attacker's chain admits the victim:\n{attacker_chain}"
+    );
+    // The victim is still validated and reachable as its policy says.
+    let friend = netns(&c, "friend");
+    let to = v4(&c, "victim");
+    assert!(
+        spawn_in(&friend, move || crate::probe::probe_once(
+            to,
+            crate::probe::Proto::Tcp,
+            80,
+            Duration::from_secs(2)
+        ))
+        .join()
+        .expect("probe"),
+        "friend -> victim after the spoofing"
+    );
 }

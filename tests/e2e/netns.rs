@@ -166,7 +166,7 @@ pub struct Topology {
 }
 
 /// The bridge of a bridged node.
-const BRIDGE: &str = "cbr0";
+pub const BRIDGE: &str = "cbr0";
 
 /// A node's bridge with the first address of its pod CIDRs, and
 /// br_netfilter's hooks on (per namespace), so bridged same-node traffic
