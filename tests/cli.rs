@@ -936,6 +936,44 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
         t.contains("no changes to table inet nftpol") && t.contains("  none"),
         "{t}"
     );
+
+    // The L2 guard shows too: applied with an interface for my-app, then
+    // a chain of it flushed behind nftpol's back.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ifmap = dir.path().join("interfaces.yaml");
+    std::fs::write(&ifmap, "default/my-app-7d9f8c6b5-x2k4p: vpx0\n").expect("write");
+    let ifmap = ifmap.to_str().expect("utf-8 path");
+    let with_if = |cmd: &str| {
+        let out = nftpol_in(
+            &ns,
+            &[
+                cmd,
+                "-m",
+                new,
+                "--node-name",
+                "node-1",
+                "--pod-interfaces",
+                ifmap,
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    with_if("apply");
+    let out = ns.nft(&[
+        "flush",
+        "chain",
+        "netdev",
+        "nftpol",
+        "l2_default_my-app-7d9f8c6b5-x2k4p",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = with_if("diff");
+    assert!(
+        t.contains("~ table netdev nftpol (L2 guard): active -> active\n~ chain l2_default_my-app-7d9f8c6b5-x2k4p\n"),
+        "{t}"
+    );
+    assert!(t.contains("    + ether type 8021q counter drop"), "{t}");
 }
 
 #[test]

@@ -986,10 +986,49 @@ mod tests {
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5), 12),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4), 6),
             any::<bool>(),
+            // The guard: absent, or up to three chains (device, priority
+            // and rule count from the number) and the dormant flag.
+            proptest::option::of((
+                proptest::collection::vec(proptest::option::of(0..4u8), 3),
+                any::<bool>(),
+            )),
         )
-            .prop_map(|(kinds, chains, elems, rules, dormant)| {
+            .prop_map(|(kinds, chains, elems, rules, dormant, guard)| {
                 let mut rs = Ruleset {
                     table_flags: if dormant { TABLE_F_DORMANT } else { 0 },
+                    guard: guard.map(|(chains, dormant)| Guard {
+                        flags: if dormant { TABLE_F_DORMANT } else { 0 },
+                        chains: ["l2_a", "l2_b", "l2_c"]
+                            .iter()
+                            .zip(chains)
+                            .filter_map(|(name, n)| {
+                                let n = n?;
+                                let chain = Chain {
+                                    base: Some(BaseChain {
+                                        hook: Hook::Ingress,
+                                        priority: -600 - i32::from(n % 2),
+                                        policy: ChainPolicy::Accept,
+                                        device: Some(format!("vp{}", n / 2)),
+                                    }),
+                                    rules: (0..n)
+                                        .map(|t| {
+                                            rule(
+                                                vec![
+                                                    Match::EtherType {
+                                                        ty: 0x8100 + u16::from(t),
+                                                        negate: false,
+                                                    },
+                                                    Match::Counter,
+                                                ],
+                                                Verdict::Drop,
+                                            )
+                                        })
+                                        .collect(),
+                                };
+                                Some(((*name).to_string(), chain))
+                            })
+                            .collect(),
+                    }),
                     ..Ruleset::default()
                 };
                 for (name, is_base) in CHAIN_NAMES.iter().zip(&chains) {

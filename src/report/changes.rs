@@ -174,6 +174,33 @@ fn set_changes(before: &Ruleset, after: &Ruleset, s: &mut String) -> usize {
     n
 }
 
+/// The `netdev nftpol` guard's part: the table coming or going or
+/// changing flags, then its chains as [`chain_changes`] shows them.
+fn guard_changes(before: &Ruleset, after: &Ruleset, s: &mut String) -> usize {
+    let chains_of = |r: &Ruleset| Ruleset {
+        chains: r
+            .guard
+            .as_ref()
+            .map(|g| g.chains.clone())
+            .unwrap_or_default(),
+        ..Ruleset::default()
+    };
+    let mut body = String::new();
+    let n = chain_changes(&chains_of(before), &chains_of(after), &mut body);
+    let state = |r: &Ruleset| match &r.guard {
+        None => "absent",
+        Some(g) if g.flags & TABLE_F_DORMANT != 0 => "dormant (guarding nothing)",
+        Some(_) => "active",
+    };
+    let (was, is) = (state(before), state(after));
+    if was == is && n == 0 {
+        return 0;
+    }
+    let _ = writeln!(s, "~ table netdev nftpol (L2 guard): {was} -> {is}");
+    s.push_str(&body);
+    n + usize::from(was != is)
+}
+
 /// The readable difference from `before` to `after`: `before_label` and
 /// `after_label` say what each side is (the kernel, a manifest set).
 /// `None` for `before` means no table.
@@ -211,7 +238,8 @@ pub fn ruleset_changes(
     }
     let chains = chain_changes(b, after, &mut body);
     let sets = set_changes(b, after, &mut body);
-    if table + chains + sets == 0 {
+    let guard = guard_changes(b, after, &mut body);
+    if table + chains + sets + guard == 0 {
         s.push_str("no changes to table inet nftpol\n");
     } else {
         s.push_str(&body);
