@@ -135,6 +135,12 @@ pub struct CompileArgs {
     /// `nft` prints the script for `nft -f`; `json` prints the ruleset IR.
     #[arg(long, value_enum, default_value_t = Format::Nft)]
     pub format: Format,
+    /// Print only the ruleset's hash: what the node's
+    /// NodeNetworkPolicyStatus shows as `rulesetHash` while its kernel
+    /// holds this ruleset (give the agent's --log and --pod-interfaces
+    /// flags to compare with what it programs).
+    #[arg(long, conflicts_with = "format")]
+    pub hash: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -485,6 +491,7 @@ pub fn compile(args: &CompileArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let net = node_net(&args.source, &cluster, &node, false)?;
     let rs = policy_compiler::compile_node_with(&cluster, &node, &net, &args.log.audit());
     let text = match args.format {
+        _ if args.hash => format!("{}\n", crate::agent::status::ruleset_hash(&rs)),
         Format::Nft => render::render_script(&rs),
         Format::Json => pretty_json(&rs)?,
     };

@@ -435,6 +435,32 @@ current-context: f\n",
     let agent = start();
     let took = follows(&ns, &reference_of(&fake), FOLLOW);
     eprintln!("initial sync programmed after {took:?}");
+    // The status object it writes names the ruleset the kernel holds by
+    // the hash `nftpol compile --hash` prints for the same objects.
+    let want_hash = {
+        let dump = temp_dir("hash");
+        std::fs::write(dump.path().join("dump.yaml"), fake.dump()).expect("write dump");
+        let out = Command::new(BIN)
+            .args(["compile", "--node-name", "node-1", "--hash", "--manifests"])
+            .arg(dump.path())
+            .output()
+            .expect("nftpol compile --hash");
+        assert!(out.status.success(), "compile --hash failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let status_hash = || {
+        fake.node_status("node-1")
+            .and_then(|st| st.pointer("/status/rulesetHash").cloned())
+    };
+    let t0 = Instant::now();
+    while status_hash() != Some(json!(want_hash)) {
+        assert!(
+            t0.elapsed() < FOLLOW,
+            "status {:?}, compile --hash {want_hash}",
+            fake.node_status("node-1")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A change of each kind.
     fake.apply(pod("cli-1", "cli", "node-2", "10.9.2.11"))

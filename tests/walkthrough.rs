@@ -164,8 +164,9 @@ fn check(dir: &Path, step: &Step, netns: Option<&Netns>) -> String {
 fn offline_walkthrough_commands_run_as_written() {
     let all = steps(&readme());
     let offline: Vec<&Step> = all.iter().filter(|s| !needs_kernel(&s.command)).collect();
-    // compile, explain, two matrices, diff against manifests, compile --log.
-    assert_eq!(offline.len(), 6, "{all:#?}");
+    // compile, explain, two matrices, diff against manifests, compile
+    // --hash, compile --log.
+    assert_eq!(offline.len(), 7, "{all:#?}");
     assert!(offline.iter().any(|s| !s.quoted.is_empty()), "{all:#?}");
     let dir = workdir();
     for step in offline {

@@ -74,6 +74,11 @@ fn seed(fake: &FakeApi) {
 /// What `nftpol compile --node-name node-a` prints for the fake's objects,
 /// through the CLI's own code path (a file on disk).
 fn compile_cli(fake: &FakeApi) -> String {
+    compile_cli_with(fake, false)
+}
+
+/// The same, with `--hash` when `hash`.
+fn compile_cli_with(fake: &FakeApi, hash: bool) -> String {
     let dir = temp_dir("compile");
     let file = dir.path().join("dump.yaml");
     std::fs::write(&file, fake.dump()).expect("write dump");
@@ -84,6 +89,7 @@ fn compile_cli(fake: &FakeApi) -> String {
         },
         node_name: Some(NODE.into()),
         format: crate::cli::Format::Nft,
+        hash,
         source: Default::default(),
         log: Default::default(),
     };
@@ -1043,6 +1049,11 @@ async fn status_object_follows_policy_changes_and_hits() {
     assert_eq!(
         st.pointer("/status/rulesetHash"),
         Some(&json!(super::status::ruleset_hash(&want)))
+    );
+    // What an auditor compares it with.
+    assert_eq!(
+        st.pointer("/status/rulesetHash").and_then(Value::as_str),
+        Some(compile_cli_with(&fake, true).trim_end())
     );
     let gen0 = st.pointer("/status/rulesetGeneration").cloned();
     every_printer_column_has_its_value(&st);
