@@ -371,6 +371,23 @@ pub(crate) fn parse_cidr(ctx: &Ctx, field: &str, s: &str) -> Result<IpNet, Objec
     Ok(net)
 }
 
+/// An except as the apiserver reads it against its cidr. It tests
+/// "inside" with Go's `net.IPNet`, which reads an IPv4-mapped IPv6 prefix
+/// (`::ffff:a.b.c.d/n`, n >= 96) against an IPv4 cidr as the IPv4 prefix
+/// `a.b.c.d/(n-96)`, so it accepts such an except, and Go implementations
+/// match it that way. Refusing it would skip the whole policy, and with
+/// it the isolation it gives, for an except that was meant to deny more.
+fn as_apiserver_reads_except(cidr: &IpNet, except: IpNet) -> IpNet {
+    match (cidr, except) {
+        (IpNet::V4(_), IpNet::V6(e)) if e.prefix_len() >= 96 => e
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|a| ipnet::Ipv4Net::new(a, e.prefix_len() - 96).ok())
+            .map_or(except, IpNet::V4),
+        _ => except,
+    }
+}
+
 fn ip_block(ctx: &Ctx, field: &str, b: &net::IPBlock) -> Result<Peer, ObjectError> {
     let cidr_field = format!("{field}.cidr");
     if b.cidr.is_empty() {
@@ -383,7 +400,7 @@ fn ip_block(ctx: &Ctx, field: &str, b: &net::IPBlock) -> Result<Peer, ObjectErro
     let mut except = Vec::new();
     for (i, e) in b.except.as_deref().unwrap_or(&[]).iter().enumerate() {
         let ef = format!("{field}.except[{i}]");
-        let en = sloppy(&ef, e)?;
+        let en = as_apiserver_reads_except(&cidr, sloppy(&ef, e)?);
         let inside = en.addr().is_ipv4() == cidr.addr().is_ipv4()
             && cidr.trunc().contains(&en.trunc())
             && en.prefix_len() > cidr.prefix_len();
@@ -682,6 +699,45 @@ spec:
     }
 
     #[test]
+    fn an_ipv4_mapped_except_of_an_ipv4_cidr_denies_the_ipv4_hosts() {
+        let l = parse(
+            "np.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: ['::ffff:10.1.0.0/112']}}]\n",
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let [Object::Policy(pol)] = &l.objects[..] else {
+            panic!("want one policy, got {:?}", l.objects);
+        };
+        let peers = pol.ingress.as_ref().unwrap()[0].peers.as_ref().unwrap();
+        let crate::model::Peer::IpBlock {
+            cidr,
+            except,
+            ranges,
+        } = &peers[0]
+        else {
+            panic!("want an ipBlock, got {peers:?}");
+        };
+        for (ip, admitted) in [
+            ("10.1.2.3", false),
+            ("10.2.0.1", true),
+            ("10.0.255.255", true),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            // The evaluator's reading and the compiler's ranges alike.
+            assert_eq!(
+                crate::eval::spec::in_ip_block(cidr, except, ip),
+                admitted,
+                "{ip}"
+            );
+            assert_eq!(
+                ranges.iter().any(|r| r.lo <= ip && ip <= r.hi),
+                admitted,
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
     fn a_quoted_number_is_not_a_port() {
         for port in [
             r#""80""#,
@@ -792,6 +848,8 @@ spec:
             ("except outside", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
             ("except equal", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
             ("except family", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["::/1"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
+            ("IPv4-mapped except of an IPv4 cidr", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["::ffff:10.1.0.0/112"]}}"#)), None),
+            ("IPv4 except of an IPv4-mapped cidr", m.into(), Some(spec_to(r#"{"ipBlock": {"cidr": "::ffff:10.0.0.0/104", "except": ["10.1.0.0/16"]}}"#)), Some("spec.egress[0].to[0].ipBlock.except[0]")),
         ];
         let mut failures = Vec::new();
         for (what, meta, spec, want) in &rows {
