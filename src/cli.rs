@@ -301,8 +301,24 @@ pub fn node_net(
         },
     };
     if discover || args.pod_interfaces.is_some() {
-        for p in net.unmapped(cluster, node) {
-            tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), "no host interface known for this local pod: its source addresses are not validated");
+        // One line, not one per pod: on a node whose interfaces cannot be
+        // learned, a thousand lines cost `apply` more than its compile.
+        let unmapped = net.unmapped(cluster, node);
+        if !unmapped.is_empty() {
+            const SHOWN: usize = 5;
+            let mut names: Vec<String> = unmapped
+                .iter()
+                .take(SHOWN)
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
+            if unmapped.len() > SHOWN {
+                names.push(format!("and {} more", unmapped.len() - SHOWN));
+            }
+            tracing::warn!(
+                count = unmapped.len(),
+                pods = %names.join(", "),
+                "no host interface known for these local pods: their source addresses are not validated"
+            );
         }
     }
     for (ip, pods) in cluster.shared_addresses() {

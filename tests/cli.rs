@@ -1117,3 +1117,54 @@ fn log_flags_add_rate_limited_log_rules() {
         }
     }
 }
+
+/// Local pods whose host interface is unknown are reported in one warning
+/// line (how many, the first few by name), not one line per pod.
+#[test]
+fn pods_without_a_known_interface_are_warned_about_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("nftpol-cli-unmapped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut yaml = String::new();
+    for i in 0..7 {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x}}\n\
+             spec: {{nodeName: node-1}}\nstatus: {{podIP: 10.0.0.{}}}\n---\n",
+            i + 1
+        ));
+    }
+    let manifest = dir.join("pods.yaml");
+    std::fs::write(&manifest, yaml).expect("write manifest");
+    let interfaces = dir.join("interfaces.yaml");
+    std::fs::write(&interfaces, "x/p0: veth0\n").expect("write interface map");
+    let out = nftpol(&[
+        "compile",
+        "-m",
+        manifest.to_str().expect("utf-8 path"),
+        "--node-name",
+        "node-1",
+        "--pod-interfaces",
+        interfaces.to_str().expect("utf-8 path"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Without the terminal colours tracing puts around field names.
+    let mut err = String::new();
+    let mut escape = false;
+    for c in text(&out.stderr).chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => err.push(c),
+        }
+    }
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("no host interface known"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("count=6"), "{err}");
+    assert!(lines[0].contains("x/p1, x/p2"), "{err}");
+    assert!(lines[0].contains("and 1 more"), "{err}");
+    assert!(!lines[0].contains("x/p0"), "{err}");
+}
