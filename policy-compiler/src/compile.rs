@@ -1,7 +1,9 @@
 //! (cluster, node) -> ruleset IR. A pure function: same input, equal IR.
 //!
 //! Shape (see docs/ARCHITECTURE.md): base chains `forward` and `input`
-//! accept established traffic, drop invalid, pass IPv6 neighbour
+//! accept established traffic, related traffic unless a local pod sends
+//! it about a connection it is not an end of (`related.rs`), drop
+//! invalid, pass IPv6 neighbour
 //! discovery, then dispatch through the verdict maps `egress_v4/v6`
 //! (source address) and `ingress_v4/v6` (destination address) to the
 //! per-pod chains `egr_<ns>_<pod>` / `ing_<ns>_<pod>` of local isolated
@@ -145,6 +147,7 @@ pub fn compile_node_with(
         b.pod_unit(pod, &admin);
     }
     b.shared_address_elements(node);
+    crate::related::add_chains(&mut b.rs, cluster, node);
     crate::srcval::add_chains(&mut b.rs, cluster, node, net);
     b.rs.guard = crate::srcval::guard(cluster, node, net);
     crate::counters::add(&mut b.rs);
@@ -187,6 +190,7 @@ pub(crate) fn add_base_chains(rs: &mut Ruleset, families: &BTreeSet<Family>) {
         CHAIN_INPUT.to_string(),
         base_chain(Hook::Input, &[Direction::Egress], families),
     );
+    crate::related::add_maps(rs, families);
 }
 
 /// Whether any admin policy is of the admin tier: then the node's
@@ -357,20 +361,19 @@ fn no_pod_sources() -> Vec<Rule> {
 }
 
 fn base_chain(hook: Hook, dispatch: &[Direction], families: &BTreeSet<Family>) -> Chain {
-    let mut rules = vec![
-        Rule {
-            matches: vec![Match::CtState(
-                [CtState::Established, CtState::Related].into(),
-            )],
-            verdict: Verdict::Accept,
-            comment: None,
-        },
-        Rule {
-            matches: vec![Match::CtState([CtState::Invalid].into())],
-            verdict: Verdict::Drop,
-            comment: None,
-        },
-    ];
+    let mut rules = vec![Rule {
+        matches: vec![Match::CtState([CtState::Established].into())],
+        verdict: Verdict::Accept,
+        comment: None,
+    }];
+    // Related packets (ICMP errors) only from an end of the connection
+    // they name, when a local pod sends them (`related.rs`).
+    rules.extend(crate::related::base_rules(families));
+    rules.push(Rule {
+        matches: vec![Match::CtState([CtState::Invalid].into())],
+        verdict: Verdict::Drop,
+        comment: None,
+    });
     // A connection whose conntrack entry is gone (cut by revocation, or
     // flushed) would be picked up mid-stream as a new one in whichever
     // direction its next segment goes (the kernel's default
@@ -1407,8 +1410,8 @@ mod tests {
         assert_eq!(rs.chains.len(), 2);
         // No pod, no family: no maps and no dispatch.
         assert_eq!(rs.sets.len(), 0);
-        // established, invalid, no mid-stream TCP (forward only).
-        assert_eq!(rs.rule_count(), 5);
+        // established, related, invalid, no mid-stream TCP (forward only).
+        assert_eq!(rs.rule_count(), 7);
         assert_eq!(rs.element_count(), 0);
     }
 
@@ -1589,7 +1592,8 @@ spec:
             compile(&admin_subjects(60), "n1").rule_count()
                 - 30 * 2 // a pod chain per direction, one `goto` each
                 - 20 * 2 // the web pods' NetworkPolicy parts: an allow and a drop
-                - 10, // the db pods' baseline `goto`
+                - 10 // the db pods' baseline `goto`
+                - 30 * 3, // a `rel_` chain per pod address (related.rs)
             "the admin rules are not copied per pod"
         );
         // The pod chain enters the tier by goto, and the NetworkPolicy part
@@ -1715,6 +1719,7 @@ spec:
                 dport: icmp,
                 ct: CtState::New,
                 hoplimit,
+                ct_saddrs: None,
             };
             crate::interp::hook_accepts(&rs, CHAIN_FORWARD, &pkt)
         };
@@ -1737,6 +1742,7 @@ spec:
             dport: 134,
             ct: CtState::New,
             hoplimit: 255,
+            ct_saddrs: None,
         };
         let trace = crate::interp::trace(&rs, CHAIN_FORWARD, &pkt);
         let last = trace.steps.last().expect("a deciding rule");

@@ -135,6 +135,8 @@ pub struct Incremental {
     shared: BTreeMap<IpAddr, Vec<Key>>,
     shared_out: UnitOut,
     src_chains: Vec<String>,
+    /// The `rel_` chains of the local pods' addresses (`related.rs`).
+    rel_chains: Vec<String>,
     /// The address families of the local pods: they shape the dispatch
     /// maps and base chains, so a change rebuilds the node.
     families: BTreeSet<Family>,
@@ -166,6 +168,7 @@ impl Incremental {
             shared: BTreeMap::new(),
             shared_out: UnitOut::default(),
             src_chains: Vec::new(),
+            rel_chains: Vec::new(),
             families: BTreeSet::new(),
             admin_tier: false,
             dirty: Dirty {
@@ -395,6 +398,9 @@ impl Incremental {
             );
         }
 
+        if dirty.srcval {
+            self.redo_related(cluster, &mut touched);
+        }
         // Without interfaces there are no validation chains to redo.
         if dirty.srcval && (!self.src_chains.is_empty() || !self.net.pod_interfaces.is_empty()) {
             for name in mem::take(&mut self.src_chains) {
@@ -639,9 +645,50 @@ impl Incremental {
             self.rs.chains.insert(name, chain);
         }
         self.rs.guard = crate::srcval::guard(cluster, &node, &self.net);
+        self.redo_related(cluster, &mut touched);
         self.families = fams;
         self.admin_tier = compile::has_admin_tier(cluster);
-        self.node = node;
+    }
+
+    /// The `rel_` chains and their map elements, from the local pods as
+    /// they are now (a local pod came, went or changed addresses). A
+    /// chain depends on its address alone, so only the addresses that
+    /// came or went are touched.
+    fn redo_related(&mut self, cluster: &Cluster, touched: &mut Touched) {
+        let mut rel = Ruleset::default();
+        for (name, set) in &self.rs.sets {
+            if name.starts_with("related_") && matches!(set.kind, SetKind::Vmap { .. }) {
+                rel.sets.insert(
+                    name.clone(),
+                    Set {
+                        kind: set.kind,
+                        elements: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        crate::related::add_chains(&mut rel, cluster, &self.node);
+        for name in mem::take(&mut self.rel_chains) {
+            if !rel.chains.contains_key(&name) {
+                self.rs.chains.remove(&name);
+                touched.chains.insert(name);
+            }
+        }
+        for (name, chain) in rel.chains {
+            self.rel_chains.push(name.clone());
+            if self.rs.chains.get(&name) != Some(&chain) {
+                touched.chains.insert(name.clone());
+                self.rs.chains.insert(name, chain);
+            }
+        }
+        for (name, set) in rel.sets {
+            if let Some(map) = self.rs.sets.get_mut(&name) {
+                if map.elements != set.elements {
+                    touched.sets.insert(name);
+                    map.elements = set.elements;
+                }
+            }
+        }
     }
 }
 

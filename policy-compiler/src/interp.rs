@@ -20,6 +20,10 @@ pub struct Packet {
     pub ct: CtState,
     /// IPv6 hop limit as the hook sees it (255 only when not routed).
     pub hoplimit: u8,
+    /// The sources of the original and the reply direction of the
+    /// packet's conntrack entry: for a related ICMP error, the connection
+    /// it names. `None` for a packet that opens its own connection.
+    pub ct_saddrs: Option<(IpAddr, IpAddr)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,6 +267,13 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
             Family::of(&a) == *family && net.contains(&a)
         }
         Match::Ip6HopLimit(n) => pkt.saddr.is_ipv6() && pkt.hoplimit == *n,
+        Match::CtSaddr { dir, addr } => pkt.ct_saddrs.is_some_and(|(orig, reply)| {
+            *addr
+                == match dir {
+                    CtDir::Original => orig,
+                    CtDir::Reply => reply,
+                }
+        }),
         // The limited broadcast; a subnet-directed one depends on the
         // node's addresses, which no ruleset holds, and is never a pod's.
         Match::DaddrBroadcast => pkt.daddr == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
@@ -320,6 +331,7 @@ impl Packet {
             dport: port,
             ct: CtState::New,
             hoplimit: 64,
+            ct_saddrs: None,
         }
     }
 }

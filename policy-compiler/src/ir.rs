@@ -210,6 +210,23 @@ impl CtState {
     ];
 }
 
+/// A direction of a conntrack entry (`ct original`, `ct reply`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtDir {
+    Original,
+    Reply,
+}
+
+impl CtDir {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtDir::Original => "original",
+            CtDir::Reply => "reply",
+        }
+    }
+}
+
 /// IP protocol numbers nftpol matches on.
 pub mod l4 {
     pub const TCP: u8 = 6;
@@ -266,6 +283,11 @@ pub enum Match {
     /// a broadcast address (limited, or directed to a subnet the node is
     /// on). Never true for IPv6.
     DaddrBroadcast,
+    /// `ct original ip saddr A` / `ct reply ip6 saddr A`: the source of
+    /// one direction of the packet's connection is `addr` (for an ICMP
+    /// error conntrack relates, the connection the error names). False
+    /// for a connection of the other family.
+    CtSaddr { dir: CtDir, addr: IpAddr },
     /// `ip6 hoplimit N`: 255 proves a packet was not routed (a router
     /// decrements it before the forward hook).
     Ip6HopLimit(u8),

@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod matrix;
 pub mod model;
 pub mod names;
+pub mod related;
 pub mod render;
 pub mod selector;
 pub mod srcval;

@@ -503,6 +503,7 @@ fn check_cluster(c: &Cluster) -> Result<usize, TestCaseError> {
                             dport: port,
                             ct: CtState::New,
                             hoplimit: 64,
+                            ct_saddrs: None,
                         };
                         let got = cluster_accepts(c, &rulesets, &pkt);
                         check_logs(c, as_if.as_ref(), &rulesets, (src, dst), &pkt, &want)?;
@@ -645,6 +646,7 @@ fn established_replies_pass() {
         dport: 80,
         ct: CtState::New,
         hoplimit: 64,
+        ct_saddrs: None,
     };
     assert!(!crate::interp::hook_accepts(&rs, "forward", &pkt));
     pkt.ct = CtState::Established;

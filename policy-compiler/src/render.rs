@@ -275,6 +275,11 @@ fn render_match(m: &Match) -> String {
             format!("{} {} {addr}", family.payload_keyword(), dir.addr_keyword())
         }
         Match::Ip6HopLimit(n) => format!("ip6 hoplimit {n}"),
+        Match::CtSaddr { dir, addr } => format!(
+            "ct {} {} saddr {addr}",
+            dir.as_str(),
+            Family::of(addr).payload_keyword()
+        ),
         Match::TcpNotSyn => "tcp flags & (fin | syn | rst | ack) != syn".into(),
         Match::Counter => "counter".into(),
         Match::Limit { per_second, burst } => {

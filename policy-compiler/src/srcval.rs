@@ -386,6 +386,7 @@ mod tests {
             dport: u16::from(icmp_type),
             ct: CtState::New,
             hoplimit,
+            ct_saddrs: None,
         };
         crate::interp::hook_accepts(&rs, "src", &pkt)
     }

@@ -157,6 +157,7 @@ fn check_families(
                     dport: port,
                     ct: CtState::New,
                     hoplimit: 64,
+                    ct_saddrs: None,
                 };
                 let kernel = cluster_accepts(c, &rulesets, &pkt);
                 if d.allowed != want.0[i][j] || kernel != want.0[i][j] {

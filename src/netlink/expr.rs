@@ -10,7 +10,7 @@
 //! types: those hard-code register 1 (concatenations need consecutive
 //! 32-bit registers) and cannot express a vmap lookup (dreg 0).
 
-use policy_compiler::ir::{CtState, Dir, Family, Match, Rule, Verdict};
+use policy_compiler::ir::{CtDir, CtState, Dir, Family, Match, Rule, Verdict};
 use std::collections::BTreeSet;
 
 pub const META_NFPROTO: u32 = libc::NFT_META_NFPROTO as u32;
@@ -32,6 +32,11 @@ const ARP_SPA_OFFSET: u32 = 14;
 /// Offset of the target address in a neighbour solicitation/advertisement.
 const ND_TARGET_OFFSET: u32 = 8;
 pub const CT_STATE: u32 = libc::NFT_CT_STATE as u32;
+pub const CT_SRC_IP: u32 = libc::NFT_CT_SRC_IP as u32;
+pub const CT_SRC_IP6: u32 = libc::NFT_CT_SRC_IP6 as u32;
+/// `IP_CT_DIR_ORIGINAL` / `IP_CT_DIR_REPLY` (libc has neither).
+pub const CT_DIR_ORIGINAL: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
 pub const BASE_NETWORK: u32 = libc::NFT_PAYLOAD_NETWORK_HEADER as u32;
 pub const BASE_TRANSPORT: u32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32;
 pub const CMP_EQ: u32 = libc::NFT_CMP_EQ as u32;
@@ -74,6 +79,12 @@ pub enum RawExpr {
     },
     Ct {
         key: u32,
+        dreg: u32,
+    },
+    /// A conntrack key of one direction (`ct original ip saddr`).
+    CtDir {
+        key: u32,
+        dir: u8,
         dreg: u32,
     },
     Payload {
@@ -479,6 +490,26 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     data: network,
                 });
             }
+            Match::CtSaddr { dir, addr } => {
+                // nft adds no `meta nfproto` here: the kernel's ct
+                // expression breaks on an entry of the other family.
+                l.out.push(RawExpr::CtDir {
+                    key: match addr {
+                        std::net::IpAddr::V4(_) => CT_SRC_IP,
+                        std::net::IpAddr::V6(_) => CT_SRC_IP6,
+                    },
+                    dir: match dir {
+                        CtDir::Original => CT_DIR_ORIGINAL,
+                        CtDir::Reply => CT_DIR_REPLY,
+                    },
+                    dreg: REG_1,
+                });
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: addr_bytes(addr),
+                });
+            }
             Match::Ip6HopLimit(n) => {
                 l.guard(Family::Ipv6);
                 l.out.push(RawExpr::Payload {
@@ -799,6 +830,28 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 }
                 matches.push(Match::CtState(states));
                 i += 3;
+            }
+            E::CtDir {
+                key,
+                dir,
+                dreg: REG_1,
+            } => {
+                let dir = match *dir {
+                    CT_DIR_ORIGINAL => CtDir::Original,
+                    CT_DIR_REPLY => CtDir::Reply,
+                    d => return Err(format!("ct direction {d}")),
+                };
+                let data =
+                    cmp1(exprs.get(i + 1), CMP_EQ).ok_or("ct saddr without an address compare")?;
+                let addr = match (*key, data.len()) {
+                    (CT_SRC_IP, 4) => prefix_of(Family::Ipv4, None, &data),
+                    (CT_SRC_IP6, 16) => prefix_of(Family::Ipv6, None, &data),
+                    _ => None,
+                }
+                .ok_or_else(|| format!("ct key {key} compared with {data:?}"))?
+                .addr();
+                matches.push(Match::CtSaddr { dir, addr });
+                i += 2;
             }
             E::Fib {
                 flags: FIB_F_DADDR,
@@ -1194,6 +1247,32 @@ pub(crate) mod tests {
                 ],
                 Verdict::Continue,
             ),
+            r(
+                vec![Match::CtState([CtState::Established].into())],
+                Verdict::Accept,
+            ),
+            r(
+                vec![Match::CtState([CtState::Related].into())],
+                Verdict::AddrVmap {
+                    family: Family::Ipv6,
+                    dir: Dir::Src,
+                    map: "related_v6".into(),
+                },
+            ),
+            r(
+                vec![Match::CtSaddr {
+                    dir: CtDir::Original,
+                    addr: "10.0.0.1".parse().unwrap(),
+                }],
+                Verdict::Return,
+            ),
+            r(
+                vec![Match::CtSaddr {
+                    dir: CtDir::Reply,
+                    addr: "fd00::1".parse().unwrap(),
+                }],
+                Verdict::Return,
+            ),
             r(vec![], Verdict::Jump("ing_default_a".into())),
             r(vec![], Verdict::Goto("ing_default_a".into())),
             r(vec![], Verdict::Return),
@@ -1292,6 +1371,33 @@ pub(crate) mod tests {
         }
         // The kernel may dump the 32-bit naming of a 128-bit register.
         assert_eq!(slot_of_reg(12), slot_of_reg(2));
+        // `ct original ip saddr 10.0.0.1` per nft --debug=netlink:
+        // [ ct load src_ip => reg 1 , dir original ] [ cmp eq reg 1 0x0100000a ]
+        // (no nfproto check), and `ct reply ip6 saddr fd00::1` the same
+        // with src_ip6 and dir reply.
+        for (dir, addr, key, d) in [
+            (CtDir::Original, "10.0.0.1", CT_SRC_IP, CT_DIR_ORIGINAL),
+            (CtDir::Reply, "fd00::1", CT_SRC_IP6, CT_DIR_REPLY),
+        ] {
+            let addr: std::net::IpAddr = addr.parse().unwrap();
+            let raw = lower_rule(&r(vec![Match::CtSaddr { dir, addr }], Verdict::Return));
+            assert_eq!(
+                raw[..2],
+                [
+                    RawExpr::CtDir {
+                        key,
+                        dir: d,
+                        dreg: REG_1
+                    },
+                    RawExpr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_EQ,
+                        data: addr_bytes(&addr)
+                    }
+                ]
+            );
+        }
+        assert_eq!((CT_SRC_IP, CT_SRC_IP6), (19, 21));
     }
 
     #[test]

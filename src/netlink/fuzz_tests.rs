@@ -297,7 +297,9 @@ enum ExprEdit {
 
 fn mutate_expr(e: &mut RawExpr, which: u32, v: u32) {
     let slots: Vec<&mut u32> = match e {
-        RawExpr::Meta { key, dreg } | RawExpr::Ct { key, dreg } => vec![key, dreg],
+        RawExpr::Meta { key, dreg }
+        | RawExpr::Ct { key, dreg }
+        | RawExpr::CtDir { key, dreg, .. } => vec![key, dreg],
         RawExpr::Payload {
             base,
             offset,

@@ -155,6 +155,19 @@ impl<'a> Attrs<'a> {
             .transpose()
     }
 
+    fn u8(&self, ty: u16) -> Result<Option<u8>, String> {
+        self.get(ty)
+            .map(|v| match v {
+                [b] => Ok(*b),
+                _ => Err(format!(
+                    "{}: attribute {ty} has {} bytes, want 1",
+                    self.what,
+                    v.len()
+                )),
+            })
+            .transpose()
+    }
+
     /// A number that reads as 0 when absent.
     fn u32_or_0(&self, ty: u16) -> Result<u32, String> {
         Ok(self.u32(ty)?.unwrap_or(0))
@@ -298,6 +311,11 @@ fn parse_expr(elem: &[u8]) -> Result<(RawExpr, Option<(u64, u64)>), String> {
         },
         "ct" if d.has(CT_DREG) && !d.has(CT_DIRECTION) => RawExpr::Ct {
             key: d.u32_or_0(CT_KEY)?,
+            dreg: d.u32_or_0(CT_DREG)?,
+        },
+        "ct" if d.has(CT_DREG) => RawExpr::CtDir {
+            key: d.u32_or_0(CT_KEY)?,
+            dir: d.u8(CT_DIRECTION)?.unwrap_or(0),
             dreg: d.u32_or_0(CT_DREG)?,
         },
         "payload" if d.has(PAYLOAD_DREG) => RawExpr::Payload {

@@ -39,7 +39,7 @@ fn alloc<T>(p: *mut T) -> NonNull<T> {
 unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
     let name: &CStr = match e {
         RawExpr::Meta { .. } => c"meta",
-        RawExpr::Ct { .. } => c"ct",
+        RawExpr::Ct { .. } | RawExpr::CtDir { .. } => c"ct",
         RawExpr::Payload { .. } => c"payload",
         RawExpr::Cmp { .. } => c"cmp",
         RawExpr::Bitwise { .. } => c"bitwise",
@@ -70,6 +70,12 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         RawExpr::Ct { key, dreg } => {
             set_u32(sys::NFTNL_EXPR_CT_KEY, *key);
             set_u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
+        }
+        RawExpr::CtDir { key, dir, dreg } => {
+            set_u32(sys::NFTNL_EXPR_CT_KEY, *key);
+            set_u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
+            // SAFETY: as above; NFTNL_EXPR_CT_DIR is a u8 attribute.
+            unsafe { sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_CT_DIR as u16, *dir) };
         }
         RawExpr::Payload {
             base,

@@ -1,7 +1,8 @@
 //! Revocation of live connections the ruleset now denies: the optional
 //! strict mode of the agent (`--revoke-denied-connections`).
 //!
-//! The base chains accept `ct state established,related` before any policy,
+//! The base chains accept `ct state established` (and related packets from
+//! the connection's own ends or from outside the node's pods) before any policy,
 //! so a connection lives as long as its conntrack entry. After a batch that
 //! changed the table, every entry that touches a local pod is judged as if
 //! its first packet arrived now, by the IR interpreter over the ruleset
@@ -132,6 +133,7 @@ fn first_packet(e: &Entry) -> Packet {
         dport: if ported { e.reply.sport } else { e.orig.dport },
         ct: CtState::New,
         hoplimit: 64,
+        ct_saddrs: None,
     }
 }
 

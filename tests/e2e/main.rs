@@ -14,7 +14,8 @@
 //! policy API generations, and how the tiers meet NetworkPolicy),
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
 //! `sctp` (SCTP by raw packets), `attacker` and `l2` (hostile pods: forged
-//! sources, ND shapes, hand-built frames on a bridge), `live_explain` (`explain --live` against
+//! sources, ND shapes, hand-built frames on a bridge), `icmp_related`
+//! (ICMP errors conntrack relates to other pods' connections), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule), `hits` (rule counters raised
 //! by real connections, per policy and in `explain --live`),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
@@ -47,6 +48,7 @@ mod evasion;
 mod generated;
 mod hits;
 mod host;
+mod icmp_related;
 mod kind_script;
 mod l2;
 mod live_explain;

@@ -1,0 +1,464 @@
+//! ICMP errors that conntrack calls RELATED, sent by a pod that is not an
+//! end of the connection they name: a hostile pod with CAP_NET_RAW embeds
+//! the tuple of a connection between two other pods in a hand-built error
+//! and sends it with its own (valid) source to one of them, which policy
+//! forbids it to reach. Such an error carries any payload after the
+//! embedded header (a channel past policy) and acts on the victim's stack
+//! (a lowered path MTU, an aborted connection), so it must be dropped;
+//! the same error from the connection's other end must still arrive.
+//!
+//! Cluster (namespace `x`): `attacker`, `friend`, `victim` and `open` on
+//! node1, `remote` and `victim2` on node2. `victim` and `victim2` admit
+//! only `friend`; `attacker` may reach only `remote`; `open` has no
+//! policy. `friend` opens UDP flows to `victim` and `victim2`, so the
+//! nodes hold their conntrack entries. The attacks: `attacker` -> `victim`
+//! (both policies deny), `attacker` -> `friend` (only the attacker's
+//! egress denies), `open` -> `victim` (only the victim's ingress denies),
+//! `attacker` -> `victim2` on the other node. Every IPv4 error type
+//! conntrack relates and the ICMPv6 error types, routed and bridged.
+//!
+//! The errors are received by raw ICMP/ICMPv6 sockets in the destination
+//! pods and recognised by a marker and id after the embedded header.
+
+use crate::attacker::{fold, netns, program_nodes, send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE};
+use crate::cluster::{labels, SimCluster};
+use crate::probe::spawn_in;
+use crate::scenarios::np;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const UDP: u8 = 17;
+/// The payload an error carries after the embedded header, then its id.
+const MARKER: &[u8] = b"nftpol-icmprel";
+/// The port of the honest flows (nothing listens: the victim's own port
+/// unreachable answers them, which does not matter here).
+const FLOW_DPORT: u16 = 47_100;
+/// Source ports of friend's honest flows, to victim and to victim2.
+const FLOW_SPORT: [u16; 2] = [47_201, 47_202];
+
+/// IPv4 (type, code): every error conntrack relates to a connection.
+const V4_ERRORS: [(u8, u8, &str); 6] = [
+    (3, 3, "port unreachable"),
+    (3, 4, "fragmentation needed"),
+    (4, 0, "source quench"),
+    (5, 1, "redirect"),
+    (11, 0, "time exceeded"),
+    (12, 0, "parameter problem"),
+];
+/// ICMPv6 (type, code): conntrack calls every type below 128 an error,
+/// assigned or not.
+const V6_ERRORS: [(u8, u8, &str); 5] = [
+    (1, 4, "port unreachable"),
+    (2, 0, "packet too big"),
+    (3, 0, "time exceeded"),
+    (4, 0, "parameter problem"),
+    (100, 0, "private experimentation type"),
+];
+
+/// An IP header for `payload` (checksummed for IPv4).
+fn ip_header(proto: u8, src: IpAddr, dst: IpAddr, payload_len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            let ck = fold(sum16(&p));
+            p[10..12].copy_from_slice(&ck.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    p
+}
+
+/// An ICMP(v6) error from `src` to `dst` about the UDP datagram
+/// `inner` = (source, destination, source port, destination port) that
+/// `dst` sent, then [`MARKER`] and `id`: a whole IP packet.
+fn icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    (ty, code): (u8, u8),
+    inner: (IpAddr, IpAddr, u16, u16),
+    id: u16,
+) -> Vec<u8> {
+    let (isrc, idst, sport, dport) = inner;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(8u16 + 64).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    let inner_proto = UDP;
+    let mut msg = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    // A path MTU for the errors that carry one (frag needed, too big).
+    match (src.is_ipv6(), ty, code) {
+        (false, 3, 4) => msg[6..8].copy_from_slice(&576u16.to_be_bytes()),
+        (true, 2, _) => msg[4..8].copy_from_slice(&1280u32.to_be_bytes()),
+        _ => {}
+    }
+    msg.extend(ip_header(inner_proto, isrc, idst, 8 + 64));
+    msg.extend(udp);
+    msg.extend_from_slice(MARKER);
+    msg.extend_from_slice(&id.to_be_bytes());
+    let proto = if src.is_ipv6() { ICMPV6 } else { ICMP };
+    let ck = match (src, dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
+            fold(sum16(&pseudo) + sum16(&msg))
+        }
+        _ => fold(sum16(&msg)),
+    };
+    msg[2..4].copy_from_slice(&ck.to_be_bytes());
+    let mut p = ip_header(proto, src, dst, msg.len());
+    p.extend(msg);
+    p
+}
+
+/// (source, id) of every marked error a pod's stack received.
+type Seen = Arc<Mutex<BTreeSet<(IpAddr, u16)>>>;
+
+/// Raw ICMP and ICMPv6 sockets in `netns`, recording marked errors until
+/// `stop` is set (or a minute passed).
+fn error_receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let out = seen.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = spawn_in(netns, move || {
+        let mut fds = Vec::new();
+        for (family, proto) in [(libc::AF_INET, ICMP), (libc::AF_INET6, ICMPV6)] {
+            // SAFETY: plain socket(2); closed at the end of the thread.
+            let fd = unsafe {
+                libc::socket(
+                    family,
+                    libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                    i32::from(proto),
+                )
+            };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            fds.push((family, fd));
+        }
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut idle = true;
+            for &(family, fd) in &fds {
+                // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
+                let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+                // SAFETY: buf and from are valid for their lengths.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut from as *mut libc::sockaddr_in6).cast(),
+                        &mut len,
+                    )
+                };
+                if n <= 0 {
+                    continue;
+                }
+                idle = false;
+                let data = &buf[..n as usize];
+                // IPv4 raw sockets include the IP header, IPv6 ones do not.
+                let src = if family == libc::AF_INET {
+                    IpAddr::V4(Ipv4Addr::new(data[12], data[13], data[14], data[15]))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr))
+                };
+                let Some(tail) = data.len().checked_sub(MARKER.len() + 2) else {
+                    continue;
+                };
+                if &data[tail..tail + MARKER.len()] == MARKER {
+                    let id = u16::from_be_bytes([data[data.len() - 2], data[data.len() - 1]]);
+                    out.lock().expect("lock").insert((src, id));
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        for (_, fd) in fds {
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
+    (seen, handle)
+}
+
+struct Case {
+    name: String,
+    from: &'static str,
+    to: &'static str,
+    packet: Vec<u8>,
+    src: IpAddr,
+    dst: IpAddr,
+    id: u16,
+    arrives: bool,
+}
+
+/// The cluster of this module, programmed by `nftpol apply` on both nodes.
+fn related_cluster(bridged: bool) -> SimCluster {
+    let mut c = SimCluster::new(bridged);
+    c.add_namespace("x", labels(&[("ns", "x")]));
+    for (pod, node) in [
+        ("attacker", "node1"),
+        ("friend", "node1"),
+        ("victim", "node1"),
+        ("open", "node1"),
+        ("remote", "node2"),
+        ("victim2", "node2"),
+    ] {
+        c.add_pod("x", pod, node, labels(&[("pod", pod)]));
+    }
+    c.put_policy(&np(
+        "x",
+        "victims-admit-friend",
+        "podSelector: {matchExpressions: [{key: pod, operator: In, values: [victim, victim2]}]}\n\
+         ingress:\n- from: [{podSelector: {matchLabels: {pod: friend}}}]",
+    ));
+    c.put_policy(&np(
+        "x",
+        "attacker-to-remote-only",
+        "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
+         egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
+    ));
+    program_nodes(&mut c, bridged);
+    c
+}
+
+/// friend's honest UDP flows to victim and victim2 (policy admits them),
+/// in both families: the conntrack entries the errors name.
+fn open_flows(c: &SimCluster) {
+    let targets: Vec<(IpAddr, u16)> = [false, true]
+        .iter()
+        .flat_map(|&six| {
+            let pick = |p: &str| if six { v6(c, p) } else { v4(c, p) };
+            [
+                (pick("victim"), FLOW_SPORT[0]),
+                (pick("victim2"), FLOW_SPORT[1]),
+            ]
+        })
+        .collect();
+    spawn_in(&netns(c, "friend"), move || {
+        for (dst, sport) in targets {
+            let bind: IpAddr = if dst.is_ipv6() {
+                Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            };
+            let s = std::net::UdpSocket::bind((bind, sport)).expect("bind flow source");
+            s.send_to(b"flow", (dst, FLOW_DPORT)).expect("send flow");
+        }
+    })
+    .join()
+    .expect("flows");
+    // Both nodes see the datagrams within milliseconds; bounded.
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+fn cases(c: &SimCluster) -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut id = 3000u16;
+    for six in [false, true] {
+        let pick = |p: &str| if six { v6(c, p) } else { v4(c, p) };
+        let fam = if six { "IPv6" } else { "IPv4" };
+        let errors: &[(u8, u8, &str)] = if six { &V6_ERRORS } else { &V4_ERRORS };
+        // (sender, receiver, the flow's peer of the receiver, the flow's
+        // source port, whether the receiver sent the flow's datagram,
+        // must arrive, what it shows)
+        let shapes: [(&str, &str, &str, u16, bool, bool, &str); 6] = [
+            (
+                "attacker",
+                "victim",
+                "friend",
+                FLOW_SPORT[0],
+                false,
+                false,
+                "both policies deny",
+            ),
+            (
+                "attacker",
+                "friend",
+                "victim",
+                FLOW_SPORT[0],
+                true,
+                false,
+                "the sender's egress denies",
+            ),
+            (
+                "open",
+                "victim",
+                "friend",
+                FLOW_SPORT[0],
+                false,
+                false,
+                "the receiver's ingress denies",
+            ),
+            (
+                "attacker",
+                "victim2",
+                "friend",
+                FLOW_SPORT[1],
+                false,
+                false,
+                "to the other node",
+            ),
+            (
+                "friend",
+                "victim",
+                "friend",
+                FLOW_SPORT[0],
+                false,
+                true,
+                "the flow's own end (control)",
+            ),
+            (
+                "friend",
+                "victim2",
+                "friend",
+                FLOW_SPORT[1],
+                false,
+                true,
+                "the flow's own end across nodes (control)",
+            ),
+        ];
+        for &(from, to, peer, sport, to_is_client, arrives, what) in &shapes {
+            for &(ty, code, tname) in errors {
+                id += 1;
+                // The datagram the receiver sent that the error is about:
+                // the flow's, or the answer to it.
+                let inner = if to_is_client {
+                    (pick(to), pick(peer), sport, FLOW_DPORT)
+                } else {
+                    (pick(to), pick(peer), FLOW_DPORT, sport)
+                };
+                let (src, dst) = (pick(from), pick(to));
+                out.push(Case {
+                    name: format!("{fam} {tname} {from} -> {to} ({what})"),
+                    from,
+                    to,
+                    packet: icmp_error(src, dst, (ty, code), inner, id),
+                    src,
+                    dst,
+                    id,
+                    arrives,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Sends every case from its pod, then lists the ones whose outcome is
+/// wrong.
+fn run_cases(c: &SimCluster, cases: &[Case]) -> Vec<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<(&str, Seen, std::thread::JoinHandle<()>)> = ["victim", "victim2", "friend"]
+        .into_iter()
+        .map(|p| {
+            let (seen, h) = error_receiver(&netns(c, p), stop.clone());
+            (p, seen, h)
+        })
+        .collect();
+    for from in ["attacker", "open", "friend"] {
+        let packets: Vec<(IpAddr, Vec<u8>)> = cases
+            .iter()
+            .filter(|k| k.from == from)
+            .map(|k| (k.dst, k.packet.clone()))
+            .collect();
+        spawn_in(&netns(c, from), move || send_raw(&packets))
+            .join()
+            .expect("sender");
+    }
+    let arrived = |k: &Case| {
+        receivers
+            .iter()
+            .any(|(p, seen, _)| *p == k.to && seen.lock().expect("lock").contains(&(k.src, k.id)))
+    };
+    let sent = Instant::now();
+    while sent.elapsed() < SETTLE
+        || (!cases.iter().all(|k| !k.arrives || arrived(k)) && sent.elapsed() < ARRIVAL_LIMIT)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let wrong = cases
+        .iter()
+        .filter(|k| arrived(k) != k.arrives)
+        .map(|k| {
+            format!(
+                "{}: {} (must {}arrive)",
+                k.name,
+                if k.arrives { "lost" } else { "arrived" },
+                if k.arrives { "" } else { "not " }
+            )
+        })
+        .collect();
+    for (_, _, h) in receivers {
+        h.join().expect("receiver");
+    }
+    wrong
+}
+
+fn errors_from_outside_a_connection_are_dropped(bridged: bool) {
+    let c = related_cluster(bridged);
+    open_flows(&c);
+    let t0 = Instant::now();
+    let cases = cases(&c);
+    let wrong = run_cases(&c, &cases);
+    eprintln!(
+        "{} ICMP errors ({}), {:?}",
+        cases.len(),
+        if bridged { "bridged" } else { "routed" },
+        t0.elapsed()
+    );
+    let rs = c.ruleset("node1");
+    assert!(wrong.is_empty(), "{}\nnode1:\n{rs}", wrong.join("\n"));
+    // Dropped by the attacker's related-packet chain, counted.
+    let attacker = v4(&c, "attacker");
+    let counted = rs
+        .lines()
+        .find(|l| l.contains(&format!("related packet from {attacker},")))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(counted.is_some_and(|n| n > 0), "{counted:?}\n{rs}");
+}
+
+#[test]
+fn related_errors_routed() {
+    require_root!();
+    errors_from_outside_a_connection_are_dropped(false);
+}
+
+#[test]
+fn related_errors_bridged() {
+    require_root!();
+    if !crate::netns::br_netfilter_available() {
+        eprintln!("SKIP: br_netfilter not loaded");
+        return;
+    }
+    errors_from_outside_a_connection_are_dropped(true);
+}
