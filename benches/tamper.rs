@@ -54,7 +54,7 @@ fn manifests(pods: usize) -> String {
 }
 
 /// Tamperings that work on any table `manifests` compiles to.
-const KINDS: [(&str, &str); 6] = [
+const KINDS: [(&str, &str); 8] = [
     ("dormant flag", "add table inet nftpol { flags dormant; }"),
     (
         "base chain policy",
@@ -67,7 +67,21 @@ const KINDS: [(&str, &str); 6] = [
     ),
     ("chain deleted", "delete chain inet nftpol forward"),
     ("table deleted", "delete table inet nftpol"),
+    // The guard of web-0's interface (`interfaces`).
+    (
+        "guard rule inserted",
+        "insert rule netdev nftpol l2_prod_web-0 accept",
+    ),
+    ("guard table deleted", "delete table netdev nftpol"),
 ];
+
+/// Every pod on an interface of its own (`vpw<N>`; the devices need not
+/// exist), so the agent keeps a guard chain per pod.
+fn interfaces(pods: usize) -> String {
+    (0..pods)
+        .map(|p| format!("prod/web-{p}: vpw{p}\n"))
+        .collect()
+}
 
 struct Agent(Child);
 
@@ -128,12 +142,16 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 fn run(dir: &Path, pods: usize, mode: &str, args: &[&str], rounds: usize, out: &mut String) {
     std::fs::write(dir.join("cluster.yaml"), manifests(pods)).expect("write");
+    let ifmap = dir.with_extension("interfaces");
+    std::fs::write(&ifmap, interfaces(pods)).expect("write");
     let mut w = Watcher::open(Duration::from_millis(30)).expect("subscribe");
     let _agent = Agent(
         Command::new(BIN)
             .args(["agent", "--node-name", "node-1", "--manifests"])
             .arg(dir)
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg("--pod-interfaces")
+            .arg(&ifmap)
             .args(args)
             .env("RUST_LOG", "warn")
             .stderr(Stdio::null())
@@ -216,10 +234,13 @@ fn main() {
             rounds,
             &mut out,
         );
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", "nftpol"])
-            .status();
+        for family in ["inet", "netdev"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, "nftpol"])
+                .status();
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("interfaces"));
     println!("{out}");
 }
