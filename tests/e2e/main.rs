@@ -15,7 +15,8 @@
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
 //! `sctp` (SCTP by raw packets), `attacker` and `l2` (hostile pods: forged
 //! sources, ND shapes, hand-built frames on a bridge), `icmp_related`
-//! (ICMP errors conntrack relates to other pods' connections), `live_explain` (`explain --live` against
+//! (ICMP errors conntrack relates to other pods' connections), `v4only`
+//! (no IPv6 exemption for an IPv4-only pod), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule), `hits` (rule counters raised
 //! by real connections, per policy and in `explain --live`),
 //! `generated` (random policies), `restart` (re-applies and agent restarts
@@ -60,6 +61,7 @@ mod revoke;
 mod scenarios;
 mod sctp;
 mod selftest;
+mod v4only;
 mod verdict_log;
 
 use cluster::SimCluster;
