@@ -456,6 +456,8 @@ pub(crate) struct Builder<'a> {
     pub(crate) staging: bool,
     /// When kept (`incr` does), the recipe of every set made, by name.
     pub(crate) recipes: Option<BTreeMap<String, Recipe>>,
+    /// What the admin part selects in `cluster`, worked out once.
+    pub(crate) selections: crate::admin::select::Selections<'a>,
 }
 
 /// The allows of a pod's chain that share one port match.
@@ -556,19 +558,20 @@ impl<'a> Builder<'a> {
             audit,
             staging: false,
             recipes: None,
+            selections: crate::admin::select::Selections::new(cluster),
         }
     }
 
     /// A local pod's chains in both directions, the dispatch elements that
     /// reach them and the sets they name.
-    pub(crate) fn pod_unit(&mut self, pod: &Pod, admin: &[&AdminPolicy]) {
+    pub(crate) fn pod_unit(&mut self, pod: &Pod, admin: &[&'a AdminPolicy]) {
         self.families = pod.ips.iter().map(Family::of).collect();
         let selecting: Vec<&Policy> = self
             .cluster
             .policies_in(&pod.namespace)
             .filter(|pol| pol.pod_selector.matches(&pod.labels))
             .collect();
-        let subject_of = admin_compile::subject_of(self.cluster, admin, pod);
+        let subject_of = self.selections.subject_of(admin, pod);
         for direction in [Direction::Ingress, Direction::Egress] {
             let (staged, isolating): (Vec<&Policy>, Vec<&Policy>) = selecting
                 .iter()
@@ -603,13 +606,33 @@ impl<'a> Builder<'a> {
         kind: SetKind,
         elements: impl Fn(&Cluster, &SharedAddrs<'_>) -> BTreeSet<Element> + Send + Sync + 'static,
     ) -> String {
+        self.shared_set_first(prefix, key, kind, elements, None::<fn(&mut Self) -> _>)
+    }
+
+    /// [`Builder::shared_set`] whose elements, when computed from the
+    /// builder's own cluster, come from `first` instead: the same
+    /// elements, found through what this compile already worked out
+    /// (`selections`). `elements` stays the set's recipe.
+    pub(crate) fn shared_set_first(
+        &mut self,
+        prefix: &str,
+        key: String,
+        kind: SetKind,
+        elements: impl Fn(&Cluster, &SharedAddrs<'_>) -> BTreeSet<Element> + Send + Sync + 'static,
+        first: Option<impl FnOnce(&mut Self) -> BTreeSet<Element>>,
+    ) -> String {
         let name = keyed(prefix, &key);
         match self.set_keys.get(&name) {
             Some(known) => debug_assert_eq!(known, &key, "set name collision"),
             None => {
-                let computed = match (self.fill)(&name) {
-                    Some(cluster) => elements(cluster, self.shared),
-                    None => BTreeSet::new(),
+                let computed = match ((self.fill)(&name), first) {
+                    (Some(cluster), Some(first))
+                        if std::ptr::eq(cluster, self.selections.cluster()) =>
+                    {
+                        first(self)
+                    }
+                    (Some(cluster), _) => elements(cluster, self.shared),
+                    (None, _) => BTreeSet::new(),
                 };
                 self.rs.sets.insert(
                     name.clone(),

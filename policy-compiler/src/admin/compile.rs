@@ -49,9 +49,8 @@ fn selects_in(ns: &Labels, policy: &AdminPolicy, pod: &Pod) -> bool {
 }
 
 /// The policies of `policies` (kept in order) whose subject is `pod`.
-/// Computed once per pod for both directions and tiers: with hundreds of
-/// admin policies, matching every subject again per chain was most of a
-/// node's compile time.
+/// A compile finds them through its memo (`Selections::subject_of`),
+/// which gives the same list.
 pub(crate) fn subject_of<'p>(
     cluster: &Cluster,
     policies: &[&'p AdminPolicy],
@@ -367,7 +366,7 @@ pub(crate) fn shared_peer_rules(
 }
 
 /// Pods any pods/namespaces peer of `r` selects, in namespace/name order.
-fn peer_pods<'c>(cluster: &'c Cluster, r: &AdminRule) -> Vec<&'c Pod> {
+pub(super) fn peer_pods<'c>(cluster: &'c Cluster, r: &AdminRule) -> Vec<&'c Pod> {
     if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
         return cluster.pods().filter(|p| p.is_policy_pod()).collect();
     }
@@ -408,7 +407,7 @@ fn peer_pods<'c>(cluster: &'c Cluster, r: &AdminRule) -> Vec<&'c Pod> {
 
 /// The definition of the pods the pod and namespace peers of `r` select
 /// (all pods when any peer is `All`).
-fn pod_peers_key(r: &AdminRule) -> String {
+pub(super) fn pod_peers_key(r: &AdminRule) -> String {
     if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
         return "every pod".into();
     }
@@ -461,7 +460,14 @@ fn peers(b: &mut Builder<'_>, direction: Direction, r: &AdminRule) -> Vec<Vec<Ma
         let d = family_digit(family);
         let in_family = move |ip: &std::net::IpAddr| Family::of(ip) == family;
         if has_pods {
-            let set = b.shared_set(
+            let addrs = move |pods: &[&Pod]| -> BTreeSet<Element> {
+                pods.iter()
+                    .flat_map(|p| p.ips.iter().copied())
+                    .filter(in_family)
+                    .map(Element::Addr)
+                    .collect()
+            };
+            let set = b.shared_set_first(
                 &format!("apod{d}"),
                 pod_peers_key(r),
                 SetKind::Addr {
@@ -470,15 +476,9 @@ fn peers(b: &mut Builder<'_>, direction: Direction, r: &AdminRule) -> Vec<Vec<Ma
                 },
                 {
                     let r = r.clone();
-                    move |c, _| {
-                        peer_pods(c, &r)
-                            .into_iter()
-                            .flat_map(|p| p.ips.iter().copied())
-                            .filter(in_family)
-                            .map(Element::Addr)
-                            .collect()
-                    }
+                    move |c, _| addrs(&peer_pods(c, &r))
                 },
+                Some(|b: &mut Builder<'_>| addrs(&b.selections.peer_pods(r))),
             );
             out.push(vec![Match::AddrInSet { family, dir, set }]);
         }
@@ -577,26 +577,31 @@ fn ports(
 /// `anam4_/anam6_`: (pod address, protocol, port) of every peer pod that
 /// declares one of the named ports.
 fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String]) -> String {
-    b.shared_set(
+    b.shared_set_first(
         &format!("anam{}", family_digit(family)),
         format!("{} named {named:?}", pod_peers_key(r)),
         SetKind::AddrProtoPort { family },
         {
             let (r, named) = (r.clone(), named.to_vec());
-            move |c, _| named_elements(c, family, &r, &named)
+            move |c, _| named_elements(c, family, &peer_pods(c, &r), &named)
         },
+        Some(|b: &mut Builder<'_>| {
+            let pods = b.selections.peer_pods(r);
+            named_elements(b.selections.cluster(), family, &pods, named)
+        }),
     )
 }
 
-/// The elements of [`named_set`] from `c`.
+/// The elements of [`named_set`] from `c`, whose pods `pods` are the
+/// rule's peers.
 fn named_elements(
     c: &Cluster,
     family: Family,
-    r: &AdminRule,
+    pods: &[&Pod],
     named: &[String],
 ) -> BTreeSet<Element> {
     let mut elements = BTreeSet::new();
-    for p in peer_pods(c, r) {
+    for p in pods {
         // A named port on a shared address resolves on no single pod (as
         // for NetworkPolicy named ports).
         for ip in p

@@ -14,6 +14,7 @@ pub mod compile;
 pub mod convert;
 #[cfg(test)]
 mod convert_tests;
+pub(crate) mod select;
 
 use crate::model::{Direction, Protocol};
 use crate::selector::Selector;

@@ -1,0 +1,291 @@
+//! What the admin part of one compile selects, each worked out once: the
+//! namespaces (holding pods) a namespace selector selects, the pods the
+//! pod and namespace peers of an admin rule select, and the admin
+//! policies whose subject may be a pod of a given namespace.
+//!
+//! With hundreds of admin policies, most peers name one namespace or a
+//! few (by name, team, environment): scanning every namespace of the
+//! cluster for each peer definition, and matching every subject again
+//! for each pod, was most of a node's admin compile. Namespaces are found
+//! through an index of their labels, built on first use, and every answer
+//! is kept for the rest of the compile. Answers are in the order the plain
+//! scans give (namespace, then pod name), so sets and chains come out the
+//! same either way.
+
+use super::{AdminPeer, AdminPolicy, AdminRule, Subject};
+use crate::compile::selector_key;
+use crate::index::Cluster;
+use crate::model::{Pod, NAMESPACE_NAME_LABEL};
+use crate::selector::{Operator, Selector};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// Label key -> value -> the namespaces holding pods that carry it, in
+/// name order.
+type LabelIndex<'c> = HashMap<&'c str, HashMap<&'c str, Vec<&'c str>>>;
+
+/// The memo of one compile of `cluster` (see the module comment).
+pub(crate) struct Selections<'c> {
+    cluster: &'c Cluster,
+    index: Option<LabelIndex<'c>>,
+    /// By [`selector_key`].
+    namespaces: HashMap<String, Rc<[&'c str]>>,
+    /// By [`super::compile::pod_peers_key`].
+    pods: HashMap<String, Rc<[&'c Pod]>>,
+    /// The admin policy list the subjects were computed for, and per
+    /// namespace the policies of it whose subject's namespace part
+    /// selects that namespace.
+    subjects_for: Vec<&'c AdminPolicy>,
+    subjects: HashMap<String, Rc<[&'c AdminPolicy]>>,
+}
+
+impl<'c> Selections<'c> {
+    pub(crate) fn new(cluster: &'c Cluster) -> Selections<'c> {
+        Selections {
+            cluster,
+            index: None,
+            namespaces: HashMap::new(),
+            pods: HashMap::new(),
+            subjects_for: Vec::new(),
+            subjects: HashMap::new(),
+        }
+    }
+
+    /// The cluster these answers are about.
+    pub(crate) fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    fn index(&mut self) -> &LabelIndex<'c> {
+        let cluster = self.cluster;
+        self.index.get_or_insert_with(|| {
+            let mut index: LabelIndex<'c> = HashMap::new();
+            for ns in cluster.namespaces_with_pods() {
+                // As `Cluster::namespace_labels` reads them, borrowed.
+                let implicit = [(NAMESPACE_NAME_LABEL, ns)];
+                let labels: Box<dyn Iterator<Item = (&'c str, &'c str)>> = match cluster
+                    .namespace(ns)
+                {
+                    Some(obj) => Box::new(obj.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                    None => Box::new(implicit.into_iter()),
+                };
+                for (k, v) in labels {
+                    index.entry(k).or_default().entry(v).or_default().push(ns);
+                }
+            }
+            index
+        })
+    }
+
+    /// The namespaces holding pods that `sel` selects, in name order.
+    pub(crate) fn namespaces(&mut self, sel: &Selector) -> Rc<[&'c str]> {
+        let key = selector_key(sel);
+        if let Some(known) = self.namespaces.get(&key) {
+            return known.clone();
+        }
+        let cluster = self.cluster;
+        let found: Rc<[&'c str]> = match self.candidates(sel) {
+            Some(candidates) => candidates
+                .into_iter()
+                .filter(|ns| sel.matches(&cluster.namespace_labels(ns)))
+                .collect(),
+            None => cluster
+                .namespaces_with_pods()
+                .filter(|ns| sel.matches(&cluster.namespace_labels(ns)))
+                .collect(),
+        };
+        self.namespaces.insert(key, found.clone());
+        found
+    }
+
+    /// The fewest namespaces, in name order, that a requirement of `sel`
+    /// every selected namespace meets (a label, or one of an `In` list's
+    /// values) allows; `None` when no requirement narrows it down.
+    fn candidates(&mut self, sel: &Selector) -> Option<Vec<&'c str>> {
+        let index = self.index();
+        let with = |k: &str, v: &str| -> &[&'c str] {
+            index
+                .get(k)
+                .and_then(|vs| vs.get(v))
+                .map_or(&[], Vec::as_slice)
+        };
+        let mut best: Option<Vec<&'c str>> = None;
+        let mut keep = |c: Vec<&'c str>| {
+            if best.as_ref().is_none_or(|b| c.len() < b.len()) {
+                best = Some(c);
+            }
+        };
+        for (k, v) in &sel.match_labels {
+            keep(with(k, v).to_vec());
+        }
+        for r in &sel.match_expressions {
+            if r.operator == Operator::In {
+                let mut c: Vec<&'c str> = r
+                    .values
+                    .iter()
+                    .flat_map(|v| with(&r.key, v))
+                    .copied()
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                keep(c);
+            }
+        }
+        best
+    }
+
+    /// The policy pods any pod or namespace peer of `r` selects (every
+    /// policy pod when a peer is `All`), in namespace/name order.
+    pub(crate) fn peer_pods(&mut self, r: &AdminRule) -> Rc<[&'c Pod]> {
+        let key = super::compile::pod_peers_key(r);
+        if let Some(known) = self.pods.get(&key) {
+            return known.clone();
+        }
+        let cluster = self.cluster;
+        let found: Rc<[&'c Pod]> = if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
+            cluster.pods().filter(|p| p.is_policy_pod()).collect()
+        } else {
+            // Per namespace, the pod selectors of the peers selecting it
+            // (`None`: every pod).
+            let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
+            for peer in &r.peers {
+                let (ns_sel, pods) = match peer {
+                    AdminPeer::Namespaces(s) => (s, None),
+                    AdminPeer::Pods { namespaces, pods } => (namespaces, Some(pods)),
+                    AdminPeer::Nodes(_) | AdminPeer::Networks(_) | AdminPeer::All => continue,
+                };
+                for ns in self.namespaces(ns_sel).iter() {
+                    by_ns.entry(ns).or_default().push(pods);
+                }
+            }
+            let mut out = Vec::new();
+            for (ns, sels) in by_ns {
+                out.extend(cluster.pods_in(ns).filter(|p| {
+                    p.is_policy_pod() && sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))
+                }));
+            }
+            out.into()
+        };
+        self.pods.insert(key, found.clone());
+        found
+    }
+
+    /// The policies of `policies` (kept in order) whose subject is `pod`:
+    /// their namespace part is matched once per namespace, their pod part
+    /// per pod.
+    pub(crate) fn subject_of(
+        &mut self,
+        policies: &[&'c AdminPolicy],
+        pod: &Pod,
+    ) -> Vec<&'c AdminPolicy> {
+        if policies.is_empty() {
+            return Vec::new();
+        }
+        let same = self.subjects_for.len() == policies.len()
+            && self
+                .subjects_for
+                .iter()
+                .zip(policies)
+                .all(|(a, b)| std::ptr::eq(*a, *b));
+        if !same {
+            self.subjects_for = policies.to_vec();
+            self.subjects.clear();
+        }
+        let in_ns = match self.subjects.get(&pod.namespace) {
+            Some(known) => known.clone(),
+            None => {
+                let labels = self.cluster.namespace_labels(&pod.namespace);
+                let found: Rc<[&'c AdminPolicy]> = policies
+                    .iter()
+                    .copied()
+                    .filter(|pol| match &pol.subject {
+                        Subject::Namespaces(s) => s.matches(&labels),
+                        Subject::Pods { namespaces, .. } => namespaces.matches(&labels),
+                    })
+                    .collect();
+                self.subjects.insert(pod.namespace.clone(), found.clone());
+                found
+            }
+        };
+        in_ns
+            .iter()
+            .copied()
+            .filter(|pol| match &pol.subject {
+                Subject::Namespaces(_) => true,
+                Subject::Pods { pods, .. } => pods.matches(&pod.labels),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Selections;
+    use crate::admin::compile::{peer_pods, subject_of};
+    use crate::index::Cluster;
+    use crate::model::{Namespace, NAMESPACE_NAME_LABEL};
+    use crate::prop_tests::{cluster_strategy, selector_strategy, NAMESPACES};
+    use crate::selector::Selector;
+    use proptest::prelude::*;
+
+    /// `c` with namespace x's object gone (its pods keep the implicit
+    /// name label) and y's name label claiming z's name, as offline input
+    /// may: the index must not assume a namespace's name label is its name.
+    fn odd_namespaces(c: &Cluster) -> Cluster {
+        let mut c = c.clone();
+        c.delete_namespace(NAMESPACES[0]);
+        if let Some(y) = c.namespace(NAMESPACES[1]) {
+            let mut labels = y.labels.clone();
+            labels.insert(NAMESPACE_NAME_LABEL.into(), NAMESPACES[2].into());
+            c.apply_namespace(Namespace {
+                name: NAMESPACES[1].into(),
+                labels,
+            });
+        }
+        c
+    }
+
+    fn by_name(sel: &Selector) -> Selector {
+        let mut by_name = sel.clone();
+        by_name
+            .match_labels
+            .insert(NAMESPACE_NAME_LABEL.into(), NAMESPACES[2].into());
+        by_name
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Every answer equals the plain scan of the cluster it replaces:
+        /// selected namespaces, the pods of each admin rule's peers (asked
+        /// twice, so a remembered answer is checked too), each pod's
+        /// admin subjects.
+        #[test]
+        fn selections_equal_the_plain_scans(
+            c in cluster_strategy(),
+            sels in proptest::collection::vec(selector_strategy(), 1..4),
+            odd in any::<bool>(),
+        ) {
+            let c = if odd { odd_namespaces(&c) } else { c };
+            let mut s = Selections::new(&c);
+            for sel in sels.iter().flat_map(|s| [s.clone(), by_name(s)]) {
+                let scan: Vec<&str> = c
+                    .namespaces_with_pods()
+                    .filter(|ns| sel.matches(&c.namespace_labels(ns)))
+                    .collect();
+                prop_assert_eq!(&s.namespaces(&sel)[..], &scan[..], "{:?}", sel);
+            }
+            let admin = crate::compile::admin_policies(&c);
+            for _ in 0..2 {
+                for pol in &admin {
+                    for r in pol.ingress.iter().chain(&pol.egress) {
+                        prop_assert_eq!(&s.peer_pods(r)[..], &peer_pods(&c, r)[..], "{:?}", r);
+                    }
+                }
+                for pod in c.pods() {
+                    prop_assert_eq!(s.subject_of(&admin, pod), subject_of(&c, &admin, pod));
+                }
+            }
+        }
+    }
+}
