@@ -5,6 +5,9 @@
 //! again; then the incremental update (`policy_compiler::incr`) of that
 //! node after one event of each kind, against the full compile.
 //! Run: `cargo bench -p policy-compiler --bench compile`.
+//! `NFTPOL_BENCH_PROFILE=admin` compiles the admin cluster's node alone,
+//! over and over (a second's worth of runs, at least 20), so that a
+//! profiler attached to the bench sees nothing else.
 //! Prints medians over repeated runs; results go to docs/BENCHMARKS.md.
 
 use nftpol_test_support::synth::{self, Shape};
@@ -48,6 +51,10 @@ fn main() {
     } else {
         (Shape::LARGE, 11)
     };
+    if std::env::var("NFTPOL_BENCH_PROFILE").as_deref() == Ok("admin") {
+        profile_admin(shape, quick);
+        return;
+    }
     let (t_index, cluster) = time(runs.min(3), || synth::cluster(shape));
     // node-007 of the large shape; the smoke test's few nodes wrap round
     // so that its node has pods to change.
@@ -102,6 +109,26 @@ fn main() {
     let events = if quick { 6 } else { 60 };
     incremental(shape, &node, synth::cluster(shape), events, "");
     incremental(shape, &node, cluster, events, ", admin");
+}
+
+/// The admin compile alone, repeated for a profiler (see the module
+/// comment).
+fn profile_admin(shape: Shape, quick: bool) {
+    let admin = if quick { 20 } else { ADMIN_POLICIES };
+    let cluster = synth::cluster_with_admin(shape, admin);
+    let node = synth::node_name(7 % shape.nodes);
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 20 || start.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
+        std::hint::black_box(policy_compiler::compile(&cluster, &node));
+        times.push(t.elapsed());
+    }
+    let runs = times.len();
+    println!(
+        "compile one node, admin (median of {runs}): {:>10.2?}",
+        median(times)
+    );
 }
 
 /// One change to the cluster, as the agent applies it: the incremental

@@ -440,7 +440,7 @@ pub(crate) struct Builder<'a> {
     pub(crate) cluster: &'a Cluster,
     pub(crate) rs: Ruleset,
     /// Addresses several policy pods claim (usually none).
-    shared: &'a SharedAddrs<'a>,
+    pub(crate) shared: &'a SharedAddrs<'a>,
     fill: &'a Fill<'a>,
     /// The address families of the pod whose chains are being built: its
     /// chains only ever see packets of these, so rules naming another
@@ -458,6 +458,8 @@ pub(crate) struct Builder<'a> {
     pub(crate) recipes: Option<BTreeMap<String, Recipe>>,
     /// What the admin part selects in `cluster`, worked out once.
     pub(crate) selections: crate::admin::select::Selections<'a>,
+    /// The shared tier chain (or none) of every tier decided so far.
+    pub(crate) tier_chains: std::collections::HashMap<admin_compile::TierKey, Option<String>>,
 }
 
 /// The allows of a pod's chain that share one port match.
@@ -559,6 +561,7 @@ impl<'a> Builder<'a> {
             staging: false,
             recipes: None,
             selections: crate::admin::select::Selections::new(cluster),
+            tier_chains: std::collections::HashMap::new(),
         }
     }
 

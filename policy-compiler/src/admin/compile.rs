@@ -34,6 +34,7 @@ use crate::ir::*;
 use crate::model::{Direction, Labels, LogMode, Pod, Protocol};
 use crate::names::comment;
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 /// Whether `pod` is a subject of `policy` (compiler's predicates).
 pub fn selects(cluster: &Cluster, policy: &AdminPolicy, pod: &Pod) -> bool {
@@ -89,12 +90,7 @@ pub(crate) fn tier_chain(
     if pols.is_empty() {
         return None;
     }
-    let mut key = format!("{} {:?}", direction.word(), b.families());
-    // The rules themselves, not only the names: an admin policy changing
-    // recompiles only its subjects, which then name a new chain.
-    for pol in &pols {
-        key.push_str(&format!(" {} {:?}", pol.id(), pol.rules(direction)));
-    }
+    let mut resolved = String::new();
     if direction == Direction::Ingress {
         let mut names: Vec<&str> = pols
             .iter()
@@ -108,10 +104,62 @@ pub(crate) fn tier_chain(
         names.sort();
         names.dedup();
         for n in names {
-            let resolved = Protocol::ALL.map(|proto| pod.resolve_port(n, proto));
-            key.push_str(&format!(" {n}={resolved:?}"));
+            let ports = Protocol::ALL.map(|proto| pod.resolve_port(n, proto));
+            resolved.push_str(&format!(" {n}={ports:?}"));
         }
     }
+    // Most pods share their tier with others: the policies (by identity:
+    // the builder borrows them from one cluster), families and resolved
+    // named ports tell whether this one was decided already, without
+    // writing out the rules again.
+    let memo = TierKey {
+        direction,
+        tier,
+        families: b.families(),
+        policies: pols
+            .iter()
+            .map(|p| std::ptr::from_ref(*p) as usize)
+            .collect(),
+        resolved,
+    };
+    if let Some(known) = b.tier_chains.get(&memo) {
+        return known.clone();
+    }
+    let chain = build_tier_chain(b, &pols, pod, &memo);
+    b.tier_chains.insert(memo, chain.clone());
+    chain
+}
+
+/// What a shared tier chain is decided by, for the builder's memo (see
+/// [`tier_chain`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TierKey {
+    direction: Direction,
+    tier: Tier,
+    families: Vec<Family>,
+    /// The addresses of the policies, in tier order.
+    policies: Vec<usize>,
+    /// Ingress named ports as the pod resolves them.
+    resolved: String,
+}
+
+/// [`tier_chain`] once its policies `pols` are known.
+fn build_tier_chain(
+    b: &mut Builder<'_>,
+    pols: &[&AdminPolicy],
+    pod: &Pod,
+    memo: &TierKey,
+) -> Option<String> {
+    let TierKey {
+        direction, tier, ..
+    } = *memo;
+    let mut key = format!("{} {:?}", direction.word(), memo.families);
+    // The rules themselves, not only the names: an admin policy changing
+    // recompiles only its subjects, which then name a new chain.
+    for pol in pols {
+        key.push_str(&format!(" {} {:?}", pol.id(), pol.rules(direction)));
+    }
+    key.push_str(&memo.resolved);
     let prefix = format!(
         "{}{}",
         match tier {
@@ -125,8 +173,8 @@ pub(crate) fn tier_chain(
         return Some(name);
     }
     let pass = tier_pass_chain(direction);
-    let mut rules = shared_peer_rules(b, &pols, direction, tier);
-    rules.extend(tier_rules(b, &pols, pod, direction, tier, &pass));
+    let mut rules = shared_peer_rules(b, pols, direction, tier);
+    rules.extend(tier_rules(b, pols, pod, direction, tier, &pass));
     if rules.is_empty() {
         return None;
     }
@@ -583,21 +631,25 @@ fn named_set(b: &mut Builder<'_>, family: Family, r: &AdminRule, named: &[String
         SetKind::AddrProtoPort { family },
         {
             let (r, named) = (r.clone(), named.to_vec());
-            move |c, _| named_elements(c, family, &peer_pods(c, &r), &named)
+            move |c, _| {
+                let shared = |ip: &IpAddr| c.claimants(*ip).len() > 1;
+                named_elements(family, &peer_pods(c, &r), shared, &named)
+            }
         },
         Some(|b: &mut Builder<'_>| {
             let pods = b.selections.peer_pods(r);
-            named_elements(b.selections.cluster(), family, &pods, named)
+            let shared = |ip: &IpAddr| b.shared.contains_key(ip);
+            named_elements(family, &pods, shared, named)
         }),
     )
 }
 
-/// The elements of [`named_set`] from `c`, whose pods `pods` are the
-/// rule's peers.
+/// The elements of [`named_set`], whose pods `pods` are the rule's
+/// peers; `shared` tells the addresses several pods claim.
 fn named_elements(
-    c: &Cluster,
     family: Family,
     pods: &[&Pod],
+    shared: impl Fn(&IpAddr) -> bool,
     named: &[String],
 ) -> BTreeSet<Element> {
     let mut elements = BTreeSet::new();
@@ -607,7 +659,7 @@ fn named_elements(
         for ip in p
             .ips
             .iter()
-            .filter(|ip| Family::of(ip) == family && c.claimants(**ip).len() < 2)
+            .filter(|ip| Family::of(ip) == family && !shared(ip))
         {
             for name in named {
                 for proto in Protocol::ALL {

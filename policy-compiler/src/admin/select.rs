@@ -32,6 +32,8 @@ pub(crate) struct Selections<'c> {
     namespaces: HashMap<String, Rc<[&'c str]>>,
     /// By [`super::compile::pod_peers_key`].
     pods: HashMap<String, Rc<[&'c Pod]>>,
+    /// By namespace.
+    pods_in: HashMap<&'c str, Rc<[&'c Pod]>>,
     /// The admin policy list the subjects were computed for, and per
     /// namespace the policies of it whose subject's namespace part
     /// selects that namespace.
@@ -46,6 +48,7 @@ impl<'c> Selections<'c> {
             index: None,
             namespaces: HashMap::new(),
             pods: HashMap::new(),
+            pods_in: HashMap::new(),
             subjects_for: Vec::new(),
             subjects: HashMap::new(),
         }
@@ -134,6 +137,15 @@ impl<'c> Selections<'c> {
         best
     }
 
+    /// The policy pods of namespace `ns`, in name order.
+    fn pods_in(&mut self, ns: &'c str) -> Rc<[&'c Pod]> {
+        let cluster = self.cluster;
+        self.pods_in
+            .entry(ns)
+            .or_insert_with(|| cluster.pods_in(ns).filter(|p| p.is_policy_pod()).collect())
+            .clone()
+    }
+
     /// The policy pods any pod or namespace peer of `r` selects (every
     /// policy pod when a peer is `All`), in namespace/name order.
     pub(crate) fn peer_pods(&mut self, r: &AdminRule) -> Rc<[&'c Pod]> {
@@ -160,9 +172,12 @@ impl<'c> Selections<'c> {
             }
             let mut out = Vec::new();
             for (ns, sels) in by_ns {
-                out.extend(cluster.pods_in(ns).filter(|p| {
-                    p.is_policy_pod() && sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))
-                }));
+                out.extend(
+                    self.pods_in(ns)
+                        .iter()
+                        .copied()
+                        .filter(|p| sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))),
+                );
             }
             out.into()
         };
