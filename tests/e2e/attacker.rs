@@ -218,18 +218,44 @@ pub(crate) type Seen = Arc<Mutex<Arrivals>>;
 /// Raw TCP, UDP (both families) and ICMPv6 sockets in `netns`, recording
 /// every probe of this test until `stop` is set.
 pub(crate) fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<()>) {
-    let seen: Seen = Arc::default();
+    let socks = [
+        (libc::AF_INET, TCP),
+        (libc::AF_INET, UDP),
+        (libc::AF_INET6, TCP),
+        (libc::AF_INET6, UDP),
+        (libc::AF_INET6, ICMPV6),
+    ];
+    raw_receiver(netns, &socks, stop, |proto, src, l4| {
+        if l4.len() < 8 {
+            return None;
+        }
+        let id = match proto {
+            ICMPV6 => u16::from_be_bytes([l4[4], l4[5]]),
+            _ if u16::from_be_bytes([l4[2], l4[3]]) == DPORT => u16::from_be_bytes([l4[0], l4[1]]),
+            _ => return None,
+        };
+        Some((proto, src, id))
+    })
+}
+
+/// Raw sockets of each (family, protocol) of `socks` in `netns`, each
+/// packet the pod's stack gets recorded as what `key` makes of (protocol,
+/// source, the bytes after the IP header), until `stop` is set or a
+/// minute passed. Returns once every socket is open, so nothing sent
+/// after it is missed.
+pub(crate) fn raw_receiver<K: Ord + Send + 'static>(
+    netns: &str,
+    socks: &[(i32, u8)],
+    stop: Arc<AtomicBool>,
+    key: impl Fn(u8, IpAddr, &[u8]) -> Option<K> + Send + 'static,
+) -> (Arc<Mutex<BTreeSet<K>>>, std::thread::JoinHandle<()>) {
+    let seen: Arc<Mutex<BTreeSet<K>>> = Arc::default();
     let out = seen.clone();
+    let socks = socks.to_vec();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = spawn_in(netns, move || {
         let mut fds = Vec::new();
-        for (family, proto) in [
-            (libc::AF_INET, TCP),
-            (libc::AF_INET, UDP),
-            (libc::AF_INET6, TCP),
-            (libc::AF_INET6, UDP),
-            (libc::AF_INET6, ICMPV6),
-        ] {
+        for (family, proto) in socks {
             // SAFETY: plain socket(2); closed at the end of the thread.
             let fd = unsafe {
                 libc::socket(
@@ -238,12 +264,16 @@ pub(crate) fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread
                     i32::from(proto),
                 )
             };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "raw socket {proto}: {}",
+                std::io::Error::last_os_error()
+            );
             fds.push((family, proto, fd));
         }
         let _ = ready_tx.send(());
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 2048];
+        let mut buf = [0u8; 4096];
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let mut idle = true;
             for &(family, proto, fd) in &fds {
@@ -274,17 +304,9 @@ pub(crate) fn receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread
                 } else {
                     (IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)), data)
                 };
-                if l4.len() < 8 {
-                    continue;
+                if let Some(k) = key(proto, src, l4) {
+                    out.lock().expect("lock").insert(k);
                 }
-                let id = match proto {
-                    ICMPV6 => u16::from_be_bytes([l4[4], l4[5]]),
-                    _ if u16::from_be_bytes([l4[2], l4[3]]) == DPORT => {
-                        u16::from_be_bytes([l4[0], l4[1]])
-                    }
-                    _ => continue,
-                };
-                out.lock().expect("lock").insert((proto, src, id));
             }
             if idle {
                 std::thread::sleep(Duration::from_millis(5));

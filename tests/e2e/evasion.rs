@@ -18,7 +18,7 @@
 //! the id is the source port, or bytes 4-5 of port-less protocols. Probes
 //! that must arrive are the controls: a silent receiver cannot pass.
 
-use crate::attacker::{fold, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
+use crate::attacker::{fold, raw_receiver, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
 use crate::cluster::{labels, SimCluster};
 use crate::netns::run;
 use crate::probe::spawn_in;
@@ -299,97 +299,29 @@ fn receiver(
     netns: &str,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<BTreeSet<Key>>>, std::thread::JoinHandle<()>) {
-    let seen: Arc<Mutex<BTreeSet<Key>>> = Arc::default();
-    let out = seen.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = spawn_in(netns, move || {
-        let mut fds = Vec::new();
-        for (family, protos) in [
-            (libc::AF_INET, [TCP, UDP, DCCP, UDPLITE, GRE, ESP, ICMP]),
-            (libc::AF_INET6, [TCP, UDP, DCCP, UDPLITE, GRE, ESP, ICMPV6]),
-        ] {
-            for proto in protos {
-                // SAFETY: plain socket(2); closed at the end of the thread.
-                let fd = unsafe {
-                    libc::socket(
-                        family,
-                        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                        i32::from(proto),
-                    )
-                };
-                assert!(
-                    fd >= 0,
-                    "raw socket {proto}: {}",
-                    std::io::Error::last_os_error()
-                );
-                fds.push((family, proto, fd));
-            }
+    let mut socks = Vec::new();
+    for (family, protos) in [
+        (libc::AF_INET, [TCP, UDP, DCCP, UDPLITE, GRE, ESP, ICMP]),
+        (libc::AF_INET6, [TCP, UDP, DCCP, UDPLITE, GRE, ESP, ICMPV6]),
+    ] {
+        socks.extend(protos.map(|proto| (family, proto)));
+    }
+    raw_receiver(netns, &socks, stop, |proto, src, m| {
+        if m.len() < 8 {
+            return None;
         }
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 4096];
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let mut idle = true;
-            for &(family, proto, fd) in &fds {
-                // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
-                let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-                // SAFETY: buf and from are valid for their lengths.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&mut from as *mut libc::sockaddr_in6).cast(),
-                        &mut len,
-                    )
-                };
-                if n <= 0 {
-                    continue;
-                }
-                idle = false;
-                let data = &buf[..n as usize];
-                // IPv4 raw sockets include the IP header, IPv6 ones do not.
-                let (src, m) = if family == libc::AF_INET {
-                    let ihl = usize::from(data[0] & 0xf) * 4;
-                    (
-                        IpAddr::V4(Ipv4Addr::new(data[12], data[13], data[14], data[15])),
-                        &data[ihl.min(data.len())..],
-                    )
-                } else {
-                    (IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)), data)
-                };
-                if m.len() < 8 {
-                    continue;
-                }
-                let word = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
-                let key = if PORTED.contains(&proto) {
-                    if !(PORT..PORT + 10).contains(&word(2)) {
-                        continue;
-                    }
-                    (proto, src, word(0), word(2))
-                } else if proto == ICMPV6 || (proto == ICMP && word(6) == MAGIC) || word(6) == MAGIC
-                {
-                    (proto, src, word(4), 0)
-                } else {
-                    continue;
-                };
-                out.lock().expect("lock").insert(key);
+        let word = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
+        if PORTED.contains(&proto) {
+            if !(PORT..PORT + 10).contains(&word(2)) {
+                return None;
             }
-            if idle {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            Some((proto, src, word(0), word(2)))
+        } else if proto == ICMPV6 || (proto == ICMP && word(6) == MAGIC) || word(6) == MAGIC {
+            Some((proto, src, word(4), 0))
+        } else {
+            None
         }
-        for (_, _, fd) in fds {
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("receiver ready");
-    (seen, handle)
+    })
 }
 
 const RECEIVERS: [&str; 5] = ["victim", "victim2", "remote", "friend", "guarded"];

@@ -20,7 +20,9 @@
 //! The errors are received by raw ICMP/ICMPv6 sockets in the destination
 //! pods and recognised by a marker and id after the embedded header.
 
-use crate::attacker::{fold, netns, program_nodes, send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE};
+use crate::attacker::{
+    fold, netns, program_nodes, raw_receiver, send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
+};
 use crate::cluster::{labels, SimCluster};
 use crate::probe::spawn_in;
 use crate::scenarios::np;
@@ -137,75 +139,16 @@ type Seen = Arc<Mutex<BTreeSet<(IpAddr, u16)>>>;
 /// Raw ICMP and ICMPv6 sockets in `netns`, recording marked errors until
 /// `stop` is set (or a minute passed).
 fn error_receiver(netns: &str, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<()>) {
-    let seen: Seen = Arc::default();
-    let out = seen.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = spawn_in(netns, move || {
-        let mut fds = Vec::new();
-        for (family, proto) in [(libc::AF_INET, ICMP), (libc::AF_INET6, ICMPV6)] {
-            // SAFETY: plain socket(2); closed at the end of the thread.
-            let fd = unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                    i32::from(proto),
-                )
-            };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            fds.push((family, fd));
-        }
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let mut idle = true;
-            for &(family, fd) in &fds {
-                // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
-                let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-                // SAFETY: buf and from are valid for their lengths.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&mut from as *mut libc::sockaddr_in6).cast(),
-                        &mut len,
-                    )
-                };
-                if n <= 0 {
-                    continue;
-                }
-                idle = false;
-                let data = &buf[..n as usize];
-                // IPv4 raw sockets include the IP header, IPv6 ones do not.
-                let src = if family == libc::AF_INET {
-                    IpAddr::V4(Ipv4Addr::new(data[12], data[13], data[14], data[15]))
-                } else {
-                    IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr))
-                };
-                let Some(tail) = data.len().checked_sub(MARKER.len() + 2) else {
-                    continue;
-                };
-                if &data[tail..tail + MARKER.len()] == MARKER {
-                    let id = u16::from_be_bytes([data[data.len() - 2], data[data.len() - 1]]);
-                    out.lock().expect("lock").insert((src, id));
-                }
-            }
-            if idle {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        for (_, fd) in fds {
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("receiver ready");
-    (seen, handle)
+    let socks = [(libc::AF_INET, ICMP), (libc::AF_INET6, ICMPV6)];
+    raw_receiver(netns, &socks, stop, |_, src, msg| {
+        let tail = msg.len().checked_sub(MARKER.len() + 2)?;
+        (&msg[tail..tail + MARKER.len()] == MARKER).then(|| {
+            (
+                src,
+                u16::from_be_bytes([msg[msg.len() - 2], msg[msg.len() - 1]]),
+            )
+        })
+    })
 }
 
 struct Case {
