@@ -138,11 +138,25 @@ pub(crate) fn packet(
     hops: u8,
 ) -> Vec<u8> {
     let l4 = segment(proto, src, dst, sport, icmp);
+    let mut p = ip_header(proto, src, dst, hops, l4.len());
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// An IPv4 (checksummed) or IPv6 header with `hops` to live for a
+/// `payload_len`-byte payload of `proto`.
+pub(crate) fn ip_header(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    hops: u8,
+    payload_len: usize,
+) -> Vec<u8> {
     let mut p = Vec::new();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             p.extend_from_slice(&[0x45, 0]);
-            p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            p.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
             p.extend_from_slice(&[0, 0, 0x40, 0, hops, proto, 0, 0]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
@@ -151,14 +165,13 @@ pub(crate) fn packet(
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            p.extend_from_slice(&(payload_len as u16).to_be_bytes());
             p.extend_from_slice(&[proto, hops]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
         }
         _ => panic!("mixed families"),
     }
-    p.extend_from_slice(&l4);
     p
 }
 
@@ -625,10 +638,7 @@ fn forged_sources_routed() {
 #[test]
 fn forged_sources_bridged() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     forged_sources_are_never_delivered(true);
 }
 

@@ -1256,9 +1256,6 @@ fn evasions_routed() {
 #[test]
 fn evasions_bridged() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     evasions(true);
 }

@@ -21,7 +21,8 @@
 //! pods and recognised by a marker and id after the embedded header.
 
 use crate::attacker::{
-    fold, netns, program_nodes, raw_receiver, send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
+    fold, icmp6_checksum, ip_header, netns, program_nodes, raw_receiver, send_raw, sum16, v4, v6,
+    ARRIVAL_LIMIT, SETTLE,
 };
 use crate::cluster::{labels, SimCluster};
 use crate::probe::spawn_in;
@@ -62,31 +63,6 @@ const V6_ERRORS: [(u8, u8, &str); 5] = [
     (100, 0, "private experimentation type"),
 ];
 
-/// An IP header for `payload` (checksummed for IPv4).
-fn ip_header(proto: u8, src: IpAddr, dst: IpAddr, payload_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&[0x45, 0]);
-            p.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            let ck = fold(sum16(&p));
-            p[10..12].copy_from_slice(&ck.to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            p.extend_from_slice(&[0x60, 0, 0, 0]);
-            p.extend_from_slice(&(payload_len as u16).to_be_bytes());
-            p.extend_from_slice(&[proto, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    p
-}
-
 /// An ICMP(v6) error from `src` to `dst` about the UDP datagram
 /// `inner` = (source, destination, source port, destination port) that
 /// `dst` sent, then [`MARKER`] and `id`: a whole IP packet.
@@ -111,24 +87,18 @@ fn icmp_error(
         (true, 2, _) => msg[4..8].copy_from_slice(&1280u32.to_be_bytes()),
         _ => {}
     }
-    msg.extend(ip_header(inner_proto, isrc, idst, 8 + 64));
+    msg.extend(ip_header(inner_proto, isrc, idst, 64, 8 + 64));
     msg.extend(udp);
     msg.extend_from_slice(MARKER);
     msg.extend_from_slice(&id.to_be_bytes());
     let proto = if src.is_ipv6() { ICMPV6 } else { ICMP };
-    let ck = match (src, dst) {
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, ICMPV6]);
-            fold(sum16(&pseudo) + sum16(&msg))
-        }
-        _ => fold(sum16(&msg)),
+    let ck = if src.is_ipv6() {
+        icmp6_checksum(src, dst, &msg)
+    } else {
+        fold(sum16(&msg))
     };
     msg[2..4].copy_from_slice(&ck.to_be_bytes());
-    let mut p = ip_header(proto, src, dst, msg.len());
+    let mut p = ip_header(proto, src, dst, 64, msg.len());
     p.extend(msg);
     p
 }
@@ -399,9 +369,6 @@ fn related_errors_routed() {
 #[test]
 fn related_errors_bridged() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     errors_from_outside_a_connection_are_dropped(true);
 }

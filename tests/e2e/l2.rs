@@ -177,10 +177,7 @@ fn l2_cluster() -> SimCluster {
 #[test]
 fn bridged_layer2_tricks_reach_no_isolated_pod() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     let c = l2_cluster();
     let victim_mac = mac_of(&netns(&c, "victim"));
     let bystander_mac = mac_of(&netns(&c, "bystander"));
@@ -508,10 +505,7 @@ fn vlan_tags_are_dropped_routed() {
 #[test]
 fn vlan_tags_are_dropped_bridged() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     vlan_tags_are_dropped(true);
 }
 
@@ -595,10 +589,7 @@ fn apply_node1(c: &mut SimCluster) -> String {
 #[test]
 fn arp_spoofing_moves_no_binding() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        eprintln!("SKIP: br_netfilter not loaded");
-        return;
-    }
+    require_br_netfilter!();
     let mut c = crate::attacker::attack_cluster(true);
     let (IpAddr::V4(victim4), IpAddr::V6(victim6)) = (v4(&c, "victim"), v6(&c, "victim")) else {
         panic!("pod addresses");

@@ -40,6 +40,17 @@ macro_rules! require_root {
     };
 }
 
+/// Returns early, saying SKIP, when bridged traffic cannot reach
+/// nftables' inet hooks (br_netfilter not loaded): the bridged variants.
+macro_rules! require_br_netfilter {
+    () => {
+        if !crate::netns::br_netfilter_available() {
+            eprintln!("SKIP: br_netfilter not loaded");
+            return;
+        }
+    };
+}
+
 mod admin;
 mod agent;
 mod attacker;
