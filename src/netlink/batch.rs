@@ -8,13 +8,14 @@
 //! types; sets, elements and expressions go through `raw`.
 
 use super::elem::{encode_element, set_attrs, RawElem};
+use super::expr::RawExpr;
 use super::raw::{cstring, ExprRef};
 use super::socket::Socket;
 use super::wire::{self, ObjMsg};
 use super::NetlinkError;
 use nftnl::{Batch, MsgType, ProtoFamily};
 use policy_compiler::diff::{GuardOp, Op, Transaction};
-use policy_compiler::ir::{ChainPolicy, Element, Family, Hook, SetKind, TABLE_NAME};
+use policy_compiler::ir::{ChainPolicy, Element, Family, Hook, Rule, SetKind, TABLE_NAME};
 use policy_compiler::render::{render_element, render_rule};
 
 /// What one message of a batch concerns: op `op` of the transaction,
@@ -214,6 +215,59 @@ fn chain_msg<'t>(
     Ok(chain)
 }
 
+/// A delete message for chain `name` of `table`, or with `flush` one for
+/// all its rules.
+fn del_chain(
+    batch: &mut Batch,
+    table: &nftnl::Table,
+    name: &str,
+    flush: bool,
+) -> Result<(), String> {
+    let cname = cstring(name)?;
+    let chain = nftnl::Chain::new(&cname, table);
+    if flush {
+        // A rule delete without a handle flushes the chain.
+        batch.add(&nftnl::Rule::new(&chain), MsgType::Del);
+    } else {
+        batch.add(&chain, MsgType::Del);
+    }
+    Ok(())
+}
+
+/// One add message per rule of op `op` for chain `chain` of `table`;
+/// `lower` is the lowering of that table's family. An error names the
+/// message it concerns.
+fn add_rules(
+    batch: &mut Batch,
+    objects: &mut Vec<MsgRef>,
+    table: &nftnl::Table,
+    chain: &str,
+    op: usize,
+    rules: &[Rule],
+    lower: fn(&Rule) -> Vec<RawExpr>,
+) -> Result<(), (MsgRef, String)> {
+    let one = |first| MsgRef {
+        op,
+        first,
+        count: 1,
+    };
+    let cname = cstring(chain).map_err(|e| (one(0), e))?;
+    let nchain = nftnl::Chain::new(&cname, table);
+    for (i, rule) in rules.iter().enumerate() {
+        let mut r = nftnl::Rule::new(&nchain);
+        for e in lower(rule) {
+            r.add_expr(&ExprRef(&e));
+        }
+        if let Some(c) = &rule.comment {
+            let c = cstring(c).map_err(|e| (one(i), e))?;
+            r.set_comment(c).map_err(|e| (one(i), e.to_string()))?;
+        }
+        batch.add(&r, MsgType::Add);
+        objects.push(one(i));
+    }
+    Ok(())
+}
+
 /// Encodes `tx` into one batch buffer.
 pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
     let table = nftnl::Table::new(c"nftpol", ProtoFamily::Inet);
@@ -283,35 +337,14 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
                     objects.push(one);
                 }
                 GuardOp::DelChain { name } | GuardOp::FlushChain { name } => {
-                    let cname = cstring(name).map_err(fail(one))?;
-                    let chain = nftnl::Chain::new(&cname, &guard);
-                    if matches!(g, GuardOp::FlushChain { .. }) {
-                        batch.add(&nftnl::Rule::new(&chain), MsgType::Del);
-                    } else {
-                        batch.add(&chain, MsgType::Del);
-                    }
+                    let flush = matches!(g, GuardOp::FlushChain { .. });
+                    del_chain(&mut batch, &guard, name, flush).map_err(fail(one))?;
                     objects.push(one);
                 }
                 GuardOp::AddRules { chain, rules } => {
-                    let cname = cstring(chain).map_err(fail(one))?;
-                    let nchain = nftnl::Chain::new(&cname, &guard);
-                    for (i, rule) in rules.iter().enumerate() {
-                        let this = MsgRef {
-                            op: op_i,
-                            first: i,
-                            count: 1,
-                        };
-                        let mut r = nftnl::Rule::new(&nchain);
-                        for e in super::expr::lower_guard_rule(rule) {
-                            r.add_expr(&ExprRef(&e));
-                        }
-                        if let Some(c) = &rule.comment {
-                            let c = cstring(c).map_err(fail(this))?;
-                            r.set_comment(c).map_err(|e| fail(this)(e.to_string()))?;
-                        }
-                        batch.add(&r, MsgType::Add);
-                        objects.push(this);
-                    }
+                    let lower = super::expr::lower_guard_rule;
+                    add_rules(&mut batch, &mut objects, &guard, chain, op_i, rules, lower)
+                        .map_err(|(r, reason)| fail(r)(reason))?;
                 }
             },
             Op::AddChain { name, base } => {
@@ -321,36 +354,13 @@ pub fn encode(tx: &Transaction) -> Result<Encoded, NetlinkError> {
             }
             Op::DelChain { name } | Op::FlushChain { name } => {
                 let flush = matches!(op, Op::FlushChain { .. });
-                let cname = cstring(name).map_err(fail(one))?;
-                let chain = nftnl::Chain::new(&cname, &table);
-                if flush {
-                    // A rule delete without a handle flushes the chain.
-                    batch.add(&nftnl::Rule::new(&chain), MsgType::Del);
-                } else {
-                    batch.add(&chain, MsgType::Del);
-                }
+                del_chain(&mut batch, &table, name, flush).map_err(fail(one))?;
                 objects.push(one);
             }
             Op::AddRules { chain, rules } => {
-                let cname = cstring(chain).map_err(fail(one))?;
-                let nchain = nftnl::Chain::new(&cname, &table);
-                for (i, rule) in rules.iter().enumerate() {
-                    let this = MsgRef {
-                        op: op_i,
-                        first: i,
-                        count: 1,
-                    };
-                    let mut r = nftnl::Rule::new(&nchain);
-                    for e in super::expr::lower_rule(rule) {
-                        r.add_expr(&ExprRef(&e));
-                    }
-                    if let Some(c) = &rule.comment {
-                        let c = cstring(c).map_err(fail(this))?;
-                        r.set_comment(c).map_err(|e| fail(this)(e.to_string()))?;
-                    }
-                    batch.add(&r, MsgType::Add);
-                    objects.push(this);
-                }
+                let lower = super::expr::lower_rule;
+                add_rules(&mut batch, &mut objects, &table, chain, op_i, rules, lower)
+                    .map_err(|(r, reason)| fail(r)(reason))?;
             }
             Op::AddElements { set, elements } => {
                 add_elements(&mut batch, &mut objects, op_i, set, elements, MsgType::Add)?
