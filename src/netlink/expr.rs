@@ -659,10 +659,11 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 i += 2;
             }
             E::Meta {
-                key: META_PROTOCOL,
+                key: META_PROTOCOL | META_NFPROTO,
                 dreg: REG_1,
             } if cmp1(exprs.get(i + 1), CMP_EQ).is_some() => {
-                // The netdev family guard: implied by the match after it.
+                // The family guard (netdev: ethertype, inet: nfproto):
+                // implied by the match after it.
                 i += 2;
             }
             E::Payload {
@@ -739,13 +740,6 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 };
                 matches.push(Match::NdTargetNot(net));
                 i += used;
-            }
-            E::Meta {
-                key: META_NFPROTO,
-                dreg: REG_1,
-            } if cmp1(exprs.get(i + 1), CMP_EQ).is_some() => {
-                // The inet family guard: implied by the ip/ip6 match after it.
-                i += 2;
             }
             E::Meta {
                 key: META_L4PROTO,
