@@ -553,6 +553,21 @@ pub async fn write_status(
     }
 }
 
+/// `nftpol_policy_packets_total` as /metrics shows it: (policy,
+/// direction) -> packets. Shared by this module's tests and the agent's.
+#[cfg(test)]
+pub(crate) fn policy_series(m: &Metrics) -> BTreeMap<(String, String), u64> {
+    m.encode()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("nftpol_policy_packets_total{policy=\"")?;
+            let (policy, rest) = rest.split_once("\",direction=\"")?;
+            let (direction, value) = rest.split_once("\"} ")?;
+            Some(((policy.into(), direction.into()), value.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,19 +624,6 @@ mod tests {
         // a/idle's rules went away.
         assert!(h.observe(&c(vec![reading("ing_a_p", "a/x ingress[0]", 2)]), t2));
         assert_eq!(h.totals.len(), 1);
-    }
-
-    /// The `nftpol_policy_packets_total` series in /metrics.
-    fn policy_series(m: &Metrics) -> BTreeMap<(String, String), u64> {
-        m.encode()
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("nftpol_policy_packets_total{policy=\"")?;
-                let (policy, rest) = rest.split_once("\",direction=\"")?;
-                let (direction, value) = rest.split_once("\"} ")?;
-                Some(((policy.into(), direction.into()), value.parse().ok()?))
-            })
-            .collect()
     }
 
     fn rule_packets(m: &Metrics, direction: &str) -> u64 {

@@ -6,6 +6,7 @@
 use super::backend::MemoryBackend;
 use super::metrics::Metrics;
 use super::reconcile::Settings;
+use super::status::policy_series;
 use super::{run_with, AgentError, Options, Source};
 use nftpol_test_support::fakeapi::{ApiKind, FakeApi};
 use policy_compiler::render::render_script;
@@ -1289,20 +1290,6 @@ async fn invalid_objects_are_listed_in_the_status() {
         .and_then(Value::as_str)
         .is_some_and(|e| e.contains("protocol")));
     agent.stop().await;
-}
-
-/// `nftpol_policy_packets_total` as /metrics shows it: (policy,
-/// direction) -> packets.
-fn policy_series(m: &Metrics) -> std::collections::BTreeMap<(String, String), u64> {
-    m.encode()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("nftpol_policy_packets_total{policy=\"")?;
-            let (policy, rest) = rest.split_once("\",direction=\"")?;
-            let (direction, value) = rest.split_once("\"} ")?;
-            Some(((policy.into(), direction.into()), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Lets `packets` go through the kernel rule of `chain` whose comment
