@@ -360,15 +360,21 @@ pub(crate) fn netns(c: &SimCluster, pod: &str) -> String {
 
 /// The five pods, the policies, and the nodes programmed ([`program_nodes`]).
 pub(crate) fn attack_cluster(bridged: bool) -> SimCluster {
+    let mut c = attack_pods(bridged, &[]);
+    program_nodes(&mut c, bridged);
+    c
+}
+
+/// The five pods and the two policies of this module, with `extra` pods
+/// on node1 that neither policy selects; nothing programmed yet.
+pub(crate) fn attack_pods(bridged: bool, extra: &[&str]) -> SimCluster {
     let mut c = SimCluster::new(bridged);
     c.add_namespace("x", labels(&[("ns", "x")]));
-    for (pod, node) in [
-        ("attacker", "node1"),
-        ("friend", "node1"),
-        ("victim", "node1"),
-        ("remote", "node2"),
-        ("victim2", "node2"),
-    ] {
+    let node1 = ["attacker", "friend", "victim"].iter().chain(extra);
+    let pods = node1
+        .map(|pod| (*pod, "node1"))
+        .chain([("remote", "node2"), ("victim2", "node2")]);
+    for (pod, node) in pods {
         c.add_pod("x", pod, node, labels(&[("pod", pod)]));
     }
     c.put_policy(&np(
@@ -383,7 +389,6 @@ pub(crate) fn attack_cluster(bridged: bool) -> SimCluster {
         "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
          egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
     ));
-    program_nodes(&mut c, bridged);
     c
 }
 

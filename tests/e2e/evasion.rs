@@ -18,8 +18,8 @@
 //! the id is the source port, or bytes 4-5 of port-less protocols. Probes
 //! that must arrive are the controls: a silent receiver cannot pass.
 
-use crate::attacker::{fold, raw_receiver, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
-use crate::cluster::{labels, SimCluster};
+use crate::attacker::{attack_pods, fold, raw_receiver, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
+use crate::cluster::SimCluster;
 use crate::netns::run;
 use crate::probe::spawn_in;
 use crate::scenarios::np;
@@ -387,24 +387,7 @@ fn run_probes(c: &SimCluster, probes: &[Probe]) -> Vec<String> {
 
 /// The six pods, their policies, both nodes programmed.
 fn cluster(bridged: bool) -> SimCluster {
-    let mut c = SimCluster::new(bridged);
-    c.add_namespace("x", labels(&[("ns", "x")]));
-    for (name, node) in [
-        ("attacker", "node1"),
-        ("friend", "node1"),
-        ("victim", "node1"),
-        ("guarded", "node1"),
-        ("remote", "node2"),
-        ("victim2", "node2"),
-    ] {
-        c.add_pod("x", name, node, labels(&[("pod", name)]));
-    }
-    c.put_policy(&np(
-        "x",
-        "victims-admit-friend",
-        "podSelector: {matchExpressions: [{key: pod, operator: In, values: [victim, victim2]}]}\n\
-         ingress:\n- from: [{podSelector: {matchLabels: {pod: friend}}}]",
-    ));
+    let mut c = attack_pods(bridged, &["guarded"]);
     c.put_policy(&np(
         "x",
         "guarded-admits-friend-on-tcp",
@@ -412,12 +395,6 @@ fn cluster(bridged: bool) -> SimCluster {
             "podSelector: {{matchLabels: {{pod: guarded}}}}\n\
              ingress:\n- from: [{{podSelector: {{matchLabels: {{pod: friend}}}}}}]\n  ports: [{{protocol: TCP, port: {PORT}}}]"
         ),
-    ));
-    c.put_policy(&np(
-        "x",
-        "attacker-to-remote-only",
-        "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
-         egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
     ));
     c.program();
     c

@@ -21,12 +21,11 @@
 //! pods and recognised by a marker and id after the embedded header.
 
 use crate::attacker::{
-    fold, icmp6_checksum, ip_header, netns, program_nodes, raw_receiver, send_raw, sum16, v4, v6,
-    ARRIVAL_LIMIT, SETTLE,
+    attack_pods, fold, icmp6_checksum, ip_header, netns, program_nodes, raw_receiver, send_raw,
+    sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
 };
-use crate::cluster::{labels, SimCluster};
+use crate::cluster::SimCluster;
 use crate::probe::spawn_in;
-use crate::scenarios::np;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,30 +133,7 @@ struct Case {
 
 /// The cluster of this module, programmed by `nftpol apply` on both nodes.
 fn related_cluster(bridged: bool) -> SimCluster {
-    let mut c = SimCluster::new(bridged);
-    c.add_namespace("x", labels(&[("ns", "x")]));
-    for (pod, node) in [
-        ("attacker", "node1"),
-        ("friend", "node1"),
-        ("victim", "node1"),
-        ("open", "node1"),
-        ("remote", "node2"),
-        ("victim2", "node2"),
-    ] {
-        c.add_pod("x", pod, node, labels(&[("pod", pod)]));
-    }
-    c.put_policy(&np(
-        "x",
-        "victims-admit-friend",
-        "podSelector: {matchExpressions: [{key: pod, operator: In, values: [victim, victim2]}]}\n\
-         ingress:\n- from: [{podSelector: {matchLabels: {pod: friend}}}]",
-    ));
-    c.put_policy(&np(
-        "x",
-        "attacker-to-remote-only",
-        "podSelector: {matchLabels: {pod: attacker}}\npolicyTypes: [Egress]\n\
-         egress:\n- to: [{podSelector: {matchLabels: {pod: remote}}}]",
-    ));
+    let mut c = attack_pods(bridged, &["open"]);
     program_nodes(&mut c, bridged);
     c
 }
