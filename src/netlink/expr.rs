@@ -268,14 +268,19 @@ impl Lowering {
             } else {
                 (META_NFPROTO, vec![nfproto(f)])
             };
-            self.out.push(RawExpr::Meta { key, dreg: REG_1 });
-            self.out.push(RawExpr::Cmp {
-                sreg: REG_1,
-                op: CMP_EQ,
-                data,
-            });
+            self.meta_eq(key, data);
             self.family = Some(f);
         }
+    }
+
+    /// A load of meta `key`, then an equality compare with `data`.
+    fn meta_eq(&mut self, key: u32, data: Vec<u8>) {
+        self.out.push(RawExpr::Meta { key, dreg: REG_1 });
+        self.out.push(RawExpr::Cmp {
+            sreg: REG_1,
+            op: CMP_EQ,
+            data,
+        });
     }
 
     /// A load of `len` bytes at `offset` from `base`, then one compare.
@@ -305,15 +310,7 @@ impl Lowering {
     }
 
     fn l4proto(&mut self, p: u8) {
-        self.out.push(RawExpr::Meta {
-            key: META_L4PROTO,
-            dreg: REG_1,
-        });
-        self.out.push(RawExpr::Cmp {
-            sreg: REG_1,
-            op: CMP_EQ,
-            data: vec![p],
-        });
+        self.meta_eq(META_L4PROTO, vec![p]);
     }
 
     fn range(&mut self, lo: Vec<u8>, hi: Vec<u8>) {
@@ -377,15 +374,7 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
         match m {
             Match::EtherType { ty, negate } => {
                 if !l.iiftype {
-                    l.out.push(RawExpr::Meta {
-                        key: META_IIFTYPE,
-                        dreg: REG_1,
-                    });
-                    l.out.push(RawExpr::Cmp {
-                        sreg: REG_1,
-                        op: CMP_EQ,
-                        data: ARPHRD_ETHER.to_ne_bytes().to_vec(),
-                    });
+                    l.meta_eq(META_IIFTYPE, ARPHRD_ETHER.to_ne_bytes().to_vec());
                     l.iiftype = true;
                 }
                 let op = if *negate { CMP_NEQ } else { CMP_EQ };
