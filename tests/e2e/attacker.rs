@@ -556,25 +556,29 @@ fn forged_source_cases(c: &SimCluster) -> Vec<(&'static str, Vec<Case>)> {
 
 /// The drop counter of `pod`'s validation chain on `node`.
 fn forged_drops(c: &SimCluster, node: &str, pod: &str) -> u64 {
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &c.topo.node(node).netns,
-        "nft",
-        "list",
-        "chain",
-        "inet",
-        "nftpol",
-        &format!("src_x_{pod}"),
-    ]));
+    let chain = format!("src_x_{pod}");
+    let out = node_nft(c, node, &["list", "chain", "inet", "nftpol", &chain]);
     out.lines()
         .find(|l| l.contains("forged source"))
-        .and_then(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse().ok()
-        })
+        .and_then(rule_packets)
         .unwrap_or_else(|| panic!("no forged-source counter in:\n{out}"))
+}
+
+/// What `nft args` prints in `node`'s namespace.
+pub(crate) fn node_nft(c: &SimCluster, node: &str, args: &[&str]) -> String {
+    let netns = &c.topo.node(node).netns;
+    run(Command::new("ip")
+        .args(["netns", "exec", netns, "nft"])
+        .args(args))
+}
+
+/// The packet count of one listed rule (`... counter packets N bytes M`).
+pub(crate) fn rule_packets(line: &str) -> Option<u64> {
+    let n = line
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)?;
+    n.parse().ok()
 }
 
 fn forged_sources_are_never_delivered(bridged: bool) {

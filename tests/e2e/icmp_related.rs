@@ -21,8 +21,8 @@
 //! pods and recognised by a marker and id after the embedded header.
 
 use crate::attacker::{
-    attack_pods, fold, icmp6_checksum, ip_header, netns, program_nodes, raw_receiver, send_raw,
-    sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
+    attack_pods, fold, icmp6_checksum, ip_header, netns, program_nodes, raw_receiver, rule_packets,
+    send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
 };
 use crate::cluster::SimCluster;
 use crate::probe::spawn_in;
@@ -331,8 +331,7 @@ fn errors_from_outside_a_connection_are_dropped(bridged: bool) {
     let counted = rs
         .lines()
         .find(|l| l.contains(&format!("related packet from {attacker},")))
-        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
-        .and_then(|n| n.parse::<u64>().ok());
+        .and_then(rule_packets);
     assert!(counted.is_some_and(|n| n > 0), "{counted:?}\n{rs}");
 }
 

@@ -18,7 +18,8 @@
 //! that must arrive.
 
 use crate::attacker::{
-    netns, packet, program_nodes, receiver, v4, v6, Arrivals, ARRIVAL_LIMIT, SETTLE, UDP,
+    netns, node_nft, packet, program_nodes, receiver, rule_packets, v4, v6, Arrivals,
+    ARRIVAL_LIMIT, SETTLE, UDP,
 };
 use crate::cluster::{labels, nftpol_bin, SimCluster};
 use crate::netns::run;
@@ -380,23 +381,10 @@ fn deliver(c: &SimCluster, frames: &[Frame], pods: &[&'static str]) -> Vec<Strin
 /// The packet counter of the guard rule whose comment holds `what`, on
 /// `node`, summed over its chains.
 fn guard_drops(c: &SimCluster, node: &str, what: &str) -> u64 {
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &c.topo.node(node).netns,
-        "nft",
-        "list",
-        "table",
-        "netdev",
-        "nftpol",
-    ]));
-    out.lines()
+    node_nft(c, node, &["list", "table", "netdev", "nftpol"])
+        .lines()
         .filter(|l| l.contains(what))
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse::<u64>().ok()
-        })
+        .filter_map(rule_packets)
         .sum()
 }
 
