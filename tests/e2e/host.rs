@@ -80,13 +80,7 @@ fn assert_probes(
 #[test]
 fn bridged_nodes() {
     require_root!();
-    if !crate::netns::br_netfilter_available() {
-        nftpol_test_support::skip(
-            "bridged_nodes",
-            "br_netfilter is not loaded; the bridged variant needs it",
-        );
-        return;
-    }
+    require_br_netfilter!();
     let mut c = SimCluster::upstream_model_on(true);
     run_steps(
         &mut c,

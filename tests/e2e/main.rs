@@ -42,10 +42,14 @@ macro_rules! require_root {
 
 /// Returns early, saying SKIP, when bridged traffic cannot reach
 /// nftables' inet hooks (br_netfilter not loaded): the bridged variants.
+/// Under CI a skip is a failure, as for every privileged test.
 macro_rules! require_br_netfilter {
     () => {
         if !crate::netns::br_netfilter_available() {
-            eprintln!("SKIP: br_netfilter not loaded");
+            nftpol_test_support::skip(
+                module_path!(),
+                "br_netfilter is not loaded; the bridged variant needs it",
+            );
             return;
         }
     };
