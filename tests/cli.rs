@@ -913,7 +913,16 @@ fn diff_against_the_kernel_shows_what_apply_would_change() {
         ),
         "{t}"
     );
-    assert!(t.contains("apply would send: ~1 chain, +1 element"), "{t}");
+    // The new pod's address also gets its chain for related packets.
+    assert!(
+        t.contains("+ chain rel_10.244.1.12 (3 rules)\n")
+            && t.contains("+ 10.244.1.12 : jump rel_10.244.1.12\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("apply would send: +1 chain, ~1 chain, +2 elements"),
+        "{t}"
+    );
     let flows = t.split_once("changing verdict").expect("flow section").1;
     assert!(
         flows.contains(
