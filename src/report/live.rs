@@ -281,6 +281,19 @@ mod tests {
         )
     }
 
+    /// The live explain of a TCP flow from x/a to x/b on node n1, with
+    /// default audit options, against `kernel`.
+    fn run_xa_to_xb(c: &Cluster, kernel: Option<&Ruleset>, port: u16) -> LiveExplain {
+        LiveExplain::run(
+            c,
+            ("n1", &AuditOptions::default()),
+            kernel,
+            ips(),
+            Protocol::Tcp,
+            port,
+        )
+    }
+
     fn ips() -> (IpAddr, IpAddr) {
         (
             "10.0.0.1".parse().expect("ip"),
@@ -292,14 +305,7 @@ mod tests {
     fn an_equal_table_agrees_and_names_the_policy_rule() {
         let c = cluster();
         let kernel = policy_compiler::compile(&c, "n1");
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            Some(&kernel),
-            ips(),
-            Protocol::Tcp,
-            80,
-        );
+        let e = run_xa_to_xb(&c, Some(&kernel), 80);
         assert!(e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(text.starts_with("LIVE ALLOWED on node n1"), "{text}");
@@ -399,14 +405,7 @@ spec:
         objects.extend(loaded.objects);
         let c = Cluster::from_objects(objects);
         let kernel = policy_compiler::compile(&c, "n1");
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            Some(&kernel),
-            ips(),
-            Protocol::Tcp,
-            80,
-        );
+        let e = run_xa_to_xb(&c, Some(&kernel), 80);
         let step = e.kernel.deciding().expect("the admin Deny decides").clone();
         assert!(
             policy_compiler::admin::compile::is_tier_chain(&step.chain),
@@ -440,14 +439,7 @@ spec:
             },
         );
         // Port 81 should be dropped; the inserted accept lets it in.
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            Some(&kernel),
-            ips(),
-            Protocol::Tcp,
-            81,
-        );
+        let e = run_xa_to_xb(&c, Some(&kernel), 81);
         assert!(!e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(
@@ -456,14 +448,7 @@ spec:
         );
         assert!(text.contains("compiled ruleset DROPS"), "{text}");
         // Port 80 is accepted either way, but by the wrong rule.
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            Some(&kernel),
-            ips(),
-            Protocol::Tcp,
-            80,
-        );
+        let e = run_xa_to_xb(&c, Some(&kernel), 80);
         assert!(e.kernel.accepted && e.intended.accepted && !e.agrees());
         let text = render_xa_to_xb(&e);
         assert!(
@@ -471,14 +456,7 @@ spec:
             "{text}"
         );
         // No table at all: the drop the compiler intends is missing.
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            None,
-            ips(),
-            Protocol::Tcp,
-            81,
-        );
+        let e = run_xa_to_xb(&c, None, 81);
         assert!(!e.agrees());
         assert!(render(
             &e,
@@ -490,14 +468,7 @@ spec:
         // A dormant table enforces nothing either.
         let mut dormant = policy_compiler::compile(&c, "n1");
         dormant.table_flags = TABLE_F_DORMANT;
-        let e = LiveExplain::run(
-            &c,
-            ("n1", &AuditOptions::default()),
-            Some(&dormant),
-            ips(),
-            Protocol::Tcp,
-            81,
-        );
+        let e = run_xa_to_xb(&c, Some(&dormant), 81);
         assert!(!e.agrees() && e.kernel.accepted);
         let text = render(
             &e,
