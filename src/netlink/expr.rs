@@ -501,17 +501,7 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
             }
             Match::Ip6HopLimit(n) => {
                 l.guard(Family::Ipv6);
-                l.out.push(RawExpr::Payload {
-                    base: BASE_NETWORK,
-                    offset: IP6_HOPLIMIT_OFFSET,
-                    len: 1,
-                    dreg: REG_1,
-                });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![*n],
-                });
+                l.load_cmp(BASE_NETWORK, IP6_HOPLIMIT_OFFSET, CMP_EQ, vec![*n]);
             }
             Match::DaddrBroadcast => {
                 l.out.push(RawExpr::Fib {
