@@ -19,8 +19,20 @@
 //! configuration names to run; `no table` always runs, and so does every
 //! configuration a selected one is compared with).
 //!
+//! Besides the rates, each configuration's CPU time per connection: what
+//! the connecting client threads and the server's TCP workers ran (the
+//! scheduler's clock; this kernel charges the softirq work a send sets
+//! off, the node's forwarding included, to the sending thread), divided
+//! by the connections made. It is steadier than a rate on a shared
+//! machine, since other processes' load delays a connection without
+//! adding to its CPU time. The report ends with each configuration's
+//! thread tag (`dp<N>-cli`, `-lat`, `-srv`) and connections, for
+//! `benches/dataplane/profile.py` to split a `perf record -a -g` of the
+//! run by configuration.
+//!
 //! `conntrack only` holds nothing but the conntrack rules every stateful
-//! enforcer starts with, the floor under any of them. `logging all`
+//! enforcer starts with, the floor under any of them; every plain nftpol
+//! configuration is also compared with it. `logging all`
 //! configurations annotate every policy `nftpol.io/log: all` (rate-limited
 //! log rules before each allow and each default drop), `no non-SYN or
 //! no-pod drops` leaves those drops out of the forward chain; each is
@@ -251,13 +263,18 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
         )
         .versus("no table"),
     ];
+    // Compared with the conntrack floor, so every run says what nftpol
+    // costs above what any stateful enforcer pays.
     for &n in sizes {
-        v.push(Config::new(
-            format!("nftpol, {n} policies"),
-            n,
-            true,
-            nftpol(|c| compile_node(c, NODE, &node_net(true))),
-        ));
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies"),
+                n,
+                true,
+                nftpol(|c| compile_node(c, NODE, &node_net(true))),
+            )
+            .versus("conntrack only"),
+        );
     }
     for n in ends_of(sizes) {
         v.push(
@@ -390,10 +407,14 @@ fn have(tool: &str) -> bool {
 #[derive(Default)]
 struct Figures {
     conn: Vec<f64>,
+    /// CPU time per connection of the connection phase, in µs, a round.
+    cpu: Vec<f64>,
     udp: Vec<f64>,
     connect: Vec<Duration>,
     /// The median connect time of each round.
     connect_p50: Vec<Duration>,
+    /// Connections made in the connection and latency phases.
+    made: usize,
     /// Connections that failed.
     failed: usize,
     /// UDP requests that went unanswered.
@@ -425,6 +446,19 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 /// Median over rounds of `a[round] / b[round]`.
 fn ratio(a: &[f64], b: &[f64]) -> f64 {
     median(&ratios(a, b))
+}
+
+/// Median over rounds of `a[round] - b[round]`.
+fn difference(a: &[f64], b: &[f64]) -> f64 {
+    median(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+}
+
+/// Figures a round, in round order, one decimal.
+fn each_round(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The round-by-round ratios, in round order.
@@ -576,10 +610,12 @@ fn main() {
         for k in 0..configs.len() {
             let i = (round + k) % configs.len();
             let (site, f) = (&sites[i], &mut figures[i]);
-            let (rate, failed) = site.tcp_rate(clients, phase, 1_000_000);
-            f.conn.push(rate);
-            f.failed += failed;
+            let run = site.tcp_rate(clients, phase, 1_000_000);
+            f.conn.push(run.rate);
+            f.cpu.push(run.cpu_ns as f64 / 1e3 / run.done.max(1) as f64);
+            f.failed += run.failed;
             let connect = site.connect_latency(phase / 2, 100_000);
+            f.made += run.done + connect.len();
             f.connect_p50.push(percentile(&connect, 0.5));
             f.connect.extend(connect);
             let (udp, lost) = site.udp_rate(phase / 2, 10_000_000);
@@ -603,14 +639,16 @@ fn main() {
         loadavg(),
         started.elapsed().as_secs_f64()
     );
-    println!("| configuration | conn/s | vs no table | UDP rr/s | vs no table | connect p50 | connect p99 | failed conn / lost UDP |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| configuration | conn/s | vs no table | CPU µs/conn | over no table | UDP rr/s | vs no table | connect p50 | connect p99 | failed conn / lost UDP |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (c, f) in configs.iter().zip(&figures) {
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} µs | {:.0} µs | {} / {} |",
+            "| {} | {:.0} | {:.2} | {:.1} | {:+.1} | {:.0} | {:.2} | {:.0} µs | {:.0} µs | {} / {} |",
             c.name,
             median(&f.conn),
             ratio(&f.conn, &none.conn),
+            median(&f.cpu),
+            difference(&f.cpu, &none.cpu),
             median(&f.udp),
             ratio(&f.udp, &none.udp),
             us(percentile(&f.connect, 0.5)),
@@ -626,24 +664,27 @@ fn main() {
         };
         let g = &figures[*j];
         println!(
-            "- {} vs {}: conn/s {:.2} (rounds: {}), UDP rr/s {:.2}, connect p50 {:+.0} µs",
+            "- {} vs {}: conn/s {:.2} (rounds: {}), CPU per connection {:+.1} µs (rounds: {}), UDP rr/s {:.2}, connect p50 {:+.0} µs",
             c.name,
             configs[*j].name,
             ratio(&f.conn, &g.conn),
             rounds_of(&f.conn, &g.conn),
+            difference(&f.cpu, &g.cpu),
+            each_round(&f.cpu.iter().zip(&g.cpu).map(|(x, y)| x - y).collect::<Vec<_>>()),
             ratio(&f.udp, &g.udp),
             us(percentile(&f.connect, 0.5)) - us(percentile(&g.connect, 0.5)),
         );
     }
     println!();
     println!("Round by round, in round order (each round starts one further along the table):\n");
-    println!("| configuration | conn/s vs no table | connect p50 a round |");
-    println!("| --- | --- | --- |");
+    println!("| configuration | conn/s vs no table | CPU µs/conn | connect p50 a round |");
+    println!("| --- | --- | --- | --- |");
     for (c, f) in configs.iter().zip(&figures) {
         println!(
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             c.name,
             rounds_of(&f.conn, &none.conn),
+            each_round(&f.cpu),
             f.connect_p50
                 .iter()
                 .map(|d| format!("{:.0}", us(*d)))
@@ -654,5 +695,12 @@ fn main() {
     println!();
     for (c, what) in configs.iter().zip(&setup) {
         println!("- {}: {what}", c.name);
+    }
+    println!();
+    println!("Threads for a profile (`benches/dataplane/profile.py`): `<tag>-cli`, `<tag>-lat` and `<tag>-srv` made and served these connections:\n");
+    println!("| tag | configuration | connections |");
+    println!("| --- | --- | --- |");
+    for (i, (c, f)) in configs.iter().zip(&figures).enumerate() {
+        println!("| dp{i} | {} | {} |", c.name, f.made);
     }
 }

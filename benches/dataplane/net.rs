@@ -11,8 +11,8 @@ use nftpol_test_support::Netns;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,19 +75,54 @@ pub fn pipe(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Result<(), St
     }
 }
 
+/// The calling thread's id, as /proc names it.
+fn own_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// Nanoseconds thread `tid` of this process has run on a CPU so far
+/// (/proc's schedstat: the scheduler's own clock, not tick samples). This
+/// kernel charges softirq work to the task it interrupted, so a sending
+/// thread's time includes the node's forwarding and the receiving pod's
+/// stack that the send set off; what ksoftirqd or a timer does later
+/// (TIME_WAIT, conntrack expiry) is nobody's here.
+fn cpu_ns(tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one connection phase measured.
+pub struct TcpRun {
+    /// New connections per second.
+    pub rate: f64,
+    pub failed: usize,
+    /// Connections completed.
+    pub done: usize,
+    /// CPU time the phase's client threads and the server's TCP workers
+    /// used, in nanoseconds.
+    pub cpu_ns: u64,
+}
+
 /// Server threads answering one byte per TCP connection (then closing,
 /// so TIME_WAIT stays on the server and the client's ports are free
-/// again) and echoing UDP; stopped and joined on drop.
+/// again) and echoing UDP; stopped and joined on drop. Threads are named
+/// after the site (`<tag>-srv`, `<tag>-udp`) so a system profile can tell
+/// configurations apart.
 struct Server {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Thread ids of the TCP workers, for their CPU time.
+    tcp_tids: Arc<Mutex<Vec<u32>>>,
     /// Bound and listening but never accepted from: a connection to it
     /// completes only when nothing drops the SYN.
     _denied: TcpListener,
 }
 
 impl Server {
-    fn start(ns: &Netns, workers: usize) -> Result<Server, String> {
+    fn start(ns: &Netns, tag: &str, workers: usize) -> Result<Server, String> {
         let (tcp, udp, denied) = ns
             .run(|| -> std::io::Result<_> {
                 let listener = |port: u16| -> std::io::Result<TcpListener> {
@@ -110,35 +145,61 @@ impl Server {
             })
             .map_err(|e| format!("server sockets: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let tcp_tids = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{tag}-{name}"))
+                .spawn(f)
+                .map_err(|e| format!("server thread: {e}"))
+        };
         for _ in 0..workers {
             let (l, stop) = (tcp.try_clone().map_err(|e| e.to_string())?, stop.clone());
-            threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((mut s, _)) = l.accept() {
-                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                        let mut b = [0u8; 1];
-                        if s.read_exact(&mut b).is_ok() {
-                            let _ = s.write_all(&b);
+            let tids = tcp_tids.clone();
+            threads.push(spawn(
+                "srv",
+                Box::new(move || {
+                    if let (Some(tid), Ok(mut v)) = (own_tid(), tids.lock()) {
+                        v.push(tid);
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((mut s, _)) = l.accept() {
+                            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                            let mut b = [0u8; 1];
+                            if s.read_exact(&mut b).is_ok() {
+                                let _ = s.write_all(&b);
+                            }
                         }
                     }
-                }
-            }));
+                }),
+            )?);
         }
         let stop2 = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut b) {
-                    let _ = udp.send_to(&b[..n], from);
+        threads.push(spawn(
+            "udp",
+            Box::new(move || {
+                let mut b = [0u8; 64];
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = udp.recv_from(&mut b) {
+                        let _ = udp.send_to(&b[..n], from);
+                    }
                 }
-            }
-        }));
+            }),
+        )?);
         Ok(Server {
             stop,
             threads,
+            tcp_tids,
             _denied: denied,
         })
+    }
+
+    /// CPU time the TCP workers have used so far, in nanoseconds.
+    fn tcp_cpu_ns(&self) -> u64 {
+        self.tcp_tids
+            .lock()
+            .map(|v| v.iter().map(|&t| cpu_ns(t)).sum())
+            .unwrap_or(0)
     }
 }
 
@@ -154,7 +215,8 @@ impl Drop for Server {
 /// One configuration's namespaces. Fields drop in order: the server's
 /// threads stop before the namespaces go.
 pub struct Site {
-    _server: Server,
+    tag: String,
+    server: Server,
     pub node: Netns,
     pub client: Netns,
     _server_ns: Netns,
@@ -222,9 +284,10 @@ impl Site {
             ip(pod, &["route", "add", GW, "dev", "eth0", "scope", "link"])?;
             ip(pod, &["route", "add", "default", "via", GW, "dev", "eth0"])?;
         }
-        let server = Server::start(&server_ns, server_workers)?;
+        let server = Server::start(&server_ns, tag, server_workers)?;
         Ok(Site {
-            _server: server,
+            tag: tag.to_string(),
+            server,
             node,
             client,
             _server_ns: server_ns,
@@ -267,46 +330,71 @@ impl Site {
         })
     }
 
-    /// New connections per second from `clients` parallel clients, for
-    /// `time` or `max` connections, whichever ends first. Returns (rate,
-    /// failed connections).
-    pub fn tcp_rate(&self, clients: usize, time: Duration, max: usize) -> (f64, usize) {
+    /// New connections per second from `clients` parallel clients (threads
+    /// named `<tag>-cli`), for `time` or `max` connections, whichever ends
+    /// first.
+    pub fn tcp_rate(&self, clients: usize, time: Duration, max: usize) -> TcpRun {
         let done = AtomicUsize::new(0);
         let failed = AtomicUsize::new(0);
+        let client_cpu = AtomicU64::new(0);
+        let server_cpu = self.server.tcp_cpu_ns();
         let t0 = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..clients {
-                s.spawn(|| {
-                    if self.client.enter().is_err() {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    let to = SocketAddr::from((SERVER_IP, PORT));
-                    while t0.elapsed() < time && done.load(Ordering::Relaxed) < max {
-                        match one_connection(to, IO_TIMEOUT) {
-                            Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                });
+                let spawned = std::thread::Builder::new()
+                    .name(format!("{}-cli", self.tag))
+                    .spawn_scoped(s, || {
+                        let cpu0 = own_tid().map(cpu_ns);
+                        if self.client.enter().is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        let to = SocketAddr::from((SERVER_IP, PORT));
+                        while t0.elapsed() < time && done.load(Ordering::Relaxed) < max {
+                            match one_connection(to, IO_TIMEOUT) {
+                                Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                        if let (Some(c0), Some(c1)) = (cpu0, own_tid().map(cpu_ns)) {
+                            client_cpu.fetch_add(c1.saturating_sub(c0), Ordering::Relaxed);
+                        }
+                    });
+                if spawned.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
         let n = done.load(Ordering::Relaxed);
-        (n as f64 / t0.elapsed().as_secs_f64(), failed.into_inner())
+        TcpRun {
+            rate: n as f64 / t0.elapsed().as_secs_f64(),
+            failed: failed.into_inner(),
+            done: n,
+            cpu_ns: client_cpu.into_inner() + self.server.tcp_cpu_ns().saturating_sub(server_cpu),
+        }
     }
 
-    /// Connect times of one client making connections one after another.
+    /// Connect times of one client (a thread named `<tag>-lat`) making
+    /// connections one after another.
     pub fn connect_latency(&self, time: Duration, max: usize) -> Vec<Duration> {
-        self.client.run(|| {
-            let to = SocketAddr::from((SERVER_IP, PORT));
-            let t0 = Instant::now();
-            let mut v = Vec::new();
-            while t0.elapsed() < time && v.len() < max {
-                if let Ok(d) = one_connection(to, IO_TIMEOUT) {
-                    v.push(d);
-                }
-            }
-            v
+        std::thread::scope(|s| {
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-lat", self.tag))
+                .spawn_scoped(s, || {
+                    let mut v = Vec::new();
+                    if self.client.enter().is_err() {
+                        return v;
+                    }
+                    let to = SocketAddr::from((SERVER_IP, PORT));
+                    let t0 = Instant::now();
+                    while t0.elapsed() < time && v.len() < max {
+                        if let Ok(d) = one_connection(to, IO_TIMEOUT) {
+                            v.push(d);
+                        }
+                    }
+                    v
+                });
+            spawned.ok().and_then(|h| h.join().ok()).unwrap_or_default()
         })
     }
 
