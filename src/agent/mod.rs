@@ -14,6 +14,7 @@ pub mod files;
 pub mod kernel_watch;
 pub mod metrics;
 pub mod reconcile;
+pub mod slim;
 pub mod status;
 pub mod verdict_log;
 pub mod watch;

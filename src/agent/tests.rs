@@ -722,6 +722,82 @@ async fn synthetic_clusters_round_trip_through_the_fake_api() {
     agent.stop().await;
 }
 
+/// Pods served whole (managedFields, container specs, conditions) reach
+/// the same ruleset through the agent's slim read, listed and watched, as
+/// the compiler makes of the whole objects; among them a local pod whose
+/// named port is only on a native sidecar and whose IPv6 address is only
+/// in podIPs, enforced through a policy on that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_pods_are_enforced_as_the_compiler_reads_the_whole_objects() {
+    use nftpol_test_support::fakeapi::{as_served_pod, to_api};
+    use nftpol_test_support::synth::{self, Shape};
+    let model = synth::cluster(Shape {
+        namespaces: 8,
+        pods: 80,
+        policies: 24,
+        nodes: 3,
+    });
+    let node = synth::node_name(1);
+    let fake = FakeApi::start().await.expect("fake api");
+    for o in model
+        .namespaces()
+        .cloned()
+        .map(policy_compiler::Object::Namespace)
+        .chain(model.pods().cloned().map(policy_compiler::Object::Pod))
+        .chain(
+            model
+                .policies()
+                .cloned()
+                .map(policy_compiler::Object::Policy),
+        )
+    {
+        let v = to_api(&o);
+        let served = if v["kind"] == "Pod" {
+            as_served_pod(v)
+        } else {
+            v
+        };
+        fake.apply(served).expect("load");
+    }
+    let sidecar = |name: &str, v4: &str, v6: &str| {
+        let mut p = as_served_pod(pod("prod", name, json!({"app": "dns"}), &node, v4));
+        p["spec"]["initContainers"] = json!([{"name": "s", "restartPolicy": "Always",
+            "ports": [{"name": "dns", "containerPort": 5353, "protocol": "UDP"}]}]);
+        p["status"]["podIPs"] = json!([{"ip": v4}, {"ip": v6}]);
+        p
+    };
+    fake.apply(ns("prod", json!({"team": "a"}))).expect("apply");
+    fake.apply(sidecar("dns-0", "10.9.0.1", "fd00:9::1"))
+        .expect("apply");
+    fake.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "dns", "namespace": "prod"},
+        "spec": {"podSelector": {"matchLabels": {"app": "dns"}},
+            "ingress": [{"ports": [{"protocol": "UDP", "port": "dns"}]}]}}),
+    )
+    .expect("apply");
+    let agent = start(Source::Kube(fake.client()), Settings::new(&node));
+    let expect = |fake: &FakeApi| {
+        let loaded = policy_compiler::parse("fake", &fake.dump());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        policy_compiler::compile(&Cluster::from_objects(loaded.objects), &node)
+    };
+    let want = expect(&fake);
+    let text = render_script(&want);
+    assert!(
+        text.contains("5353") && text.contains("fd00:9::1"),
+        "the sidecar's port and the podIPs-only address are enforced"
+    );
+    agent.converges(&want, LIMIT).await;
+    // The same through the watch.
+    fake.apply(sidecar("dns-1", "10.9.0.2", "fd00:9::2"))
+        .expect("apply");
+    let want = expect(&fake);
+    assert!(render_script(&want).contains("fd00:9::2"));
+    agent.converges(&want, LIMIT).await;
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_finds_the_table_right_and_sends_nothing() {
     let fake = FakeApi::start().await.expect("fake api");

@@ -14,22 +14,24 @@
 //! Watch errors are logged and counted; the watcher retries with backoff
 //! and the last known state stays enforced meanwhile.
 //!
-//! Objects are read through kube's `DeserializeGuard`, so one object the
-//! client cannot even deserialize (a label that is not a string, a field
-//! of the wrong type) is skipped like an invalid one instead of failing
-//! the whole list or watch of its kind. An invalid object is skipped
+//! Objects are read through [`Slim`], which keeps only the fields the
+//! reduction reads (a served pod's managedFields, container specs and
+//! conditions are parsed past, never built), and so one object the client
+//! cannot even deserialize (a label that is not a string, a kept field of
+//! the wrong type) is skipped like an invalid one instead of failing the
+//! whole list or watch of its kind. An invalid object is skipped
 //! (treated as absent), logged, counted, and reported once per
 //! resourceVersion as a Warning Event on the object (kube's event
 //! `Recorder`), so its owner sees it in `kubectl describe`.
 
 use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
+use crate::agent::slim::{Pruned, Slim};
 use crate::agent::status::Inventory;
 use crate::agent::AgentError;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, watcher, Event, ExponentialBackoff};
@@ -50,7 +52,7 @@ use std::time::{Duration, Instant};
 /// [`watch`] for all of them, so every kind is listed, applied, deleted and
 /// skipped by the same code.
 trait Watched:
-    Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + 'static
+    Resource<DynamicType = ()> + Pruned + Clone + Debug + serde::de::DeserializeOwned + Send + 'static
 {
     const KIND: Kind;
     /// A CRD the API server may not serve (not installed).
@@ -158,7 +160,7 @@ pub async fn run(
 
 /// Whether the API server serves the kind; a CRD that is not installed
 /// (404) is reported as listed and empty instead.
-async fn served<K: Watched>(api: &Api<DeserializeGuard<K>>, sink: &Sink) -> bool {
+async fn served<K: Watched>(api: &Api<Slim<K>>, sink: &Sink) -> bool {
     let probe = api
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await;
@@ -246,7 +248,7 @@ impl Sink {
     /// would stop the watch.
     fn accept<K: Watched>(
         &self,
-        o: &DeserializeGuard<K>,
+        o: &Slim<K>,
         reported: &mut HashSet<(String, String)>,
     ) -> Option<Object> {
         let kind = K::KIND;
@@ -297,7 +299,7 @@ impl Sink {
 /// Watches one kind; returns when the receiver is gone.
 async fn watch<K: Watched>(sink: Sink) {
     let kind = K::KIND;
-    let api = Api::<DeserializeGuard<K>>::all(sink.client.clone());
+    let api = Api::<Slim<K>>::all(sink.client.clone());
     if K::CRD && !served(&api, &sink).await {
         return;
     }
@@ -420,11 +422,7 @@ impl Backoff for WatchBackoff {
 
 /// The invalid-object error for an object the client could not
 /// deserialize.
-fn undecodable<K: Resource<DynamicType = ()>>(
-    kind: Kind,
-    o: &DeserializeGuard<K>,
-    error: &str,
-) -> ObjectError {
+fn undecodable<K: Resource<DynamicType = ()>>(kind: Kind, o: &Slim<K>, error: &str) -> ObjectError {
     let (ns, name) = key(o, kind);
     ObjectError {
         file: None,

@@ -164,7 +164,7 @@ fn grants_the_code_needs() -> Grants {
             for (i, _) in code.match_indices(pat) {
                 let rest = &code[i + pat.len()..];
                 // A guarded watch reads the same kind.
-                let rest = rest.strip_prefix("DeserializeGuard<").unwrap_or(rest);
+                let rest = rest.strip_prefix("Slim<").unwrap_or(rest);
                 let ty: String = rest
                     .chars()
                     .take_while(|c| c.is_alphanumeric() || *c == '_')
