@@ -1,5 +1,6 @@
 //! The incremental compile against the full one: on generated clusters,
-//! random sequences of events (pods added, deleted, relabelled, moved,
+//! random sequences of events (pods added, deleted, relabelled whole or
+//! one label of a pod of the node at a time, moved,
 //! readdressed onto shared addresses, their named ports changed;
 //! namespaces relabelled and deleted; NetworkPolicies, admin policies and
 //! Nodes put and deleted, Nodes readdressed onto pod addresses; the
@@ -13,7 +14,7 @@ use crate::admin::{AdminKind, AdminPolicy, Node};
 use crate::audit::AuditOptions;
 use crate::compile::{compile_node, compile_node_with};
 use crate::diff::{diff_touched, FakeKernel};
-use crate::incr::{Incremental, ObjectKey};
+use crate::incr::{Incremental, ObjectKey, Work};
 use crate::index::Cluster;
 use crate::model::*;
 use crate::prop_tests::*;
@@ -26,6 +27,9 @@ const NODE: &str = "node-1";
 #[derive(Clone, Debug)]
 enum Event {
     PodLabels(usize, Labels),
+    /// One label of a pod of the node set or dropped (`None`), the others
+    /// kept: the relabel whose chains are often left as they are.
+    LocalPodLabel(usize, String, Option<String>),
     /// A new IPv4 address from a pool of four, so addresses get shared.
     PodAddress(usize, u8),
     PodNode(usize, usize),
@@ -56,6 +60,12 @@ fn event_strategy() -> impl Strategy<Value = Event> {
     let idx = || 0usize..16;
     prop_oneof![
         3 => (idx(), labels_strategy()).prop_map(|(i, l)| Event::PodLabels(i, l)),
+        3 => (
+            idx(),
+            prop::sample::select(LABEL_KEYS.to_vec()),
+            proptest::option::of(prop::sample::select(LABEL_VALUES.to_vec()))
+        )
+            .prop_map(|(i, k, v)| Event::LocalPodLabel(i, k.to_string(), v.map(str::to_string))),
         2 => (idx(), 0u8..4).prop_map(|(i, a)| Event::PodAddress(i, a)),
         1 => (idx(), 0..NODES.len()).prop_map(|(i, n)| Event::PodNode(i, n)),
         1 => (
@@ -138,6 +148,21 @@ impl World {
             Event::PodLabels(i, labels) => {
                 if let Some(mut p) = self.nth_pod(i) {
                     p.labels = labels;
+                    self.put_pod(p);
+                }
+            }
+            Event::LocalPodLabel(i, key, value) => {
+                let local: Vec<Pod> = self
+                    .c
+                    .pods()
+                    .filter(|p| p.node_name.as_deref() == Some(NODE))
+                    .cloned()
+                    .collect();
+                if let Some(mut p) = (!local.is_empty()).then(|| local[i % local.len()].clone()) {
+                    match value {
+                        Some(v) => p.labels.insert(key, v),
+                        None => p.labels.remove(&key),
+                    };
                     self.put_pod(p);
                 }
             }
@@ -743,4 +768,63 @@ fn a_namespace_relabel_touches_only_the_chains_whose_admin_subjects_change() {
             .contains(&crate::ir::Element::Addr("10.0.0.3".parse().expect("ip")))),
         "{t:?}"
     );
+}
+
+/// A local pod's relabel that no selector of its own notices keeps its
+/// chains and only recomputes the sets at its address; one that enters a
+/// policy's selector recompiles its chains alone. Neither redoes the
+/// `rel_` and source validation chains: only a local pod's name and
+/// addresses feed those, and redoing them looked at every pod.
+#[test]
+fn a_local_relabel_recompiles_the_pods_chains_only_when_its_selections_change() {
+    let (mut c, mut eng) = narrow_cluster();
+    let key = ObjectKey::Pod {
+        namespace: "x".into(),
+        name: "web".into(),
+    };
+    let relabel = |c: &Cluster, labels: &[(&str, &str)]| {
+        let mut p = c.pod("x", "web").expect("pod").clone();
+        p.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |c: &mut Cluster| c.apply_pod(p)
+    };
+    let change = relabel(&c, &[("app", "web"), ("version", "2")]);
+    let t = narrow_step(&mut c, &mut eng, key.clone(), change);
+    assert_eq!(
+        eng.work(),
+        &Work {
+            units_kept: 1,
+            addresses: 1,
+            ..Work::default()
+        }
+    );
+    assert!(t.chains.is_empty(), "{t:?}");
+
+    // Now `cache` selects it, and `db`'s peer set loses it.
+    let change = relabel(&c, &[("app", "cache")]);
+    let t = narrow_step(&mut c, &mut eng, key.clone(), change);
+    assert_eq!(
+        eng.work(),
+        &Work {
+            units: 1,
+            addresses: 1,
+            ..Work::default()
+        }
+    );
+    assert!(t.chains.contains("ing_x_web"), "{t:?}");
+    assert!(
+        t.chains.iter().all(|n| n.ends_with("_x_web")),
+        "its own chains only: {t:?}"
+    );
+    assert!(!t.sets.is_empty(), "{t:?}");
+
+    // A new address is what the `rel_` chains follow.
+    let mut p = c.pod("x", "web").expect("pod").clone();
+    p.ips = vec!["10.0.0.9".parse().expect("ip")];
+    let t = narrow_step(&mut c, &mut eng, key, |c| c.apply_pod(p));
+    assert!(eng.work().local_chains, "{:?}", eng.work());
+    let rel = crate::related::chain_name(&"10.0.0.9".parse().expect("ip"));
+    assert!(t.chains.contains(&rel), "{t:?}");
 }

@@ -27,8 +27,8 @@ use std::net::IpAddr;
 pub(crate) const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub(crate) const NODES: [&str; 2] = ["node-1", "node-2"];
 pub(crate) const PORTS: [u16; 5] = [80, 81, 443, 8080, 9000];
-const LABEL_KEYS: [&str; 3] = ["app", "tier", "team"];
-const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
+pub(crate) const LABEL_KEYS: [&str; 3] = ["app", "tier", "team"];
+pub(crate) const LABEL_VALUES: [&str; 3] = ["a", "b", "c"];
 pub(crate) const PORT_NAMES: [&str; 2] = ["http", "metrics"];
 /// A generated pod's named ports: (index into PORT_NAMES, protocol,
 /// number), sorted, one port per name and protocol as in a valid pod.
