@@ -45,4 +45,6 @@ mod incr_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
+mod related_prop_tests;
+#[cfg(test)]
 mod upstream_tests;
