@@ -111,6 +111,7 @@ fn node_net(source_validation: bool) -> NodeNet {
             .map(|((ns, name), dev)| (format!("{ns}/{name}"), dev.to_string()))
             .collect(),
         source_validation,
+        ..NodeNet::default()
     }
 }
 

@@ -281,6 +281,7 @@ pub fn node_net(
             NodeNet {
                 pod_interfaces,
                 source_validation: validation,
+                ..NodeNet::default()
             }
         }
         None if discover => {
@@ -290,10 +291,13 @@ pub fn node_net(
                 Ok(Some(rs)) => policy_compiler::srcval::bindings_in(&rs, cluster, node),
                 _ => Default::default(),
             };
-            crate::ifmap::discover(cluster, node, validation, &previous).map_err(|e| Error::Io {
-                path: "/proc/net/route".into(),
-                source: e,
-            })?
+            let mut prober = crate::ifmap::Prober::default();
+            crate::ifmap::discover(cluster, node, validation, &previous, &mut prober).map_err(
+                |e| Error::Io {
+                    path: "/proc/net/route".into(),
+                    source: e,
+                },
+            )?
         }
         None => NodeNet {
             source_validation: validation,

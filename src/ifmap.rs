@@ -5,8 +5,16 @@
 //!   to the pod's /32 or /128 names the interface;
 //! - bridged layouts (pods on a Linux bridge: the `bridge` CNI plugin,
 //!   flannel's cni0): the route to the pod address leads to a bridge; the
-//!   node's ARP entry gives the pod's MAC and the bridge's forwarding
-//!   database the port that MAC was learned on.
+//!   node's ARP entry (IPv4) or neighbour entry (IPv6) gives the pod's MAC
+//!   and the bridge's forwarding database the port that MAC was learned
+//!   on.
+//!
+//! Every pod-facing port of such a bridge (a veth whose other end is in
+//! another namespace) is listed too, so that the ports no pod is bound to
+//! yet get fail-closed chains. A pod not yet resolved is nudged: the node
+//! sends one empty UDP datagram to its discard port, so the node resolves
+//! the address and the pod's ARP reply or neighbour advertisement (which
+//! a fail-closed port lets through) teaches the node its MAC.
 //!
 //! Learning trusts what it learned first. A pod can send ARP claiming a
 //! neighbour's address (the guard table drops that on every learned
@@ -18,9 +26,9 @@
 //! that two newly learned pods claim goes to neither (each is reported as
 //! unvalidated rather than one validated on the other's port).
 //!
-//! Read from `/proc/net/{route,ipv6_route,arp}` and
-//! `/sys/class/net/<bridge>/{brforward,brif}` of the caller's network
-//! namespace. Parsing is pure and tested on captured text; only
+//! Read from `/proc/net/{route,ipv6_route,arp}`,
+//! `/sys/class/net/<bridge>/{brforward,brif}` and rtnetlink (links, IPv6
+//! neighbours) of the caller's network namespace. Parsing is pure and tested on captured text; only
 //! [`discover`] touches the files. A pod found nowhere (a bridged pod that
 //! has not yet talked to the node, an IPv6-only bridged pod, a layout not
 //! listed above) is reported by the caller and left unvalidated.
@@ -30,6 +38,7 @@ use policy_compiler::{Cluster, NodeNet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// One route of the main table: destination prefix and output interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,8 +144,13 @@ fn route_for<'r>(routes: &'r [Route], ip: &IpAddr) -> Option<&'r Route> {
 pub struct Snapshot {
     pub routes: Vec<Route>,
     pub arp: BTreeMap<(Ipv4Addr, String), [u8; 6]>,
+    /// Resolved IPv6 neighbour entries: (address, interface) -> MAC.
+    pub neigh6: BTreeMap<(Ipv6Addr, String), [u8; 6]>,
     /// Bridge name -> (MAC -> port interface name).
     pub bridges: BTreeMap<String, BTreeMap<[u8; 6], String>>,
+    /// Bridge name -> its pod-facing ports (veths with their other end in
+    /// another namespace).
+    pub ports: BTreeMap<String, BTreeSet<String>>,
     /// Every interface of the namespace, by name.
     pub interfaces: BTreeSet<String>,
 }
@@ -161,7 +175,11 @@ impl Snapshot {
                         .get(&(*v4, route.dev.clone()))
                         .and_then(|mac| ports.get(mac))
                         .cloned(),
-                    IpAddr::V6(_) => None,
+                    IpAddr::V6(v6) => self
+                        .neigh6
+                        .get(&(*v6, route.dev.clone()))
+                        .and_then(|mac| ports.get(mac))
+                        .cloned(),
                 },
             };
             match (&found, dev) {
@@ -226,10 +244,59 @@ impl Snapshot {
                 }
             }
         }
+        let bridge_ports = self.pod_bridge_ports(&local);
         NodeNet {
             pod_interfaces,
             source_validation,
+            bridge_ports,
         }
+    }
+
+    /// The bridge a pod address is routed to, if any.
+    fn bridge_of(&self, ip: &IpAddr) -> Option<&str> {
+        let route = route_for(&self.routes, ip)?;
+        self.bridges
+            .contains_key(&route.dev)
+            .then_some(route.dev.as_str())
+    }
+
+    /// The pod-facing ports of the bridges that routes to `pods` lead to
+    /// (never of other bridges of the node, never the bridge itself).
+    fn pod_bridge_ports(&self, pods: &[&Pod]) -> BTreeSet<String> {
+        let bridges: BTreeSet<&str> = pods
+            .iter()
+            .flat_map(|p| &p.ips)
+            .filter_map(|ip| self.bridge_of(ip))
+            .collect();
+        bridges
+            .into_iter()
+            .filter_map(|b| self.ports.get(b))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Addresses of local pods, routed to a bridge, that no interface is
+    /// found for and that `previous` does not keep: what to nudge.
+    pub fn unresolved(
+        &self,
+        cluster: &Cluster,
+        node: &str,
+        previous: &BTreeMap<String, String>,
+    ) -> Vec<IpAddr> {
+        cluster
+            .pods()
+            .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+            .filter(|p| {
+                let k = format!("{}/{}", p.namespace, p.name);
+                !previous
+                    .get(&k)
+                    .is_some_and(|d| self.interfaces.contains(d))
+                    && self.interface_of(p).is_none()
+            })
+            .flat_map(|p| p.ips.iter().copied())
+            .filter(|ip| self.bridge_of(ip).is_some())
+            .collect()
     }
 }
 
@@ -270,12 +337,74 @@ pub fn snapshot() -> std::io::Result<Snapshot> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    let links = crate::netlink::route::links().map_err(std::io::Error::other)?;
+    let name: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let mut ports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for l in links.iter().filter(|l| l.is_pod_facing()) {
+        if let Some(b) = l.master.and_then(|m| name.get(&m)) {
+            ports
+                .entry(b.to_string())
+                .or_default()
+                .insert(l.name.clone());
+        }
+    }
+    let neigh6 = crate::netlink::route::neighbours6()
+        .map_err(std::io::Error::other)?
+        .into_iter()
+        .filter_map(|(ip, index, mac)| match ip {
+            IpAddr::V6(a) => Some(((a, name.get(&index)?.to_string()), mac)),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     Ok(Snapshot {
         routes,
         arp,
+        neigh6,
         bridges,
+        ports,
         interfaces,
     })
+}
+
+/// Nudges bridged pods the node has not resolved yet, each address at
+/// most once per [`Prober::AGAIN`], so a pod that never answers (or an
+/// attacker port) costs one datagram per interval, not one per check.
+#[derive(Debug, Default)]
+pub struct Prober {
+    last: BTreeMap<IpAddr, Instant>,
+}
+
+impl Prober {
+    const AGAIN: Duration = Duration::from_secs(5);
+    /// Address resolution between namespaces of one node takes well under
+    /// a millisecond; this bounds the wait for the answers.
+    const POLLS: u32 = 5;
+    const POLL: Duration = Duration::from_millis(10);
+
+    /// Sends one empty datagram to UDP port 9 (discard) of each address
+    /// not nudged within [`Prober::AGAIN`]; returns how many were sent.
+    fn nudge(&mut self, addrs: &[IpAddr]) -> usize {
+        let now = Instant::now();
+        self.last
+            .retain(|_, t| now.duration_since(*t) < Self::AGAIN);
+        let mut sent = 0;
+        for ip in addrs {
+            if self.last.contains_key(ip) {
+                continue;
+            }
+            self.last.insert(*ip, now);
+            let bind: std::net::SocketAddr = match ip {
+                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let r = std::net::UdpSocket::bind(bind).and_then(|s| s.send_to(&[], (*ip, 9)));
+            match r {
+                Ok(_) => sent += 1,
+                Err(e) => tracing::debug!(addr = %ip, error = %e, "cannot nudge a pod address"),
+            }
+        }
+        sent
+    }
 }
 
 /// The interface map of `node` from the kernel state of this namespace,
@@ -285,14 +414,25 @@ pub fn discover(
     node: &str,
     source_validation: bool,
     previous: &BTreeMap<String, String>,
+    prober: &mut Prober,
 ) -> std::io::Result<NodeNet> {
     if !source_validation {
         return Ok(NodeNet {
-            pod_interfaces: BTreeMap::new(),
             source_validation,
+            ..NodeNet::default()
         });
     }
-    Ok(snapshot()?.node_net(cluster, node, source_validation, previous))
+    let mut snap = snapshot()?;
+    if prober.nudge(&snap.unresolved(cluster, node, previous)) > 0 {
+        for _ in 0..Prober::POLLS {
+            std::thread::sleep(Prober::POLL);
+            snap = snapshot()?;
+            if snap.unresolved(cluster, node, previous).is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(snap.node_net(cluster, node, source_validation, previous))
 }
 
 #[cfg(test)]
@@ -360,7 +500,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
                 fdb.into_keys().map(|m| (m, "vp7".to_string())).collect(),
             )]
             .into(),
-            interfaces: BTreeSet::new(),
+            ..Snapshot::default()
         };
         assert_eq!(
             snap.interface_of(&pod(&["10.244.1.10", "fd00:10:244:1::a"]))
@@ -400,6 +540,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
             )]
             .into(),
             interfaces: ["cbr0", "vpatt", "vpvic"].map(String::from).into(),
+            ..Snapshot::default()
         };
         let named = |name: &str, ip: &str| Pod {
             name: name.into(),
@@ -449,5 +590,69 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
             learned(&[("victim", "vpgone"), ("attacker", "vpatt")]),
             map(&[("attacker", "vpatt")])
         );
+    }
+
+    #[test]
+    fn ipv6_only_pods_learn_by_neighbour_entry_and_only_pod_bridges_list_ports() {
+        let route6 = "fd000010024400010000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     cbr0
+";
+        let mac = [2, 0, 0, 0, 0, 0x6];
+        let v6: Ipv6Addr = "fd00:10:244:1::6".parse().expect("v6");
+        let mut routes = parse_route4(ROUTE4);
+        routes.extend(parse_route6(route6));
+        let snap = Snapshot {
+            routes,
+            neigh6: [((v6, "cbr0".to_string()), mac)].into(),
+            bridges: [
+                ("cbr0".to_string(), [(mac, "vp6".to_string())].into()),
+                ("docker0".to_string(), BTreeMap::new()),
+            ]
+            .into(),
+            ports: [
+                ("cbr0".to_string(), ["vp6", "vp9"].map(String::from).into()),
+                ("docker0".to_string(), ["vethd"].map(String::from).into()),
+            ]
+            .into(),
+            interfaces: ["cbr0", "vp6", "vp9", "docker0", "vethd"]
+                .map(String::from)
+                .into(),
+            ..Snapshot::default()
+        };
+        let six = Pod {
+            name: "six".into(),
+            ..pod(&["fd00:10:244:1::6"])
+        };
+        let quiet = Pod {
+            name: "quiet".into(),
+            ..pod(&["10.244.1.20", "fd00:10:244:1::20"])
+        };
+        assert_eq!(snap.interface_of(&six).as_deref(), Some("vp6"));
+        let cluster = Cluster::from_objects([
+            policy_compiler::Object::Pod(six),
+            policy_compiler::Object::Pod(quiet),
+        ]);
+        let net = snap.node_net(&cluster, "n", true, &BTreeMap::new());
+        assert_eq!(
+            net.pod_interfaces,
+            [("x/six".to_string(), "vp6".to_string())].into()
+        );
+        // The pods' bridge's ports, not docker0's, not the bridge itself.
+        assert_eq!(net.bridge_ports, ["vp6", "vp9"].map(String::from).into());
+        // What to nudge: the unresolved pod's addresses on the bridge.
+        let ips =
+            |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|s| s.parse().expect("ip")).collect() };
+        assert_eq!(
+            snap.unresolved(&cluster, "n", &BTreeMap::new()),
+            ips(&["10.244.1.20", "fd00:10:244:1::20"])
+        );
+        // A routed-only node has no bridge ports.
+        let routed = Snapshot {
+            routes: parse_route4(ROUTE4),
+            ..Snapshot::default()
+        };
+        assert!(routed
+            .node_net(&cluster, "n", true, &BTreeMap::new())
+            .bridge_ports
+            .is_empty());
     }
 }

@@ -491,7 +491,10 @@ impl Incremental {
         let locals = self.local_cluster(cluster);
         self.redo_related(&locals, &mut touched);
         // Without interfaces there are no validation chains to redo.
-        if !self.src_chains.is_empty() || !self.net.pod_interfaces.is_empty() {
+        if !self.src_chains.is_empty()
+            || !self.net.pod_interfaces.is_empty()
+            || !self.net.bridge_ports.is_empty()
+        {
             for name in mem::take(&mut self.src_chains) {
                 self.rs.chains.remove(&name);
                 touched.chains.insert(name);

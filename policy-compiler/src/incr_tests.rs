@@ -339,7 +339,13 @@ fn net_for(c: &Cluster, on: bool) -> NodeNet {
                 format!("v{}", p.name),
             );
         }
-        // Pods added later have no interface until the map is relearnt.
+        // Pods added later have no interface until the map is relearnt;
+        // meanwhile the bridge ports nobody is bound to name their
+        // addresses.
+        net.bridge_ports = ["vfree0", "vfree1"].map(String::from).into();
+        if let Some(p) = c.pods().next() {
+            net.bridge_ports.insert(format!("v{}", p.name));
+        }
     }
     net
 }

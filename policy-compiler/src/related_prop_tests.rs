@@ -296,7 +296,7 @@ fn check(
                     .filter(|p| p.node_name.as_deref() == Some(*n))
                     .map(|p| (format!("{}/{}", p.namespace, p.name), interface(p)))
                     .collect(),
-                source_validation: true,
+                ..NodeNet::default()
             };
             compile_node_with(c, n, &net, &AuditOptions::default())
         })

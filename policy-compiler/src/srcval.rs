@@ -8,6 +8,13 @@
 //! never needs, and ARP or neighbour advertisements claiming an address
 //! that is not the pod's.
 //!
+//! A port of a pod bridge that no pod is bound to yet (a pod not learned
+//! yet, or an attacker that never talks to the node) fails closed: it gets
+//! the same pair of chains (`l2new_<port>`, `srcnew_<port>`) with the
+//! addresses of every local pod still unlearned standing in for "its own",
+//! and its `inet` chain lets only neighbour discovery through, so that
+//! learning can happen and nothing else passes until it has.
+//!
 //! The check sits on the `ingress` hook, per interface, before bridging,
 //! routing and conntrack. That is the one place that still knows the port
 //! a packet came in on in both pod layouts: a routed veth per pod, and pods
@@ -23,7 +30,7 @@ use crate::model::Pod;
 use crate::names::{comment, ident};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 
 /// Ahead of everything else on the interface (the netdev `ingress`
@@ -39,6 +46,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 /// ICMPv6 neighbour advertisement: its target address is what it claims.
 pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// ICMPv6 neighbour solicitation.
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
 
 /// Neighbour discovery (router/neighbour solicitation and advertisement).
 /// Redirect (137) is left out: pods are not routers.
@@ -57,6 +66,10 @@ pub struct NodeNet {
     /// Off only for networks with asymmetric routing into pods.
     #[serde(default = "yes")]
     pub source_validation: bool,
+    /// Every pod-facing port of the bridges local pods sit on. Those that
+    /// no pod in `pod_interfaces` is bound to get fail-closed chains.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub bridge_ports: BTreeSet<String>,
 }
 
 fn yes() -> bool {
@@ -68,6 +81,7 @@ impl Default for NodeNet {
         NodeNet {
             pod_interfaces: BTreeMap::new(),
             source_validation: true,
+            bridge_ports: BTreeSet::new(),
         }
     }
 }
@@ -88,6 +102,34 @@ impl NodeNet {
         local_pods(cluster, node)
             .filter(|p| self.interface_of(p).is_none())
             .collect()
+    }
+
+    /// The bridge ports no local pod is bound to, with the addresses of
+    /// the local pods still unlearned (sorted): what such a port may claim
+    /// while its pod is being learned. Empty without validation.
+    pub fn unbound_ports<'n>(
+        &'n self,
+        cluster: &Cluster,
+        node: &str,
+    ) -> (Vec<&'n str>, Vec<IpAddr>) {
+        if !self.source_validation || self.bridge_ports.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let bound: BTreeSet<&str> = self.pod_interfaces.values().map(String::as_str).collect();
+        let ports = self
+            .bridge_ports
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !bound.contains(p))
+            .collect();
+        let mut addrs: Vec<IpAddr> = self
+            .unmapped(cluster, node)
+            .iter()
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        (ports, addrs)
     }
 }
 
@@ -112,6 +154,110 @@ pub fn parse_interface_map(text: &str) -> Result<BTreeMap<String, String>, Strin
 
 pub fn src_chain_name(pod: &Pod) -> String {
     ident("src", &[&pod.namespace, &pod.name])
+}
+
+/// The `inet` chain of a bridge port no pod is bound to.
+pub fn unbound_src_chain_name(port: &str) -> String {
+    ident("srcnew", &[port])
+}
+
+/// The guard chain of a bridge port no pod is bound to.
+pub fn unbound_guard_chain_name(port: &str) -> String {
+    ident("l2new", &[port])
+}
+
+fn link_local() -> IpNet {
+    IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10)
+        .expect("fe80::/10 is a valid prefix")
+}
+
+/// Neighbour discovery (types `lo..=hi`, hop limit 255) and MLDv2
+/// reports (hop limit 1) from the link-local and the unspecified address.
+fn nd_exemptions(lo: u8, hi: u8) -> Vec<Rule> {
+    let unspecified = IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    let mut rules = Vec::new();
+    for (net6, what) in [(link_local(), "link-local"), (unspecified, "unspecified")] {
+        let src = Match::AddrPrefix {
+            family: Family::Ipv6,
+            dir: Dir::Src,
+            net: net6,
+        };
+        rules.push(Rule {
+            matches: vec![
+                src.clone(),
+                Match::Icmpv6Type { lo, hi },
+                Match::Ip6HopLimit(255),
+            ],
+            verdict: Verdict::Accept,
+            comment: Some(format!("neighbour discovery from the {what} address")),
+        });
+        rules.push(Rule {
+            matches: vec![
+                src,
+                Match::Icmpv6Type {
+                    lo: MLD2_REPORT,
+                    hi: MLD2_REPORT,
+                },
+                Match::Ip6HopLimit(1),
+            ],
+            verdict: Verdict::Accept,
+            comment: Some(format!("MLD report from the {what} address")),
+        });
+    }
+    rules
+}
+
+/// The `inet` chain of a bridge port no pod is bound to: only what
+/// learning the port's pod needs passes. Learning reads the node's
+/// neighbour entry for a pod address, which the pod's own neighbour
+/// solicitation or advertisement (from that address, hop limit 255)
+/// creates; solicitations and advertisements from the link-local and
+/// unspecified address (address resolution and duplicate address
+/// detection) and MLDv2 reports (the bridge snoops them to deliver
+/// solicitations for the pod's addresses) pass too, as on a learned port.
+/// Router solicitation is left out: learning does not need it. IPv4
+/// needs nothing here: ARP never reaches an `inet` chain, and the
+/// guard checks it.
+fn unbound_src_chain(port: &str, unlearned: &[IpAddr]) -> Chain {
+    let mut rules = Vec::new();
+    let own6: Vec<&IpAddr> = unlearned.iter().filter(|a| a.is_ipv6()).collect();
+    for ip in &own6 {
+        rules.push(Rule {
+            matches: vec![
+                Match::AddrPrefix {
+                    family: Family::Ipv6,
+                    dir: Dir::Src,
+                    net: IpNet::from(**ip),
+                },
+                Match::Icmpv6Type {
+                    lo: ND_NEIGHBOR_SOLICIT,
+                    hi: ND_NEIGHBOR_ADVERT,
+                },
+                Match::Ip6HopLimit(255),
+            ],
+            verdict: Verdict::Accept,
+            comment: Some("neighbour discovery from a pod still to be learned".into()),
+        });
+    }
+    if !own6.is_empty() {
+        rules.extend(nd_exemptions(ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT));
+    }
+    rules.push(Rule {
+        matches: vec![Match::Counter],
+        verdict: Verdict::Drop,
+        comment: Some(comment(format!(
+            "port {port} bound to no pod yet: only ARP and neighbour discovery pass"
+        ))),
+    });
+    Chain {
+        base: Some(BaseChain {
+            hook: Hook::Ingress,
+            priority: SRC_PRIORITY,
+            policy: ChainPolicy::Accept,
+            device: Some(port.to_string()),
+        }),
+        rules,
+    }
 }
 
 /// Adds one validation chain per local pod with a known interface.
@@ -143,44 +289,8 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
                 comment: None,
             });
         }
-        let link_local = IpNet::new(IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10)
-            .expect("fe80::/10 is a valid prefix");
-        let unspecified = IpNet::from(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        let exempt = if speaks_v6 {
-            vec![(link_local, "link-local"), (unspecified, "unspecified")]
-        } else {
-            Vec::new()
-        };
-        for (net6, what) in exempt {
-            let src = Match::AddrPrefix {
-                family: Family::Ipv6,
-                dir: Dir::Src,
-                net: net6,
-            };
-            rules.push(Rule {
-                matches: vec![
-                    src.clone(),
-                    Match::Icmpv6Type {
-                        lo: ND_TYPES.0,
-                        hi: ND_TYPES.1,
-                    },
-                    Match::Ip6HopLimit(255),
-                ],
-                verdict: Verdict::Accept,
-                comment: Some(format!("neighbour discovery from the {what} address")),
-            });
-            rules.push(Rule {
-                matches: vec![
-                    src,
-                    Match::Icmpv6Type {
-                        lo: MLD2_REPORT,
-                        hi: MLD2_REPORT,
-                    },
-                    Match::Ip6HopLimit(1),
-                ],
-                verdict: Verdict::Accept,
-                comment: Some(format!("MLD report from the {what} address")),
-            });
+        if speaks_v6 {
+            rules.extend(nd_exemptions(ND_TYPES.0, ND_TYPES.1));
         }
         rules.push(Rule {
             matches: vec![Match::Counter],
@@ -201,6 +311,13 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
                 }),
                 rules,
             },
+        );
+    }
+    let (ports, unlearned) = net.unbound_ports(cluster, node);
+    for port in ports {
+        rs.chains.insert(
+            unbound_src_chain_name(port),
+            unbound_src_chain(port, &unlearned),
         );
     }
 }
@@ -247,10 +364,17 @@ pub fn guard_chain_name(pod: &Pod) -> String {
 /// The `netdev nftpol` table: one chain per interface of
 /// [`add_chains`], or `None` when there is none.
 pub fn guard(cluster: &Cluster, node: &str, net: &NodeNet) -> Option<Guard> {
-    let chains: BTreeMap<String, Chain> = by_interface(cluster, node, net)
+    let mut chains: BTreeMap<String, Chain> = by_interface(cluster, node, net)
         .into_iter()
         .map(|(dev, pods)| (guard_chain_name(pods[0]), guard_chain(dev, &pods)))
         .collect();
+    let (ports, unlearned) = net.unbound_ports(cluster, node);
+    for port in ports {
+        chains.insert(
+            unbound_guard_chain_name(port),
+            claims_guard(port, "a pod still to be learned", &unlearned),
+        );
+    }
     (!chains.is_empty()).then_some(Guard { flags: 0, chains })
 }
 
@@ -260,10 +384,16 @@ pub fn guard_chain(dev: &str, pods: &[&Pod]) -> Chain {
         .iter()
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
-    let names = names.join(", ");
     let mut own: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
     own.sort();
     own.dedup();
+    claims_guard(dev, &names.join(", "), &own)
+}
+
+/// A guard chain on `dev` whose ARP and neighbour advertisements may
+/// claim only `own` (and what every port may claim: 0.0.0.0 in a probe,
+/// link-local targets); `names` says whose addresses those are.
+fn claims_guard(dev: &str, names: &str, own: &[IpAddr]) -> Chain {
     let ether = |ty: u16, negate: bool| Match::EtherType { ty, negate };
     let drop = |mut matches: Vec<Match>, why: String| {
         matches.push(Match::Counter);
@@ -398,7 +528,7 @@ mod tests {
                 .iter()
                 .map(|p| (format!("x/{p}"), "veth0".into()))
                 .collect(),
-            source_validation: true,
+            ..NodeNet::default()
         };
         let v4 = chain_of(&pod("a", "{ip: 10.0.0.1}"), &net(&["a"]));
         let dual = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net(&["d"]));
@@ -433,5 +563,157 @@ mod tests {
             &net(&["a", "d"]),
         );
         assert_eq!(v6_rules(&shared), 4, "{shared:?}");
+    }
+
+    fn bridged(yaml: &str, bound: &[(&str, &str)], ports: &[&str]) -> Ruleset {
+        let loaded = crate::manifest::parse("t.yaml", yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let cluster = Cluster::from_objects(loaded.objects);
+        let net = NodeNet {
+            pod_interfaces: bound
+                .iter()
+                .map(|(p, d)| (format!("x/{p}"), d.to_string()))
+                .collect(),
+            source_validation: true,
+            bridge_ports: ports.iter().map(|p| p.to_string()).collect(),
+        };
+        crate::compile::compile_node(&cluster, "n1", &net)
+    }
+
+    fn packet(saddr: &str, proto: u8, dport: u16, hoplimit: u8) -> crate::interp::Packet {
+        let saddr: IpAddr = saddr.parse().unwrap();
+        crate::interp::Packet {
+            saddr,
+            daddr: if saddr.is_ipv4() {
+                "10.0.0.9".parse().unwrap()
+            } else {
+                "fd00::9".parse().unwrap()
+            },
+            proto,
+            dport,
+            ct: CtState::New,
+            hoplimit,
+            ct_saddrs: None,
+        }
+    }
+
+    #[test]
+    fn a_bridge_port_bound_to_no_pod_passes_only_what_learning_needs() {
+        let yaml = pod("old", "{ip: 10.0.0.1}, {ip: 'fd00::1'}")
+            + &pod("new", "{ip: 10.0.0.2}, {ip: 'fd00::2'}");
+        let rs = bridged(&yaml, &[("old", "vp0")], &["vp0", "vp1"]);
+        // The learned pod's port keeps its own chains; only vp1 is new.
+        let news: Vec<&String> = rs.chains.keys().filter(|k| k.contains("new")).collect();
+        assert_eq!(news, ["srcnew_vp1"], "{:?}", rs.chains.keys());
+        let guard = rs.guard.as_ref().expect("guard");
+        assert!(guard.chains.contains_key("l2_x_old"));
+        let l2new = guard.chains.get("l2new_vp1").expect("l2new_vp1");
+        assert_eq!(
+            l2new.base.as_ref().and_then(|b| b.device.as_deref()),
+            Some("vp1")
+        );
+        let icmpv6 = crate::ir::l4::ICMPV6;
+        let udp = crate::ir::l4::UDP;
+        let on_new = |saddr: &str, proto: u8, dport: u16, hoplimit: u8| {
+            crate::interp::hook_accepts(&rs, "srcnew_vp1", &packet(saddr, proto, dport, hoplimit))
+        };
+        // What learning needs: the unlearned pod's NS/NA from its own
+        // address, and ND and DAD from link-local and unspecified.
+        for (saddr, ty) in [
+            ("fd00::2", 135),
+            ("fd00::2", 136),
+            ("fe80::1", 135),
+            ("::", 135),
+        ] {
+            assert!(on_new(saddr, icmpv6, ty, 255), "{saddr} type {ty}");
+        }
+        assert!(on_new("fe80::1", icmpv6, 143, 1), "MLD report");
+        // Everything else is dropped: the unlearned pod's own traffic,
+        // ND that was routed or is not NS/NA, and claims of the learned
+        // pod's address.
+        for (saddr, proto, dport, hoplimit) in [
+            ("10.0.0.2", udp, 53, 64),
+            ("fd00::2", udp, 53, 64),
+            ("fd00::2", icmpv6, 135, 254),
+            ("fd00::2", icmpv6, 133, 255),
+            ("fe80::1", icmpv6, 134, 255),
+            ("fd00::1", icmpv6, 136, 255),
+            ("10.0.0.1", udp, 53, 64),
+        ] {
+            assert!(
+                !on_new(saddr, proto, dport, hoplimit),
+                "{saddr} {proto}/{dport} hop limit {hoplimit}"
+            );
+        }
+        let last = rs.chains["srcnew_vp1"].rules.last().expect("rules");
+        assert!(
+            matches!(last.verdict, Verdict::Drop)
+                && last.matches.contains(&Match::Counter)
+                && last
+                    .comment
+                    .as_deref()
+                    .is_some_and(|c| c.contains("port vp1 bound to no pod")),
+            "{last:?}"
+        );
+        // ARP and advertisements may claim only the unlearned pod's
+        // addresses (and what every port may: a probe, link-local).
+        let arp: Vec<&Match> = l2new
+            .rules
+            .iter()
+            .filter(|r| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("ARP sender"))
+            })
+            .flat_map(|r| &r.matches)
+            .collect();
+        assert!(arp.contains(&&Match::ArpSenderIpNot("10.0.0.2".parse().unwrap())));
+        assert!(arp.contains(&&Match::ArpSenderIpNot(std::net::Ipv4Addr::UNSPECIFIED)));
+        assert!(!arp.contains(&&Match::ArpSenderIpNot("10.0.0.1".parse().unwrap())));
+        let na: Vec<&Match> = l2new
+            .rules
+            .iter()
+            .filter(|r| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("neighbour advert"))
+            })
+            .flat_map(|r| &r.matches)
+            .collect();
+        assert!(na.contains(&&Match::NdTargetNot("fd00::2/128".parse().unwrap())));
+        assert!(!na.contains(&&Match::NdTargetNot("fd00::1/128".parse().unwrap())));
+        // The ordinary guard rules are there too.
+        assert!(l2new.rules.iter().any(|r| r
+            .comment
+            .as_deref()
+            .is_some_and(|c| c.starts_with("VLAN tag"))));
+    }
+
+    #[test]
+    fn once_learned_the_port_gets_the_pods_chains_and_ports_need_validation() {
+        let yaml = pod("old", "{ip: 10.0.0.1}") + &pod("new", "{ip: 10.0.0.2}");
+        let rs = bridged(&yaml, &[("old", "vp0"), ("new", "vp1")], &["vp0", "vp1"]);
+        assert!(!rs.chains.keys().any(|k| k.starts_with("srcnew")));
+        let guard = rs.guard.as_ref().expect("guard");
+        assert!(guard.chains.contains_key("l2_x_new"));
+        assert!(!guard.chains.keys().any(|k| k.starts_with("l2new")));
+        // An IPv4-only unlearned pod: no IPv6 exemption on a new port.
+        let rs = bridged(&yaml, &[("old", "vp0")], &["vp0", "vp1"]);
+        assert_eq!(
+            rs.chains["srcnew_vp1"].rules.len(),
+            1,
+            "{:?}",
+            rs.chains["srcnew_vp1"]
+        );
+        // Without validation there are no port chains at all.
+        let loaded = crate::manifest::parse("t.yaml", &yaml);
+        let cluster = Cluster::from_objects(loaded.objects);
+        let net = NodeNet {
+            source_validation: false,
+            bridge_ports: ["vp0".to_string(), "vp1".to_string()].into(),
+            ..NodeNet::default()
+        };
+        let rs = crate::compile::compile_node(&cluster, "n1", &net);
+        assert!(rs.guard.is_none() && !rs.chains.keys().any(|k| k.starts_with("src")));
     }
 }

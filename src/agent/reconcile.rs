@@ -108,6 +108,12 @@ impl Kind {
 
 /// Most queued changes taken at once before the loop checks its deadline.
 const DRAIN_MAX: usize = 4096;
+/// How often to look for bridged pods still unlearned while there are
+/// some: their ports drop everything but ARP and ND until then, so this
+/// bounds the gap a pod that did not answer the first nudge sees. A look
+/// is a read of the node's routes and tables (the nudge itself is
+/// rate-limited by the prober).
+const RELEARN: Duration = Duration::from_secs(1);
 
 /// `(namespace, name)`; the namespace is empty for Namespaces.
 pub type Key = (String, String);
@@ -295,6 +301,12 @@ pub struct Reconciler<B, C = SystemClock> {
     /// The interface map of the last compile, and what was last warned
     /// about (so a steady state logs once).
     last_net: NodeNet,
+    /// Nudges bridged pods the node has not resolved yet (rate-limited
+    /// across checks, so behind a lock for the `&self` discovery).
+    prober: std::sync::Mutex<crate::ifmap::Prober>,
+    /// When to look again for bridged pods still unlearned (their ports
+    /// are closed until then); `None` when there are none.
+    relearn_at: Option<Instant>,
     last_warned: (Vec<String>, Vec<String>),
     /// Cuts the connections each newly applied ruleset denies, when on.
     revoker: Option<Box<dyn Revoke>>,
@@ -332,6 +344,8 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             hit_export,
             next_drift: now + settings.drift_interval,
             last_net: NodeNet::default(),
+            prober: Default::default(),
+            relearn_at: None,
             last_warned: Default::default(),
             settings,
             clock,
@@ -477,7 +491,10 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                     None => due,
                 })
             }
-            None => Some(self.next_drift),
+            None => Some(match self.relearn_at {
+                Some(r) => r.min(self.next_drift),
+                None => self.next_drift,
+            }),
         }
     }
 
@@ -621,6 +638,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     }
 
     fn tick(&mut self) {
+        if self.relearn_at.is_some_and(|r| r <= self.clock.now()) {
+            self.relearn_at = Some(self.clock.now() + RELEARN);
+        }
         // A pod interface that appeared or moved since the last compile
         // (a bridged pod first seen in the ARP table, a recreated veth)
         // changes the ruleset although no object changed.
@@ -665,7 +685,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             return match map {
                 Ok(pod_interfaces) => NodeNet {
                     pod_interfaces,
-                    source_validation: true,
+                    ..NodeNet::default()
                 },
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read the pod interface map; no source validation this round");
@@ -689,7 +709,14 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         } else {
             self.last_net.pod_interfaces.clone()
         };
-        match crate::ifmap::discover(&self.cluster, &s.node, s.source_validation, &previous) {
+        let mut prober = self.prober.lock().unwrap_or_else(|e| e.into_inner());
+        match crate::ifmap::discover(
+            &self.cluster,
+            &s.node,
+            s.source_validation,
+            &previous,
+            &mut prober,
+        ) {
             Ok(net) => net,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the node's routes and bridges; no source validation this round");
@@ -783,6 +810,11 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             ))
         };
         let desired = full.as_ref().unwrap_or_else(|| self.incr.ruleset());
+        // A pod on a bridge whose port is closed until it is learned
+        // should not wait for the drift check: look again soon.
+        let waiting = !net.bridge_ports.is_empty()
+            && !net.unmapped(&self.cluster, &self.settings.node).is_empty();
+        self.relearn_at = waiting.then(|| self.clock.now() + RELEARN);
         self.last_net = net;
         let compile = t0.elapsed();
         self.metrics.compile_seconds.observe(compile.as_secs_f64());

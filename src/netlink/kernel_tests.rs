@@ -480,7 +480,7 @@ fn netlink_apply_equals_nft_f_of_the_rendered_script() {
             Ok(map) => policy_compiler::NodeNet {
                 pod_interfaces: policy_compiler::srcval::parse_interface_map(&map)
                     .expect("interface map"),
-                source_validation: true,
+                ..Default::default()
             },
             Err(_) => policy_compiler::NodeNet::default(),
         };

@@ -28,6 +28,7 @@ pub mod notify;
 mod parse;
 mod raw;
 pub mod read;
+pub mod route;
 pub mod socket;
 pub mod wire;
 

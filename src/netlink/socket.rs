@@ -68,7 +68,8 @@ impl Msg {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
-    fn payload(&self) -> &[u8] {
+    /// Everything after the netlink header.
+    pub fn payload(&self) -> &[u8] {
         &self.bytes[HDR.min(self.bytes.len())..]
     }
     /// The address family of an nftables message (`nfgenmsg`).
@@ -153,7 +154,16 @@ fn setsockopt_int(
 
 impl Socket {
     pub fn open() -> Result<Socket, NetlinkError> {
-        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Socket)?;
+        Socket::open_bus(mnl::Bus::Netfilter)
+    }
+
+    /// A NETLINK_ROUTE socket (links and neighbours, read-only dumps).
+    pub fn open_route() -> Result<Socket, NetlinkError> {
+        Socket::open_bus(mnl::Bus::Route)
+    }
+
+    fn open_bus(bus: mnl::Bus) -> Result<Socket, NetlinkError> {
+        let sock = mnl::Socket::new(bus).map_err(NetlinkError::Socket)?;
         let fd = sock.as_raw_fd();
         // Best effort: without them errors are still reported, just with
         // the whole request echoed back and no text.

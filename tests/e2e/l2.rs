@@ -679,3 +679,269 @@ fn arp_spoofing_moves_no_binding() {
         "friend -> victim after the spoofing"
     );
 }
+
+/// `nft list chain FAMILY nftpol CHAIN` on node1, and the packet count
+/// of its rules whose comment holds `what`.
+fn chain_drops(c: &SimCluster, family: &str, chain: &str, what: &str) -> u64 {
+    node_nft(c, "node1", &["list", "chain", family, "nftpol", chain])
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter_map(rule_packets)
+        .sum()
+}
+
+/// Removes every address of a pod (a pod whose network is not ready, or
+/// an attacker that answers nothing): it cannot be learned.
+fn unaddress(c: &SimCluster, pod: &str) {
+    crate::netns::ip(&netns(c, pod), &["addr", "flush", "dev", "eth0"]);
+}
+
+/// Gives a pod its addresses (IPv4 only with `v4`) and routes back.
+fn readdress(c: &SimCluster, pod: &str, with_v4: bool) {
+    let ns = netns(c, pod);
+    if with_v4 {
+        let a = format!("{}/24", v4(c, pod));
+        crate::netns::ip(&ns, &["addr", "add", &a, "dev", "eth0"]);
+        crate::netns::ip(&ns, &["route", "replace", "default", "via", "10.244.1.1"]);
+    }
+    let a = format!("{}/64", v6(c, pod));
+    crate::netns::ip(&ns, &["addr", "add", &a, "dev", "eth0", "nodad"]);
+    crate::netns::ip(
+        &ns,
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "fd00:10:244:1::1",
+        ],
+    );
+}
+
+/// A bridge port no pod is bound to fails closed. Three pods join node1's
+/// bridge after it was programmed, none of them answering the node yet:
+/// `apply` gives each port the `l2new_`/`srcnew_` pair. From its fresh
+/// port, `intruder` (which never answers) forges `friend`'s address to
+/// `victim` (which admits `friend`), sends with its own address to
+/// `bystander` (no policy), and claims `victim`'s addresses in ARP and in
+/// a neighbour advertisement: nothing arrives, the node's ARP entry for
+/// the victim stays, each drop is counted. Then `newbie` and `six` (IPv6
+/// only in its namespace) get their addresses: the next `apply` learns
+/// them through their fail-closed ports (ARP reply, neighbour
+/// advertisement to the node's nudge) and they work normally, while the
+/// intruder's port stays closed. Tampering with the new chains is
+/// repaired, and without them the forged frame is delivered.
+#[test]
+fn a_port_no_pod_is_bound_to_fails_closed() {
+    require_root!();
+    require_br_netfilter!();
+    let mut c = crate::attacker::attack_pods(true, &["bystander"]);
+    program_nodes(&mut c, true);
+    for pod in ["intruder", "newbie", "six"] {
+        c.add_pod("x", pod, "node1", labels(&[("pod", pod)]));
+        unaddress(&c, pod);
+    }
+    c.topo.wait_links_up();
+    let port = |c: &SimCluster, p: &str| format!("vp{}", c.pod_index("x", p));
+    let out = apply_node1(&mut c);
+    let guard = node_nft(&c, "node1", &["list", "table", "netdev", "nftpol"]);
+    let inet = c.ruleset("node1");
+    for p in ["intruder", "newbie", "six"] {
+        assert!(
+            guard.contains(&format!("chain l2new_{}", port(&c, p)))
+                && inet.contains(&format!("chain srcnew_{}", port(&c, p))),
+            "{p}'s port is not closed: {out}\n{guard}\n{inet}"
+        );
+    }
+    let out = apply_node1(&mut c);
+    assert!(out.contains("no changes"), "read-back differs: {out}");
+
+    let (IpAddr::V4(victim4), IpAddr::V6(victim6)) = (v4(&c, "victim"), v6(&c, "victim")) else {
+        panic!("pod addresses");
+    };
+    let victim_mac = mac_of(&netns(&c, "victim"));
+    let bystander_mac = mac_of(&netns(&c, "bystander"));
+    let intruder_mac = mac_of(&netns(&c, "intruder"));
+    // The node resolves the victim (a datagram to its discard port);
+    // bounded.
+    let to = v4(&c, "victim");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while node_neigh(&c, to).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the node never resolved the victim"
+        );
+        spawn_in(&c.topo.node("node1").netns, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+            let _ = s.send_to(b"", (to, 9));
+        })
+        .join()
+        .expect("resolve");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim_entry = node_neigh(&c, to);
+    let forged = |c: &SimCluster, id0: u16, arrives: bool| {
+        let mut frames = Vec::new();
+        for (i, fam6) in [false, true].into_iter().enumerate() {
+            let pick = |p: &str| if fam6 { v6(c, p) } else { v4(c, p) };
+            let id = id0 + 2 * i as u16;
+            frames.push(Frame {
+                name: format!(
+                    "intruder as friend to victim (IPv{})",
+                    if fam6 { 6 } else { 4 }
+                ),
+                from: "intruder",
+                dst_mac: victim_mac,
+                src: pick("friend"),
+                dst: pick("victim"),
+                id,
+                to: "victim",
+                arrives,
+                tags: 0,
+            });
+            frames.push(Frame {
+                name: format!(
+                    "intruder as itself to bystander (IPv{})",
+                    if fam6 { 6 } else { 4 }
+                ),
+                from: "intruder",
+                dst_mac: bystander_mac,
+                src: pick("intruder"),
+                dst: pick("bystander"),
+                id: id + 1,
+                to: "bystander",
+                arrives,
+                tags: 0,
+            });
+            frames.push(Frame {
+                name: format!(
+                    "friend to victim, control (IPv{})",
+                    if fam6 { 6 } else { 4 }
+                ),
+                from: "friend",
+                dst_mac: victim_mac,
+                src: pick("friend"),
+                dst: pick("victim"),
+                id: id + 100,
+                to: "victim",
+                arrives: true,
+                tags: 0,
+            });
+        }
+        frames
+    };
+    let wrong = deliver(&c, &forged(&c, 7000, false), &["victim", "bystander"]);
+    assert!(
+        wrong.is_empty(),
+        "{}\n{}",
+        wrong.join("\n"),
+        c.ruleset("node1")
+    );
+
+    let gw = Ipv4Addr::new(10, 244, 1, 1);
+    let mut claims = vec![
+        arp_frame(intruder_mac, victim4, gw, false),
+        arp_frame(intruder_mac, victim4, victim4, true),
+    ];
+    let ll = IpAddr::V6("fe80::bad".parse().expect("v6"));
+    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
+    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
+    let body = 40;
+    na[body + 4] = 0x20; // override
+    na[body + 8..body + 24].copy_from_slice(&victim6.octets());
+    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
+    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&intruder_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&na);
+    claims.push(f);
+    let sent = claims.clone();
+    spawn_in(&netns(&c, "intruder"), move || send_frames(&sent))
+        .join()
+        .expect("sender");
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        node_neigh(&c, v4(&c, "victim")),
+        victim_entry,
+        "the intruder's ARP claim moved the node's entry"
+    );
+    let l2new = format!("l2new_{}", port(&c, "intruder"));
+    let srcnew = format!("srcnew_{}", port(&c, "intruder"));
+    assert!(chain_drops(&c, "netdev", &l2new, "ARP sender address") >= 2);
+    assert!(chain_drops(&c, "netdev", &l2new, "neighbour advertisement") >= 1);
+    assert!(chain_drops(&c, "inet", &srcnew, "bound to no pod") >= 4);
+
+    // The legitimate pods come up and are learned through their closed
+    // ports (the node's nudge, or the kernel's own retries of the
+    // resolution the first nudge started, is answered); bounded.
+    readdress(&c, "newbie", true);
+    readdress(&c, "six", false);
+    let learned = |c: &SimCluster, p: &str| {
+        node_nft(c, "node1", &["list", "chains", "inet"]).contains(&format!("chain src_x_{p} "))
+    };
+    let t0 = Instant::now();
+    let mut applies = 0;
+    while !(learned(&c, "newbie") && learned(&c, "six")) {
+        assert!(applies < 10, "not learned after {applies} applies");
+        if applies > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        apply_node1(&mut c);
+        applies += 1;
+    }
+    eprintln!("learned after {applies} apply(s), {:?}", t0.elapsed());
+    let guard = node_nft(&c, "node1", &["list", "table", "netdev", "nftpol"]);
+    for p in ["newbie", "six"] {
+        assert!(
+            src_chain(&c, p).contains(&port(&c, p))
+                && !guard.contains(&format!("chain l2new_{}", port(&c, p))),
+            "{p} was not learned on its own port:\n{guard}"
+        );
+    }
+    assert!(guard.contains(&format!("chain {l2new}")), "{guard}");
+    let probe = |from: &str, to: IpAddr| {
+        spawn_in(&netns(&c, from), move || {
+            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, Duration::from_secs(2))
+        })
+        .join()
+        .expect("probe")
+    };
+    for (from, to) in [
+        ("newbie", v4(&c, "bystander")),
+        ("newbie", v6(&c, "bystander")),
+        ("six", v6(&c, "bystander")),
+        ("bystander", v6(&c, "six")),
+    ] {
+        assert!(probe(from, to), "{from} -> {to} after learning");
+    }
+
+    // Tampering with the new chains is seen and repaired.
+    node_nft(&c, "node1", &["flush", "chain", "netdev", "nftpol", &l2new]);
+    node_nft(&c, "node1", &["delete", "chain", "inet", "nftpol", &srcnew]);
+    let out = apply_node1(&mut c);
+    assert!(!out.contains("no changes"), "tampering not seen: {out}");
+    assert!(
+        node_nft(&c, "node1", &["list", "chain", "netdev", "nftpol", &l2new])
+            .contains("ARP sender address")
+            && node_nft(&c, "node1", &["list", "chain", "inet", "nftpol", &srcnew])
+                .contains("bound to no pod"),
+        "not repaired: {out}"
+    );
+
+    // Without the new chains the forged frames arrive (the attack the
+    // chains stop is real on this topology).
+    node_nft(
+        &c,
+        "node1",
+        &["delete", "chain", "netdev", "nftpol", &l2new],
+    );
+    node_nft(&c, "node1", &["delete", "chain", "inet", "nftpol", &srcnew]);
+    let frames: Vec<Frame> = forged(&c, 7200, true)
+        .into_iter()
+        .filter(|f| f.name.contains("as friend"))
+        .collect();
+    let wrong = deliver(&c, &frames, &["victim"]);
+    assert!(wrong.is_empty(), "without the chains: {}", wrong.join("\n"));
+}
