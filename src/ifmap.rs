@@ -375,7 +375,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    const AGAIN: Duration = Duration::from_secs(5);
+    const AGAIN: Duration = Duration::from_secs(2);
     /// Address resolution between namespaces of one node takes well under
     /// a millisecond; this bounds the wait for the answers.
     const POLLS: u32 = 5;

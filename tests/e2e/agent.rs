@@ -28,16 +28,25 @@ impl Agent {
 
     /// [`Agent::start`] with more command-line options.
     pub fn start_with(netns: &str, node: &str, dir: &Path, log: PathBuf, extra: &[&str]) -> Agent {
+        let map = dir.join(format!("{node}.interfaces"));
+        let map = map.to_str().expect("utf-8 temp dir");
+        let mut args = extra.to_vec();
+        args.extend(["--pod-interfaces", map, "--drift-interval", "5s"]);
+        Agent::spawn(netns, node, dir, log, &args)
+    }
+
+    /// The agent with exactly these options besides node, manifests and
+    /// metrics address (without `--pod-interfaces` it learns the pod
+    /// interfaces from the node, as deployed).
+    pub fn spawn(netns: &str, node: &str, dir: &Path, log: PathBuf, args: &[&str]) -> Agent {
         let err = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new("ip")
             .args(["netns", "exec", netns, nftpol_bin(), "agent"])
             .args(["--node-name", node, "--manifests"])
             .arg(dir)
-            .args(extra)
-            .arg("--pod-interfaces")
-            .arg(dir.join(format!("{node}.interfaces")))
+            .args(args)
             // Each node namespace has its own loopback: no port clash.
-            .args(["--metrics-addr", "127.0.0.1:9464", "--drift-interval", "5s"])
+            .args(["--metrics-addr", "127.0.0.1:9464"])
             // Plain logs in the failure report; debug so a reconcile that
             // changed nothing is visible too.
             .env("NO_COLOR", "1")

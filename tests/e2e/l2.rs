@@ -945,3 +945,85 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
     let wrong = deliver(&c, &frames, &["victim"]);
     assert!(wrong.is_empty(), "without the chains: {}", wrong.join("\n"));
 }
+
+/// Waits (bounded by `limit`) until `nft list ARGS` on node1 holds
+/// `what`; the time it took, or `Err` with the listing.
+fn wait_listing(
+    c: &SimCluster,
+    args: &[&str],
+    what: &str,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    loop {
+        let out = node_nft(c, "node1", args);
+        if out.contains(what) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return Err(out);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent as deployed (learning pod interfaces from the node, no
+/// `--pod-interfaces`): a pod that joins node1's bridge before its
+/// network is ready gets a closed port; when its addresses come up, with
+/// no API event at all, the agent learns it in seconds (while a bridged
+/// pod is unlearned it looks again every second and nudges it), not at
+/// the drift check (30 s here), and the pod then works.
+#[test]
+fn the_agent_learns_a_bridged_pod_without_an_event() {
+    require_root!();
+    require_br_netfilter!();
+    let mut c = crate::attacker::attack_pods(true, &["bystander"]);
+    program_nodes(&mut c, true);
+    let dir = c.dir.join("agent-manifests");
+    c.write_manifests_to(&dir);
+    let node1 = c.topo.node("node1").netns.clone();
+    let mut agent = crate::agent::Agent::spawn(
+        &node1,
+        "node1",
+        &dir,
+        c.dir.join("agent.log"),
+        &["--drift-interval", "30s"],
+    );
+    agent.wait_reconciled().unwrap_or_else(|e| panic!("{e}"));
+    c.add_pod("x", "late", "node1", labels(&[("pod", "late")]));
+    unaddress(&c, "late");
+    c.topo.wait_links_up();
+    c.write_manifests_to(&dir);
+    let port = format!("vp{}", c.pod_index("x", "late"));
+    let guard = ["list", "table", "netdev", "nftpol"];
+    wait_listing(
+        &c,
+        &guard,
+        &format!("chain l2new_{port} "),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|out| panic!("the new port was not closed:\n{out}\n{}", agent.log_text()));
+    readdress(&c, "late", true);
+    let took = wait_listing(
+        &c,
+        &["list", "chains", "inet"],
+        "chain src_x_late ",
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|out| panic!("the pod was not learned:\n{out}\n{}", agent.log_text()));
+    eprintln!("learned {took:?} after its addresses came up");
+    let out = node_nft(&c, "node1", &guard);
+    assert!(!out.contains(&format!("chain l2new_{port} ")), "{out}");
+    for (from, to) in [
+        ("late", v4(&c, "bystander")),
+        ("late", v6(&c, "bystander")),
+        ("bystander", v4(&c, "late")),
+    ] {
+        let ok = spawn_in(&netns(&c, from), move || {
+            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, Duration::from_secs(2))
+        })
+        .join()
+        .expect("probe");
+        assert!(ok, "{from} -> {to} after learning\n{}", agent.log_text());
+    }
+}
