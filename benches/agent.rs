@@ -693,6 +693,7 @@ current-context: fake\n",
         .spawn()
         .expect("spawn nftpol agent");
     let pid = child.id().unwrap_or(0);
+    let own_cpu = cpu_seconds("self");
     let ready = loop {
         if started.elapsed() > INITIAL_WAIT {
             break false;
@@ -712,6 +713,10 @@ current-context: fake\n",
             .unwrap_or_else(|| "?".into())
     };
     let (rss_ready, hwm_ready) = (field("VmRSS:"), field("VmHWM:"));
+    // Who did the work of the start: the agent, or this process serving
+    // it the lists (and whatever else the bench's threads do meanwhile).
+    let agent_cpu = cpu_seconds(&pid.to_string());
+    let server_cpu = cpu_seconds("self") - own_cpu;
     for i in 0..events {
         let (_, obj) = event(bench, 200_000 + i, locals);
         let _ = fake.apply(obj);
@@ -719,7 +724,7 @@ current-context: fake\n",
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "agent process (`nftpol agent{}`): {} {} after start (VmRSS {rss_ready}, VmHWM {hwm_ready}); after {events} more events: VmRSS {}, VmHWM (peak) {}",
+        "agent process (`nftpol agent{}`): {} {} after start (CPU: agent {agent_cpu:.1} s, fake API server's process {server_cpu:.1} s; VmRSS {rss_ready}, VmHWM {hwm_ready}); after {events} more events: VmRSS {}, VmHWM (peak) {}",
         if kernel { "`, kernel" } else { " --dry-run`" },
         if ready { "ready" } else { "NOT ready" },
         ms(ready_after),
@@ -734,6 +739,23 @@ current-context: fake\n",
     let st = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     println!("exit after SIGTERM: {st:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// User plus system CPU time of a process (`self` or a pid), in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system; no memory is shared.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
 }
 
 async fn http_get(port: u16, path: &str) -> String {
