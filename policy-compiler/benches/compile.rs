@@ -8,6 +8,14 @@
 //! `NFTPOL_BENCH_PROFILE=admin` compiles the admin cluster's node alone,
 //! over and over (a second's worth of runs, at least 20), so that a
 //! profiler attached to the bench sees nothing else.
+//! `NFTPOL_BENCH_PROFILE=events` runs the agent bench's three events
+//! (benches/agent.rs: a local pod's label flipping a policy's selection,
+//! a new policy, a peer pod added) through the incremental update alone,
+//! `NFTPOL_BENCH_EVENTS` of them (default 300), and prints p50/p99/max
+//! per kind: the compile's share of an event at the cluster of
+//! `NFTPOL_BENCH_SHAPE` (`limits`: 150k pods, 110 on the node; else the
+//! 20k-pod shape), without the minutes the agent bench's fake API server
+//! takes to load it.
 //! Prints medians over repeated runs; results go to docs/BENCHMARKS.md.
 
 use nftpol_test_support::synth::{self, Shape};
@@ -51,9 +59,10 @@ fn main() {
     } else {
         (Shape::LARGE, 11)
     };
-    if std::env::var("NFTPOL_BENCH_PROFILE").as_deref() == Ok("admin") {
-        profile_admin(shape, quick);
-        return;
+    match std::env::var("NFTPOL_BENCH_PROFILE").as_deref() {
+        Ok("admin") => return profile_admin(shape, quick),
+        Ok("events") => return profile_events(quick),
+        _ => {}
     }
     let (t_index, cluster) = time(runs.min(3), || synth::cluster(shape));
     // node-007 of the large shape; the smoke test's few nodes wrap round
@@ -234,3 +243,175 @@ fn incremental(shape: Shape, node: &str, mut c: Cluster, events: usize, what: &s
 
 /// Admin policies on top of the NetworkPolicies.
 const ADMIN_POLICIES: usize = 500;
+
+/// The agent bench's events through the incremental update alone (see
+/// the module comment).
+fn profile_events(quick: bool) {
+    use policy_compiler::model::*;
+    use policy_compiler::selector::Selector;
+    const NODE: &str = "node-007";
+    let limits = std::env::var("NFTPOL_BENCH_SHAPE").as_deref() == Ok("limits");
+    let shape = match (quick, limits) {
+        (true, _) => Shape {
+            namespaces: 20,
+            pods: 200,
+            policies: 50,
+            nodes: 8,
+        },
+        (false, true) => Shape::LIMITS,
+        (false, false) => Shape::LARGE,
+    };
+    let events: usize = std::env::var("NFTPOL_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 9 } else { 300 });
+    let mut c = synth::cluster(shape);
+    if limits && !quick {
+        // As benches/agent.rs: the kubelet's default maximum on the node.
+        let on = c
+            .pods()
+            .filter(|p| p.node_name.as_deref() == Some(NODE))
+            .count();
+        let moved: Vec<Pod> = c
+            .pods()
+            .filter(|p| p.node_name.as_deref() != Some(NODE))
+            .step_by(997)
+            .take(110usize.saturating_sub(on))
+            .cloned()
+            .collect();
+        for mut p in moved {
+            p.node_name = Some(NODE.into());
+            c.apply_pod(p);
+        }
+    }
+    let sel = |k: &str, v: &str| Selector {
+        match_labels: [(k.to_string(), v.to_string())].into(),
+        match_expressions: vec![],
+    };
+    let policy = |ns: &str, name: String, target: Selector, from: Selector, port: u16| Policy {
+        namespace: ns.into(),
+        name,
+        pod_selector: target,
+        ingress: Some(vec![PolicyRule {
+            peers: Some(vec![Peer::Pods {
+                pod_selector: Some(from),
+                namespace_selector: None,
+            }]),
+            ports: Some(vec![PortSpec {
+                protocol: Protocol::Tcp,
+                port: PortRef::Range(port, port),
+            }]),
+        }]),
+        egress: None,
+        audit: Default::default(),
+    };
+    let locals: Vec<Pod> = c
+        .pods()
+        .filter(|p| p.node_name.as_deref() == Some(NODE) && p.is_policy_pod())
+        .cloned()
+        .collect();
+    assert!(!locals.is_empty(), "{NODE} has pods");
+    let net = NodeNet::default();
+    let mut eng = Incremental::new(NODE);
+    eng.update(&c, &net);
+    let mut t = locals[0].clone();
+    t.labels.insert("bench".into(), "p".into());
+    t.labels.insert("flip".into(), "off".into());
+    let ns = t.namespace.clone();
+    change(&mut eng, &mut c, pod_key(&t), |c| c.apply_pod(t.clone()));
+    for p in [
+        policy(
+            &ns,
+            "bench-peers".into(),
+            sel("bench", "p"),
+            sel("role", "bench-peer"),
+            9999,
+        ),
+        policy(
+            &ns,
+            "bench-flip".into(),
+            sel("flip", "on"),
+            sel("app", "app-0"),
+            7777,
+        ),
+    ] {
+        let key = ObjectKey::Policy {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        };
+        change(&mut eng, &mut c, key, |c| c.apply_policy(p));
+    }
+    eng.update(&c, &net);
+    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for i in 0..events {
+        let start = Instant::now();
+        let kind = match i % 3 {
+            0 => {
+                let mut p = t.clone();
+                let flip = if (i / 3) % 2 == 0 { "on" } else { "off" };
+                p.labels.insert("flip".into(), flip.into());
+                change(&mut eng, &mut c, pod_key(&p), |c| c.apply_pod(p.clone()));
+                "pod label change"
+            }
+            1 => {
+                let target = &locals[(i / 3) % locals.len()];
+                let pol = policy(
+                    &target.namespace,
+                    format!("bn-{i}"),
+                    Selector {
+                        match_labels: target.labels.clone().into_iter().collect(),
+                        match_expressions: vec![],
+                    },
+                    sel("app", &format!("app-{}", i % 5)),
+                    10_000 + (i % 50_000) as u16,
+                );
+                let key = ObjectKey::Policy {
+                    namespace: pol.namespace.clone(),
+                    name: pol.name.clone(),
+                };
+                change(&mut eng, &mut c, key, |c| c.apply_policy(pol));
+                "new policy"
+            }
+            _ => {
+                let p = Pod {
+                    namespace: ns.clone(),
+                    name: format!("bench-peer-{i}"),
+                    labels: [("role".to_string(), "bench-peer".to_string())].into(),
+                    node_name: Some("node-b".into()),
+                    host_network: false,
+                    ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                        10,
+                        200,
+                        ((i / 250) % 250) as u8,
+                        (i % 250 + 1) as u8,
+                    ))],
+                    named_ports: vec![],
+                    terminal: false,
+                };
+                change(&mut eng, &mut c, pod_key(&p), |c| c.apply_pod(p.clone()));
+                "peer pod added"
+            }
+        };
+        eng.update(&c, &net);
+        times.entry(kind).or_default().push(start.elapsed());
+    }
+    println!(
+        "incremental update at {NODE} of {} pods, {} policies ({} local pods), {events} events:",
+        shape.pods,
+        shape.policies,
+        locals.len()
+    );
+    println!("| event | n | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (kind, mut v) in times {
+        v.sort();
+        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "| {kind} | {} | {:.2?} | {:.2?} | {:.2?} |",
+            v.len(),
+            at(0.5),
+            at(0.99),
+            v[v.len() - 1]
+        );
+    }
+}
