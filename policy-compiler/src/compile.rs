@@ -160,8 +160,9 @@ pub(crate) fn local_pods<'c>(
     node: &'c str,
 ) -> impl Iterator<Item = &'c Pod> + 'c {
     cluster
-        .pods()
-        .filter(move |p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+        .pods_on(node)
+        .into_iter()
+        .filter(|p| p.is_policy_pod())
 }
 
 /// Both admin tiers in the order they are checked.
@@ -250,9 +251,7 @@ pub(crate) type Fill<'a> = dyn Fn(&str) -> Option<&'a Cluster> + 'a;
 /// no local pod has needs no map, no dispatch and no rule: an IPv4-only
 /// node gets no IPv6 twins, and its first IPv6 pod brings them.
 pub fn node_families(cluster: &Cluster, node: &str) -> BTreeSet<Family> {
-    cluster
-        .pods()
-        .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
+    local_pods(cluster, node)
         .flat_map(|p| p.ips.iter().map(Family::of))
         .collect()
 }

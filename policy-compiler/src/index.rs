@@ -35,6 +35,14 @@ pub struct Cluster {
     admin: BTreeMap<(AdminKind, String), AdminPolicy>,
     /// Node objects (for node peers) by name.
     node_objects: BTreeMap<String, Node>,
+    /// Per node, the first address of each pod with an address scheduled
+    /// there, sorted (an address twice when two such pods list it first):
+    /// a node's compile starts from its own pods, which a scan of the
+    /// whole cluster found at the cost of touching every pod, several
+    /// times per compile. An address, not a key: `by_ip` leads from it to
+    /// the pod, and a key would be the largest part of the index's cost
+    /// per pod.
+    by_node: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Cluster {
@@ -121,9 +129,19 @@ impl Cluster {
             Some(old) if *old == p => return false,
             Some(old) => {
                 let old_ips = old.ips.clone();
+                if (old.node_name.as_deref(), old_ips.first())
+                    != (p.node_name.as_deref(), p.ips.first())
+                {
+                    let old_node = old.node_name.clone();
+                    self.index_node(old_node.as_deref(), &old_ips, false);
+                    self.index_node(p.node_name.as_deref(), &p.ips, true);
+                }
                 self.index_ips(&key, &old_ips, false);
             }
-            None => *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1,
+            None => {
+                *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1;
+                self.index_node(p.node_name.as_deref(), &p.ips, true);
+            }
         }
         self.index_ips(&key, &p.ips, true);
         self.pods.insert(key, p);
@@ -135,6 +153,7 @@ impl Cluster {
         let removed = match self.pods.remove(&key) {
             Some(old) => {
                 self.index_ips(&key, &old.ips, false);
+                self.index_node(old.node_name.as_deref(), &old.ips, false);
                 true
             }
             None => false,
@@ -253,6 +272,30 @@ impl Cluster {
             .collect()
     }
 
+    /// The pods with an address scheduled on `node` (policy pods or not),
+    /// in namespace/name order: each is found through its first address.
+    pub fn pods_on(&self, node: &str) -> Vec<&Pod> {
+        let mut out: Vec<&Pod> = Vec::new();
+        let mut firsts = self.by_node.get(node).into_iter().flatten().peekable();
+        while let Some(ip) = firsts.next() {
+            // Duplicates are adjacent: the pods listing `ip` first were
+            // all found at its first occurrence.
+            while firsts.peek() == Some(&ip) {
+                firsts.next();
+            }
+            out.extend(
+                self.by_ip
+                    .get(ip)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.pods.get(k))
+                    .filter(|p| p.node_name.as_deref() == Some(node) && p.ips.first() == Some(ip)),
+            );
+        }
+        out.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
     /// The policy pod (see `Pod::is_policy_pod`) that owns `ip`, if any.
     /// With duplicates (see [`Cluster::claimants`]) the first in
     /// namespace/name order, deterministically; callers that judge a flow
@@ -283,6 +326,25 @@ impl Cluster {
             .collect()
     }
 
+    /// Adds or removes the `by_node` entry of a pod on `node` with `ips`.
+    fn index_node(&mut self, node: Option<&str>, ips: &[IpAddr], add: bool) {
+        let (Some(node), Some(ip)) = (node, ips.first()) else {
+            return;
+        };
+        if add {
+            let firsts = self.by_node.entry(node.to_string()).or_default();
+            let at = firsts.partition_point(|x| x < ip);
+            firsts.insert(at, *ip);
+        } else if let Some(firsts) = self.by_node.get_mut(node) {
+            if let Ok(at) = firsts.binary_search(ip) {
+                firsts.remove(at);
+            }
+            if firsts.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
     fn index_ips(&mut self, key: &Key, ips: &[IpAddr], add: bool) {
         for ip in ips {
             if add {
@@ -306,6 +368,75 @@ impl Cluster {
                 if keys.is_empty() {
                     self.by_ip.remove(ip);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cluster;
+    use crate::model::{Labels, Pod};
+    use proptest::prelude::*;
+
+    /// Pod `name` of few: their addresses come from a pool of three, so
+    /// pods share first addresses, on one node or several.
+    fn pod(name: usize, node: Option<usize>, ips: &[usize]) -> Pod {
+        let mut ips: Vec<std::net::IpAddr> = ips
+            .iter()
+            .map(|i| format!("10.0.0.{i}").parse().expect("generated address"))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        Pod {
+            namespace: format!("ns-{}", name % 3),
+            name: format!("pod-{name}"),
+            labels: Labels::new(),
+            node_name: node.map(|n| format!("node-{n}")),
+            host_network: false,
+            ips,
+            named_ports: vec![],
+            terminal: false,
+        }
+    }
+
+    /// What `pods_on` replaces: a scan of every pod.
+    fn scan(c: &Cluster, node: &str) -> Vec<(String, String)> {
+        c.pods()
+            .filter(|p| p.node_name.as_deref() == Some(node) && !p.ips.is_empty())
+            .map(Pod::key)
+            .collect()
+    }
+
+    proptest! {
+        /// After any sequence of pods added, moved between nodes (or
+        /// unscheduled), readdressed and deleted, the pods of each node
+        /// are those a scan of every pod finds, each once, in order.
+        #[test]
+        fn pods_by_node_equal_the_scan(
+            ops in proptest::collection::vec(
+                (
+                    0..8usize,
+                    proptest::option::of(0..3usize),
+                    proptest::collection::vec(0..3usize, 0..3),
+                    any::<bool>(),
+                ),
+                1..40,
+            ),
+        ) {
+            let mut c = Cluster::new();
+            for (name, node, ips, delete) in ops {
+                let p = pod(name, node, &ips);
+                if delete {
+                    c.delete_pod(&p.namespace, &p.name);
+                } else {
+                    c.apply_pod(p);
+                }
+            }
+            for n in 0..3 {
+                let node = format!("node-{n}");
+                let indexed: Vec<_> = c.pods_on(&node).into_iter().map(Pod::key).collect();
+                prop_assert_eq!(indexed, scan(&c, &node), "{}", node);
             }
         }
     }

@@ -24,6 +24,7 @@
 //! sender's egress chain whatever it wrote in its header; forged packets
 //! never create conntrack entries or meet an `established` accept.
 
+use crate::compile::local_pods;
 use crate::index::Cluster;
 use crate::ir::*;
 use crate::model::Pod;
@@ -131,12 +132,6 @@ impl NodeNet {
         addrs.dedup();
         (ports, addrs)
     }
-}
-
-fn local_pods<'c>(cluster: &'c Cluster, node: &'c str) -> impl Iterator<Item = &'c Pod> + 'c {
-    cluster
-        .pods()
-        .filter(move |p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
 }
 
 /// A `NAMESPACE/POD: INTERFACE` map as `--pod-interfaces` files hold it
