@@ -1078,11 +1078,11 @@ impl<'a> Builder<'a> {
             keyed_defs.insert(pod_peers_key(&pol.namespace, peers), (*pol, *peers));
         }
         let key = keyed_defs.keys().cloned().collect::<Vec<_>>().join(" || ");
-        let defs: Vec<(String, Vec<Peer>)> = keyed_defs
+        let owned: Vec<(String, Vec<Peer>)> = keyed_defs
             .values()
             .map(|(pol, peers)| (pol.namespace.clone(), peers.to_vec()))
             .collect();
-        self.shared_set(
+        self.shared_set_first(
             &format!("pod{}", family_digit(family)),
             key,
             SetKind::Addr {
@@ -1091,20 +1091,20 @@ impl<'a> Builder<'a> {
             },
             move |cluster, shared| {
                 let mut elements = BTreeSet::new();
-                for (ns, peers) in &defs {
+                for (ns, peers) in &owned {
                     let pods = peer_pods(cluster, ns, peers);
-                    let selected: BTreeSet<(String, String)> =
-                        pods.iter().map(|p| p.key()).collect();
-                    elements.extend(
-                        pods.into_iter()
-                            .flat_map(|p| p.ips.iter())
-                            .filter(|ip| Family::of(ip) == family)
-                            .filter(|ip| peer_address_ok(shared, ip, &selected))
-                            .map(|ip| Element::Addr(*ip)),
-                    );
+                    peer_elements(&mut elements, family, shared, &pods);
                 }
                 elements
             },
+            Some(|b: &mut Builder<'_>| {
+                let mut elements = BTreeSet::new();
+                for (key, (pol, peers)) in &keyed_defs {
+                    let pods = b.selections.netpol_peer_pods(key, &pol.namespace, peers);
+                    peer_elements(&mut elements, family, b.shared, &pods);
+                }
+                elements
+            }),
         )
     }
 
@@ -1271,7 +1271,7 @@ pub(crate) fn selector_key(s: &crate::selector::Selector) -> String {
 /// peers without a namespace selector stand for the policy's namespace,
 /// so equal peer lists of policies in different namespaces differ, and
 /// equal namespace-selector peers of any namespace's policies are one.
-fn pod_peers_key(policy_ns: &str, peers: &[Peer]) -> String {
+pub(crate) fn pod_peers_key(policy_ns: &str, peers: &[Peer]) -> String {
     let mut parts: Vec<String> = peers
         .iter()
         .filter_map(|p| match p {
@@ -1309,23 +1309,39 @@ fn peers_key(policy_ns: &str, peers: &[Peer]) -> String {
     format!("{} blocks {blocks:?}", pod_peers_key(policy_ns, peers))
 }
 
-/// Whether `ip` may stand for a selected peer: a shared address only
-/// when every pod claiming it is selected, so sharing never widens what a
-/// policy admits.
-fn peer_address_ok(
-    shared: &BTreeMap<std::net::IpAddr, Vec<&Pod>>,
-    ip: &std::net::IpAddr,
-    selected: &BTreeSet<(String, String)>,
-) -> bool {
-    match shared.get(ip) {
+/// Adds the addresses in `family` of the selected peer pods `pods` to
+/// `elements`: a shared address only when every pod claiming it is
+/// selected, so sharing never widens what a policy admits.
+fn peer_elements(
+    elements: &mut BTreeSet<Element>,
+    family: Family,
+    shared: &SharedAddrs<'_>,
+    pods: &[&Pod],
+) {
+    let selected: BTreeSet<(&str, &str)> = match shared.is_empty() {
+        true => BTreeSet::new(),
+        false => pods
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect(),
+    };
+    let ok = |ip: &std::net::IpAddr| match shared.get(ip) {
         None => true,
-        Some(pods) => pods.iter().all(|p| selected.contains(&p.key())),
-    }
+        Some(claimants) => claimants
+            .iter()
+            .all(|p| selected.contains(&(p.namespace.as_str(), p.name.as_str()))),
+    };
+    elements.extend(
+        pods.iter()
+            .flat_map(|p| p.ips.iter())
+            .filter(|ip| Family::of(ip) == family && ok(ip))
+            .map(|ip| Element::Addr(*ip)),
+    );
 }
 
 /// Pods any of `peers` (of a policy in `policy_ns`) selects (pod peers
 /// only), each once, in namespace/name order.
-fn peer_pods<'c>(cluster: &'c Cluster, policy_ns: &str, peers: &[Peer]) -> Vec<&'c Pod> {
+pub(crate) fn peer_pods<'c>(cluster: &'c Cluster, policy_ns: &str, peers: &[Peer]) -> Vec<&'c Pod> {
     let mut seen: BTreeMap<(&str, &str), &'c Pod> = BTreeMap::new();
     let mut add = |ns: &'c str, peer: &Peer| {
         for p in cluster.pods_in(ns) {

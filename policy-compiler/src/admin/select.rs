@@ -1,7 +1,8 @@
 //! What the admin part of one compile selects, each worked out once: the
 //! namespaces (holding pods) a namespace selector selects, the pods the
-//! pod and namespace peers of an admin rule select, and the admin
-//! policies whose subject may be a pod of a given namespace.
+//! pod and namespace peers of an admin rule (or of a NetworkPolicy rule)
+//! select, and the admin policies whose subject may be a pod of a given
+//! namespace.
 //!
 //! With hundreds of admin policies, most peers name one namespace or a
 //! few (by name, team, environment): scanning every namespace of the
@@ -15,7 +16,7 @@
 use super::{AdminPeer, AdminPolicy, AdminRule, Subject};
 use crate::compile::selector_key;
 use crate::index::Cluster;
-use crate::model::{Pod, NAMESPACE_NAME_LABEL};
+use crate::model::{Peer, Pod, NAMESPACE_NAME_LABEL};
 use crate::selector::{Operator, Selector};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -32,6 +33,8 @@ pub(crate) struct Selections<'c> {
     namespaces: HashMap<String, Rc<[&'c str]>>,
     /// By [`super::compile::pod_peers_key`].
     pods: HashMap<String, Rc<[&'c Pod]>>,
+    /// NetworkPolicy pod peers, by `compile::pod_peers_key`.
+    netpol_pods: HashMap<String, Rc<[&'c Pod]>>,
     /// By namespace.
     pods_in: HashMap<&'c str, Rc<[&'c Pod]>>,
     /// The admin policy list the subjects were computed for, and per
@@ -48,6 +51,7 @@ impl<'c> Selections<'c> {
             index: None,
             namespaces: HashMap::new(),
             pods: HashMap::new(),
+            netpol_pods: HashMap::new(),
             pods_in: HashMap::new(),
             subjects_for: Vec::new(),
             subjects: HashMap::new(),
@@ -185,6 +189,58 @@ impl<'c> Selections<'c> {
         found
     }
 
+    /// The policy pods the pod peers of a NetworkPolicy rule in
+    /// `policy_ns` select, in namespace/name order (`compile::peer_pods`
+    /// is the plain scan); `key` is their `compile::pod_peers_key`.
+    pub(crate) fn netpol_peer_pods(
+        &mut self,
+        key: &str,
+        policy_ns: &str,
+        peers: &[Peer],
+    ) -> Rc<[&'c Pod]> {
+        if let Some(known) = self.netpol_pods.get(key) {
+            return known.clone();
+        }
+        let cluster = self.cluster;
+        // Per namespace, the pod selectors of the peers selecting it
+        // (`None`: every pod).
+        let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
+        for peer in peers {
+            let Peer::Pods {
+                pod_selector,
+                namespace_selector,
+            } = peer
+            else {
+                continue;
+            };
+            match namespace_selector {
+                // The policy's own namespace.
+                None => {
+                    if let Some(ns) = cluster.namespace_with_pods(policy_ns) {
+                        by_ns.entry(ns).or_default().push(pod_selector.as_ref());
+                    }
+                }
+                Some(sel) => {
+                    for ns in self.namespaces(sel).iter() {
+                        by_ns.entry(ns).or_default().push(pod_selector.as_ref());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (ns, sels) in by_ns {
+            out.extend(
+                self.pods_in(ns)
+                    .iter()
+                    .copied()
+                    .filter(|p| sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))),
+            );
+        }
+        let found: Rc<[&'c Pod]> = out.into();
+        self.netpol_pods.insert(key.to_string(), found.clone());
+        found
+    }
+
     /// The policies of `policies` (kept in order) whose subject is `pod`:
     /// their namespace part is matched once per namespace, their pod part
     /// per pod.
@@ -272,9 +328,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
         /// Every answer equals the plain scan of the cluster it replaces:
-        /// selected namespaces, the pods of each admin rule's peers (asked
-        /// twice, so a remembered answer is checked too), each pod's
-        /// admin subjects.
+        /// selected namespaces, the pods of each admin rule's peers and of
+        /// each NetworkPolicy rule's pod peers (asked twice, so a
+        /// remembered answer is checked too), each pod's admin subjects.
         #[test]
         fn selections_equal_the_plain_scans(
             c in cluster_strategy(),
@@ -299,6 +355,18 @@ mod tests {
                 }
                 for pod in c.pods() {
                     prop_assert_eq!(s.subject_of(&admin, pod), subject_of(&c, &admin, pod));
+                }
+                for pol in c.policies() {
+                    let rules = pol.ingress.iter().chain(&pol.egress).flatten();
+                    for peers in rules.filter_map(|r| r.peers.as_deref()) {
+                        let key = crate::compile::pod_peers_key(&pol.namespace, peers);
+                        prop_assert_eq!(
+                            &s.netpol_peer_pods(&key, &pol.namespace, peers)[..],
+                            &crate::compile::peer_pods(&c, &pol.namespace, peers)[..],
+                            "{:?}",
+                            peers
+                        );
+                    }
                 }
             }
         }
