@@ -264,6 +264,22 @@ impl Cluster {
         self.pod_namespaces.keys().map(String::as_str)
     }
 
+    /// Namespaces that hold at least one pod, in name order, each with its
+    /// labels (as [`Cluster::namespace_labels`] gives them) and how many
+    /// pods it holds: the pods of [`Cluster::pods`] come in this order,
+    /// that many each. One walk of the index, no lookup by name.
+    pub fn pod_namespaces(&self) -> impl Iterator<Item = (&str, Cow<'_, Labels>, usize)> {
+        let mut objects = self.namespaces.iter().peekable();
+        self.pod_namespaces.iter().map(move |(name, &count)| {
+            while objects.next_if(|(n, _)| *n < name).is_some() {}
+            let labels = match objects.peek() {
+                Some((n, ns)) if *n == name => Cow::Borrowed(&ns.labels),
+                _ => self.namespace_labels(name),
+            };
+            (name.as_str(), labels, count)
+        })
+    }
+
     /// Every node name a pod is scheduled on.
     pub fn nodes(&self) -> BTreeSet<String> {
         self.pods

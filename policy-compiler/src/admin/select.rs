@@ -16,108 +16,66 @@
 use super::{AdminPeer, AdminPolicy, AdminRule, Subject};
 use crate::compile::selector_key;
 use crate::index::Cluster;
-use crate::model::{Peer, Pod, NAMESPACE_NAME_LABEL};
+use crate::model::{Labels, Peer, Pod, NAMESPACE_NAME_LABEL};
 use crate::selector::{Operator, Selector};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-/// Label key -> value -> the namespaces holding pods that carry it, in
-/// name order.
-type LabelIndex<'c> = HashMap<&'c str, HashMap<&'c str, Vec<&'c str>>>;
+/// A namespace holding pods: its position in [`NamespaceTable::names`].
+type NsId = u32;
 
-/// The memo of one compile of `cluster` (see the module comment).
-pub(crate) struct Selections<'c> {
-    cluster: &'c Cluster,
-    index: Option<LabelIndex<'c>>,
-    /// By [`selector_key`].
-    namespaces: HashMap<String, Rc<[&'c str]>>,
-    /// By [`super::compile::pod_peers_key`].
-    pods: HashMap<String, Rc<[&'c Pod]>>,
-    /// NetworkPolicy pod peers, by `compile::pod_peers_key`.
-    netpol_pods: HashMap<String, Rc<[&'c Pod]>>,
-    /// By namespace.
-    pods_in: HashMap<&'c str, Rc<[&'c Pod]>>,
-    /// The admin policy list the subjects were computed for, and per
-    /// namespace the policies of it whose subject's namespace part
-    /// selects that namespace.
-    subjects_for: Vec<&'c AdminPolicy>,
-    subjects: HashMap<String, Rc<[&'c AdminPolicy]>>,
+/// When a peer definition needs the pods of more namespaces than this
+/// that were not looked up yet, every namespace's pods are listed in one
+/// walk of the cluster's pods instead of a lookup each. A compile of a
+/// few pods (as `incr` makes) stays clear of the walk.
+const WALK_AFTER: usize = 64;
+
+/// The namespaces holding pods, with their labels and an index of them,
+/// built on first use (see the module comment).
+struct NamespaceTable<'c> {
+    /// In name order.
+    names: Vec<&'c str>,
+    labels: Vec<Cow<'c, Labels>>,
+    /// Label key -> value -> the namespaces that carry it, ascending.
+    index: HashMap<&'c str, HashMap<&'c str, Vec<NsId>>>,
 }
 
-impl<'c> Selections<'c> {
-    pub(crate) fn new(cluster: &'c Cluster) -> Selections<'c> {
-        Selections {
-            cluster,
-            index: None,
-            namespaces: HashMap::new(),
-            pods: HashMap::new(),
-            netpol_pods: HashMap::new(),
-            pods_in: HashMap::new(),
-            subjects_for: Vec::new(),
-            subjects: HashMap::new(),
-        }
-    }
-
-    /// The cluster these answers are about.
-    pub(crate) fn cluster(&self) -> &'c Cluster {
-        self.cluster
-    }
-
-    fn index(&mut self) -> &LabelIndex<'c> {
-        let cluster = self.cluster;
-        self.index.get_or_insert_with(|| {
-            let mut index: LabelIndex<'c> = HashMap::new();
-            for ns in cluster.namespaces_with_pods() {
-                // As `Cluster::namespace_labels` reads them, borrowed.
-                let implicit = [(NAMESPACE_NAME_LABEL, ns)];
-                let labels: Box<dyn Iterator<Item = (&'c str, &'c str)>> = match cluster
-                    .namespace(ns)
-                {
-                    Some(obj) => Box::new(obj.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-                    None => Box::new(implicit.into_iter()),
-                };
-                for (k, v) in labels {
-                    index.entry(k).or_default().entry(v).or_default().push(ns);
-                }
-            }
-            index
-        })
-    }
-
-    /// The namespaces holding pods that `sel` selects, in name order.
-    pub(crate) fn namespaces(&mut self, sel: &Selector) -> Rc<[&'c str]> {
-        let key = selector_key(sel);
-        if let Some(known) = self.namespaces.get(&key) {
-            return known.clone();
-        }
-        let cluster = self.cluster;
-        let found: Rc<[&'c str]> = match self.candidates(sel) {
-            Some(candidates) => candidates
-                .into_iter()
-                .filter(|ns| sel.matches(&cluster.namespace_labels(ns)))
-                .collect(),
-            None => cluster
-                .namespaces_with_pods()
-                .filter(|ns| sel.matches(&cluster.namespace_labels(ns)))
-                .collect(),
+impl<'c> NamespaceTable<'c> {
+    fn new(cluster: &'c Cluster) -> NamespaceTable<'c> {
+        let mut t = NamespaceTable {
+            names: Vec::new(),
+            labels: Vec::new(),
+            index: HashMap::new(),
         };
-        self.namespaces.insert(key, found.clone());
-        found
+        for (id, (name, labels, _)) in cluster.pod_namespaces().enumerate() {
+            let id = id as NsId;
+            let mut add = |k: &'c str, v: &'c str| {
+                t.index.entry(k).or_default().entry(v).or_default().push(id);
+            };
+            match &labels {
+                Cow::Borrowed(l) => l.iter().for_each(|(k, v)| add(k, v)),
+                // Only the implicit name label (`Cluster::namespace_labels`).
+                Cow::Owned(_) => add(NAMESPACE_NAME_LABEL, name),
+            }
+            t.names.push(name);
+            t.labels.push(labels);
+        }
+        t
     }
 
-    /// The fewest namespaces, in name order, that a requirement of `sel`
+    /// The fewest namespaces, ascending, that a requirement of `sel`
     /// every selected namespace meets (a label, or one of an `In` list's
     /// values) allows; `None` when no requirement narrows it down.
-    fn candidates(&mut self, sel: &Selector) -> Option<Vec<&'c str>> {
-        let index = self.index();
-        let with = |k: &str, v: &str| -> &[&'c str] {
-            index
+    fn candidates(&self, sel: &Selector) -> Option<Vec<NsId>> {
+        let with = |k: &str, v: &str| -> &[NsId] {
+            self.index
                 .get(k)
                 .and_then(|vs| vs.get(v))
                 .map_or(&[], Vec::as_slice)
         };
-        let mut best: Option<Vec<&'c str>> = None;
-        let mut keep = |c: Vec<&'c str>| {
+        let mut best: Option<Vec<NsId>> = None;
+        let mut keep = |c: Vec<NsId>| {
             if best.as_ref().is_none_or(|b| c.len() < b.len()) {
                 best = Some(c);
             }
@@ -127,7 +85,7 @@ impl<'c> Selections<'c> {
         }
         for r in &sel.match_expressions {
             if r.operator == Operator::In {
-                let mut c: Vec<&'c str> = r
+                let mut c: Vec<NsId> = r
                     .values
                     .iter()
                     .flat_map(|v| with(&r.key, v))
@@ -140,14 +98,144 @@ impl<'c> Selections<'c> {
         }
         best
     }
+}
 
-    /// The policy pods of namespace `ns`, in name order.
-    fn pods_in(&mut self, ns: &'c str) -> Rc<[&'c Pod]> {
+/// The memo of one compile of `cluster` (see the module comment).
+pub(crate) struct Selections<'c> {
+    cluster: &'c Cluster,
+    table: Option<NamespaceTable<'c>>,
+    /// By [`selector_key`].
+    namespaces: HashMap<String, Rc<[NsId]>>,
+    /// By [`super::compile::pod_peers_key`].
+    pods: HashMap<String, Rc<[&'c Pod]>>,
+    /// NetworkPolicy pod peers, by `compile::pod_peers_key`.
+    netpol_pods: HashMap<String, Rc<[&'c Pod]>>,
+    /// The policy pods of each namespace of the table, once looked up.
+    pods_in: Vec<Option<Rc<[&'c Pod]>>>,
+    /// Whether `pods_in` holds every namespace's pods.
+    walked: bool,
+    /// [`WALK_AFTER`] (tests lower it to take both paths).
+    walk_after: usize,
+    /// The admin policy list the subjects were computed for, and per
+    /// namespace the policies of it whose subject's namespace part
+    /// selects that namespace.
+    subjects_for: Vec<&'c AdminPolicy>,
+    subjects: HashMap<String, Rc<[&'c AdminPolicy]>>,
+}
+
+impl<'c> Selections<'c> {
+    pub(crate) fn new(cluster: &'c Cluster) -> Selections<'c> {
+        Selections {
+            cluster,
+            table: None,
+            namespaces: HashMap::new(),
+            pods: HashMap::new(),
+            netpol_pods: HashMap::new(),
+            pods_in: Vec::new(),
+            walked: false,
+            walk_after: WALK_AFTER,
+            subjects_for: Vec::new(),
+            subjects: HashMap::new(),
+        }
+    }
+
+    /// The cluster these answers are about.
+    pub(crate) fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    fn table(&mut self) -> &NamespaceTable<'c> {
         let cluster = self.cluster;
-        self.pods_in
-            .entry(ns)
-            .or_insert_with(|| cluster.pods_in(ns).filter(|p| p.is_policy_pod()).collect())
+        let table = self
+            .table
+            .get_or_insert_with(|| NamespaceTable::new(cluster));
+        if self.pods_in.len() != table.names.len() {
+            self.pods_in = vec![None; table.names.len()];
+        }
+        table
+    }
+
+    /// The namespaces holding pods that `sel` selects, ascending.
+    fn namespace_ids(&mut self, sel: &Selector) -> Rc<[NsId]> {
+        let key = selector_key(sel);
+        if let Some(known) = self.namespaces.get(&key) {
+            return known.clone();
+        }
+        let table = self.table();
+        let selected = |id: &NsId| sel.matches(&table.labels[*id as usize]);
+        let found: Rc<[NsId]> = match table.candidates(sel) {
+            Some(candidates) => candidates.into_iter().filter(selected).collect(),
+            None => (0..table.names.len() as NsId).filter(selected).collect(),
+        };
+        self.namespaces.insert(key, found.clone());
+        found
+    }
+
+    /// The names of [`Selections::namespace_ids`], in name order.
+    #[cfg(test)]
+    pub(crate) fn namespaces(&mut self, sel: &Selector) -> Vec<&'c str> {
+        let ids = self.namespace_ids(sel);
+        let table = self.table();
+        ids.iter().map(|id| table.names[*id as usize]).collect()
+    }
+
+    /// Looks up the policy pods of the namespaces `ids` (see
+    /// [`WALK_AFTER`]).
+    fn load_pods(&mut self, ids: impl Iterator<Item = NsId> + Clone) {
+        self.table();
+        if self.walked {
+            return;
+        }
+        let missing = ids
             .clone()
+            .filter(|id| self.pods_in[*id as usize].is_none())
+            .count();
+        if missing > self.walk_after {
+            let mut pods = self.cluster.pods();
+            for (id, (_, _, count)) in self.cluster.pod_namespaces().enumerate() {
+                let policy_pods: Rc<[&'c Pod]> = pods
+                    .by_ref()
+                    .take(count)
+                    .filter(|p| p.is_policy_pod())
+                    .collect();
+                self.pods_in[id].get_or_insert(policy_pods);
+            }
+            self.walked = true;
+            return;
+        }
+        let table = self.table.as_ref().expect("built above");
+        for id in ids {
+            let slot = &mut self.pods_in[id as usize];
+            if slot.is_none() {
+                let name = table.names[id as usize];
+                *slot = Some(
+                    self.cluster
+                        .pods_in(name)
+                        .filter(|p| p.is_policy_pod())
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    /// The pods of `by_ns` (namespaces, each with the pod selectors of the
+    /// peers selecting it; `None`: every pod), in namespace/name order.
+    fn select_pods(&mut self, by_ns: BTreeMap<NsId, Vec<Option<&Selector>>>) -> Rc<[&'c Pod]> {
+        self.load_pods(by_ns.keys().copied());
+        let mut out = Vec::new();
+        for (id, sels) in by_ns {
+            let pods = self.pods_in[id as usize].as_deref().unwrap_or_default();
+            if sels.iter().any(Option::is_none) {
+                out.extend_from_slice(pods);
+            } else {
+                out.extend(
+                    pods.iter()
+                        .copied()
+                        .filter(|p| sels.iter().flatten().any(|s| s.matches(&p.labels))),
+                );
+            }
+        }
+        out.into()
     }
 
     /// The policy pods any pod or namespace peer of `r` selects (every
@@ -161,29 +249,18 @@ impl<'c> Selections<'c> {
         let found: Rc<[&'c Pod]> = if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
             cluster.pods().filter(|p| p.is_policy_pod()).collect()
         } else {
-            // Per namespace, the pod selectors of the peers selecting it
-            // (`None`: every pod).
-            let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
+            let mut by_ns: BTreeMap<NsId, Vec<Option<&Selector>>> = BTreeMap::new();
             for peer in &r.peers {
                 let (ns_sel, pods) = match peer {
                     AdminPeer::Namespaces(s) => (s, None),
                     AdminPeer::Pods { namespaces, pods } => (namespaces, Some(pods)),
                     AdminPeer::Nodes(_) | AdminPeer::Networks(_) | AdminPeer::All => continue,
                 };
-                for ns in self.namespaces(ns_sel).iter() {
-                    by_ns.entry(ns).or_default().push(pods);
+                for id in self.namespace_ids(ns_sel).iter() {
+                    by_ns.entry(*id).or_default().push(pods);
                 }
             }
-            let mut out = Vec::new();
-            for (ns, sels) in by_ns {
-                out.extend(
-                    self.pods_in(ns)
-                        .iter()
-                        .copied()
-                        .filter(|p| sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))),
-                );
-            }
-            out.into()
+            self.select_pods(by_ns)
         };
         self.pods.insert(key, found.clone());
         found
@@ -201,10 +278,7 @@ impl<'c> Selections<'c> {
         if let Some(known) = self.netpol_pods.get(key) {
             return known.clone();
         }
-        let cluster = self.cluster;
-        // Per namespace, the pod selectors of the peers selecting it
-        // (`None`: every pod).
-        let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
+        let mut by_ns: BTreeMap<NsId, Vec<Option<&Selector>>> = BTreeMap::new();
         for peer in peers {
             let Peer::Pods {
                 pod_selector,
@@ -216,27 +290,22 @@ impl<'c> Selections<'c> {
             match namespace_selector {
                 // The policy's own namespace.
                 None => {
-                    if let Some(ns) = cluster.namespace_with_pods(policy_ns) {
-                        by_ns.entry(ns).or_default().push(pod_selector.as_ref());
+                    let own = self.table().names.binary_search(&policy_ns);
+                    if let Ok(id) = own {
+                        by_ns
+                            .entry(id as NsId)
+                            .or_default()
+                            .push(pod_selector.as_ref());
                     }
                 }
                 Some(sel) => {
-                    for ns in self.namespaces(sel).iter() {
-                        by_ns.entry(ns).or_default().push(pod_selector.as_ref());
+                    for id in self.namespace_ids(sel).iter() {
+                        by_ns.entry(*id).or_default().push(pod_selector.as_ref());
                     }
                 }
             }
         }
-        let mut out = Vec::new();
-        for (ns, sels) in by_ns {
-            out.extend(
-                self.pods_in(ns)
-                    .iter()
-                    .copied()
-                    .filter(|p| sels.iter().any(|s| s.is_none_or(|s| s.matches(&p.labels)))),
-            );
-        }
-        let found: Rc<[&'c Pod]> = out.into();
+        let found = self.select_pods(by_ns);
         self.netpol_pods.insert(key.to_string(), found.clone());
         found
     }
@@ -330,15 +399,20 @@ mod tests {
         /// Every answer equals the plain scan of the cluster it replaces:
         /// selected namespaces, the pods of each admin rule's peers and of
         /// each NetworkPolicy rule's pod peers (asked twice, so a
-        /// remembered answer is checked too), each pod's admin subjects.
+        /// remembered answer is checked too), each pod's admin subjects;
+        /// with namespaces' pods looked up one by one or listed in one walk.
         #[test]
         fn selections_equal_the_plain_scans(
             c in cluster_strategy(),
             sels in proptest::collection::vec(selector_strategy(), 1..4),
             odd in any::<bool>(),
+            walk in any::<bool>(),
         ) {
             let c = if odd { odd_namespaces(&c) } else { c };
             let mut s = Selections::new(&c);
+            if walk {
+                s.walk_after = 0;
+            }
             for sel in sels.iter().flat_map(|s| [s.clone(), by_name(s)]) {
                 let scan: Vec<&str> = c
                     .namespaces_with_pods()
