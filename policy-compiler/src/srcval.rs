@@ -273,6 +273,7 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         // Neighbour discovery and MLD serve only pods that speak IPv6: an
         // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
         let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
+        rules.extend(tunnel_drops());
         for ip in own {
             rules.push(Rule {
                 matches: vec![Match::AddrPrefix {
@@ -315,6 +316,40 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
             unbound_src_chain(port, &unlearned),
         );
     }
+}
+
+/// IP protocols that carry a whole IP packet: IPIP (Calico's IPIP mode),
+/// IPv6 in IP (sit, ip6tnl) and GRE.
+pub const TUNNEL_PROTOCOLS: [(u8, &str); 3] = [(4, "IPIP"), (41, "IPv6 in IP"), (47, "GRE")];
+/// UDP ports of the overlays CNIs run on every node: VXLAN's IANA port
+/// (Calico), Linux's VXLAN default (flannel, Cilium) and Geneve (Antrea,
+/// OVN-Kubernetes, Cilium).
+pub const TUNNEL_UDP_PORTS: [(u16, &str); 3] = [(4789, "VXLAN"), (6081, "Geneve"), (8472, "VXLAN")];
+
+/// Drops of encapsulated packets, ahead of the address checks. A node
+/// (or any other decapsulating device) takes the packet inside one in
+/// as if it came from the tunnel, with whatever source the pod wrote
+/// inside: the address checks here see only the outer header. Pods do
+/// not run tunnels to nodes; a pod that terminates its own tunnels needs
+/// validation off.
+fn tunnel_drops() -> Vec<Rule> {
+    let drop = |matches: Vec<Match>, what: String| Rule {
+        matches: matches.into_iter().chain([Match::Counter]).collect(),
+        verdict: Verdict::Drop,
+        comment: Some(format!(
+            "{what}: a decapsulating node would take its inner source unchecked"
+        )),
+    };
+    let by_proto = TUNNEL_PROTOCOLS
+        .iter()
+        .map(|&(p, name)| drop(vec![Match::L4Proto(p)], format!("tunnel packet ({name})")));
+    let by_port = TUNNEL_UDP_PORTS.iter().map(|&(port, name)| {
+        drop(
+            vec![Match::L4Proto(l4::UDP), Match::DPort { lo: port, hi: port }],
+            format!("tunnel packet ({name}, UDP {port})"),
+        )
+    });
+    by_proto.chain(by_port).collect()
 }
 
 /// Local pods by the interface they send through (validation on only).
@@ -514,6 +549,44 @@ mod tests {
             ct_saddrs: None,
         };
         crate::interp::hook_accepts(&rs, "src", &pkt)
+    }
+
+    #[test]
+    fn tunnel_packets_are_dropped_even_from_the_pods_own_address() {
+        let net = NodeNet {
+            pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
+            ..NodeNet::default()
+        };
+        let mut rs = Ruleset::default();
+        rs.chains.insert(
+            "src".into(),
+            chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net),
+        );
+        let pass = |saddr: &str, daddr: &str, proto: u8, dport: u16| {
+            let pkt = crate::interp::Packet {
+                saddr: saddr.parse().unwrap(),
+                daddr: daddr.parse().unwrap(),
+                proto,
+                dport,
+                ct: CtState::New,
+                hoplimit: 64,
+                ct_saddrs: None,
+            };
+            crate::interp::hook_accepts(&rs, "src", &pkt)
+        };
+        for (saddr, daddr) in [("10.0.0.2", "10.0.0.1"), ("fd00::2", "fd00::1")] {
+            for p in [4, 41, 47] {
+                assert!(!pass(saddr, daddr, p, 0), "protocol {p} from {saddr}");
+            }
+            for port in [4789, 6081, 8472] {
+                assert!(
+                    !pass(saddr, daddr, l4::UDP, port),
+                    "UDP {port} from {saddr}"
+                );
+                assert!(pass(saddr, daddr, l4::TCP, port), "TCP {port} from {saddr}");
+            }
+            assert!(pass(saddr, daddr, l4::UDP, 53), "UDP 53 from {saddr}");
+        }
     }
 
     #[test]

@@ -942,14 +942,21 @@ fn odd_sources(p: &mut Probes, node: &crate::netns::Node, bridged: bool) {
 }
 
 /// Protocols no policy names: every protocol passes a rule without
-/// ports, none passes a rule with TCP ports only.
+/// ports, none passes a rule with TCP ports only. GRE is the exception:
+/// source validation drops tunnel protocols from pods (a decapsulating
+/// node would take the inner source unchecked), so it never arrives.
 fn unnamed_protocols(p: &mut Probes) {
     for v6 in [false, true] {
         let icmp = if v6 { ICMPV6 } else { ICMP };
         for proto in [icmp, GRE, ESP, UDPLITE, DCCP] {
+            let allowed = if proto == GRE {
+                Expect::Never
+            } else {
+                Expect::Arrive
+            };
             for (from, to, expect) in [
-                ("friend", "victim", Expect::Arrive),
-                ("attacker", "remote", Expect::Arrive),
+                ("friend", "victim", allowed),
+                ("attacker", "remote", allowed),
                 ("friend", "guarded", Expect::Never),
                 ("attacker", "victim", Expect::Never),
                 ("attacker", "victim2", Expect::Never),

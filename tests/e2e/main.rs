@@ -15,7 +15,8 @@
 //! `host` (bridged nodes, node/pod-to-node, Service DNAT, hostNetwork),
 //! `sctp` (SCTP by raw packets), `attacker` and `l2` (hostile pods: forged
 //! sources, ND shapes, hand-built frames on a bridge), `icmp_related`
-//! (ICMP errors conntrack relates to other pods' connections), `v4only`
+//! (ICMP errors conntrack relates to other pods' connections), `tunnel`
+//! (forged sources inside packets for the node's VXLAN device), `v4only`
 //! (no IPv6 exemption for an IPv4-only pod), `live_explain` (`explain --live` against
 //! each node's kernel, and a tampered rule), `hits` (rule counters raised
 //! by real connections, per policy and in `explain --live`),
@@ -71,11 +72,13 @@ mod live_explain;
 mod netns;
 mod oracle;
 mod probe;
+
 mod restart;
 mod revoke;
 mod scenarios;
 mod sctp;
 mod selftest;
+mod tunnel;
 mod v4only;
 mod verdict_log;
 
