@@ -542,6 +542,9 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
                 self.synced.extend(kinds.iter().copied());
                 let changed = self.replace(&kinds, objects);
+                if relist {
+                    crate::agent::release_free_memory();
+                }
                 if first_sync && self.all_synced() {
                     tracing::info!(
                         namespaces = self.cluster.namespaces().count(),
