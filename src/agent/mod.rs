@@ -395,11 +395,10 @@ fn limit_malloc_arenas() {
 }
 
 /// Hands the memory glibc keeps on its free lists back to the kernel.
-/// A listing of every pod frees as much as the agent then keeps (page
-/// bodies, the buffered listing), and glibc keeps freed memory below the
-/// top of each arena, and up to 64 MiB at the top once a large block was
-/// freed: at 150,000 pods half of the resident memory after the initial
-/// sync was such free memory (docs/BENCHMARKS.md). Called after a
+/// A listing of every pod frees much of what it allocated (page bodies,
+/// the buffered listing), and glibc keeps freed memory below the top of
+/// each arena: at 150,000 pods this returned about 8 MiB of the resident
+/// memory after the initial sync (docs/BENCHMARKS.md). Called after a
 /// listing of pods has gone into the index.
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
