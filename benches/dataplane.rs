@@ -35,7 +35,8 @@
 //! configuration is also compared with it. `logging all`
 //! configurations annotate every policy `nftpol.io/log: all` (rate-limited
 //! log rules before each allow and each default drop), `no non-SYN or
-//! no-pod drops` leaves those drops out of the forward chain; each is
+//! no-pod drops` leaves those drops out of the forward chain, `guard
+//! without IP fast paths` makes IP frames walk every L2 guard check; each is
 //! compared with the same cluster as compiled. The report gives every
 //! ratio round by round as well as its median.
 //!
@@ -242,6 +243,25 @@ fn strip_forward_drops(rs: &mut Ruleset) -> usize {
     removed
 }
 
+/// Removes the L2 guard's IPv4 and IPv6 fast paths (`ether type ip
+/// accept` ahead of the checks: policy_compiler::l2fast), so IP frames walk
+/// every check as before. Returns how many rules went.
+fn strip_guard_fast_paths(rs: &mut Ruleset) -> usize {
+    let Some(guard) = rs.guard.as_mut() else {
+        return 0;
+    };
+    let mut removed = 0;
+    for chain in guard.chains.values_mut() {
+        let before = chain.rules.len();
+        chain.rules.retain(|r| {
+            !(r.verdict == Verdict::Accept
+                && matches!(r.matches[..], [Match::EtherType { negate: false, .. }]))
+        });
+        removed += before - chain.rules.len();
+    }
+    removed
+}
+
 /// Every configuration, in the order of the report.
 fn configs(sizes: &[usize]) -> Vec<Config> {
     let mut v = vec![
@@ -289,6 +309,24 @@ fn configs(sizes: &[usize]) -> Vec<Config> {
                     assert!(
                         strip_forward_drops(&mut rs) > 0,
                         "the forward chain holds no non-SYN or no-pod drop"
+                    );
+                    rs
+                }),
+            )
+            .versus(format!("nftpol, {n} policies")),
+        );
+    }
+    for n in ends_of(sizes) {
+        v.push(
+            Config::new(
+                format!("nftpol, {n} policies, guard without IP fast paths"),
+                n,
+                true,
+                nftpol(|c| {
+                    let mut rs = compile_node(c, NODE, &node_net(true));
+                    assert!(
+                        strip_guard_fast_paths(&mut rs) > 0,
+                        "the guard holds no IP fast path"
                     );
                     rs
                 }),
@@ -548,6 +586,10 @@ fn smoke() {
     let removed = strip_forward_drops(&mut rs);
     assert!(removed >= 2, "the forward chain's non-SYN and no-pod drops");
     assert_eq!(rs.rule_count(), rules - removed);
+    // Two fast paths (IPv4, IPv6) on each of the client's and the server's
+    // interfaces.
+    let mut rs = compile_node(&cluster::cluster(10), NODE, &node_net(true));
+    assert_eq!(strip_guard_fast_paths(&mut rs), 4);
 }
 
 fn main() {

@@ -22,6 +22,7 @@ pub mod index;
 pub mod interp;
 pub mod ipblock;
 pub mod ir;
+pub mod l2fast;
 pub mod manifest;
 pub mod matrix;
 pub mod model;

@@ -405,6 +405,7 @@ pub fn guard(cluster: &Cluster, node: &str, net: &NodeNet) -> Option<Guard> {
             claims_guard(port, "a pod still to be learned", &unlearned),
         );
     }
+    chains.values_mut().for_each(crate::l2fast::add_fast_paths);
     (!chains.is_empty()).then_some(Guard { flags: 0, chains })
 }
 
