@@ -259,6 +259,14 @@ pub struct SourceArgs {
     /// allow-lists and skip its own egress policy).
     #[arg(long)]
     pub no_source_validation: bool,
+    /// Let pods send tunnel packets (IPIP, IPv6 in IP, GRE, UDP to ports
+    /// 4789, 6081, 8472), for pods that run their own overlays; NetworkPolicy
+    /// then judges them like any other traffic. By default source
+    /// validation drops them at the pod's interface, because a node's own
+    /// overlay device would decapsulate such a packet and take the source
+    /// written inside unchecked (see SECURITY.md).
+    #[arg(long)]
+    pub allow_pod_tunnels: bool,
 }
 
 /// The node's interface map: the given file, else (`discover`) the
@@ -270,7 +278,7 @@ pub fn node_net(
     discover: bool,
 ) -> Result<NodeNet, Error> {
     let validation = !args.no_source_validation;
-    let net = match &args.pod_interfaces {
+    let mut net = match &args.pod_interfaces {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
                 path: path.clone(),
@@ -332,6 +340,7 @@ pub fn node_net(
             .collect();
         tracing::warn!(address = %ip, pods = %names.join(", "), "address claimed by several live pods: flows to and from it fail closed");
     }
+    net.pod_tunnels = args.allow_pod_tunnels;
     Ok(net)
 }
 

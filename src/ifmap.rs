@@ -252,6 +252,7 @@ impl Snapshot {
             pod_interfaces,
             source_validation,
             bridge_ports,
+            ..NodeNet::default()
         }
     }
 

@@ -1177,3 +1177,50 @@ fn pods_without_a_known_interface_are_warned_about_in_one_line() {
     assert!(lines[0].contains("and 1 more"), "{err}");
     assert!(!lines[0].contains("x/p0"), "{err}");
 }
+
+/// `--allow-pod-tunnels` drops only the tunnel rules from a pod's source
+/// validation chain; the address check stays.
+#[test]
+fn allow_pod_tunnels_keeps_validation_but_not_the_tunnel_drops() {
+    let dir = std::env::temp_dir().join(format!("nftpol-cli-tunnels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let manifest = dir.join("pods.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p0, namespace: x}\n\
+         spec: {nodeName: node-1}\nstatus: {podIP: 10.0.0.1}\n",
+    )
+    .expect("write manifest");
+    let interfaces = dir.join("interfaces.yaml");
+    std::fs::write(&interfaces, "x/p0: veth0\n").expect("write interface map");
+    let compile = |extra: &[&str]| {
+        let mut args = vec![
+            "compile",
+            "-m",
+            manifest.to_str().expect("utf-8 path"),
+            "--node-name",
+            "node-1",
+            "--pod-interfaces",
+            interfaces.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let out = nftpol(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let default = compile(&[]);
+    let allowed = compile(&["--allow-pod-tunnels"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(default.contains("tunnel packet (GRE)"), "{default}");
+    assert!(
+        default.contains("tunnel packet (VXLAN, UDP 8472)"),
+        "{default}"
+    );
+    assert!(!allowed.contains("tunnel packet"), "{allowed}");
+    for out in [&default, &allowed] {
+        assert!(
+            out.contains("forged source: not an address of x/p0"),
+            "{out}"
+        );
+    }
+}

@@ -71,6 +71,16 @@ pub struct NodeNet {
     /// no pod in `pod_interfaces` is bound to get fail-closed chains.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub bridge_ports: BTreeSet<String>,
+    /// Let pods send tunnel packets (IPIP, IPv6 in IP, GRE, UDP to the
+    /// VXLAN and Geneve ports), for pods that run their own overlays. Off,
+    /// they are dropped at the pod's interface: the node's own overlay
+    /// device would decapsulate one and take its inner source unchecked.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pod_tunnels: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn yes() -> bool {
@@ -83,6 +93,7 @@ impl Default for NodeNet {
             pod_interfaces: BTreeMap::new(),
             source_validation: true,
             bridge_ports: BTreeSet::new(),
+            pod_tunnels: false,
         }
     }
 }
@@ -273,7 +284,9 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         // Neighbour discovery and MLD serve only pods that speak IPv6: an
         // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
         let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
-        rules.extend(tunnel_drops());
+        if !net.pod_tunnels {
+            rules.extend(tunnel_drops());
+        }
         for ip in own {
             rules.push(Rule {
                 matches: vec![Match::AddrPrefix {
@@ -330,8 +343,8 @@ pub const TUNNEL_UDP_PORTS: [(u16, &str); 3] = [(4789, "VXLAN"), (6081, "Geneve"
 /// (or any other decapsulating device) takes the packet inside one in
 /// as if it came from the tunnel, with whatever source the pod wrote
 /// inside: the address checks here see only the outer header. Pods do
-/// not run tunnels to nodes; a pod that terminates its own tunnels needs
-/// validation off.
+/// not run tunnels to nodes; pods that run their own overlays need
+/// [`NodeNet::pod_tunnels`], which leaves the node's overlay open to them.
 fn tunnel_drops() -> Vec<Rule> {
     let drop = |matches: Vec<Match>, what: String| Rule {
         matches: matches.into_iter().chain([Match::Counter]).collect(),
@@ -554,14 +567,23 @@ mod tests {
 
     #[test]
     fn tunnel_packets_are_dropped_even_from_the_pods_own_address() {
-        let net = NodeNet {
-            pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
-            ..NodeNet::default()
-        };
+        for pod_tunnels in [false, true] {
+            let net = NodeNet {
+                pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
+                pod_tunnels,
+                ..NodeNet::default()
+            };
+            tunnels_pass_only_when_allowed(&net);
+        }
+    }
+
+    /// With `pod_tunnels` off, no tunnel packet passes even from the pod's
+    /// own address; on, they pass like any other; forged ones never do.
+    fn tunnels_pass_only_when_allowed(net: &NodeNet) {
         let mut rs = Ruleset::default();
         rs.chains.insert(
             "src".into(),
-            chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net),
+            chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), net),
         );
         let pass = |saddr: &str, daddr: &str, proto: u8, dport: u16| {
             let pkt = crate::interp::Packet {
@@ -575,18 +597,31 @@ mod tests {
             };
             crate::interp::hook_accepts(&rs, "src", &pkt)
         };
+        let allowed = net.pod_tunnels;
         for (saddr, daddr) in [("10.0.0.2", "10.0.0.1"), ("fd00::2", "fd00::1")] {
             for p in [4, 41, 47] {
-                assert!(!pass(saddr, daddr, p, 0), "protocol {p} from {saddr}");
+                assert_eq!(
+                    pass(saddr, daddr, p, 0),
+                    allowed,
+                    "protocol {p} from {saddr}"
+                );
             }
             for port in [4789, 6081, 8472] {
-                assert!(
-                    !pass(saddr, daddr, l4::UDP, port),
+                assert_eq!(
+                    pass(saddr, daddr, l4::UDP, port),
+                    allowed,
                     "UDP {port} from {saddr}"
                 );
                 assert!(pass(saddr, daddr, l4::TCP, port), "TCP {port} from {saddr}");
             }
             assert!(pass(saddr, daddr, l4::UDP, 53), "UDP 53 from {saddr}");
+        }
+        for (saddr, daddr) in [("10.0.0.3", "10.0.0.1"), ("fd00::3", "fd00::1")] {
+            assert!(!pass(saddr, daddr, 47, 0), "forged GRE from {saddr}");
+            assert!(
+                !pass(saddr, daddr, l4::UDP, 8472),
+                "forged VXLAN from {saddr}"
+            );
         }
     }
 
@@ -643,8 +678,8 @@ mod tests {
                 .iter()
                 .map(|(p, d)| (format!("x/{p}"), d.to_string()))
                 .collect(),
-            source_validation: true,
             bridge_ports: ports.iter().map(|p| p.to_string()).collect(),
+            ..NodeNet::default()
         };
         crate::compile::compile_node(&cluster, "n1", &net)
     }

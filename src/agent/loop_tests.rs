@@ -780,3 +780,50 @@ fn a_relist_recompiles_only_the_objects_that_changed() {
 fn is_pod(o: &Object, name: &str) -> bool {
     matches!(o, Object::Pod(p) if p.name == name)
 }
+
+/// `--allow-pod-tunnels` reaches the compiled table: the pod's source
+/// validation chain keeps its tunnel drops only without it.
+#[test]
+fn pod_tunnels_setting_decides_the_tunnel_drops() {
+    let dir = tempfile::Builder::new()
+        .prefix("nftpol-t-tunnels-")
+        .tempdir()
+        .expect("temp dir");
+    let map = dir.path().join("interfaces.yaml");
+    std::fs::write(&map, "prod/p0: veth0\n").expect("write interface map");
+    for pod_tunnels in [false, true] {
+        let mut l = Loop::synced(Settings {
+            pod_interfaces_file: Some(map.clone()),
+            pod_tunnels,
+            ..settings()
+        });
+        l.change(Change::Apply(pod(0)));
+        l.run_for(Duration::from_secs(1));
+        let table = l.kernel.mem.state().table.clone().expect("a table");
+        let src = table
+            .chains
+            .get("src_prod_p0")
+            .expect("the pod's validation chain");
+        let drops = src
+            .rules
+            .iter()
+            .filter(|r| {
+                r.comment
+                    .as_deref()
+                    .is_some_and(|c| c.contains("tunnel packet"))
+            })
+            .count();
+        assert_eq!(
+            drops == 0,
+            pod_tunnels,
+            "{drops} tunnel drops, pod_tunnels={pod_tunnels}"
+        );
+        assert!(
+            src.rules.iter().any(|r| r
+                .comment
+                .as_deref()
+                .is_some_and(|c| c.contains("forged source"))),
+            "validation stays on either way"
+        );
+    }
+}

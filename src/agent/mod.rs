@@ -82,6 +82,13 @@ pub struct AgentArgs {
     /// ingress allow-lists and skip its own egress policy.
     #[arg(long)]
     pub no_source_validation: bool,
+    /// Let pods send tunnel packets (IPIP, IPv6 in IP, GRE, UDP to ports
+    /// 4789, 6081, 8472), for pods that run their own overlays. By default
+    /// they are dropped at the pod's interface: the node's own overlay
+    /// device would decapsulate one and take the source written inside
+    /// unchecked, so with this on, such a pod can forge sources through it.
+    #[arg(long)]
+    pub allow_pod_tunnels: bool,
     /// A YAML map `NAMESPACE/POD: INTERFACE` of the local pods' host-side
     /// interfaces, re-read at every reconcile, instead of learning them
     /// from the node's routes, ARP table and bridge FDBs.
@@ -224,6 +231,7 @@ impl Options {
                 max_delay: a.max_delay,
                 drift_interval: a.drift_interval,
                 source_validation: !a.no_source_validation,
+                pod_tunnels: a.allow_pod_tunnels,
                 discover_interfaces: !a.no_source_validation && a.pod_interfaces.is_none(),
                 pod_interfaces_file: a.pod_interfaces.clone(),
                 counters_interval: a.counters_interval,

@@ -229,6 +229,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Source validation on (the default of `nftpol agent`).
     pub source_validation: bool,
+    /// Pods may send tunnel packets (`--allow-pod-tunnels`).
+    pub pod_tunnels: bool,
     /// Learn pod interfaces from this namespace's routes, ARP table and
     /// bridge FDBs at every reconcile and drift check (see `ifmap`); off,
     /// no interface is known and no validation chain is compiled.
@@ -262,6 +264,7 @@ impl Settings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             source_validation: true,
+            pod_tunnels: false,
             discover_interfaces: false,
             pod_interfaces_file: None,
             counters_interval: Duration::from_secs(10),
@@ -680,6 +683,13 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
 
     /// The node's pod interfaces, as the settings say to learn them.
     fn node_net(&self) -> NodeNet {
+        NodeNet {
+            pod_tunnels: self.settings.pod_tunnels,
+            ..self.learned_net()
+        }
+    }
+
+    fn learned_net(&self) -> NodeNet {
         let s = &self.settings;
         if let (Some(path), true) = (&s.pod_interfaces_file, s.source_validation) {
             let map = std::fs::read_to_string(path)
