@@ -234,6 +234,8 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
         // The packets modelled here are IP packets without an ND target:
         // never ARP, and no advertisement to judge.
         Match::ArpNotEthIpv4 | Match::ArpSenderIpNot(_) | Match::NdTargetNot(_) => false,
+        // Nor do they carry IPv4 options or IPv6 routing headers.
+        Match::Ip4HdrLenAbove(_) | Match::Ip4OptionWordNot(_) | Match::Ip6RoutingHeader => false,
         Match::CtState(states) => states.contains(&pkt.ct),
         Match::L4Proto(p) => pkt.proto == *p,
         Match::AddrInSet { family, dir, set } => {

@@ -322,6 +322,15 @@ pub enum Match {
     /// (netdev table, after `ether type ip6`; implies `meta l4proto
     /// ipv6-icmp`).
     NdTargetNot(ipnet::Ipv6Net),
+    /// `ip hdrlength > N`: an IPv4 header longer than N 32-bit words
+    /// (more than N - 5 words of options).
+    Ip4HdrLenAbove(u8),
+    /// `ip hdrlength 6 @nh,160,32 != W`: exactly one word of IPv4
+    /// options, and not the word `W`.
+    Ip4OptionWordNot(u32),
+    /// `exthdr rt exists`: an IPv6 routing header of any type (implies
+    /// `meta nfproto ipv6`).
+    Ip6RoutingHeader,
 }
 
 /// The verdict of a rule.

@@ -275,6 +275,11 @@ fn render_match(m: &Match) -> String {
             format!("{} {} {addr}", family.payload_keyword(), dir.addr_keyword())
         }
         Match::Ip6HopLimit(n) => format!("ip6 hoplimit {n}"),
+        Match::Ip4HdrLenAbove(n) => format!("ip hdrlength > {n}"),
+        // nft names one option at a time (`ip option ra exists`), not
+        // "this option and nothing else": the raw word.
+        Match::Ip4OptionWordNot(w) => format!("ip hdrlength 6 @nh,160,32 != 0x{w:08x}"),
+        Match::Ip6RoutingHeader => "exthdr rt exists".into(),
         Match::CtSaddr { dir, addr } => format!(
             "ct {} {} saddr {addr}",
             dir.as_str(),

@@ -2,7 +2,7 @@
 //! through (the node's network view, an input of the compiler like the
 //! cluster), and the per-pod `ingress` base chains bound to that
 //! interface: in `inet nftpol`, one that lets through only the pod's own
-//! addresses; in `netdev nftpol` (the guard), one for what the `inet`
+//! addresses, and no source-routed packet; in `netdev nftpol` (the guard), one for what the `inet`
 //! family never sees (it runs only for IPv4/IPv6 frames, after the
 //! kernel took one VLAN tag off): VLAN-tagged frames, ethertypes a pod
 //! never needs, and ARP or neighbour advertisements claiming an address
@@ -45,6 +45,10 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Length of an IPv4 header without options, in 32-bit words.
+pub const IP4_WORDS: u8 = 5;
+/// The router alert option (RFC 2113, value 0) as one 32-bit word.
+pub const IPOPT_ROUTER_ALERT: u32 = 0x9404_0000;
 /// ICMPv6 neighbour advertisement: its target address is what it claims.
 pub const ND_NEIGHBOR_ADVERT: u8 = 136;
 /// ICMPv6 neighbour solicitation.
@@ -225,8 +229,10 @@ fn nd_exemptions(lo: u8, hi: u8) -> Vec<Rule> {
 /// needs nothing here: ARP never reaches an `inet` chain, and the
 /// guard checks it.
 fn unbound_src_chain(port: &str, unlearned: &[IpAddr]) -> Chain {
-    let mut rules = Vec::new();
     let own6: Vec<&IpAddr> = unlearned.iter().filter(|a| a.is_ipv6()).collect();
+    // The neighbour discovery that passes here carries no route either
+    // (IPv4 passes not at all).
+    let mut rules = source_route_drops(false, !own6.is_empty());
     for ip in &own6 {
         rules.push(Rule {
             matches: vec![
@@ -277,13 +283,13 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
             .iter()
             .map(|p| format!("{}/{}", p.namespace, p.name))
             .collect();
-        let mut rules = Vec::new();
         let mut own: Vec<IpAddr> = pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
         own.sort();
         own.dedup();
         // Neighbour discovery and MLD serve only pods that speak IPv6: an
         // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
         let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
+        let mut rules = source_route_drops(own.iter().any(IpAddr::is_ipv4), speaks_v6);
         if !net.pod_tunnels {
             rules.extend(tunnel_drops());
         }
@@ -363,6 +369,47 @@ fn tunnel_drops() -> Vec<Rule> {
         )
     });
     by_proto.chain(by_port).collect()
+}
+
+/// Counted drops of source-routed packets, ahead of the address checks:
+/// a node that honours source routes (`accept_source_route`,
+/// `seg6_enabled`, `rpl_seg_enabled` on) forwards such a packet, sent to
+/// the node on a flow conntrack knows, to the next address of the route,
+/// and `forward` lets it through as established without judging that
+/// destination.
+///
+/// IPv4 drops every option but a lone router alert (what the kernel
+/// itself writes on IGMP reports), not only LSRR and SSRR: the kernel's
+/// option parser behind `ip option lsrr exists` does not recognise a
+/// route whose pointer has moved past its first address, and the node
+/// still routes by it. Record route and timestamps are harmless but go
+/// too; a pod has no use for them. IPv6 drops every routing header: type
+/// 0 the kernel refuses anyway, type 2 (Mobile IPv6) is no pod's
+/// business, types 3 (RPL) and 4 (segment routing) forward.
+fn source_route_drops(v4: bool, v6: bool) -> Vec<Rule> {
+    let drop = |m: Match, why: &str| Rule {
+        matches: vec![m, Match::Counter],
+        verdict: Verdict::Drop,
+        comment: Some(why.to_string()),
+    };
+    let mut rules = Vec::new();
+    if v4 {
+        rules.push(drop(
+            Match::Ip4HdrLenAbove(IP4_WORDS + 1),
+            "IPv4 options longer than a router alert (no source routes: LSRR, SSRR)",
+        ));
+        rules.push(drop(
+            Match::Ip4OptionWordNot(IPOPT_ROUTER_ALERT),
+            "IPv4 option other than a router alert (no source routes: LSRR, SSRR)",
+        ));
+    }
+    if v6 {
+        rules.push(drop(
+            Match::Ip6RoutingHeader,
+            "IPv6 routing header (no source routes)",
+        ));
+    }
+    rules
 }
 
 /// Local pods by the interface they send through (validation on only).
@@ -623,6 +670,42 @@ mod tests {
                 "forged VXLAN from {saddr}"
             );
         }
+    }
+
+    #[test]
+    fn source_routed_packets_are_dropped_before_the_address_checks() {
+        let net = NodeNet {
+            pod_interfaces: [("x/a".to_string(), "veth0".to_string())].into(),
+            ..NodeNet::default()
+        };
+        let drops = |c: &Chain| -> Vec<String> {
+            c.rules
+                .iter()
+                .take_while(|r| r.verdict == Verdict::Drop)
+                .map(crate::render::render_rule)
+                .filter(|r| r.contains("no source routes"))
+                .collect()
+        };
+        let v4 = [
+            "ip hdrlength > 6 counter drop comment \"IPv4 options longer than a router alert (no source routes: LSRR, SSRR)\"",
+            "ip hdrlength 6 @nh,160,32 != 0x94040000 counter drop comment \"IPv4 option other than a router alert (no source routes: LSRR, SSRR)\"",
+        ];
+        let v6 = "exthdr rt exists counter drop comment \"IPv6 routing header (no source routes)\"";
+        let dual = chain_of(&pod("a", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
+        assert_eq!(drops(&dual), [v4[0], v4[1], v6], "{dual:?}");
+        // Each family's drops only where the pod has an address of it
+        // (the final drop refuses the other family whole).
+        let only4 = chain_of(&pod("a", "{ip: 10.0.0.2}"), &net);
+        assert_eq!(drops(&only4), v4, "{only4:?}");
+        let only6 = chain_of(&pod("a", "{ip: 'fd00::2'}"), &net);
+        assert_eq!(drops(&only6), [v6], "{only6:?}");
+        // Plain packets (no options, no routing header) still pass.
+        assert!(accepts(&dual, "fd00::2", 128, 64));
+        // A bridge port no pod is bound to yet passes only neighbour
+        // discovery, and none with a routing header.
+        let yaml = pod("old", "{ip: 10.0.0.1}") + &pod("new", "{ip: 10.0.0.2}, {ip: 'fd00::2'}");
+        let rs = bridged(&yaml, &[("old", "vp0")], &["vp0", "vp1"]);
+        assert_eq!(drops(&rs.chains["srcnew_vp1"])[..1], [v6], "{rs:?}");
     }
 
     #[test]

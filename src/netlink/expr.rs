@@ -43,6 +43,18 @@ pub const CMP_EQ: u32 = libc::NFT_CMP_EQ as u32;
 pub const CMP_NEQ: u32 = libc::NFT_CMP_NEQ as u32;
 pub const CMP_LTE: u32 = libc::NFT_CMP_LTE as u32;
 pub const CMP_GTE: u32 = libc::NFT_CMP_GTE as u32;
+pub const CMP_GT: u32 = libc::NFT_CMP_GT as u32;
+/// `NFT_EXTHDR_OP_IPV6` and `NFT_EXTHDR_F_PRESENT` (libc has neither):
+/// an exthdr expression over IPv6 extension headers that only says
+/// whether the header is there.
+pub const EXTHDR_OP_IPV6: u32 = 0;
+pub const EXTHDR_F_PRESENT: u32 = 1;
+/// `NEXTHDR_ROUTING`: the IPv6 routing header.
+pub const NEXTHDR_ROUTING: u8 = 43;
+/// The IPv4 header's first byte holds the header length in its low
+/// nibble; options start at byte 20.
+const IP4_HDRLEN_MASK: u8 = 0x0f;
+const IP4_OPTIONS_OFFSET: u32 = 20;
 pub const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 pub const REG_1: u32 = libc::NFT_REG_1 as u32;
 /// `fib daddr type`: look the destination up, return its route type
@@ -130,6 +142,16 @@ pub enum RawExpr {
         qthreshold: u16,
         /// A syslog level or flags: a log nftpol never writes.
         other: bool,
+    },
+    /// `exthdr`: with `EXTHDR_F_PRESENT`, 1 or 0 in `dreg` as the header
+    /// (`ty`) is there or not.
+    Exthdr {
+        op: u32,
+        ty: u8,
+        offset: u32,
+        len: u32,
+        flags: u32,
+        dreg: u32,
     },
     /// `fib <flags> <result>` into `dreg`.
     Fib {
@@ -342,6 +364,28 @@ impl Lowering {
         });
     }
 
+    /// `ip hdrlength <op> words`: the low nibble of the first byte.
+    fn ip4_hdrlen(&mut self, op: u32, words: u8) {
+        self.out.push(RawExpr::Payload {
+            base: BASE_NETWORK,
+            offset: 0,
+            len: 1,
+            dreg: REG_1,
+        });
+        self.out.push(RawExpr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            len: 1,
+            mask: vec![IP4_HDRLEN_MASK],
+            xor: vec![0],
+        });
+        self.out.push(RawExpr::Cmp {
+            sreg: REG_1,
+            op,
+            data: vec![words],
+        });
+    }
+
     fn dport(&mut self) {
         self.out.push(RawExpr::Payload {
             base: BASE_TRANSPORT,
@@ -502,6 +546,36 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
             Match::Ip6HopLimit(n) => {
                 l.guard(Family::Ipv6);
                 l.load_cmp(BASE_NETWORK, IP6_HOPLIMIT_OFFSET, CMP_EQ, vec![*n]);
+            }
+            Match::Ip4HdrLenAbove(n) => {
+                l.guard(Family::Ipv4);
+                l.ip4_hdrlen(CMP_GT, *n);
+            }
+            Match::Ip4OptionWordNot(w) => {
+                l.guard(Family::Ipv4);
+                l.ip4_hdrlen(CMP_EQ, policy_compiler::srcval::IP4_WORDS + 1);
+                l.load_cmp(
+                    BASE_NETWORK,
+                    IP4_OPTIONS_OFFSET,
+                    CMP_NEQ,
+                    w.to_be_bytes().to_vec(),
+                );
+            }
+            Match::Ip6RoutingHeader => {
+                l.guard(Family::Ipv6);
+                l.out.push(RawExpr::Exthdr {
+                    op: EXTHDR_OP_IPV6,
+                    ty: NEXTHDR_ROUTING,
+                    offset: 0,
+                    len: 1,
+                    flags: EXTHDR_F_PRESENT,
+                    dreg: REG_1,
+                });
+                l.out.push(RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![1],
+                });
             }
             Match::DaddrBroadcast => {
                 l.out.push(RawExpr::Fib {
@@ -839,6 +913,59 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
             }
             E::Payload {
                 base: BASE_NETWORK,
+                offset: 0,
+                len: 1,
+                dreg: REG_1,
+            } => {
+                let nibble = matches!(
+                    exprs.get(i + 1),
+                    Some(E::Bitwise { sreg: REG_1, dreg: REG_1, len: 1, mask, xor })
+                        if mask[..] == [IP4_HDRLEN_MASK] && xor[..] == [0]
+                );
+                if !nibble {
+                    return Err("ip hdrlength without its nibble mask".into());
+                }
+                let one_word = policy_compiler::srcval::IP4_WORDS + 1;
+                if let Some([n]) = cmp1(exprs.get(i + 2), CMP_GT).as_deref() {
+                    matches.push(Match::Ip4HdrLenAbove(*n));
+                    i += 3;
+                } else if cmp1(exprs.get(i + 2), CMP_EQ).as_deref() == Some(&[one_word])
+                    && matches!(
+                        exprs.get(i + 3),
+                        Some(E::Payload {
+                            base: BASE_NETWORK,
+                            offset: IP4_OPTIONS_OFFSET,
+                            len: 4,
+                            dreg: REG_1
+                        })
+                    )
+                {
+                    let Some(Ok(w)) = cmp1(exprs.get(i + 4), CMP_NEQ).map(<[u8; 4]>::try_from)
+                    else {
+                        return Err("ip option word without a four-byte != compare".into());
+                    };
+                    matches.push(Match::Ip4OptionWordNot(u32::from_be_bytes(w)));
+                    i += 5;
+                } else {
+                    return Err("ip hdrlength other than `> N` or `6` and an option word".into());
+                }
+            }
+            E::Exthdr {
+                op: EXTHDR_OP_IPV6,
+                ty: NEXTHDR_ROUTING,
+                offset: 0,
+                len: 1,
+                flags: EXTHDR_F_PRESENT,
+                dreg: REG_1,
+            } => {
+                if cmp1(exprs.get(i + 1), CMP_EQ).as_deref() != Some(&[1]) {
+                    return Err("exthdr rt without an `exists` compare".into());
+                }
+                matches.push(Match::Ip6RoutingHeader);
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
                 offset: IP6_HOPLIMIT_OFFSET,
                 len: 1,
                 dreg: REG_1,
@@ -1117,6 +1244,15 @@ pub(crate) mod tests {
                 Verdict::Accept,
             ),
             r(vec![Match::DaddrBroadcast, Match::Counter], Verdict::Drop),
+            r(
+                vec![Match::Ip4HdrLenAbove(6), Match::Counter],
+                Verdict::Drop,
+            ),
+            r(
+                vec![Match::Ip4OptionWordNot(0x9404_0000), Match::Counter],
+                Verdict::Drop,
+            ),
+            r(vec![Match::Ip6RoutingHeader, Match::Counter], Verdict::Drop),
             Rule {
                 matches: vec![
                     Match::CtState([CtState::New].into()),
@@ -1371,6 +1507,151 @@ pub(crate) mod tests {
             );
         }
         assert_eq!((CT_SRC_IP, CT_SRC_IP6), (19, 21));
+    }
+
+    #[test]
+    fn source_route_drops_match_nft_debug_output() {
+        // nft --debug=netlink of `ip hdrlength > 6 counter drop`,
+        // `ip hdrlength 6 @nh,160,32 != 0x94040000 counter drop` and
+        // `exthdr rt exists counter drop` in an inet table (nft 1.0.6).
+        let nfproto = |p: u8| {
+            [
+                RawExpr::Meta {
+                    key: META_NFPROTO,
+                    dreg: REG_1,
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![p],
+                },
+            ]
+        };
+        let hdrlength = |op, n: u8| {
+            [
+                RawExpr::Payload {
+                    base: BASE_NETWORK,
+                    offset: 0,
+                    len: 1,
+                    dreg: REG_1,
+                },
+                RawExpr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    len: 1,
+                    mask: vec![0x0f],
+                    xor: vec![0],
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op,
+                    data: vec![n],
+                },
+            ]
+        };
+        let tail = [
+            RawExpr::Counter,
+            RawExpr::Verdict {
+                code: V_DROP,
+                chain: None,
+            },
+        ];
+        let above: Vec<RawExpr> = [&nfproto(2)[..], &hdrlength(CMP_GT, 6), &tail].concat();
+        let word: Vec<RawExpr> = [
+            &nfproto(2)[..],
+            &hdrlength(CMP_EQ, 6),
+            &[
+                RawExpr::Payload {
+                    base: BASE_NETWORK,
+                    offset: 20,
+                    len: 4,
+                    dreg: REG_1,
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_NEQ,
+                    data: vec![0x94, 0x04, 0, 0],
+                },
+            ],
+            &tail,
+        ]
+        .concat();
+        let rt: Vec<RawExpr> = [
+            &nfproto(10)[..],
+            &[
+                RawExpr::Exthdr {
+                    op: 0,
+                    ty: 43,
+                    offset: 0,
+                    len: 1,
+                    flags: 1,
+                    dreg: REG_1,
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![1],
+                },
+            ],
+            &tail,
+        ]
+        .concat();
+        for (m, want) in [
+            (Match::Ip4HdrLenAbove(6), above),
+            (Match::Ip4OptionWordNot(0x9404_0000), word),
+            (Match::Ip6RoutingHeader, rt),
+        ] {
+            let rule = r(vec![m, Match::Counter], Verdict::Drop);
+            assert_eq!(lower_rule(&rule), want);
+            assert_eq!(raise_rule(&want, None), Ok(rule));
+        }
+        // Other shapes of the same loads are foreign.
+        let foreign = [
+            // `exthdr hbh exists`: another header.
+            vec![
+                RawExpr::Exthdr {
+                    op: 0,
+                    ty: 0,
+                    offset: 0,
+                    len: 1,
+                    flags: 1,
+                    dreg: REG_1,
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![1],
+                },
+            ],
+            // `exthdr rt missing`.
+            vec![
+                RawExpr::Exthdr {
+                    op: 0,
+                    ty: 43,
+                    offset: 0,
+                    len: 1,
+                    flags: 1,
+                    dreg: REG_1,
+                },
+                RawExpr::Cmp {
+                    sreg: REG_1,
+                    op: CMP_EQ,
+                    data: vec![0],
+                },
+            ],
+            // `ip hdrlength < 6`, and `ip version` (no nibble mask).
+            hdrlength(CMP_LTE, 6).to_vec(),
+            vec![RawExpr::Payload {
+                base: BASE_NETWORK,
+                offset: 0,
+                len: 1,
+                dreg: REG_1,
+            }],
+        ];
+        for mut raw in foreign {
+            raw.extend(tail.iter().cloned());
+            assert!(raise_rule(&raw, None).is_err(), "{raw:?}");
+        }
     }
 
     #[test]

@@ -361,6 +361,33 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
     rs
 }
 
+/// The `inet` source validation chains the compiler writes for pods
+/// `p0`, `p1`, ... behind the given interfaces (which need not exist):
+/// address checks, the neighbour discovery exemptions and the drops of
+/// source-routed packets.
+pub(crate) fn add_src_chains(rs: &mut Ruleset, ports: &[(&str, &[&str])]) {
+    let mut c = policy_compiler::Cluster::new();
+    let mut pod_interfaces = std::collections::BTreeMap::new();
+    for (i, (dev, ips)) in ports.iter().enumerate() {
+        c.apply_pod(policy_compiler::model::Pod {
+            namespace: "default".into(),
+            name: format!("p{i}"),
+            labels: Default::default(),
+            node_name: Some("n".into()),
+            host_network: false,
+            ips: ips.iter().map(|a| ip(a)).collect(),
+            named_ports: vec![],
+            terminal: false,
+        });
+        pod_interfaces.insert(format!("default/p{i}"), dev.to_string());
+    }
+    let net = policy_compiler::NodeNet {
+        pod_interfaces,
+        ..Default::default()
+    };
+    policy_compiler::srcval::add_chains(rs, &c, "n", &net);
+}
+
 /// A guard table as the compiler writes it: one chain per (interface,
 /// pod addresses). The interfaces need not exist.
 pub(crate) fn guard_of(ports: &[(&str, &[&str])]) -> Guard {
@@ -463,7 +490,18 @@ fn every_feature_round_trips_and_second_apply_sends_nothing() {
 #[test]
 fn netlink_apply_equals_nft_f_of_the_rendered_script() {
     require_root!();
-    let mut cases = vec![("every_feature".to_string(), every_feature(&[3]))];
+    let mut validated = every_feature(&[3]);
+    add_src_chains(
+        &mut validated,
+        &[("vp0", &["10.1.0.7", "fd00::7"]), ("vp1", &["10.1.0.8"])],
+    );
+    let mut cases = vec![
+        ("every_feature".to_string(), every_feature(&[3])),
+        (
+            "every_feature with source validation".to_string(),
+            validated,
+        ),
+    ];
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies"))
         .expect("examples")
     {

@@ -95,6 +95,13 @@ pub(crate) mod nfta {
     pub const FIB_DREG: u16 = 1;
     pub const FIB_RESULT: u16 = 2;
     pub const FIB_FLAGS: u16 = 3;
+    pub const EXTHDR_DREG: u16 = 1;
+    pub const EXTHDR_TYPE: u16 = 2;
+    pub const EXTHDR_OFFSET: u16 = 3;
+    pub const EXTHDR_LEN: u16 = 4;
+    pub const EXTHDR_FLAGS: u16 = 5;
+    pub const EXTHDR_OP: u16 = 6;
+    pub const EXTHDR_SREG: u16 = 7;
 }
 
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -352,6 +359,15 @@ fn parse_expr(elem: &[u8]) -> Result<(RawExpr, Option<(u64, u64)>), String> {
             flags: d.u32_or_0(FIB_FLAGS)?,
             result: d.u32_or_0(FIB_RESULT)?,
             dreg: d.u32_or_0(FIB_DREG)?,
+        },
+        // A load only: an exthdr that writes (sreg) is not nftpol's.
+        "exthdr" if d.has(EXTHDR_DREG) && !d.has(EXTHDR_SREG) => RawExpr::Exthdr {
+            op: d.u32_or_0(EXTHDR_OP)?,
+            ty: d.u8(EXTHDR_TYPE)?.unwrap_or(0),
+            offset: d.u32_or_0(EXTHDR_OFFSET)?,
+            len: d.u32_or_0(EXTHDR_LEN)?,
+            flags: d.u32_or_0(EXTHDR_FLAGS)?,
+            dreg: d.u32_or_0(EXTHDR_DREG)?,
         },
         "limit" => RawExpr::Limit {
             rate: d.u64(LIMIT_RATE)?.unwrap_or(0),

@@ -46,6 +46,7 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
         RawExpr::Lookup { .. } => c"lookup",
         RawExpr::Verdict { .. } => c"immediate",
         RawExpr::Fib { .. } => c"fib",
+        RawExpr::Exthdr { .. } => c"exthdr",
         RawExpr::Counter => c"counter",
         RawExpr::Limit { .. } => c"limit",
         RawExpr::Log { .. } => c"log",
@@ -126,6 +127,22 @@ unsafe fn build_expr(e: &RawExpr) -> NonNull<sys::nftnl_expr> {
             set_u32(sys::NFTNL_EXPR_FIB_DREG, *dreg);
             set_u32(sys::NFTNL_EXPR_FIB_RESULT, *result);
             set_u32(sys::NFTNL_EXPR_FIB_FLAGS, *flags);
+        }
+        RawExpr::Exthdr {
+            op,
+            ty,
+            offset,
+            len,
+            flags,
+            dreg,
+        } => {
+            set_u32(sys::NFTNL_EXPR_EXTHDR_DREG, *dreg);
+            // SAFETY: `p` is live; NFTNL_EXPR_EXTHDR_TYPE is a u8 attribute.
+            unsafe { sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_EXTHDR_TYPE as u16, *ty) };
+            set_u32(sys::NFTNL_EXPR_EXTHDR_OFFSET, *offset);
+            set_u32(sys::NFTNL_EXPR_EXTHDR_LEN, *len);
+            set_u32(sys::NFTNL_EXPR_EXTHDR_FLAGS, *flags);
+            set_u32(sys::NFTNL_EXPR_EXTHDR_OP, *op);
         }
         RawExpr::Verdict { code, chain } => {
             set_u32(sys::NFTNL_EXPR_IMM_DREG, super::expr::REG_VERDICT);

@@ -19,7 +19,7 @@
 //! that must arrive are the controls: a silent receiver cannot pass.
 
 use crate::attacker::{attack_pods, fold, raw_receiver, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
-use crate::cluster::SimCluster;
+use crate::cluster::{netns_exec, SimCluster};
 use crate::netns::run;
 use crate::probe::spawn_in;
 use crate::scenarios::np;
@@ -233,7 +233,7 @@ fn opts(kind: u8, len: usize) -> Ext {
     (kind, h)
 }
 
-/// A routing header of `rtype` (0, or 4 = segment routing) listing
+/// A routing header of `rtype` (0, 3 = RPL, 4 = segment routing) listing
 /// `segments`, `left` of them still to visit.
 fn routing(rtype: u8, left: u8, segments: &[Ipv6Addr]) -> Ext {
     let mut h = vec![0u8, (segments.len() * 2) as u8, rtype, left, 0, 0, 0, 0];
@@ -725,6 +725,19 @@ fn extension_headers(p: &mut Probes) {
         ("destination options", vec![opts(DSTOPTS, 16)]),
         ("routing type 0, no segment left", vec![routing(0, 0, &[s])]),
         (
+            "a chain of 8 headers",
+            vec![
+                opts(HOPOPTS, 8),
+                opts(DSTOPTS, 8),
+                opts(DSTOPTS, 8),
+                opts(DSTOPTS, 16),
+                opts(DSTOPTS, 8),
+                opts(DSTOPTS, 24),
+                opts(DSTOPTS, 8),
+                opts(DSTOPTS, 8),
+            ],
+        ),
+        (
             "a chain of 9 headers",
             vec![
                 opts(HOPOPTS, 8),
@@ -740,11 +753,14 @@ fn extension_headers(p: &mut Probes) {
         ),
     ];
     for (what, exts) in chains {
+        // No routing header leaves a pod (its `src_` chain drops them).
+        let routed = exts.iter().any(|e| e.0 == ROUTING);
         for (proto, dport, expect) in [
             (TCP, PORT, Expect::Arrive),
             (TCP, DENIED_PORT, Expect::Never),
             (UDP, PORT, Expect::Never),
         ] {
+            let expect = if routed { Expect::Never } else { expect };
             let id = p.id();
             let m = l4(proto, src, dst, id, dport, SYN, 8);
             let pk = ip6(s, d, 64, &exts, proto, &m);
@@ -979,11 +995,14 @@ fn unnamed_protocols(p: &mut Probes) {
     }
 }
 
-/// IPv4 source routing (LSRR, SSRR) and an IPv6 segment routing header
-/// through the node: sent on a UDP flow the node itself opened to the
-/// attacker, so conntrack calls the packets established.
-fn source_routing(c: &SimCluster, p: &mut Probes) {
-    let node = c.topo.node("node1");
+/// Source-routed packets from `attacker` through node1 to `victim`, sent
+/// on UDP flows the node itself opened to the attacker (so conntrack
+/// calls them established): IPv4 LSRR and SSRR with the pointer at the
+/// first address and past it (an address already visited, which the
+/// kernel's `ip option lsrr exists` parser does not recognise), an IPv6
+/// segment routing header (type 4) and an RPL header (type 3).
+fn source_routes(p: &mut Probes, expect: Expect, when: &str) {
+    let node = p.c.topo.node("node1");
     for v6 in [false, true] {
         let a = p.addr("attacker", v6);
         let target = p.addr("victim", v6);
@@ -992,9 +1011,14 @@ fn source_routing(c: &SimCluster, p: &mut Probes) {
         } else {
             node.fabric_v4.into()
         };
-        for kind in if v6 { vec![4u8] } else { vec![131u8, 137] } {
+        let kinds: &[(u8, bool)] = if v6 {
+            &[(4, false), (3, false)]
+        } else {
+            &[(131, false), (137, false), (131, true), (137, true)]
+        };
+        for &(kind, moved) in kinds {
             let id = p.id();
-            // The node opens the flow: hop:PORT -> attacker:id.
+            // The node opens the flow: hop:PORT+5 -> attacker:id.
             let ns = node.netns.clone();
             spawn_in(&ns, move || {
                 let s = std::net::UdpSocket::bind((hop, PORT + 5)).expect("bind on the node");
@@ -1002,32 +1026,188 @@ fn source_routing(c: &SimCluster, p: &mut Probes) {
             })
             .join()
             .expect("node sends");
+            // Checksummed over the node's address, as conntrack checks
+            // it on the way in (the receivers are raw sockets).
             let m = l4(UDP, a, hop, id, PORT + 5, 0, 8);
             let pk = match (a, hop, target) {
                 (IpAddr::V4(s), IpAddr::V4(h), IpAddr::V4(t)) => {
-                    let mut o = vec![kind, 7, 4];
-                    o.extend_from_slice(&t.octets());
+                    let o = if moved {
+                        let mut o = vec![kind, 11, 8];
+                        o.extend_from_slice(&h.octets());
+                        o.extend_from_slice(&t.octets());
+                        o
+                    } else {
+                        let mut o = vec![kind, 7, 4];
+                        o.extend_from_slice(&t.octets());
+                        o
+                    };
                     ip4(s, h, UDP, id, (0, false), &o, &m)
                 }
                 (IpAddr::V6(s), IpAddr::V6(h), IpAddr::V6(t)) => {
-                    ip6(s, h, 64, &[routing(kind, 1, &[t, h])], UDP, &m)
+                    let segments = if kind == 4 { vec![t, h] } else { vec![t] };
+                    ip6(s, h, 64, &[routing(kind, 1, &segments)], UDP, &m)
                 }
                 _ => unreachable!(),
             };
-            let what = match kind {
-                131 => "LSRR",
-                137 => "SSRR",
-                _ => "segment routing header",
+            let what = match (kind, moved) {
+                (131, false) => "LSRR",
+                (137, false) => "SSRR",
+                (131, true) => "LSRR (pointer past the first address)",
+                (137, true) => "SSRR (pointer past the first address)",
+                (4, _) => "segment routing header",
+                _ => "RPL routing header",
             };
             p.push(
-                &format!("{what} via the node to victim, on a flow the node opened"),
+                &format!("{what} via the node to victim, on a flow the node opened{when}"),
                 "attacker",
                 vec![(hop, pk)],
                 (UDP, a, id, PORT + 5),
-                Expect::Never,
+                expect,
             );
         }
     }
+}
+
+/// IPv4 options on datagrams `attacker` sends its allowed peer `remote`:
+/// a lone router alert (IGMP's) always passes; record route and a
+/// four-byte stream identifier are `others`.
+fn ip4_options(p: &mut Probes, others: Expect, when: &str) {
+    let (IpAddr::V4(a), IpAddr::V4(r)) = (p.addr("attacker", false), p.addr("remote", false))
+    else {
+        unreachable!()
+    };
+    for (what, opts, expect) in [
+        ("router alert", vec![0x94, 4, 0, 0], Expect::Arrive),
+        ("record route", vec![7, 7, 4, 0, 0, 0, 0], others),
+        ("stream identifier", vec![136, 4, 0x12, 0x34], others),
+    ] {
+        let id = p.id();
+        let m = l4(UDP, a.into(), r.into(), id, PORT, 0, 8);
+        let pk = ip4(a, r, UDP, id, (0, false), &opts, &m);
+        p.push(
+            &format!("{what} option to remote (allowed){when}"),
+            "attacker",
+            vec![(r.into(), pk)],
+            (UDP, a.into(), id, PORT),
+            expect,
+        );
+    }
+}
+
+/// Makes `netns` honour source routes on every interface (IPv4 needs
+/// `all` and the interface, IPv6 takes the lesser of the two).
+fn honour_source_routes(netns: &str) {
+    run(Command::new("ip")
+        .args(["netns", "exec", netns, "sh", "-c"])
+        .arg(
+            "for f in /proc/sys/net/ipv4/conf/*/accept_source_route \
+                  /proc/sys/net/ipv6/conf/*/seg6_enabled \
+                  /proc/sys/net/ipv6/conf/*/rpl_seg_enabled; do \
+           [ -e \"$f\" ] && echo 1 > \"$f\"; done; true",
+        ));
+}
+
+/// The rules of node1's `src_` chain of `attacker` whose comment has
+/// `marker`: (handle, packets counted).
+fn src_rules(c: &SimCluster, marker: &str) -> Vec<(String, u64)> {
+    let node = c.topo.node("node1");
+    let listing = netns_exec(
+        &node.netns,
+        &[
+            "nft",
+            "-a",
+            "list",
+            "chain",
+            "inet",
+            "nftpol",
+            "src_x_attacker",
+        ],
+    );
+    listing
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(|l| {
+            let handle = l
+                .rsplit("# handle ")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let packets = l
+                .split("counter packets ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (handle, packets)
+        })
+        .collect()
+}
+
+/// With node1 (and the receiving pods) honouring source routes: without
+/// the `src_` chain's drops every source route arrives at `victim`
+/// (forwarded as established, policy never asked); with them, as
+/// `nftpol apply` writes them, none does, and the drops count them.
+fn honoured_source_routes(c: &mut SimCluster) -> (Vec<String>, usize) {
+    const MARK: &str = "no source routes";
+    for ns in [
+        c.topo.node("node1").netns.clone(),
+        pod(c, "victim").netns.clone(),
+        pod(c, "remote").netns.clone(),
+    ] {
+        honour_source_routes(&ns);
+    }
+    let node = c.topo.node("node1").netns.clone();
+    let drops = src_rules(c, MARK);
+    assert_eq!(drops.len(), 3, "{}", c.ruleset("node1"));
+    for (handle, _) in &drops {
+        netns_exec(
+            &node,
+            &[
+                "nft",
+                "delete",
+                "rule",
+                "inet",
+                "nftpol",
+                "src_x_attacker",
+                "handle",
+                handle,
+            ],
+        );
+    }
+    let mut p = probes(c);
+    p.next = 12_000;
+    source_routes(&mut p, Expect::Arrive, " (sysctls on, drops removed)");
+    ip4_options(&mut p, Expect::Arrive, " (drops removed)");
+    p.whole(
+        "UDP to remote (allowed, control)",
+        "attacker",
+        (p.addr("attacker", false), p.addr("remote", false)),
+        (UDP, PORT),
+        Expect::Arrive,
+    );
+    let mut wrong = run_probes(c, &p.list);
+    let sent = p.list.len();
+    c.program();
+    let mut q = probes(c);
+    q.next = 13_000;
+    source_routes(&mut q, Expect::Never, " (sysctls on)");
+    ip4_options(&mut q, Expect::Never, "");
+    for v6 in [false, true] {
+        q.whole(
+            "UDP to remote after apply (allowed, control)",
+            "attacker",
+            (q.addr("attacker", v6), q.addr("remote", v6)),
+            (UDP, PORT),
+            Expect::Arrive,
+        );
+    }
+    wrong.extend(run_probes(c, &q.list));
+    let counted = src_rules(c, MARK);
+    if counted.len() != 3 || counted.iter().any(|(_, n)| *n == 0) {
+        wrong.push(format!("source-route drops not all counted: {counted:?}"));
+    }
+    (wrong, sent + q.list.len())
 }
 
 /// A UDP datagram `victim` sends the attacker from `PORT + 6`, and the
@@ -1075,7 +1255,8 @@ fn every_probe(p: &mut Probes, bridged: bool) {
     link_local_sources(p);
     odd_sources(p, p.c.topo.node("node1"), bridged);
     unnamed_protocols(p);
-    source_routing(p.c, p);
+    source_routes(p, Expect::Never, " (node defaults)");
+    ip4_options(p, Expect::Never, "");
 }
 
 /// What another program on the node installs: a table whose base chains
@@ -1172,7 +1353,7 @@ fn beside_another_program(p: &mut Probes) {
 }
 
 fn evasions(bridged: bool) {
-    let c = cluster(bridged);
+    let mut c = cluster(bridged);
     // A pod that forwards what it receives (CAP_NET_ADMIN in its own
     // namespace) and processes segment routing headers: the bounce must
     // still meet its node's source validation.
@@ -1218,9 +1399,12 @@ fn evasions(bridged: bool) {
     // ...and once the other program is gone, nothing lets an answer in.
     intruder(&c, false);
     wrong.extend(run_probes(&c, &answers));
+    // Last: the sysctls stay on.
+    let (routed, honoured) = honoured_source_routes(&mut c);
+    wrong.extend(routed);
     eprintln!(
         "{} evasion probes ({layout}), {:?}",
-        n + first.len() + answers.len(),
+        n + first.len() + answers.len() + honoured,
         t0.elapsed()
     );
     assert!(
