@@ -4,31 +4,40 @@
 //! - routed layouts (a veth per pod: Calico, kindnet, ptp): the host route
 //!   to the pod's /32 or /128 names the interface;
 //! - bridged layouts (pods on a Linux bridge: the `bridge` CNI plugin,
-//!   flannel's cni0): the route to the pod address leads to a bridge; the
-//!   node's ARP entry (IPv4) or neighbour entry (IPv6) gives the pod's MAC
-//!   and the bridge's forwarding database the port that MAC was learned
-//!   on.
+//!   flannel's cni0): the route to the pod address leads to a bridge, and
+//!   the port is the one whose other end, inside its pod's namespace,
+//!   carries the pod's address: what the CNI plugin configured there
+//!   before the pod's containers ran, read from the node over rtnetlink.
+//!   A pod's own ARP cannot move that. Only on a kernel that cannot list
+//!   another namespace's addresses (before 4.20) does learning fall back
+//!   to the node's ARP entry (IPv4) or neighbour entry (IPv6) for the
+//!   pod's MAC and the bridge's forwarding database for the port that MAC
+//!   was learned on; a pod's gratuitous ARP can steer that fallback.
 //!
 //! Every pod-facing port of such a bridge (a veth whose other end is in
 //! another namespace) is listed too, so that the ports no pod is bound to
-//! yet get fail-closed chains. A pod not yet resolved is nudged: the node
-//! sends one empty UDP datagram to its discard port, so the node resolves
-//! the address and the pod's ARP reply or neighbour advertisement (which
-//! a fail-closed port lets through) teaches the node its MAC.
+//! yet get fail-closed chains. In the ARP fallback, a pod not yet
+//! resolved is nudged: the node sends one empty UDP datagram to its
+//! discard port, so the node resolves the address and the pod's ARP reply
+//! or neighbour advertisement (which a fail-closed port lets through)
+//! teaches the node its MAC.
 //!
-//! Learning trusts what it learned first. A pod can send ARP claiming a
-//! neighbour's address (the guard table drops that on every learned
-//! port, but not on a port nftpol has not learned yet), so a later,
-//! conflicting claim never moves a binding: a pod stays on the interface
-//! it was learned on while that interface exists (the agent's last map,
-//! or for `apply` the devices of the `src_` chains in the kernel). An
-//! interface already bound to one pod is refused to any other, and one
-//! that two newly learned pods claim goes to neither (each is reported as
-//! unvalidated rather than one validated on the other's port).
+//! Learning trusts what it learned first. A pod with CAP_NET_ADMIN can
+//! put any address on its own interface, and any pod can send ARP
+//! claiming a neighbour's address, so a later, conflicting claim never
+//! moves a binding: a pod stays on the interface it was learned on while
+//! that interface exists (the agent's last map, or for `apply` the devices
+//! of the `src_` chains in the kernel), and the addresses behind a port
+//! already bound are not looked at. An address found behind two unbound
+//! ports binds neither, an interface already bound to one pod is refused
+//! to any other, and one that two newly learned pods claim goes to
+//! neither (each is reported as unvalidated rather than one validated on
+//! another's port).
 //!
 //! Read from `/proc/net/{route,ipv6_route,arp}`,
 //! `/sys/class/net/<bridge>/{brforward,brif}` and rtnetlink (links, IPv6
-//! neighbours) of the caller's network namespace. Parsing is pure and tested on captured text; only
+//! neighbours, the addresses of the pods' namespaces by their ids) of the
+//! caller's network namespace. Parsing is pure and tested on captured text; only
 //! [`discover`] touches the files. A pod found nowhere (a bridged pod that
 //! has not yet talked to the node, an IPv6-only bridged pod, a layout not
 //! listed above) is reported by the caller and left unvalidated.
@@ -153,12 +162,48 @@ pub struct Snapshot {
     pub ports: BTreeMap<String, BTreeSet<String>>,
     /// Every interface of the namespace, by name.
     pub interfaces: BTreeSet<String>,
+    /// Pod-facing port -> the addresses on its other end, in the pod's
+    /// namespace. `None` where the kernel cannot list them: bridged pods
+    /// are then learned from the ARP and forwarding tables.
+    pub peer_addrs: Option<BTreeMap<String, BTreeSet<IpAddr>>>,
 }
 
 impl Snapshot {
     /// The interface `pod` sends through, if the node's state shows one.
     /// Every address of the pod must point at the same interface.
     pub fn interface_of(&self, pod: &Pod) -> Option<String> {
+        self.interface_among(pod, &BTreeMap::new())
+    }
+
+    /// The bridge port whose other end carries `ip`, among the ports of
+    /// `bridge` not in `taken`: `Err` when several do (someone configured
+    /// another pod's address in its own namespace; neither is believed).
+    fn port_carrying(
+        &self,
+        peers: &BTreeMap<String, BTreeSet<IpAddr>>,
+        bridge: &str,
+        ip: &IpAddr,
+        taken: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, Vec<String>> {
+        let on: Vec<String> = self
+            .ports
+            .get(bridge)
+            .into_iter()
+            .flatten()
+            .filter(|p| !taken.contains_key(*p))
+            .filter(|p| peers.get(*p).is_some_and(|a| a.contains(ip)))
+            .cloned()
+            .collect();
+        match &on[..] {
+            [] => Ok(None),
+            [p] => Ok(Some(p.clone())),
+            _ => Err(on),
+        }
+    }
+
+    /// [`Snapshot::interface_of`], never placing the pod on a port of
+    /// `taken` (interface -> the pod bound to it).
+    fn interface_among(&self, pod: &Pod, taken: &BTreeMap<String, String>) -> Option<String> {
         let mut found: Option<String> = None;
         for ip in &pod.ips {
             let Some(route) = route_for(&self.routes, ip) else {
@@ -169,6 +214,16 @@ impl Snapshot {
                     Some(route.dev.clone())
                 }
                 None => None,
+                Some(_) if self.peer_addrs.is_some() => {
+                    let peers = self.peer_addrs.as_ref()?;
+                    match self.port_carrying(peers, &route.dev, ip, taken) {
+                        Ok(port) => port,
+                        Err(ports) => {
+                            tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), address = %ip, ports = %ports.join(", "), "this pod's address is configured behind several bridge ports no pod is bound to; none is bound to it (a pod put another pod's address in its own namespace)");
+                            return None;
+                        }
+                    }
+                }
                 Some(ports) => match ip {
                     IpAddr::V4(v4) => self
                         .arp
@@ -227,7 +282,7 @@ impl Snapshot {
             if pod_interfaces.contains_key(&k) {
                 continue;
             }
-            let Some(dev) = self.interface_of(p) else {
+            let Some(dev) = self.interface_among(p, &owner) else {
                 continue;
             };
             match owner.get(&dev) {
@@ -281,13 +336,18 @@ impl Snapshot {
     }
 
     /// Addresses of local pods, routed to a bridge, that no interface is
-    /// found for and that `previous` does not keep: what to nudge.
+    /// found for and that `previous` does not keep: what to nudge. None
+    /// when the pods' namespaces are read: the node's resolution of a pod
+    /// then plays no part in learning it.
     pub fn unresolved(
         &self,
         cluster: &Cluster,
         node: &str,
         previous: &BTreeMap<String, String>,
     ) -> Vec<IpAddr> {
+        if self.peer_addrs.is_some() {
+            return Vec::new();
+        }
         cluster
             .pods()
             .filter(|p| p.is_policy_pod() && p.node_name.as_deref() == Some(node))
@@ -352,6 +412,7 @@ pub fn snapshot() -> std::io::Result<Snapshot> {
                 .insert(l.name.clone());
         }
     }
+    let peer_addrs = peer_addresses(&links);
     let neigh6 = crate::netlink::route::neighbours6()
         .map_err(std::io::Error::other)?
         .into_iter()
@@ -367,7 +428,56 @@ pub fn snapshot() -> std::io::Result<Snapshot> {
         bridges,
         ports,
         interfaces,
+        peer_addrs,
     })
+}
+
+/// Each pod-facing bridge port's peer addresses (one address dump per pod
+/// namespace); `None` on a kernel without the target-namespace filter. A
+/// namespace that cannot be read (gone since the link dump, or not ours
+/// to read) leaves its ports with no addresses: they stay closed.
+fn peer_addresses(
+    links: &[crate::netlink::route::Link],
+) -> Option<BTreeMap<String, BTreeSet<IpAddr>>> {
+    let ports: Vec<_> = links
+        .iter()
+        .filter(|l| l.is_pod_facing() && l.master.is_some())
+        .collect();
+    let mut by_ns: BTreeMap<i32, BTreeMap<u32, BTreeSet<IpAddr>>> = BTreeMap::new();
+    for id in ports.iter().filter_map(|l| l.netnsid) {
+        if by_ns.contains_key(&id) {
+            continue;
+        }
+        let mut addrs: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        match crate::netlink::route::addresses_in(id) {
+            Ok(None) => {
+                tracing::warn!("this kernel cannot list the addresses of a pod's network namespace (before 4.20); bridged pods are learned from the node's ARP and forwarding tables, which a pod's gratuitous ARP can steer");
+                return None;
+            }
+            Ok(Some(found)) => {
+                for (index, ip) in found {
+                    addrs.entry(index).or_default().insert(ip);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(netnsid = id, error = %e, "cannot list the addresses of a pod's network namespace; its bridge ports stay closed");
+            }
+        }
+        by_ns.insert(id, addrs);
+    }
+    Some(
+        ports
+            .iter()
+            .map(|l| {
+                let addrs = l
+                    .netnsid
+                    .zip(l.peer)
+                    .and_then(|(id, peer)| by_ns.get(&id)?.get(&peer).cloned())
+                    .unwrap_or_default();
+                (l.name.clone(), addrs)
+            })
+            .collect(),
+    )
 }
 
 /// Nudges bridged pods the node has not resolved yet, each address at
@@ -658,5 +768,148 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
             .node_net(&cluster, "n", true, &BTreeMap::new())
             .bridge_ports
             .is_empty());
+    }
+
+    /// The binding rule against a pod that can configure any address in
+    /// its own namespace (CAP_NET_ADMIN): every order of the attacker
+    /// becoming known, dropping its own address, adding the victim's, and
+    /// the victim appearing, with a discovery after any subset of the
+    /// steps. The victim is only ever bound to its own port, the attacker
+    /// only to its own; whenever the attacker was bound before the victim
+    /// appeared, the victim ends on its own port.
+    #[test]
+    fn peer_addresses_bind_a_port_to_its_own_pod_in_every_order() {
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Step {
+            AttackerKnown,
+            AttackerDropsOwn,
+            AttackerAddsVictims,
+            VictimUp,
+        }
+        use Step::*;
+        let (att, vic): (IpAddr, IpAddr) = (
+            "10.244.1.12".parse().expect("ip"),
+            "10.244.1.11".parse().expect("ip"),
+        );
+        let named = |name: &str, ip: IpAddr| Pod {
+            name: name.into(),
+            ips: vec![ip],
+            ..pod(&[])
+        };
+        let steps = [
+            AttackerKnown,
+            AttackerDropsOwn,
+            AttackerAddsVictims,
+            VictimUp,
+        ];
+        let mut orders: Vec<Vec<Step>> = vec![vec![]];
+        for _ in 0..steps.len() {
+            orders = orders
+                .into_iter()
+                .flat_map(|o| {
+                    steps
+                        .iter()
+                        .filter(|s| !o.contains(s))
+                        .map(|s| [o.clone(), vec![*s]].concat())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        assert_eq!(orders.len(), 24);
+        let (mut runs, mut neither) = (0, 0);
+        for order in &orders {
+            for looks in 0u32..16 {
+                let (mut known, mut att_addrs, mut vic_up) = (false, BTreeSet::from([att]), false);
+                let mut learned: BTreeMap<String, String> = BTreeMap::new();
+                let mut attacker_bound_before_victim = false;
+                for (i, step) in order.iter().enumerate() {
+                    match step {
+                        AttackerKnown => known = true,
+                        AttackerDropsOwn => {
+                            att_addrs.remove(&att);
+                        }
+                        AttackerAddsVictims => {
+                            att_addrs.insert(vic);
+                        }
+                        VictimUp => {
+                            attacker_bound_before_victim = learned.contains_key("x/attacker");
+                            vic_up = true;
+                        }
+                    }
+                    // A discovery after this step, or always after the last.
+                    if looks & (1 << i) == 0 && i + 1 < order.len() {
+                        continue;
+                    }
+                    let mut ports = vec!["vpatt"];
+                    let mut peers = BTreeMap::from([("vpatt".to_string(), att_addrs.clone())]);
+                    let mut pods = vec![];
+                    if known {
+                        pods.push(policy_compiler::Object::Pod(named("attacker", att)));
+                    }
+                    if vic_up {
+                        ports.push("vpvic");
+                        peers.insert("vpvic".to_string(), BTreeSet::from([vic]));
+                        pods.push(policy_compiler::Object::Pod(named("victim", vic)));
+                    }
+                    let snap = Snapshot {
+                        routes: parse_route4(ROUTE4),
+                        bridges: [("cbr0".to_string(), BTreeMap::new())].into(),
+                        ports: [(
+                            "cbr0".to_string(),
+                            ports.iter().map(|p| p.to_string()).collect(),
+                        )]
+                        .into(),
+                        interfaces: ports
+                            .iter()
+                            .chain(&["cbr0"])
+                            .map(|p| p.to_string())
+                            .collect(),
+                        peer_addrs: Some(peers),
+                        ..Snapshot::default()
+                    };
+                    let cluster = Cluster::from_objects(pods);
+                    learned = snap.node_net(&cluster, "n", true, &learned).pod_interfaces;
+                    let ctx = format!("{order:?}, looks {looks:#06b}: {learned:?}");
+                    assert!(
+                        matches!(
+                            learned.get("x/victim").map(String::as_str),
+                            None | Some("vpvic")
+                        ),
+                        "{ctx}"
+                    );
+                    assert!(
+                        matches!(
+                            learned.get("x/attacker").map(String::as_str),
+                            None | Some("vpatt")
+                        ),
+                        "{ctx}"
+                    );
+                    assert!(
+                        learned.values().filter(|d| *d == "vpatt").count() <= 1,
+                        "{ctx}"
+                    );
+                }
+                let ctx = format!("{order:?}, looks {looks:#06b}: {learned:?}");
+                if attacker_bound_before_victim {
+                    assert_eq!(
+                        learned.get("x/victim").map(String::as_str),
+                        Some("vpvic"),
+                        "{ctx}"
+                    );
+                }
+                // The victim is denied its port only while the attacker,
+                // never bound, carries the victim's address.
+                if !learned.contains_key("x/victim") {
+                    assert!(
+                        att_addrs.contains(&vic) && !learned.contains_key("x/attacker"),
+                        "{ctx}"
+                    );
+                    neither += 1;
+                }
+                runs += 1;
+            }
+        }
+        assert_eq!(runs, 24 * 16);
+        assert!(neither > 0, "the conflict case was never reached");
     }
 }

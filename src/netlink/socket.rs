@@ -16,6 +16,7 @@ use std::sync::Mutex;
 const NETLINK_CAP_ACK: libc::c_int = 10;
 const NETLINK_EXT_ACK: libc::c_int = 11;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
 const NLM_F_ACK_TLVS: u16 = 0x200;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
@@ -192,6 +193,18 @@ impl Socket {
         if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, rcv).is_err() {
             let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcv);
         }
+    }
+
+    /// Asks the kernel to check dump requests strictly and to honour their
+    /// filters (an address dump's target namespace among them). Kernels
+    /// before 4.20 have neither and refuse the option.
+    pub fn set_strict_check(&self) -> io::Result<()> {
+        setsockopt_int(
+            self.sock.as_raw_fd(),
+            libc::SOL_NETLINK,
+            NETLINK_GET_STRICT_CHK,
+            1,
+        )
     }
 
     /// The port id the kernel stamps on this socket's messages.

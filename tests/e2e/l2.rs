@@ -1027,3 +1027,138 @@ fn the_agent_learns_a_bridged_pod_without_an_event() {
         assert!(ok, "{from} -> {to} after learning\n{}", agent.log_text());
     }
 }
+
+/// A pod cannot steal a newer pod's port by claiming its addresses in ARP
+/// before that pod's network is up. `intruder` joins node1's bridge and
+/// never answers for its own address (its port stays closed); `late`
+/// joins with its network not ready yet. The intruder claims `late`'s
+/// addresses (ARP request to the gateway, gratuitous reply, neighbour
+/// advertisement), which its closed port lets through since `late` is not
+/// learned, so the node's ARP entry for `late` names the intruder. When
+/// `late`'s addresses come up it is learned on its own port (from the
+/// addresses in its namespace, not from the node's ARP table), the
+/// intruder's port stays closed, and frames the intruder sends as `late`
+/// are not delivered while `late`'s own are.
+#[test]
+fn a_claim_of_a_pod_not_yet_up_does_not_bind_it_to_the_claimer() {
+    require_root!();
+    require_br_netfilter!();
+    let mut c = crate::attacker::attack_pods(true, &["bystander"]);
+    program_nodes(&mut c, true);
+    for pod in ["intruder", "late"] {
+        c.add_pod("x", pod, "node1", labels(&[("pod", pod)]));
+        unaddress(&c, pod);
+    }
+    c.topo.wait_links_up();
+    let port = |c: &SimCluster, p: &str| format!("vp{}", c.pod_index("x", p));
+    apply_node1(&mut c);
+    let (IpAddr::V4(late4), IpAddr::V6(late6)) = (v4(&c, "late"), v6(&c, "late")) else {
+        panic!("pod addresses");
+    };
+    let intruder_mac = mac_of(&netns(&c, "intruder"));
+    let gw = Ipv4Addr::new(10, 244, 1, 1);
+    let mut claims = vec![
+        arp_frame(intruder_mac, late4, gw, false),
+        arp_frame(intruder_mac, late4, late4, true),
+    ];
+    let ll = IpAddr::V6("fe80::bad".parse().expect("v6"));
+    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
+    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
+    let body = 40;
+    na[body + 4] = 0x20; // override
+    na[body + 8..body + 24].copy_from_slice(&late6.octets());
+    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
+    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&intruder_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&na);
+    claims.push(f);
+    let hex = intruder_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let claim = |c: &SimCluster| {
+        let sent = claims.clone();
+        spawn_in(&netns(c, "intruder"), move || send_frames(&sent))
+            .join()
+            .expect("sender");
+    };
+    claim(&c);
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        node_neigh(&c, v4(&c, "late")),
+        Some(hex.clone()),
+        "the claim did not reach the node (the attack is not set up)"
+    );
+
+    // `late`'s network comes up while the intruder keeps claiming it;
+    // bounded.
+    readdress(&c, "late", true);
+    let learned = |c: &SimCluster| {
+        node_nft(c, "node1", &["list", "chains", "inet"]).contains("chain src_x_late ")
+    };
+    let mut applies = 0;
+    while !learned(&c) {
+        assert!(applies < 10, "late not learned after {applies} applies");
+        claim(&c);
+        apply_node1(&mut c);
+        applies += 1;
+    }
+    let guard = node_nft(&c, "node1", &["list", "table", "netdev", "nftpol"]);
+    let chain = src_chain(&c, "late");
+    assert!(
+        chain.contains(&port(&c, "late")),
+        "late was not learned on its own port ({}):\n{chain}\n{guard}",
+        port(&c, "late")
+    );
+    assert!(
+        !chain.contains(&port(&c, "intruder")),
+        "late was learned on the intruder's port:\n{chain}"
+    );
+    assert!(
+        guard.contains(&format!("chain l2new_{} ", port(&c, "intruder"))),
+        "the intruder's port is not closed:\n{guard}"
+    );
+    let inet = c.ruleset("node1");
+    assert!(
+        !inet.contains("chain src_x_intruder "),
+        "the intruder was learned:\n{inet}"
+    );
+    let bystander_mac = mac_of(&netns(&c, "bystander"));
+    let mut frames = Vec::new();
+    for (i, fam6) in [false, true].into_iter().enumerate() {
+        let pick = |p: &str| if fam6 { v6(&c, p) } else { v4(&c, p) };
+        let v = if fam6 { 6 } else { 4 };
+        frames.push(Frame {
+            name: format!("intruder as late to bystander (IPv{v})"),
+            from: "intruder",
+            dst_mac: bystander_mac,
+            src: pick("late"),
+            dst: pick("bystander"),
+            id: 7400 + 2 * i as u16,
+            to: "bystander",
+            arrives: false,
+            tags: 0,
+        });
+        frames.push(Frame {
+            name: format!("late as itself to bystander, control (IPv{v})"),
+            from: "late",
+            dst_mac: bystander_mac,
+            src: pick("late"),
+            dst: pick("bystander"),
+            id: 7401 + 2 * i as u16,
+            to: "bystander",
+            arrives: true,
+            tags: 0,
+        });
+    }
+    let wrong = deliver(&c, &frames, &["bystander"]);
+    assert!(
+        wrong.is_empty(),
+        "{}\n{}",
+        wrong.join("\n"),
+        c.ruleset("node1")
+    );
+}
