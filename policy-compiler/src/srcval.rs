@@ -290,19 +290,27 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
         let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
         let mut rules = source_route_drops(own.iter().any(IpAddr::is_ipv4), speaks_v6);
+        let from_own = |ip: &IpAddr| Match::AddrPrefix {
+            family: Family::of(ip),
+            dir: Dir::Src,
+            net: IpNet::from(*ip),
+        };
+        let accept = |matches| Rule {
+            matches,
+            verdict: Verdict::Accept,
+            comment: None,
+        };
         if !net.pod_tunnels {
+            // Every packet a pod sends walks this chain. TCP is no tunnel
+            // protocol, so the pod's own TCP leaves before the six tunnel
+            // checks (after the source-route drops, which TCP can carry).
+            for ip in &own {
+                rules.push(accept(vec![from_own(ip), Match::L4Proto(l4::TCP)]));
+            }
             rules.extend(tunnel_drops());
         }
-        for ip in own {
-            rules.push(Rule {
-                matches: vec![Match::AddrPrefix {
-                    family: Family::of(&ip),
-                    dir: Dir::Src,
-                    net: IpNet::from(ip),
-                }],
-                verdict: Verdict::Accept,
-                comment: None,
-            });
+        for ip in &own {
+            rules.push(accept(vec![from_own(ip)]));
         }
         if speaks_v6 {
             rules.extend(nd_exemptions(ND_TYPES.0, ND_TYPES.1));
@@ -621,6 +629,65 @@ mod tests {
                 ..NodeNet::default()
             };
             tunnels_pass_only_when_allowed(&net);
+        }
+    }
+
+    /// The pod's own TCP leaves before the tunnel checks, but never before
+    /// a source-route drop (a TCP segment can carry a source route), and
+    /// a forged TCP segment still meets the final drop.
+    #[test]
+    fn own_tcp_skips_the_tunnel_checks_but_not_the_source_route_drops() {
+        let net = NodeNet {
+            pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
+            ..NodeNet::default()
+        };
+        let chain = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
+        let comment = |r: &Rule| r.comment.clone().unwrap_or_default();
+        let pos = |f: &dyn Fn(&Rule) -> bool| -> Vec<usize> {
+            chain
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| f(r))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let tcp_accepts =
+            pos(&|r| r.verdict == Verdict::Accept && r.matches.contains(&Match::L4Proto(l4::TCP)));
+        let routes = pos(&|r| comment(r).contains("source route"));
+        let tunnels = pos(&|r| comment(r).contains("tunnel packet"));
+        assert_eq!(tcp_accepts.len(), 2, "{:#?}", chain.rules);
+        assert_eq!(routes.len(), 3, "{:#?}", chain.rules);
+        assert_eq!(tunnels.len(), 6, "{:#?}", chain.rules);
+        assert!(routes.iter().max() < tcp_accepts.iter().min());
+        assert!(tcp_accepts.iter().max() < tunnels.iter().min());
+        let mut rs = Ruleset::default();
+        rs.chains.insert("src".into(), chain);
+        for (saddr, ok) in [
+            ("10.0.0.2", true),
+            ("fd00::2", true),
+            ("10.0.0.3", false),
+            ("fd00::3", false),
+        ] {
+            let daddr = if saddr.contains(':') {
+                "fd00::1"
+            } else {
+                "10.0.0.1"
+            };
+            let pkt = crate::interp::Packet {
+                saddr: saddr.parse().unwrap(),
+                daddr: daddr.parse().unwrap(),
+                proto: l4::TCP,
+                dport: 443,
+                ct: CtState::New,
+                hoplimit: 64,
+                ct_saddrs: None,
+            };
+            assert_eq!(
+                crate::interp::hook_accepts(&rs, "src", &pkt),
+                ok,
+                "TCP from {saddr}"
+            );
         }
     }
 
