@@ -298,21 +298,38 @@ impl Lowering {
     /// A load of meta `key`, then an equality compare with `data`.
     fn meta_eq(&mut self, key: u32, data: Vec<u8>) {
         self.out.push(RawExpr::Meta { key, dreg: REG_1 });
-        self.out.push(RawExpr::Cmp {
-            sreg: REG_1,
-            op: CMP_EQ,
-            data,
-        });
+        self.cmp(CMP_EQ, data);
     }
 
     /// A load of `len` bytes at `offset` from `base`, then one compare.
     fn load_cmp(&mut self, base: u32, offset: u32, op: u32, data: Vec<u8>) {
+        self.load(base, offset, data.len() as u32);
+        self.cmp(op, data);
+    }
+
+    /// A load of `len` bytes at `offset` from `base` into register 1.
+    fn load(&mut self, base: u32, offset: u32, len: u32) {
         self.out.push(RawExpr::Payload {
             base,
             offset,
-            len: data.len() as u32,
+            len,
             dreg: REG_1,
         });
+    }
+
+    /// Register 1 AND `mask` (nft writes a zero XOR beside it).
+    fn and_mask(&mut self, mask: Vec<u8>) {
+        self.out.push(RawExpr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            len: mask.len() as u32,
+            xor: vec![0; mask.len()],
+            mask,
+        });
+    }
+
+    /// Register 1 compared with `data`.
+    fn cmp(&mut self, op: u32, data: Vec<u8>) {
         self.out.push(RawExpr::Cmp {
             sreg: REG_1,
             op,
@@ -337,22 +354,10 @@ impl Lowering {
 
     fn range(&mut self, lo: Vec<u8>, hi: Vec<u8>) {
         if lo == hi {
-            self.out.push(RawExpr::Cmp {
-                sreg: REG_1,
-                op: CMP_EQ,
-                data: lo,
-            });
+            self.cmp(CMP_EQ, lo);
         } else {
-            self.out.push(RawExpr::Cmp {
-                sreg: REG_1,
-                op: CMP_GTE,
-                data: lo,
-            });
-            self.out.push(RawExpr::Cmp {
-                sreg: REG_1,
-                op: CMP_LTE,
-                data: hi,
-            });
+            self.cmp(CMP_GTE, lo);
+            self.cmp(CMP_LTE, hi);
         }
     }
 
@@ -366,33 +371,13 @@ impl Lowering {
 
     /// `ip hdrlength <op> words`: the low nibble of the first byte.
     fn ip4_hdrlen(&mut self, op: u32, words: u8) {
-        self.out.push(RawExpr::Payload {
-            base: BASE_NETWORK,
-            offset: 0,
-            len: 1,
-            dreg: REG_1,
-        });
-        self.out.push(RawExpr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            len: 1,
-            mask: vec![IP4_HDRLEN_MASK],
-            xor: vec![0],
-        });
-        self.out.push(RawExpr::Cmp {
-            sreg: REG_1,
-            op,
-            data: vec![words],
-        });
+        self.load(BASE_NETWORK, 0, 1);
+        self.and_mask(vec![IP4_HDRLEN_MASK]);
+        self.cmp(op, vec![words]);
     }
 
     fn dport(&mut self) {
-        self.out.push(RawExpr::Payload {
-            base: BASE_TRANSPORT,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        });
+        self.load(BASE_TRANSPORT, 2, 2);
     }
 }
 
@@ -434,26 +419,11 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                 let n = usize::from(net.prefix_len()).div_ceil(8);
                 let mask = net.netmask().octets()[..n].to_vec();
                 let data = net.network().octets()[..n].to_vec();
-                l.out.push(RawExpr::Payload {
-                    base: BASE_TRANSPORT,
-                    offset: ND_TARGET_OFFSET,
-                    len: n as u32,
-                    dreg: REG_1,
-                });
+                l.load(BASE_TRANSPORT, ND_TARGET_OFFSET, n as u32);
                 if mask.iter().any(|b| *b != 0xff) {
-                    l.out.push(RawExpr::Bitwise {
-                        sreg: REG_1,
-                        dreg: REG_1,
-                        len: n as u32,
-                        mask,
-                        xor: vec![0; n],
-                    });
+                    l.and_mask(mask);
                 }
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_NEQ,
-                    data,
-                });
+                l.cmp(CMP_NEQ, data);
             }
             Match::CtState(states) => {
                 let mask: u32 = states.iter().map(|s| s.bit()).fold(0, |a, b| a | b);
@@ -461,19 +431,9 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     key: CT_STATE,
                     dreg: REG_1,
                 });
-                l.out.push(RawExpr::Bitwise {
-                    sreg: REG_1,
-                    dreg: REG_1,
-                    len: 4,
-                    // ct state is host order (docs/NETLINK.md, kernel fact 4).
-                    mask: mask.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_NEQ,
-                    data: vec![0; 4],
-                });
+                // ct state is host order (docs/NETLINK.md, kernel fact 4).
+                l.and_mask(mask.to_ne_bytes().to_vec());
+                l.cmp(CMP_NEQ, vec![0; 4]);
             }
             Match::L4Proto(p) => l.l4proto(*p),
             Match::AddrInSet { family, dir, set } => {
@@ -509,19 +469,9 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                 l.addr(*family, *dir, 0);
                 let network = addr_bytes(&net.network());
                 if net.prefix_len() < net.max_prefix_len() {
-                    l.out.push(RawExpr::Bitwise {
-                        sreg: REG_1,
-                        dreg: REG_1,
-                        len: network.len() as u32,
-                        mask: addr_bytes(&net.netmask()),
-                        xor: vec![0; network.len()],
-                    });
+                    l.and_mask(addr_bytes(&net.netmask()));
                 }
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: network,
-                });
+                l.cmp(CMP_EQ, network);
             }
             Match::CtSaddr { dir, addr } => {
                 // nft adds no `meta nfproto` here: the kernel's ct
@@ -537,11 +487,7 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     },
                     dreg: REG_1,
                 });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: addr_bytes(addr),
-                });
+                l.cmp(CMP_EQ, addr_bytes(addr));
             }
             Match::Ip6HopLimit(n) => {
                 l.guard(Family::Ipv6);
@@ -571,11 +517,7 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     flags: EXTHDR_F_PRESENT,
                     dreg: REG_1,
                 });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![1],
-                });
+                l.cmp(CMP_EQ, vec![1]);
             }
             Match::DaddrBroadcast => {
                 l.out.push(RawExpr::Fib {
@@ -583,11 +525,7 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     result: FIB_RESULT_ADDRTYPE,
                     dreg: REG_1,
                 });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: RTN_BROADCAST.to_ne_bytes().to_vec(),
-                });
+                l.cmp(CMP_EQ, RTN_BROADCAST.to_ne_bytes().to_vec());
             }
             Match::Counter => l.out.push(RawExpr::Counter),
             Match::Limit { per_second, burst } => l.out.push(RawExpr::Limit {
@@ -606,34 +544,14 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
             }),
             Match::TcpNotSyn => {
                 l.l4proto(TCP);
-                l.out.push(RawExpr::Payload {
-                    base: BASE_TRANSPORT,
-                    offset: TCP_FLAGS_OFFSET,
-                    len: 1,
-                    dreg: REG_1,
-                });
-                l.out.push(RawExpr::Bitwise {
-                    sreg: REG_1,
-                    dreg: REG_1,
-                    len: 1,
-                    mask: vec![TCP_OPENING_FLAGS],
-                    xor: vec![0],
-                });
-                l.out.push(RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_NEQ,
-                    data: vec![TCP_SYN],
-                });
+                l.load(BASE_TRANSPORT, TCP_FLAGS_OFFSET, 1);
+                l.and_mask(vec![TCP_OPENING_FLAGS]);
+                l.cmp(CMP_NEQ, vec![TCP_SYN]);
             }
             Match::Icmpv6Type { lo, hi } => {
                 l.guard(Family::Ipv6);
                 l.l4proto(ICMPV6);
-                l.out.push(RawExpr::Payload {
-                    base: BASE_TRANSPORT,
-                    offset: 0,
-                    len: 1,
-                    dreg: REG_1,
-                });
+                l.load(BASE_TRANSPORT, 0, 1);
                 l.range(vec![*lo], vec![*hi]);
             }
         }
