@@ -839,24 +839,7 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
         c.ruleset("node1")
     );
 
-    let gw = Ipv4Addr::new(10, 244, 1, 1);
-    let mut claims = vec![
-        arp_frame(intruder_mac, victim4, gw, false),
-        arp_frame(intruder_mac, victim4, victim4, true),
-    ];
-    let ll = IpAddr::V6("fe80::bad".parse().expect("v6"));
-    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
-    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
-    let body = 40;
-    na[body + 4] = 0x20; // override
-    na[body + 8..body + 24].copy_from_slice(&victim6.octets());
-    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
-    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
-    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
-    f.extend_from_slice(&intruder_mac);
-    f.extend_from_slice(&[0x86, 0xdd]);
-    f.extend_from_slice(&na);
-    claims.push(f);
+    let claims = claims_of(intruder_mac, victim4, victim6);
     let sent = claims.clone();
     spawn_in(&netns(&c, "intruder"), move || send_frames(&sent))
         .join()
@@ -1056,24 +1039,7 @@ fn a_claim_of_a_pod_not_yet_up_does_not_bind_it_to_the_claimer() {
         panic!("pod addresses");
     };
     let intruder_mac = mac_of(&netns(&c, "intruder"));
-    let gw = Ipv4Addr::new(10, 244, 1, 1);
-    let mut claims = vec![
-        arp_frame(intruder_mac, late4, gw, false),
-        arp_frame(intruder_mac, late4, late4, true),
-    ];
-    let ll = IpAddr::V6("fe80::bad".parse().expect("v6"));
-    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
-    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
-    let body = 40;
-    na[body + 4] = 0x20; // override
-    na[body + 8..body + 24].copy_from_slice(&late6.octets());
-    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
-    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
-    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
-    f.extend_from_slice(&intruder_mac);
-    f.extend_from_slice(&[0x86, 0xdd]);
-    f.extend_from_slice(&na);
-    claims.push(f);
+    let claims = claims_of(intruder_mac, late4, late6);
     let hex = intruder_mac
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -1161,4 +1127,29 @@ fn a_claim_of_a_pod_not_yet_up_does_not_bind_it_to_the_claimer() {
         wrong.join("\n"),
         c.ruleset("node1")
     );
+}
+
+/// What an intruder sends to claim `v4` and `v6` as its own: an ARP
+/// request to the gateway and a gratuitous ARP reply with `v4` as sender,
+/// and an override neighbour advertisement for `v6` to all nodes.
+fn claims_of(intruder_mac: Mac, v4: Ipv4Addr, v6: Ipv6Addr) -> Vec<Vec<u8>> {
+    let gw = Ipv4Addr::new(10, 244, 1, 1);
+    let mut claims = vec![
+        arp_frame(intruder_mac, v4, gw, false),
+        arp_frame(intruder_mac, v4, v4, true),
+    ];
+    let ll = IpAddr::V6("fe80::bad".parse().expect("v6"));
+    let all = IpAddr::V6("ff02::1".parse().expect("v6"));
+    let mut na = crate::attacker::packet(crate::attacker::ICMPV6, ll, all, 1, 136, 255);
+    let body = 40;
+    na[body + 4] = 0x20; // override
+    na[body + 8..body + 24].copy_from_slice(&v6.octets());
+    let ck = crate::attacker::icmp6_checksum(ll, all, &na[body..]);
+    na[body + 2..body + 4].copy_from_slice(&ck.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&intruder_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&na);
+    claims.push(f);
+    claims
 }
