@@ -361,6 +361,21 @@ pub(crate) fn every_feature(pods: &[u8]) -> Ruleset {
     rs
 }
 
+/// Pod `default/p<i>` on node `n` with the given addresses: the pods
+/// behind the interfaces of [`add_src_chains`] and [`guard_of`].
+fn pod_on_n(i: usize, ips: &[&str]) -> policy_compiler::model::Pod {
+    policy_compiler::model::Pod {
+        namespace: "default".into(),
+        name: format!("p{i}"),
+        labels: Default::default(),
+        node_name: Some("n".into()),
+        host_network: false,
+        ips: ips.iter().map(|a| ip(a)).collect(),
+        named_ports: vec![],
+        terminal: false,
+    }
+}
+
 /// The `inet` source validation chains the compiler writes for pods
 /// `p0`, `p1`, ... behind the given interfaces (which need not exist):
 /// address checks, the neighbour discovery exemptions and the drops of
@@ -369,16 +384,7 @@ pub(crate) fn add_src_chains(rs: &mut Ruleset, ports: &[(&str, &[&str])]) {
     let mut c = policy_compiler::Cluster::new();
     let mut pod_interfaces = std::collections::BTreeMap::new();
     for (i, (dev, ips)) in ports.iter().enumerate() {
-        c.apply_pod(policy_compiler::model::Pod {
-            namespace: "default".into(),
-            name: format!("p{i}"),
-            labels: Default::default(),
-            node_name: Some("n".into()),
-            host_network: false,
-            ips: ips.iter().map(|a| ip(a)).collect(),
-            named_ports: vec![],
-            terminal: false,
-        });
+        c.apply_pod(pod_on_n(i, ips));
         pod_interfaces.insert(format!("default/p{i}"), dev.to_string());
     }
     let net = policy_compiler::NodeNet {
@@ -395,16 +401,7 @@ pub(crate) fn guard_of(ports: &[(&str, &[&str])]) -> Guard {
         .iter()
         .enumerate()
         .map(|(i, (dev, ips))| {
-            let pod = policy_compiler::model::Pod {
-                namespace: "default".into(),
-                name: format!("p{i}"),
-                labels: Default::default(),
-                node_name: Some("n".into()),
-                host_network: false,
-                ips: ips.iter().map(|a| ip(a)).collect(),
-                named_ports: vec![],
-                terminal: false,
-            };
+            let pod = pod_on_n(i, ips);
             (
                 policy_compiler::srcval::guard_chain_name(&pod),
                 policy_compiler::srcval::guard_chain(dev, &[&pod]),
