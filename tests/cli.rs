@@ -1127,6 +1127,26 @@ fn log_flags_add_rate_limited_log_rules() {
     }
 }
 
+/// `nftpol compile` of `manifest` for node-1 with the interface map
+/// `interfaces`, plus `extra` arguments.
+fn compile_on_node_1(
+    manifest: &std::path::Path,
+    interfaces: &std::path::Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "compile",
+        "-m",
+        manifest.to_str().expect("utf-8 path"),
+        "--node-name",
+        "node-1",
+        "--pod-interfaces",
+        interfaces.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    nftpol(&args)
+}
+
 /// Local pods whose host interface is unknown are reported in one warning
 /// line (how many, the first few by name), not one line per pod.
 #[test]
@@ -1145,15 +1165,7 @@ fn pods_without_a_known_interface_are_warned_about_in_one_line() {
     std::fs::write(&manifest, yaml).expect("write manifest");
     let interfaces = dir.join("interfaces.yaml");
     std::fs::write(&interfaces, "x/p0: veth0\n").expect("write interface map");
-    let out = nftpol(&[
-        "compile",
-        "-m",
-        manifest.to_str().expect("utf-8 path"),
-        "--node-name",
-        "node-1",
-        "--pod-interfaces",
-        interfaces.to_str().expect("utf-8 path"),
-    ]);
+    let out = compile_on_node_1(&manifest, &interfaces, &[]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Without the terminal colours tracing puts around field names.
@@ -1194,17 +1206,7 @@ fn allow_pod_tunnels_keeps_validation_but_not_the_tunnel_drops() {
     let interfaces = dir.join("interfaces.yaml");
     std::fs::write(&interfaces, "x/p0: veth0\n").expect("write interface map");
     let compile = |extra: &[&str]| {
-        let mut args = vec![
-            "compile",
-            "-m",
-            manifest.to_str().expect("utf-8 path"),
-            "--node-name",
-            "node-1",
-            "--pod-interfaces",
-            interfaces.to_str().expect("utf-8 path"),
-        ];
-        args.extend_from_slice(extra);
-        let out = nftpol(&args);
+        let out = compile_on_node_1(&manifest, &interfaces, extra);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
