@@ -49,6 +49,12 @@ const MAGIC: u16 = 0x4e50;
 /// The port `guarded` admits `friend` on; `DENIED_PORT` it does not.
 const PORT: u16 = 47_000;
 const DENIED_PORT: u16 = 47_001;
+/// Fixed source ports of the UDP flows the node and `victim` open to the
+/// attacker. They lie below the kernel's ephemeral range (32768-60999):
+/// a port inside it was once already held by another socket of the
+/// node's, and the bind failed.
+const NODE_FLOW_PORT: u16 = 27_005;
+const VICTIM_FLOW_PORT: u16 = 27_006;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
@@ -312,7 +318,9 @@ fn receiver(
         }
         let word = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
         if PORTED.contains(&proto) {
-            if !(PORT..PORT + 10).contains(&word(2)) {
+            if !(PORT..PORT + 10).contains(&word(2))
+                && ![NODE_FLOW_PORT, VICTIM_FLOW_PORT].contains(&word(2))
+            {
                 return None;
             }
             Some((proto, src, word(0), word(2)))
@@ -1018,17 +1026,17 @@ fn source_routes(p: &mut Probes, expect: Expect, when: &str) {
         };
         for &(kind, moved) in kinds {
             let id = p.id();
-            // The node opens the flow: hop:PORT+5 -> attacker:id.
+            // The node opens the flow: hop:NODE_FLOW_PORT -> attacker:id.
             let ns = node.netns.clone();
             spawn_in(&ns, move || {
-                let s = std::net::UdpSocket::bind((hop, PORT + 5)).expect("bind on the node");
+                let s = std::net::UdpSocket::bind((hop, NODE_FLOW_PORT)).expect("bind on the node");
                 let _ = s.send_to(b"open", (a, id));
             })
             .join()
             .expect("node sends");
             // Checksummed over the node's address, as conntrack checks
             // it on the way in (the receivers are raw sockets).
-            let m = l4(UDP, a, hop, id, PORT + 5, 0, 8);
+            let m = l4(UDP, a, hop, id, NODE_FLOW_PORT, 0, 8);
             let pk = match (a, hop, target) {
                 (IpAddr::V4(s), IpAddr::V4(h), IpAddr::V4(t)) => {
                     let o = if moved {
@@ -1061,7 +1069,7 @@ fn source_routes(p: &mut Probes, expect: Expect, when: &str) {
                 &format!("{what} via the node to victim, on a flow the node opened{when}"),
                 "attacker",
                 vec![(hop, pk)],
-                (UDP, a, id, PORT + 5),
+                (UDP, a, id, NODE_FLOW_PORT),
                 expect,
             );
         }
@@ -1210,19 +1218,19 @@ fn honoured_source_routes(c: &mut SimCluster) -> (Vec<String>, usize) {
     (wrong, sent + q.list.len())
 }
 
-/// A UDP datagram `victim` sends the attacker from `PORT + 6`, and the
+/// A UDP datagram `victim` sends the attacker from `VICTIM_FLOW_PORT`, and the
 /// attacker's answer to it: through conntrack an established flow, so
 /// it arrives although policy denies the attacker a new one.
 fn answer_to_victim(p: &mut Probes, v6: bool, expect: Expect, what: &str) {
     let (a, v) = (p.addr("attacker", v6), p.addr("victim", v6));
     let id = p.id();
     spawn_in(&pod(p.c, "victim").netns, move || {
-        let s = std::net::UdpSocket::bind((v, PORT + 6)).expect("bind in victim");
+        let s = std::net::UdpSocket::bind((v, VICTIM_FLOW_PORT)).expect("bind in victim");
         let _ = s.send_to(b"open", (a, id));
     })
     .join()
     .expect("victim sends");
-    let m = l4(UDP, a, v, id, PORT + 6, 0, 8);
+    let m = l4(UDP, a, v, id, VICTIM_FLOW_PORT, 0, 8);
     let pk = match (a, v) {
         (IpAddr::V4(s), IpAddr::V4(d)) => ip4(s, d, UDP, id, (0, false), &[], &m),
         (IpAddr::V6(s), IpAddr::V6(d)) => ip6(s, d, 64, &[], UDP, &m),
@@ -1232,7 +1240,7 @@ fn answer_to_victim(p: &mut Probes, v6: bool, expect: Expect, what: &str) {
         &format!("answer to a datagram victim sent {what}"),
         "attacker",
         vec![(v, pk)],
-        (UDP, a, id, PORT + 6),
+        (UDP, a, id, VICTIM_FLOW_PORT),
         expect,
     );
 }

@@ -40,8 +40,10 @@ const MARKER: &[u8] = b"nftpol-icmprel";
 /// The port of the honest flows (nothing listens: the victim's own port
 /// unreachable answers them, which does not matter here).
 const FLOW_DPORT: u16 = 47_100;
-/// Source ports of friend's honest flows, to victim and to victim2.
-const FLOW_SPORT: [u16; 2] = [47_201, 47_202];
+/// Source ports of friend's honest flows, to victim and to victim2: below
+/// the kernel's ephemeral range (32768-60999), so no socket the kernel
+/// numbers can already hold them.
+const FLOW_SPORT: [u16; 2] = [27_201, 27_202];
 
 /// IPv4 (type, code): every error conntrack relates to a connection.
 const V4_ERRORS: [(u8, u8, &str); 6] = [
