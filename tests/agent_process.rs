@@ -278,10 +278,9 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
         format!("{CLUSTER}---\n{POLICY}"),
     )
     .expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    // Port 0, and the port read back from the agent's own log line: a
+    // free port found first and handed over could be taken in between
+    // by any socket of this (shared, host) namespace, and was.
     let child = Command::new(BIN)
         .args([
             "--log-format",
@@ -293,17 +292,38 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
             "--manifests",
         ])
         .arg(dir.path())
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn nftpol agent");
     let mut agent = Agent(child);
+    let stderr = agent.0.stderr.take().expect("agent stderr");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    // Drains the log as it comes (a full pipe would stall the agent) and
+    // passes on the address the metrics server bound.
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut logs = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("serving /metrics") {
+                let addr = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.pointer("/fields/addr")?.as_str()?.parse().ok());
+                let _ = addr_tx.send(addr);
+            }
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+        logs
+    });
+    let addr: Option<std::net::SocketAddr> = addr_rx
+        .recv_timeout(FOLLOW)
+        .expect("the agent never said where it serves /metrics");
+    let port = addr.expect("the serving line names its address").port();
     let t0 = Instant::now();
     while !http_get(port, "/readyz").starts_with("HTTP/1.0 200") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "agent never became ready"
-        );
+        assert!(t0.elapsed() < FOLLOW, "agent never became ready");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(http_get(port, "/healthz").starts_with("HTTP/1.0 200"));
@@ -330,11 +350,7 @@ fn dry_run_agent_serves_health_and_metrics_and_exits_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status:?}");
-    let mut logs = String::new();
-    use std::io::Read;
-    if let Some(mut e) = agent.0.stderr.take() {
-        let _ = e.read_to_string(&mut logs);
-    }
+    let logs = reader.join().expect("log reader");
     // --log-format json: every log line is a JSON object.
     let first = logs.lines().next().unwrap_or_default();
     assert!(

@@ -26,6 +26,12 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// SYN or datagram lost on a loaded machine is not reported as a wrongly
 /// dropped packet (TCP retransmits its SYN after 1 s).
 pub const RETRY_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Later looks at the cells still closed after [`RETRY_TIMEOUT`]. A UDP
+/// echo needs the server thread to run, and on a loaded 2-core CI machine
+/// a thread can wait seconds for a CPU; each round costs nothing unless a
+/// cell expected open still looks closed, and a cell wrongly dropped stays
+/// closed through all of them.
+const LATE_RETRY_TIMEOUTS: [Duration; 2] = [Duration::from_secs(4), Duration::from_secs(10)];
 
 /// x/a open to namespace y on TCP 80: what the counter and live explain
 /// tests enforce.
@@ -776,12 +782,15 @@ pub fn observe_between_within(
     first: Duration,
 ) -> Vec<bool> {
     let mut observed = probe::run_probes(probes, netns, ips, first);
-    let retry: Vec<usize> = (0..probes.len())
-        .filter(|&i| expected[i] && !observed[i])
-        .collect();
-    if !retry.is_empty() {
+    for timeout in std::iter::once(RETRY_TIMEOUT).chain(LATE_RETRY_TIMEOUTS) {
+        let retry: Vec<usize> = (0..probes.len())
+            .filter(|&i| expected[i] && !observed[i])
+            .collect();
+        if retry.is_empty() {
+            break;
+        }
         let again: Vec<Probe> = retry.iter().map(|&i| probes[i]).collect();
-        let res = probe::run_probes(&again, netns, ips, RETRY_TIMEOUT);
+        let res = probe::run_probes(&again, netns, ips, timeout);
         for (k, &i) in retry.iter().enumerate() {
             observed[i] = res[k];
         }

@@ -18,12 +18,13 @@
 //! that must arrive.
 
 use crate::attacker::{
-    netns, node_nft, packet, program_nodes, receiver, rule_packets, v4, v6, Arrivals,
+    eventually, netns, node_nft, packet, program_nodes, receiver, rule_packets, v4, v6, Arrivals,
     ARRIVAL_LIMIT, SETTLE, UDP,
 };
 use crate::cluster::{labels, nftpol_bin, SimCluster};
 use crate::netns::run;
 use crate::probe::spawn_in;
+use crate::probe::ANSWER_LIMIT;
 use crate::scenarios::np;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
@@ -55,7 +56,7 @@ fn mac_in(ns: &str, dev: &str) -> Mac {
 /// The pod's IPv6 link-local address, once duplicate address detection
 /// is done with it (a tentative address receives nothing); bounded.
 fn link_local_of(ns: &str) -> Ipv6Addr {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + ARRIVAL_LIMIT;
     loop {
         let out = run(Command::new("ip").args([
             "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
@@ -620,6 +621,11 @@ fn arp_spoofing_moves_no_binding() {
         .join()
         .expect("sender");
     std::thread::sleep(SETTLE);
+    eventually(|| {
+        node_neigh(&c, v4(&c, "victim")) == Some(hex(victim_mac))
+            && guard_drops(&c, "node1", "ARP sender address") >= 2
+            && guard_drops(&c, "node1", "neighbour advertisement") >= 1
+    });
     assert_eq!(
         node_neigh(&c, v4(&c, "victim")),
         Some(hex(victim_mac)),
@@ -672,7 +678,7 @@ fn arp_spoofing_moves_no_binding() {
             to,
             crate::probe::Proto::Tcp,
             80,
-            Duration::from_secs(2)
+            ANSWER_LIMIT
         ))
         .join()
         .expect("probe"),
@@ -766,7 +772,7 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
     // The node resolves the victim (a datagram to its discard port);
     // bounded.
     let to = v4(&c, "victim");
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + ARRIVAL_LIMIT;
     while node_neigh(&c, to).is_none() {
         assert!(
             Instant::now() < deadline,
@@ -852,6 +858,11 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
     );
     let l2new = format!("l2new_{}", port(&c, "intruder"));
     let srcnew = format!("srcnew_{}", port(&c, "intruder"));
+    eventually(|| {
+        chain_drops(&c, "netdev", &l2new, "ARP sender address") >= 2
+            && chain_drops(&c, "netdev", &l2new, "neighbour advertisement") >= 1
+            && chain_drops(&c, "inet", &srcnew, "bound to no pod") >= 4
+    });
     assert!(chain_drops(&c, "netdev", &l2new, "ARP sender address") >= 2);
     assert!(chain_drops(&c, "netdev", &l2new, "neighbour advertisement") >= 1);
     assert!(chain_drops(&c, "inet", &srcnew, "bound to no pod") >= 4);
@@ -866,8 +877,14 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
     };
     let t0 = Instant::now();
     let mut applies = 0;
+    // Bounded by time more than by count: on a loaded machine the
+    // kernel's resolution retries and each apply take longer.
     while !(learned(&c, "newbie") && learned(&c, "six")) {
-        assert!(applies < 10, "not learned after {applies} applies");
+        assert!(
+            applies < 100 && t0.elapsed() < ARRIVAL_LIMIT,
+            "not learned after {applies} applies, {:?}",
+            t0.elapsed()
+        );
         if applies > 0 {
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -886,7 +903,7 @@ fn a_port_no_pod_is_bound_to_fails_closed() {
     assert!(guard.contains(&format!("chain {l2new}")), "{guard}");
     let probe = |from: &str, to: IpAddr| {
         spawn_in(&netns(&c, from), move || {
-            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, Duration::from_secs(2))
+            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, ANSWER_LIMIT)
         })
         .join()
         .expect("probe")
@@ -955,7 +972,8 @@ fn wait_listing(
 /// network is ready gets a closed port; when its addresses come up, with
 /// no API event at all, the agent learns it in seconds (while a bridged
 /// pod is unlearned it looks again every second and nudges it), not at
-/// the drift check (30 s here), and the pod then works.
+/// the drift check (10 minutes here, far past the generous bounds a
+/// loaded machine needs), and the pod then works.
 #[test]
 fn the_agent_learns_a_bridged_pod_without_an_event() {
     require_root!();
@@ -970,7 +988,7 @@ fn the_agent_learns_a_bridged_pod_without_an_event() {
         "node1",
         &dir,
         c.dir.join("agent.log"),
-        &["--drift-interval", "30s"],
+        &["--drift-interval", "600s"],
     );
     agent.wait_reconciled().unwrap_or_else(|e| panic!("{e}"));
     c.add_pod("x", "late", "node1", labels(&[("pod", "late")]));
@@ -983,7 +1001,7 @@ fn the_agent_learns_a_bridged_pod_without_an_event() {
         &c,
         &guard,
         &format!("chain l2new_{port} "),
-        Duration::from_secs(10),
+        crate::agent::CONVERGE,
     )
     .unwrap_or_else(|out| panic!("the new port was not closed:\n{out}\n{}", agent.log_text()));
     readdress(&c, "late", true);
@@ -991,7 +1009,7 @@ fn the_agent_learns_a_bridged_pod_without_an_event() {
         &c,
         &["list", "chains", "inet"],
         "chain src_x_late ",
-        Duration::from_secs(15),
+        crate::agent::CONVERGE,
     )
     .unwrap_or_else(|out| panic!("the pod was not learned:\n{out}\n{}", agent.log_text()));
     eprintln!("learned {took:?} after its addresses came up");
@@ -1003,7 +1021,7 @@ fn the_agent_learns_a_bridged_pod_without_an_event() {
         ("bystander", v4(&c, "late")),
     ] {
         let ok = spawn_in(&netns(&c, from), move || {
-            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, Duration::from_secs(2))
+            crate::probe::probe_once(to, crate::probe::Proto::Tcp, 80, ANSWER_LIMIT)
         })
         .join()
         .expect("probe");
@@ -1052,7 +1070,7 @@ fn a_claim_of_a_pod_not_yet_up_does_not_bind_it_to_the_claimer() {
             .expect("sender");
     };
     claim(&c);
-    std::thread::sleep(SETTLE);
+    eventually(|| node_neigh(&c, v4(&c, "late")) == Some(hex.clone()));
     assert_eq!(
         node_neigh(&c, v4(&c, "late")),
         Some(hex.clone()),
@@ -1066,8 +1084,18 @@ fn a_claim_of_a_pod_not_yet_up_does_not_bind_it_to_the_claimer() {
         node_nft(c, "node1", &["list", "chains", "inet"]).contains("chain src_x_late ")
     };
     let mut applies = 0;
+    let t0 = Instant::now();
+    // Bounded by time more than by count: on a loaded machine the
+    // kernel's resolution retries and each apply take longer.
     while !learned(&c) {
-        assert!(applies < 10, "late not learned after {applies} applies");
+        assert!(
+            applies < 100 && t0.elapsed() < ARRIVAL_LIMIT,
+            "late not learned after {applies} applies, {:?}",
+            t0.elapsed()
+        );
+        if applies > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         claim(&c);
         apply_node1(&mut c);
         applies += 1;

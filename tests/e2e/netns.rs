@@ -210,6 +210,9 @@ pub fn br_netfilter_available() -> bool {
     std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
 }
 
+/// How long [`Topology::wait_links_up`] waits at most.
+const LINKS_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The pod side's default gateways: fixed link-local addresses configured
 /// on every node-side veth, so no per-pod gateway bookkeeping is needed.
 const GW_V4: &str = "169.254.1.1";
@@ -433,9 +436,11 @@ impl Topology {
     /// operationally up. The kernel turns a fresh link's carrier on
     /// through linkwatch, up to a second later, and drops what is sent
     /// before: without this wait the first neighbour solicitation on a new
-    /// link is lost and the first probe across it times out.
+    /// link is lost and the first probe across it times out. The bound is
+    /// generous (it returns as soon as the links are up): linkwatch runs
+    /// from a workqueue, and on a loaded CI machine that can lag seconds.
     pub fn wait_links_up(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + LINKS_UP_LIMIT;
         for ns in &self.created {
             loop {
                 let out = run(Command::new("ip").args(["-n", ns, "-o", "link", "show"]));
@@ -447,7 +452,7 @@ impl Topology {
                     break;
                 }
                 if std::time::Instant::now() > deadline {
-                    panic!("links still down in {ns} after 5 s: {down:?}");
+                    panic!("links still down in {ns} after {LINKS_UP_LIMIT:?}: {down:?}");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

@@ -97,7 +97,9 @@ impl Servers {
             for ip in addrs {
                 for &port in &tcp_ports {
                     let addr = SocketAddr::new(ip, port);
-                    tcp.push(TcpListener::bind(addr).expect("bind TCP server"));
+                    let l = TcpListener::bind(addr).expect("bind TCP server");
+                    widen_backlog(&l);
+                    tcp.push(l);
                 }
                 for &port in &udp_ports {
                     let addr = SocketAddr::new(ip, port);
@@ -146,6 +148,19 @@ impl Servers {
     }
 }
 
+/// Room for 4096 handshaken connections not yet accepted (the kernel
+/// caps it at the namespace's somaxconn, 4096 by default) instead of the
+/// 128 the standard library asks for: a full accept queue drops SYNs just
+/// as a filter would, and the loops that probe one flow every few
+/// milliseconds fill 128 in well under a second whenever a loaded machine
+/// keeps the accepting thread off the CPU.
+fn widen_backlog(l: &TcpListener) {
+    // SAFETY: listen(2) on a socket this function borrows; calling it on
+    // a listening socket only changes the backlog.
+    let rc = unsafe { libc::listen(l.as_raw_fd(), 4096) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+}
+
 impl Drop for Servers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -154,6 +169,11 @@ impl Drop for Servers {
         }
     }
 }
+
+/// What a probe that must be answered waits at most: TCP resends its SYN
+/// at 1, 3 and 7 s, and the wait ends at the answer, so only a wrongly
+/// dropped flow pays it, and a loaded CI machine cannot fail a good run.
+pub const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 
 /// Whether one connection attempt got through: TCP handshake completed or
 /// UDP echo received. A drop shows as a timeout.

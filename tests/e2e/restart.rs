@@ -137,6 +137,7 @@ fn probe_loops(
         let (v4, v6) = ips[p.dst];
         let dst: IpAddr = if p.v6 { v6.into() } else { v4.into() };
         let loops = if allowed { 1 } else { DENIED_LOOPS };
+        let timeout = strict_timeout(p.proto, allowed);
         for k in 0..loops {
             let (t, stop) = (t.clone(), stop.clone());
             handles.push(spawn_in(&netns[p.src], move || {
@@ -146,7 +147,7 @@ fn probe_loops(
                 let start = Instant::now();
                 let deadline = start + PHASE * 4;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let ok = probe::probe_strict(dst, p.proto, p.port, STRICT_TIMEOUT);
+                    let ok = probe::probe_strict(dst, p.proto, p.port, timeout);
                     t.samples.fetch_add(1, Ordering::Relaxed);
                     if ok != allowed {
                         // Only the first few: a broken ruleset would print
@@ -169,6 +170,21 @@ fn probe_loops(
         }
     }
     (tallies, handles)
+}
+
+/// How long one strict sample of a flow waits for its answer. TCP must
+/// stay under the SYN retransmit, which would hide a dropped SYN; that
+/// wait is all in the kernel (the handshake needs no server thread). An
+/// allowed UDP sample's answer needs the echo server's thread, which a
+/// loaded CI machine can keep off the CPU for longer, and its single
+/// datagram is never resent, so waiting longer hides no gap: a datagram
+/// dropped in one is never answered. The wait ends at the answer.
+fn strict_timeout(proto: probe::Proto, allowed: bool) -> Duration {
+    if allowed && proto == probe::Proto::Udp {
+        probe::ANSWER_LIMIT
+    } else {
+        STRICT_TIMEOUT
+    }
 }
 
 /// What one phase saw.
