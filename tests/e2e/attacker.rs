@@ -424,8 +424,16 @@ pub(crate) fn program_nodes(c: &mut SimCluster, bridged: bool) {
             .join()
             .expect("warm-up");
         }
-        // The node's ARP entry appears when the request arrives; bounded.
-        std::thread::sleep(Duration::from_millis(100));
+        // The node's ARP entry appears when the request arrives: polled
+        // (a loaded machine can run the softirq that handles it late),
+        // since apply learns a bridged pod by it.
+        for pod in &c.topo.pods {
+            let node = c.topo.node(&pod.node).netns.clone();
+            let ip = pod.v4.to_string();
+            eventually(|| {
+                run(Command::new("ip").args(["-n", &node, "neigh", "show", &ip])).contains("lladdr")
+            });
+        }
     }
     let dir = c.write_manifests();
     for node in ["node1", "node2"] {

@@ -124,7 +124,17 @@ pub fn nftpol_bin() -> &'static str {
         let built = env!("CARGO_BIN_EXE_nftpol");
         let dir = std::env::temp_dir().join(format!("{PREFIX}{}-bin", std::process::id()));
         let copy = dir.join("nftpol");
-        let ok = std::fs::create_dir_all(&dir).is_ok() && std::fs::copy(built, &copy).is_ok();
+        // Copied by a `cp` process, not by this one: a child another test
+        // thread forks while this process held the copy open for writing
+        // would inherit that descriptor until its own exec, and executing
+        // the copy meanwhile fails with ETXTBSY ("text file busy").
+        let ok = std::fs::create_dir_all(&dir).is_ok()
+            && Command::new("cp")
+                .arg(built)
+                .arg(&copy)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
         match (ok, copy.to_str()) {
             (true, Some(p)) => p.to_string(),
             // Falling back to the build output is still correct.

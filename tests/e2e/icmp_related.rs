@@ -153,8 +153,9 @@ fn open_flows(c: &SimCluster) {
             ]
         })
         .collect();
+    let sent = targets.clone();
     spawn_in(&netns(c, "friend"), move || {
-        for (dst, sport) in targets {
+        for (dst, sport) in sent {
             let bind: IpAddr = if dst.is_ipv6() {
                 Ipv6Addr::UNSPECIFIED.into()
             } else {
@@ -166,8 +167,55 @@ fn open_flows(c: &SimCluster) {
     })
     .join()
     .expect("flows");
-    // Both nodes see the datagrams within milliseconds; bounded.
-    std::thread::sleep(Duration::from_millis(100));
+    // Every node the flows cross holds their entries before any error is
+    // sent (else a related error reads as unrelated): polled, since a
+    // loaded machine can run the forwarding softirq late. victim is on
+    // friend's node, victim2 on the other.
+    let src_of = |dst: &IpAddr| {
+        if dst.is_ipv6() {
+            v6(c, "friend")
+        } else {
+            v4(c, "friend")
+        }
+    };
+    let on_node1: Vec<(IpAddr, IpAddr, u16)> =
+        targets.iter().map(|(d, sp)| (src_of(d), *d, *sp)).collect();
+    let on_node2: Vec<(IpAddr, IpAddr, u16)> = on_node1
+        .iter()
+        .copied()
+        .filter(|&(_, _, sp)| sp == FLOW_SPORT[1])
+        .collect();
+    for (node, flows) in [("node1", on_node1), ("node2", on_node2)] {
+        let ns = c.topo.node(node).netns.clone();
+        let missing = spawn_in(&ns, move || {
+            let t0 = Instant::now();
+            loop {
+                let mut have = BTreeSet::new();
+                let mut ct = nftpol::netlink::conntrack::Conntrack::open().expect("conntrack");
+                ct.dump(|e| {
+                    if e.orig.proto == UDP && e.orig.dport == FLOW_DPORT {
+                        have.insert((e.orig.src, e.orig.dst, e.orig.sport));
+                    }
+                })
+                .expect("conntrack dump");
+                let missing: Vec<_> = flows
+                    .iter()
+                    .filter(|f| !have.contains(f))
+                    .copied()
+                    .collect();
+                if missing.is_empty() || t0.elapsed() > ARRIVAL_LIMIT {
+                    return missing;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .join()
+        .expect("conntrack poll");
+        assert!(
+            missing.is_empty(),
+            "{node} never tracked the flows {missing:?}"
+        );
+    }
 }
 
 fn cases(c: &SimCluster) -> Vec<Case> {
