@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 const STRICT_TIMEOUT: Duration = Duration::from_millis(900);
 /// How long the re-apply loop runs per phase.
 const PHASE: Duration = Duration::from_secs(6);
+/// Re-applies every phase runs, however long they take: what the phases
+/// assert (both sets applied, a restart that found its table) needs two,
+/// and on a loaded CI machine two agent restarts can outlast [`PHASE`].
+const MIN_APPLIES: usize = 2;
 /// Upper bound on re-applies per phase (each is two process runs).
 const MAX_APPLIES: usize = 200;
 /// Concurrent loops per denied flow (each sample costs a full timeout).
@@ -145,7 +149,9 @@ fn probe_loops(
                 // timeline instead of bunching together.
                 std::thread::sleep(STRICT_TIMEOUT * k as u32 / DENIED_LOOPS as u32);
                 let start = Instant::now();
-                let deadline = start + PHASE * 4;
+                // A backstop only (the stop flag ends the loop): past the
+                // longest phase a loaded machine can stretch to.
+                let deadline = start + PHASE * 50;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let ok = probe::probe_strict(dst, p.proto, p.port, timeout);
                     t.samples.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +247,8 @@ fn run_phase_with(
     if max_applies == 0 {
         std::thread::sleep(PHASE);
     }
-    while t0.elapsed() < PHASE && applies < max_applies {
+    while (t0.elapsed() < PHASE || applies < MIN_APPLIES.min(max_applies)) && applies < max_applies
+    {
         match reprogram(c, applies) {
             Ok(out) => apply_out.extend(out),
             Err(e) => {
