@@ -37,6 +37,12 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        // The counter makes the name unique in this process, so one that
+        // exists already was left by a killed earlier process that had
+        // the same pid (pids are reused, often within 32768): stale.
+        if std::path::Path::new("/run/netns").join(&name).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
         let added = Command::new("ip").args(["netns", "add", &name]).status();
         if !added.as_ref().is_ok_and(|s| s.success()) {
             return Err(format!("ip netns add {name} failed: {added:?}"));

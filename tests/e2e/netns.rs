@@ -272,6 +272,16 @@ impl Topology {
     }
 
     fn add_netns(&mut self, name: &str) {
+        // Names are unique in this process, so one that exists already was
+        // left by a killed earlier process with the same pid (pids are
+        // reused, often within 32768), which the sweep cannot tell from
+        // this one: stale.
+        if std::path::Path::new("/run/netns").join(name).exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stdin(Stdio::null())
+                .status();
+        }
         run(Command::new("ip").args(["netns", "add", name]));
         // Recorded right away so a later failure still deletes it.
         self.created.push(name.to_string());
