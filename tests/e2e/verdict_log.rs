@@ -73,8 +73,10 @@ fn metric(c: &SimCluster, node: &str, series: &str) -> u64 {
         .args([
             "curl",
             "-sf",
+            // Generous: a debug-built agent on a loaded CI machine may
+            // answer late, and a failed read would read as 0.
             "--max-time",
-            "5",
+            "30",
             "http://127.0.0.1:9464/metrics",
         ])
         .output()
