@@ -24,7 +24,7 @@ use crate::netns::run;
 use crate::probe::spawn_in;
 use crate::scenarios::np;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,11 +50,28 @@ const MAGIC: u16 = 0x4e50;
 const PORT: u16 = 47_000;
 const DENIED_PORT: u16 = 47_001;
 /// Fixed source ports of the UDP flows the node and `victim` open to the
-/// attacker. They lie below the kernel's ephemeral range (32768-60999):
-/// a port inside it was once already held by another socket of the
-/// node's, and the bind failed.
+/// attacker, below the kernel's ephemeral range (32768-60999) and the
+/// probes' source ports, so no other socket picks them; each is bound
+/// again for every flow, by [`flow_socket`].
 const NODE_FLOW_PORT: u16 = 27_005;
 const VICTIM_FLOW_PORT: u16 = 27_006;
+
+/// A UDP socket bound to `at` with SO_REUSEADDR, for the flows that bind
+/// the same fixed port over and over. The socket of the flow before is
+/// closed here but can live on for a moment: a child that another test
+/// thread forked meanwhile holds a copy of this process's descriptors
+/// until its exec, which a loaded machine delays, and a plain bind then
+/// fails with AddrInUse (it did, on CI and under stress). Every bind of
+/// these ports sets the option, so the lingering socket lets the new one
+/// bind; only sending matters (the receivers are raw sockets).
+fn flow_socket(at: SocketAddr) -> std::net::UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::DGRAM, None)
+        .expect("UDP socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.bind(&at.into())
+        .unwrap_or_else(|e| panic!("bind {at}: {e}"));
+    s.into()
+}
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
@@ -1029,7 +1046,7 @@ fn source_routes(p: &mut Probes, expect: Expect, when: &str) {
             // The node opens the flow: hop:NODE_FLOW_PORT -> attacker:id.
             let ns = node.netns.clone();
             spawn_in(&ns, move || {
-                let s = std::net::UdpSocket::bind((hop, NODE_FLOW_PORT)).expect("bind on the node");
+                let s = flow_socket(SocketAddr::new(hop, NODE_FLOW_PORT));
                 let _ = s.send_to(b"open", (a, id));
             })
             .join()
@@ -1225,7 +1242,7 @@ fn answer_to_victim(p: &mut Probes, v6: bool, expect: Expect, what: &str) {
     let (a, v) = (p.addr("attacker", v6), p.addr("victim", v6));
     let id = p.id();
     spawn_in(&pod(p.c, "victim").netns, move || {
-        let s = std::net::UdpSocket::bind((v, VICTIM_FLOW_PORT)).expect("bind in victim");
+        let s = flow_socket(SocketAddr::new(v, VICTIM_FLOW_PORT));
         let _ = s.send_to(b"open", (a, id));
     })
     .join()
