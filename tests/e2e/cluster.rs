@@ -170,6 +170,11 @@ pub struct SimCluster {
     /// Whether every link was seen up (checked once, before the first
     /// programming, so pods can still be added until then).
     links_up: bool,
+    /// Whether [`SimCluster::observe`] gives cells expected open the late
+    /// retry rounds ([`LATE_RETRY_TIMEOUTS`]). Only the harness's
+    /// self-tests turn them off: their cells are dropped on purpose, and
+    /// every late round would only add its wait.
+    pub late_retries: bool,
 }
 
 impl SimCluster {
@@ -195,6 +200,7 @@ impl SimCluster {
             served,
             step_no: 0,
             links_up: false,
+            late_retries: true,
         }
     }
 
@@ -600,7 +606,12 @@ impl SimCluster {
     /// [`RETRY_TIMEOUT`] given the expected verdicts.
     pub fn observe(&self, probes: &[Probe], expected: &[bool]) -> Vec<bool> {
         let (netns, ips) = self.netns_and_ips();
-        observe_between(probes, &netns, &ips, expected)
+        let late: &[Duration] = if self.late_retries {
+            &LATE_RETRY_TIMEOUTS
+        } else {
+            &[]
+        };
+        observe_rounds(probes, &netns, &ips, expected, PROBE_TIMEOUT, late)
     }
 
     /// What the evaluator says for every probe of the current manifests.
@@ -791,8 +802,20 @@ pub fn observe_between_within(
     expected: &[bool],
     first: Duration,
 ) -> Vec<bool> {
+    observe_rounds(probes, netns, ips, expected, first, &LATE_RETRY_TIMEOUTS)
+}
+
+/// [`observe_between_within`] with the given late retry rounds.
+fn observe_rounds(
+    probes: &[Probe],
+    netns: &[String],
+    ips: &[(std::net::Ipv4Addr, std::net::Ipv6Addr)],
+    expected: &[bool],
+    first: Duration,
+    late: &[Duration],
+) -> Vec<bool> {
     let mut observed = probe::run_probes(probes, netns, ips, first);
-    for timeout in std::iter::once(RETRY_TIMEOUT).chain(LATE_RETRY_TIMEOUTS) {
+    for &timeout in std::iter::once(&RETRY_TIMEOUT).chain(late) {
         let retry: Vec<usize> = (0..probes.len())
             .filter(|&i| expected[i] && !observed[i])
             .collect();

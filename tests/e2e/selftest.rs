@@ -20,6 +20,7 @@ fn x_a_from_x_b() -> String {
 fn harness_catches_a_removed_allow_rule() {
     require_root!();
     let mut c = SimCluster::upstream_model();
+    c.late_retries = false;
     c.put_policy(&x_a_from_x_b());
     let dir = c.program();
     // x/a's node gets the compiled ruleset minus its one allow rule.
@@ -53,6 +54,7 @@ fn harness_catches_a_removed_allow_rule() {
     assert!(r.text.contains("expected"), "report lacks the matrices");
 
     // And the intact ruleset passes again.
+    c.late_retries = true;
     c.check("ruleset restored");
 }
 
@@ -60,6 +62,7 @@ fn harness_catches_a_removed_allow_rule() {
 fn harness_catches_flipped_expectations() {
     require_root!();
     let mut c = SimCluster::upstream_model();
+    c.late_retries = false;
     c.put_policy(&x_a_from_x_b());
     let (xa, xb, ya) = (
         c.pod_index("x", "a"),
