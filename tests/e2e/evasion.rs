@@ -21,7 +21,7 @@
 use crate::attacker::{attack_pods, fold, raw_receiver, send_raw, sum16, ARRIVAL_LIMIT, SETTLE};
 use crate::cluster::{netns_exec, SimCluster};
 use crate::netns::run;
-use crate::probe::spawn_in;
+use crate::probe::{flow_socket, spawn_in};
 use crate::scenarios::np;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -55,23 +55,6 @@ const DENIED_PORT: u16 = 47_001;
 /// again for every flow, by [`flow_socket`].
 const NODE_FLOW_PORT: u16 = 27_005;
 const VICTIM_FLOW_PORT: u16 = 27_006;
-
-/// A UDP socket bound to `at` with SO_REUSEADDR, for the flows that bind
-/// the same fixed port over and over. The socket of the flow before is
-/// closed here but can live on for a moment: a child that another test
-/// thread forked meanwhile holds a copy of this process's descriptors
-/// until its exec, which a loaded machine delays, and a plain bind then
-/// fails with AddrInUse (it did, on CI and under stress). Every bind of
-/// these ports sets the option, so the lingering socket lets the new one
-/// bind; only sending matters (the receivers are raw sockets).
-fn flow_socket(at: SocketAddr) -> std::net::UdpSocket {
-    let s = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::DGRAM, None)
-        .expect("UDP socket");
-    s.set_reuse_address(true).expect("SO_REUSEADDR");
-    s.bind(&at.into())
-        .unwrap_or_else(|e| panic!("bind {at}: {e}"));
-    s.into()
-}
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 

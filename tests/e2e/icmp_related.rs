@@ -25,7 +25,7 @@ use crate::attacker::{
     send_raw, sum16, v4, v6, ARRIVAL_LIMIT, SETTLE,
 };
 use crate::cluster::SimCluster;
-use crate::probe::spawn_in;
+use crate::probe::{flow_socket, spawn_in};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,7 +161,9 @@ fn open_flows(c: &SimCluster) {
             } else {
                 Ipv4Addr::UNSPECIFIED.into()
             };
-            let s = std::net::UdpSocket::bind((bind, sport)).expect("bind flow source");
+            // The IPv6 socket binds the port the IPv4 one held a moment
+            // before (dual-stack): see flow_socket.
+            let s = flow_socket(std::net::SocketAddr::new(bind, sport));
             s.send_to(b"flow", (dst, FLOW_DPORT)).expect("send flow");
         }
     })

@@ -228,6 +228,24 @@ fn probe_with(dst: IpAddr, proto: Proto, port: u16, timeout: Duration, udp_sends
     }
 }
 
+/// A UDP socket bound to `at` with SO_REUSEADDR, for flows from a fixed
+/// source port that tests bind over and over. The socket of the flow before is
+/// closed here but can live on for a moment: a child that another test
+/// thread forked meanwhile holds a copy of this process's descriptors
+/// until its exec, which a loaded machine delays, and a plain bind then
+/// fails with AddrInUse (it did, on CI and under stress). Every bind of
+/// these ports sets the option, so the lingering socket lets the new one
+/// bind; these sockets only send (what arrives is watched by raw sockets
+/// or conntrack), so two bound at once change nothing.
+pub fn flow_socket(at: SocketAddr) -> std::net::UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::DGRAM, None)
+        .expect("UDP socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.bind(&at.into())
+        .unwrap_or_else(|e| panic!("bind {at}: {e}"));
+    s.into()
+}
+
 /// Source ports of UDP probes: below the kernel's ephemeral range
 /// (32768-60999), so nothing else picks them, and below 27,000: the
 /// ports from there to the ephemeral range are left to the fixed flow
