@@ -273,8 +273,13 @@ fn fresh_udp_socket(dst: SocketAddr) -> Option<UdpSocket> {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    // A port some other socket of this namespace holds is skipped.
-    for _ in 0..16 {
+    // A port some other socket of this namespace holds is skipped. The
+    // probes of one wave from one pod hold dozens of ports at once, and
+    // every destination's counter runs through the same band: a matrix
+    // of 9 pods needed up to 8 tries, so the bound is far above that (a
+    // probe left without a socket reads as dropped); a bind costs
+    // microseconds.
+    for _ in 0..1024 {
         let port = {
             let mut next = NEXT
                 .get_or_init(Default::default)
