@@ -37,6 +37,8 @@ mod fuzz_tests;
 #[cfg(test)]
 mod kernel_tests;
 #[cfg(test)]
+mod route_tests;
+#[cfg(test)]
 mod tamper_tests;
 
 use policy_compiler::diff::{self, Op, Transaction};

@@ -6,46 +6,37 @@
 //! addresses are configured inside a pod's namespace on the veth peer,
 //! read from the node with the address dump's target-namespace filter
 //! (the peer namespace's id as the node sees it), so no namespace is
-//! entered. Requests are written and answers parsed here in safe Rust;
-//! link and neighbour dumps need no privilege, the address dump of another
-//! namespace needs CAP_NET_ADMIN over it.
+//! entered. The messages are netlink-packet-route's, each attribute read
+//! on its own so that one the crate cannot read costs that attribute, not
+//! the link; the socket is the one of `socket`. Link and neighbour dumps
+//! need no privilege, the address dump of another namespace needs
+//! CAP_NET_ADMIN over it.
 
 use super::socket::{Msg, Socket};
-use super::wire;
 use super::NetlinkError;
+use netlink_packet_core::{
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer, NlasIterator,
+    Parseable, ParseableParametrized, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkHeader, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourHeader, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_GETNEIGH: u16 = 30;
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-/// `struct ifaddrmsg`.
-const IFADDR_LEN: usize = 8;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-/// In a request: dump this namespace (an id of the caller's); in each
-/// answer: echoed back, proving the filter was applied.
-const IFA_TARGET_NETNSID: u16 = 10;
-/// The peer's interface index (a veth's other end, in its namespace).
-const IFLA_LINK: u16 = 5;
-/// `struct ifinfomsg`.
-const IFINFO_LEN: usize = 16;
-/// `struct ndmsg`.
-const NDMSG_LEN: usize = 12;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MASTER: u16 = 10;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-/// Present only when the link's peer is in another network namespace.
-const IFLA_LINK_NETNSID: u16 = 37;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-/// NUD_REACHABLE, STALE, DELAY, PROBE, PERMANENT: the entry holds a MAC
-/// the node has heard from (INCOMPLETE, FAILED and NOARP hold none).
-const NUD_RESOLVED: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
+/// The states whose entry holds a MAC the node has heard from
+/// (INCOMPLETE, FAILED and NOARP hold none).
+const RESOLVED: [NeighbourState; 5] = [
+    NeighbourState::Reachable,
+    NeighbourState::Stale,
+    NeighbourState::Delay,
+    NeighbourState::Probe,
+    NeighbourState::Permanent,
+];
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One network interface of the caller's namespace.
@@ -73,100 +64,139 @@ impl Link {
     }
 }
 
-fn request(ty: u16, seq: u32, header: &[u8]) -> Vec<u8> {
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    let len = wire::NLMSG_HDR + header.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(header);
-    m
+/// A dump request (`NLM_F_DUMP`) for `msg`, serialised by the crate.
+fn request(seq: u32, msg: RouteNetlinkMessage) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    m.finalize();
+    let mut buf = vec![0; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
 }
 
 /// The dump request for every link.
 pub fn link_request(seq: u32) -> Vec<u8> {
-    request(RTM_GETLINK, seq, &[0; IFINFO_LEN])
+    request(seq, RouteNetlinkMessage::GetLink(LinkMessage::default()))
 }
 
 /// The dump request for every IPv6 neighbour entry.
 pub fn neigh6_request(seq: u32) -> Vec<u8> {
-    let mut nd = [0u8; NDMSG_LEN];
-    nd[0] = libc::AF_INET6 as u8;
-    request(RTM_GETNEIGH, seq, &nd)
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet6;
+    request(seq, RouteNetlinkMessage::GetNeighbour(m))
 }
 
 /// The dump request for every address of `family` in the namespace the
 /// caller knows by `netnsid`.
 pub fn addr_request(seq: u32, family: u8, netnsid: i32) -> Vec<u8> {
-    let mut body = vec![0u8; IFADDR_LEN];
-    body[0] = family;
-    wire::put_attr(&mut body, IFA_TARGET_NETNSID, &netnsid.to_ne_bytes());
-    request(RTM_GETADDR, seq, &body)
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::from(family);
+    m.attributes.push(AddressAttribute::TargetNetNsId(netnsid));
+    request(seq, RouteNetlinkMessage::GetAddress(m))
+}
+
+/// The attributes after a message's fixed header of `header_len` bytes,
+/// up to the first malformed one. Each is handed over unparsed so that
+/// the caller parses it alone with the crate: the crate's whole-message
+/// parser fails the message for any one attribute it cannot read (a
+/// kind or field of a kernel newer than the crate), and a link lost
+/// that way would be a pod's port left without a fail-closed chain.
+fn attrs_after(payload: &[u8], header_len: usize) -> impl Iterator<Item = NlaBuffer<&[u8]>> {
+    NlasIterator::new(payload.get(header_len..).unwrap_or_default()).map_while(Result::ok)
 }
 
 /// An `RTM_NEWADDR` answer: (interface index, address, the target
 /// namespace id it echoes).
 pub fn parse_addr(payload: &[u8]) -> Option<(u32, IpAddr, Option<i32>)> {
-    let family = *payload.first()?;
-    let index = u32_at(payload, 4)?;
-    let (mut local, mut address, mut target) = (None, None, None);
-    let ip = |v: &[u8]| -> Option<IpAddr> {
-        match i32::from(family) {
-            libc::AF_INET => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
-            libc::AF_INET6 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
-            _ => None,
-        }
+    let header = AddressHeader::parse(payload).ok()?;
+    // The crate reads an address by its length; one of the other family
+    // is not this message's.
+    let of_family = |ip: IpAddr| match (header.family, ip) {
+        (AddressFamily::Inet, IpAddr::V4(_)) | (AddressFamily::Inet6, IpAddr::V6(_)) => Some(ip),
+        _ => None,
     };
-    for (ty, v) in wire::attrs(payload.get(IFADDR_LEN..)?) {
-        match ty {
+    let (mut local, mut address, mut target) = (None, None, None);
+    for nla in attrs_after(payload, header.buffer_len()) {
+        match AddressAttribute::parse(&nla) {
             // IPv4: the interface's own address (IFA_ADDRESS is the far
             // end of a point-to-point link); IPv6 has IFA_ADDRESS only.
-            IFA_LOCAL => local = ip(v),
-            IFA_ADDRESS => address = ip(v),
-            IFA_TARGET_NETNSID => target = u32_at(v, 0).map(|id| id as i32),
+            Ok(AddressAttribute::Local(ip)) => local = of_family(ip),
+            Ok(AddressAttribute::Address(ip)) => address = of_family(ip),
+            Ok(AddressAttribute::TargetNetNsId(id)) => target = Some(id),
             _ => {}
         }
     }
-    Some((index, local.or(address)?, target))
+    Some((header.index, local.or(address)?, target))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+/// The kind (`veth`, `bridge`...) among the attributes nested in
+/// IFLA_LINKINFO, parsed alone with the crate's parser of that one
+/// attribute. The crate's parser of the whole nest also parses the
+/// kind's and the bridge port's data (dozens of attributes nothing here
+/// uses: most of a link dump's cost) and fails the kind with any one of
+/// them it cannot read; a pod's veth without its kind would be a port
+/// left without a fail-closed chain.
+fn kind_of(linkinfo: &[u8]) -> Option<String> {
+    NlasIterator::new(linkinfo)
+        .map_while(Result::ok)
+        .find_map(|nla| InfoKind::parse(&nla).ok())
+        .map(|k| k.to_string())
 }
 
-fn name_of(v: &[u8]) -> String {
-    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(&v[..end]).into_owned()
-}
+/// The link attribute types read, as the crate writes them: IFLA_LINKINFO
+/// (for [`kind_of`]), then those the crate parses, IFLA_IFNAME first.
+/// The others (counters, per-family data: most of a link message) are
+/// not parsed at all.
+static LINK_ATTRS: LazyLock<(u16, [u16; 4])> = LazyLock::new(|| {
+    let parsed = [
+        LinkAttribute::IfName(String::new()),
+        LinkAttribute::Controller(0),
+        LinkAttribute::LinkNetNsId(0),
+        LinkAttribute::Link(0),
+    ];
+    (
+        LinkAttribute::LinkInfo(Vec::new()).kind(),
+        parsed.map(|a| a.kind()),
+    )
+});
 
 /// An `RTM_NEWLINK` message's payload (ifinfomsg and attributes).
 pub fn parse_link(payload: &[u8]) -> Option<Link> {
-    let index = u32_at(payload, 4)?;
+    let header = LinkHeader::parse(payload).ok()?;
     let mut link = Link {
-        index,
+        index: header.index,
         name: String::new(),
         master: None,
         kind: None,
         netnsid: None,
         peer: None,
     };
-    for (ty, v) in wire::attrs(payload.get(IFINFO_LEN..)?) {
-        match ty {
-            IFLA_IFNAME => link.name = name_of(v),
-            IFLA_MASTER => link.master = u32_at(v, 0).filter(|m| *m != 0),
-            IFLA_LINK_NETNSID => {
-                link.netnsid = u32_at(v, 0).map(|id| id as i32).filter(|id| *id >= 0)
+    let (linkinfo, parsed) = *LINK_ATTRS;
+    let ifname = parsed[0];
+    for nla in attrs_after(payload, header.buffer_len()) {
+        if nla.kind() == linkinfo {
+            link.kind = kind_of(nla.value());
+            continue;
+        }
+        if !parsed.contains(&nla.kind()) {
+            continue;
+        }
+        match LinkAttribute::parse_with_param(&nla, header.interface_family) {
+            Ok(LinkAttribute::IfName(name)) => link.name = name,
+            Ok(LinkAttribute::Controller(m)) => link.master = Some(m).filter(|m| *m != 0),
+            Ok(LinkAttribute::LinkNetNsId(id)) => link.netnsid = Some(id).filter(|id| *id >= 0),
+            Ok(LinkAttribute::Link(i)) => link.peer = Some(i).filter(|i| *i != 0),
+            Ok(_) => {}
+            // Linux allows any bytes but '/', ':' and blanks in a name;
+            // the crate takes UTF-8 only.
+            Err(_) if nla.kind() == ifname => {
+                let v = nla.value();
+                let v = v.split(|b| *b == 0).next().unwrap_or_default();
+                link.name = String::from_utf8_lossy(v).into_owned();
             }
-            IFLA_LINK => link.peer = u32_at(v, 0).filter(|i| *i != 0),
-            IFLA_LINKINFO => {
-                link.kind = wire::attrs(v)
-                    .find(|(t, _)| *t == IFLA_INFO_KIND)
-                    .map(|(_, k)| name_of(k));
-            }
-            _ => {}
+            Err(_) => {}
         }
     }
     (!link.name.is_empty()).then_some(link)
@@ -174,23 +204,30 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
 
 /// A resolved IPv6 neighbour entry: (address, interface index, MAC).
 pub fn parse_neigh6(payload: &[u8]) -> Option<(Ipv6Addr, u32, [u8; 6])> {
-    if *payload.first()? != libc::AF_INET6 as u8 {
+    let header = NeighbourHeader::parse(payload).ok()?;
+    if header.family != AddressFamily::Inet6 {
         return None;
     }
-    let ifindex = u32_at(payload, 4)?;
-    let state = u16::from_ne_bytes(payload.get(8..10)?.try_into().ok()?);
-    if state & NUD_RESOLVED == 0 {
+    let resolved = RESOLVED.iter().fold(0, |m, s| m | u16::from(*s));
+    if u16::from(header.state) & resolved == 0 {
         return None;
     }
     let (mut dst, mut mac) = (None, None);
-    for (ty, v) in wire::attrs(payload.get(NDMSG_LEN..)?) {
-        match ty {
-            NDA_DST => dst = <[u8; 16]>::try_from(v).ok().map(Ipv6Addr::from),
-            NDA_LLADDR => mac = <[u8; 6]>::try_from(v).ok(),
+    for nla in attrs_after(payload, header.buffer_len()) {
+        match NeighbourAttribute::parse_with_param(&nla, header.family) {
+            Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a))) => dst = Some(a),
+            Ok(NeighbourAttribute::LinkLayerAddress(m)) => {
+                mac = <[u8; 6]>::try_from(m.as_slice()).ok()
+            }
             _ => {}
         }
     }
-    Some((dst?, ifindex, mac.filter(|m| *m != [0; 6])?))
+    Some((dst?, header.ifindex, mac.filter(|m| *m != [0; 6])?))
+}
+
+/// The netlink message type of the kernel's answers carrying `msg`.
+fn answer_type(msg: RouteNetlinkMessage) -> u16 {
+    msg.message_type()
 }
 
 fn dump(req: &[u8], seq: u32, ty: u16, what: &str) -> Result<Vec<Msg>, NetlinkError> {
@@ -207,18 +244,40 @@ fn dump(req: &[u8], seq: u32, ty: u16, what: &str) -> Result<Vec<Msg>, NetlinkEr
 
 /// Every link of the caller's network namespace.
 pub fn links() -> Result<Vec<Link>, NetlinkError> {
-    Ok(dump(&link_request(1), 1, RTM_NEWLINK, "the links")?
+    let ty = answer_type(RouteNetlinkMessage::NewLink(LinkMessage::default()));
+    Ok(dump(&link_request(1), 1, ty, "the links")?
         .iter()
         .filter_map(|m| parse_link(m.payload()))
         .collect())
+}
+
+/// The addresses in one answer to [`addr_request`] for `netnsid`:
+/// (interface index there, address). Every message must echo the id; one
+/// that does not (a kernel that ignored the filter, and listed the
+/// caller's own addresses) fails the whole answer.
+pub fn addresses_of(netnsid: i32, answer: &[Msg]) -> Result<Vec<(u32, IpAddr)>, NetlinkError> {
+    let ty = answer_type(RouteNetlinkMessage::NewAddress(AddressMessage::default()));
+    let mut out = Vec::new();
+    for m in answer.iter().filter(|m| m.ty == ty) {
+        match parse_addr(m.payload()) {
+            Some((index, ip, Some(id))) if id == netnsid => out.push((index, ip)),
+            Some(_) => {
+                return Err(NetlinkError::Decode {
+                    object: format!("the addresses of network namespace id {netnsid}"),
+                    reason: "an answer does not name the namespace asked for".into(),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Every address (IPv4 and IPv6) configured in the namespace the caller
 /// knows as `netnsid`: (interface index there, address). `Ok(None)` when
 /// the kernel has no target-namespace filter (before 4.20: it refuses
 /// strict checking, which came with it). An answer that does not echo the
-/// id (a kernel that ignored the filter, and would have listed the
-/// caller's own addresses) is an error, never taken as the pod's.
+/// id is an error, never taken as the pod's ([`addresses_of`]).
 pub fn addresses_in(netnsid: i32) -> Result<Option<Vec<(u32, IpAddr)>>, NetlinkError> {
     let mut sock = Socket::open_route()?;
     sock.set_recv_timeout(RECV_TIMEOUT)?;
@@ -228,28 +287,15 @@ pub fn addresses_in(netnsid: i32) -> Result<Option<Vec<(u32, IpAddr)>>, NetlinkE
             _ => Err(NetlinkError::Socket(e)),
         };
     }
-    let what = || format!("the addresses of network namespace id {netnsid}");
     let mut out = Vec::new();
     for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let msgs = match sock.request(&addr_request(seq, family, netnsid), seq)? {
-            Ok(msgs) => msgs,
+        match sock.request(&addr_request(seq, family, netnsid), seq)? {
+            Ok(msgs) => out.extend(addresses_of(netnsid, &msgs)?),
             Err((errno, _)) => {
                 return Err(NetlinkError::Dump {
-                    what: what(),
+                    what: format!("the addresses of network namespace id {netnsid}"),
                     errno,
                 })
-            }
-        };
-        for m in msgs.iter().filter(|m| m.ty == RTM_NEWADDR) {
-            match parse_addr(m.payload()) {
-                Some((index, ip, Some(id))) if id == netnsid => out.push((index, ip)),
-                Some(_) => {
-                    return Err(NetlinkError::Decode {
-                        object: what(),
-                        reason: "an answer does not name the namespace asked for".into(),
-                    })
-                }
-                None => {}
             }
         }
     }
@@ -258,21 +304,40 @@ pub fn addresses_in(netnsid: i32) -> Result<Option<Vec<(u32, IpAddr)>>, NetlinkE
 
 /// Every resolved IPv6 neighbour entry: (address, interface index, MAC).
 pub fn neighbours6() -> Result<Vec<(IpAddr, u32, [u8; 6])>, NetlinkError> {
-    Ok(dump(
-        &neigh6_request(1),
-        1,
-        RTM_NEWNEIGH,
-        "the IPv6 neighbour table",
-    )?
-    .iter()
-    .filter_map(|m| parse_neigh6(m.payload()))
-    .map(|(a, i, m)| (IpAddr::V6(a), i, m))
-    .collect())
+    let ty = answer_type(RouteNetlinkMessage::NewNeighbour(
+        NeighbourMessage::default(),
+    ));
+    Ok(dump(&neigh6_request(1), 1, ty, "the IPv6 neighbour table")?
+        .iter()
+        .filter_map(|m| parse_neigh6(m.payload()))
+        .map(|(a, i, m)| (IpAddr::V6(a), i, m))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::wire;
+
+    // The kernel's uapi values, written out here so that the messages
+    // below are built independently of the crate that reads them.
+    const IFINFO_LEN: usize = 16;
+    const NDMSG_LEN: usize = 12;
+    const IFADDR_LEN: usize = 8;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_MASTER: u16 = 10;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    const IFLA_LINK_NETNSID: u16 = 37;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const IFA_TARGET_NETNSID: u16 = 10;
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
+
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
 
     fn attr(ty: u16, v: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
@@ -329,6 +394,21 @@ mod tests {
         assert_eq!(r.len(), wire::NLMSG_HDR + IFINFO_LEN);
         assert_eq!(u32_at(&r, 0), Some(r.len() as u32));
         assert_eq!(neigh6_request(5)[wire::NLMSG_HDR], libc::AF_INET6 as u8);
+        // Type, NLM_F_REQUEST | NLM_F_DUMP, sequence number, port id 0.
+        let head = |r: &[u8]| r[4..16].to_vec();
+        let want = |ty: u16| {
+            [
+                &ty.to_ne_bytes()[..],
+                &0x301u16.to_ne_bytes(),
+                &5u32.to_ne_bytes(),
+                &[0; 4],
+            ]
+            .concat()
+        };
+        assert_eq!(head(&r), want(18), "RTM_GETLINK");
+        assert_eq!(head(&neigh6_request(5)), want(30), "RTM_GETNEIGH");
+        assert_eq!(neigh6_request(5).len(), wire::NLMSG_HDR + NDMSG_LEN);
+        assert_eq!(head(&addr_request(5, 2, 4)), want(22), "RTM_GETADDR");
 
         // An address request names the target namespace; an answer
         // yields the interface, the interface's own address and the echoed
