@@ -238,6 +238,93 @@ fn nothing_is_programmed_before_every_kind_is_listed() {
     assert!(l.metrics.health.ready());
 }
 
+/// A listing of pods as the watcher streams it: start, the objects, done.
+fn list_pods(l: &mut Loop, pods: impl IntoIterator<Item = usize>) {
+    l.change(Change::ListStart(Kind::Pod));
+    for i in pods {
+        l.change(Change::Listed(pod(i)));
+    }
+    l.change(Change::ListDone(Kind::Pod));
+}
+
+#[test]
+fn listed_objects_go_into_the_index_as_they_arrive_and_the_first_batch_after_the_last_kind() {
+    let mut l = Loop::new(settings());
+    let mut others = isolating_policy();
+    others.push(Object::Namespace(Namespace {
+        name: "prod".into(),
+        labels: Default::default(),
+    }));
+    let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| *k != Kind::Pod).collect();
+    l.change(Change::Replace {
+        kinds,
+        objects: others,
+    });
+    l.change(Change::ListStart(Kind::Pod));
+    for i in 0..3 {
+        l.change(Change::Listed(pod(i)));
+        assert!(
+            l.r.cluster().pod("prod", &format!("p{i}")).is_some(),
+            "pod {i} is in the index before the listing ends"
+        );
+    }
+    assert_eq!(l.r.deadline(), None, "nothing is due with pods half listed");
+    l.run_for(Duration::from_secs(3600));
+    assert_eq!(l.applies(), 0, "an hour later, still untouched");
+    assert!(!l.metrics.health.ready());
+    l.change(Change::ListDone(Kind::Pod));
+    assert_eq!(l.batches(), 1, "programmed the moment the listing ends");
+    assert_eq!(l.r.cluster().pod_count(), 3);
+    assert!(l.metrics.health.ready());
+}
+
+#[test]
+fn a_relist_holds_batches_until_its_end_and_then_deletes_what_it_did_not_list() {
+    let mut l = Loop::synced(settings());
+    list_pods(&mut l, [1, 2]);
+    l.run_for(Duration::from_secs(1));
+    let batches = l.batches();
+    // After an outage: p1 went away, p3 came.
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(2)));
+    l.run_for(Duration::from_secs(1));
+    assert_eq!(l.batches(), batches, "p2 unchanged: nothing to hold back");
+    l.change(Change::Listed(pod(3)));
+    assert_eq!(l.r.deadline(), None, "p3 waits for the listing's end");
+    l.run_for(Duration::from_secs(60));
+    assert_eq!(l.batches(), batches);
+    assert!(l.r.cluster().pod("prod", "p1").is_some());
+    l.change(Change::ListDone(Kind::Pod));
+    assert_eq!(l.batches(), batches + 1, "one batch at the end");
+    let names: Vec<&str> = l.r.cluster().pods().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p2", "p3"]);
+    // The same as one listing handed over whole.
+    let mut whole = Loop::synced(settings());
+    whole.change(Change::Replace {
+        kinds: vec![Kind::Pod],
+        objects: vec![pod(2), pod(3)],
+    });
+    assert_eq!(l.r.cluster(), whole.r.cluster());
+}
+
+#[test]
+fn a_listing_that_fails_before_its_first_object_holds_nothing_back() {
+    let mut l = Loop::synced(settings());
+    l.run_for(Duration::from_secs(1));
+    let batches = l.batches();
+    // The API server is down: the watcher starts a listing at each retry.
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Apply(pod(1)));
+    assert_eq!(
+        l.batches(),
+        batches + 1,
+        "another kind's event goes at once"
+    );
+    l.change(Change::ListStart(Kind::Pod));
+    list_pods(&mut l, [1]);
+    assert_eq!(l.r.cluster().pod_count(), 1);
+}
+
 #[test]
 fn an_empty_cluster_is_programmed_once_after_the_sync() {
     let mut l = Loop::new(settings());

@@ -155,6 +155,17 @@ pub enum Change {
         kinds: Vec<Kind>,
         objects: Vec<Object>,
     },
+    /// A complete listing of `kind` begins; its objects follow one by one
+    /// as [`Change::Listed`], then [`Change::ListDone`]. The same as one
+    /// `Replace`, but the listing is never held whole: each object goes
+    /// into the index as it arrives (150,000 pods held as a list until
+    /// the last one came were a fifth of the agent's peak heap).
+    ListStart(Kind),
+    /// One object of the listing in progress of its kind.
+    Listed(Object),
+    /// The listing of `kind` is complete: objects it did not list are
+    /// deleted, and the kind counts as synced.
+    ListDone(Kind),
     /// Someone else changed the kernel table (seen in the kernel's
     /// notifications): read it back and repair it now rather than at the
     /// next drift check.
@@ -278,6 +289,17 @@ impl Settings {
     }
 }
 
+/// A listing in progress ([`Change::ListStart`]).
+#[derive(Default)]
+struct Listing {
+    /// The objects known before it began that it has not listed yet: what
+    /// its end deletes. Empty at the first listing, so the first sync
+    /// holds no copy of the keys.
+    unlisted: BTreeSet<Key>,
+    /// Whether an object it listed changed the index.
+    changed: bool,
+}
+
 pub struct Reconciler<B, C = SystemClock> {
     settings: Settings,
     clock: C,
@@ -285,6 +307,12 @@ pub struct Reconciler<B, C = SystemClock> {
     metrics: Arc<Metrics>,
     cluster: Cluster,
     synced: BTreeSet<Kind>,
+    /// The listings in progress. No batch goes while one has changed the
+    /// index, so the kernel never sees a half-listed kind (say a pod
+    /// deleted during an outage beside the new one that took over its
+    /// address); a listing that keeps failing before its first object
+    /// (the API server down) holds nothing back, drift repair included.
+    listing: std::collections::BTreeMap<Kind, Listing>,
     /// When the oldest change not yet in the kernel arrived.
     dirty_since: Option<Instant>,
     last_change: Instant,
@@ -356,6 +384,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             metrics,
             cluster: Cluster::new(),
             synced: BTreeSet::new(),
+            listing: Default::default(),
             dirty_since: None,
             last_change: now,
             last_batch: None,
@@ -468,7 +497,7 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
 
     /// [`Reconciler::deadline`] of the kernel work alone.
     fn work_deadline(&self) -> Option<Instant> {
-        if !self.all_synced() {
+        if !self.all_synced() || self.listing.values().any(|l| l.changed) {
             return None;
         }
         let s = &self.settings;
@@ -532,7 +561,11 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             let ips = self.cluster.pod(&k.0, &k.1).map(|p| p.ips.clone());
             (k, ips.unwrap_or_default())
         });
-        let relist = matches!(&change, Change::Replace { kinds, .. } if kinds.contains(&Kind::Pod));
+        let relist = match &change {
+            Change::Replace { kinds, .. } => kinds.contains(&Kind::Pod),
+            Change::ListDone(kind) => *kind == Kind::Pod,
+            _ => false,
+        };
         let changed = match change {
             Change::Apply(o) => {
                 let key = object_key(Kind::of(&o), &key_of(&o));
@@ -545,23 +578,40 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
                 self.synced.extend(kinds.iter().copied());
                 let changed = self.replace(&kinds, objects);
-                if relist {
-                    crate::agent::release_free_memory();
+                self.listed(first_sync, relist, changed)
+            }
+            Change::ListStart(kind) => {
+                let unlisted = keys(&self.cluster, kind).into_iter().collect();
+                self.listing.insert(
+                    kind,
+                    Listing {
+                        unlisted,
+                        changed: false,
+                    },
+                );
+                false
+            }
+            Change::Listed(o) => {
+                let kind = Kind::of(&o);
+                let key = key_of(&o);
+                let changed = self.tracked(object_key(kind, &key), |c| c.apply(o));
+                if let Some(l) = self.listing.get_mut(&kind) {
+                    l.unlisted.remove(&key);
+                    l.changed |= changed;
                 }
-                if first_sync && self.all_synced() {
-                    tracing::info!(
-                        namespaces = self.cluster.namespaces().count(),
-                        pods = self.cluster.pod_count(),
-                        policies = self.cluster.policy_count(),
-                        "initial sync complete"
-                    );
-                    self.metrics.health.set_synced(true);
-                    // Always program once after the initial sync, even an
-                    // empty cluster: the kernel may hold a stale table.
-                    true
-                } else {
-                    changed
+                changed
+            }
+            Change::ListDone(kind) => {
+                let first_sync = !self.synced.contains(&kind);
+                self.synced.insert(kind);
+                let Listing {
+                    unlisted,
+                    mut changed,
+                } = self.listing.remove(&kind).unwrap_or_default();
+                for key in unlisted {
+                    changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
                 }
+                self.listed(first_sync, relist, changed)
             }
             Change::Verify { reason } => {
                 if self.verify_now.is_none() {
@@ -585,6 +635,28 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
         if changed {
             self.mark_dirty(at);
+        }
+    }
+
+    /// What a complete listing ends with: glibc's free pages after a
+    /// listing of pods go back to the kernel, and the first sync of the
+    /// last kind always programs once (even an empty cluster: the kernel
+    /// may hold a stale table). Returns whether to program.
+    fn listed(&mut self, first_sync: bool, relist: bool, changed: bool) -> bool {
+        if relist {
+            crate::agent::release_free_memory();
+        }
+        if first_sync && self.all_synced() {
+            tracing::info!(
+                namespaces = self.cluster.namespaces().count(),
+                pods = self.cluster.pod_count(),
+                policies = self.cluster.policy_count(),
+                "initial sync complete"
+            );
+            self.metrics.health.set_synced(true);
+            true
+        } else {
+            changed
         }
     }
 

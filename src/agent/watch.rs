@@ -7,10 +7,12 @@
 //!
 //! Objects are reduced to the compiler's model right here (labels, node,
 //! hostNetwork, IPs, named ports), so the agent never holds whole API
-//! objects: memory stays proportional to what the compiler needs. Listing
-//! pages are buffered (as reduced objects) until `InitDone` and sent as one
-//! `Replace`, so the index never sees a half-listed kind and objects that
-//! vanished while the watch was down (a relist after 410 Gone) are removed.
+//! objects: memory stays proportional to what the compiler needs. A
+//! listing's objects go to the index one by one as they arrive, between
+//! `ListStart` and `ListDone` (kube's `Init` and `InitDone`), so no listing
+//! is ever held whole; the loop programs nothing while a kind is half
+//! listed, and objects that vanished while the watch was down (a relist
+//! after 410 Gone) are removed at its end.
 //! Watch errors are logged and counted; the watcher retries with backoff
 //! and the last known state stays enforced meanwhile.
 //!
@@ -314,8 +316,8 @@ async fn watch<K: Watched>(sink: Sink) {
     let mut stream = watcher(api, config)
         .backoff(WatchBackoff::default())
         .boxed();
-    // Reduced objects of a listing in progress.
-    let mut listing: Option<Vec<Object>> = None;
+    // Objects of the listing in progress sent so far.
+    let mut listed = 0usize;
     while let Some(ev) = stream.next().await {
         let at = Instant::now();
         let change = match ev {
@@ -323,23 +325,17 @@ async fn watch<K: Watched>(sink: Sink) {
                 metrics.event(kind, "init");
                 reporter.1.relisting(api_kind(kind));
                 tracing::debug!(kind = kind.as_str(), "listing");
-                listing = Some(Vec::new());
-                None
+                listed = 0;
+                Some(Change::ListStart(kind))
             }
-            Ok(Event::InitApply(o)) => {
-                if let Some(obj) = sink.accept(&o, &mut reported) {
-                    listing.get_or_insert_with(Vec::new).push(obj);
-                }
-                None
-            }
+            Ok(Event::InitApply(o)) => sink.accept(&o, &mut reported).map(|obj| {
+                listed += 1;
+                Change::Listed(obj)
+            }),
             Ok(Event::InitDone) => {
                 metrics.event(kind, "listed");
-                let objects = listing.take().unwrap_or_default();
-                tracing::info!(kind = kind.as_str(), objects = objects.len(), "listed");
-                Some(Change::Replace {
-                    kinds: vec![kind],
-                    objects,
-                })
+                tracing::info!(kind = kind.as_str(), objects = listed, "listed");
+                Some(Change::ListDone(kind))
             }
             Ok(Event::Apply(o)) => {
                 metrics.event(kind, "apply");
