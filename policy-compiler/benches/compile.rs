@@ -359,7 +359,11 @@ fn profile_events(quick: bool) {
                     &target.namespace,
                     format!("bn-{i}"),
                     Selector {
-                        match_labels: target.labels.clone().into_iter().collect(),
+                        match_labels: target
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
                         match_expressions: vec![],
                     },
                     sel("app", &format!("app-{}", i % 5)),

@@ -15,10 +15,15 @@ use std::net::IpAddr;
 
 type Key = (String, String);
 
+/// A pod's (namespace, name) as the index holds it: the namespace is the
+/// index's one copy of that string, and the by-address index shares the
+/// name with the map of pods instead of copying both strings again.
+type PodKey = (Str, Str);
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<Key, Pod>,
+    pods: BTreeMap<PodKey, Pod>,
     policies: BTreeMap<Key, Policy>,
     /// How many pods each namespace holds, so namespace selectors only
     /// look at namespaces that can contribute peers.
@@ -26,7 +31,7 @@ pub struct Cluster {
     /// Pods by address (any pod listing it, policy pod or not), sorted.
     /// Almost always one: a set would allocate a node of eleven keys per
     /// address, the largest part of a pod's memory at 150,000 pods.
-    by_ip: BTreeMap<IpAddr, Vec<Key>>,
+    by_ip: BTreeMap<IpAddr, Vec<PodKey>>,
     /// The addresses of `by_ip` that several pods list: every reconcile
     /// asks for the shared addresses, and walking all of `by_ip` for the
     /// few there are cost a pass over the cluster per event.
@@ -43,6 +48,9 @@ pub struct Cluster {
     /// the pod, and a key would be the largest part of the index's cost
     /// per pod.
     by_node: BTreeMap<String, Vec<IpAddr>>,
+    /// The one copy of each label key and value and namespace name the
+    /// objects here hold.
+    strings: Interner,
 }
 
 impl Cluster {
@@ -82,10 +90,11 @@ impl Cluster {
         self.admin.remove(&(kind, name.to_string())).is_some()
     }
 
-    pub fn apply_node(&mut self, n: Node) -> bool {
+    pub fn apply_node(&mut self, mut n: Node) -> bool {
         if self.node_objects.get(&n.name) == Some(&n) {
             return false;
         }
+        n.labels = n.labels.interned(&mut self.strings);
         self.node_objects.insert(n.name.clone(), n);
         true
     }
@@ -111,10 +120,11 @@ impl Cluster {
         self.node_objects.values()
     }
 
-    pub fn apply_namespace(&mut self, ns: Namespace) -> bool {
+    pub fn apply_namespace(&mut self, mut ns: Namespace) -> bool {
         if self.namespaces.get(&ns.name) == Some(&ns) {
             return false;
         }
+        ns.labels = ns.labels.interned(&mut self.strings);
         self.namespaces.insert(ns.name.clone(), ns);
         true
     }
@@ -123,8 +133,11 @@ impl Cluster {
         self.namespaces.remove(name).is_some()
     }
 
-    pub fn apply_pod(&mut self, p: Pod) -> bool {
-        let key = p.key();
+    pub fn apply_pod(&mut self, mut p: Pod) -> bool {
+        let key = (
+            self.strings.intern(&p.namespace),
+            Str::from(p.name.as_str()),
+        );
         match self.pods.get(&key) {
             Some(old) if *old == p => return false,
             Some(old) => {
@@ -144,12 +157,15 @@ impl Cluster {
             }
         }
         self.index_ips(&key, &p.ips, true);
+        p.labels = p.labels.interned(&mut self.strings);
         self.pods.insert(key, p);
         true
     }
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
-        let key = (namespace.to_string(), name.to_string());
+        let Some(key) = self.pod_key(namespace, name) else {
+            return false;
+        };
         let removed = match self.pods.remove(&key) {
             Some(old) => {
                 self.index_ips(&key, &old.ips, false);
@@ -199,7 +215,13 @@ impl Cluster {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.get(&(namespace.to_string(), name.to_string()))
+        self.pods.get(&self.pod_key(namespace, name)?)
+    }
+
+    /// The key of pod `namespace/name`; `None` when no object here is in
+    /// that namespace (then no pod is).
+    fn pod_key(&self, namespace: &str, name: &str) -> Option<PodKey> {
+        Some((self.strings.get(namespace)?.clone(), name.into()))
     }
 
     /// The Namespace object `name`, if it was given.
@@ -229,9 +251,13 @@ impl Cluster {
 
     /// Pods of one namespace, in name order.
     pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods
-            .range((namespace.to_string(), String::new())..)
-            .take_while(move |((ns, _), _)| ns == namespace)
+        let from = self
+            .strings
+            .get(namespace)
+            .map(|ns| (ns.clone(), Str::from("")));
+        from.into_iter()
+            .flat_map(|from| self.pods.range(from..))
+            .take_while(move |((ns, _), _)| **ns == *namespace)
             .map(|(_, p)| p)
     }
 
@@ -361,7 +387,7 @@ impl Cluster {
         }
     }
 
-    fn index_ips(&mut self, key: &Key, ips: &[IpAddr], add: bool) {
+    fn index_ips(&mut self, key: &PodKey, ips: &[IpAddr], add: bool) {
         for ip in ips {
             if add {
                 let keys = self
@@ -414,6 +440,44 @@ mod tests {
             named_ports: vec![],
             terminal: false,
         }
+    }
+
+    #[test]
+    fn pods_share_one_copy_of_each_label_key_and_value() {
+        let mut c = Cluster::new();
+        let mut labelled = |name: usize, app: &str| {
+            let mut p = pod(name, Some(0), &[name]);
+            p.labels = [("app".to_string(), app.to_string())].into();
+            c.apply_pod(p);
+        };
+        labelled(0, "web");
+        labelled(1, "web");
+        labelled(2, "db");
+        let pairs = |c: &Cluster, name: usize| {
+            let ns = format!("ns-{}", name % 3);
+            c.pod(&ns, &format!("pod-{name}"))
+                .expect("pod")
+                .labels
+                .pairs()[0]
+                .clone()
+        };
+        let (a, b, d) = (pairs(&c, 0), pairs(&c, 1), pairs(&c, 2));
+        assert!(std::sync::Arc::ptr_eq(&a.0, &b.0), "one `app` key");
+        assert!(std::sync::Arc::ptr_eq(&a.1, &b.1), "one `web` value");
+        assert!(std::sync::Arc::ptr_eq(&a.0, &d.0));
+        assert_eq!(&*d.1, "db");
+        drop((a, b, d));
+        // A value no pod holds any more is dropped by a later sweep.
+        c.delete_pod("ns-2", "pod-2");
+        for name in 3..3000 {
+            let mut p = pod(name, Some(0), &[]);
+            p.labels = [("n".to_string(), name.to_string())].into();
+            c.apply_pod(p);
+            c.delete_pod(&format!("ns-{}", name % 3), &format!("pod-{name}"));
+        }
+        assert!(c.strings.get("db").is_none(), "swept");
+        assert!(c.strings.len() < 2100, "{} strings kept", c.strings.len());
+        assert!(c.strings.get("web").is_some(), "still held");
     }
 
     /// What `pods_on` replaces: a scan of every pod.

@@ -296,12 +296,7 @@ items:
         let Object::Namespace(ns) = &l.objects[0] else {
             panic!("want a namespace")
         };
-        assert_eq!(
-            ns.labels
-                .get("kubernetes.io/metadata.name")
-                .map(String::as_str),
-            Some("x")
-        );
+        assert_eq!(ns.labels.get("kubernetes.io/metadata.name"), Some("x"));
     }
 
     #[test]
@@ -479,7 +474,7 @@ spec:
             panic!("want a namespace")
         };
         assert_eq!(ns.name, "n");
-        assert_eq!(ns.labels.get("a").map(String::as_str), Some("yes"));
+        assert_eq!(ns.labels.get("a"), Some("yes"));
     }
 
     #[test]

@@ -9,13 +9,20 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A label key or value, a namespace name: one string the index shares
+/// between every object that carries it ([`Interner`]).
+pub type Str = Arc<str>;
 
 /// An object's labels, sorted by key: a map with the lookups selectors
 /// need, kept as one exactly sized slice. A pod has a handful of labels,
 /// and a `BTreeMap` would allocate a node of eleven entries for them:
-/// 150,000 pods held 80 MB more that way.
+/// 150,000 pods held 80 MB more that way. Keys and values are shared
+/// strings: in the index, most pods' keys and many values are the same
+/// few (`app`, `tier`, `web`), held once.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Labels(Box<[(String, String)]>);
+pub struct Labels(Box<[(Str, Str)]>);
 
 impl Labels {
     pub fn new() -> Labels {
@@ -23,18 +30,18 @@ impl Labels {
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
     }
 
-    pub fn get(&self, key: &str) -> Option<&String> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         // Selectors ask this of every pod they look at. Objects carry a
         // few labels: a pass that compares lengths first skips most keys
         // without comparing their bytes, where the search compares
         // bytes at every step.
         if self.0.len() <= 8 {
-            return self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            return self.0.iter().find(|(k, _)| **k == *key).map(|(_, v)| &**v);
         }
-        self.find(key).ok().map(|i| &self.0[i].1)
+        self.find(key).ok().map(|i| &*self.0[i].1)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -42,19 +49,19 @@ impl Labels {
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
-    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+    pub fn insert(&mut self, key: String, value: String) -> Option<Str> {
         match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value.into())),
             Err(i) => {
                 let mut v = std::mem::take(&mut self.0).into_vec();
-                v.insert(i, (key, value));
+                v.insert(i, (key.into(), value.into()));
                 self.0 = v.into_boxed_slice();
                 None
             }
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<String> {
+    pub fn remove(&mut self, key: &str) -> Option<Str> {
         let i = self.find(key).ok()?;
         let mut v = std::mem::take(&mut self.0).into_vec();
         let (_, value) = v.remove(i);
@@ -71,12 +78,82 @@ impl Labels {
     }
 
     /// In key order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&String, &String)> + Clone {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + Clone {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + Clone {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &str> + Clone {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    /// The shared strings themselves, for tests that check the sharing.
+    #[cfg(test)]
+    pub(crate) fn pairs(&self) -> &[(Str, Str)] {
+        &self.0
+    }
+
+    /// The same labels holding `strings`' copy of each key and value.
+    pub fn interned(&self, strings: &mut Interner) -> Labels {
+        Labels(
+            self.0
+                .iter()
+                .map(|(k, v)| (strings.intern(k), strings.intern(v)))
+                .collect(),
+        )
+    }
+}
+
+/// One shared copy of each string the index holds (label keys and
+/// values, namespace names). Objects arrive from the converter with
+/// strings of their own; the index swaps them for these, and a string
+/// no object holds any more is dropped at the next sweep.
+#[derive(Clone, Default)]
+pub struct Interner {
+    strings: std::collections::HashSet<Str>,
+    /// How many strings the last sweep kept: the next one runs when the
+    /// set has doubled since, so sweeping costs O(1) a string.
+    kept: usize,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> Str {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        if self.strings.len() >= 2 * self.kept.max(1024) {
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            self.kept = self.strings.len();
+        }
+        let shared: Str = s.into();
+        self.strings.insert(shared.clone());
+        shared
+    }
+
+    /// The shared copy of `s`, if the index holds one.
+    pub fn get(&self, s: &str) -> Option<&Str> {
+        self.strings.get(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// A cache: two indexes holding the same objects are equal whatever
+/// strings each happens to keep.
+impl PartialEq for Interner {
+    fn eq(&self, _: &Interner) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Interner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interner({} strings)", self.strings.len())
     }
 }
 
@@ -89,7 +166,7 @@ impl FromIterator<(String, String)> for Labels {
 
 impl From<BTreeMap<String, String>> for Labels {
     fn from(m: BTreeMap<String, String>) -> Labels {
-        Labels(m.into_iter().collect())
+        Labels(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
@@ -100,21 +177,23 @@ impl<const N: usize> From<[(String, String); N]> for Labels {
 }
 
 impl<'a> IntoIterator for &'a Labels {
-    type Item = (&'a String, &'a String);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, String)>,
-        fn(&'a (String, String)) -> (&'a String, &'a String),
-    >;
+    type Item = (&'a str, &'a str);
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (Str, Str)>, fn(&'a (Str, Str)) -> (&'a str, &'a str)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 }
 
+/// Owned copies: for building selectors and maps from labels.
 impl IntoIterator for Labels {
     type Item = (String, String);
     type IntoIter = std::vec::IntoIter<(String, String)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_vec().into_iter()
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 }
 
@@ -362,17 +441,11 @@ mod labels_tests {
     fn labels_behave_as_a_sorted_map() {
         let mut a = l(&[("tier", "web"), ("app", "x"), ("app", "y")]);
         assert_eq!(a.len(), 2, "the last value of a repeated key wins");
-        assert_eq!(a.get("app").map(String::as_str), Some("y"));
-        assert_eq!(
-            a.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["app", "tier"]
-        );
+        assert_eq!(a.get("app"), Some("y"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["app", "tier"]);
         assert_eq!(a.insert("b".into(), "1".into()), None);
         assert_eq!(a.insert("b".into(), "2".into()), Some("1".into()));
-        assert_eq!(
-            a.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["app", "b", "tier"]
-        );
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["app", "b", "tier"]);
         assert_eq!(a.remove("app"), Some("y".into()));
         assert_eq!(a.remove("app"), None);
         assert!(!a.contains_key("app") && a.contains_key("tier"));

@@ -64,7 +64,7 @@ impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }

@@ -493,7 +493,7 @@ mod tests {
             |n: &Namespace| convert::namespace(n, None),
         )
         .expect("valid");
-        assert_eq!(ns.labels.get("team").map(String::as_str), Some("t"));
+        assert_eq!(ns.labels.get("team"), Some("t"));
     }
 
     #[test]

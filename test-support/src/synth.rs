@@ -58,7 +58,7 @@ fn labels(kv: &[(&str, String)]) -> Labels {
 
 fn sel(kv: &[(&str, String)]) -> Selector {
     Selector {
-        match_labels: labels(kv).into_iter().collect(),
+        match_labels: kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         match_expressions: vec![],
     }
 }
