@@ -236,6 +236,10 @@ fn matches(rs: &Ruleset, m: &Match, pkt: &Packet) -> bool {
         Match::ArpNotEthIpv4 | Match::ArpSenderIpNot(_) | Match::NdTargetNot(_) => false,
         // Nor do they carry IPv4 options or IPv6 routing headers.
         Match::Ip4HdrLenAbove(_) | Match::Ip4OptionWordNot(_) | Match::Ip6RoutingHeader => false,
+        // Their IPv4 header is the bare one, and their IPv6 header is
+        // followed by the transport header.
+        Match::Ip4HdrLen(n) => pkt.saddr.is_ipv4() && *n == crate::srcval::IP4_WORDS,
+        Match::Ip6NextHeader(p) => pkt.saddr.is_ipv6() && pkt.proto == *p,
         Match::CtState(states) => states.contains(&pkt.ct),
         Match::L4Proto(p) => pkt.proto == *p,
         Match::AddrInSet { family, dir, set } => {
@@ -386,6 +390,21 @@ mod tests {
         let back = Packet::new_connection(ip("10.0.0.2"), ip("10.0.0.1"), Protocol::Tcp, 80);
         let t = trace(&rs, crate::compile::CHAIN_FORWARD, &back);
         assert!(t.accepted && t.deciding().is_none(), "{t:?}");
+    }
+
+    #[test]
+    fn packets_here_carry_no_ip_options_and_no_extension_headers() {
+        let rs = Ruleset::default();
+        let v4 = Packet::new_connection(ip("10.0.0.1"), ip("10.0.0.2"), Protocol::Tcp, 80);
+        let v6 = Packet::new_connection(ip("fd00::1"), ip("fd00::2"), Protocol::Tcp, 80);
+        let udp6 = Packet::new_connection(ip("fd00::1"), ip("fd00::2"), Protocol::Udp, 80);
+        let tcp = Match::Ip6NextHeader(l4::TCP);
+        assert!(matches(&rs, &Match::Ip4HdrLen(5), &v4));
+        assert!(!matches(&rs, &Match::Ip4HdrLen(6), &v4));
+        assert!(!matches(&rs, &Match::Ip4HdrLen(5), &v6));
+        assert!(matches(&rs, &tcp, &v6));
+        assert!(!matches(&rs, &tcp, &udp6));
+        assert!(!matches(&rs, &tcp, &v4));
     }
 
     #[test]

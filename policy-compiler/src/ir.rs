@@ -331,6 +331,12 @@ pub enum Match {
     /// `exthdr rt exists`: an IPv6 routing header of any type (implies
     /// `meta nfproto ipv6`).
     Ip6RoutingHeader,
+    /// `ip hdrlength N`: an IPv4 header of exactly N 32-bit words (5:
+    /// no options at all).
+    Ip4HdrLen(u8),
+    /// `ip6 nexthdr N`: the fixed IPv6 header's next header is N. When N
+    /// is an upper-layer protocol, the packet has no extension header.
+    Ip6NextHeader(u8),
 }
 
 /// The verdict of a rule.

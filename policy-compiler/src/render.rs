@@ -280,6 +280,8 @@ fn render_match(m: &Match) -> String {
         // "this option and nothing else": the raw word.
         Match::Ip4OptionWordNot(w) => format!("ip hdrlength 6 @nh,160,32 != 0x{w:08x}"),
         Match::Ip6RoutingHeader => "exthdr rt exists".into(),
+        Match::Ip4HdrLen(n) => format!("ip hdrlength {n}"),
+        Match::Ip6NextHeader(p) => format!("ip6 nexthdr {}", proto_name(*p)),
         Match::CtSaddr { dir, addr } => format!(
             "ct {} {} saddr {addr}",
             dir.as_str(),

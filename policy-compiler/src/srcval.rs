@@ -289,7 +289,6 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
         // Neighbour discovery and MLD serve only pods that speak IPv6: an
         // IPv4-only pod gets no IPv6 exemption, so it sends no IPv6 at all.
         let speaks_v6 = own.iter().any(IpAddr::is_ipv6);
-        let mut rules = source_route_drops(own.iter().any(IpAddr::is_ipv4), speaks_v6);
         let from_own = |ip: &IpAddr| Match::AddrPrefix {
             family: Family::of(ip),
             dir: Dir::Src,
@@ -300,13 +299,15 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
             verdict: Verdict::Accept,
             comment: None,
         };
+        let mut rules: Vec<Rule> = own
+            .iter()
+            .map(|ip| accept(own_tcp_fast(ip, from_own(ip))))
+            .collect();
+        rules.extend(source_route_drops(
+            own.iter().any(IpAddr::is_ipv4),
+            speaks_v6,
+        ));
         if !net.pod_tunnels {
-            // Every packet a pod sends walks this chain. TCP is no tunnel
-            // protocol, so the pod's own TCP leaves before the six tunnel
-            // checks (after the source-route drops, which TCP can carry).
-            for ip in &own {
-                rules.push(accept(vec![from_own(ip), Match::L4Proto(l4::TCP)]));
-            }
             rules.extend(tunnel_drops());
         }
         for ip in &own {
@@ -342,6 +343,38 @@ pub fn add_chains(rs: &mut Ruleset, cluster: &Cluster, node: &str, net: &NodeNet
             unbound_src_chain_name(port),
             unbound_src_chain(port, &unlearned),
         );
+    }
+}
+
+/// The matches of the fast path for the pod's own TCP, ahead of every
+/// drop in its `src_` chain: nearly every packet a pod sends is TCP from
+/// its own address, and each one would otherwise pay the source-route
+/// and tunnel checks. A packet it accepts is one the rest of the chain
+/// would accept too; it only skips checks that cannot match it:
+///
+/// - IPv4 (`ip hdrlength 5`): a source route (LSRR, SSRR), like every
+///   IPv4 option, lives in the header, and a five-word header has no room
+///   for one. Each fragment is checked as it comes (this hook runs before
+///   reassembly, which keeps the header of the first fragment), and a
+///   fragment that carries a copied option is longer than five words.
+///   `meta l4proto` is the header's protocol field, so TCP here is never
+///   IPIP, IPv6 in IP or GRE, nor UDP to an overlay port.
+/// - IPv6 (`ip6 nexthdr tcp`): the fixed header names TCP as what follows
+///   it, so there is no extension header at all: no routing header, and
+///   no fragment header either (a fragment names the fragment header).
+///   The transport is TCP, which no tunnel drop names.
+///
+/// TCP behind IPv4 options (a lone router alert passes the drops) or
+/// behind IPv6 extension headers misses the fast path and meets the drops
+/// like any other packet; the own-address accept after them takes it.
+fn own_tcp_fast(ip: &IpAddr, from_own: Match) -> Vec<Match> {
+    match ip {
+        IpAddr::V4(_) => vec![
+            Match::Ip4HdrLen(IP4_WORDS),
+            from_own,
+            Match::L4Proto(l4::TCP),
+        ],
+        IpAddr::V6(_) => vec![Match::Ip6NextHeader(l4::TCP), from_own],
     }
 }
 
@@ -632,35 +665,44 @@ mod tests {
         }
     }
 
-    /// The pod's own TCP leaves before the tunnel checks, but never before
-    /// a source-route drop (a TCP segment can carry a source route), and
-    /// a forged TCP segment still meets the final drop.
+    /// The pod's own TCP leaves first, and only without IPv4 options or
+    /// IPv6 extension headers (nothing a source-route or tunnel drop could
+    /// match); a forged TCP segment still meets the final drop.
     #[test]
-    fn own_tcp_skips_the_tunnel_checks_but_not_the_source_route_drops() {
+    fn own_tcp_without_options_leaves_first() {
+        for pod_tunnels in [false, true] {
+            let net = NodeNet {
+                pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
+                pod_tunnels,
+                ..NodeNet::default()
+            };
+            let chain = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
+            let head: Vec<String> = chain.rules[..3]
+                .iter()
+                .map(crate::render::render_rule)
+                .collect();
+            assert_eq!(
+                head,
+                [
+                    "ip hdrlength 5 ip saddr 10.0.0.2 meta l4proto tcp accept",
+                    "ip6 nexthdr tcp ip6 saddr fd00::2 accept",
+                    "ip hdrlength > 6 counter drop comment \"IPv4 options longer than a router alert (no source routes: LSRR, SSRR)\"",
+                ],
+                "{chain:#?}"
+            );
+            // No other TCP accept: TCP behind options takes the drops and
+            // then the plain own-address accept.
+            let tcp = |r: &&Rule| {
+                r.matches.contains(&Match::L4Proto(l4::TCP))
+                    || r.matches.contains(&Match::Ip6NextHeader(l4::TCP))
+            };
+            assert_eq!(chain.rules.iter().filter(tcp).count(), 2, "{chain:#?}");
+        }
         let net = NodeNet {
             pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
             ..NodeNet::default()
         };
         let chain = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
-        let comment = |r: &Rule| r.comment.clone().unwrap_or_default();
-        let pos = |f: &dyn Fn(&Rule) -> bool| -> Vec<usize> {
-            chain
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| f(r))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let tcp_accepts =
-            pos(&|r| r.verdict == Verdict::Accept && r.matches.contains(&Match::L4Proto(l4::TCP)));
-        let routes = pos(&|r| comment(r).contains("source route"));
-        let tunnels = pos(&|r| comment(r).contains("tunnel packet"));
-        assert_eq!(tcp_accepts.len(), 2, "{:#?}", chain.rules);
-        assert_eq!(routes.len(), 3, "{:#?}", chain.rules);
-        assert_eq!(tunnels.len(), 6, "{:#?}", chain.rules);
-        assert!(routes.iter().max() < tcp_accepts.iter().min());
-        assert!(tcp_accepts.iter().max() < tunnels.iter().min());
         let mut rs = Ruleset::default();
         rs.chains.insert("src".into(), chain);
         for (saddr, ok) in [
@@ -688,6 +730,17 @@ mod tests {
                 ok,
                 "TCP from {saddr}"
             );
+            // The interpreter's packets carry no options: the fast path
+            // decides the pod's own TCP, and nothing else.
+            let t = crate::interp::trace(&rs, "src", &pkt);
+            let fast = t.deciding().is_some_and(|d| d.index < 2);
+            assert_eq!(fast, ok, "TCP from {saddr}: {t:?}");
+            let udp = crate::interp::Packet {
+                proto: l4::UDP,
+                ..pkt
+            };
+            let t = crate::interp::trace(&rs, "src", &udp);
+            assert!(t.deciding().is_some_and(|d| d.index >= 2), "{t:?}");
         }
     }
 
@@ -745,9 +798,11 @@ mod tests {
             pod_interfaces: [("x/a".to_string(), "veth0".to_string())].into(),
             ..NodeNet::default()
         };
+        // After the own-TCP fast path, which no routed packet matches.
         let drops = |c: &Chain| -> Vec<String> {
             c.rules
                 .iter()
+                .skip_while(|r| r.verdict == Verdict::Accept)
                 .take_while(|r| r.verdict == Verdict::Drop)
                 .map(crate::render::render_rule)
                 .filter(|r| r.contains("no source routes"))

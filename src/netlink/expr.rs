@@ -197,6 +197,8 @@ fn nfproto(f: Family) -> u8 {
 
 /// Offset of the hop limit in the IPv6 header.
 const IP6_HOPLIMIT_OFFSET: u32 = 7;
+/// Offset of the next header field in the IPv6 header.
+const IP6_NEXTHDR_OFFSET: u32 = 6;
 
 fn addr_bytes(a: &std::net::IpAddr) -> Vec<u8> {
     match a {
@@ -507,6 +509,14 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
                     w.to_be_bytes().to_vec(),
                 );
             }
+            Match::Ip4HdrLen(n) => {
+                l.guard(Family::Ipv4);
+                l.ip4_hdrlen(CMP_EQ, *n);
+            }
+            Match::Ip6NextHeader(p) => {
+                l.guard(Family::Ipv6);
+                l.load_cmp(BASE_NETWORK, IP6_NEXTHDR_OFFSET, CMP_EQ, vec![*p]);
+            }
             Match::Ip6RoutingHeader => {
                 l.guard(Family::Ipv6);
                 l.out.push(RawExpr::Exthdr {
@@ -586,6 +596,21 @@ fn lower(rule: &Rule, netdev: bool) -> Vec<RawExpr> {
     l.out
 }
 
+/// The family a guard's compare names (`meta nfproto` in an inet table,
+/// `meta protocol` in the netdev guard).
+fn family_of_guard(key: u32, data: &[u8]) -> Option<Family> {
+    match (key, data) {
+        (META_NFPROTO, [p]) if *p == NFPROTO_IPV4 => Some(Family::Ipv4),
+        (META_NFPROTO, [p]) if *p == NFPROTO_IPV6 => Some(Family::Ipv6),
+        (META_PROTOCOL, [a, b]) => match u16::from_be_bytes([*a, *b]) {
+            policy_compiler::srcval::ETH_P_IP => Some(Family::Ipv4),
+            policy_compiler::srcval::ETH_P_IPV6 => Some(Family::Ipv6),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Reads a rule back from its kernel expressions. Anything that is not a
 /// shape [`lower_rule`] or nft produces for the IR is an error naming the
 /// expression, so a foreign rule is reported instead of mis-decoded.
@@ -593,6 +618,16 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
     use RawExpr as E;
     let mut matches = Vec::new();
     let mut verdict = None;
+    // The family the last guard named: a header field read under the
+    // other family's guard is another rule.
+    let mut guarded: Option<Family> = None;
+    let need = |guarded: Option<Family>, f: Family, what: &str| {
+        if guarded == Some(f) {
+            Ok(())
+        } else {
+            Err(format!("{what} without a {f:?} family guard"))
+        }
+    };
     let mut i = 0;
     let cmp1 = |e: Option<&RawExpr>, op: u32| -> Option<Vec<u8>> {
         match e {
@@ -630,11 +665,13 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 i += 2;
             }
             E::Meta {
-                key: META_PROTOCOL | META_NFPROTO,
+                key: key @ (META_PROTOCOL | META_NFPROTO),
                 dreg: REG_1,
             } if cmp1(exprs.get(i + 1), CMP_EQ).is_some() => {
                 // The family guard (netdev: ethertype, inet: nfproto):
-                // implied by the match after it.
+                // implied by the match after it, which the header-field
+                // matches below check it names.
+                guarded = cmp1(exprs.get(i + 1), CMP_EQ).and_then(|d| family_of_guard(*key, &d));
                 i += 2;
             }
             E::Payload {
@@ -843,6 +880,7 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 if !nibble {
                     return Err("ip hdrlength without its nibble mask".into());
                 }
+                need(guarded, Family::Ipv4, "ip hdrlength")?;
                 let one_word = policy_compiler::srcval::IP4_WORDS + 1;
                 if let Some([n]) = cmp1(exprs.get(i + 2), CMP_GT).as_deref() {
                     matches.push(Match::Ip4HdrLenAbove(*n));
@@ -864,8 +902,13 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                     };
                     matches.push(Match::Ip4OptionWordNot(u32::from_be_bytes(w)));
                     i += 5;
+                } else if let Some([n]) = cmp1(exprs.get(i + 2), CMP_EQ).as_deref() {
+                    matches.push(Match::Ip4HdrLen(*n));
+                    i += 3;
                 } else {
-                    return Err("ip hdrlength other than `> N` or `6` and an option word".into());
+                    return Err(
+                        "ip hdrlength other than `> N`, `N`, or `6` and an option word".into(),
+                    );
                 }
             }
             E::Exthdr {
@@ -879,7 +922,23 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 if cmp1(exprs.get(i + 1), CMP_EQ).as_deref() != Some(&[1]) {
                     return Err("exthdr rt without an `exists` compare".into());
                 }
+                need(guarded, Family::Ipv6, "exthdr rt")?;
                 matches.push(Match::Ip6RoutingHeader);
+                i += 2;
+            }
+            E::Payload {
+                base: BASE_NETWORK,
+                offset: IP6_NEXTHDR_OFFSET,
+                len: 1,
+                dreg: REG_1,
+            } => {
+                let Some([p]) =
+                    cmp1(exprs.get(i + 1), CMP_EQ).and_then(|d| <[u8; 1]>::try_from(d).ok())
+                else {
+                    return Err("ip6 nexthdr without a one-byte compare".into());
+                };
+                need(guarded, Family::Ipv6, "ip6 nexthdr")?;
+                matches.push(Match::Ip6NextHeader(p));
                 i += 2;
             }
             E::Payload {
@@ -893,6 +952,7 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
                 else {
                     return Err("ip6 hoplimit without a one-byte compare".into());
                 };
+                need(guarded, Family::Ipv6, "ip6 hoplimit")?;
                 matches.push(Match::Ip6HopLimit(n));
                 i += 2;
             }
@@ -1171,6 +1231,29 @@ pub(crate) mod tests {
                 Verdict::Drop,
             ),
             r(vec![Match::Ip6RoutingHeader, Match::Counter], Verdict::Drop),
+            r(
+                vec![
+                    Match::Ip4HdrLen(5),
+                    Match::AddrPrefix {
+                        family: Family::Ipv4,
+                        dir: Dir::Src,
+                        net: "10.0.0.2/32".parse().unwrap(),
+                    },
+                    Match::L4Proto(l4::TCP),
+                ],
+                Verdict::Accept,
+            ),
+            r(
+                vec![
+                    Match::Ip6NextHeader(l4::TCP),
+                    Match::AddrPrefix {
+                        family: Family::Ipv6,
+                        dir: Dir::Src,
+                        net: "fd00::2/128".parse().unwrap(),
+                    },
+                ],
+                Verdict::Accept,
+            ),
             Rule {
                 matches: vec![
                     Match::CtState([CtState::New].into()),
@@ -1570,6 +1653,86 @@ pub(crate) mod tests {
             raw.extend(tail.iter().cloned());
             assert!(raise_rule(&raw, None).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn own_tcp_fast_path_matches_nft_debug_output() {
+        // nft --debug=netlink (nft 1.0.6) of `ip hdrlength 5 ip saddr
+        // 10.0.0.2 meta l4proto tcp accept` and `ip6 nexthdr tcp ip6 saddr
+        // fd00::2 accept` in an inet table.
+        let load = |offset, len| RawExpr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: REG_1,
+        };
+        let cmp = |data: &[u8]| RawExpr::Cmp {
+            sreg: REG_1,
+            op: CMP_EQ,
+            data: data.to_vec(),
+        };
+        let meta = |key| RawExpr::Meta { key, dreg: REG_1 };
+        let accept = RawExpr::Verdict {
+            code: V_ACCEPT,
+            chain: None,
+        };
+        let v4 = vec![
+            meta(META_NFPROTO),
+            cmp(&[2]),
+            load(0, 1),
+            RawExpr::Bitwise {
+                sreg: REG_1,
+                dreg: REG_1,
+                len: 1,
+                mask: vec![0x0f],
+                xor: vec![0],
+            },
+            cmp(&[5]),
+            load(12, 4),
+            cmp(&[10, 0, 0, 2]),
+            meta(META_L4PROTO),
+            cmp(&[6]),
+            accept.clone(),
+        ];
+        let mut fd00_2 = [0u8; 16];
+        (fd00_2[0], fd00_2[1], fd00_2[15]) = (0xfd, 0, 2);
+        let v6 = vec![
+            meta(META_NFPROTO),
+            cmp(&[10]),
+            load(6, 1),
+            cmp(&[6]),
+            load(8, 16),
+            cmp(&fd00_2),
+            accept,
+        ];
+        let rules = every_shape();
+        let fast: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| {
+                r.matches
+                    .iter()
+                    .any(|m| matches!(m, Match::Ip4HdrLen(_) | Match::Ip6NextHeader(_)))
+            })
+            .collect();
+        assert_eq!(fast.len(), 2);
+        for (rule, want) in fast.into_iter().zip([&v4, &v6]) {
+            assert_eq!(&lower_rule(rule), want);
+            assert_eq!(raise_rule(want, None).as_ref(), Ok(rule));
+        }
+        // Under the other family's guard the same loads read other
+        // fields (the IPv6 traffic class, the IPv4 fragment flags): a
+        // rule nftpol never wrote.
+        for (raw, from, to) in [(&v4, 2u8, 10u8), (&v6, 10, 2)] {
+            let mut raw = raw.clone();
+            raw[1] = cmp(&[to]);
+            assert_ne!(from, to);
+            assert!(raise_rule(&raw, None).is_err(), "{raw:?}");
+        }
+        // Only `ip hdrlength N` with the nibble mask, and a one-byte
+        // next header compare.
+        let mut wide = v6.clone();
+        wide[3] = cmp(&[6, 0]);
+        assert!(raise_rule(&wide, None).is_err());
     }
 
     #[test]

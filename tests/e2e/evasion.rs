@@ -1076,9 +1076,11 @@ fn source_routes(p: &mut Probes, expect: Expect, when: &str) {
     }
 }
 
-/// IPv4 options on datagrams `attacker` sends its allowed peer `remote`:
-/// a lone router alert (IGMP's) always passes; record route and a
-/// four-byte stream identifier are `others`.
+/// IPv4 options on datagrams and TCP SYNs `attacker` sends its allowed
+/// peer `remote`: a lone router alert (IGMP's) always passes; record
+/// route and a four-byte stream identifier are `others`. TCP is what the
+/// `src_` chain's own-TCP fast path accepts ahead of the option drops,
+/// only when the header has no options.
 fn ip4_options(p: &mut Probes, others: Expect, when: &str) {
     let (IpAddr::V4(a), IpAddr::V4(r)) = (p.addr("attacker", false), p.addr("remote", false))
     else {
@@ -1089,16 +1091,18 @@ fn ip4_options(p: &mut Probes, others: Expect, when: &str) {
         ("record route", vec![7, 7, 4, 0, 0, 0, 0], others),
         ("stream identifier", vec![136, 4, 0x12, 0x34], others),
     ] {
-        let id = p.id();
-        let m = l4(UDP, a.into(), r.into(), id, PORT, 0, 8);
-        let pk = ip4(a, r, UDP, id, (0, false), &opts, &m);
-        p.push(
-            &format!("{what} option to remote (allowed){when}"),
-            "attacker",
-            vec![(r.into(), pk)],
-            (UDP, a.into(), id, PORT),
-            expect,
-        );
+        for (proto, flags, name) in [(UDP, 0, "UDP"), (TCP, SYN, "TCP SYN")] {
+            let id = p.id();
+            let m = l4(proto, a.into(), r.into(), id, PORT, flags, 8);
+            let pk = ip4(a, r, proto, id, (0, false), &opts, &m);
+            p.push(
+                &format!("{what} option on {name} to remote (allowed){when}"),
+                "attacker",
+                vec![(r.into(), pk)],
+                (proto, a.into(), id, PORT),
+                expect,
+            );
+        }
     }
 }
 
