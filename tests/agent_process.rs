@@ -800,3 +800,82 @@ fn readyz_reports_a_dormant_or_missing_table() {
     let r = http_get(9464, "/readyz");
     assert!(r.starts_with("HTTP/1.0 503") && r.contains("absent"), "{r}");
 }
+
+/// The agent's own batches are never taken for someone else's: with
+/// interface discovery on (its rtnetlink dumps open and close sockets of
+/// their own between batches), a run of changes raises no "someone else
+/// changed" warning, leaves /readyz ready and counts no repair, while a
+/// real change by `nft` in the same namespace is reported (naming `nft`'s
+/// netlink port) and repaired. The foreign change comes last: the watcher
+/// reads notifications in commit order, so once its warning is logged
+/// every notification of the agent's own batches has been judged.
+#[test]
+fn own_batches_are_not_reported_as_tampering() {
+    require_root!();
+    let dir = temp_dir("own");
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("write");
+    let ns = Netns::create("own");
+    let log = dir.path().join("agent.log");
+    // No --pod-interfaces: the agent discovers pod interfaces over
+    // rtnetlink before each compile.
+    let _agent = start_logged_agent(&ns, dir.path(), &["--drift-interval", "1h"], &log);
+    follows(&ns, &reference(dir.path()), FOLLOW);
+    let mut cluster = CLUSTER.to_string();
+    for i in 1..=3 {
+        cluster.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\n\
+metadata: {{name: cli-{i}, namespace: prod, labels: {{app: cli}}}}\n\
+spec: {{nodeName: node-2, containers: [{{name: c, image: x}}]}}\n\
+status: {{podIP: 10.9.2.1{i}, podIPs: [{{ip: 10.9.2.1{i}}}]}}\n"
+        ));
+        std::fs::write(dir.path().join("cluster.yaml"), &cluster).expect("write");
+        follows(&ns, &reference(dir.path()), FOLLOW);
+    }
+    let want = reference(dir.path());
+    let mut nft = ns
+        .cmd("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft -f");
+    // `ip netns exec` execs nft, whose one netlink socket takes its pid
+    // as port id.
+    let nft_port = nft.id();
+    {
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"add element inet nftpol pod4_5cd47f554f1d5c4d { 10.66.6.6 }\n")
+            .expect("write script");
+    }
+    assert!(nft.wait().expect("nft").success(), "nft add element");
+    repaired(&ns, &want, "element added");
+    let warning = "someone else changed the nftpol table";
+    let t0 = Instant::now();
+    let logs = loop {
+        let logs = std::fs::read_to_string(&log).expect("read log");
+        if logs.contains(warning) || t0.elapsed() > FOLLOW {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(warning)).collect();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains(&format!("by netlink port {nft_port}")),
+        "one warning, for nft (port {nft_port}), expected:\n{logs}"
+    );
+    ns.enter().expect("enter the test namespace");
+    let t0 = Instant::now();
+    while metric(9464, "nftpol_drift_repairs_total") != Some(1.0) {
+        assert!(
+            t0.elapsed() < FOLLOW,
+            "{:?} repairs counted, 1 expected",
+            metric(9464, "nftpol_drift_repairs_total")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = http_get(9464, "/readyz");
+    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+}

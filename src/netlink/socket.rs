@@ -120,12 +120,20 @@ pub type KernelError = (i32, Option<String>);
 pub struct Socket {
     sock: mnl::Socket,
     buf: Vec<u8>,
+    /// Whether its port id is listed in `OWN_PORTS` (netfilter sockets).
+    own: bool,
 }
 
-/// Port ids of the sockets this process has open. The kernel stamps every
-/// nftables notification with the port id of the socket whose batch
-/// caused it, so a watcher tells this process's own batches from
-/// everyone else's with one lookup.
+/// Port ids of the NETLINK_NETFILTER sockets this process has open, one
+/// entry per socket. The kernel stamps every nftables notification with
+/// the port id of the socket whose batch caused it, so a watcher tells
+/// this process's own batches from everyone else's with one lookup.
+/// Port ids are unique only per protocol and network namespace: a route
+/// socket takes the process id as port id just as the first netfilter
+/// socket does, and a test process holds sockets in several namespaces.
+/// So only netfilter sockets are listed (no other protocol commits
+/// nftables batches), and closing a socket removes its own entry, never
+/// that of another live socket with the same number.
 static OWN_PORTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn own_ports() -> std::sync::MutexGuard<'static, Vec<u32>> {
@@ -139,8 +147,18 @@ pub fn is_own_port(pid: u32) -> bool {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let port = self.sock.portid();
-        own_ports().retain(|p| *p != port);
+        if !self.own {
+            return;
+        }
+        unlist_port(self.sock.portid());
+    }
+}
+
+/// Removes one entry of `port` from `OWN_PORTS`.
+fn unlist_port(port: u32) {
+    let mut ports = own_ports();
+    if let Some(i) = ports.iter().position(|p| *p == port) {
+        ports.swap_remove(i);
     }
 }
 
@@ -164,16 +182,20 @@ impl Socket {
     }
 
     fn open_bus(bus: mnl::Bus) -> Result<Socket, NetlinkError> {
+        let own = matches!(bus, mnl::Bus::Netfilter);
         let sock = mnl::Socket::new(bus).map_err(NetlinkError::Socket)?;
         let fd = sock.as_raw_fd();
         // Best effort: without them errors are still reported, just with
         // the whole request echoed back and no text.
         let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
         let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        own_ports().push(sock.portid());
+        if own {
+            own_ports().push(sock.portid());
+        }
         Ok(Socket {
             sock,
             buf: vec![0u8; RECV_BUF],
+            own,
         })
     }
 
@@ -424,6 +446,28 @@ mod tests {
         assert_eq!(error_msg(-libc::ENOENT).error(), Some((libc::ENOENT, None)));
         assert_eq!(error_msg(0).error(), Some((0, None)));
         assert_eq!(error_msg(i32::MIN).error(), Some((i32::MAX, None)));
+    }
+
+    #[test]
+    fn closing_another_socket_never_unlists_a_live_ones_port() {
+        // Opening netlink sockets needs no privilege.
+        let nf = Socket::open().expect("netfilter netlink socket");
+        let port = nf.portid();
+        assert!(is_own_port(port));
+        // Route sockets number their ports apart (the first one of a
+        // process takes its pid, as the first netfilter one does) and
+        // commit no nftables batch: not listed, so closing one cannot
+        // unlist a netfilter socket that holds the same number.
+        let route = Socket::open_route().expect("route netlink socket");
+        assert!(!route.own);
+        drop(route);
+        assert!(is_own_port(port));
+        // A second socket with the same number (one in another network
+        // namespace) closing takes its own entry only.
+        own_ports().push(port);
+        unlist_port(port);
+        assert!(is_own_port(port));
+        drop(nf);
     }
 
     #[test]
