@@ -653,14 +653,19 @@ mod tests {
         crate::interp::hook_accepts(&rs, "src", &pkt)
     }
 
+    /// A node where pod `x/d` is on `veth0`.
+    fn pod_d_on_veth0(pod_tunnels: bool) -> NodeNet {
+        NodeNet {
+            pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
+            pod_tunnels,
+            ..NodeNet::default()
+        }
+    }
+
     #[test]
     fn tunnel_packets_are_dropped_even_from_the_pods_own_address() {
         for pod_tunnels in [false, true] {
-            let net = NodeNet {
-                pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
-                pod_tunnels,
-                ..NodeNet::default()
-            };
+            let net = pod_d_on_veth0(pod_tunnels);
             tunnels_pass_only_when_allowed(&net);
         }
     }
@@ -671,11 +676,7 @@ mod tests {
     #[test]
     fn own_tcp_without_options_leaves_first() {
         for pod_tunnels in [false, true] {
-            let net = NodeNet {
-                pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
-                pod_tunnels,
-                ..NodeNet::default()
-            };
+            let net = pod_d_on_veth0(pod_tunnels);
             let chain = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
             let head: Vec<String> = chain.rules[..3]
                 .iter()
@@ -698,10 +699,7 @@ mod tests {
             };
             assert_eq!(chain.rules.iter().filter(tcp).count(), 2, "{chain:#?}");
         }
-        let net = NodeNet {
-            pod_interfaces: [("x/d".to_string(), "veth0".to_string())].into(),
-            ..NodeNet::default()
-        };
+        let net = pod_d_on_veth0(false);
         let chain = chain_of(&pod("d", "{ip: 10.0.0.2}, {ip: 'fd00::2'}"), &net);
         let mut rs = Ruleset::default();
         rs.chains.insert("src".into(), chain);

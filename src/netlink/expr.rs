@@ -928,32 +928,22 @@ pub fn raise_rule(exprs: &[RawExpr], comment: Option<String>) -> Result<Rule, St
             }
             E::Payload {
                 base: BASE_NETWORK,
-                offset: IP6_NEXTHDR_OFFSET,
+                offset: offset @ (IP6_NEXTHDR_OFFSET | IP6_HOPLIMIT_OFFSET),
                 len: 1,
                 dreg: REG_1,
             } => {
-                let Some([p]) =
+                let (what, each): (_, fn(u8) -> Match) = if *offset == IP6_NEXTHDR_OFFSET {
+                    ("ip6 nexthdr", Match::Ip6NextHeader)
+                } else {
+                    ("ip6 hoplimit", Match::Ip6HopLimit)
+                };
+                let Some([v]) =
                     cmp1(exprs.get(i + 1), CMP_EQ).and_then(|d| <[u8; 1]>::try_from(d).ok())
                 else {
-                    return Err("ip6 nexthdr without a one-byte compare".into());
+                    return Err(format!("{what} without a one-byte compare"));
                 };
-                need(guarded, Family::Ipv6, "ip6 nexthdr")?;
-                matches.push(Match::Ip6NextHeader(p));
-                i += 2;
-            }
-            E::Payload {
-                base: BASE_NETWORK,
-                offset: IP6_HOPLIMIT_OFFSET,
-                len: 1,
-                dreg: REG_1,
-            } => {
-                let Some([n]) =
-                    cmp1(exprs.get(i + 1), CMP_EQ).and_then(|d| <[u8; 1]>::try_from(d).ok())
-                else {
-                    return Err("ip6 hoplimit without a one-byte compare".into());
-                };
-                need(guarded, Family::Ipv6, "ip6 hoplimit")?;
-                matches.push(Match::Ip6HopLimit(n));
+                need(guarded, Family::Ipv6, what)?;
+                matches.push(each(v));
                 i += 2;
             }
             E::Payload {
