@@ -1500,46 +1500,71 @@ pub(crate) mod tests {
         assert_eq!((CT_SRC_IP, CT_SRC_IP6), (19, 21));
     }
 
+    /// `nft --debug=netlink` shapes the two header-match tests below
+    /// spell out: a compare in register 1, a load of the network header,
+    /// the `meta nfproto` guard, `ip hdrlength` (the nibble-masked first
+    /// byte) and an IPv6 extension-header presence test.
+    fn cmp(op: u32, data: &[u8]) -> RawExpr {
+        RawExpr::Cmp {
+            sreg: REG_1,
+            op,
+            data: data.to_vec(),
+        }
+    }
+
+    fn nh_load(offset: u32, len: u32) -> RawExpr {
+        RawExpr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: REG_1,
+        }
+    }
+
+    fn nfproto_is(p: u8) -> [RawExpr; 2] {
+        [
+            RawExpr::Meta {
+                key: META_NFPROTO,
+                dreg: REG_1,
+            },
+            cmp(CMP_EQ, &[p]),
+        ]
+    }
+
+    fn hdrlength(op: u32, n: u8) -> [RawExpr; 3] {
+        [
+            nh_load(0, 1),
+            RawExpr::Bitwise {
+                sreg: REG_1,
+                dreg: REG_1,
+                len: 1,
+                mask: vec![0x0f],
+                xor: vec![0],
+            },
+            cmp(op, &[n]),
+        ]
+    }
+
+    /// `exthdr <ty> exists` (`present` 1) or `missing` (0).
+    fn exthdr_present(ty: u8, present: u8) -> [RawExpr; 2] {
+        [
+            RawExpr::Exthdr {
+                op: 0,
+                ty,
+                offset: 0,
+                len: 1,
+                flags: 1,
+                dreg: REG_1,
+            },
+            cmp(CMP_EQ, &[present]),
+        ]
+    }
+
     #[test]
     fn source_route_drops_match_nft_debug_output() {
         // nft --debug=netlink of `ip hdrlength > 6 counter drop`,
         // `ip hdrlength 6 @nh,160,32 != 0x94040000 counter drop` and
         // `exthdr rt exists counter drop` in an inet table (nft 1.0.6).
-        let nfproto = |p: u8| {
-            [
-                RawExpr::Meta {
-                    key: META_NFPROTO,
-                    dreg: REG_1,
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![p],
-                },
-            ]
-        };
-        let hdrlength = |op, n: u8| {
-            [
-                RawExpr::Payload {
-                    base: BASE_NETWORK,
-                    offset: 0,
-                    len: 1,
-                    dreg: REG_1,
-                },
-                RawExpr::Bitwise {
-                    sreg: REG_1,
-                    dreg: REG_1,
-                    len: 1,
-                    mask: vec![0x0f],
-                    xor: vec![0],
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op,
-                    data: vec![n],
-                },
-            ]
-        };
         let tail = [
             RawExpr::Counter,
             RawExpr::Verdict {
@@ -1547,46 +1572,15 @@ pub(crate) mod tests {
                 chain: None,
             },
         ];
-        let above: Vec<RawExpr> = [&nfproto(2)[..], &hdrlength(CMP_GT, 6), &tail].concat();
+        let above: Vec<RawExpr> = [&nfproto_is(2)[..], &hdrlength(CMP_GT, 6), &tail].concat();
         let word: Vec<RawExpr> = [
-            &nfproto(2)[..],
+            &nfproto_is(2)[..],
             &hdrlength(CMP_EQ, 6),
-            &[
-                RawExpr::Payload {
-                    base: BASE_NETWORK,
-                    offset: 20,
-                    len: 4,
-                    dreg: REG_1,
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_NEQ,
-                    data: vec![0x94, 0x04, 0, 0],
-                },
-            ],
+            &[nh_load(20, 4), cmp(CMP_NEQ, &[0x94, 0x04, 0, 0])],
             &tail,
         ]
         .concat();
-        let rt: Vec<RawExpr> = [
-            &nfproto(10)[..],
-            &[
-                RawExpr::Exthdr {
-                    op: 0,
-                    ty: 43,
-                    offset: 0,
-                    len: 1,
-                    flags: 1,
-                    dreg: REG_1,
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![1],
-                },
-            ],
-            &tail,
-        ]
-        .concat();
+        let rt: Vec<RawExpr> = [&nfproto_is(10)[..], &exthdr_present(43, 1), &tail].concat();
         for (m, want) in [
             (Match::Ip4HdrLenAbove(6), above),
             (Match::Ip4OptionWordNot(0x9404_0000), word),
@@ -1599,45 +1593,12 @@ pub(crate) mod tests {
         // Other shapes of the same loads are foreign.
         let foreign = [
             // `exthdr hbh exists`: another header.
-            vec![
-                RawExpr::Exthdr {
-                    op: 0,
-                    ty: 0,
-                    offset: 0,
-                    len: 1,
-                    flags: 1,
-                    dreg: REG_1,
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![1],
-                },
-            ],
+            exthdr_present(0, 1).to_vec(),
             // `exthdr rt missing`.
-            vec![
-                RawExpr::Exthdr {
-                    op: 0,
-                    ty: 43,
-                    offset: 0,
-                    len: 1,
-                    flags: 1,
-                    dreg: REG_1,
-                },
-                RawExpr::Cmp {
-                    sreg: REG_1,
-                    op: CMP_EQ,
-                    data: vec![0],
-                },
-            ],
+            exthdr_present(43, 0).to_vec(),
             // `ip hdrlength < 6`, and `ip version` (no nibble mask).
             hdrlength(CMP_LTE, 6).to_vec(),
-            vec![RawExpr::Payload {
-                base: BASE_NETWORK,
-                offset: 0,
-                len: 1,
-                dreg: REG_1,
-            }],
+            vec![nh_load(0, 1)],
         ];
         for mut raw in foreign {
             raw.extend(tail.iter().cloned());
@@ -1650,51 +1611,38 @@ pub(crate) mod tests {
         // nft --debug=netlink (nft 1.0.6) of `ip hdrlength 5 ip saddr
         // 10.0.0.2 meta l4proto tcp accept` and `ip6 nexthdr tcp ip6 saddr
         // fd00::2 accept` in an inet table.
-        let load = |offset, len| RawExpr::Payload {
-            base: BASE_NETWORK,
-            offset,
-            len,
-            dreg: REG_1,
-        };
-        let cmp = |data: &[u8]| RawExpr::Cmp {
-            sreg: REG_1,
-            op: CMP_EQ,
-            data: data.to_vec(),
-        };
-        let meta = |key| RawExpr::Meta { key, dreg: REG_1 };
         let accept = RawExpr::Verdict {
             code: V_ACCEPT,
             chain: None,
         };
-        let v4 = vec![
-            meta(META_NFPROTO),
-            cmp(&[2]),
-            load(0, 1),
-            RawExpr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                len: 1,
-                mask: vec![0x0f],
-                xor: vec![0],
-            },
-            cmp(&[5]),
-            load(12, 4),
-            cmp(&[10, 0, 0, 2]),
-            meta(META_L4PROTO),
-            cmp(&[6]),
-            accept.clone(),
-        ];
+        let v4: Vec<RawExpr> = [
+            &nfproto_is(2)[..],
+            &hdrlength(CMP_EQ, 5),
+            &[
+                nh_load(12, 4),
+                cmp(CMP_EQ, &[10, 0, 0, 2]),
+                RawExpr::Meta {
+                    key: META_L4PROTO,
+                    dreg: REG_1,
+                },
+                cmp(CMP_EQ, &[6]),
+                accept.clone(),
+            ],
+        ]
+        .concat();
         let mut fd00_2 = [0u8; 16];
         (fd00_2[0], fd00_2[1], fd00_2[15]) = (0xfd, 0, 2);
-        let v6 = vec![
-            meta(META_NFPROTO),
-            cmp(&[10]),
-            load(6, 1),
-            cmp(&[6]),
-            load(8, 16),
-            cmp(&fd00_2),
-            accept,
-        ];
+        let v6: Vec<RawExpr> = [
+            &nfproto_is(10)[..],
+            &[
+                nh_load(6, 1),
+                cmp(CMP_EQ, &[6]),
+                nh_load(8, 16),
+                cmp(CMP_EQ, &fd00_2),
+                accept,
+            ],
+        ]
+        .concat();
         let rules = every_shape();
         let fast: Vec<&Rule> = rules
             .iter()
@@ -1714,14 +1662,14 @@ pub(crate) mod tests {
         // rule nftpol never wrote.
         for (raw, from, to) in [(&v4, 2u8, 10u8), (&v6, 10, 2)] {
             let mut raw = raw.clone();
-            raw[1] = cmp(&[to]);
+            raw[1] = cmp(CMP_EQ, &[to]);
             assert_ne!(from, to);
             assert!(raise_rule(&raw, None).is_err(), "{raw:?}");
         }
         // Only `ip hdrlength N` with the nibble mask, and a one-byte
         // next header compare.
         let mut wide = v6.clone();
-        wide[3] = cmp(&[6, 0]);
+        wide[3] = cmp(CMP_EQ, &[6, 0]);
         assert!(raise_rule(&wide, None).is_err());
     }
 
