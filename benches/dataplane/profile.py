@@ -105,6 +105,7 @@ def main():
     ns = collections.defaultdict(lambda: collections.Counter())
     hooks = collections.defaultdict(lambda: collections.Counter())
     leaves = collections.defaultdict(lambda: collections.Counter())
+    hook_leaves = collections.defaultdict(lambda: collections.Counter())
     others = collections.Counter()
     for comm, period, stack in samples(sys.stdin):
         m = TAG.match(comm)
@@ -118,6 +119,7 @@ def main():
         if b == "nftables chains":
             hooks[tag][hook] += period
             leaves[tag][stack[0] if stack else "?"] += period
+            hook_leaves[(tag, hook)][stack[0] if stack else "?"] += period
     cols = [
         "total",
         "nftables chains",
@@ -149,6 +151,18 @@ def main():
             + " | ".join(f"{hooks[tag][h] / 1e3 / max(conns, 1):.2f}" for h in names)
             + f" | {top} |"
         )
+    print("\nnftables chains by hook and function (the expression evaluators, the")
+    print("chain walk, the packet-info set-up), µs per connection:\n")
+    print("| configuration | hook | functions (µs) |")
+    print("| --- | --- | --- |")
+    for tag in sorted(tags, key=lambda t: int(t[2:])):
+        name, conns = tags[tag]
+        for h in names:
+            c = hook_leaves.get((tag, h))
+            if not c:
+                continue
+            top = ", ".join(f"{f} {p / 1e3 / max(conns, 1):.2f}" for f, p in c.most_common(8))
+            print(f"| {name} | {h} | {top} |")
     total = sum(others.values()) + sum(n["total"] for n in ns.values())
     soft = sum(p for c, p in others.items() if c.startswith("ksoftirqd"))
     print(
