@@ -68,8 +68,9 @@ pub struct NodeEnforcement {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid_objects: Vec<InvalidObject>,
     /// `Ready`: the kernel enforces the latest ruleset. `Degraded`: the
-    /// last attempt to program the kernel failed (the previous ruleset
-    /// stays enforced).
+    /// last attempt to program the kernel failed, or a relisting of a
+    /// kind has not completed for over a minute (either way the previous
+    /// ruleset stays enforced and newer changes wait).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -290,7 +290,10 @@ fn a_relist_holds_batches_until_its_end_and_then_deletes_what_it_did_not_list() 
     l.run_for(Duration::from_secs(1));
     assert_eq!(l.batches(), batches, "p2 unchanged: nothing to hold back");
     l.change(Change::Listed(pod(3)));
-    assert_eq!(l.r.deadline(), None, "p3 waits for the listing's end");
+    assert!(
+        l.r.deadline() > Some(l.clock.now()),
+        "p3 waits for the listing's end"
+    );
     l.run_for(Duration::from_secs(60));
     assert_eq!(l.batches(), batches);
     assert!(l.r.cluster().pod("prod", "p1").is_some());
@@ -305,6 +308,184 @@ fn a_relist_holds_batches_until_its_end_and_then_deletes_what_it_did_not_list() 
         objects: vec![pod(2), pod(3)],
     });
     assert_eq!(l.r.cluster(), whole.r.cluster());
+}
+
+/// Pod `i` at pod `at`'s address: a pod that took over the address of
+/// one deleted meanwhile.
+fn pod_at(i: usize, at: usize) -> Object {
+    match (pod(i), pod(at)) {
+        (Object::Pod(p), Object::Pod(q)) => {
+            Object::Pod(policy_compiler::model::Pod { ips: q.ips, ..p })
+        }
+        _ => unreachable!("pod() makes pods"),
+    }
+}
+
+/// kube's watcher starts a listing over from its first page when a page
+/// fails (say the API server goes away mid-relist): the changes of the
+/// failed attempt are in the index, beside the objects only the end of a
+/// listing deletes, so nothing may go before an attempt completes.
+#[test]
+fn a_listing_that_starts_over_part_way_holds_batches_until_one_completes() {
+    let mut l = Loop::synced(settings());
+    list_pods(&mut l, [1, 2]);
+    l.run_for(Duration::from_secs(1));
+    let batches = l.batches();
+    let table = l.kernel.mem.state().table.clone();
+    // After an outage: p1 went away, p9 took its address. The relist
+    // gets as far as p9 and fails, then starts over; the second attempt
+    // fails too.
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod_at(9, 1)));
+    for _ in 0..2 {
+        l.change(Change::ListStart(Kind::Pod));
+        assert_eq!(l.batches(), batches, "p1 and p9 share an address");
+        l.run_for(Duration::from_secs(5));
+        l.change(Change::Listed(pod(2)));
+        l.change(Change::Listed(pod_at(9, 1)));
+        l.run_for(Duration::from_secs(5));
+    }
+    assert_eq!(l.batches(), batches, "no attempt completed");
+    assert_eq!(l.kernel.mem.state().table, table);
+    assert!(l.r.cluster().pod("prod", "p1").is_some());
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod_at(9, 1)));
+    l.change(Change::Listed(pod(2)));
+    l.change(Change::ListDone(Kind::Pod));
+    assert_eq!(l.batches(), batches + 1, "one batch when one completes");
+    let names: Vec<&str> = l.r.cluster().pods().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p2", "p9"]);
+    let mut whole = Loop::synced(settings());
+    whole.change(Change::Replace {
+        kinds: vec![Kind::Pod],
+        objects: vec![pod(2), pod_at(9, 1)],
+    });
+    whole.run_for(Duration::from_secs(1));
+    assert_eq!(l.r.cluster(), whole.r.cluster());
+    assert_eq!(l.kernel.mem.state().table, whole.kernel.mem.state().table);
+}
+
+/// What a failed attempt added and the next does not list again (deleted
+/// in between) goes at the end, like anything else unlisted.
+#[test]
+fn a_listing_started_over_deletes_what_only_a_failed_attempt_listed() {
+    let mut l = Loop::synced(settings());
+    list_pods(&mut l, [1]);
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(7)));
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(1)));
+    l.change(Change::ListDone(Kind::Pod));
+    let names: Vec<&str> = l.r.cluster().pods().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p1"]);
+}
+
+/// While a listing holds changes back the kernel keeps the last complete
+/// state, and that is still looked after: drift is repaired on time, a
+/// reported tampering at once, counters are read; after a minute the
+/// stall is logged, counted in `nftpol_listing_stalled` and shown as
+/// `Degraded` in the status, until the listing completes.
+#[test]
+fn a_stalled_listing_keeps_the_last_state_repaired_and_says_so() {
+    let mut l = Loop::synced(Settings {
+        counters_interval: Duration::from_secs(10),
+        status_interval: Duration::from_secs(1),
+        ..settings()
+    });
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    l.r.set_status(super::status::Inventory::default(), tx);
+    l.run_for(Duration::from_secs(1));
+    let degraded =
+        |rx: &tokio::sync::watch::Receiver<Option<nftpol_crds::status::NodeEnforcement>>| {
+            let st = rx.borrow().clone().expect("a status");
+            let c = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded")
+                .cloned()
+                .expect("Degraded");
+            (c.status, c.reason, c.message)
+        };
+    assert_eq!(degraded(&rx).0, "False");
+    let want = l.kernel.mem.state().table.clone();
+    let batches = l.batches();
+    let stalled = "nftpol_listing_stalled{kind=\"pod\"} 1";
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(1)));
+    l.change(Change::ListStart(Kind::Pod));
+    let held_at = l.now();
+    // Drift: repaired at the periodic check, to the last complete state.
+    l.kernel.mem.state().table = None;
+    let readings = l.kernel.readings.load(Ordering::SeqCst);
+    l.run_for(Duration::from_secs(31));
+    assert_eq!(l.kernel.mem.state().table, want, "repaired while held");
+    assert!(l.metrics.encode().contains("nftpol_drift_repairs_total 1"));
+    assert!(l.kernel.readings.load(Ordering::SeqCst) >= readings + 3);
+    // A reported tampering: at once.
+    l.kernel.mem.state().table = None;
+    l.r.handle(l.clock.now(), Change::Verify { reason: "t".into() });
+    l.poll();
+    assert_eq!(l.kernel.mem.state().table, want, "repaired at once");
+    assert!(
+        l.metrics.health.ready(),
+        "the kernel holds a complete state"
+    );
+    // The stall is reported at a minute, not before.
+    l.run_until(held_at + Duration::from_secs(59));
+    assert!(!l.metrics.encode().contains(stalled));
+    assert_eq!(degraded(&rx).0, "False");
+    l.run_for(Duration::from_secs(2));
+    assert!(
+        l.metrics.encode().contains(stalled),
+        "{}",
+        l.metrics.encode()
+    );
+    status_sent(&mut rx);
+    let (status, reason, message) = degraded(&rx);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ListingStalled")
+    );
+    assert!(message.contains("pod"), "{message}");
+    l.run_for(Duration::from_secs(600));
+    assert_eq!(l.batches(), batches + 2, "the two repairs alone");
+    // It completes: the held changes go, and the status says so.
+    l.change(Change::Listed(pod(1)));
+    l.change(Change::ListDone(Kind::Pod));
+    assert_eq!(l.batches(), batches + 3);
+    assert!(l.r.cluster().pod("prod", "p1").is_some());
+    assert!(l
+        .metrics
+        .encode()
+        .contains("nftpol_listing_stalled{kind=\"pod\"} 0"));
+    l.run_for(Duration::from_secs(2));
+    assert!(status_sent(&mut rx));
+    assert_eq!(degraded(&rx).0, "False");
+}
+
+/// A repair that fails while a listing holds changes back is retried
+/// with backoff, not only at the next drift check.
+#[test]
+fn a_failed_repair_while_held_is_retried_with_backoff() {
+    let mut l = Loop::synced(settings());
+    let want = l.kernel.mem.state().table.clone();
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(1)));
+    l.kernel.mem.state().table = None;
+    l.kernel.refuse.store(1, Ordering::SeqCst);
+    l.r.handle(l.clock.now(), Change::Verify { reason: "t".into() });
+    l.poll();
+    assert!(!l.metrics.health.ready());
+    assert_eq!(l.kernel.mem.state().table, None, "refused");
+    l.run_for(100 * MS);
+    assert_eq!(
+        l.kernel.mem.state().table,
+        want,
+        "retried after backoff_min"
+    );
+    assert!(l.metrics.health.ready());
+    assert!(l.r.cluster().pod("prod", "p1").is_some());
+    assert_eq!(l.kernel.mem.state().table, want, "p1 still held back");
 }
 
 #[test]

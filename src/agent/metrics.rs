@@ -136,6 +136,8 @@ pub struct Metrics {
     pub watch_events: Family<EventLabels, Counter>,
     pub drift_repairs: Counter,
     pub invalid_skipped: Family<KindLabels, Counter>,
+    /// 1 while a listing of the kind has held changes back too long.
+    pub listing_stalled: Family<KindLabels, Gauge>,
     pub unvalidated_pods: Gauge,
     pub shared_addresses: Gauge,
     /// Packets counted by the kernel on commented pod-chain rules.
@@ -187,6 +189,7 @@ impl Metrics {
             watch_events: Family::default(),
             drift_repairs: Counter::default(),
             invalid_skipped: Family::default(),
+            listing_stalled: Family::default(),
             unvalidated_pods: Gauge::default(),
             shared_addresses: Gauge::default(),
             rule_packets: Family::default(),
@@ -299,6 +302,11 @@ impl Metrics {
             m.drift_repairs.clone(),
         );
         registry.register(
+            "listing_stalled",
+            "1 while a listing of the kind has changed the index but not completed for over a minute (a relist failing part way): its changes, and all others, wait; the kernel keeps the last complete state",
+            m.listing_stalled.clone(),
+        );
+        registry.register(
             "invalid_objects_skipped",
             "Invalid objects skipped (treated as absent), by kind",
             m.invalid_skipped.clone(),
@@ -378,6 +386,14 @@ impl Metrics {
                 event,
             })
             .inc();
+    }
+
+    pub fn set_listing_stalled(&self, kind: Kind, stalled: bool) {
+        self.listing_stalled
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .set(i64::from(stalled));
     }
 
     pub fn invalid(&self, kind: Kind) {

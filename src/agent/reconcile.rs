@@ -159,7 +159,8 @@ pub enum Change {
     /// as [`Change::Listed`], then [`Change::ListDone`]. The same as one
     /// `Replace`, but the listing is never held whole: each object goes
     /// into the index as it arrives (150,000 pods held as a list until
-    /// the last one came were a fifth of the agent's peak heap).
+    /// the last one came were a fifth of the agent's peak heap). Another
+    /// `ListStart` before the `ListDone` starts the listing over.
     ListStart(Kind),
     /// One object of the listing in progress of its kind.
     Listed(Object),
@@ -289,15 +290,36 @@ impl Settings {
     }
 }
 
-/// A listing in progress ([`Change::ListStart`]).
+/// How long a listing may hold changes back before the agent warns (and
+/// again each time as long again passes): a relist of 150,000 pods takes
+/// seconds, and the watcher retries a failed one within 30 s.
+const LISTING_STALLED: Duration = Duration::from_secs(60);
+
+/// A listing in progress ([`Change::ListStart`]), across its restarts.
 #[derive(Default)]
 struct Listing {
-    /// The objects known before it began that it has not listed yet: what
-    /// its end deletes. Empty at the first listing, so the first sync
-    /// holds no copy of the keys.
+    /// The objects in the index that the current attempt has not listed
+    /// yet: what its end deletes. Empty at the first listing, so the first
+    /// sync holds no copy of the keys.
     unlisted: BTreeSet<Key>,
-    /// Whether an object it listed changed the index.
+    /// Whether an object it listed changed the index, in this attempt or
+    /// one that failed part way before it.
     changed: bool,
+    /// When it first changed the index: no batch has gone since.
+    held_since: Option<Instant>,
+    /// Attempts that started over (kube's watcher starts a failed
+    /// listing again from its first page).
+    restarts: u32,
+    /// Warnings logged that it holds changes back.
+    warnings: u32,
+}
+
+impl Listing {
+    /// When it is next due a warning, if it holds changes back.
+    fn warn_at(&self) -> Option<Instant> {
+        let since = self.held_since?;
+        Some(since + LISTING_STALLED * (self.warnings + 1))
+    }
 }
 
 pub struct Reconciler<B, C = SystemClock> {
@@ -310,8 +332,10 @@ pub struct Reconciler<B, C = SystemClock> {
     /// The listings in progress. No batch goes while one has changed the
     /// index, so the kernel never sees a half-listed kind (say a pod
     /// deleted during an outage beside the new one that took over its
-    /// address); a listing that keeps failing before its first object
-    /// (the API server down) holds nothing back, drift repair included.
+    /// address), not even when the listing fails part way and starts
+    /// over; a listing that keeps failing before its first object (the
+    /// API server down) holds nothing back. The kernel keeps the last
+    /// complete state meanwhile, still checked and repaired.
     listing: std::collections::BTreeMap<Kind, Listing>,
     /// When the oldest change not yet in the kernel arrived.
     dirty_since: Option<Instant>,
@@ -497,12 +521,22 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
 
     /// [`Reconciler::deadline`] of the kernel work alone.
     fn work_deadline(&self) -> Option<Instant> {
-        if !self.all_synced() || self.listing.values().any(|l| l.changed) {
+        if !self.all_synced() {
             return None;
         }
         let s = &self.settings;
         if self.verify_now.is_some() {
             return Some(self.retry_at.unwrap_or_else(|| self.clock.now()));
+        }
+        if self.held() {
+            // Only the kernel's last complete state is looked after: the
+            // drift check, the retry of a failed repair, and the warnings.
+            let retry = self.retry_at.filter(|_| self.last_applied.is_some());
+            let warn = self.listing.values().filter_map(Listing::warn_at).min();
+            return [Some(self.next_drift), retry, warn]
+                .into_iter()
+                .flatten()
+                .min();
         }
         match self.dirty_since {
             Some(first) => {
@@ -528,6 +562,11 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 None => self.next_drift,
             }),
         }
+    }
+
+    /// Whether a listing holds batches back (it changed the index).
+    fn held(&self) -> bool {
+        self.listing.values().any(|l| l.changed)
     }
 
     /// The coalescing window after the last batch.
@@ -581,38 +620,24 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 self.listed(first_sync, relist, changed)
             }
             Change::ListStart(kind) => {
-                let unlisted = keys(&self.cluster, kind).into_iter().collect();
-                self.listing.insert(
-                    kind,
-                    Listing {
-                        unlisted,
-                        changed: false,
-                    },
-                );
+                self.list_start(kind);
                 false
             }
             Change::Listed(o) => {
                 let kind = Kind::of(&o);
                 let key = key_of(&o);
                 let changed = self.tracked(object_key(kind, &key), |c| c.apply(o));
+                let now = self.clock.now();
                 if let Some(l) = self.listing.get_mut(&kind) {
                     l.unlisted.remove(&key);
                     l.changed |= changed;
+                    if changed {
+                        l.held_since.get_or_insert(now);
+                    }
                 }
                 changed
             }
-            Change::ListDone(kind) => {
-                let first_sync = !self.synced.contains(&kind);
-                self.synced.insert(kind);
-                let Listing {
-                    unlisted,
-                    mut changed,
-                } = self.listing.remove(&kind).unwrap_or_default();
-                for key in unlisted {
-                    changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
-                }
-                self.listed(first_sync, relist, changed)
-            }
+            Change::ListDone(kind) => self.list_done(kind, relist),
             Change::Verify { reason } => {
                 if self.verify_now.is_none() {
                     tracing::warn!(
@@ -635,6 +660,93 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
         if changed {
             self.mark_dirty(at);
+        }
+    }
+
+    /// A listing of `kind` begins, or starts over after failing part way.
+    /// Its end deletes what is in the index and not listed again,
+    /// including what a failed attempt added; what that attempt changed
+    /// keeps holding batches back, since the index holds it beside what
+    /// only the end of a listing deletes.
+    fn list_start(&mut self, kind: Kind) {
+        let unlisted = keys(&self.cluster, kind).into_iter().collect();
+        let Some(l) = self.listing.get_mut(&kind) else {
+            self.listing.insert(
+                kind,
+                Listing {
+                    unlisted,
+                    ..Listing::default()
+                },
+            );
+            return;
+        };
+        l.unlisted = unlisted;
+        l.restarts += 1;
+        if l.changed {
+            tracing::info!(
+                kind = kind.as_str(),
+                attempt = l.restarts + 1,
+                "listing started over; what it changed so far stays out of the kernel until one completes"
+            );
+        }
+    }
+
+    /// A listing of `kind` completed: deletes what it did not list, and
+    /// lets what it held back go.
+    fn list_done(&mut self, kind: Kind, relist: bool) -> bool {
+        let first_sync = !self.synced.contains(&kind);
+        self.synced.insert(kind);
+        let Listing {
+            unlisted,
+            mut changed,
+            held_since,
+            warnings,
+            ..
+        } = self.listing.remove(&kind).unwrap_or_default();
+        for key in unlisted {
+            changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
+        }
+        if warnings > 0 {
+            let held_s = held_since.map_or(0, |t| self.clock.now().duration_since(t).as_secs());
+            tracing::warn!(
+                kind = kind.as_str(),
+                held_s,
+                "listing complete at last; the changes it held back go to the kernel now"
+            );
+            self.metrics.set_listing_stalled(kind, false);
+            self.status.stalled.remove(kind.as_str());
+            self.status_dirty = true;
+        }
+        self.listed(first_sync, relist, changed)
+    }
+
+    /// Warns about each listing that has held changes back for another
+    /// `LISTING_STALLED`, and says so in the metrics and the status.
+    fn warn_stalled(&mut self) {
+        let now = self.clock.now();
+        for (kind, l) in &mut self.listing {
+            let (Some(since), Some(at)) = (l.held_since, l.warn_at()) else {
+                continue;
+            };
+            if at > now {
+                continue;
+            }
+            l.warnings = (now.duration_since(since).as_secs() / LISTING_STALLED.as_secs()) as u32;
+            let held_s = now.duration_since(since).as_secs();
+            tracing::warn!(
+                kind = kind.as_str(),
+                held_s,
+                attempts = l.restarts + 1,
+                "a listing has not completed: the changes it made are not programmed, and the kernel keeps the last complete state (see the watch errors)"
+            );
+            self.metrics.set_listing_stalled(*kind, true);
+            let message = format!(
+                "the listing of {} objects has not completed for {held_s} s ({} attempts); changes since are not programmed",
+                kind.as_str(),
+                l.restarts + 1
+            );
+            self.status.stalled.insert(kind.as_str(), message);
+            self.status_dirty = true;
         }
     }
 
@@ -716,6 +828,10 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
     }
 
     fn tick(&mut self) {
+        let held = self.held();
+        if held {
+            self.warn_stalled();
+        }
         if self.relearn_at.is_some_and(|r| r <= self.clock.now()) {
             self.relearn_at = Some(self.clock.now() + RELEARN);
         }
@@ -731,23 +847,31 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         }
         // A reported tampering is repaired back to the last ruleset the
         // kernel held (counted as drift) before any new change goes in.
+        // While a listing holds changes back, that ruleset is all the
+        // kernel may hold: it is checked on time (a pending batch would
+        // read back otherwise), and a failed repair is retried.
         let trigger = self.verify_now.take();
-        let drift_due = self.next_drift <= self.clock.now();
-        if trigger.is_some() || (self.dirty_since.is_none() && drift_due) {
+        let now = self.clock.now();
+        let drift_due = self.next_drift <= now;
+        let retry_due = held && self.failures > 0 && self.retry_at.is_none_or(|r| r <= now);
+        if trigger.is_some() || ((self.dirty_since.is_none() || held) && drift_due) || retry_due {
             let trigger = trigger.as_deref().unwrap_or("periodic check");
             match self.last_applied.take() {
                 Some(last) => {
                     self.repair_drift(&last, trigger);
                     self.last_applied.get_or_insert(last);
                 }
-                None if self.dirty_since.is_none() => {
+                None if self.dirty_since.is_none() || held => {
                     self.next_drift = self.clock.now() + self.settings.drift_interval;
                 }
                 // Nothing applied yet: the pending apply reads back anyway.
                 None => {}
             }
         }
-        if self.dirty_since.is_some() && self.retry_at.is_none_or(|r| r <= self.clock.now()) {
+        if !held
+            && self.dirty_since.is_some()
+            && self.retry_at.is_none_or(|r| r <= self.clock.now())
+        {
             self.reconcile();
         }
         self.report();

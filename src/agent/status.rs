@@ -337,6 +337,9 @@ pub struct StatusState {
     pub last_apply: Option<SystemTime>,
     /// The last failure to program the kernel, cleared by a success.
     pub last_error: Option<String>,
+    /// Kinds whose listing has held changes back too long, with what the
+    /// `Degraded` condition says about each.
+    pub stalled: BTreeMap<&'static str, String>,
     /// (type, status) -> when it last changed, so transition times stay put.
     transitions: BTreeMap<&'static str, (bool, SystemTime)>,
 }
@@ -435,17 +438,16 @@ impl StatusState {
                 },
                 now,
             ),
-            self.condition(
-                "Degraded",
-                self.last_error.is_some(),
-                if self.last_error.is_some() {
-                    "ApplyFailed"
-                } else {
-                    "AsExpected"
-                },
-                self.last_error.clone().unwrap_or_default(),
-                now,
-            ),
+            {
+                // A failure to program goes first: it is the newer news.
+                let stalled: Vec<&str> = self.stalled.values().map(String::as_str).collect();
+                let (degraded, reason, message) = match &self.last_error {
+                    Some(e) => (true, "ApplyFailed", e.clone()),
+                    None if !stalled.is_empty() => (true, "ListingStalled", stalled.join("; ")),
+                    None => (false, "AsExpected", String::new()),
+                };
+                self.condition("Degraded", degraded, reason, message, now)
+            },
         ];
         NodeEnforcement {
             ruleset_generation: self.generation,

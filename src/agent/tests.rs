@@ -439,6 +439,54 @@ async fn relists_after_410_gone_and_drops_what_vanished_meanwhile() {
     agent.stop().await;
 }
 
+/// A relist whose second page fails (its continue token expired) is
+/// started over by kube's watcher from the first page. What the first
+/// page brought (a pod that took over the address of one deleted while
+/// the watch was down) must not reach the kernel beside the deleted pod
+/// that only a complete listing removes: one batch, after one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_failing_part_way_programs_nothing_until_one_completes() {
+    let fake = FakeApi::start().await.expect("fake api");
+    seed(&fake);
+    // A second page of pods, listed after the seed's.
+    for i in 0..super::watch::PAGE_SIZE {
+        let ip = format!("10.9.{}.{}", i / 200, i % 200 + 1);
+        fake.apply(pod("zz", &format!("f{i}"), json!({}), "node-b", &ip))
+            .expect("apply");
+    }
+    let agent = start(Source::Kube(fake.client()), settings());
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert!(wait_for(LIMIT, || fake.open_watches() == ApiKind::ALL.len()).await);
+    let batches = agent.batches();
+    fake.hold_lists(&ApiKind::ALL);
+    fake.expire_watches();
+    assert!(wait_for(LIMIT, || fake.open_watches() == 0).await);
+    // web-0 (isolated) goes; dev/web-9 (not isolated) takes its address.
+    assert!(fake.delete(ApiKind::Pod, "prod", "web-0"));
+    fake.apply(pod(
+        "dev",
+        "web-9",
+        json!({"app": "web"}),
+        NODE,
+        "10.1.0.10",
+    ))
+    .expect("apply");
+    fake.expire_continues(ApiKind::Pod, 1);
+    fake.release_lists();
+    agent.converges(&expected(&fake), LIMIT).await;
+    assert_eq!(
+        fake.expired_continues(ApiKind::Pod),
+        1,
+        "the relist failed part way"
+    );
+    assert_eq!(
+        agent.batches(),
+        batches + 1,
+        "nothing went before a listing completed"
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_a_dropped_connection_and_bookmarks_without_relisting() {
     let fake = FakeApi::start().await.expect("fake api");

@@ -298,6 +298,9 @@ impl Sink {
     }
 }
 
+/// Objects per list page.
+pub(crate) const PAGE_SIZE: u32 = 500;
+
 /// Watches one kind; returns when the receiver is gone.
 async fn watch<K: Watched>(sink: Sink) {
     let kind = K::KIND;
@@ -312,7 +315,7 @@ async fn watch<K: Watched>(sink: Sink) {
         ..
     } = &sink;
     let mut reported = HashSet::new();
-    let config = watcher::Config::default().page_size(500);
+    let config = watcher::Config::default().page_size(PAGE_SIZE);
     let mut stream = watcher(api, config)
         .backoff(WatchBackoff::default())
         .boxed();

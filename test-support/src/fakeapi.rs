@@ -27,6 +27,10 @@
 //!   [`FakeApi::status_writes`]);
 //! - [`FakeApi::hold_lists`] makes lists of a kind hang until released, to
 //!   test that nothing is programmed before every initial list completed;
+//! - [`FakeApi::expire_continues`] answers the next list pages of a kind
+//!   asked for with a `continue` token 410 Gone, as the apiserver does
+//!   when the token outlived compaction: the client's list fails part
+//!   way;
 //! - [`FakeApi::start_outage`] answers every request with 503 (counted)
 //!   until [`FakeApi::end_outage`], as an API server that is down;
 //! - [`FakeApi::client_in_process`]: a client that calls the server as a
@@ -189,6 +193,9 @@ struct Inner {
     /// NodeNetworkPolicyStatus objects by name, and how many writes.
     node_statuses: BTreeMap<String, Value>,
     status_writes: usize,
+    /// Continued list pages per kind still to refuse, and refused so far.
+    expire_continues: BTreeMap<ApiKind, usize>,
+    expired_continues: BTreeMap<ApiKind, usize>,
 }
 
 struct Shared {
@@ -453,6 +460,21 @@ impl FakeApi {
 
     pub fn release_lists(&self) {
         self.shared.held.send_modify(BTreeSet::clear);
+    }
+
+    /// Answers the next `n` list requests of `kind` that carry a
+    /// `continue` token (a second or later page) 410 Gone.
+    pub fn expire_continues(&self, kind: ApiKind, n: usize) {
+        self.inner().expire_continues.insert(kind, n);
+    }
+
+    /// Continued list pages of `kind` refused so far.
+    pub fn expired_continues(&self, kind: ApiKind) -> usize {
+        self.inner()
+            .expired_continues
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whole-kind list requests per kind so far (served, or refused in an
@@ -765,6 +787,20 @@ async fn list(shared: &Shared, kind: ApiKind, q: &HashMap<String, String>) -> Re
     let mut inner = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
     if is_whole_kind(q) {
         *inner.lists.entry(kind).or_default() += 1;
+    }
+    let left = inner.expire_continues.get(&kind).copied().unwrap_or(0);
+    if q.contains_key("continue") && left > 0 {
+        inner.expire_continues.insert(kind, left - 1);
+        *inner.expired_continues.entry(kind).or_default() += 1;
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "Expired", "code": 410,
+            "message": "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."});
+        return (
+            StatusCode::GONE,
+            [("content-type", "application/json")],
+            body.to_string(),
+        )
+            .into_response();
     }
     let (offset, rv) = match q.get("continue").and_then(|c| c.split_once('/')) {
         Some((o, r)) => (o.parse().unwrap_or(0), r.to_string()),
