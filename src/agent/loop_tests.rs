@@ -488,6 +488,44 @@ fn a_failed_repair_while_held_is_retried_with_backoff() {
     assert_eq!(l.kernel.mem.state().table, want, "p1 still held back");
 }
 
+/// A `Replace` (a manifest directory reload) is a listing of each kind in
+/// one change: what it changes in several kinds goes in one batch, never
+/// one kind without the other, and objects of kinds it does not name are
+/// left out.
+#[test]
+fn a_replace_of_several_kinds_is_one_batch() {
+    let mut l = Loop::synced(settings());
+    list_pods(&mut l, [1, 2]);
+    l.run_for(Duration::from_secs(1));
+    let batches = l.batches();
+    // The reload drops the isolating policy and p1, and adds p3.
+    l.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: vec![pod(2), pod(3)],
+    });
+    l.run_for(Duration::from_secs(1));
+    assert_eq!(l.batches(), batches + 1);
+    let mut fresh = Loop::new(settings());
+    fresh.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: vec![pod(2), pod(3)],
+    });
+    assert_eq!(l.r.cluster(), fresh.r.cluster());
+    assert_eq!(l.kernel.mem.state().table, fresh.kernel.mem.state().table);
+    // Pods alone: the policy among the objects is not theirs to bring.
+    let mut objects = isolating_policy();
+    objects.push(pod(2));
+    l.change(Change::Replace {
+        kinds: vec![Kind::Pod],
+        objects,
+    });
+    l.run_for(Duration::from_secs(1));
+    assert_eq!(l.r.cluster().policy_count(), 0);
+    let names: Vec<&str> = l.r.cluster().pods().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p2"]);
+    assert_eq!(l.batches(), batches + 2);
+}
+
 #[test]
 fn a_listing_that_fails_before_its_first_object_holds_nothing_back() {
     let mut l = Loop::synced(settings());

@@ -118,17 +118,6 @@ const RELEARN: Duration = Duration::from_secs(1);
 /// `(namespace, name)`; the namespace is empty for Namespaces.
 pub type Key = (String, String);
 
-/// [`key_of`] without copying (cluster-scoped objects: an empty namespace).
-fn key_ref(o: &Object) -> (&str, &str) {
-    match o {
-        Object::Namespace(n) => ("", &n.name),
-        Object::Pod(p) => (&p.namespace, &p.name),
-        Object::Policy(p) => (&p.namespace, &p.name),
-        Object::Node(n) => ("", &n.name),
-        Object::AdminPolicy(p) => ("", &p.name),
-    }
-}
-
 fn key_of(o: &Object) -> Key {
     match o {
         Object::Namespace(n) => (String::new(), n.name.clone()),
@@ -148,9 +137,11 @@ pub enum Change {
     /// objects count as absent, exactly as `nftpol compile` treats them,
     /// so the agent enforces what the auditor's command prints.
     Delete { kind: Kind, key: Key },
-    /// A complete listing of these kinds (initial list, relist after a
-    /// 410, or a manifest directory reload): replaces all that is known of
-    /// them and marks them synced.
+    /// A complete listing of these kinds handed over whole (a manifest
+    /// directory reload, a CRD not installed): the same as a
+    /// `ListStart`, `Listed`, `ListDone` of each kind, in one change, so
+    /// no batch goes between two of its kinds. Objects of other kinds are
+    /// ignored.
     Replace {
         kinds: Vec<Kind>,
         objects: Vec<Object>,
@@ -613,30 +604,28 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
             Change::Delete { kind, key } => {
                 self.tracked(object_key(kind, &key), |c| delete(c, kind, &key))
             }
+            // A listing of each kind, handed over whole: one change, so
+            // no batch can go between the end of one kind and the next.
             Change::Replace { kinds, objects } => {
-                let first_sync = kinds.iter().any(|k| !self.synced.contains(k));
-                self.synced.extend(kinds.iter().copied());
-                let changed = self.replace(&kinds, objects);
-                self.listed(first_sync, relist, changed)
+                let mut changed = false;
+                for &kind in &kinds {
+                    self.list_start(kind);
+                }
+                for o in objects {
+                    if kinds.contains(&Kind::of(&o)) {
+                        changed |= self.list_object(o);
+                    }
+                }
+                for &kind in &kinds {
+                    changed |= self.list_done(kind, kind == Kind::Pod);
+                }
+                changed
             }
             Change::ListStart(kind) => {
                 self.list_start(kind);
                 false
             }
-            Change::Listed(o) => {
-                let kind = Kind::of(&o);
-                let key = key_of(&o);
-                let changed = self.tracked(object_key(kind, &key), |c| c.apply(o));
-                let now = self.clock.now();
-                if let Some(l) = self.listing.get_mut(&kind) {
-                    l.unlisted.remove(&key);
-                    l.changed |= changed;
-                    if changed {
-                        l.held_since.get_or_insert(now);
-                    }
-                }
-                changed
-            }
+            Change::Listed(o) => self.list_object(o),
             Change::ListDone(kind) => self.list_done(kind, relist),
             Change::Verify { reason } => {
                 if self.verify_now.is_none() {
@@ -689,6 +678,22 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
                 "listing started over; what it changed so far stays out of the kernel until one completes"
             );
         }
+    }
+
+    /// One object of the listing of its kind.
+    fn list_object(&mut self, o: Object) -> bool {
+        let kind = Kind::of(&o);
+        let key = key_of(&o);
+        let changed = self.tracked(object_key(kind, &key), |c| c.apply(o));
+        let now = self.clock.now();
+        if let Some(l) = self.listing.get_mut(&kind) {
+            l.unlisted.remove(&key);
+            l.changed |= changed;
+            if changed {
+                l.held_since.get_or_insert(now);
+            }
+        }
+        changed
     }
 
     /// A listing of `kind` completed: deletes what it did not list, and
@@ -770,45 +775,6 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         } else {
             changed
         }
-    }
-
-    /// Makes the objects of `kinds` exactly `objects` (a complete
-    /// listing); returns whether anything changed. Objects not listed are
-    /// deleted (they went away while the source was not watching). Each
-    /// object that changed is marked on its own, as a watch event would
-    /// be, so a relist after a short outage recompiles what changed
-    /// during it, not the node.
-    fn replace(&mut self, kinds: &[Kind], objects: Vec<Object>) -> bool {
-        // Borrowed keys: a listing of 150,000 pods must not be copied.
-        let listed: BTreeSet<(Kind, &str, &str)> = objects
-            .iter()
-            .map(|o| {
-                let (ns, name) = key_ref(o);
-                (Kind::of(o), ns, name)
-            })
-            .collect();
-        let gone: Vec<(Kind, Key)> = kinds
-            .iter()
-            .flat_map(|&kind| {
-                keys(&self.cluster, kind)
-                    .into_iter()
-                    .map(move |k| (kind, k))
-            })
-            .filter(|(kind, (ns, name))| !listed.contains(&(*kind, ns.as_str(), name.as_str())))
-            .collect();
-        drop(listed);
-        let mut changed = false;
-        for (kind, key) in gone {
-            changed |= self.tracked(object_key(kind, &key), |c| delete(c, kind, &key));
-        }
-        for o in objects {
-            let kind = Kind::of(&o);
-            if kinds.contains(&kind) {
-                let key = object_key(kind, &key_of(&o));
-                changed |= self.tracked(key, |c| c.apply(o));
-            }
-        }
-        changed
     }
 
     /// Runs `change` on the index and tells the incremental compiler what
