@@ -44,12 +44,30 @@ fn object_name(
     meta: &ObjectMeta,
     namespaced: bool,
 ) -> Result<(String, String), ObjectError> {
-    let name = meta.name.clone().unwrap_or_default();
+    names(
+        ctx_kind,
+        source,
+        meta.namespace.as_deref(),
+        meta.name.as_deref(),
+        namespaced,
+    )
+}
+
+/// An object's namespace and name as the model keys it: a namespaced
+/// object without a namespace is in `default`, and a name is required.
+fn names(
+    ctx_kind: &'static str,
+    source: Option<&str>,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    namespaced: bool,
+) -> Result<(String, String), ObjectError> {
+    let name = name.unwrap_or_default().to_string();
     let namespace = if namespaced {
-        meta.namespace
-            .clone()
+        namespace
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".to_string())
+            .unwrap_or("default")
+            .to_string()
     } else {
         String::new()
     };
@@ -82,41 +100,47 @@ pub fn namespace(ns: &core::Namespace, source: Option<&str>) -> Result<Namespace
     })
 }
 
+/// What the reduction reads of a pod, borrowed from whichever reader
+/// parsed it: a whole `k8s_openapi` object ([`pod`]) or the agent's
+/// reader of served pages, which never builds one.
+#[derive(Debug, Default)]
+pub struct PodFields<'a> {
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub labels: Labels,
+    pub node_name: Option<&'a str>,
+    pub host_network: bool,
+    pub phase: Option<&'a str>,
+    pub pod_ip: Option<&'a str>,
+    pub pod_ips: Vec<&'a str>,
+    /// The ports of the containers and of the init containers that keep
+    /// running (`restartPolicy: Always`), in that order.
+    pub ports: Vec<PortFields<'a>>,
+}
+
+/// One container port, and where it is (`containers[1].ports[0]`).
+#[derive(Debug)]
+pub struct PortFields<'a> {
+    /// `containers` or `initContainers`.
+    pub list: &'static str,
+    pub container: usize,
+    pub index: usize,
+    pub name: Option<&'a str>,
+    pub protocol: Option<&'a str>,
+    pub number: i32,
+}
+
+/// Whether an init container's ports count as the pod's: those of a
+/// native sidecar (`restartPolicy: Always`) do, as upstream
+/// implementations count them, because it serves for the pod's whole
+/// life; plain init containers have exited before the pod serves.
+pub fn serves(init_restart_policy: Option<&str>) -> bool {
+    init_restart_policy == Some("Always")
+}
+
 pub fn pod(p: &core::Pod, source: Option<&str>) -> Result<Pod, ObjectError> {
-    let (namespace, name) = object_name("Pod", source, &p.metadata, true)?;
-    let ctx = Ctx {
-        source,
-        kind: "Pod",
-        object: format!("{namespace}/{name}"),
-    };
     let spec = p.spec.as_ref();
     let status = p.status.as_ref();
-    let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
-    if let Some(list) = status.and_then(|s| s.pod_ips.as_ref()) {
-        for (i, ip) in list.iter().enumerate() {
-            let a = ip.ip.parse::<IpAddr>().map_err(|_| {
-                ctx.err(
-                    format!("status.podIPs[{i}].ip"),
-                    format!("invalid IP {:?}", ip.ip),
-                )
-            })?;
-            ips.insert(a);
-        }
-    }
-    if let Some(ip) = status
-        .and_then(|s| s.pod_ip.as_ref())
-        .filter(|s| !s.is_empty())
-    {
-        let a = ip
-            .parse::<IpAddr>()
-            .map_err(|_| ctx.err("status.podIP", format!("invalid IP {ip:?}")))?;
-        ips.insert(a);
-    }
-    let mut named_ports = BTreeSet::new();
-    // Ports of native sidecars (init containers with `restartPolicy:
-    // Always`) count as the pod's ports, as upstream implementations
-    // count them: the sidecar serves for the pod's whole life. Plain init
-    // containers have exited before the pod serves.
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or(&[]);
     let sidecars = spec
         .and_then(|s| s.init_containers.as_deref())
@@ -129,52 +153,115 @@ pub fn pod(p: &core::Pod, source: Option<&str>) -> Result<Pod, ObjectError> {
             sidecars
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+                .filter(|(_, c)| serves(c.restart_policy.as_deref()))
                 .map(|(i, c)| ("initContainers", i, c)),
         );
-    for (list, ci, c) in serving {
-        for (pi, port) in c.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
-            let Some(pname) = port.name.as_ref().filter(|n| !n.is_empty()) else {
-                continue;
-            };
-            let field = format!("spec.{list}[{ci}].ports[{pi}]");
-            let protocol = match port.protocol.as_deref() {
-                None | Some("") => Protocol::Tcp,
-                Some(s) => Protocol::parse(s).ok_or_else(|| {
-                    ctx.err(
-                        format!("{field}.protocol"),
-                        format!("unsupported protocol {s:?}"),
-                    )
-                })?,
-            };
-            let number = u16::try_from(port.container_port)
-                .ok()
-                .filter(|n| *n != 0)
-                .ok_or_else(|| {
-                    ctx.err(
-                        format!("{field}.containerPort"),
-                        format!("{} is not a port number (1-65535)", port.container_port),
-                    )
-                })?;
-            named_ports.insert(NamedPort {
-                name: pname.clone(),
-                protocol,
-                port: number,
+    let mut ports = Vec::new();
+    for (list, container, c) in serving {
+        for (index, port) in c.ports.as_deref().unwrap_or(&[]).iter().enumerate() {
+            ports.push(PortFields {
+                list,
+                container,
+                index,
+                name: port.name.as_deref(),
+                protocol: port.protocol.as_deref(),
+                number: port.container_port,
             });
         }
     }
-    let phase = status.and_then(|s| s.phase.as_deref());
+    let labels = p.metadata.labels.as_ref();
+    pod_fields(
+        PodFields {
+            namespace: p.metadata.namespace.as_deref(),
+            name: p.metadata.name.as_deref(),
+            labels: labels
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            node_name: spec.and_then(|s| s.node_name.as_deref()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            phase: status.and_then(|s| s.phase.as_deref()),
+            pod_ip: status.and_then(|s| s.pod_ip.as_deref()),
+            pod_ips: status
+                .and_then(|s| s.pod_ips.as_deref())
+                .unwrap_or(&[])
+                .iter()
+                .map(|ip| ip.ip.as_str())
+                .collect(),
+            ports,
+        },
+        source,
+    )
+}
+
+/// Validates a pod's fields into the model: the one place a pod's
+/// addresses and named ports are checked, whichever reader parsed it.
+pub fn pod_fields(f: PodFields<'_>, source: Option<&str>) -> Result<Pod, ObjectError> {
+    let (namespace, name) = names("Pod", source, f.namespace, f.name, true)?;
+    let ctx = Ctx {
+        source,
+        kind: "Pod",
+        object: format!("{namespace}/{name}"),
+    };
+    let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+    for (i, ip) in f.pod_ips.iter().enumerate() {
+        let a = ip.parse::<IpAddr>().map_err(|_| {
+            ctx.err(
+                format!("status.podIPs[{i}].ip"),
+                format!("invalid IP {ip:?}"),
+            )
+        })?;
+        ips.insert(a);
+    }
+    if let Some(ip) = f.pod_ip.filter(|s| !s.is_empty()) {
+        let a = ip
+            .parse::<IpAddr>()
+            .map_err(|_| ctx.err("status.podIP", format!("invalid IP {ip:?}")))?;
+        ips.insert(a);
+    }
+    let mut named_ports = BTreeSet::new();
+    for port in &f.ports {
+        let Some(pname) = port.name.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let field = format!(
+            "spec.{}[{}].ports[{}]",
+            port.list, port.container, port.index
+        );
+        let protocol = match port.protocol {
+            None | Some("") => Protocol::Tcp,
+            Some(s) => Protocol::parse(s).ok_or_else(|| {
+                ctx.err(
+                    format!("{field}.protocol"),
+                    format!("unsupported protocol {s:?}"),
+                )
+            })?,
+        };
+        let number = u16::try_from(port.number)
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| {
+                ctx.err(
+                    format!("{field}.containerPort"),
+                    format!("{} is not a port number (1-65535)", port.number),
+                )
+            })?;
+        named_ports.insert(NamedPort {
+            name: pname.to_string(),
+            protocol,
+            port: number,
+        });
+    }
     Ok(Pod {
         namespace,
         name,
-        labels: p.metadata.labels.clone().unwrap_or_default().into(),
-        node_name: spec
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty()),
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        labels: f.labels,
+        node_name: f.node_name.filter(|n| !n.is_empty()).map(str::to_string),
+        host_network: f.host_network,
         ips: ips.into_iter().collect(),
         named_ports: named_ports.into_iter().collect(),
-        terminal: matches!(phase, Some("Succeeded") | Some("Failed")),
+        terminal: matches!(f.phase, Some("Succeeded") | Some("Failed")),
     })
 }
 

@@ -157,6 +157,24 @@ impl std::fmt::Debug for Interner {
     }
 }
 
+/// From borrowed pairs in any order, each string allocated once; the
+/// last value of a repeated key wins, as in a map.
+impl<'a> FromIterator<(&'a str, &'a str)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Labels {
+        let mut pairs: Vec<(&str, &str)> = iter.into_iter().collect();
+        // Stable, so of a repeated key the last pair stays last.
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out: Vec<(Str, Str)> = Vec::with_capacity(pairs.len());
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if pairs.get(i + 1).is_some_and(|next| next.0 == *k) {
+                continue;
+            }
+            out.push(((*k).into(), (*v).into()));
+        }
+        Labels(out.into_boxed_slice())
+    }
+}
+
 /// The last value of a repeated key wins, as in a map.
 impl FromIterator<(String, String)> for Labels {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Labels {
@@ -455,5 +473,14 @@ mod labels_tests {
         assert_eq!(serde_json::from_str::<Labels>(&json).unwrap(), a);
         assert_eq!(format!("{a:?}"), r#"{"b": "2", "tier": "web"}"#);
         assert!(Labels::new().is_empty());
+    }
+
+    #[test]
+    fn borrowed_pairs_make_the_same_labels_as_owned_ones() {
+        let pairs = [("tier", "web"), ("app", "x"), ("b", "1"), ("app", "y")];
+        let borrowed: Labels = pairs.iter().copied().collect();
+        assert_eq!(borrowed, l(&pairs));
+        assert_eq!(borrowed.get("app"), Some("y"), "the last value wins");
+        assert_eq!(borrowed.keys().collect::<Vec<_>>(), ["app", "b", "tier"]);
     }
 }

@@ -18,6 +18,7 @@ pub mod slim;
 pub mod status;
 pub mod verdict_log;
 pub mod watch;
+pub mod wire_pod;
 
 #[cfg(test)]
 mod loop_tests;

@@ -950,8 +950,11 @@ async fn an_undecodable_object_does_not_break_its_kind() {
             format!("{}: {}", s(&e["regarding"]["name"]), s(&e["note"]))
         })
         .collect();
+    // Each names the field that could not be read.
     assert!(notes[0].starts_with("bad-0: "), "{notes:?}");
+    assert!(notes[0].contains("spec.hostNetwork"), "{notes:?}");
     assert!(notes[1].starts_with("cli-1: "), "{notes:?}");
+    assert!(notes[1].contains("spec.containers"), "{notes:?}");
     assert!(
         notes.iter().all(|n| n.contains("cannot be read")),
         "{notes:?}"

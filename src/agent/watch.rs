@@ -16,20 +16,22 @@
 //! Watch errors are logged and counted; the watcher retries with backoff
 //! and the last known state stays enforced meanwhile.
 //!
-//! Objects are read through [`Slim`], which keeps only the fields the
-//! reduction reads (a served pod's managedFields, container specs and
-//! conditions are parsed past, never built), and so one object the client
-//! cannot even deserialize (a label that is not a string, a kept field of
-//! the wrong type) is skipped like an invalid one instead of failing the
-//! whole list or watch of its kind. An invalid object is skipped
+//! Pods are read straight into the model ([`WirePod`]), the other kinds
+//! through [`Slim`]; both keep only the fields the reduction reads (a
+//! served pod's managedFields, container specs and conditions are parsed
+//! past, never built), and so one object the client cannot even
+//! deserialize (a label that is not a string, a kept field of the wrong
+//! type) is skipped like an invalid one instead of failing the whole list
+//! or watch of its kind. An invalid object is skipped
 //! (treated as absent), logged, counted, and reported once per
 //! resourceVersion as a Warning Event on the object (kube's event
 //! `Recorder`), so its owner sees it in `kubectl describe`.
 
 use crate::agent::metrics::Metrics;
 use crate::agent::reconcile::{Change, Kind, Stamped};
-use crate::agent::slim::{Pruned, Slim};
+use crate::agent::slim::Slim;
 use crate::agent::status::Inventory;
+use crate::agent::wire_pod::WirePod;
 use crate::agent::AgentError;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -49,68 +51,104 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One watched kind: where its objects go in the index and how they are
-/// reduced to the compiler's model. One impl a kind and one generic
-/// [`watch`] for all of them, so every kind is listed, applied, deleted and
-/// skipped by the same code.
-trait Watched:
-    Resource<DynamicType = ()> + Pruned + Clone + Debug + serde::de::DeserializeOwned + Send + 'static
-{
+/// One watched kind: where its objects go in the index, what the watcher
+/// reads each object as, and how that is reduced to the compiler's model.
+/// One impl a kind and one generic [`watch`] for all of them, so every
+/// kind is listed, applied, deleted and skipped by the same code.
+trait Watched: Send + 'static {
     const KIND: Kind;
     /// A CRD the API server may not serve (not installed).
     const CRD: bool = false;
-    fn reduce(&self) -> Result<Object, ObjectError>;
+    /// What the watcher decodes an object into.
+    type Wire: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static;
+    /// The object in the model, or why it is invalid (an object the reader
+    /// could not decode included); takes what it can out of `o`, whose
+    /// metadata stays.
+    fn reduce(o: &mut Self::Wire) -> Result<Object, ObjectError>;
+}
+
+/// A kind other than pods: read through [`Slim`] into its `k8s_openapi`
+/// type, then converted. These are few enough (and a policy is validated
+/// whole) that the typed read costs little.
+fn reduce_slim<K: Watched<Wire = Slim<K>> + Resource<DynamicType = ()>>(
+    o: &Slim<K>,
+    convert: impl FnOnce(&K) -> Result<Object, ObjectError>,
+) -> Result<Object, ObjectError> {
+    match &o.0 {
+        Ok(obj) => convert(obj),
+        Err(bad) => Err(undecodable(K::KIND, o, &bad.error)),
+    }
 }
 
 impl Watched for Namespace {
     const KIND: Kind = Kind::Namespace;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        convert::namespace(self, None).map(Object::Namespace)
-    }
-}
-
-impl Watched for Pod {
-    const KIND: Kind = Kind::Pod;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        convert::pod(self, None).map(Object::Pod)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |n| convert::namespace(n, None).map(Object::Namespace))
     }
 }
 
 impl Watched for NetworkPolicy {
     const KIND: Kind = Kind::Policy;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        convert::policy(self, None).map(Object::Policy)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |p| convert::policy(p, None).map(Object::Policy))
     }
 }
 
 impl Watched for Node {
     const KIND: Kind = Kind::Node;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        admin::node(self, None).map(Object::Node)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |n| admin::node(n, None).map(Object::Node))
     }
 }
 
 impl Watched for ClusterNetworkPolicy {
     const KIND: Kind = Kind::Admin(AdminKind::ClusterNetworkPolicy);
     const CRD: bool = true;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        admin::cluster_network_policy(self, None).map(Object::AdminPolicy)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |p| {
+            admin::cluster_network_policy(p, None).map(Object::AdminPolicy)
+        })
     }
 }
 
 impl Watched for AdminNetworkPolicy {
     const KIND: Kind = Kind::Admin(AdminKind::AdminNetworkPolicy);
     const CRD: bool = true;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        admin::admin_network_policy(self, None).map(Object::AdminPolicy)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |p| {
+            admin::admin_network_policy(p, None).map(Object::AdminPolicy)
+        })
     }
 }
 
 impl Watched for BaselineAdminNetworkPolicy {
     const KIND: Kind = Kind::Admin(AdminKind::BaselineAdminNetworkPolicy);
     const CRD: bool = true;
-    fn reduce(&self) -> Result<Object, ObjectError> {
-        admin::baseline_admin_network_policy(self, None).map(Object::AdminPolicy)
+    type Wire = Slim<Self>;
+    fn reduce(o: &mut Slim<Self>) -> Result<Object, ObjectError> {
+        reduce_slim(o, |p| {
+            admin::baseline_admin_network_policy(p, None).map(Object::AdminPolicy)
+        })
+    }
+}
+
+/// Pods, by far the most numerous and the largest objects, are read
+/// straight into the model ([`WirePod`]).
+impl Watched for Pod {
+    const KIND: Kind = Kind::Pod;
+    type Wire = WirePod;
+    fn reduce(o: &mut WirePod) -> Result<Object, ObjectError> {
+        o.take().map(Object::Pod)
     }
 }
 
@@ -162,7 +200,7 @@ pub async fn run(
 
 /// Whether the API server serves the kind; a CRD that is not installed
 /// (404) is reported as listed and empty instead.
-async fn served<K: Watched>(api: &Api<Slim<K>>, sink: &Sink) -> bool {
+async fn served<K: Watched>(api: &Api<K::Wire>, sink: &Sink) -> bool {
     let probe = api
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await;
@@ -250,15 +288,12 @@ impl Sink {
     /// would stop the watch.
     fn accept<K: Watched>(
         &self,
-        o: &Slim<K>,
+        o: &mut K::Wire,
         reported: &mut HashSet<(String, String)>,
     ) -> Option<Object> {
         let kind = K::KIND;
-        let (ns, name) = key(o, kind);
-        let reduced = match &o.0 {
-            Ok(obj) => obj.reduce(),
-            Err(bad) => Err(undecodable(kind, o, &bad.error)),
-        };
+        let reduced = K::reduce(o);
+        let (ns, name) = key(&*o, kind);
         let e = match reduced {
             Ok(obj) => {
                 self.reporter.1.valid(
@@ -304,8 +339,8 @@ pub(crate) const PAGE_SIZE: u32 = 500;
 /// Watches one kind; returns when the receiver is gone.
 async fn watch<K: Watched>(sink: Sink) {
     let kind = K::KIND;
-    let api = Api::<Slim<K>>::all(sink.client.clone());
-    if K::CRD && !served(&api, &sink).await {
+    let api = Api::<K::Wire>::all(sink.client.clone());
+    if K::CRD && !served::<K>(&api, &sink).await {
         return;
     }
     let Sink {
@@ -331,7 +366,7 @@ async fn watch<K: Watched>(sink: Sink) {
                 listed = 0;
                 Some(Change::ListStart(kind))
             }
-            Ok(Event::InitApply(o)) => sink.accept(&o, &mut reported).map(|obj| {
+            Ok(Event::InitApply(mut o)) => sink.accept::<K>(&mut o, &mut reported).map(|obj| {
                 listed += 1;
                 Change::Listed(obj)
             }),
@@ -340,11 +375,11 @@ async fn watch<K: Watched>(sink: Sink) {
                 tracing::info!(kind = kind.as_str(), objects = listed, "listed");
                 Some(Change::ListDone(kind))
             }
-            Ok(Event::Apply(o)) => {
+            Ok(Event::Apply(mut o)) => {
                 metrics.event(kind, "apply");
                 // An object that turned invalid is removed, not kept
                 // enforced in its last valid form.
-                Some(match sink.accept(&o, &mut reported) {
+                Some(match sink.accept::<K>(&mut o, &mut reported) {
                     Some(obj) => Change::Apply(obj),
                     None => Change::Delete {
                         kind,
