@@ -78,8 +78,12 @@ impl Inventory {
     /// A valid object was seen at `rv`.
     pub fn valid(&self, kind: &str, namespace: &str, name: &str, rv: Option<&str>) {
         let mut i = self.lock();
-        i.invalid
-            .remove(&(kind.into(), namespace.into(), name.into()));
+        // Called for every listed pod: build the key only when there is
+        // something to forget.
+        if !i.invalid.is_empty() {
+            i.invalid
+                .remove(&(kind.into(), namespace.into(), name.into()));
+        }
         if let (Some(key), Some(rv)) = (Self::policy_key(kind, namespace, name), rv) {
             i.versions.insert(key, rv.to_string());
         }
