@@ -12,6 +12,7 @@ use crate::model::*;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 type Key = (String, String);
 
@@ -20,18 +21,44 @@ type Key = (String, String);
 /// name with the map of pods instead of copying both strings again.
 type PodKey = (Str, Str);
 
+/// The pods at one address: almost always one, held inline (a vector
+/// of one would be a heap block per address), in namespace/name order.
+#[derive(Clone, Debug, PartialEq)]
+enum Claim {
+    One(Arc<Pod>),
+    Many(Vec<Arc<Pod>>),
+}
+
+impl Claim {
+    fn pods(&self) -> &[Arc<Pod>] {
+        match self {
+            Claim::One(p) => std::slice::from_ref(p),
+            Claim::Many(v) => v,
+        }
+    }
+}
+
+fn by_key(p: &Pod) -> (&str, &str) {
+    (&p.namespace, &p.name)
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<PodKey, Pod>,
+    /// Each pod behind one pointer, which `by_ip` (and the agent's
+    /// verdict-log directory) share instead of copying its key: the map's
+    /// nodes stay a key and a pointer wide, where a node of whole pods
+    /// was half empty after the listing's in-order inserts.
+    pods: BTreeMap<PodKey, Arc<Pod>>,
     policies: BTreeMap<Key, Policy>,
     /// How many pods each namespace holds, so namespace selectors only
     /// look at namespaces that can contribute peers.
     pod_namespaces: BTreeMap<String, usize>,
     /// Pods by address (any pod listing it, policy pod or not), sorted.
-    /// Almost always one: a set would allocate a node of eleven keys per
-    /// address, the largest part of a pod's memory at 150,000 pods.
-    by_ip: BTreeMap<IpAddr, Vec<PodKey>>,
+    /// Almost always one (see [`Claim`]): a set would allocate a node of
+    /// eleven keys per address, the largest part of a pod's memory at
+    /// 150,000 pods.
+    by_ip: BTreeMap<IpAddr, Claim>,
     /// The addresses of `by_ip` that several pods list: every reconcile
     /// asks for the shared addresses, and walking all of `by_ip` for the
     /// few there are cost a pass over the cluster per event.
@@ -139,25 +166,25 @@ impl Cluster {
             Str::from(p.name.as_str()),
         );
         match self.pods.get(&key) {
-            Some(old) if *old == p => return false,
+            Some(old) if **old == p => return false,
             Some(old) => {
-                let old_ips = old.ips.clone();
-                if (old.node_name.as_deref(), old_ips.first())
+                let old = old.clone();
+                if (old.node_name.as_deref(), old.ips.first())
                     != (p.node_name.as_deref(), p.ips.first())
                 {
-                    let old_node = old.node_name.clone();
-                    self.index_node(old_node.as_deref(), &old_ips, false);
+                    self.index_node(old.node_name.as_deref(), &old.ips, false);
                     self.index_node(p.node_name.as_deref(), &p.ips, true);
                 }
-                self.index_ips(&key, &old_ips, false);
+                self.index_ips(&old, false);
             }
             None => {
                 *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1;
                 self.index_node(p.node_name.as_deref(), &p.ips, true);
             }
         }
-        self.index_ips(&key, &p.ips, true);
         p.labels = p.labels.interned(&mut self.strings);
+        let p = Arc::new(p);
+        self.index_ips(&p, true);
         self.pods.insert(key, p);
         true
     }
@@ -168,7 +195,7 @@ impl Cluster {
         };
         let removed = match self.pods.remove(&key) {
             Some(old) => {
-                self.index_ips(&key, &old.ips, false);
+                self.index_ips(&old, false);
                 self.index_node(old.node_name.as_deref(), &old.ips, false);
                 true
             }
@@ -185,10 +212,27 @@ impl Cluster {
         removed
     }
 
-    pub fn apply_policy(&mut self, p: Policy) -> bool {
+    pub fn apply_policy(&mut self, mut p: Policy) -> bool {
         let key = (p.namespace.clone(), p.name.clone());
         if self.policies.get(&key) == Some(&p) {
             return false;
+        }
+        let strings = &mut self.strings;
+        let mut intern = |s: &mut crate::selector::Selector| {
+            s.match_labels = s.match_labels.interned(strings);
+        };
+        intern(&mut p.pod_selector);
+        for rule in p.ingress.iter_mut().chain(p.egress.iter_mut()).flatten() {
+            for peer in rule.peers.iter_mut().flatten() {
+                if let Peer::Pods {
+                    pod_selector,
+                    namespace_selector,
+                } = peer
+                {
+                    pod_selector.iter_mut().for_each(&mut intern);
+                    namespace_selector.iter_mut().for_each(&mut intern);
+                }
+            }
         }
         self.policies.insert(key, p);
         true
@@ -215,7 +259,7 @@ impl Cluster {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
-        self.pods.get(&self.pod_key(namespace, name)?)
+        self.pods.get(&self.pod_key(namespace, name)?).map(|p| &**p)
     }
 
     /// The key of pod `namespace/name`; `None` when no object here is in
@@ -230,7 +274,7 @@ impl Cluster {
     }
 
     pub fn pods(&self) -> impl DoubleEndedIterator<Item = &Pod> {
-        self.pods.values()
+        self.pods.values().map(|p| &**p)
     }
 
     pub fn policies(&self) -> impl DoubleEndedIterator<Item = &Policy> {
@@ -258,7 +302,7 @@ impl Cluster {
         from.into_iter()
             .flat_map(|from| self.pods.range(from..))
             .take_while(move |((ns, _), _)| **ns == *namespace)
-            .map(|(_, p)| p)
+            .map(|(_, p)| &**p)
     }
 
     /// Policies of one namespace, in name order.
@@ -326,11 +370,8 @@ impl Cluster {
                 firsts.next();
             }
             out.extend(
-                self.by_ip
-                    .get(ip)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|k| self.pods.get(k))
+                self.at(*ip)
+                    .map(|p| &**p)
                     .filter(|p| p.node_name.as_deref() == Some(node) && p.ips.first() == Some(ip)),
             );
         }
@@ -350,13 +391,26 @@ impl Cluster {
     /// one happens when an address is reused while the pod that had it is
     /// still listed as running.
     pub fn claimants(&self, ip: IpAddr) -> Vec<&Pod> {
-        self.by_ip
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.pods.get(k))
+        self.at(ip)
+            .map(|p| &**p)
             .filter(|p| p.is_policy_pod())
             .collect()
+    }
+
+    /// The first claimant of `ip` (see [`Cluster::claimants`]) as the
+    /// index shares it: for a holder of pods by address outside the
+    /// index, which then keeps a pointer and not a copy.
+    pub fn claimant_shared(&self, ip: IpAddr) -> Option<&Arc<Pod>> {
+        self.at(ip).find(|p| p.is_policy_pod())
+    }
+
+    /// Every pod listing `ip`, policy pod or not, in namespace/name order.
+    fn at(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<Pod>> {
+        self.by_ip
+            .get(&ip)
+            .map(Claim::pods)
+            .unwrap_or_default()
+            .iter()
     }
 
     /// Addresses that several policy pods claim, with their claimants.
@@ -387,28 +441,51 @@ impl Cluster {
         }
     }
 
-    fn index_ips(&mut self, key: &PodKey, ips: &[IpAddr], add: bool) {
-        for ip in ips {
+    /// Adds `p` at each of its addresses, or removes the pod of its key.
+    fn index_ips(&mut self, p: &Arc<Pod>, add: bool) {
+        let key = by_key(p);
+        for ip in &p.ips {
             if add {
-                let keys = self
-                    .by_ip
-                    .entry(*ip)
-                    .or_insert_with(|| Vec::with_capacity(1));
-                if let Err(at) = keys.binary_search(key) {
-                    keys.insert(at, key.clone());
-                }
-                if keys.len() > 1 {
+                let claim = match self.by_ip.remove(ip) {
+                    None => Claim::One(p.clone()),
+                    Some(Claim::One(q)) if by_key(&q) == key => Claim::One(p.clone()),
+                    Some(Claim::One(q)) => {
+                        let mut v = vec![q, p.clone()];
+                        v.sort_by(|a, b| by_key(a).cmp(&by_key(b)));
+                        Claim::Many(v)
+                    }
+                    Some(Claim::Many(mut v)) => {
+                        match v.binary_search_by(|q| by_key(q).cmp(&key)) {
+                            Ok(at) => v[at] = p.clone(),
+                            Err(at) => v.insert(at, p.clone()),
+                        }
+                        Claim::Many(v)
+                    }
+                };
+                if matches!(claim, Claim::Many(_)) {
                     self.multi_ip.insert(*ip);
                 }
-            } else if let Some(keys) = self.by_ip.get_mut(ip) {
-                if let Ok(at) = keys.binary_search(key) {
-                    keys.remove(at);
-                }
-                if keys.len() < 2 {
+                self.by_ip.insert(*ip, claim);
+            } else if let Some(claim) = self.by_ip.remove(ip) {
+                let rest = match claim {
+                    Claim::One(q) if by_key(&q) == key => None,
+                    Claim::One(q) => Some(Claim::One(q)),
+                    Claim::Many(mut v) => {
+                        if let Ok(at) = v.binary_search_by(|q| by_key(q).cmp(&key)) {
+                            v.remove(at);
+                        }
+                        match v.len() {
+                            0 => None,
+                            1 => v.pop().map(Claim::One),
+                            _ => Some(Claim::Many(v)),
+                        }
+                    }
+                };
+                if !matches!(rest, Some(Claim::Many(_))) {
                     self.multi_ip.remove(ip);
                 }
-                if keys.is_empty() {
-                    self.by_ip.remove(ip);
+                if let Some(rest) = rest {
+                    self.by_ip.insert(*ip, rest);
                 }
             }
         }

@@ -102,7 +102,7 @@ pub(crate) fn selector_strategy() -> impl Strategy<Value = Selector> {
         proptest::collection::vec(requirement_strategy(), 0..2),
     )
         .prop_map(|(match_labels, match_expressions)| Selector {
-            match_labels,
+            match_labels: match_labels.into(),
             match_expressions,
         })
 }

@@ -5,7 +5,7 @@
 
 use crate::model::Labels;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Operator {
@@ -50,7 +50,11 @@ impl Requirement {
 /// A validated label selector. The empty selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Selector {
-    pub match_labels: BTreeMap<String, String>,
+    /// The same compact sorted pairs as an object's labels (and the same
+    /// order, hash and `Debug` text a `BTreeMap` had): a map of one entry
+    /// allocated a node of eleven, about 600 bytes a selector, 34 MiB for
+    /// the selectors of 20,000 policies.
+    pub match_labels: Labels,
     pub match_expressions: Vec<Requirement>,
 }
 
@@ -64,7 +68,7 @@ impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }

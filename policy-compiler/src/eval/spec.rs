@@ -18,7 +18,7 @@ use std::net::IpAddr;
 /// `DoesNotExist` hold for an absent key). The empty selector selects all.
 pub fn selects(selector: &Selector, labels: &Labels) -> bool {
     for (key, want) in &selector.match_labels {
-        if labels.get(key) != Some(want.as_str()) {
+        if labels.get(key) != Some(want) {
             return false;
         }
     }
