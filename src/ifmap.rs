@@ -34,11 +34,11 @@
 //! neither (each is reported as unvalidated rather than one validated on
 //! another's port).
 //!
-//! Read from `/proc/net/{route,ipv6_route,arp}`,
-//! `/sys/class/net/<bridge>/{brforward,brif}` and rtnetlink (links, IPv6
-//! neighbours, the addresses of the pods' namespaces by their ids) of the
-//! caller's network namespace. Parsing is pure and tested on captured text; only
-//! [`discover`] touches the files. A pod found nowhere (a bridged pod that
+//! Read from `/proc/net/arp` and rtnetlink (links, routes, IPv6
+//! neighbours, bridge forwarding databases, the addresses of the pods'
+//! namespaces by their ids) of the caller's network namespace. Parsing
+//! is pure and tested on captured kernel answers; only [`discover`]
+//! reads the node. A pod found nowhere (a bridged pod that
 //! has not yet talked to the node, an IPv6-only bridged pod, a layout not
 //! listed above) is reported by the caller and left unvalidated.
 
@@ -46,7 +46,6 @@ use policy_compiler::model::Pod;
 use policy_compiler::{Cluster, NodeNet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One route of the main table: destination prefix and output interface.
@@ -54,49 +53,6 @@ use std::time::{Duration, Instant};
 pub struct Route {
     pub dst: ipnet::IpNet,
     pub dev: String,
-}
-
-/// `/proc/net/route` (IPv4; addresses are little-endian hex).
-pub fn parse_route4(text: &str) -> Vec<Route> {
-    let hex4 = |s: &str| {
-        u32::from_str_radix(s, 16)
-            .ok()
-            .map(|v| Ipv4Addr::from(v.swap_bytes()))
-    };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (dev, dst, mask) = (f.first()?, hex4(f.get(1)?)?, hex4(f.get(7)?)?);
-            let len = u32::from(mask).count_ones() as u8;
-            let dst = ipnet::IpNet::new(IpAddr::V4(dst), len).ok()?;
-            Some(Route {
-                dst,
-                dev: dev.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// `/proc/net/ipv6_route` (address as 32 hex digits, prefix length in hex,
-/// interface name last).
-pub fn parse_route6(text: &str) -> Vec<Route> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let dst = u128::from_str_radix(f.first()?, 16).ok()?;
-            let len = u8::from_str_radix(f.get(1)?, 16).ok()?;
-            let dev = f.get(9)?;
-            if *dev == "lo" {
-                return None;
-            }
-            let dst = ipnet::IpNet::new(IpAddr::V6(Ipv6Addr::from(dst)), len).ok()?;
-            Some(Route {
-                dst,
-                dev: dev.to_string(),
-            })
-        })
-        .collect()
 }
 
 /// `/proc/net/arp`: (address, interface) -> MAC, complete entries only.
@@ -124,20 +80,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     (parts.next().is_none() && mac != [0; 6]).then_some(mac)
-}
-
-/// A bridge's `brforward` file: `struct __fdb_entry` records of 16 bytes
-/// (MAC, port number low byte, is_local, ageing timer, port number high
-/// byte, padding). Returns non-local MAC -> port number.
-pub fn parse_brforward(bytes: &[u8]) -> BTreeMap<[u8; 6], u16> {
-    bytes
-        .chunks_exact(16)
-        .filter(|e| e[7] == 0)
-        .filter_map(|e| {
-            let mac: [u8; 6] = e[0..6].try_into().ok()?;
-            Some((mac, u16::from(e[12]) << 8 | u16::from(e[6])))
-        })
-        .collect()
 }
 
 /// The most specific route holding `ip`.
@@ -366,43 +308,44 @@ impl Snapshot {
 
 /// Reads the node's routes, ARP table and bridge forwarding databases.
 pub fn snapshot() -> std::io::Result<Snapshot> {
-    let read = |p: &str| std::fs::read_to_string(p);
-    let mut routes = parse_route4(&read("/proc/net/route")?);
-    // No IPv6 on the node is not an error.
-    routes.extend(parse_route6(
-        &read("/proc/net/ipv6_route").unwrap_or_default(),
-    ));
-    let arp = parse_arp(&read("/proc/net/arp").unwrap_or_default());
-    let mut bridges = BTreeMap::new();
-    let net = Path::new("/sys/class/net");
-    for entry in std::fs::read_dir(net)?.flatten() {
-        let dir = entry.path();
-        let Ok(fdb) = std::fs::read(dir.join("brforward")) else {
+    use crate::netlink::route;
+    let arp = parse_arp(&std::fs::read_to_string("/proc/net/arp").unwrap_or_default());
+    let links = route::links().map_err(std::io::Error::other)?;
+    let name: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let named = |i: &u32| name.get(i).map(|n| n.to_string());
+    let mut routes = Vec::new();
+    for r in route::routes().map_err(std::io::Error::other)? {
+        if !r.looked_up() {
             continue;
+        }
+        // A route that leaves by no interface (blackhole, unreachable)
+        // still shadows wider ones: it leads to no pod.
+        let devs: Vec<String> = if r.oifs.is_empty() {
+            vec![String::new()]
+        } else {
+            r.oifs.iter().filter_map(named).collect()
         };
-        let mut by_no: BTreeMap<u16, String> = BTreeMap::new();
-        for port in std::fs::read_dir(dir.join("brif"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let no = std::fs::read_to_string(port.path().join("port_no")).unwrap_or_default();
-            if let Ok(n) = u16::from_str_radix(no.trim().trim_start_matches("0x"), 16) {
-                by_no.insert(n, port.file_name().to_string_lossy().into_owned());
+        for dev in devs {
+            // The node's own addresses (IPv6's local table).
+            if dev != "lo" || r.dst.addr().is_ipv4() {
+                routes.push(Route { dst: r.dst, dev });
             }
         }
-        let ports = parse_brforward(&fdb)
-            .into_iter()
-            .filter_map(|(mac, no)| Some((mac, by_no.get(&no)?.clone())))
-            .collect();
-        bridges.insert(entry.file_name().to_string_lossy().into_owned(), ports);
     }
-    let interfaces = std::fs::read_dir(net)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let mut bridges: BTreeMap<String, BTreeMap<[u8; 6], String>> = links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .map(|l| (l.name.clone(), BTreeMap::new()))
         .collect();
-    let links = crate::netlink::route::links().map_err(std::io::Error::other)?;
-    let name: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    for e in route::fdb().map_err(std::io::Error::other)? {
+        let (Some(bridge), Some(port)) = (name.get(&e.bridge), named(&e.port)) else {
+            continue;
+        };
+        if let Some(fdb) = bridges.get_mut(*bridge) {
+            fdb.insert(e.mac, port);
+        }
+    }
+    let interfaces = links.iter().map(|l| l.name.clone()).collect();
     let mut ports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for l in links.iter().filter(|l| l.is_pod_facing()) {
         if let Some(b) = l.master.and_then(|m| name.get(&m)) {
@@ -553,15 +496,24 @@ pub fn discover(
 mod tests {
     use super::*;
 
-    const ROUTE4: &str =
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-fabric\t0002F40A\t02FF1FAC\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0
-vp0\t0A01F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
-cbr0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-";
-    const ROUTE6: &str = "fd00001002440001000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001      vp0
-fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff000000000000000000000002 00000400 00000001 00000000 00000003   fabric
-";
+    fn via(list: &[(&str, &str)]) -> Vec<Route> {
+        list.iter()
+            .map(|(dst, dev)| Route {
+                dst: dst.parse().expect("prefix"),
+                dev: dev.to_string(),
+            })
+            .collect()
+    }
+
+    /// A node with a routed pod (vp0), a bridge (cbr0) and the fabric.
+    fn routes4() -> Vec<Route> {
+        via(&[
+            ("10.244.2.0/24", "fabric"),
+            ("10.244.1.10/32", "vp0"),
+            ("10.244.1.0/24", "cbr0"),
+        ])
+    }
+
     const ARP: &str =
         "IP address       HW type     Flags       HW address            Mask     Device
 10.244.1.11      0x1         0x2         02:aa:bb:cc:dd:01     *        cbr0
@@ -582,36 +534,24 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
     }
 
     #[test]
-    fn parses_proc_routes() {
-        let r4 = parse_route4(ROUTE4);
-        assert_eq!(r4.len(), 3);
-        assert_eq!(r4[1].dst.to_string(), "10.244.1.10/32");
-        assert_eq!(r4[1].dev, "vp0");
-        let r6 = parse_route6(ROUTE6);
-        assert_eq!(r6[0].dst.to_string(), "fd00:10:244:1::a/128");
-        assert_eq!(r6[1].dev, "fabric");
+    fn parses_proc_arp() {
         let arp = parse_arp(ARP);
         assert_eq!(arp.len(), 1, "incomplete entries are skipped");
     }
 
     #[test]
     fn routed_pod_maps_by_host_route_and_bridged_pod_by_arp_and_fdb() {
-        let mut fdb = vec![0u8; 32];
-        fdb[0..6].copy_from_slice(&[2, 0xaa, 0xbb, 0xcc, 0xdd, 1]);
-        fdb[6] = 3;
-        fdb[16..22].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-        fdb[22] = 1;
-        fdb[23] = 1; // local: the bridge's own address
-        let fdb = parse_brforward(&fdb);
-        assert_eq!(fdb.len(), 1);
-        let mut routes = parse_route4(ROUTE4);
-        routes.extend(parse_route6(ROUTE6));
+        let mut routes = routes4();
+        routes.extend(via(&[
+            ("fd00:10:244:1::a/128", "vp0"),
+            ("fd00:10:244:2::/64", "fabric"),
+        ]));
         let snap = Snapshot {
             routes,
             arp: parse_arp(ARP),
             bridges: [(
                 "cbr0".to_string(),
-                fdb.into_keys().map(|m| (m, "vp7".to_string())).collect(),
+                [([2, 0xaa, 0xbb, 0xcc, 0xdd, 1], "vp7".to_string())].into(),
             )]
             .into(),
             ..Snapshot::default()
@@ -642,7 +582,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
         let (m_att, m_vic) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]);
         let ip = |s: &str| -> Ipv4Addr { s.parse().expect("ip") };
         let snap = Snapshot {
-            routes: parse_route4(ROUTE4),
+            routes: routes4(),
             arp: [
                 ((ip("10.244.1.11"), "cbr0".to_string()), m_att),
                 ((ip("10.244.1.12"), "cbr0".to_string()), m_att),
@@ -708,12 +648,10 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
 
     #[test]
     fn ipv6_only_pods_learn_by_neighbour_entry_and_only_pod_bridges_list_ports() {
-        let route6 = "fd000010024400010000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     cbr0
-";
         let mac = [2, 0, 0, 0, 0, 0x6];
         let v6: Ipv6Addr = "fd00:10:244:1::6".parse().expect("v6");
-        let mut routes = parse_route4(ROUTE4);
-        routes.extend(parse_route6(route6));
+        let mut routes = routes4();
+        routes.extend(via(&[("fd00:10:244:1::/64", "cbr0")]));
         let snap = Snapshot {
             routes,
             neigh6: [((v6, "cbr0".to_string()), mac)].into(),
@@ -761,7 +699,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
         );
         // A routed-only node has no bridge ports.
         let routed = Snapshot {
-            routes: parse_route4(ROUTE4),
+            routes: routes4(),
             ..Snapshot::default()
         };
         assert!(routed
@@ -852,7 +790,7 @@ fd000010024400020000000000000000 40 00000000000000000000000000000000 00 fd00ffff
                         pods.push(policy_compiler::Object::Pod(named("victim", vic)));
                     }
                     let snap = Snapshot {
-                        routes: parse_route4(ROUTE4),
+                        routes: routes4(),
                         bridges: [("cbr0".to_string(), BTreeMap::new())].into(),
                         ports: [(
                             "cbr0".to_string(),

@@ -1,8 +1,10 @@
-//! The node's links and IPv6 neighbour entries, dumped over rtnetlink
-//! (NETLINK_ROUTE), for learning pod interfaces: which ports each bridge
-//! has and whether a port is a veth whose other end lives in another
-//! network namespace (a pod), and which MAC the node resolved a pod's
-//! IPv6 address to (`/proc` has no IPv6 neighbour table); and which
+//! The node's links, routes, IPv6 neighbour entries and bridge forwarding
+//! databases, dumped over rtnetlink (NETLINK_ROUTE), for learning pod
+//! interfaces: which ports each bridge has and whether a port is a veth
+//! whose other end lives in another network namespace (a pod), which
+//! interface the route to a pod's address leaves by, which MAC the node
+//! resolved a pod's IPv6 address to and which bridge port a MAC was
+//! learned on; and which
 //! addresses are configured inside a pod's namespace on the veth peer,
 //! read from the node with the address dump's target-namespace filter
 //! (the peer namespace's id as the node sees it), so no namespace is
@@ -10,7 +12,9 @@
 //! on its own so that one the crate cannot read costs that attribute, not
 //! the link; the socket is the one of `socket`. Link and neighbour dumps
 //! need no privilege, the address dump of another namespace needs
-//! CAP_NET_ADMIN over it.
+//! CAP_NET_ADMIN over it. All of it is of the caller's network namespace
+//! (a thread that entered one reads that one, which `/proc/net` and
+//! `/sys/class/net` do not promise).
 
 use super::socket::{Msg, Socket};
 use super::NetlinkError;
@@ -23,8 +27,11 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkHeader, LinkMessag
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourHeader, NeighbourMessage, NeighbourState,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMessage, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -95,6 +102,128 @@ pub fn addr_request(seq: u32, family: u8, netnsid: i32) -> Vec<u8> {
     m.header.family = AddressFamily::from(family);
     m.attributes.push(AddressAttribute::TargetNetNsId(netnsid));
     request(seq, RouteNetlinkMessage::GetAddress(m))
+}
+
+/// The dump request for every route of `family` (every table).
+pub fn route_request(seq: u32, family: u8) -> Vec<u8> {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::from(family);
+    request(seq, RouteNetlinkMessage::GetRoute(m))
+}
+
+/// The dump request for every bridge forwarding database entry.
+pub fn fdb_request(seq: u32) -> Vec<u8> {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    request(seq, RouteNetlinkMessage::GetNeighbour(m))
+}
+
+/// One route of the caller's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub table: u32,
+    pub kind: RouteType,
+    pub dst: ipnet::IpNet,
+    /// The interfaces its next hops leave by: one, one per hop of a
+    /// multipath route, none for a blackhole, unreachable or prohibit
+    /// route.
+    pub oifs: Vec<u32>,
+}
+
+impl Route {
+    /// Whether a pod's address is looked up in it: IPv4 routes of the
+    /// main table but broadcast and multicast ones, IPv6 routes of every
+    /// table (what `/proc/net/route` and `/proc/net/ipv6_route` list).
+    pub fn looked_up(&self) -> bool {
+        match self.dst {
+            ipnet::IpNet::V4(_) => {
+                self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && !matches!(self.kind, RouteType::Broadcast | RouteType::Multicast)
+            }
+            ipnet::IpNet::V6(_) => true,
+        }
+    }
+}
+
+/// An `RTM_NEWROUTE` answer. A route without a destination is the
+/// default route of its family.
+pub fn parse_route(payload: &[u8]) -> Option<Route> {
+    let header = RouteHeader::parse(payload).ok()?;
+    let any = match header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut table = u32::from(header.table);
+    let (mut dst, mut oifs) = (Some(any), Vec::new());
+    let param = (header.address_family, header.kind, RouteLwEnCapType::None);
+    let dst_kind = RouteAttribute::Destination(RouteAddress::Other(Vec::new())).kind();
+    for nla in attrs_after(payload, header.buffer_len()) {
+        match RouteAttribute::parse_with_param(&nla, param) {
+            Ok(RouteAttribute::Table(t)) => table = t,
+            Ok(RouteAttribute::Destination(RouteAddress::Inet(a))) => dst = Some(IpAddr::V4(a)),
+            Ok(RouteAttribute::Destination(RouteAddress::Inet6(a))) => dst = Some(IpAddr::V6(a)),
+            Ok(RouteAttribute::Oif(i)) => oifs.push(i),
+            Ok(RouteAttribute::MultiPath(hops)) => {
+                oifs.extend(hops.iter().map(|h| h.interface_index))
+            }
+            // A destination that cannot be read is not the default route.
+            Ok(RouteAttribute::Destination(_)) => dst = None,
+            Err(_) if nla.kind() == dst_kind => dst = None,
+            _ => {}
+        }
+    }
+    // Nor is an address of the other family this route's.
+    let dst = dst.filter(|d| d.is_ipv4() == any.is_ipv4())?;
+    let dst = ipnet::IpNet::new(dst, header.destination_prefix_length).ok()?;
+    Some(Route {
+        table,
+        kind: header.kind,
+        dst,
+        oifs,
+    })
+}
+
+/// One entry of a bridge's forwarding database: the MAC was seen
+/// behind `port` of bridge `bridge` (interface indexes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub bridge: u32,
+    pub port: u32,
+    pub mac: [u8; 6],
+}
+
+/// An `RTM_NEWNEIGH` answer to [`fdb_request`], if it is an entry a
+/// bridge forwards by: learned and not expired, or static. The bridge's
+/// own addresses (local, reported permanent, or on the bridge device
+/// itself), expired entries (stale) and the address lists of devices
+/// that are no bridge ports (no master) are not.
+pub fn parse_fdb(payload: &[u8]) -> Option<FdbEntry> {
+    let header = NeighbourHeader::parse(payload).ok()?;
+    if header.family != AddressFamily::Bridge
+        || !matches!(
+            header.state,
+            NeighbourState::Reachable | NeighbourState::Noarp
+        )
+    {
+        return None;
+    }
+    let (mut master, mut mac) = (None, None);
+    for nla in attrs_after(payload, header.buffer_len()) {
+        match NeighbourAttribute::parse_with_param(&nla, header.family) {
+            Ok(NeighbourAttribute::Controller(m)) => master = Some(m),
+            Ok(NeighbourAttribute::LinkLayerAddress(m)) => {
+                mac = <[u8; 6]>::try_from(m.as_slice()).ok()
+            }
+            _ => {}
+        }
+    }
+    let bridge = master.filter(|m| *m != header.ifindex)?;
+    Some(FdbEntry {
+        bridge,
+        port: header.ifindex,
+        mac: mac?,
+    })
 }
 
 /// The attributes after a message's fixed header of `header_len` bytes,
@@ -300,6 +429,46 @@ pub fn addresses_in(netnsid: i32) -> Result<Option<Vec<(u32, IpAddr)>>, NetlinkE
         }
     }
     Ok(Some(out))
+}
+
+/// Every route of the caller's namespace, IPv4 then IPv6. A node without
+/// IPv6 has no IPv6 routes, not an error.
+pub fn routes() -> Result<Vec<Route>, NetlinkError> {
+    let ty = answer_type(RouteNetlinkMessage::NewRoute(RouteMessage::default()));
+    let v4 = dump(
+        &route_request(1, libc::AF_INET as u8),
+        1,
+        ty,
+        "the IPv4 routes",
+    )?;
+    let v6 = match dump(
+        &route_request(2, libc::AF_INET6 as u8),
+        2,
+        ty,
+        "the IPv6 routes",
+    ) {
+        Err(NetlinkError::Dump { errno, .. }) if errno == libc::EAFNOSUPPORT => Vec::new(),
+        other => other?,
+    };
+    Ok(v4
+        .iter()
+        .chain(&v6)
+        .filter_map(|m| parse_route(m.payload()))
+        .collect())
+}
+
+/// Every forwarding entry of every bridge ([`parse_fdb`]), in the
+/// kernel's order.
+pub fn fdb() -> Result<Vec<FdbEntry>, NetlinkError> {
+    let ty = answer_type(RouteNetlinkMessage::NewNeighbour(
+        NeighbourMessage::default(),
+    ));
+    Ok(
+        dump(&fdb_request(1), 1, ty, "the bridge forwarding databases")?
+            .iter()
+            .filter_map(|m| parse_fdb(m.payload()))
+            .collect(),
+    )
 }
 
 /// Every resolved IPv6 neighbour entry: (address, interface index, MAC).

@@ -345,3 +345,196 @@ fn times_the_link_and_address_dumps() {
         );
     });
 }
+
+/// The node of [`node_with_a_bridged_pod`], plus a routed pod's veth
+/// `vr0` with a host route of each family, an address of each family on
+/// `br0` (its subnet routes, and the node's own in the local tables), a
+/// blackhole route, and two forwarding entries on `vp0`: one static, one
+/// as if learned.
+fn node_with_routes_and_fdb() -> (Netns, Netns) {
+    let (node, pod) = node_with_a_bridged_pod();
+    ip(
+        &node,
+        &format!("link add vr0 type veth peer name eth1 netns {}", pod.name()),
+    );
+    ip(&node, "link set vr0 up");
+    ip(&pod, "link set eth1 up");
+    ip(&node, "route add 10.244.1.10/32 dev vr0");
+    ip(&node, "-6 route add fd00:10::a/128 dev vr0");
+    ip(&node, "addr add 10.244.2.1/24 dev br0");
+    ip(&node, "-6 addr add fd00:2::1/64 dev br0 nodad");
+    ip(&node, "route add blackhole 10.244.3.0/24");
+    for (mac, how) in [
+        ("02:00:00:00:00:aa", "static"),
+        ("02:00:00:00:00:bb", "dynamic"),
+    ] {
+        run(Command::new("bridge").args([
+            "-n",
+            node.name(),
+            "fdb",
+            "add",
+            mac,
+            "dev",
+            "vp0",
+            "master",
+            how,
+        ]));
+    }
+    (node, pod)
+}
+
+const ROUTES4: &str = include_str!("../../tests/data/rtnl/routes4.hex");
+const ROUTES6: &str = include_str!("../../tests/data/rtnl/routes6.hex");
+const FDB: &str = include_str!("../../tests/data/rtnl/fdb.hex");
+
+const RTMSG_LEN: usize = 12;
+const NDMSG_LEN: usize = 12;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_MULTIPATH: u16 = 9;
+const NDA_MASTER: u16 = 9;
+
+/// `(destination, output interfaces)` of the routes a pod is looked up in.
+fn looked_up(text: &str) -> Vec<(String, Vec<u32>)> {
+    captured(text)
+        .iter()
+        .filter_map(|m| route::parse_route(m.payload()))
+        .filter(|r| r.looked_up())
+        .map(|r| (r.dst.to_string(), r.oifs))
+        .collect()
+}
+
+#[test]
+fn reads_captured_routes_and_forwarding_entries() {
+    // br0 is 2, vp0 3, vr0 6. IPv4: the main table only, so neither the
+    // node's own addresses nor broadcasts; a blackhole leaves by nothing.
+    assert_eq!(
+        looked_up(ROUTES4),
+        [
+            ("10.244.1.10/32".to_string(), vec![6]),
+            ("10.244.2.0/24".to_string(), vec![2]),
+            ("10.244.3.0/24".to_string(), vec![]),
+        ]
+    );
+    // IPv6: every table, as /proc/net/ipv6_route lists them.
+    let v6 = looked_up(ROUTES6);
+    assert_eq!(v6.len(), captured(ROUTES6).len());
+    assert!(
+        v6.contains(&("fd00:10::a/128".to_string(), vec![6])),
+        "{v6:?}"
+    );
+    assert!(v6.contains(&("fd00:2::/64".to_string(), vec![2])), "{v6:?}");
+
+    // Only what br0 forwards by, on its port vp0: not the ports' and the
+    // bridge's own addresses, nor the devices' address lists.
+    let fdb: Vec<route::FdbEntry> = captured(FDB)
+        .iter()
+        .filter_map(|m| route::parse_fdb(m.payload()))
+        .collect();
+    let macs: Vec<[u8; 6]> = fdb.iter().map(|e| e.mac).collect();
+    assert_eq!(fdb.len(), 3, "{fdb:?}");
+    assert!(fdb.iter().all(|e| (e.bridge, e.port) == (2, 3)), "{fdb:?}");
+    assert!(macs.contains(&[2, 0, 0, 0, 0, 0xaa]) && macs.contains(&[2, 0, 0, 0, 0, 0xbb]));
+}
+
+#[test]
+fn odd_routes_and_forwarding_entries() {
+    let msgs = captured(ROUTES4);
+    let host = msgs
+        .iter()
+        .find(|m| {
+            route::parse_route(m.payload())
+                .is_some_and(|r| r.dst.prefix_len() == 32 && r.looked_up())
+        })
+        .expect("the host route");
+    // A multipath route leaves by each of its hops.
+    let hop = |ifindex: u32| {
+        let mut h = vec![8, 0, 0, 0];
+        h.extend(ifindex.to_ne_bytes());
+        h
+    };
+    let multipath = rewrite(host, RTMSG_LEN, |ty, v| match ty {
+        RTA_OIF => Some((RTA_MULTIPATH, [hop(6), hop(7)].concat())),
+        _ => Some((ty, v.to_vec())),
+    });
+    let r = route::parse_route(multipath.payload()).expect("route");
+    assert_eq!(
+        (r.dst.to_string(), r.oifs),
+        ("10.244.1.10/32".into(), vec![6, 7])
+    );
+    // An IPv4 route with an IPv6-sized destination is not misread.
+    let odd = rewrite(host, RTMSG_LEN, |ty, v| match ty {
+        RTA_DST => Some((ty, [0xfd; 16].to_vec())),
+        _ => Some((ty, v.to_vec())),
+    });
+    assert_eq!(route::parse_route(odd.payload()), None);
+
+    let fdb = captured(FDB);
+    let static_aa = fdb
+        .iter()
+        .find(|m| route::parse_fdb(m.payload()).is_some_and(|e| e.mac[5] == 0xaa))
+        .expect("the static entry");
+    let with_state = |state: u16| {
+        let mut b = static_aa.bytes().to_vec();
+        b[NLMSG_HDR + 8..NLMSG_HDR + 10].copy_from_slice(&state.to_ne_bytes());
+        route::parse_fdb(Msg::from_bytes(&b).expect("msg").payload())
+    };
+    assert!(with_state(0x40).is_some(), "NUD_NOARP: static");
+    assert!(with_state(0x02).is_some(), "NUD_REACHABLE: learned");
+    assert_eq!(with_state(0x80), None, "NUD_PERMANENT: the bridge's own");
+    assert_eq!(with_state(0x04), None, "NUD_STALE: expired");
+    let no_master = rewrite(static_aa, NDMSG_LEN, |ty, v| {
+        (ty != NDA_MASTER).then(|| (ty, v.to_vec()))
+    });
+    assert_eq!(route::parse_fdb(no_master.payload()), None, "no bridge");
+}
+
+/// The layout built live: the routes and the forwarding entries a pod
+/// is looked up in are what `/proc/net/{route,ipv6_route}` and
+/// `/sys/class/net/br0/brforward` listed for it (compared side by side on
+/// this layout before those readers went), and the routed pod maps to
+/// its veth.
+#[test]
+fn lists_routes_and_forwarding_entries() {
+    require_root!();
+    let (node, _pod) = node_with_routes_and_fdb();
+    let snap = node.run(|| crate::ifmap::snapshot().expect("snapshot"));
+    let routes: BTreeSet<(String, String)> = snap
+        .routes
+        .iter()
+        .map(|r| (r.dst.to_string(), r.dev.clone()))
+        .collect();
+    let v4: Vec<&(String, String)> = routes.iter().filter(|r| !r.0.contains(':')).collect();
+    let want = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        v4,
+        [
+            &want("10.244.1.10/32", "vr0"),
+            &want("10.244.2.0/24", "br0"),
+            &want("10.244.3.0/24", ""),
+        ]
+    );
+    for r in [want("fd00:10::a/128", "vr0"), want("fd00:2::/64", "br0")] {
+        assert!(routes.contains(&r), "{r:?} in {routes:?}");
+    }
+    assert!(routes.iter().all(|r| r.1 != "lo"), "{routes:?}");
+    let br0 = snap.bridges.get("br0").expect("br0's table");
+    for mac in [[2, 0, 0, 0, 0, 0xaa], [2, 0, 0, 0, 0, 0xbb]] {
+        assert_eq!(br0.get(&mac).map(String::as_str), Some("vp0"), "{br0:?}");
+    }
+    assert!(br0.values().all(|p| p == "vp0"), "{br0:?}");
+    let pod = policy_compiler::model::Pod {
+        namespace: "x".into(),
+        name: "a".into(),
+        labels: Default::default(),
+        node_name: None,
+        host_network: false,
+        ips: vec![
+            "10.244.1.10".parse().expect("ip"),
+            "fd00:10::a".parse().expect("ip"),
+        ],
+        named_ports: vec![],
+        terminal: false,
+    };
+    assert_eq!(snap.interface_of(&pod).as_deref(), Some("vr0"));
+}
