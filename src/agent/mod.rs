@@ -24,6 +24,8 @@ pub mod wire_pod;
 mod loop_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_pod_tests;
 
 use crate::agent::backend::{Backend, BackendError};
 use crate::agent::metrics::Metrics;
