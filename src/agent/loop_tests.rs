@@ -463,6 +463,111 @@ fn a_stalled_listing_keeps_the_last_state_repaired_and_says_so() {
     assert_eq!(degraded(&rx).0, "False");
 }
 
+/// A relist that keeps failing part way, each attempt listing fewer pods
+/// (they were deleted meanwhile), while other kinds go on: a policy
+/// deleted by a watch event, the namespaces relisted to completion, the
+/// table tampered with. Nothing new reaches the kernel until the pods'
+/// listing completes, the tampering is repaired to the last complete
+/// state meanwhile, and then one batch brings exactly what a whole
+/// listing of the end state brings (no pod of a failed attempt left).
+#[test]
+fn a_relist_failing_again_and_again_with_fewer_pods_beside_other_kinds_ends_in_one_batch() {
+    let mut l = Loop::synced(settings());
+    list_pods(&mut l, 1..=6);
+    l.run_for(Duration::from_secs(1));
+    let batches = l.batches();
+    let table = l.kernel.mem.state().table.clone();
+    // Attempts listing p1..p6, then p1..p5, ... then p1..p2, each with a
+    // new pod p9 at p1's old address first (p1 moved to p8's).
+    for last in (3..=6).rev() {
+        l.change(Change::ListStart(Kind::Pod));
+        l.change(Change::Listed(pod_at(9, 1)));
+        l.change(Change::Listed(pod_at(1, 8)));
+        for i in 2..=last {
+            l.change(Change::Listed(pod(i)));
+        }
+        l.run_for(Duration::from_secs(7));
+        assert_eq!(l.batches(), batches, "attempt up to p{last} failed");
+    }
+    // Meanwhile: the policy is deleted, the namespaces are relisted to
+    // completion, and the table is tampered with.
+    l.change(Change::Delete {
+        kind: Kind::Policy,
+        key: ("prod".into(), "web".into()),
+    });
+    l.change(Change::ListStart(Kind::Namespace));
+    l.change(Change::Listed(Object::Namespace(Namespace {
+        name: "prod".into(),
+        labels: Default::default(),
+    })));
+    l.change(Change::ListDone(Kind::Namespace));
+    assert_eq!(l.batches(), batches, "the pods still hold batches back");
+    l.kernel.mem.state().table = None;
+    l.r.handle(l.clock.now(), Change::Verify { reason: "t".into() });
+    l.poll();
+    assert_eq!(l.kernel.mem.state().table, table, "repaired to the last");
+    assert!(l.metrics.health.ready());
+    l.run_for(Duration::from_secs(60));
+    assert!(l
+        .metrics
+        .encode()
+        .contains("nftpol_listing_stalled{kind=\"pod\"} 1"));
+    assert_eq!(l.kernel.mem.state().table, table, "nothing new went");
+    // The last attempt lists p9, p1 and p2 alone, and completes.
+    let repairs = l.batches();
+    l.change(Change::ListStart(Kind::Pod));
+    for o in [pod_at(9, 1), pod_at(1, 8), pod(2)] {
+        l.change(Change::Listed(o));
+    }
+    l.change(Change::ListDone(Kind::Pod));
+    assert_eq!(l.batches(), repairs + 1, "one batch");
+    let names: Vec<&str> = l.r.cluster().pods().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["p1", "p2", "p9"]);
+    let mut whole = Loop::new(settings());
+    whole.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: vec![
+            Object::Namespace(Namespace {
+                name: "prod".into(),
+                labels: Default::default(),
+            }),
+            pod_at(9, 1),
+            pod_at(1, 8),
+            pod(2),
+        ],
+    });
+    assert_eq!(l.r.cluster(), whole.r.cluster());
+    assert_eq!(l.kernel.mem.state().table, whole.kernel.mem.state().table);
+    assert!(l
+        .metrics
+        .encode()
+        .contains("nftpol_listing_stalled{kind=\"pod\"} 0"));
+}
+
+/// A first batch the kernel refused, then a relist that stalls part way:
+/// there is no complete state to keep, and the retry waits for the
+/// listing like any batch (the kernel never sees a half-listed kind);
+/// readiness says so all along, and the retry goes once it completes.
+#[test]
+fn a_refused_first_batch_then_a_stalled_relist_stays_unready_until_it_completes() {
+    let mut l = Loop::new(settings());
+    l.kernel.refuse.store(1, Ordering::SeqCst);
+    l.change(Change::Replace {
+        kinds: Kind::ALL.to_vec(),
+        objects: isolating_policy(),
+    });
+    assert_eq!(l.kernel.mem.state().table, None, "refused");
+    l.change(Change::ListStart(Kind::Pod));
+    l.change(Change::Listed(pod(1)));
+    l.run_for(Duration::from_secs(120));
+    assert_eq!(l.kernel.mem.state().table, None, "held");
+    assert!(!l.metrics.health.ready());
+    l.change(Change::ListDone(Kind::Pod));
+    l.run_for(Duration::from_secs(1));
+    assert!(l.kernel.mem.state().table.is_some());
+    assert!(l.metrics.health.ready());
+}
+
 /// A repair that fails while a listing holds changes back is retried
 /// with backoff, not only at the next drift check.
 #[test]
