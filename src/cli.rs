@@ -302,7 +302,9 @@ pub fn node_net(
             let mut prober = crate::ifmap::Prober::default();
             crate::ifmap::discover(cluster, node, validation, &previous, &mut prober).map_err(
                 |e| Error::Io {
-                    path: "/proc/net/route".into(),
+                    // What failed is an rtnetlink dump of the node's
+                    // links, routes, neighbours or bridge tables.
+                    path: "rtnetlink (the node's links, routes and bridge tables)".into(),
                     source: e,
                 },
             )?

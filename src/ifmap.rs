@@ -34,8 +34,8 @@
 //! neither (each is reported as unvalidated rather than one validated on
 //! another's port).
 //!
-//! Read from `/proc/net/arp` and rtnetlink (links, routes, IPv6
-//! neighbours, bridge forwarding databases, the addresses of the pods'
+//! Read over rtnetlink (links, routes, ARP and IPv6 neighbour entries,
+//! bridge forwarding databases, the addresses of the pods'
 //! namespaces by their ids) of the caller's network namespace. Parsing
 //! is pure and tested on captured kernel answers; only [`discover`]
 //! reads the node. A pod found nowhere (a bridged pod that
@@ -53,33 +53,6 @@ use std::time::{Duration, Instant};
 pub struct Route {
     pub dst: ipnet::IpNet,
     pub dev: String,
-}
-
-/// `/proc/net/arp`: (address, interface) -> MAC, complete entries only.
-pub fn parse_arp(text: &str) -> BTreeMap<(Ipv4Addr, String), [u8; 6]> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let ip: Ipv4Addr = f.first()?.parse().ok()?;
-            let flags = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()?;
-            // ATF_COM: the entry is resolved.
-            if flags & 0x2 == 0 {
-                return None;
-            }
-            let mac = parse_mac(f.get(3)?)?;
-            Some(((ip, f.get(5)?.to_string()), mac))
-        })
-        .collect()
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    (parts.next().is_none() && mac != [0; 6]).then_some(mac)
 }
 
 /// The most specific route holding `ip`.
@@ -309,10 +282,14 @@ impl Snapshot {
 /// Reads the node's routes, ARP table and bridge forwarding databases.
 pub fn snapshot() -> std::io::Result<Snapshot> {
     use crate::netlink::route;
-    let arp = parse_arp(&std::fs::read_to_string("/proc/net/arp").unwrap_or_default());
     let links = route::links().map_err(std::io::Error::other)?;
     let name: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
     let named = |i: &u32| name.get(i).map(|n| n.to_string());
+    let arp = route::neighbours4()
+        .map_err(std::io::Error::other)?
+        .into_iter()
+        .filter_map(|(ip, index, mac)| Some(((ip, named(&index)?), mac)))
+        .collect();
     let mut routes = Vec::new();
     for r in route::routes().map_err(std::io::Error::other)? {
         if !r.looked_up() {
@@ -514,11 +491,11 @@ mod tests {
         ])
     }
 
-    const ARP: &str =
-        "IP address       HW type     Flags       HW address            Mask     Device
-10.244.1.11      0x1         0x2         02:aa:bb:cc:dd:01     *        cbr0
-10.244.1.12      0x1         0x0         00:00:00:00:00:00     *        cbr0
-";
+    /// The node's one complete ARP entry (10.244.1.12 is unresolved).
+    fn arp() -> BTreeMap<(Ipv4Addr, String), [u8; 6]> {
+        let ip = "10.244.1.11".parse().expect("ip");
+        [((ip, "cbr0".to_string()), [2, 0xaa, 0xbb, 0xcc, 0xdd, 1])].into()
+    }
 
     fn pod(ips: &[&str]) -> Pod {
         Pod {
@@ -534,12 +511,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_proc_arp() {
-        let arp = parse_arp(ARP);
-        assert_eq!(arp.len(), 1, "incomplete entries are skipped");
-    }
-
-    #[test]
     fn routed_pod_maps_by_host_route_and_bridged_pod_by_arp_and_fdb() {
         let mut routes = routes4();
         routes.extend(via(&[
@@ -548,7 +519,7 @@ mod tests {
         ]));
         let snap = Snapshot {
             routes,
-            arp: parse_arp(ARP),
+            arp: arp(),
             bridges: [(
                 "cbr0".to_string(),
                 [([2, 0xaa, 0xbb, 0xcc, 0xdd, 1], "vp7".to_string())].into(),

@@ -1,9 +1,9 @@
-//! The node's links, routes, IPv6 neighbour entries and bridge forwarding
+//! The node's links, routes, neighbour entries and bridge forwarding
 //! databases, dumped over rtnetlink (NETLINK_ROUTE), for learning pod
 //! interfaces: which ports each bridge has and whether a port is a veth
 //! whose other end lives in another network namespace (a pod), which
 //! interface the route to a pod's address leaves by, which MAC the node
-//! resolved a pod's IPv6 address to and which bridge port a MAC was
+//! resolved a pod's address to and which bridge port a MAC was
 //! learned on; and which
 //! addresses are configured inside a pod's namespace on the veth peer,
 //! read from the node with the address dump's target-namespace filter
@@ -88,11 +88,16 @@ pub fn link_request(seq: u32) -> Vec<u8> {
     request(seq, RouteNetlinkMessage::GetLink(LinkMessage::default()))
 }
 
+/// The dump request for every neighbour entry of `family`.
+pub fn neigh_request(seq: u32, family: u8) -> Vec<u8> {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::from(family);
+    request(seq, RouteNetlinkMessage::GetNeighbour(m))
+}
+
 /// The dump request for every IPv6 neighbour entry.
 pub fn neigh6_request(seq: u32) -> Vec<u8> {
-    let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet6;
-    request(seq, RouteNetlinkMessage::GetNeighbour(m))
+    neigh_request(seq, libc::AF_INET6 as u8)
 }
 
 /// The dump request for every address of `family` in the namespace the
@@ -331,20 +336,30 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
     (!link.name.is_empty()).then_some(link)
 }
 
-/// A resolved IPv6 neighbour entry: (address, interface index, MAC).
-pub fn parse_neigh6(payload: &[u8]) -> Option<(Ipv6Addr, u32, [u8; 6])> {
+/// A neighbour entry of `family` in one of `states`: (address,
+/// interface index, MAC).
+fn parse_neigh(
+    payload: &[u8],
+    family: AddressFamily,
+    states: &[NeighbourState],
+) -> Option<(IpAddr, u32, [u8; 6])> {
     let header = NeighbourHeader::parse(payload).ok()?;
-    if header.family != AddressFamily::Inet6 {
+    if header.family != family {
         return None;
     }
-    let resolved = RESOLVED.iter().fold(0, |m, s| m | u16::from(*s));
-    if u16::from(header.state) & resolved == 0 {
+    let wanted = states.iter().fold(0, |m, s| m | u16::from(*s));
+    if u16::from(header.state) & wanted == 0 {
         return None;
     }
     let (mut dst, mut mac) = (None, None);
     for nla in attrs_after(payload, header.buffer_len()) {
         match NeighbourAttribute::parse_with_param(&nla, header.family) {
-            Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a))) => dst = Some(a),
+            Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet6(a))) => {
+                dst = Some(IpAddr::V6(a))
+            }
+            Ok(NeighbourAttribute::Destination(NeighbourAddress::Inet(a))) => {
+                dst = Some(IpAddr::V4(a))
+            }
             Ok(NeighbourAttribute::LinkLayerAddress(m)) => {
                 mac = <[u8; 6]>::try_from(m.as_slice()).ok()
             }
@@ -352,6 +367,23 @@ pub fn parse_neigh6(payload: &[u8]) -> Option<(Ipv6Addr, u32, [u8; 6])> {
         }
     }
     Some((dst?, header.ifindex, mac.filter(|m| *m != [0; 6])?))
+}
+
+/// A resolved IPv6 neighbour entry: (address, interface index, MAC).
+pub fn parse_neigh6(payload: &[u8]) -> Option<(Ipv6Addr, u32, [u8; 6])> {
+    match parse_neigh(payload, AddressFamily::Inet6, &RESOLVED)? {
+        (IpAddr::V6(a), index, mac) => Some((a, index, mac)),
+        (IpAddr::V4(_), ..) => None,
+    }
+}
+
+/// A resolved ARP entry: (address, interface index, MAC), what
+/// `/proc/net/arp` flags complete (it leaves NOARP entries out).
+pub fn parse_neigh4(payload: &[u8]) -> Option<(Ipv4Addr, u32, [u8; 6])> {
+    match parse_neigh(payload, AddressFamily::Inet, &RESOLVED)? {
+        (IpAddr::V4(a), index, mac) => Some((a, index, mac)),
+        (IpAddr::V6(_), ..) => None,
+    }
 }
 
 /// The netlink message type of the kernel's answers carrying `msg`.
@@ -469,6 +501,18 @@ pub fn fdb() -> Result<Vec<FdbEntry>, NetlinkError> {
             .filter_map(|m| parse_fdb(m.payload()))
             .collect(),
     )
+}
+
+/// Every resolved ARP entry: (address, interface index, MAC).
+pub fn neighbours4() -> Result<Vec<(Ipv4Addr, u32, [u8; 6])>, NetlinkError> {
+    let ty = answer_type(RouteNetlinkMessage::NewNeighbour(
+        NeighbourMessage::default(),
+    ));
+    let req = neigh_request(1, libc::AF_INET as u8);
+    Ok(dump(&req, 1, ty, "the ARP table")?
+        .iter()
+        .filter_map(|m| parse_neigh4(m.payload()))
+        .collect())
 }
 
 /// Every resolved IPv6 neighbour entry: (address, interface index, MAC).

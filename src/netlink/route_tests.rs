@@ -349,8 +349,8 @@ fn times_the_link_and_address_dumps() {
 /// The node of [`node_with_a_bridged_pod`], plus a routed pod's veth
 /// `vr0` with a host route of each family, an address of each family on
 /// `br0` (its subnet routes, and the node's own in the local tables), a
-/// blackhole route, and two forwarding entries on `vp0`: one static, one
-/// as if learned.
+/// blackhole route, two forwarding entries on `vp0` (one static, one as
+/// if learned) and ARP entries on `br0` (permanent, NOARP, stale).
 fn node_with_routes_and_fdb() -> (Netns, Netns) {
     let (node, pod) = node_with_a_bridged_pod();
     ip(
@@ -364,6 +364,17 @@ fn node_with_routes_and_fdb() -> (Netns, Netns) {
     ip(&node, "addr add 10.244.2.1/24 dev br0");
     ip(&node, "-6 addr add fd00:2::1/64 dev br0 nodad");
     ip(&node, "route add blackhole 10.244.3.0/24");
+    for (ip4, nud) in [
+        ("10.244.2.7", "permanent"),
+        ("10.244.2.8", "noarp"),
+        ("10.244.2.9", "stale"),
+    ] {
+        let mac = format!("02:00:00:00:00:0{}", &ip4[ip4.len() - 1..]);
+        ip(
+            &node,
+            &format!("neigh add {ip4} lladdr {mac} dev br0 nud {nud}"),
+        );
+    }
     for (mac, how) in [
         ("02:00:00:00:00:aa", "static"),
         ("02:00:00:00:00:bb", "dynamic"),
@@ -386,6 +397,7 @@ fn node_with_routes_and_fdb() -> (Netns, Netns) {
 const ROUTES4: &str = include_str!("../../tests/data/rtnl/routes4.hex");
 const ROUTES6: &str = include_str!("../../tests/data/rtnl/routes6.hex");
 const FDB: &str = include_str!("../../tests/data/rtnl/fdb.hex");
+const NEIGH4: &str = include_str!("../../tests/data/rtnl/neigh4.hex");
 
 const RTMSG_LEN: usize = 12;
 const NDMSG_LEN: usize = 12;
@@ -435,6 +447,19 @@ fn reads_captured_routes_and_forwarding_entries() {
     assert_eq!(fdb.len(), 3, "{fdb:?}");
     assert!(fdb.iter().all(|e| (e.bridge, e.port) == (2, 3)), "{fdb:?}");
     assert!(macs.contains(&[2, 0, 0, 0, 0, 0xaa]) && macs.contains(&[2, 0, 0, 0, 0, 0xbb]));
+
+    // ARP: resolved entries only, as /proc/net/arp lists them (NOARP
+    // ones, the kernel's multicast entry among them, are left out).
+    let arp: Vec<_> = captured(NEIGH4)
+        .iter()
+        .filter_map(|m| route::parse_neigh4(m.payload()))
+        .collect();
+    let at = |ip: &str, last: u8| (ip.parse().expect("ip"), 2, [2, 0, 0, 0, 0, last]);
+    assert_eq!(captured(NEIGH4).len(), 4);
+    assert_eq!(arp, [at("10.244.2.7", 7), at("10.244.2.9", 9)]);
+    assert!(captured(NEIGH4)
+        .iter()
+        .all(|m| route::parse_neigh6(m.payload()).is_none()));
 }
 
 #[test]
@@ -489,8 +514,8 @@ fn odd_routes_and_forwarding_entries() {
     assert_eq!(route::parse_fdb(no_master.payload()), None, "no bridge");
 }
 
-/// The layout built live: the routes and the forwarding entries a pod
-/// is looked up in are what `/proc/net/{route,ipv6_route}` and
+/// The layout built live: the routes, forwarding entries and ARP entries
+/// a pod is looked up in are what `/proc/net/{route,ipv6_route,arp}` and
 /// `/sys/class/net/br0/brforward` listed for it (compared side by side on
 /// this layout before those readers went), and the routed pod maps to
 /// its veth.
@@ -523,6 +548,19 @@ fn lists_routes_and_forwarding_entries() {
         assert_eq!(br0.get(&mac).map(String::as_str), Some("vp0"), "{br0:?}");
     }
     assert!(br0.values().all(|p| p == "vp0"), "{br0:?}");
+    let arp: Vec<String> = snap
+        .arp
+        .keys()
+        .map(|(ip, dev)| format!("{ip} {dev}"))
+        .collect();
+    for want in ["10.244.2.7 br0", "10.244.2.9 br0"] {
+        assert!(arp.iter().any(|a| a == want), "{want} in {arp:?}");
+    }
+    assert!(
+        !arp.iter()
+            .any(|a| a.starts_with("10.244.2.8 ") || a.starts_with("224.")),
+        "NOARP: {arp:?}"
+    );
     let pod = policy_compiler::model::Pod {
         namespace: "x".into(),
         name: "a".into(),
