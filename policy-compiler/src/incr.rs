@@ -143,6 +143,13 @@ pub struct Work {
     pub addresses: usize,
     /// The `rel_` and source validation chains were redone.
     pub local_chains: bool,
+    /// Namespaces the units' compiles indexed by label to find what a
+    /// namespace selector of a new set selects (every namespace holding
+    /// pods, each time).
+    pub namespaces_indexed: usize,
+    /// Pods the units' compiles listed to find the pods a new set's peers
+    /// select.
+    pub pods_listed: usize,
 }
 
 /// One node's ruleset, kept up to date change by change.
@@ -444,6 +451,8 @@ impl Incremental {
                 b.recipes = Some(BTreeMap::new());
                 b.pod_unit(pod, &admin);
                 self.recipes.0.extend(b.recipes.take().unwrap_or_default());
+                self.work.namespaces_indexed += b.selections.namespaces_indexed();
+                self.work.pods_listed += b.selections.pods_listed();
                 b.rs
             };
             let computed = computed.into_inner();

@@ -834,3 +834,55 @@ fn a_local_relabel_recompiles_the_pods_chains_only_when_its_selections_change() 
     let rel = crate::related::chain_name(&"10.0.0.9".parse().expect("ip"));
     assert!(t.chains.contains(&rel), "{t:?}");
 }
+
+/// A policy whose peers are pods of its own namespace, new on the node,
+/// makes a new set: finding its pods lists that namespace's pods alone,
+/// and no namespace is indexed by label (which, at 10,000 namespaces, was
+/// most of a local pod's relabel). Only a namespace selector needs the
+/// index.
+#[test]
+fn a_new_set_of_own_namespace_peers_lists_that_namespace_alone() {
+    let (mut c, mut eng) = narrow_cluster();
+    let policy = |name: &str, peer: &str| {
+        let yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: {name}, namespace: x}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  \
+             ingress: [{{from: [{peer}]}}]\n"
+        );
+        let loaded = crate::manifest::parse("t.yaml", &yaml);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        match loaded.objects.into_iter().next() {
+            Some(crate::Object::Policy(p)) => p,
+            other => panic!("not a policy: {other:?}"),
+        }
+    };
+    let key = |name: &str| ObjectKey::Policy {
+        namespace: "x".into(),
+        name: name.into(),
+    };
+    let own = policy("web-from-db", "{podSelector: {matchLabels: {app: db}}}");
+    let t = narrow_step(&mut c, &mut eng, key("web-from-db"), |c| {
+        c.apply_policy(own)
+    });
+    assert!(t.chains.contains("ing_x_web"), "{t:?}");
+    assert_eq!(
+        eng.work(),
+        &Work {
+            units: 1,
+            pods_listed: c.pods_in("x").count(),
+            ..Work::default()
+        }
+    );
+    let other = policy(
+        "web-from-red",
+        "{namespaceSelector: {matchLabels: {team: red}}}",
+    );
+    narrow_step(&mut c, &mut eng, key("web-from-red"), |c| {
+        c.apply_policy(other)
+    });
+    assert_eq!(
+        eng.work().namespaces_indexed,
+        c.namespaces_with_pods().count()
+    );
+}

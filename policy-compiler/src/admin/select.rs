@@ -110,10 +110,16 @@ pub(crate) struct Selections<'c> {
     pods: HashMap<String, Rc<[&'c Pod]>>,
     /// NetworkPolicy pod peers, by `compile::pod_peers_key`.
     netpol_pods: HashMap<String, Rc<[&'c Pod]>>,
-    /// The policy pods of each namespace of the table, once looked up.
-    pods_in: Vec<Option<Rc<[&'c Pod]>>>,
+    /// The policy pods of each namespace, once looked up: by name, so a
+    /// NetworkPolicy peer of its own namespace (the common kind) needs no
+    /// table, whose every namespace an incremental compile of one pod
+    /// would otherwise pay for.
+    pods_in: BTreeMap<&'c str, Rc<[&'c Pod]>>,
     /// Whether `pods_in` holds every namespace's pods.
     walked: bool,
+    /// How many pods `pods_in` was filled from (see
+    /// [`Selections::pods_listed`]).
+    listed: usize,
     /// [`WALK_AFTER`] (tests lower it to take both paths).
     walk_after: usize,
     /// The admin policy list the subjects were computed for, and per
@@ -131,8 +137,9 @@ impl<'c> Selections<'c> {
             namespaces: HashMap::new(),
             pods: HashMap::new(),
             netpol_pods: HashMap::new(),
-            pods_in: Vec::new(),
+            pods_in: BTreeMap::new(),
             walked: false,
+            listed: 0,
             walk_after: WALK_AFTER,
             subjects_for: Vec::new(),
             subjects: HashMap::new(),
@@ -144,15 +151,29 @@ impl<'c> Selections<'c> {
         self.cluster
     }
 
+    /// How many namespaces this compile indexed by label: none, or every
+    /// namespace holding pods (the table is built whole).
+    pub(crate) fn namespaces_indexed(&self) -> usize {
+        self.table.as_ref().map_or(0, |t| t.names.len())
+    }
+
+    /// How many pods this compile listed to find the pods peers select:
+    /// those of the namespaces looked up, or every pod after a walk.
+    pub(crate) fn pods_listed(&self) -> usize {
+        self.listed
+    }
+
     fn table(&mut self) -> &NamespaceTable<'c> {
         let cluster = self.cluster;
-        let table = self
-            .table
-            .get_or_insert_with(|| NamespaceTable::new(cluster));
-        if self.pods_in.len() != table.names.len() {
-            self.pods_in = vec![None; table.names.len()];
-        }
-        table
+        self.table
+            .get_or_insert_with(|| NamespaceTable::new(cluster))
+    }
+
+    /// The names of the namespaces `sel` selects, in name order.
+    fn namespace_names(&mut self, sel: &Selector) -> Vec<&'c str> {
+        let ids = self.namespace_ids(sel);
+        let table = self.table();
+        ids.iter().map(|id| table.names[*id as usize]).collect()
     }
 
     /// The namespaces holding pods that `sel` selects, ascending.
@@ -171,60 +192,58 @@ impl<'c> Selections<'c> {
         found
     }
 
-    /// The names of [`Selections::namespace_ids`], in name order.
+    /// [`Selections::namespace_names`], for tests.
     #[cfg(test)]
     pub(crate) fn namespaces(&mut self, sel: &Selector) -> Vec<&'c str> {
-        let ids = self.namespace_ids(sel);
-        let table = self.table();
-        ids.iter().map(|id| table.names[*id as usize]).collect()
+        self.namespace_names(sel)
     }
 
-    /// Looks up the policy pods of the namespaces `ids` (see
+    /// Looks up the policy pods of the namespaces `names` (see
     /// [`WALK_AFTER`]).
-    fn load_pods(&mut self, ids: impl Iterator<Item = NsId> + Clone) {
-        self.table();
+    fn load_pods(&mut self, names: impl Iterator<Item = &'c str> + Clone) {
         if self.walked {
             return;
         }
-        let missing = ids
+        let missing = names
             .clone()
-            .filter(|id| self.pods_in[*id as usize].is_none())
+            .filter(|name| !self.pods_in.contains_key(name))
             .count();
         if missing > self.walk_after {
+            self.listed += self.cluster.pod_count();
             let mut pods = self.cluster.pods();
-            for (id, (_, _, count)) in self.cluster.pod_namespaces().enumerate() {
+            for (name, _, count) in self.cluster.pod_namespaces() {
                 let policy_pods: Rc<[&'c Pod]> = pods
                     .by_ref()
                     .take(count)
                     .filter(|p| p.is_policy_pod())
                     .collect();
-                self.pods_in[id].get_or_insert(policy_pods);
+                self.pods_in.entry(name).or_insert(policy_pods);
             }
             self.walked = true;
             return;
         }
-        let table = self.table.as_ref().expect("built above");
-        for id in ids {
-            let slot = &mut self.pods_in[id as usize];
-            if slot.is_none() {
-                let name = table.names[id as usize];
-                *slot = Some(
-                    self.cluster
-                        .pods_in(name)
-                        .filter(|p| p.is_policy_pod())
-                        .collect(),
-                );
+        for name in names {
+            if !self.pods_in.contains_key(name) {
+                let mut listed = 0;
+                let pods = self
+                    .cluster
+                    .pods_in(name)
+                    .inspect(|_| listed += 1)
+                    .filter(|p| p.is_policy_pod())
+                    .collect();
+                self.listed += listed;
+                self.pods_in.insert(name, pods);
             }
         }
     }
 
     /// The pods of `by_ns` (namespaces, each with the pod selectors of the
     /// peers selecting it; `None`: every pod), in namespace/name order.
-    fn select_pods(&mut self, by_ns: BTreeMap<NsId, Vec<Option<&Selector>>>) -> Rc<[&'c Pod]> {
+    fn select_pods(&mut self, by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>>) -> Rc<[&'c Pod]> {
         self.load_pods(by_ns.keys().copied());
         let mut out = Vec::new();
-        for (id, sels) in by_ns {
-            let pods = self.pods_in[id as usize].as_deref().unwrap_or_default();
+        for (name, sels) in by_ns {
+            let pods = self.pods_in.get(name).map_or(&[][..], |p| &p[..]);
             if sels.iter().any(Option::is_none) {
                 out.extend_from_slice(pods);
             } else {
@@ -249,15 +268,15 @@ impl<'c> Selections<'c> {
         let found: Rc<[&'c Pod]> = if r.peers.iter().any(|p| matches!(p, AdminPeer::All)) {
             cluster.pods().filter(|p| p.is_policy_pod()).collect()
         } else {
-            let mut by_ns: BTreeMap<NsId, Vec<Option<&Selector>>> = BTreeMap::new();
+            let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
             for peer in &r.peers {
                 let (ns_sel, pods) = match peer {
                     AdminPeer::Namespaces(s) => (s, None),
                     AdminPeer::Pods { namespaces, pods } => (namespaces, Some(pods)),
                     AdminPeer::Nodes(_) | AdminPeer::Networks(_) | AdminPeer::All => continue,
                 };
-                for id in self.namespace_ids(ns_sel).iter() {
-                    by_ns.entry(*id).or_default().push(pods);
+                for name in self.namespace_names(ns_sel) {
+                    by_ns.entry(name).or_default().push(pods);
                 }
             }
             self.select_pods(by_ns)
@@ -278,7 +297,7 @@ impl<'c> Selections<'c> {
         if let Some(known) = self.netpol_pods.get(key) {
             return known.clone();
         }
-        let mut by_ns: BTreeMap<NsId, Vec<Option<&Selector>>> = BTreeMap::new();
+        let mut by_ns: BTreeMap<&'c str, Vec<Option<&Selector>>> = BTreeMap::new();
         for peer in peers {
             let Peer::Pods {
                 pod_selector,
@@ -288,19 +307,15 @@ impl<'c> Selections<'c> {
                 continue;
             };
             match namespace_selector {
-                // The policy's own namespace.
+                // The policy's own namespace: found by name.
                 None => {
-                    let own = self.table().names.binary_search(&policy_ns);
-                    if let Ok(id) = own {
-                        by_ns
-                            .entry(id as NsId)
-                            .or_default()
-                            .push(pod_selector.as_ref());
+                    if let Some(own) = self.cluster.namespace_with_pods(policy_ns) {
+                        by_ns.entry(own).or_default().push(pod_selector.as_ref());
                     }
                 }
                 Some(sel) => {
-                    for id in self.namespace_ids(sel).iter() {
-                        by_ns.entry(*id).or_default().push(pod_selector.as_ref());
+                    for name in self.namespace_names(sel) {
+                        by_ns.entry(name).or_default().push(pod_selector.as_ref());
                     }
                 }
             }
