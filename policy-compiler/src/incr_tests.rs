@@ -838,17 +838,18 @@ fn a_local_relabel_recompiles_the_pods_chains_only_when_its_selections_change() 
 /// A policy whose peers are pods of its own namespace, new on the node,
 /// makes a new set: finding its pods lists that namespace's pods alone,
 /// and no namespace is indexed by label (which, at 10,000 namespaces, was
-/// most of a local pod's relabel). Only a namespace selector needs the
-/// index.
+/// most of a local pod's relabel). A namespace selector by name needs no
+/// index either; one by another label does.
 #[test]
 fn a_new_set_of_own_namespace_peers_lists_that_namespace_alone() {
     let (mut c, mut eng) = narrow_cluster();
-    let policy = |name: &str, peer: &str| {
+    // Each on its own port: rules with the same ports share one set.
+    let policy = |name: &str, peer: &str, port: u16| {
         let yaml = format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
              metadata: {{name: {name}, namespace: x}}\n\
              spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  \
-             ingress: [{{from: [{peer}]}}]\n"
+             ingress: [{{from: [{peer}], ports: [{{port: {port}}}]}}]\n"
         );
         let loaded = crate::manifest::parse("t.yaml", &yaml);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
@@ -861,7 +862,7 @@ fn a_new_set_of_own_namespace_peers_lists_that_namespace_alone() {
         namespace: "x".into(),
         name: name.into(),
     };
-    let own = policy("web-from-db", "{podSelector: {matchLabels: {app: db}}}");
+    let own = policy("web-from-db", "{podSelector: {matchLabels: {app: db}}}", 81);
     let t = narrow_step(&mut c, &mut eng, key("web-from-db"), |c| {
         c.apply_policy(own)
     });
@@ -877,6 +878,7 @@ fn a_new_set_of_own_namespace_peers_lists_that_namespace_alone() {
     let other = policy(
         "web-from-red",
         "{namespaceSelector: {matchLabels: {team: red}}}",
+        82,
     );
     narrow_step(&mut c, &mut eng, key("web-from-red"), |c| {
         c.apply_policy(other)
@@ -884,5 +886,22 @@ fn a_new_set_of_own_namespace_peers_lists_that_namespace_alone() {
     assert_eq!(
         eng.work().namespaces_indexed,
         c.namespaces_with_pods().count()
+    );
+    // A namespace selector by name is answered by looking the name up.
+    let named = policy(
+        "web-from-y",
+        "{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}",
+        83,
+    );
+    narrow_step(&mut c, &mut eng, key("web-from-y"), |c| {
+        c.apply_policy(named)
+    });
+    assert_eq!(
+        eng.work(),
+        &Work {
+            units: 1,
+            pods_listed: c.pods_in("y").count(),
+            ..Work::default()
+        }
     );
 }

@@ -78,6 +78,10 @@ pub struct Cluster {
     /// The one copy of each label key and value and namespace name the
     /// objects here hold.
     strings: Interner,
+    /// Namespace objects whose name label is another name (offline input
+    /// may say so; the API server never does): a selector naming
+    /// namespaces is answered by looking those names up, and these.
+    misnamed: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -152,12 +156,28 @@ impl Cluster {
             return false;
         }
         ns.labels = ns.labels.interned(&mut self.strings);
+        if ns
+            .labels
+            .get(NAMESPACE_NAME_LABEL)
+            .is_some_and(|v| v != ns.name)
+        {
+            self.misnamed.insert(ns.name.clone());
+        } else {
+            self.misnamed.remove(&ns.name);
+        }
         self.namespaces.insert(ns.name.clone(), ns);
         true
     }
 
     pub fn delete_namespace(&mut self, name: &str) -> bool {
+        self.misnamed.remove(name);
         self.namespaces.remove(name).is_some()
+    }
+
+    /// The namespaces whose name label is not their name (see
+    /// `misnamed`), in name order.
+    pub fn misnamed_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.misnamed.iter().map(String::as_str)
     }
 
     pub fn apply_pod(&mut self, mut p: Pod) -> bool {

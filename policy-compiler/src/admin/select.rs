@@ -19,7 +19,7 @@ use crate::index::Cluster;
 use crate::model::{Labels, Peer, Pod, NAMESPACE_NAME_LABEL};
 use crate::selector::{Operator, Selector};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 /// A namespace holding pods: its position in [`NamespaceTable::names`].
@@ -171,6 +171,11 @@ impl<'c> Selections<'c> {
 
     /// The names of the namespaces `sel` selects, in name order.
     fn namespace_names(&mut self, sel: &Selector) -> Vec<&'c str> {
+        if self.table.is_none() {
+            if let Some(found) = self.by_name(sel) {
+                return found;
+            }
+        }
         let ids = self.namespace_ids(sel);
         let table = self.table();
         ids.iter().map(|id| table.names[*id as usize]).collect()
@@ -190,6 +195,41 @@ impl<'c> Selections<'c> {
         };
         self.namespaces.insert(key, found.clone());
         found
+    }
+
+    /// The namespaces holding pods that `sel` selects, when it names them
+    /// (`kubernetes.io/metadata.name`, in `matchLabels` or an `In` list):
+    /// those names are looked up, with the few namespaces labelled with
+    /// another name, so a compile of one pod (as `incr` makes) builds no
+    /// table of every namespace for the most common namespace selector.
+    /// `None` when `sel` names no namespace.
+    fn by_name(&self, sel: &Selector) -> Option<Vec<&'c str>> {
+        let cluster = self.cluster;
+        let mut named: Option<Vec<&str>> =
+            sel.match_labels.get(NAMESPACE_NAME_LABEL).map(|v| vec![v]);
+        for r in &sel.match_expressions {
+            if r.key == NAMESPACE_NAME_LABEL && r.operator == Operator::In {
+                let values: Vec<&str> = r.values.iter().map(String::as_str).collect();
+                if named.as_ref().is_none_or(|n| values.len() < n.len()) {
+                    named = Some(values);
+                }
+            }
+        }
+        let candidates: BTreeSet<&'c str> = named?
+            .into_iter()
+            .filter_map(|name| cluster.namespace_with_pods(name))
+            .chain(
+                cluster
+                    .misnamed_namespaces()
+                    .filter_map(|name| cluster.namespace_with_pods(name)),
+            )
+            .collect();
+        Some(
+            candidates
+                .into_iter()
+                .filter(|name| sel.matches(&cluster.namespace_labels(name)))
+                .collect(),
+        )
     }
 
     /// [`Selections::namespace_names`], for tests.
@@ -380,7 +420,7 @@ mod tests {
     use crate::index::Cluster;
     use crate::model::{Namespace, NAMESPACE_NAME_LABEL};
     use crate::prop_tests::{cluster_strategy, selector_strategy, NAMESPACES};
-    use crate::selector::Selector;
+    use crate::selector::{Operator, Requirement, Selector};
     use proptest::prelude::*;
 
     /// `c` with namespace x's object gone (its pods keep the implicit
@@ -408,6 +448,18 @@ mod tests {
         by_name
     }
 
+    /// `sel` also requiring one of two names (`In`), one of them the name
+    /// another namespace's label claims in `odd_namespaces`.
+    fn in_names(sel: &Selector) -> Selector {
+        let mut in_names = sel.clone();
+        in_names.match_expressions.push(Requirement {
+            key: NAMESPACE_NAME_LABEL.into(),
+            operator: Operator::In,
+            values: [NAMESPACES[0].to_string(), NAMESPACES[2].to_string()].into(),
+        });
+        in_names
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -428,11 +480,15 @@ mod tests {
             if walk {
                 s.walk_after = 0;
             }
-            for sel in sels.iter().flat_map(|s| [s.clone(), by_name(s)]) {
+            for sel in sels.iter().flat_map(|s| [s.clone(), by_name(s), in_names(s)]) {
                 let scan: Vec<&str> = c
                     .namespaces_with_pods()
                     .filter(|ns| sel.matches(&c.namespace_labels(ns)))
                     .collect();
+                // Fresh, a selector naming namespaces is answered by name;
+                // once the table is built, from it.
+                let fresh = Selections::new(&c).namespaces(&sel);
+                prop_assert_eq!(&fresh[..], &scan[..], "{:?}", sel);
                 prop_assert_eq!(&s.namespaces(&sel)[..], &scan[..], "{:?}", sel);
             }
             let admin = crate::compile::admin_policies(&c);
