@@ -344,14 +344,24 @@ impl Incremental {
                 dirty.pods.insert(key);
             }
         }
-        // Every local pod is a unit or was just marked.
+        // Every local pod is a unit or was just marked; a unit not marked
+        // has the addresses `local` holds (its own change marks it), so
+        // only the marked pods are looked up among the cluster's.
         let families: BTreeSet<Family> = self
-            .units
-            .keys()
-            .chain(&dirty.pods)
-            .filter_map(|(ns, name)| cluster.pod(ns, name))
-            .filter(|p| is_local(p))
-            .flat_map(|p| p.ips.iter().map(Family::of))
+            .local
+            .iter()
+            .filter(|(k, _)| !dirty.pods.contains(*k))
+            .flat_map(|(_, ips)| ips)
+            .copied()
+            .chain(
+                dirty
+                    .pods
+                    .iter()
+                    .filter_map(|(ns, name)| cluster.pod(ns, name))
+                    .filter(|p| is_local(p))
+                    .flat_map(|p| p.ips.iter().copied()),
+            )
+            .map(|ip| Family::of(&ip))
             .collect();
         if dirty.all
             || families != self.families
