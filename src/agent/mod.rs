@@ -405,17 +405,62 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// glibc's default for both thresholds below, restored after the listing.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// While the lists arrive, kube-client reads each page (500 pods, about
+/// 2.6 MB at 150,000 served pods) into buffers of a few MiB that are
+/// freed once it is decoded. glibc serves such blocks from fresh `mmap`s,
+/// or trims them off the top of the heap when freed, so the kernel faults
+/// in and zeroes every page of every buffer again: at 150,000 pods about
+/// 0.8 s of the agent's start (docs/BENCHMARKS.md). Buffers up to 16 MiB
+/// now come from the heap and 32 MiB of free top is kept, until the
+/// listing of pods is done ([`release_free_memory`]). Environment
+/// settings of glibc's allocator still win.
+fn keep_page_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if [
+        "GLIBC_TUNABLES",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+    ]
+    .iter()
+    .all(|v| std::env::var_os(v).is_none())
+    {
+        // SAFETY: mallopt only tunes the allocator.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+        }
+    }
+}
+
 /// Hands the memory glibc keeps on its free lists back to the kernel.
 /// A listing of every pod frees much of what it allocated (page bodies,
 /// the buffered listing), and glibc keeps freed memory below the top of
 /// each arena: at 150,000 pods this returned about 8 MiB of the resident
 /// memory after the initial sync (docs/BENCHMARKS.md). Called after a
-/// listing of pods has gone into the index.
+/// listing of pods has gone into the index. The page buffers'
+/// thresholds ([`keep_page_buffers`]) go back to glibc's defaults first,
+/// so what is freed later goes back to the kernel as before.
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own
-    // heaps to the kernel; no live allocation is touched.
+    // SAFETY: mallopt only tunes the allocator; malloc_trim only returns
+    // free pages of the allocator's own heaps to the kernel; no live
+    // allocation is touched.
     unsafe {
+        if [
+            "GLIBC_TUNABLES",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+        ]
+        .iter()
+        .all(|v| std::env::var_os(v).is_none())
+        {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, GLIBC_THRESHOLD);
+        }
         libc::malloc_trim(0);
     }
 }
@@ -432,7 +477,10 @@ pub fn run(args: &AgentArgs) -> Result<i32, AgentError> {
         let metrics = Arc::new(Metrics::new());
         let source = match &args.manifests {
             Some(dir) => Source::Dir(dir.clone()),
-            None => Source::Kube(kube_client(args.kubeconfig.as_ref()).await?),
+            None => {
+                keep_page_buffers();
+                Source::Kube(kube_client(args.kubeconfig.as_ref()).await?)
+            }
         };
         let options = Options::from_args(args);
         tracing::info!(
