@@ -420,20 +420,26 @@ const GLIBC_THRESHOLD: libc::c_int = 128 * 1024;
 /// settings of glibc's allocator still win.
 fn keep_page_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if [
-        "GLIBC_TUNABLES",
-        "MALLOC_MMAP_THRESHOLD_",
-        "MALLOC_TRIM_THRESHOLD_",
-    ]
-    .iter()
-    .all(|v| std::env::var_os(v).is_none())
-    {
+    if !glibc_thresholds_set_by_env() {
         // SAFETY: mallopt only tunes the allocator.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
         }
     }
+}
+
+/// Whether the operator tuned glibc's thresholds in the environment:
+/// then neither the listing's thresholds nor the restore touch them.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_thresholds_set_by_env() -> bool {
+    [
+        "GLIBC_TUNABLES",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
 }
 
 /// Hands the memory glibc keeps on its free lists back to the kernel.
@@ -450,14 +456,7 @@ pub(crate) fn release_free_memory() {
     // free pages of the allocator's own heaps to the kernel; no live
     // allocation is touched.
     unsafe {
-        if [
-            "GLIBC_TUNABLES",
-            "MALLOC_MMAP_THRESHOLD_",
-            "MALLOC_TRIM_THRESHOLD_",
-        ]
-        .iter()
-        .all(|v| std::env::var_os(v).is_none())
-        {
+        if !glibc_thresholds_set_by_env() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, GLIBC_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, GLIBC_THRESHOLD);
         }

@@ -11,20 +11,25 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::ObjectList;
 use kube::Resource;
 use policy_compiler::{convert, model, ObjectError};
+use proptest::prelude::Rng as _;
 use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use serde_json::{json, Map, Value};
 
-/// A small deterministic generator for how the text is written (key
-/// order, escapes, repeats, spaces), seeded by proptest.
-struct Rng(u64);
+/// How the text is written (key order, escapes, repeats, spaces): drawn
+/// from proptest's own generator, seeded by the case, so a failing case
+/// replays the same text.
+struct Rng(TestRng);
 
 impl Rng {
+    fn seeded(seed: u64) -> Rng {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Rng(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+    }
+
     fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
 
     fn one_in(&mut self, n: u64) -> bool {
@@ -427,7 +432,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let mut out = String::new();
-        write(&pod, &mut Rng(seed | 1), &mut out);
+        write(&pod, &mut Rng::seeded(seed), &mut out);
         let _ = same(&out);
     }
 }
@@ -443,7 +448,7 @@ fn the_generator_makes_valid_and_invalid_pods() {
     for i in 0..120u64 {
         let pod = served_pod().new_tree(&mut runner).expect("tree").current();
         let mut out = String::new();
-        write(&pod, &mut Rng(i | 1), &mut out);
+        write(&pod, &mut Rng::seeded(i), &mut out);
         match same(&out) {
             Ok(p) => {
                 valid += 1;
