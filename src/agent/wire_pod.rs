@@ -316,6 +316,35 @@ trait Fields<'de>: Default {
     ) -> Result<(), A::Error>;
 }
 
+/// An object of the served pod with named fields: it reads the ones it
+/// keeps, and every other field is parsed past here, in one place.
+trait Record<'de>: Default {
+    /// Reads the value of field `key` at `here` if it is one this record
+    /// keeps; false leaves the value unread.
+    fn kept<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        here: Path<'_>,
+        wrong: &mut Wrong,
+    ) -> Result<bool, A::Error>;
+}
+
+impl<'de, R: Record<'de>> Fields<'de> for R {
+    fn field<A: MapAccess<'de>>(
+        &mut self,
+        key: Cow<'de, str>,
+        map: &mut A,
+        at: Path<'_>,
+        wrong: &mut Wrong,
+    ) -> Result<(), A::Error> {
+        if !self.kept(&key, map, Path::Field(&at, &key), wrong)? {
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads a map into `F`: null is absent, another type is wrong.
 struct Object<'w, 'p, F> {
     at: Path<'p>,
@@ -578,16 +607,15 @@ struct PodIp<'de> {
     ip: Option<Cow<'de, str>>,
 }
 
-impl<'de> Fields<'de> for RawPod<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for RawPod<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "metadata" => {
                 self.metadata = map
                     .next_value_seed(Object::new(here, wrong))?
@@ -611,89 +639,77 @@ impl<'de> Fields<'de> for RawPod<'de> {
                     found => record(wrong, here, format!("expected {want:?}, found {found:?}")),
                 }
             }
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for Meta<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for Meta<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "name" => self.name = text(map, here, wrong)?,
             "namespace" => self.namespace = text(map, here, wrong)?,
             "resourceVersion" => self.resource_version = text(map, here, wrong)?,
             "uid" => self.uid = text(map, here, wrong)?,
             "labels" => self.labels = map.next_value_seed(Object::new(here, wrong))?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for Spec<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for Spec<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "nodeName" => self.node_name = text(map, here, wrong)?,
             "hostNetwork" => self.host_network = flag(map, here, wrong)?,
             "containers" => self.containers = list(map, here, wrong)?,
             "initContainers" => self.init_containers = list(map, here, wrong)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for Container<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for Container<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "ports" => self.ports = list(map, here, wrong)?,
             "restartPolicy" => self.restart_policy = text(map, here, wrong)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for Port<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for Port<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "name" => self.name = text(map, here, wrong)?,
             "protocol" => self.protocol = text(map, here, wrong)?,
             "containerPort" => self.number = int32(map, here, wrong)?,
@@ -704,51 +720,43 @@ impl<'de> Fields<'de> for Port<'de> {
             "hostIP" => {
                 text(map, here, wrong)?;
             }
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for Status<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for Status<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "phase" => self.phase = text(map, here, wrong)?,
             "podIP" => self.pod_ip = text(map, here, wrong)?,
             "podIPs" => self.pod_ips = list(map, here, wrong)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
-impl<'de> Fields<'de> for PodIp<'de> {
-    fn field<A: MapAccess<'de>>(
+impl<'de> Record<'de> for PodIp<'de> {
+    fn kept<A: MapAccess<'de>>(
         &mut self,
-        key: Cow<'de, str>,
+        key: &str,
         map: &mut A,
-        at: Path<'_>,
+        here: Path<'_>,
         wrong: &mut Wrong,
-    ) -> Result<(), A::Error> {
-        let here = Path::Field(&at, &key);
-        match &*key {
+    ) -> Result<bool, A::Error> {
+        match key {
             "ip" => self.ip = text(map, here, wrong)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
