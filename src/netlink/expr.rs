@@ -1387,29 +1387,8 @@ pub(crate) mod tests {
     #[test]
     fn truncated_address_loads_read_back_as_prefixes() {
         // What nft -f loads for `ip6 daddr ff00::/8` and `ip daddr 224.0.0.0/4`.
-        let load = |offset, len| RawExpr::Payload {
-            base: BASE_NETWORK,
-            offset,
-            len,
-            dreg: REG_1,
-        };
-        let cmp = |data: &[u8]| RawExpr::Cmp {
-            sreg: REG_1,
-            op: CMP_EQ,
-            data: data.to_vec(),
-        };
-        let v6 = [load(24, 1), cmp(&[0xff])];
-        let v4 = [
-            load(16, 1),
-            RawExpr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                len: 1,
-                mask: vec![0xf0],
-                xor: vec![0],
-            },
-            cmp(&[0xe0]),
-        ];
+        let v6 = [nh_load(24, 1), cmp(CMP_EQ, &[0xff])];
+        let v4 = [nh_load(16, 1), byte_mask(0xf0), cmp(CMP_EQ, &[0xe0])];
         for (raw, family, net) in [
             (&v6[..], Family::Ipv6, "ff00::/8"),
             (&v4[..], Family::Ipv4, "224.0.0.0/4"),
@@ -1531,18 +1510,19 @@ pub(crate) mod tests {
         ]
     }
 
+    /// Register 1's one byte ANDed with `mask`.
+    fn byte_mask(mask: u8) -> RawExpr {
+        RawExpr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            len: 1,
+            mask: vec![mask],
+            xor: vec![0],
+        }
+    }
+
     fn hdrlength(op: u32, n: u8) -> [RawExpr; 3] {
-        [
-            nh_load(0, 1),
-            RawExpr::Bitwise {
-                sreg: REG_1,
-                dreg: REG_1,
-                len: 1,
-                mask: vec![0x0f],
-                xor: vec![0],
-            },
-            cmp(op, &[n]),
-        ]
+        [nh_load(0, 1), byte_mask(0x0f), cmp(op, &[n])]
     }
 
     /// `exthdr <ty> exists` (`present` 1) or `missing` (0).
