@@ -685,12 +685,12 @@ impl<B: Backend, C: Clock> Reconciler<B, C> {
         let kind = Kind::of(&o);
         let key = key_of(&o);
         let changed = self.tracked(object_key(kind, &key), |c| c.apply(o));
-        let now = self.clock.now();
         if let Some(l) = self.listing.get_mut(&kind) {
             l.unlisted.remove(&key);
             l.changed |= changed;
-            if changed {
-                l.held_since.get_or_insert(now);
+            // Asked once a listing, not once an object (150,000 pods).
+            if changed && l.held_since.is_none() {
+                l.held_since = Some(self.clock.now());
             }
         }
         changed
